@@ -1,0 +1,3 @@
+"""safetune: fine-tune chat LLMs without losing their safety, and measure what a fine-tune costs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,73 @@
+"""Plain records that flow between stages. Frozen dataclasses: cheap, hashable, JSON-friendly."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RoleExample:
+    """One role-play training example: a user input and the character's response.
+
+    `is_harmful` carries optional 0/1 labels from the authors' per-role files (unused by RDS itself).
+    """
+
+    role: str
+    input: str
+    output: str
+    id: str
+    is_harmful: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RoleProfile:
+    """A role's name and profile description (RoleBench profile style)."""
+
+    name: str
+    description: str
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """A plain preference triple for DPO-family baselines."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    id: str
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class ParallelPreferencePair:
+    """The same preference triple in the dominant and in a target language (reward-gap MPO)."""
+
+    dominant: PreferencePair
+    target: PreferencePair
+    id: str
+    system: str | None = None
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One evaluation prompt."""
+
+    id: str
+    text: str
+    benchmark: str
+    reference: str | None = None
+    language: str | None = None
+    role: str | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A generated answer to a Prompt."""
+
+    prompt_id: str
+    text: str
+    benchmark: str

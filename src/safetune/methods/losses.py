@@ -1,0 +1,288 @@
+"""Loss functions as pure functions of tensors.
+
+Conventions (Hugging Face causal LM): `logits[b, t]` predicts token `t + 1`; `labels[b, t]` is the token at
+position `t`, -100 where it is not trained on (prompt, padding). `shift_targets` turns labels into the
+per-position targets that the logits at that position predict.
+
+The SaRFT loss (methods/sarft.md) is computed by one fused, chunked pass over the vocabulary that also
+writes the gradient, so that no full-sequence, full-vocabulary fp32 tensor exists: at a 128k vocabulary
+the logits are the memory peak of a training step, and a naive "log_softmax both models, then kl_div"
+holds several fp32 copies of them at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = -100
+# Elements of a [positions, vocab] fp32 block handled at once (32 MiB per temporary).
+DEFAULT_CHUNK_ELEMENTS = 1 << 23
+
+KlDirection = Literal["forward", "reverse"]
+KlPositions = Literal["all", "response"]
+CeNormalisation = Literal["row_length", "response_tokens"]
+
+
+def shift_targets(labels: Tensor) -> Tensor:
+    """targets[b, t] = labels[b, t + 1]; the last position has no target (-100)."""
+    targets = torch.full_like(labels, IGNORE_INDEX)
+    targets[:, :-1] = labels[:, 1:]
+    return targets
+
+
+def _position_chunks(n_positions: int, vocab: int, chunk_elements: int) -> range:
+    step = max(1, chunk_elements // max(vocab, 1))
+    return range(0, n_positions, step)
+
+
+@torch.no_grad()
+def sequence_logps(
+    logits: Tensor,
+    labels: Tensor,
+    average: bool = True,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> Tensor:
+    """Per-row log-probability of the labelled tokens under `logits`, in fp32, without gradient.
+
+    Returns the mean over labelled tokens when `average` (the RDS score and MPO reward gap are
+    length-normalised), else the sum. Rows with no labelled token give 0. Chunked over positions so
+    that only a [chunk, vocab] fp32 block exists at a time.
+    """
+    targets = shift_targets(labels)
+    batch, length, vocab = logits.shape
+    flat_logits = logits.reshape(batch * length, vocab)
+    flat_targets = targets.reshape(-1)
+    token_logps = torch.zeros(batch * length, dtype=torch.float32, device=logits.device)
+    for start in _position_chunks(batch * length, vocab, chunk_elements):
+        stop = min(start + max(1, chunk_elements // vocab), batch * length)
+        tgt = flat_targets[start:stop]
+        keep = tgt != IGNORE_INDEX
+        if not keep.any():
+            continue
+        block = flat_logits[start:stop][keep].float()
+        picked = block.gather(1, tgt[keep].unsqueeze(1)).squeeze(1)
+        token_logps[start:stop][keep] = picked - torch.logsumexp(block, dim=-1)
+    token_logps = token_logps.view(batch, length)
+    total = token_logps.sum(dim=1)
+    if not average:
+        return total
+    count = (targets != IGNORE_INDEX).sum(dim=1)
+    return total / count.clamp(min=1)
+
+
+@dataclass
+class ReferenceOutputs:
+    """The frozen reference model's output for the rows that need it (SaRFT: the flagged rows).
+
+    `values` holds either logits [F, T, V] (`head` None) or last hidden states [F, T, H] with `head`
+    mapping hidden states to logits; the latter lets the loss materialise reference logits one chunk at a
+    time. `row_index[b]` is the row of batch row b in `values`, or -1 when row b has no reference output.
+    """
+
+    values: Tensor
+    row_index: Tensor
+    head: Callable[[Tensor], Tensor] | None = None
+
+    def logits_at(self, batch_rows: Tensor, positions: Tensor) -> Tensor:
+        rows = self.row_index[batch_rows]
+        if bool((rows < 0).any()):
+            raise ValueError("KL requested on a row without reference output")
+        picked = self.values[rows, positions]
+        return self.head(picked) if self.head is not None else picked
+
+
+def _kl_and_grad(
+    log_q: Tensor, q: Tensor, ref_logits: Tensor, direction: KlDirection
+) -> tuple[Tensor, Tensor]:
+    """Per-position KL and its gradient w.r.t. the policy logits (fp32, [k] and [k, V]).
+
+    forward  KL(ref || pol) = sum r (log r - log q);   d/dz = q - r
+    reverse  KL(pol || ref) = sum q (log q - log r);   d/dz = q * ((log q - log r) - KL)
+    """
+    log_r = torch.log_softmax(ref_logits.float(), dim=-1)
+    if direction == "forward":
+        r = log_r.exp()
+        kl = (r * (log_r - log_q)).sum(-1)
+        return kl, q - r
+    diff = log_q - log_r
+    kl = (q * diff).sum(-1)
+    return kl, q * (diff - kl.unsqueeze(-1))
+
+
+class _FusedCeKl(torch.autograd.Function):
+    """Weighted token CE + beta * weighted KL to a reference, gradient computed in the forward pass.
+
+    The gradient w.r.t. the logits is written chunk by chunk into a buffer (the logits tensor itself when
+    `inplace`, as Liger-Kernel does for its fused CE), so the backward pass is one multiplication.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        logits: Tensor,
+        targets: Tensor,
+        ce_weight: Tensor,
+        kl_weight: Tensor,
+        beta: float,
+        reference: ReferenceOutputs | None,
+        direction: KlDirection,
+        chunk_elements: int,
+        inplace: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        batch, length, vocab = logits.shape
+        ctx.shape = logits.shape
+        flat = logits.view(batch * length, vocab)
+        grad = flat if inplace else torch.empty_like(flat)
+        flat_targets = targets.reshape(-1)
+        flat_ce_w = ce_weight.reshape(-1).float()
+        flat_kl_w = kl_weight.reshape(-1).float() if reference is not None and beta != 0 else None
+        ce_total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        kl_total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        step = max(1, chunk_elements // vocab)
+        for start in range(0, batch * length, step):
+            stop = min(start + step, batch * length)
+            z = flat[start:stop].float()
+            log_q = torch.log_softmax(z, dim=-1)
+            q = log_q.exp()
+            w_ce = flat_ce_w[start:stop]
+            tgt = flat_targets[start:stop]
+            has_ce = (tgt != IGNORE_INDEX) & (w_ce != 0)
+            safe_tgt = torch.where(has_ce, tgt, torch.zeros_like(tgt))
+            nll = -log_q.gather(1, safe_tgt.unsqueeze(1)).squeeze(1)
+            ce_total += (nll * w_ce * has_ce).sum()
+            # d CE / dz = w * (q - onehot(target)); zero rows where the position carries no CE.
+            g = q * (w_ce * has_ce).unsqueeze(1)
+            g.scatter_add_(1, safe_tgt.unsqueeze(1), -(w_ce * has_ce).unsqueeze(1))
+            if flat_kl_w is not None and reference is not None:
+                w_kl = flat_kl_w[start:stop]
+                sel = (w_kl != 0).nonzero().squeeze(1)
+                if sel.numel():
+                    pos = sel + start
+                    ref_logits = reference.logits_at(pos // length, pos % length)
+                    kl, kl_grad = _kl_and_grad(log_q[sel], q[sel], ref_logits, direction)
+                    kl_total += (kl * w_kl[sel]).sum()
+                    g.index_add_(0, sel, kl_grad * (beta * w_kl[sel]).unsqueeze(1))
+            grad[start:stop] = g.to(grad.dtype)
+        # Save the base tensor, not a view made under no_grad (autograd refuses to unpack such views).
+        ctx.save_for_backward(logits if inplace else grad)
+        loss = ce_total + beta * kl_total
+        ctx.mark_non_differentiable(ce_total, kl_total)
+        return loss, ce_total, kl_total
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Tensor, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        # The buffer is used once, so scale it in place instead of allocating a second one.
+        scaled = grad.mul_(grad_loss.to(grad.dtype))
+        return scaled.view(ctx.shape), None, None, None, None, None, None, None, None
+
+
+def _fused_ce_kl(
+    logits: Tensor,
+    targets: Tensor,
+    ce_weight: Tensor,
+    kl_weight: Tensor,
+    beta: float,
+    reference: ReferenceOutputs | None,
+    direction: KlDirection,
+    chunk_elements: int,
+    inplace: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    if not logits.requires_grad:
+        inplace = False  # nothing to back-propagate; never overwrite a caller's tensor for nothing
+    return _FusedCeKl.apply(
+        logits, targets, ce_weight, kl_weight, beta, reference, direction, chunk_elements, inplace
+    )
+
+
+@dataclass
+class SarftLossOutput:
+    """loss = role + beta * safe; `role` and `safe` are detached, for logging."""
+
+    loss: Tensor
+    role: Tensor
+    safe: Tensor
+
+
+def sarft_weights(
+    labels: Tensor,
+    attention_mask: Tensor,
+    flags: Tensor,
+    kl_positions: KlPositions = "all",
+    ce_normalisation: CeNormalisation = "row_length",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-position targets, CE weights and KL weights that make the sums equal the RBO loss.
+
+    L_role = (1/B) sum_i sum_{t in response} CE_it / N_i        N_i = non-pad tokens of row i (authors)
+    L_safe = (1/B) sum_i h_i sum_{t non-pad} KL_it / N_i        (unshifted positions, as in their code)
+    `ce_normalisation="response_tokens"` divides CE by the response length instead (the paper's text);
+    `kl_positions="response"` restricts the KL to positions that predict response tokens and divides it by
+    their count.
+    """
+    batch = labels.shape[0]
+    targets = shift_targets(labels)
+    response = targets != IGNORE_INDEX
+    row_len = attention_mask.sum(dim=1).clamp(min=1).float()
+    resp_len = response.sum(dim=1).clamp(min=1).float()
+    ce_norm = row_len if ce_normalisation == "row_length" else resp_len
+    ce_weight = response.float() / ce_norm.unsqueeze(1) / batch
+    if kl_positions == "all":
+        kl_mask, kl_norm = attention_mask.bool(), row_len
+    else:
+        kl_mask, kl_norm = response, resp_len
+    kl_weight = kl_mask.float() * flags.float().unsqueeze(1) / kl_norm.unsqueeze(1) / batch
+    return targets, ce_weight, kl_weight
+
+
+def sarft_loss(
+    logits: Tensor,
+    labels: Tensor,
+    attention_mask: Tensor,
+    flags: Tensor,
+    reference: ReferenceOutputs | None,
+    beta: float = 0.1,
+    kl_direction: KlDirection = "forward",
+    kl_positions: KlPositions = "all",
+    ce_normalisation: CeNormalisation = "row_length",
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    inplace: bool = False,
+) -> SarftLossOutput:
+    """SaRFT's role-safety balanced objective, L = L_role + beta * L_safe (methods/sarft.md, RBO).
+
+    Defaults reproduce the authors' code: forward KL(ref || policy) over every non-pad position, CE per row
+    divided by the whole row length, both averaged over all B rows (so the KL strength scales with the
+    flagged share of the batch). Plain SFT is beta = 0 (or no flagged row): the reference is not touched.
+    `inplace=True` overwrites `logits` with its gradient (saves one logits-sized buffer); use it only when
+    nothing reads the logits afterwards.
+    """
+    if kl_direction not in ("forward", "reverse"):
+        raise ValueError(f"kl_direction must be forward or reverse, got {kl_direction!r}")
+    targets, ce_weight, kl_weight = sarft_weights(
+        labels, attention_mask, flags, kl_positions, ce_normalisation
+    )
+    needs_kl = beta != 0 and bool(flags.any())
+    if needs_kl and reference is None:
+        raise ValueError("flagged rows with beta != 0 need reference outputs")
+    loss, role, safe = _fused_ce_kl(
+        logits,
+        targets,
+        ce_weight,
+        kl_weight,
+        float(beta),
+        reference if needs_kl else None,
+        kl_direction,
+        chunk_elements,
+        inplace,
+    )
+    return SarftLossOutput(loss=loss, role=role, safe=safe)
+
+
+def sft_loss(logits: Tensor, labels: Tensor, attention_mask: Tensor, **kwargs: Any) -> SarftLossOutput:
+    """Plain SFT with SaRFT's CE definition (beta = 0, no reference)."""
+    flags = torch.zeros(labels.shape[0], dtype=torch.bool, device=labels.device)
+    return sarft_loss(logits, labels, attention_mask, flags, None, beta=0.0, **kwargs)
