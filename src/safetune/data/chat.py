@@ -13,11 +13,11 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from safetune.methods.losses import IGNORE_INDEX
 from safetune.storage import hash_json
 
 SYSTEM_MODES = ("auto", "native", "prepend")
 TRUNCATIONS = ("head", "tail")
-from safetune.methods.losses import IGNORE_INDEX
 
 # Unlikely strings used to probe a template: they must survive rendering untouched.
 _SYSTEM_PROBE = "XQZSYSTEMPROBE"
