@@ -1,0 +1,264 @@
+"""The `safetune` command line.
+
+Every command that takes a config accepts `--config FILE.yaml` and any number of `--section.key=value`
+overrides (sections: data, chat, selection, method, train); the named flags are shortcuts for the most
+used overrides. Bad input exits with code 2 and one line naming the file, record and field.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from safetune.errors import SafetuneError
+
+app = typer.Typer(
+    name="safetune",
+    help="Fine-tune chat LLMs without losing their safety (SaRFT, reward-gap MPO), and measure the cost.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("safetune")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(show_path=False, console=_stderr_console())],
+        force=True,
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@functools.cache
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def user_errors(func: F) -> F:
+    """Turn SafetuneError (bad data, bad config) into one line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SafetuneError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _overrides(ctx: typer.Context, shortcuts: dict[str, Any]) -> list[str]:
+    """Shortcut flags first, then the raw `--section.key=value` arguments (which win)."""
+    from safetune.errors import ConfigError
+
+    items = [f"{key}={_yaml_value(value)}" for key, value in shortcuts.items() if value is not None]
+    extra = list(ctx.args)
+    for arg in extra:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"unexpected argument {arg!r}: overrides are written --section.key=value")
+    return items + extra
+
+
+def _yaml_value(value: Any) -> str:
+    import json
+
+    return json.dumps(value) if isinstance(value, str | bool | list) else str(value)
+
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.", exists=True)]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Hub id or local model folder.")]
+DataOpt = Annotated[str | None, typer.Option("--data", help="Training data: file, folder or HF dataset id.")]
+RoleOpt = Annotated[str | None, typer.Option("--role", help="Keep only this role.")]
+ProfilesOpt = Annotated[str | None, typer.Option("--profiles", help="JSON file: role name -> profile description.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+
+
+@app.command(context_settings=EXTRA)
+@user_errors
+def select(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for selection.jsonl and selection_stats.json.")],
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    role: RoleOpt = None,
+    profiles: ProfilesOpt = None,
+    variant: Annotated[str | None, typer.Option(help="rds | none | all | random | flip | external")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Flag the risky training examples with RDS (reference-model implicit rewards), cached.
+
+    Run as: safetune select -m MODEL --data roles/ --role "Freddy Krueger" --profiles profiles.json -o runs/sel
+    """
+    from safetune.config import load_config
+    from safetune.data.chat import ChatRenderer
+    from safetune.models.loading import default_device, load_causal_lm, load_tokenizer, resolve_dtype
+    from safetune.selection import load_data, write_selection
+    from safetune.selection import select as run_select
+
+    _setup_logging(verbose)
+    shortcuts = {"train.model": model, "data.path": data, "data.role": role, "data.profiles": profiles}
+    cfg = load_config(config, _overrides(ctx, shortcuts | {"selection.variant": variant}))
+    if not cfg.train.model:
+        from safetune.errors import ConfigError
+
+        raise ConfigError("--model (train.model) is required")
+    t, c = cfg.train, cfg.chat
+    tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
+    renderer = ChatRenderer(tokenizer, c.max_prompt_tokens, c.max_response_tokens, c.system_mode, c.prompt_truncation)
+    examples, role_profiles = load_data(cfg)
+
+    def loader() -> Any:
+        log.info("loading %s to score %d examples", t.model, len(examples))
+        model_ = load_causal_lm(t.model, t.revision, resolve_dtype(t.precision), t.trust_remote_code)
+        return model_.to(default_device()).eval()
+
+    flags, scores, stats = run_select(cfg, renderer, examples, role_profiles, loader)
+    write_selection(out, examples, flags, scores, stats)
+    _stderr_console().print(
+        f"[bold]{stats['flagged']}[/] of {stats['count']} examples flagged "
+        f"({100 * stats['flag_rate']:.1f}%, variant {stats['variant']}) -> {out / 'selection.jsonl'}"
+    )
+
+
+@app.command(context_settings=EXTRA)
+@user_errors
+def train(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    role: RoleOpt = None,
+    profiles: ProfilesOpt = None,
+    method: Annotated[str | None, typer.Option(help="Training method: sarft | sft.")] = None,
+    selection: Annotated[str | None, typer.Option(help="rds | none | all | random | flip | external")] = None,
+    selection_file: Annotated[
+        str | None, typer.Option(help="Flags from a file (selection.jsonl of `safetune select`, or JSON {id: 0|1}).")
+    ] = None,
+    finetune: Annotated[str | None, typer.Option(help="lora | full")] = None,
+    beta: Annotated[float | None, typer.Option(help="Weight of the KL term (SaRFT).")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Run folder (train.output_dir).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in the run folder.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a finished run in the run folder.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Fine-tune with SaRFT (or plain SFT) on role-play data; LoRA or full; resumable.
+
+    Run as: safetune train -m MODEL --data roles/ --role "Freddy Krueger" --profiles p.json --method sarft -o runs/x
+    """
+    from safetune.config import load_config
+    from safetune.training.run import train as run_train
+
+    _setup_logging(verbose)
+    shortcuts: dict[str, Any] = {
+        "train.model": model,
+        "data.path": data,
+        "data.role": role,
+        "data.profiles": profiles,
+        "method.name": method,
+        "selection.variant": "external" if selection_file else selection,
+        "selection.flags_file": selection_file,
+        "train.finetune": finetune,
+        "method.beta": beta,
+        "train.output_dir": out,
+    }
+    cfg = load_config(config, _overrides(ctx, shortcuts))
+    run_dir = run_train(cfg, resume=resume, overwrite=overwrite)
+    _stderr_console().print(f"[bold green]done[/]: weights in {run_dir / 'final'}, model card {run_dir / 'README.md'}")
+
+
+@app.command("tiny-model")
+@user_errors
+def tiny_model(
+    out: Annotated[Path, typer.Argument(help="Folder to write the tokenizer and model into.")],
+    text_file: Annotated[
+        Path | None, typer.Option(help="Text to train the tokenizer on (one text per line).", exists=True)
+    ] = None,
+    template: Annotated[str, typer.Option(help="Chat template style: chatml | llama3 | gemma.")] = "chatml",
+    vocab_size: Annotated[int, typer.Option(help="Tokenizer vocabulary size.")] = 512,
+    hidden_size: Annotated[int, typer.Option(help="Hidden size.")] = 64,
+    layers: Annotated[int, typer.Option(help="Number of decoder layers.")] = 2,
+    heads: Annotated[int, typer.Option(help="Attention heads.")] = 4,
+    seed: Annotated[int, typer.Option(help="Initialisation seed.")] = 0,
+) -> None:
+    """Build a tiny LLaMA-architecture chat model and BPE tokenizer locally (no download).
+
+    Run as: safetune tiny-model runs/tiny --template llama3 --hidden-size 64 --layers 2
+    """
+    from safetune.models.tiny import TEMPLATES, build_tiny_model
+
+    if template not in TEMPLATES:
+        from safetune.errors import ConfigError
+
+        raise ConfigError(f"unknown template {template!r} (known: {', '.join(TEMPLATES)})")
+    texts = None
+    if text_file is not None:
+        texts = [line for line in text_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    path = build_tiny_model(
+        out,
+        texts,
+        template=template,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_layers=layers,
+        num_heads=heads,
+        seed=seed,
+    )
+    print(path)
+
+
+@app.command("list")
+def list_registered() -> None:
+    """List the registered methods and selection variants."""
+    from safetune.methods.registry import METHODS
+    from safetune.selection import VARIANTS
+
+    print("methods:")
+    for spec in METHODS.values():
+        print(f"  {spec.name:8s} {spec.summary}")
+    print("selection variants: " + ", ".join(VARIANTS))
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo-out"),
+    quick: Annotated[bool, typer.Option(help="A smaller, faster run (tests).")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run a complete tiny select -> train run (SFT and SaRFT) on a model and data built locally.
+
+    Run as: safetune demo --out demo-out
+    """
+    from safetune.demo import run_demo
+
+    _setup_logging(verbose)
+    report = run_demo(out, quick=quick)
+    print(report)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

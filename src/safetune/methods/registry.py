@@ -1,0 +1,62 @@
+"""The one registry of training methods: name -> MethodSpec. The CLI's choices come from here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from safetune.methods.losses import sarft_loss
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A training objective: its loss, whether it needs the frozen reference, which records it trains on."""
+
+    name: str
+    summary: str
+    loss: Callable[..., Any]
+    needs_reference: bool
+    data_kind: str  # "role" (RoleExample) | "preference" | "parallel"
+    force_beta_zero: bool = False
+    source: str = ""
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    if spec.name in METHODS:
+        raise ValueError(f"method {spec.name!r} is already registered")
+    METHODS[spec.name] = spec
+    return spec
+
+
+def get_method(name: str) -> MethodSpec:
+    from safetune.errors import ConfigError
+
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
+    return METHODS[name]
+
+
+register(
+    MethodSpec(
+        name="sarft",
+        summary="SFT + beta * KL(ref || policy) on RDS-flagged rows (Zhao et al., ACL 2025)",
+        loss=sarft_loss,
+        needs_reference=True,
+        data_kind="role",
+        source="arXiv 2502.20968; yulinlp/SaRFT sarft/src/trainer.py",
+    )
+)
+register(
+    MethodSpec(
+        name="sft",
+        summary="plain supervised fine-tuning (SaRFT's CE with beta = 0; no reference model)",
+        loss=sarft_loss,
+        needs_reference=False,
+        data_kind="role",
+        force_beta_zero=True,
+    )
+)

@@ -1,0 +1,1 @@
+"""The synthetic world used by `safetune demo` and the tests (no download needed)."""

@@ -1,0 +1,250 @@
+"""Build model, tokenizer, reference and dataset from a RunConfig; train; save; write the model card.
+
+Run folder layout (`train.output_dir`):
+    config.yaml            the resolved configuration
+    selection.jsonl        the per-example flags used (plus RDS scores when computed)
+    selection_stats.json
+    checkpoints/           Trainer checkpoints every `train.save_steps` (resume with --resume)
+    final/                 LoRA adapter or full model (safetensors) + tokenizer
+    run.json               provenance and final metrics
+    README.md              a short model card
+
+Run as: safetune train --config configs/sarft_lora.yaml --train.model path/or/hub-id
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from transformers import TrainerCallback, TrainingArguments
+
+from safetune import __version__
+from safetune.config import RunConfig, dump_config
+from safetune.data.chat import ChatRenderer
+from safetune.data.records import RoleExample
+from safetune.errors import ConfigError
+from safetune.methods.registry import get_method
+from safetune.models.loading import default_device, load_causal_lm, load_tokenizer, resolve_dtype
+from safetune.selection import load_data, select, write_selection
+from safetune.storage import atomic_open, hash_json, write_json
+from safetune.training.trainer import RoleCollator, SafetuneTrainer
+
+log = logging.getLogger(__name__)
+
+
+def _precision_flags(precision: str) -> dict[str, bool]:
+    """bf16/fp16 mixed precision flags for TrainingArguments (auto: bf16 where the GPU supports it)."""
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def _training_arguments(config: RunConfig, out: Path) -> TrainingArguments:
+    t = config.train
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.resolved_learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        num_train_epochs=t.num_epochs,
+        max_steps=t.max_steps,
+        seed=t.seed,
+        data_seed=t.seed,
+        save_strategy="steps" if t.save_steps > 0 else "no",
+        save_steps=max(t.save_steps, 1),
+        save_total_limit=t.save_total_limit,
+        save_only_model=False,
+        logging_steps=t.logging_steps,
+        report_to=t.report_to,
+        remove_unused_columns=False,
+        gradient_checkpointing=t.gradient_checkpointing,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        **_precision_flags(t.precision),
+    )
+
+
+def _encode(renderer: ChatRenderer, examples: Sequence[RoleExample], flags: Sequence[bool]) -> list[dict[str, Any]]:
+    """Training rows: the plain chat with no system prompt (the role goes into the weights)."""
+    rows = []
+    for ex, flag in zip(examples, flags, strict=True):
+        enc = renderer.encode(ex.input, ex.output)
+        rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "flag": bool(flag)})
+    return rows
+
+
+def _wrap_lora(model: Any, config: RunConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    t = config.train
+    lora = LoraConfig(
+        r=t.lora_r,
+        lora_alpha=t.lora_alpha,
+        lora_dropout=t.lora_dropout,
+        target_modules=list(t.lora_targets),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def _last_checkpoint(folder: Path) -> str | None:
+    if not folder.is_dir():
+        return None
+    steps = [(int(p.name.split("-")[-1]), p) for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return str(max(steps)[1]) if steps else None
+
+
+def _git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
+        )
+    except OSError:
+        return None
+    return result.stdout.strip() or None
+
+
+def _prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
+    if (out / "final").exists() and not resume and not overwrite:
+        raise ConfigError(f"{out} already holds a finished run; pass --overwrite to replace it")
+    if overwrite and out.exists() and not resume:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _model_card(config: RunConfig, stats: dict[str, Any], metrics: dict[str, Any]) -> str:
+    t, m = config.train, config.method
+    lines = [
+        f"# {Path(t.output_dir).name}",
+        "",
+        f"Fine-tuned from `{t.model}` with safetune {__version__}, method `{m.name}` "
+        f"({'LoRA' if t.finetune == 'lora' else 'full fine-tuning'}).",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| data | `{config.data.path}` (role: {config.data.role or 'all'}) |",
+        f"| examples | {stats['count']} |",
+        f"| selection | {config.selection.variant}: {stats['flagged']} flagged ({100 * stats['flag_rate']:.1f}%) |",
+        f"| beta | {m.beta if m.name != 'sft' else 0} |",
+        f"| KL | {m.kl_direction}, positions {m.kl_positions}; CE normalisation {m.ce_normalisation} |",
+        f"| learning rate | {t.resolved_learning_rate} ({t.lr_scheduler}) |",
+        f"| batch | {t.batch_size} x {t.grad_accum} accumulation |",
+        f"| steps | {metrics.get('global_step')} |",
+        f"| final train loss | {metrics.get('train_loss', float('nan')):.4f} |",
+        "",
+        "Weights are in `final/` (safetensors). The resolved configuration is in `config.yaml`.",
+        "Measure what the fine-tune cost in safety with `safetune eval`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def train(
+    config: RunConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: list[TrainerCallback] | None = None,
+) -> Path:
+    """Run a SaRFT or SFT fine-tune from a config; returns the run folder."""
+    t = config.train
+    if not t.model:
+        raise ConfigError("train.model is required (hub id or local folder)")
+    spec = get_method(config.method.name)
+    if spec.data_kind != "role":
+        raise ConfigError(f"method {spec.name!r} trains on {spec.data_kind} data, not supported by this command yet")
+    if spec.force_beta_zero:
+        config.method.beta = 0.0
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    out = Path(t.output_dir)
+    _prepare_output(out, resume, overwrite)
+
+    tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
+    c = config.chat
+    renderer = ChatRenderer(tokenizer, c.max_prompt_tokens, c.max_response_tokens, c.system_mode, c.prompt_truncation)
+    examples, profiles = load_data(config)
+    log.info("loaded %d examples from %s", len(examples), config.data.path)
+
+    # LoRA keeps the frozen base in the compute dtype (bf16 on a GPU); full fine-tuning keeps fp32 master
+    # weights and lets the Trainer run bf16 autocast.
+    weights_dtype = resolve_dtype(t.precision) if t.finetune == "lora" else torch.float32
+    model = load_causal_lm(t.model, t.revision, weights_dtype, t.trust_remote_code)
+
+    def scoring_model() -> Any:
+        # RDS scores come from the model before fine-tuning: the freshly loaded weights.
+        return model.to(default_device())
+
+    model.eval()
+    # Under `accelerate launch` the main process scores (and caches); the others then read the cache.
+    with PartialState().main_process_first():
+        flags, scores, stats = select(config, renderer, examples, profiles, scoring_model)
+    model.train()
+    write_selection(out, examples, flags, scores, stats)
+    with atomic_open(out / "config.yaml") as handle:
+        handle.write(dump_config(config))
+    log.info("selection %s: %d of %d rows flagged", config.selection.variant, sum(flags), len(flags))
+
+    ref_model = None
+    if t.finetune == "lora":
+        model = _wrap_lora(model, config)
+    elif spec.needs_reference and config.method.beta != 0 and any(flags):
+        ref_model = copy.deepcopy(model)
+    args = _training_arguments(config, out)
+    trainer = SafetuneTrainer(
+        model=model,
+        args=args,
+        train_dataset=_encode(renderer, examples, flags),
+        data_collator=RoleCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        method=config.method,
+        ref_model=ref_model,
+        callbacks=callbacks,
+    )
+    checkpoint = _last_checkpoint(out / "checkpoints") if resume else None
+    if resume and checkpoint is None:
+        log.warning("--resume: no checkpoint in %s, starting from scratch", out / "checkpoints")
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    _save_final(trainer, tokenizer, out)
+    metrics = {**result.metrics, "global_step": result.global_step, "reference_rows": trainer.reference_rows}
+    _write_provenance(config, out, stats, metrics)
+    return out
+
+
+def _save_final(trainer: SafetuneTrainer, tokenizer: Any, out: Path) -> None:
+    """Save into a temp folder and rename, so `final/` is either complete or absent."""
+    final, tmp = out / "final", out / "final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(str(tmp))
+        # The Trainer pickles its arguments beside the weights; the run folder has config.yaml instead.
+        (tmp / "training_args.bin").unlink(missing_ok=True)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+
+
+def _write_provenance(config: RunConfig, out: Path, stats: dict[str, Any], metrics: dict[str, Any]) -> None:
+    run = {
+        "safetune_version": __version__,
+        "git_commit": _git_commit(),
+        "method": config.method.name,
+        "base_model": config.train.model,
+        "finetune": config.train.finetune,
+        "config_hash": hash_json(config.to_dict()),
+        "selection": {k: stats[k] for k in ("variant", "count", "flagged", "flag_rate")},
+        "metrics": metrics,
+    }
+    write_json(out / "run.json", run)
+    with atomic_open(out / "README.md") as handle:
+        handle.write(_model_card(config, stats, metrics))
