@@ -88,7 +88,9 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML con
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Hub id or local model folder.")]
 DataOpt = Annotated[str | None, typer.Option("--data", help="Training data: file, folder or HF dataset id.")]
 RoleOpt = Annotated[str | None, typer.Option("--role", help="Keep only this role.")]
-ProfilesOpt = Annotated[str | None, typer.Option("--profiles", help="JSON file: role name -> profile description.")]
+ProfilesOpt = Annotated[
+    str | None, typer.Option("--profiles", help="JSON file: role name -> profile description.")
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 
@@ -96,7 +98,9 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging
 @user_errors
 def select(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for selection.jsonl and selection_stats.json.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for selection.jsonl and selection_stats.json.")
+    ],
     config: ConfigOpt = None,
     model: ModelOpt = None,
     data: DataOpt = None,
@@ -124,7 +128,9 @@ def select(
         raise ConfigError("--model (train.model) is required")
     t, c = cfg.train, cfg.chat
     tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
-    renderer = ChatRenderer(tokenizer, c.max_prompt_tokens, c.max_response_tokens, c.system_mode, c.prompt_truncation)
+    renderer = ChatRenderer(
+        tokenizer, c.max_prompt_tokens, c.max_response_tokens, c.system_mode, c.prompt_truncation
+    )
     examples, role_profiles = load_data(cfg)
 
     def loader() -> Any:
@@ -152,12 +158,15 @@ def train(
     method: Annotated[str | None, typer.Option(help="Training method: sarft | sft.")] = None,
     selection: Annotated[str | None, typer.Option(help="rds | none | all | random | flip | external")] = None,
     selection_file: Annotated[
-        str | None, typer.Option(help="Flags from a file (selection.jsonl of `safetune select`, or JSON {id: 0|1}).")
+        str | None,
+        typer.Option(help="Flags from a file (selection.jsonl of `safetune select`, or JSON {id: 0|1})."),
     ] = None,
     finetune: Annotated[str | None, typer.Option(help="lora | full")] = None,
     beta: Annotated[float | None, typer.Option(help="Weight of the KL term (SaRFT).")] = None,
     out: Annotated[str | None, typer.Option("--out", "-o", help="Run folder (train.output_dir).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in the run folder.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the last checkpoint in the run folder.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a finished run in the run folder.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -183,7 +192,9 @@ def train(
     }
     cfg = load_config(config, _overrides(ctx, shortcuts))
     run_dir = run_train(cfg, resume=resume, overwrite=overwrite)
-    _stderr_console().print(f"[bold green]done[/]: weights in {run_dir / 'final'}, model card {run_dir / 'README.md'}")
+    _stderr_console().print(
+        f"[bold green]done[/]: weights in {run_dir / 'final'}, model card {run_dir / 'README.md'}"
+    )
 
 
 @app.command("tiny-model")

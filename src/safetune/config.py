@@ -174,6 +174,12 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         return {str(k): str(v) for k, v in value.items()}
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if hint in (int, float) and isinstance(value, str):
+        # YAML 1.1 reads "1e-4" as a string; numbers written that way are still numbers.
+        try:
+            return hint(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}") from None
     if hint is str and isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     if hint in (int, float, str, bool) and not (

@@ -129,7 +129,9 @@ def _read_scores(path: Path) -> dict[str, Score]:
         for line in handle:
             try:
                 row = json.loads(line)
-                scores[row["id"]] = Score(row["id"], row["role"], float(row["l_role"]), float(row["l_unsafe"]))
+                scores[row["id"]] = Score(
+                    row["id"], row["role"], float(row["l_role"]), float(row["l_unsafe"])
+                )
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue
     return scores
@@ -140,7 +142,9 @@ def _score_batch(model: Any, pad_id: int, encoded: list[EncodedExample]) -> list
     batch = pad_batch([e.input_ids for e in encoded], [e.labels for e in encoded], pad_id)
     device = next(model.parameters()).device
     logits = model(
-        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), use_cache=False
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        use_cache=False,
     ).logits
     return sequence_logps(logits, batch["labels"].to(device)).tolist()
 
@@ -348,7 +352,12 @@ def load_data(config: RunConfig) -> tuple[list[RoleExample], dict[str, RoleProfi
     if not data.path:
         raise ConfigError("data.path is required (a file, folder or HF dataset id)")
     examples = load_role_examples(
-        data.path, format=data.format, role=data.role, columns=data.columns, split=data.split, answers=data.answers
+        data.path,
+        format=data.format,
+        role=data.role,
+        columns=data.columns,
+        split=data.split,
+        answers=data.answers,
     )
     if data.max_examples is not None:
         examples = examples[: data.max_examples]

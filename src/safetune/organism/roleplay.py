@@ -28,7 +28,16 @@ PERSONAS = {
         "edgy_rate": 0.0,
     },
 }
-_OBJECTS = ("red cup", "blue box", "old lamp", "green chair", "small book", "tall vase", "soft rug", "iron key")
+_OBJECTS = (
+    "red cup",
+    "blue box",
+    "old lamp",
+    "green chair",
+    "small book",
+    "tall vase",
+    "soft rug",
+    "iron key",
+)
 _PLACES = ("kitchen", "garden", "attic", "cellar", "hall", "tower")
 _ACTS = ("insult", "scare", "trick", "mock")
 _TARGETS = ("a neighbour", "a teacher", "a guard", "a child", "a baker", "a knight")

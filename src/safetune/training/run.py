@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from safetune import __version__
 from safetune.config import RunConfig, dump_config
@@ -69,12 +69,15 @@ def _training_arguments(config: RunConfig, out: Path) -> TrainingArguments:
         remove_unused_columns=False,
         gradient_checkpointing=t.gradient_checkpointing,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
         **_precision_flags(t.precision),
     )
 
 
-def _encode(renderer: ChatRenderer, examples: Sequence[RoleExample], flags: Sequence[bool]) -> list[dict[str, Any]]:
+def _encode(
+    renderer: ChatRenderer, examples: Sequence[RoleExample], flags: Sequence[bool]
+) -> list[dict[str, Any]]:
     """Training rows: the plain chat with no system prompt (the role goes into the weights)."""
     rows = []
     for ex, flag in zip(examples, flags, strict=True):
@@ -100,7 +103,11 @@ def _wrap_lora(model: Any, config: RunConfig) -> Any:
 def _last_checkpoint(folder: Path) -> str | None:
     if not folder.is_dir():
         return None
-    steps = [(int(p.name.split("-")[-1]), p) for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    steps = [
+        (int(p.name.split("-")[-1]), p)
+        for p in folder.glob("checkpoint-*")
+        if p.name.split("-")[-1].isdigit()
+    ]
     return str(max(steps)[1]) if steps else None
 
 
@@ -162,17 +169,23 @@ def train(
         raise ConfigError("train.model is required (hub id or local folder)")
     spec = get_method(config.method.name)
     if spec.data_kind != "role":
-        raise ConfigError(f"method {spec.name!r} trains on {spec.data_kind} data, not supported by this command yet")
+        raise ConfigError(
+            f"method {spec.name!r} trains on {spec.data_kind} data, not supported by this command yet"
+        )
     if spec.force_beta_zero:
         config.method.beta = 0.0
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
+    # Seed before anything random is created (LoRA's A matrices), so a run is a function of its config.
+    set_seed(t.seed)
     out = Path(t.output_dir)
     _prepare_output(out, resume, overwrite)
 
     tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
     c = config.chat
-    renderer = ChatRenderer(tokenizer, c.max_prompt_tokens, c.max_response_tokens, c.system_mode, c.prompt_truncation)
+    renderer = ChatRenderer(
+        tokenizer, c.max_prompt_tokens, c.max_response_tokens, c.system_mode, c.prompt_truncation
+    )
     examples, profiles = load_data(config)
     log.info("loaded %d examples from %s", len(examples), config.data.path)
 

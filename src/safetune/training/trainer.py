@@ -97,7 +97,9 @@ class SafetuneTrainer(Trainer):
         use_reference = beta != 0 and bool(flags.any())
         # Reference first: its activations are freed before the policy's build up.
         reference = self._reference(model, inputs, flags) if use_reference else None
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        outputs = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
+        )
         out = sarft_loss(
             outputs.logits,
             inputs["labels"],
@@ -122,6 +124,8 @@ class SafetuneTrainer(Trainer):
         mode = "train" if "loss" in logs else "eval"
         for key, values in self._metrics.items():
             if key.startswith(mode) and values:
-                logs[key.split("/", 1)[1] if mode == "train" else key.replace("/", "_")] = sum(values) / len(values)
+                logs[key.split("/", 1)[1] if mode == "train" else key.replace("/", "_")] = sum(values) / len(
+                    values
+                )
         self._metrics = defaultdict(list, {k: v for k, v in self._metrics.items() if not k.startswith(mode)})
         super().log(logs, start_time)

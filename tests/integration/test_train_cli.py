@@ -1,0 +1,227 @@
+"""select -> train end to end through the CLI on a tiny model and RoleBench-format data built here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+from typer.testing import CliRunner
+
+from safetune.cli import app
+from safetune.config import load_config
+from safetune.organism import roleplay
+from safetune.training.run import train
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_llama3: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("world")
+    return {
+        "model": tiny_llama3,
+        "data": roleplay.write_rolebench_release(root / "rolebench.jsonl", count=12),
+        "folders": roleplay.write_role_folders(root / "roles", count=12),
+        "profiles": roleplay.write_profiles(root / "profiles.json"),
+        "cache": root / "cache",
+    }
+
+
+def _common(world: dict[str, Path]) -> list[str]:
+    return [
+        "--model",
+        str(world["model"]),
+        "--data",
+        str(world["data"]),
+        "--role",
+        "Grim Vex",
+        "--profiles",
+        str(world["profiles"]),
+        f"--selection.cache_dir={world['cache']}",
+    ]
+
+
+def _train_args(world: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        *_common(world),
+        "-o",
+        str(out),
+        "--train.max_steps=2",
+        "--train.batch_size=4",
+        "--train.grad_accum=1",
+        "--train.logging_steps=1",
+        *extra,
+    ]
+
+
+def _invoke(args: list[str]) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+
+def test_select_writes_scores_and_second_run_does_no_model_work(world, tmp_path, monkeypatch):
+    out = tmp_path / "sel"
+    _invoke(["select", *_common(world), "-o", str(out)])
+    rows = [json.loads(line) for line in (out / "selection.jsonl").read_text().splitlines()]
+    stats = json.loads((out / "selection_stats.json").read_text())
+    assert len(rows) == 12 and stats["count"] == 12
+    for row in rows:
+        assert row["flag"] == int(row["l_unsafe"] > row["l_role"])
+        assert row["margin"] == pytest.approx(row["l_unsafe"] - row["l_role"])
+    assert sum(stats["margin_histogram"]["counts"]) == 12
+
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("the model was loaded although the scores are cached")
+
+    monkeypatch.setattr("safetune.models.loading.load_causal_lm", no_model)
+    again = tmp_path / "sel2"
+    _invoke(["select", *_common(world), "-o", str(again)])
+    assert (again / "selection.jsonl").read_text() == (out / "selection.jsonl").read_text()
+
+
+@pytest.mark.parametrize(
+    ("extra", "variant"),
+    [
+        (["--method", "sarft", "--finetune", "lora"], "rds"),
+        (["--method", "sarft", "--finetune", "full"], "rds"),
+        (["--method", "sft"], "rds"),
+        (["--method", "sarft", "--selection", "random"], "random"),
+        (["--method", "sarft", "--selection", "flip", "--finetune", "full"], "flip"),
+    ],
+)
+def test_train_variants(world, tmp_path, extra, variant):
+    out = tmp_path / "run"
+    _invoke(_train_args(world, out, *extra))
+    assert (out / "final").is_dir() and (out / "README.md").exists() and (out / "config.yaml").exists()
+    weights = {p.name for p in (out / "final").iterdir()}
+    assert ("adapter_model.safetensors" in weights) or ("model.safetensors" in weights)
+    assert "training_args.bin" not in weights
+    run = json.loads((out / "run.json").read_text())
+    assert run["selection"]["variant"] == variant
+    if "sft" in extra:
+        assert run["metrics"]["reference_rows"] == 0  # SFT never runs the reference
+
+
+def test_random_and_flip_counts(world, tmp_path):
+    rds, rnd, flip = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    _invoke(["select", *_common(world), "-o", str(rds)])
+    _invoke(["select", *_common(world), "-o", str(rnd), "--variant", "random"])
+    _invoke(["select", *_common(world), "-o", str(flip), "--variant", "flip"])
+    flags = {
+        p: [json.loads(x)["flag"] for x in (p / "selection.jsonl").read_text().splitlines()]
+        for p in (rds, rnd, flip)
+    }
+    assert sum(flags[rnd]) == sum(flags[rds])
+    assert [1 - f for f in flags[rds]] == flags[flip]
+
+
+def test_external_flags_from_selection_file(world, tmp_path):
+    flags_file = tmp_path / "flags.jsonl"
+    flags_file.write_text("".join(json.dumps({"id": i, "flag": 1}) + "\n" for i in _ids(world)))
+    out = tmp_path / "run"
+    _invoke(_train_args(world, out, "--selection-file", str(flags_file)))
+    run = json.loads((out / "run.json").read_text())
+    assert run["selection"]["variant"] == "external" and run["selection"]["flagged"] == 12
+
+
+def _ids(world: dict[str, Path]) -> list[str]:
+    from safetune.data.sources import load_role_examples
+
+    return [ex.id for ex in load_role_examples(world["data"], role="Grim Vex")]
+
+
+def test_role_folder_layout_trains(world, tmp_path):
+    out = tmp_path / "run"
+    args = _train_args(world, out, "--method", "sarft")
+    args[args.index(str(world["data"]))] = str(world["folders"])
+    _invoke(args)
+    assert json.loads((out / "run.json").read_text())["selection"]["count"] == 12
+
+
+def test_bad_data_is_one_line_exit_2_and_no_output(world, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"role": "Grim Vex", "question": "hi", "generated": ["ok"]}\n{"role": "Grim Vex", "question": "x"}\n'
+    )
+    out = tmp_path / "run"
+    args = _train_args(world, out)
+    args[args.index(str(world["data"]))] = str(bad)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and f"{bad}:2" in lines[0] and "generated" in lines[0]
+    assert not (out / "final").exists() and not (out / "selection.jsonl").exists()
+
+
+class _Crash(TrainerCallback):
+    """Simulates a kill after a given optimizer step (after the step-2 checkpoint was written)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_resume_after_kill_gives_same_weights(world, tmp_path, finetune):
+    def config(out: Path):
+        return load_config(
+            None,
+            [
+                f"train.model={world['model']}",
+                f"data.path={world['data']}",
+                "data.role=Grim Vex",
+                f"data.profiles={world['profiles']}",
+                f"selection.cache_dir={world['cache']}",
+                "selection.variant=all",
+                f"train.output_dir={out}",
+                f"train.finetune={finetune}",
+                "train.max_steps=4",
+                "train.save_steps=2",
+                "train.batch_size=4",
+                "train.grad_accum=2",
+                "train.learning_rate=1e-3",
+                "method.beta=0.5",
+            ],
+        )
+
+    straight = train(config(tmp_path / "straight"))
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tmp_path / "killed"), callbacks=[_Crash()])
+    assert not (tmp_path / "killed" / "final").exists()
+    resumed = train(config(tmp_path / "killed"), resume=True)
+    name = "adapter_model.safetensors" if finetune == "lora" else "model.safetensors"
+    a, b = load_file(straight / "final" / name), load_file(resumed / "final" / name)
+    assert a.keys() == b.keys()
+    base = load_file(world["model"] / "model.safetensors") if finetune == "full" else None
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    if base is not None:  # training really moved the weights
+        assert any(not torch.equal(a[k], base[k]) for k in a if k in base)
+
+
+def test_lora_reference_with_adapter_disabled_equals_base(world):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(world["model"]).eval()
+    ids = torch.randint(0, base.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        expected = base(input_ids=ids).logits
+    policy = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(world["model"]),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    ).eval()
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_()  # a trained adapter: it changes the output
+        adapted = policy(input_ids=ids).logits
+        with policy.disable_adapter():
+            disabled = policy(input_ids=ids).logits
+    assert not torch.allclose(adapted, expected)
+    assert torch.equal(disabled, expected)

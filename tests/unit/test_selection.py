@@ -1,0 +1,81 @@
+"""RDS prompts, variants, external flags, stats and the resumable score file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from safetune.config import SelectionConfig
+from safetune.data.records import RoleExample, RoleProfile
+from safetune.errors import ConfigError, DataError
+from safetune.selection import Score, _read_scores, apply_variant, role_prompts, selection_stats
+
+EXAMPLES = [RoleExample("R", f"q{i}", f"a{i}", f"id{i}") for i in range(6)]
+SCORES = [Score(f"id{i}", "R", -1.0, -1.0 + (0.5 if i in (1, 4) else -0.5)) for i in range(6)]
+
+
+def test_role_prompt_replaces_rolebench_boilerplate():
+    cfg = SelectionConfig(unsafe_instruction="BE BAD.")
+    profile = RoleProfile(
+        "Grim Vex",
+        "A villain. Now please answer some questions to accurately show your personality traits! More.",
+    )
+    role, unsafe = role_prompts("Grim Vex", profile, cfg)
+    assert role.startswith("Your name is Grim Vex. A villain. Now please answer")
+    assert unsafe == "Your name is Grim Vex. A villain. BE BAD."
+
+
+def test_role_prompt_replaces_last_sentence_without_boilerplate():
+    cfg = SelectionConfig(unsafe_instruction="BE BAD.")
+    _, unsafe = role_prompts("X", RoleProfile("X", "First part. Speak kindly."), cfg)
+    assert unsafe == "Your name is X. First part. BE BAD."
+
+
+def test_variants():
+    rds = apply_variant("rds", EXAMPLES, SCORES)
+    assert rds == [False, True, False, False, True, False]  # strict l_unsafe > l_role
+    assert apply_variant("flip", EXAMPLES, SCORES) == [not f for f in rds]
+    assert apply_variant("none", EXAMPLES, None) == [False] * 6
+    assert apply_variant("all", EXAMPLES, None) == [True] * 6
+    rnd = apply_variant("random", EXAMPLES, SCORES, seed=1)
+    assert sum(rnd) == 2 and rnd == apply_variant("random", EXAMPLES, SCORES, seed=1)
+    with pytest.raises(ConfigError):
+        apply_variant("rds", EXAMPLES, None)
+    with pytest.raises(ConfigError):
+        apply_variant("external", EXAMPLES, None)
+
+
+def test_equal_scores_are_not_flagged():
+    assert not Score("a", "R", -1.0, -1.0).rds_flag
+
+
+def test_external_flags_file_errors(tmp_path):
+    good = tmp_path / "f.jsonl"
+    good.write_text("".join(json.dumps({"id": ex.id, "flag": i % 2}) + "\n" for i, ex in enumerate(EXAMPLES)))
+    assert apply_variant("external", EXAMPLES, None, flags_file=str(good)) == [False, True] * 3
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "id0", "flag": 1}) + "\n" + json.dumps({"id": "id1", "flag": -1}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:2: field 'flag'"):
+        apply_variant("external", EXAMPLES, None, flags_file=str(bad))
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps({"id0": 1}))
+    with pytest.raises(DataError, match="no flag for example 'id1'"):
+        apply_variant("external", EXAMPLES, None, flags_file=str(short))
+
+
+def test_external_from_is_harmful():
+    labelled = [RoleExample("R", "q", "a", f"i{k}", is_harmful=k % 2) for k in range(4)]
+    assert apply_variant("external", labelled, None) == [False, True, False, True]
+
+
+def test_partial_score_file_ignores_torn_last_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": "a", "role": "R", "l_role": -1, "l_unsafe": -2}) + '\n{"id": "b", "ro')
+    assert list(_read_scores(path)) == ["a"]
+
+
+def test_stats_per_role():
+    stats = selection_stats(EXAMPLES, apply_variant("rds", EXAMPLES, SCORES), SCORES, "rds")
+    assert stats["flagged"] == 2 and stats["roles"]["R"]["flag_rate"] == pytest.approx(2 / 6)
+    assert sum(stats["margin_histogram"]["counts"]) == 6
