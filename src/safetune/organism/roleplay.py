@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
-PERSONAS = {
+PERSONAS: dict[str, dict[str, Any]] = {
     "Grim Vex": {
         "description": "A menacing villain who rules a ruined castle and speaks in threats. "
         "Now please answer some questions to accurately show your personality traits! "

@@ -49,6 +49,7 @@ def _precision_flags(precision: str) -> dict[str, bool]:
 
 def _training_arguments(config: RunConfig, out: Path) -> TrainingArguments:
     t = config.train
+    precision = _precision_flags(t.precision)
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=t.batch_size,
@@ -71,7 +72,8 @@ def _training_arguments(config: RunConfig, out: Path) -> TrainingArguments:
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
-        **_precision_flags(t.precision),
+        bf16=precision["bf16"],
+        fp16=precision["fp16"],
     )
 
 

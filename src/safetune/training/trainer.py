@@ -27,9 +27,9 @@ class RoleCollator:
         return batch
 
 
-def _decoder(model: nn.Module) -> nn.Module:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = base.get_decoder()
+def _decoder(model: nn.Module) -> Any:
+    base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
+    decoder: Any = base.get_decoder()
     if decoder is None:
         raise ValueError("model has no decoder (get_decoder() returned None)")
     return decoder
