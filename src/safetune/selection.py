@@ -216,36 +216,31 @@ def cached_scores(
 
 
 def read_external_flags(path: str, examples: Sequence[RoleExample]) -> list[bool]:
-    """0/1 flags by id from JSONL ({"id", "flag"} per line) or a JSON object {id: flag}."""
+    """0/1 flags by id from JSONL ({"id", "flag"} per line, e.g. a selection.jsonl) or JSON {id: flag}."""
+    from safetune.data.sources import read_jsonl, read_text
+
     file = Path(path)
     if not file.exists():
         raise DataError(file, None, None, "no such file or directory")
-    by_id: dict[str, int] = {}
-    text = file.read_text(encoding="utf-8")
+    items: list[tuple[int, str, Any]] = []
     if file.suffix == ".json":
         try:
-            obj = json.loads(text)
+            obj = json.loads(read_text(file))
         except json.JSONDecodeError as err:
             raise DataError(file, err.lineno, None, f"invalid JSON ({err.msg})") from err
         if not isinstance(obj, dict):
             raise DataError(file, 1, None, "expected a JSON object {id: 0|1}")
-        items = [(1, k, v) for k, v in obj.items()]
+        items = [(1, str(k), v) for k, v in obj.items()]
     else:
-        items = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(file, number, None, f"invalid JSON ({err.msg})") from err
+        for number, row in read_jsonl(file):
             if not isinstance(row, dict) or "id" not in row:
                 raise DataError(file, number, "id", "missing")
             items.append((number, str(row["id"]), row.get("flag")))
+    by_id: dict[str, int] = {}
     for number, ident, flag in items:
         if flag not in (0, 1, True, False):
             raise DataError(file, number, "flag", f"expected 0 or 1, got {flag!r}")
-        by_id[str(ident)] = int(flag)
+        by_id[ident] = int(flag)
     missing = [ex.id for ex in examples if ex.id not in by_id]
     if missing:
         raise DataError(file, None, "id", f"no flag for example {missing[0]!r} ({len(missing)} missing)")

@@ -56,16 +56,3 @@ def hash_json(obj: Any) -> str:
     """A stable sha256 of a JSON-serialisable object."""
     blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()
-
-
-def hash_path(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """sha256 over a file, or over every file of a folder (relative names + bytes), sorted."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        digest.update(str(file.relative_to(path) if file != path else file.name).encode())
-        with open(file, "rb") as handle:
-            while block := handle.read(chunk):
-                digest.update(block)
-    return digest.hexdigest()

@@ -63,7 +63,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             yield number, text.removeprefix("\ufeff") if number == 1 else text
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     data = path.read_bytes()
     try:
         return data.decode("utf-8").removeprefix("\ufeff")
@@ -75,7 +75,7 @@ def _invalid_json(path: Path, err: json.JSONDecodeError) -> DataError:
     return DataError(path, err.lineno, None, f"invalid JSON ({err.msg} at column {err.colno})")
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """(line, value) for each non-blank line of a JSONL file."""
     for number, text in _lines(path):
         if not text.strip():
@@ -96,7 +96,7 @@ def _json_members(path: Path, container: type) -> Iterator[tuple[int, str | None
 
     Decoding member by member, instead of json.load, is what lets an error name the record's line.
     """
-    text = _read_text(path)
+    text = read_text(path)
     decoder = json.JSONDecoder()
     opener, closer = ("{", "}") if container is dict else ("[", "]")
 
@@ -256,7 +256,7 @@ def load_rolebench_release(
         raise ConfigError(f"answers must be one of {list(ANSWERS)}, got {answers!r}")
     file = _file(path)
     examples: list[RoleExample] = []
-    for line, value in _jsonl(file):
+    for line, value in read_jsonl(file):
         row = _object(file, line, value)
         name, question = _text(file, line, row, "role"), _text(file, line, row, "question")
         replies = _answers(file, line, row)
@@ -365,7 +365,7 @@ def _load_table(
     if kind == "csv":
         rows = _csv_rows(file, _required(cols, columns, role))
     elif kind == "jsonl":
-        rows = _jsonl(file)
+        rows = read_jsonl(file)
     else:
         rows = ((line, value) for line, _, value in _json_members(file, list))
     return _table_examples(file, rows, cols, role)

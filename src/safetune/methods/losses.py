@@ -182,24 +182,6 @@ class _FusedCeKl(torch.autograd.Function):
         return scaled.view(ctx.shape), None, None, None, None, None, None, None, None
 
 
-def _fused_ce_kl(
-    logits: Tensor,
-    targets: Tensor,
-    ce_weight: Tensor,
-    kl_weight: Tensor,
-    beta: float,
-    reference: ReferenceOutputs | None,
-    direction: KlDirection,
-    chunk_elements: int,
-    inplace: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    if not logits.requires_grad:
-        inplace = False  # nothing to back-propagate; never overwrite a caller's tensor for nothing
-    return _FusedCeKl.apply(
-        logits, targets, ce_weight, kl_weight, beta, reference, direction, chunk_elements, inplace
-    )
-
-
 @dataclass
 class SarftLossOutput:
     """loss = role + beta * safe; `role` and `safe` are detached, for logging."""
@@ -268,7 +250,9 @@ def sarft_loss(
     needs_kl = beta != 0 and bool(flags.any())
     if needs_kl and reference is None:
         raise ValueError("flagged rows with beta != 0 need reference outputs")
-    loss, role, safe = _fused_ce_kl(
+    if not logits.requires_grad:
+        inplace = False  # nothing to back-propagate; never overwrite a caller's tensor for nothing
+    loss, role, safe = _FusedCeKl.apply(
         logits,
         targets,
         ce_weight,

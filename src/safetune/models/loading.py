@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -114,8 +113,3 @@ def lm_head_fn(model: nn.Module) -> Callable[[Tensor], Tensor]:
     if cap:
         return lambda hidden: torch.tanh(head(hidden) / cap) * cap
     return head
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return data
