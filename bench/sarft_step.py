@@ -248,7 +248,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--mem-hidden", type=int, default=512)
     p.add_argument("--mem-flagged", type=int, default=1, help="flagged rows in the memory benchmark")
     p.add_argument("--mem-dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    p.add_argument("--chunk-elements", type=int, default=1 << 23, help="fused loss chunk (fp32 elements)")
+    p.add_argument("--chunk-elements", type=int, default=1 << 21, help="fused loss chunk (fp32 elements)")
     p.add_argument("--skip-steps", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--measure", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -300,7 +300,6 @@ def main() -> None:
     print(
         f"  peak memory SaRFT/SFT = {mem_ratio:.2f}x (target <= 1.5); authors' way = {authors_mem_ratio:.2f}x"
     )
-
     if not args.skip_memory:
         print(
             f"  (counting the policy logits too: SaRFT/SFT = {with_logits:.2f}x; "

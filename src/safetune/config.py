@@ -77,7 +77,7 @@ class MethodConfig:
     kl_direction: Literal["forward", "reverse"] = "forward"  # forward = KL(ref||policy), the authors' code
     kl_positions: Literal["all", "response"] = "all"  # all non-pad positions = authors' code
     ce_normalisation: Literal["row_length", "response_tokens"] = "row_length"  # row length = authors' code
-    chunk_elements: int = 1 << 23  # fp32 elements per vocabulary chunk in the fused CE+KL
+    chunk_elements: int = 1 << 21  # fp32 elements per vocabulary chunk in the fused CE+KL
 
     def __post_init__(self) -> None:
         if self.beta < 0:

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 IGNORE_INDEX = -100
-# Elements of a [positions, vocab] fp32 block handled at once (32 MiB per temporary).
-DEFAULT_CHUNK_ELEMENTS = 1 << 23
+# Elements of a [positions, vocab] fp32 block handled at once (8 MiB per temporary).
+DEFAULT_CHUNK_ELEMENTS = 1 << 21
 
 KlDirection = Literal["forward", "reverse"]
 KlPositions = Literal["all", "response"]
