@@ -35,9 +35,9 @@ def shift_targets(labels: Tensor) -> Tensor:
     return targets
 
 
-def _position_chunks(n_positions: int, vocab: int, chunk_elements: int) -> range:
-    step = max(1, chunk_elements // max(vocab, 1))
-    return range(0, n_positions, step)
+def _chunk_positions(vocab: int, chunk_elements: int) -> int:
+    """Positions per chunk so that one [chunk, vocab] fp32 block holds about `chunk_elements` values."""
+    return max(1, chunk_elements // max(vocab, 1))
 
 
 @torch.no_grad()
@@ -58,8 +58,9 @@ def sequence_logps(
     flat_logits = logits.reshape(batch * length, vocab)
     flat_targets = targets.reshape(-1)
     token_logps = torch.zeros(batch * length, dtype=torch.float32, device=logits.device)
-    for start in _position_chunks(batch * length, vocab, chunk_elements):
-        stop = min(start + max(1, chunk_elements // vocab), batch * length)
+    step = _chunk_positions(vocab, chunk_elements)
+    for start in range(0, batch * length, step):
+        stop = min(start + step, batch * length)
         tgt = flat_targets[start:stop]
         keep = tgt != IGNORE_INDEX
         if not keep.any():
@@ -143,7 +144,7 @@ class _FusedCeKl(torch.autograd.Function):
         flat_kl_w = kl_weight.reshape(-1).float() if reference is not None and beta != 0 else None
         ce_total = torch.zeros((), dtype=torch.float32, device=logits.device)
         kl_total = torch.zeros((), dtype=torch.float32, device=logits.device)
-        step = max(1, chunk_elements // vocab)
+        step = _chunk_positions(vocab, chunk_elements)
         for start in range(0, batch * length, step):
             stop = min(start + step, batch * length)
             z = flat[start:stop].float()
