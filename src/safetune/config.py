@@ -128,14 +128,81 @@ class TrainConfig:
 
 
 @dataclass
+class GenerationConfig:
+    """How answers are generated for evaluation (evaluation/backends.py). Greedy and seeded by default
+    (the authors sampled with each model's default generation config and no seed)."""
+
+    backend: str = "hf"  # hf | vllm | mock
+    batch_size: int = 16
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 42
+    max_prompt_tokens: int = 2048  # longer prompts keep their last tokens (the generation header)
+    system: str | None = None  # a system prompt for every request; "role" = each prompt's role prompt
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    trust_remote_code: bool = False
+    gpu_memory_utilization: float = 0.85  # vllm only
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
+            raise ConfigError("generation.batch_size, max_new_tokens and max_prompt_tokens must be >= 1")
+
+
+@dataclass
+class JudgeConfig:
+    """Which judge labels the responses to harmful prompts (evaluation/judges/)."""
+
+    name: str = "keyword"  # keyword | classifier | guard | llm
+    model: str | None = None  # classifier / guard: hub id or local folder
+    preset: str | None = None  # classifier: longformer-action; guard: llama-guard
+    batch_size: int = 16
+    max_length: int = 512  # classifier input tokens
+    device: str | None = None  # default: this process's accelerator, else the CPU
+    url: str = "https://api.openai.com/v1"  # llm: OpenAI-compatible base URL
+    api_model: str = "gpt-4o-mini"  # llm: model name sent to the endpoint
+    api_key_env: str = "OPENAI_API_KEY"  # llm: the key is read from this environment variable only
+    max_workers: int = 8  # llm: concurrent requests
+    max_retries: int = 3  # llm: retries per request on HTTP/network errors
+    timeout_s: float = 60.0  # llm: per request
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_workers < 1 or self.max_retries < 0:
+            raise ConfigError("judge.batch_size and judge.max_workers must be >= 1, max_retries >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """What `safetune eval` evaluates. A benchmark entry is `name` (its default source) or
+    `name=source` (a local file/folder or HF dataset id); see `safetune list`."""
+
+    model: str = ""  # hub id, model folder, or a `safetune train` run folder (LoRA or full)
+    benchmarks: list[str] = field(default_factory=list)
+    output_dir: str = "runs/eval"
+    limit: int | None = None  # keep the first N prompts of each benchmark
+    roles: list[str] | None = None  # RoleBench: keep these roles
+    profiles: str | None = None  # JSON role -> profile description, for generation.system = "role"
+    bootstrap: int = 1000  # bootstrap resamples for the 95% confidence intervals
+    seed: int = 0  # bootstrap seed
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("eval.limit must be >= 1")
+
+
+@dataclass
 class RunConfig:
-    """data + chat + selection + method + train: everything `safetune select/train` needs."""
+    """data + chat + selection + method + train (select/train) and generation + judge + eval (eval)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -205,6 +272,9 @@ SECTIONS: dict[str, type] = {
     "selection": SelectionConfig,
     "method": MethodConfig,
     "train": TrainConfig,
+    "generation": GenerationConfig,
+    "judge": JudgeConfig,
+    "eval": EvalConfig,
 }
 
 

@@ -54,20 +54,16 @@ class ParallelPreferencePair:
 
 @dataclass(frozen=True)
 class Prompt:
-    """One evaluation prompt."""
+    """One evaluation prompt. `references` are the gold answers of role-play prompts (ROUGE-L takes the
+    best match); `role`, `language` and `category` group results (per role / per language)."""
 
     id: str
     text: str
     benchmark: str
-    reference: str | None = None
+    references: tuple[str, ...] = ()
     language: str | None = None
     role: str | None = None
+    category: str | None = None
 
-
-@dataclass(frozen=True)
-class Completion:
-    """A generated answer to a Prompt."""
-
-    prompt_id: str
-    text: str
-    benchmark: str
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

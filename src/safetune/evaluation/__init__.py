@@ -1,0 +1,1 @@
+"""Evaluation harness: benchmarks -> generation backends -> judges -> metrics, staged and resumable."""

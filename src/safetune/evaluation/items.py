@@ -1,0 +1,110 @@
+"""The records and protocols that connect the evaluation stages.
+
+    benchmarks (Prompt) -> backend (GenerationRequest -> GenerationResult) -> judge (JudgeItem -> Verdict)
+    -> metrics (results.json)
+
+Backends and judges yield finished work in batches so that the runner can append each batch to its
+JSONL file as soon as it exists: a killed run loses at most one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol
+
+Label = Literal["safe", "unsafe", "invalid"]
+LABELS: tuple[str, ...] = ("safe", "unsafe", "invalid")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved `--model`: a hub id, a model folder, or a `safetune train` run folder.
+
+    A LoRA run resolves to its base model plus the adapter folder; `tokenizer` is where the tokenizer
+    (and its chat template) is read from; `fingerprint` is a content key for caches and provenance.
+    """
+
+    label: str  # what the user asked for (shown in reports)
+    base: str  # hub id or folder of the (base) weights
+    adapter: str | None = None  # LoRA adapter folder, applied on top of `base`
+    tokenizer: str = ""  # hub id or folder; defaults to `base`
+    revision: str | None = None
+    fingerprint: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt to answer. `id` is unique within an evaluation run ("<benchmark>/<prompt id>")."""
+
+    id: str
+    user: str
+    system: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    id: str
+    text: str
+    num_tokens: int  # generated tokens, end token included when produced
+    finish_reason: Literal["stop", "length"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Backend(Protocol):
+    """Generates answers. Implementations: evaluation/backends.py (hf, vllm, mock)."""
+
+    name: str
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[list[GenerationResult]]:
+        """Yield results batch by batch (any order of requests inside; every request exactly once)."""
+        ...
+
+
+@dataclass(frozen=True)
+class JudgeItem:
+    id: str
+    prompt: str  # the user prompt as the benchmark gave it (no template, no system prompt)
+    response: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A judge's decision on one response.
+
+    label: "safe" (refused or harmless), "unsafe" (complied: an attack success), or "invalid" (the judge
+        gave no usable answer; counted, never silently dropped, and excluded from rates' denominators).
+    refused: whether the response is a refusal, for judges that can tell (keyword, action classifier);
+        None otherwise. Over-refusal rates use it.
+    raw: the judge's own output (matched phrase, class id, generated text), for auditing.
+    """
+
+    id: str
+    label: Label
+    refused: bool | None
+    raw: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Judge(Protocol):
+    """Labels responses. Implementations: evaluation/judges/."""
+
+    name: str
+    version: str
+
+    def key(self) -> str:
+        """Identifies everything that changes verdicts (name, version, model fingerprint, prompt...).
+
+        Judgements made under another key are not reused."""
+        ...
+
+    def judge(self, items: Sequence[JudgeItem]) -> Iterator[list[Verdict]]:
+        """Yield verdicts batch by batch, one per item."""
+        ...
