@@ -1,7 +1,7 @@
 """The `safetune` command line.
 
 Every command that takes a config accepts `--config FILE.yaml` and any number of `--section.key=value`
-overrides (sections: data, chat, selection, method, train); the named flags are shortcuts for the most
+overrides (sections: data, chat, selection, method, train, generation, judge, eval); the named flags are shortcuts for the most
 used overrides. Bad input exits with code 2 and one line naming the file, record and field.
 """
 
@@ -197,6 +197,107 @@ def train(
     )
 
 
+@app.command("eval", context_settings=EXTRA)
+@user_errors
+def eval_(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Hub id, model folder, or `safetune train` run folder."),
+    ] = None,
+    benchmarks: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated name[=source] entries, e.g. advbench=data/advbench.csv."),
+    ] = None,
+    judge: Annotated[str | None, typer.Option(help="keyword | classifier | guard | llm")] = None,
+    judge_model: Annotated[
+        str | None, typer.Option(help="Judge model (classifier / guard): hub id or folder.")
+    ] = None,
+    judge_preset: Annotated[
+        str | None, typer.Option(help="Judge preset, e.g. longformer-action, llama-guard.")
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="Generation backend: hf | vllm | mock")] = None,
+    system: Annotated[
+        str | None, typer.Option(help='System prompt for every request; "role" = each role\'s role prompt.')
+    ] = None,
+    profiles: ProfilesOpt = None,
+    limit: Annotated[int | None, typer.Option(help="Keep the first N prompts of each benchmark.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Generation batch size.")] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Evaluation folder (eval.output_dir).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Discard this folder's previous evaluation files.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Generate, judge and score a model on benchmarks; staged and resumable (re-run to resume).
+
+    Run as: safetune eval -m runs/villain-sarft --benchmarks advbench=advbench.csv,overrefusal -o runs/ev
+    """
+    from safetune.config import load_config
+    from safetune.evaluation.runner import evaluate
+
+    _setup_logging(verbose)
+    shortcuts: dict[str, Any] = {
+        "eval.model": model,
+        "eval.benchmarks": benchmarks.split(",") if benchmarks else None,
+        "judge.name": judge,
+        "judge.model": judge_model,
+        "judge.preset": judge_preset,
+        "generation.backend": backend,
+        "generation.system": system,
+        "eval.profiles": profiles,
+        "eval.limit": limit,
+        "generation.batch_size": batch_size,
+        "eval.output_dir": out,
+    }
+    cfg = load_config(config, _overrides(ctx, shortcuts))
+    results_path = evaluate(cfg, overwrite=overwrite)
+    _print_summary(results_path)
+
+
+def _print_summary(results_path: Path) -> None:
+    import json
+
+    from rich.table import Table
+
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    table = Table(title=f"results: {results_path}")
+    for column in ("benchmark", "metric", "value", "95% CI", "n", "invalid"):
+        table.add_column(column)
+    for name, bench in results["benchmarks"].items():
+        value, ci = bench.get("value"), bench.get("ci95") or [None, None]
+        shown = "–" if value is None else f"{value:.2f}"
+        interval = "–" if None in ci else f"{ci[0]:.1f}–{ci[1]:.1f}"
+        table.add_row(name, bench["metric"], shown, interval, str(bench["n"]), str(bench["n_invalid"]))
+    _stderr_console().print(table)
+    summary = {k: v for k, v in results["summary"].items() if isinstance(v, int | float)}
+    if summary:
+        _stderr_console().print(", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
+
+
+@app.command()
+@user_errors
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Evaluation folders (or results.json files).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("report"),
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="Row label per run, in order (repeat the flag).")
+    ] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Render results.json files as a Markdown table (paper layout), a CSV and PNG plots.
+
+    Run as: safetune report runs/ev-base runs/ev-sft runs/ev-sarft -o report
+    """
+    from safetune.reports.render import render_report
+
+    _setup_logging(verbose)
+    paths = render_report(runs, out, labels=label or None)
+    print((out / "report.md").read_text(encoding="utf-8"))
+    _stderr_console().print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
 @app.command("tiny-model")
 @user_errors
 def tiny_model(
@@ -239,7 +340,10 @@ def tiny_model(
 
 @app.command("list")
 def list_registered() -> None:
-    """List the registered methods and selection variants."""
+    """List the registered methods, selection variants, benchmarks, judges and generation backends."""
+    from safetune.evaluation.backends import BACKENDS
+    from safetune.evaluation.benchmarks import BENCHMARKS
+    from safetune.evaluation.judges import JUDGES
     from safetune.methods.registry import METHODS
     from safetune.selection import VARIANTS
 
@@ -247,6 +351,15 @@ def list_registered() -> None:
     for spec in METHODS.values():
         print(f"  {spec.name:8s} {spec.summary}")
     print("selection variants: " + ", ".join(VARIANTS))
+    print("benchmarks:")
+    for bench in BENCHMARKS.values():
+        print(f"  {bench.name:22s} {bench.metric:18s} {bench.description}")
+    print("judges:")
+    for judge in JUDGES.values():
+        print(f"  {judge.name:10s} {judge.version:8s} {judge.description}")
+    print("generation backends:")
+    for backend in BACKENDS.values():
+        print(f"  {backend.name:6s} {backend.description}")
 
 
 @app.command()

@@ -34,7 +34,7 @@ from safetune.data.records import RoleExample, RoleProfile
 from safetune.data.sources import role_key
 from safetune.errors import ConfigError, DataError
 from safetune.methods.losses import sequence_logps
-from safetune.storage import append_jsonl, hash_json, write_json, write_jsonl
+from safetune.storage import append_jsonl, hash_json, repair_jsonl_tail, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +208,7 @@ def cached_scores(
             return [scores[ex.id] for ex in examples], key
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f"{key}.partial.jsonl"
+    repair_jsonl_tail(partial)
     model = model_loader()
     scores_list = score_examples(model, renderer, examples, prompts, config.batch_size, partial)
     write_jsonl(final, [_score_row(s) for s in scores_list])

@@ -12,7 +12,7 @@ import csv
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,26 @@ def _json_members(path: Path, container: type) -> Iterator[tuple[int, str | None
 
     Decoding member by member, instead of json.load, is what lets an error name the record's line.
     """
-    text = read_text(path)
+    yield from _json_document(path, read_text(path), container, None)
+
+
+def _json_document(
+    path: Path, text: str, container: type, expand: str | None
+) -> Iterator[tuple[int, str | None, Any]]:
+    """`_json_scan` over a whole document, which must end after the list or object."""
+    end = yield from _json_scan(path, text, 0, container, 1, expand)
+    if _skip_ws(text, end) < len(text):
+        raise _invalid_json(path, json.JSONDecodeError("Extra data", text, _skip_ws(text, end)))
+
+
+def _json_scan(
+    path: Path, text: str, pos: int, container: type, line: int, expand: str | None
+) -> Generator[tuple[int, str | None, Any], None, int]:
+    """Members of the list or object that starts at `pos` (on `line`); returns the position after it.
+
+    With `expand`, the object member of that name must be a list and its items are yielded one by
+    one, each as (its own line, `expand`, item); its absence is an error.
+    """
     decoder = json.JSONDecoder()
     opener, closer = ("{", "}") if container is dict else ("[", "]")
 
@@ -109,11 +128,11 @@ def _json_members(path: Path, container: type) -> Iterator[tuple[int, str | None
     def syntax(pos: int, message: str) -> DataError:
         return _invalid_json(path, json.JSONDecodeError(message, text, pos))
 
-    pos = _skip_ws(text, 0)
+    first, counted, expanded = line, pos, False
+    pos = _skip_ws(text, pos)
     if not text.startswith(opener, pos):
         value, _ = decode(pos)  # decoded only to name what was found instead
-        raise DataError(path, 1, None, f"expected a JSON {_JSON_TYPES[container]}, got {_type(value)}")
-    line, counted = 1, 0
+        raise DataError(path, line, None, f"expected a JSON {_JSON_TYPES[container]}, got {_type(value)}")
     pos = _skip_ws(text, pos + 1)
     done = text.startswith(closer, pos)
     while not done:
@@ -127,8 +146,23 @@ def _json_members(path: Path, container: type) -> Iterator[tuple[int, str | None
             if not text.startswith(":", pos):
                 raise syntax(pos, "Expecting ':' delimiter")
             pos = _skip_ws(text, pos + 1)
-        value, pos = decode(pos)
-        yield line, key, value
+        if expand is not None and key == expand:
+            expanded = True
+            if not text.startswith("[", pos):
+                value, _ = decode(pos)
+                raise DataError(path, line, key, f"expected a list, got {_type(value)}")
+            here = line + text.count("\n", counted, pos)
+            items = _json_scan(path, text, pos, list, here, None)
+            while True:
+                try:
+                    item_line, _, item = next(items)
+                except StopIteration as stop:
+                    pos = stop.value
+                    break
+                yield item_line, key, item
+        else:
+            value, pos = decode(pos)
+            yield line, key, value
         pos = _skip_ws(text, pos)
         if text.startswith(",", pos):
             pos = _skip_ws(text, pos + 1)
@@ -136,8 +170,9 @@ def _json_members(path: Path, container: type) -> Iterator[tuple[int, str | None
             done = True
         else:
             raise syntax(pos, f"Expecting ',' or '{closer}' delimiter")
-    if _skip_ws(text, pos + 1) < len(text):
-        raise syntax(_skip_ws(text, pos + 1), "Extra data")
+    if expand is not None and not expanded:
+        raise DataError(path, first, expand, "missing")
+    return pos + 1
 
 
 def _csv_next(path: Path, reader: Any) -> tuple[int, list[str] | None]:
@@ -164,6 +199,46 @@ def _csv_rows(path: Path, required: Iterable[str]) -> Iterator[tuple[int, dict[s
         if len(record) != len(header):
             raise DataError(path, start, None, f"expected {len(header)} fields, got {len(record)}")
         yield start, dict(zip(header, record, strict=True))
+
+
+def read_csv_cells(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line where the row starts, cells) for each non-blank row of a CSV file without a header row."""
+    reader = csv.reader(text for _, text in _lines(path))
+    while True:
+        start, record = _csv_next(path, reader)
+        if record is None:
+            return
+        if record:  # csv.reader gives [] for a blank line
+            yield start, record
+
+
+def read_records(
+    path: PathLike, required: Iterable[str] = (), *, within: str | None = None
+) -> Iterator[tuple[int, Any]]:
+    """(line where it starts, record) for each record of a table file, by suffix.
+
+    .json: a list (each member a record); with `within`, also an object whose member `within` holds
+    that list (e.g. the SaRFT authors' `{"Instances": [...]}`). .jsonl: one record per non-blank line.
+    .csv: a header row, which must hold the `required` columns, then one dict per row. JSON records
+    may be any value: check them with an object check before use.
+    """
+    file = _file(path)
+    kind = _TABLE_SUFFIXES.get(file.suffix.lower())
+    if kind is None:
+        raise DataError(
+            file, None, None, f"unknown table suffix {file.suffix!r} (expected .json, .jsonl or .csv)"
+        )
+    if kind == "csv":
+        yield from _csv_rows(file, required)
+    elif kind == "jsonl":
+        yield from read_jsonl(file)
+    else:
+        text = read_text(file)
+        if within is not None and text.lstrip(" \t\n\r").startswith("{"):
+            members = _json_document(file, text, dict, within)
+            yield from ((line, value) for line, key, value in members if key == within)
+        else:
+            yield from ((line, value) for line, _, value in _json_document(file, text, list, None))
 
 
 # ---- validation of single values ----

@@ -1,18 +1,24 @@
-"""Load tokenizers and causal LMs (hub id or local folder), fingerprint them for cache keys."""
+"""Load tokenizers and causal LMs (hub id or local folder), fingerprint them for cache keys, and resolve
+what `--model` names (hub id, model folder, LoRA adapter or `safetune train` run) for generation."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+import yaml
 from torch import Tensor, nn
 
 from safetune.errors import ConfigError
+
+if TYPE_CHECKING:  # imported in resolve_model: loading stays importable before the evaluation package
+    from safetune.evaluation.items import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -113,3 +119,179 @@ def lm_head_fn(model: nn.Module) -> Callable[[Tensor], Tensor]:
     if cap:
         return lambda hidden: torch.tanh(head(hidden) / cap) * cap
     return head
+
+
+# --- what `--model` names: hub id, model folder, or a `safetune train` run folder ------------------------
+
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
+
+
+def _looks_like_path(text: str, roots: list[Path]) -> bool:
+    """Whether a name that exists nowhere is a (missing) local path rather than a hub id.
+
+    A hub id is `name` or `org/name`; anything absolute, relative (`./`, `../`, `~`), deeper than one
+    slash, or whose first part is a local folder under one of `roots` is a path.
+    """
+    if text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1:
+        return True
+    first = text.split("/", 1)[0]
+    return "/" in text and any((root / first).is_dir() for root in roots)
+
+
+def _find_local(name: str, roots: list[Path]) -> Path | None:
+    """`name` as given (from the cwd), else relative to each of `roots`; None if it is nowhere."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path.resolve()
+    if path.is_absolute():
+        return None
+    for root in roots:
+        if (root / path).exists():
+            return (root / path).resolve()
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return data
+
+
+def _run_train_section(run_dir: Path | None) -> dict[str, Any]:
+    """The `train` section of a run folder's resolved config.yaml ({} when there is none)."""
+    if run_dir is None or not (run_dir / "config.yaml").is_file():
+        return {}
+    try:
+        data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read {run_dir / 'config.yaml'}: {err}") from err
+    train = data.get("train") if isinstance(data, dict) else None
+    return train if isinstance(train, dict) else {}
+
+
+def _lora_base(adapter: Path, run_dir: Path | None) -> tuple[str, str | None]:
+    """The base model of a LoRA adapter folder: (hub id or absolute folder, revision from config.yaml).
+
+    The adapter records `base_model_name_or_path` as training saw it; a relative folder is looked up from
+    the cwd, then from the run folder's parents, then the run's `config.yaml` `train.model` likewise.
+    """
+    recorded = str(_read_json(adapter / "adapter_config.json").get("base_model_name_or_path") or "")
+    train = _run_train_section(run_dir)
+    trained_from = str(train.get("model") or "")
+    revision = train.get("revision") if trained_from in ("", recorded) else None
+    anchor = (run_dir if run_dir is not None else adapter).resolve()
+    roots = [anchor, *anchor.parents]
+    for name in dict.fromkeys(n for n in (recorded, trained_from) if n):
+        found = _find_local(name, roots)
+        if found is not None:
+            return str(found), None
+    for name in dict.fromkeys(n for n in (recorded, trained_from) if n):
+        if not _looks_like_path(name, roots):
+            return name, revision if isinstance(revision, str) else None
+    if not recorded and not trained_from:
+        raise ConfigError(f"{adapter}/adapter_config.json names no base model (base_model_name_or_path)")
+    raise ConfigError(
+        f"LoRA adapter {adapter} needs its base model {recorded or trained_from!r}, which was not found "
+        f"(looked from the current folder and from {anchor} upwards); put the base model there"
+    )
+
+
+def resolve_model(model: str, revision: str | None = None) -> ModelSource:
+    """Resolve `--model`: a hub id, a full model folder, a LoRA adapter folder or a `safetune train` run.
+
+    A run folder (run.json + final/) stands for its `final/`. A folder with `adapter_config.json` is a LoRA
+    adapter: base = its `base_model_name_or_path` (see `_lora_base`), tokenizer from the adapter folder
+    when it holds tokenizer files (a run saves them there), else from the base; the fingerprint combines
+    base and adapter. Any other folder or a hub id is the model itself. A missing path -> ConfigError.
+    """
+    from safetune.evaluation.items import ModelSource
+
+    if not model:
+        raise ConfigError("no model given (hub id, model folder or safetune train run folder)")
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        if path.exists():
+            raise ConfigError(f"model {model!r} is a file; expected a model folder, a run folder or a hub id")
+        if _looks_like_path(model, [Path.cwd()]):
+            raise ConfigError(f"model folder {model!r} not found")
+        return ModelSource(
+            label=model,
+            base=model,
+            tokenizer=model,
+            revision=revision,
+            fingerprint=model_fingerprint(model, revision),
+        )
+    run_dir: Path | None = None
+    folder = path
+    if (path / "run.json").is_file() and (path / "final").is_dir():
+        run_dir, folder = path, path / "final"
+    else:  # the run's final/ or checkpoints/checkpoint-N given directly
+        run_dir = next(
+            (
+                p
+                for p in (path.parent, path.parent.parent)
+                if (p / "run.json").is_file() or (p / "config.yaml").is_file()
+            ),
+            None,
+        )
+    folder = folder.resolve()
+    if not (folder / "adapter_config.json").is_file():
+        if not (folder / "config.json").is_file():
+            if (folder / "checkpoints").is_dir():
+                raise ConfigError(
+                    f"{folder} is an unfinished safetune run (no final/); pass one of its checkpoints/ folders"
+                )
+            raise ConfigError(f"{folder} holds neither a model (config.json) nor a LoRA adapter")
+        return ModelSource(
+            label=model,
+            base=str(folder),
+            tokenizer=str(folder),
+            revision=revision,
+            fingerprint=model_fingerprint(str(folder)),
+        )
+    base, base_revision = _lora_base(folder, run_dir)
+    base_revision = revision or base_revision
+    has_tokenizer = any((folder / name).is_file() for name in _TOKENIZER_FILES)
+    combined = hashlib.sha256(
+        f"{model_fingerprint(base, base_revision)}+{model_fingerprint(str(folder))}".encode()
+    ).hexdigest()
+    return ModelSource(
+        label=model,
+        base=base,
+        adapter=str(folder),
+        tokenizer=str(folder) if has_tokenizer else base,
+        revision=base_revision,
+        fingerprint=f"lora:{combined}",
+    )
+
+
+def load_for_generation(
+    source: ModelSource,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
+    """(model, tokenizer) for inference: base weights, the LoRA adapter merged in, eval mode.
+
+    `source.revision` applies to the base (and to the tokenizer when it is read from the base).
+    """
+    device = default_device() if device is None else device
+    model = load_causal_lm(source.base, source.revision, dtype, trust_remote_code, device)
+    if source.adapter:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, source.adapter).merge_and_unload()
+        except (OSError, ValueError, RuntimeError) as err:
+            raise ConfigError(
+                f"cannot apply LoRA adapter {source.adapter!r} to {source.base!r}: {err}"
+            ) from err
+    model.eval()
+    tokenizer_id = source.tokenizer or source.base
+    tokenizer_revision = source.revision if tokenizer_id == source.base else None
+    tokenizer = load_tokenizer(tokenizer_id, tokenizer_revision, trust_remote_code)
+    return model, tokenizer

@@ -336,3 +336,43 @@ def build_tiny_model(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def build_tiny_classifier(
+    out_dir: str | Path,
+    tokenizer_dir: str | Path,
+    *,
+    num_labels: int = 6,
+    id2label: dict[int, str] | None = None,
+    hidden_size: int = 32,
+    num_layers: int = 1,
+    seed: int = 0,
+) -> Path:
+    """A random-init tiny LLaMA sequence classifier sharing `tokenizer_dir`'s tokenizer (judge tests).
+
+    Six labels by default, the shape of the Do-Not-Answer action classifier (class 5 = complied).
+    """
+    from transformers import AutoTokenizer, LlamaForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    labels = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForSequenceClassification(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from safetune.data.records import RoleExample
 from safetune.errors import ConfigError
 from safetune.methods.registry import get_method
 from safetune.models.loading import default_device, load_causal_lm, load_tokenizer, resolve_dtype
+from safetune.provenance import git_commit
 from safetune.selection import load_data, select, write_selection
 from safetune.storage import atomic_open, hash_json, write_json
 from safetune.training.trainer import RoleCollator, SafetuneTrainer
@@ -111,17 +111,6 @@ def _last_checkpoint(folder: Path) -> str | None:
         if p.name.split("-")[-1].isdigit()
     ]
     return str(max(steps)[1]) if steps else None
-
-
-def _git_commit() -> str | None:
-    try:
-        here = Path(__file__).resolve().parent
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
-        )
-    except OSError:
-        return None
-    return result.stdout.strip() or None
 
 
 def _prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
@@ -252,7 +241,7 @@ def _save_final(trainer: SafetuneTrainer, tokenizer: Any, out: Path) -> None:
 def _write_provenance(config: RunConfig, out: Path, stats: dict[str, Any], metrics: dict[str, Any]) -> None:
     run = {
         "safetune_version": __version__,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "method": config.method.name,
         "base_model": config.train.model,
         "finetune": config.train.finetune,

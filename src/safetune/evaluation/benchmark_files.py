@@ -1,0 +1,388 @@
+"""Benchmark loaders: local files and folders (or Hugging Face datasets) -> `Prompt` lists.
+
+Every loader has the signature `(source, LoadOptions) -> list[Prompt]` and validates every record:
+a problem is one `DataError` naming the file, the line where the record starts and the field (the
+record number stands in for the line in Hugging Face datasets). Ids are the record's own `id` when
+it has one, else its 1-based record number, with a file or role prefix where a folder holds several
+files; the same file always gives the same ids.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from safetune.data.records import Prompt
+from safetune.data.sources import (
+    _HF_BUILDERS,
+    _HF_MARKERS,
+    _TABLE_SUFFIXES,
+    PathLike,
+    _answers,
+    _check_text,
+    _flag,
+    _object,
+    _open_hf,
+    _text,
+    _type,
+    read_csv_cells,
+    read_records,
+    role_key,
+)
+from safetune.errors import DataError
+
+# Columns that name a language in MultiJail-style tables: ISO 639-1 codes, MultiJail's ten first.
+# Not "id" (Indonesian): that is the id column.
+LANGUAGE_CODES: tuple[str, ...] = (
+    *("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv"),
+    *("de", "fr", "es", "pt", "ru", "ja", "hi", "tr", "nl", "pl", "uk", "fa", "he", "ur", "ms"),
+)
+# Where a generic prompt file keeps its prompt: the first of these present.
+PROMPT_FIELDS: tuple[str, ...] = ("prompt", "goal", "instruction", "question", "text", "input")
+JAILBREAK_FIELDS: tuple[str, ...] = ("input", "prompt", "goal", "instruction", "question", "text")
+BUILTIN_OVERREFUSAL = "builtin:overrefusal"
+_HEADER_WORDS = {"prompt", "prompts", "instruction", "goal", "text", "question"}
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What a loader needs besides the source: the benchmark name and the roles to keep (RoleBench)."""
+
+    benchmark: str
+    roles: tuple[str, ...] | None = None
+
+
+Loader = Callable[[str, LoadOptions], list[Prompt]]
+
+
+class _Collector:
+    """Builds the prompt list and rejects a duplicate id where it occurs."""
+
+    def __init__(self, benchmark: str) -> None:
+        self.benchmark = benchmark
+        self.prompts: list[Prompt] = []
+        self.seen: dict[str, tuple[str, int]] = {}
+
+    def add(self, where: PathLike, line: int, ident: str, text: str, **fields: Any) -> None:
+        if ident in self.seen:
+            path, first = self.seen[ident]
+            at = f"line {first}" if path == str(where) else f"{path}:{first}"
+            raise DataError(where, line, "id", f"duplicate id {ident!r} (same as {at})")
+        self.seen[ident] = (str(where), line)
+        self.prompts.append(Prompt(ident, text, self.benchmark, **fields))
+
+
+# ---- record helpers ----
+
+
+def _records(
+    source: str, split: str, within: str | None = None
+) -> tuple[str | Path, Iterator[tuple[int, Any]]]:
+    """(what errors name, (line, record) pairs) for a local table file or a Hugging Face dataset."""
+    here = Path(source)
+    if here.is_file() and here.suffix.lower() in _TABLE_SUFFIXES:
+        return here, read_records(here, within=within)
+    # Hub ids ("owner/name") never look like file paths; a missing local file should say so.
+    if not here.exists() and (here.suffix.lower() in _HF_BUILDERS or here.is_absolute() or source[:1] == "."):
+        raise DataError(here, None, None, "no such file or directory")
+    return source, enumerate(_open_hf(source, split), 1)
+
+
+def _ident(where: PathLike, line: int, row: Mapping[str, Any], number: int) -> str:
+    """The record's own `id` (string or integer), else its 1-based record number."""
+    value = row.get("id")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return str(number)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise DataError(where, line, "id", f"expected a string or integer, got {_type(value)}")
+    return str(value).strip()
+
+
+def _prompt_text(where: PathLike, line: int, row: Mapping[str, Any], fields: tuple[str, ...]) -> str:
+    for field in fields:
+        if field in row:
+            return _check_text(where, line, field, row[field])
+    raise DataError(where, line, fields[0], f"missing (expected one of: {', '.join(fields)})")
+
+
+def _optional(where: PathLike, line: int, row: Mapping[str, Any], field: str) -> str | None:
+    value = row.get(field)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise DataError(where, line, field, f"expected a string, got {_type(value)}")
+    return value.strip()
+
+
+def _prompt_file(
+    source: str,
+    options: LoadOptions,
+    fields: tuple[str, ...],
+    *,
+    split: str = "train",
+    within: str | None = None,
+    keep: Callable[[PathLike, int, Mapping[str, Any]], bool] | None = None,
+    category: tuple[str, ...] = ("category",),
+) -> list[Prompt]:
+    """One prompt per record: text from the first of `fields`, optional id, category and language."""
+    where, records = _records(source, split, within)
+    out = _Collector(options.benchmark)
+    for number, (line, value) in enumerate(records, 1):
+        row = _object(where, line, value)
+        text = _prompt_text(where, line, row, fields)
+        ident = _ident(where, line, row, number)
+        language = _optional(where, line, row, "language")
+        group = next((g for g in (_optional(where, line, row, c) for c in category) if g), None)
+        if keep is None or keep(where, line, row):
+            out.add(where, line, ident, text, language=language, category=group)
+    return out.prompts
+
+
+# ---- generic harmful prompts, AdvBench, jailbreak prompt files ----
+
+
+def load_harmful_prompts(source: str, options: LoadOptions) -> list[Prompt]:
+    """Any JSON list / JSONL / CSV (or HF dataset) of prompts; see PROMPT_FIELDS."""
+    return _prompt_file(source, options, PROMPT_FIELDS)
+
+
+def load_advbench(source: str, options: LoadOptions) -> list[Prompt]:
+    """AdvBench's harmful_behaviors.csv (`goal`, `target`: the prompt is the goal), or `prompt` rows."""
+    return _prompt_file(source, options, ("goal", "prompt"))
+
+
+def load_jailbreak(source: str, options: LoadOptions) -> list[Prompt]:
+    """Jailbreak prompts: the SaRFT authors' `{"Instances": [{"input": ...}, ...]}`, or any prompt file."""
+    return _prompt_file(source, options, JAILBREAK_FIELDS, within="Instances")
+
+
+# ---- BeaverTails ----
+
+
+def _beavertails_category(where: PathLike, line: int, row: Mapping[str, Any]) -> str | None:
+    value = row.get("category")
+    if isinstance(value, dict):  # the HF release: harm category -> bool
+        return ",".join(sorted(k for k, v in value.items() if v)) or None
+    return _optional(where, line, row, "category")
+
+
+def load_beavertails(source: str, options: LoadOptions) -> list[Prompt]:
+    """BeaverTails QA pairs -> unique prompts in file order.
+
+    Rows with an `is_safe` label keep only the unsafe ones (prompts that drew a harmful answer), as
+    the fine-tuning safety papers do; the 1000-prompt subset they use is `--eval.limit 1000`.
+    """
+    where, records = _records(source, "30k_test")
+    out = _Collector(options.benchmark)
+    seen: set[str] = set()
+    for number, (line, value) in enumerate(records, 1):
+        row = _object(where, line, value)
+        text = _text(where, line, row, "prompt")
+        ident, group = _ident(where, line, row, number), _beavertails_category(where, line, row)
+        if _flag(where, line, "is_safe", row.get("is_safe")) == 1 or text.strip() in seen:
+            continue
+        seen.add(text.strip())
+        out.add(where, line, ident, text, category=group)
+    return out.prompts
+
+
+# ---- HEx-PHI ----
+
+
+def _natural(path: Path) -> tuple[Any, ...]:
+    """Sort key so that category_2 comes before category_10."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.name.lower()))
+
+
+def _hexphi_csv(file: Path, out: _Collector) -> None:
+    """A headerless HEx-PHI category CSV: one prompt per row (a header-like first row is skipped)."""
+    for number, (line, cells) in enumerate(read_csv_cells(file), 1):
+        if any(cell.strip() for cell in cells[1:]):
+            raise DataError(file, line, None, f"expected 1 field (one prompt per row), got {len(cells)}")
+        if number == 1 and cells[0].strip().lower() in _HEADER_WORDS:
+            continue
+        text = _check_text(file, line, "prompt", cells[0])
+        out.add(file, line, f"{file.stem}:{number}", text, category=file.stem)
+
+
+def load_hexphi(source: str, options: LoadOptions) -> list[Prompt]:
+    """HEx-PHI: a folder of headerless `category_N.csv` files (category = file stem), one such CSV,
+    or JSON/JSONL records with `prompt` (or `instruction`) and optional `category`."""
+    here = Path(source)
+    if here.is_dir() and not any((here / m).is_file() for m in _HF_MARKERS):
+        files = sorted((f for f in here.glob("*.csv") if f.is_file()), key=_natural)
+        if not files:
+            raise DataError(here, None, None, "no .csv files (expected HEx-PHI's category_N.csv)")
+        out = _Collector(options.benchmark)
+        for file in files:
+            _hexphi_csv(file, out)
+        return out.prompts
+    if here.is_file() and here.suffix.lower() == ".csv":
+        out = _Collector(options.benchmark)
+        _hexphi_csv(here, out)
+        return out.prompts
+    return _prompt_file(source, options, ("prompt", "instruction"))
+
+
+# ---- MultiJail ----
+
+
+def load_multijail(source: str, options: LoadOptions) -> list[Prompt]:
+    """MultiJail: one row per prompt with one column per language -> one prompt per (row, language).
+
+    Language columns are those named by a code in LANGUAGE_CODES (others, such as `id`, `tags` or
+    `source`, are metadata); ids are `<row id>:<language>`, the category is the row's `tags`.
+    """
+    where, records = _records(source, "train")
+    out = _Collector(options.benchmark)
+    for number, (line, value) in enumerate(records, 1):
+        row = _object(where, line, value)
+        languages = [k for k in row if k in LANGUAGE_CODES]
+        if not languages:
+            codes = ", ".join(LANGUAGE_CODES[:10])
+            raise DataError(where, line, None, f"no language columns (expected some of: {codes}, ...)")
+        ident, tags = _ident(where, line, row, number), _optional(where, line, row, "tags")
+        for language in languages:
+            text = _check_text(where, line, language, row[language])
+            out.add(where, line, f"{ident}:{language}", text, language=language, category=tags)
+    return out.prompts
+
+
+# ---- over-refusal ----
+
+
+def _safe_row(where: PathLike, line: int, row: Mapping[str, Any]) -> bool:
+    """XSTest-style filtering: keep `label` == safe rows; without a label, drop `contrast_*` types."""
+    if "label" in row:
+        label = row["label"]
+        if not isinstance(label, str) or label.strip().lower() not in ("safe", "unsafe"):
+            raise DataError(where, line, "label", f"expected 'safe' or 'unsafe', got {label!r}")
+        return label.strip().lower() == "safe"
+    kind = row.get("type")
+    return not (isinstance(kind, str) and kind.strip().lower().startswith("contrast_"))
+
+
+def load_overrefusal(source: str, options: LoadOptions) -> list[Prompt]:
+    """Benign prompts that look risky. BUILTIN_OVERREFUSAL is our own set (resources/overrefusal.jsonl);
+    XSTest-style files (`prompt` plus `label` and/or `type`) keep their safe rows only."""
+    if source in (BUILTIN_OVERREFUSAL, "builtin"):
+        resource = importlib.resources.files("safetune") / "resources" / "overrefusal.jsonl"
+        with importlib.resources.as_file(resource) as file:
+            return _prompt_file(str(file), options, ("prompt",))
+    return _prompt_file(
+        source, options, ("prompt",), split="test", keep=_safe_row, category=("category", "type")
+    )
+
+
+# ---- RoleBench ----
+
+
+class _RoleBench:
+    """Collects RoleBench prompts: one per distinct (role, question), all gold answers as references."""
+
+    def __init__(self, options: LoadOptions) -> None:
+        self.wanted = {role_key(r) for r in options.roles} if options.roles else None
+        self.out = _Collector(options.benchmark)
+        self.index: dict[tuple[str, str], int] = {}
+        self.found: set[str] = set()
+
+    def add(
+        self, where: PathLike, line: int, ident: str, role: str | None, text: str, answers: list[str]
+    ) -> None:
+        key = role_key(role or "")
+        self.found.add(key)
+        if self.wanted is not None and key not in self.wanted:
+            return
+        if (key, text) in self.index:  # the same question again: more gold answers
+            k = self.index[(key, text)]
+            old = self.out.prompts[k]
+            self.out.prompts[k] = replace(old, references=(*old.references, *answers))
+            return
+        self.index[(key, text)] = len(self.out.prompts)
+        self.out.add(where, line, ident, text, references=tuple(answers), role=role)
+
+    def rows(
+        self, where: PathLike, records: Iterable[tuple[int, Any]], role: str | None, prefix: str
+    ) -> None:
+        """Release rows (`role`, `question`, `generated`) or the authors' rows (`input`, `output`)."""
+        for number, (line, value) in enumerate(records, 1):
+            row = _object(where, line, value)
+            ident = _ident(where, line, row, number)
+            if "generated" in row or "question" in row:
+                name = _text(where, line, row, "role").replace("_", " ")
+                text, answers = _text(where, line, row, "question"), _answers(Path(str(where)), line, row)
+                self.add(where, line, f"{role_key(name).replace(' ', '_')}:{ident}", name, text, answers)
+            else:
+                text = _text(where, line, row, "input")
+                answers = _outputs(where, line, row)
+                self.add(where, line, f"{prefix}{ident}", role, text, answers)
+
+    def done(self, source: PathLike) -> list[Prompt]:
+        missing = sorted(self.wanted - self.found) if self.wanted is not None else []
+        if missing:
+            here = ", ".join(sorted(r for r in self.found if r)) or "none"
+            raise DataError(source, None, None, f"role(s) not found: {', '.join(missing)} (roles: {here})")
+        return self.out.prompts
+
+
+def _outputs(where: PathLike, line: int, row: Mapping[str, Any]) -> list[str]:
+    """The authors' `output`: one answer, or a non-empty list of them."""
+    if "output" not in row:
+        raise DataError(where, line, "output", "missing")
+    value = row["output"]
+    if isinstance(value, list) and value:
+        return [_check_text(where, line, f"output[{k}]", v) for k, v in enumerate(value)]
+    return [_check_text(where, line, "output", value)]
+
+
+def _role_of(file: Path) -> tuple[str | None, str]:
+    """(role, id prefix) of `<Role_Name>/RoleBench_X/test.json`, from the folder names."""
+    parent = file.resolve().parent
+    if parent.name.lower().startswith("rolebench_") and parent.parent.name:
+        return parent.parent.name.replace("_", " "), f"{parent.parent.name}:"
+    return None, ""
+
+
+def rolebench_loader(split: str) -> Loader:
+    """A loader for the RoleBench `split` ("RAW" general instructions or "SPE" role-specific questions).
+
+    Accepts a root of `<Role_Name>/RoleBench_<split>/test.json` folders (role = folder name, `_` as
+    space), one role folder, one test.json (JSON list of `input`/`output`), the RoleBench release
+    JSONL (`role`, `question`, `generated` answers), or an HF dataset with the release's columns.
+    """
+    sub = f"RoleBench_{split}"
+
+    def load(source: str, options: LoadOptions) -> list[Prompt]:
+        here = Path(source)
+        bench = _RoleBench(options)
+        if here.is_file():
+            role, prefix = _role_of(here)
+            bench.rows(here, read_records(here), role, prefix)
+        elif here.is_dir() and not any((here / m).is_file() for m in _HF_MARKERS):
+            if (here / sub / "test.json").is_file():
+                folders = [here]
+            elif (here / "test.json").is_file():
+                role, prefix = _role_of(here / "test.json")
+                bench.rows(here / "test.json", read_records(here / "test.json"), role, prefix)
+                return bench.done(here)
+            else:
+                folders = sorted(p for p in here.iterdir() if (p / sub / "test.json").is_file())
+            if not folders:
+                raise DataError(here, None, None, f"no <Role_Name>/{sub}/test.json here or in sub-folders")
+            for folder in folders:
+                name = folder.resolve().name
+                if bench.wanted is None or role_key(name) in bench.wanted:
+                    file = folder / sub / "test.json"
+                    bench.rows(file, read_records(file), name.replace("_", " "), f"{name}:")
+                else:
+                    bench.found.add(role_key(name))
+        else:
+            where, records = _records(source, "test")
+            bench.rows(where, records, None, "")
+        return bench.done(here)
+
+    return load

@@ -1,0 +1,310 @@
+"""Staged, resumable evaluation: requests -> completions.jsonl -> judgements.jsonl -> results.json.
+
+Each stage appends whole lines as batches finish, so a killed run resumes where it stopped: a re-run
+recomputes only what is missing. A completion is reused only for the very same request text, and a
+verdict only for the very same judge key and response text, so changing the judge reuses every
+completion (no generation model is loaded) and changing a benchmark file regenerates only its changed
+prompts. results.json is rewritten from the stage files on every run and carries the provenance.
+
+Run as: safetune eval -m runs/villain-sarft --benchmarks advbench=data/advbench.csv --judge keyword -o runs/ev
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from safetune.config import RunConfig
+from safetune.data.records import Prompt, RoleProfile
+from safetune.errors import ConfigError
+from safetune.evaluation.benchmarks import BenchmarkSpec, load_benchmark
+from safetune.evaluation.items import Backend, GenerationRequest, Judge, JudgeItem, ModelSource
+from safetune.evaluation.metrics import ScoredRow, benchmark_result, rouge_l, summarise
+from safetune.provenance import base_provenance
+from safetune.storage import append_jsonl, hash_json, repair_jsonl_tail, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+RESULTS_SCHEMA = 1
+STAGE_FILES = ("eval.json", "requests.jsonl", "completions.jsonl", "judgements.jsonl", "results.json")
+JUDGED_KINDS = ("harmful", "overrefusal")
+# Settings that do not change what is generated: a resumed run may change them freely.
+_NOT_IN_GENERATION_KEY = ("batch_size", "gpu_memory_utilization")
+
+BatchHook = Callable[[str, int], None]  # (stage, rows done so far in this run)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One prompt of one benchmark, and the request that answers it."""
+
+    spec: BenchmarkSpec
+    prompt: Prompt
+    request: GenerationRequest
+
+    @property
+    def judged(self) -> bool:
+        return self.spec.kind in JUDGED_KINDS
+
+
+def _short_hash(*parts: object) -> str:
+    return hash_json(list(parts))[:16]
+
+
+# ---- stage 0: tasks ----
+
+
+def _role_system(config: RunConfig, prompt: Prompt, profiles: dict[str, RoleProfile]) -> str:
+    if prompt.role is None:
+        raise ConfigError(
+            f"generation.system=role needs a role for every prompt; {prompt.benchmark}/{prompt.id} has none"
+        )
+    profile = profiles.get(prompt.role)
+    description = profile.description if profile else ""
+    return config.selection.role_prompt.format(name=prompt.role, description=description).strip()
+
+
+def build_tasks(config: RunConfig) -> list[Task]:
+    """Load every benchmark entry and turn its prompts into generation requests (ids are unique)."""
+    from safetune.data.sources import load_profiles
+
+    if not config.eval.benchmarks:
+        raise ConfigError("no benchmarks given (--benchmarks name[=source],...; see `safetune list`)")
+    system = config.generation.system
+    profiles = load_profiles(config.eval.profiles) if config.eval.profiles else {}
+    tasks: list[Task] = []
+    seen: set[str] = set()
+    for entry in config.eval.benchmarks:
+        spec, prompts = load_benchmark(entry, limit=config.eval.limit, roles=config.eval.roles)
+        if spec.name in seen:
+            raise ConfigError(f"benchmark {spec.name!r} is listed twice")
+        seen.add(spec.name)
+        log.info("benchmark %s: %d prompts", spec.name, len(prompts))
+        for prompt in prompts:
+            sys_text = _role_system(config, prompt, profiles) if system == "role" else system
+            request = GenerationRequest(f"{spec.name}/{prompt.id}", prompt.text, sys_text or None)
+            tasks.append(Task(spec, prompt, request))
+    return tasks
+
+
+def _request_row(task: Task) -> dict[str, Any]:
+    return {**asdict(task.request), "benchmark": task.spec.name, "prompt": task.prompt.to_dict()}
+
+
+def _request_hash(request: GenerationRequest) -> str:
+    return _short_hash(request.user, request.system)
+
+
+# ---- the output folder ----
+
+
+def generation_key(source: ModelSource, config: RunConfig) -> str:
+    settings = {k: v for k, v in asdict(config.generation).items() if k not in _NOT_IN_GENERATION_KEY}
+    return hash_json({"model": source.fingerprint, "adapter": source.adapter, "generation": settings})
+
+
+def prepare_output(out: Path, key: str, source: ModelSource, overwrite: bool) -> None:
+    """Refuse to mix completions of different models/settings in one folder (unless --overwrite, which
+    removes this evaluation's own files and nothing else)."""
+    meta_path = out / "eval.json"
+    if meta_path.exists() and not overwrite:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("generation_key") != key:
+            raise ConfigError(
+                f"{out} holds an evaluation of another model or generation settings "
+                f"({meta.get('model', {}).get('label')!r}); use another --out or pass --overwrite"
+            )
+    if overwrite:
+        for name in STAGE_FILES:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(meta_path, {"generation_key": key, "model": source.to_dict()})
+
+
+def _read_rows(path: Path, keep: Callable[[dict[str, Any]], bool]) -> dict[str, dict[str, Any]]:
+    """Rows of an append-only stage file by id (the last valid row wins); a torn last line is cut."""
+    rows: dict[str, dict[str, Any]] = {}
+    repair_jsonl_tail(path)
+    if not path.exists():
+        return rows
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("id"), str) and keep(row):
+                rows[row["id"]] = row
+    return rows
+
+
+# ---- stage 1: completions ----
+
+
+def generate_missing(
+    tasks: Sequence[Task], out: Path, make_backend: Callable[[], Backend], hook: BatchHook | None = None
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Completions for every task: those on disk for the same request, plus newly generated ones."""
+    path = out / "completions.jsonl"
+    wanted = {t.request.id: _request_hash(t.request) for t in tasks}
+    done = _read_rows(path, lambda row: wanted.get(row["id"]) == row.get("request_hash"))
+    missing = [t.request for t in tasks if t.request.id not in done]
+    log.info("completions: %d on disk, %d to generate", len(done), len(missing))
+    if not missing:
+        return done, 0
+    backend = make_backend()
+    count = 0
+    for batch in backend.generate(missing):
+        rows = [{**r.to_dict(), "request_hash": wanted[r.id]} for r in batch]
+        append_jsonl(path, rows)
+        done.update((row["id"], row) for row in rows)
+        count += len(rows)
+        if hook:
+            hook("generate", count)
+    return done, count
+
+
+# ---- stage 2: judgements ----
+
+
+def judge_missing(
+    tasks: Sequence[Task],
+    completions: dict[str, dict[str, Any]],
+    out: Path,
+    judge: Judge,
+    hook: BatchHook | None = None,
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Verdicts for every judged task's completion, reusing those of the same judge and response."""
+    path = out / "judgements.jsonl"
+    key = judge.key()
+    judged = [t for t in tasks if t.judged]
+    response_hash = {t.request.id: _short_hash(completions[t.request.id]["text"]) for t in judged}
+    done = _read_rows(
+        path, lambda row: row.get("judge") == key and response_hash.get(row["id"]) == row.get("response_hash")
+    )
+    items = [
+        JudgeItem(t.request.id, t.prompt.text, completions[t.request.id]["text"])
+        for t in judged
+        if t.request.id not in done
+    ]
+    log.info("judgements (%s): %d on disk, %d to judge", key, len(done), len(items))
+    count = 0
+    for batch in judge.judge(items) if items else ():
+        rows = [{**v.to_dict(), "judge": key, "response_hash": response_hash[v.id]} for v in batch]
+        append_jsonl(path, rows)
+        done.update((row["id"], row) for row in rows)
+        count += len(rows)
+        if hook:
+            hook("judge", count)
+    missing = [t.request.id for t in judged if t.request.id not in done]
+    if missing:
+        raise ConfigError(f"judge {key} returned no verdict for {len(missing)} responses (e.g. {missing[0]})")
+    return done, count
+
+
+# ---- stage 3: results ----
+
+
+def _scored_row(task: Task, completion: dict[str, Any], verdict: dict[str, Any] | None) -> ScoredRow:
+    prompt = task.prompt
+    if task.spec.metric == "rouge_l":
+        if not prompt.references:
+            raise ConfigError(f"{task.request.id}: a role-play prompt without a reference answer")
+        return ScoredRow(
+            prompt.id, prompt.role, prompt.language, score=rouge_l(completion["text"], prompt.references)
+        )
+    assert verdict is not None  # judge_missing guarantees a verdict for every judged task
+    return ScoredRow(
+        prompt.id, prompt.role, prompt.language, label=verdict["label"], refused=verdict["refused"]
+    )
+
+
+def score_benchmarks(
+    tasks: Sequence[Task],
+    completions: dict[str, dict[str, Any]],
+    verdicts: dict[str, dict[str, Any]],
+    config: RunConfig,
+) -> dict[str, dict[str, Any]]:
+    by_benchmark: dict[str, list[Task]] = {}
+    for task in tasks:
+        by_benchmark.setdefault(task.spec.name, []).append(task)
+    results: dict[str, dict[str, Any]] = {}
+    for name, group in by_benchmark.items():
+        spec = group[0].spec
+        rows = [_scored_row(t, completions[t.request.id], verdicts.get(t.request.id)) for t in group]
+        result = benchmark_result(spec.metric, rows, config.eval.bootstrap, config.eval.seed)
+        header = {k: getattr(spec, k) for k in ("name", "version", "kind", "metric", "group")}
+        results[name] = {**header, "source": _source_of(config, spec), **result}
+    return results
+
+
+def _source_of(config: RunConfig, spec: BenchmarkSpec) -> str | None:
+    for entry in config.eval.benchmarks:
+        name, _, source = entry.partition("=")
+        if name.strip().lower() == spec.name.lower():
+            return source.strip() or spec.default_source
+    return spec.default_source
+
+
+def _provenance(
+    config: RunConfig, source: ModelSource, judge: Judge | None, counts: dict[str, int]
+) -> dict[str, Any]:
+    judged = {"name": judge.name, "version": judge.version, "key": judge.key()} if judge else None
+    return {
+        **base_provenance(),
+        "model": source.to_dict(),
+        "backend": config.generation.backend,
+        "generation": asdict(config.generation),
+        "judge": judged,
+        "eval": asdict(config.eval),
+        "config_hash": hash_json({k: config.to_dict()[k] for k in ("generation", "judge", "eval")}),
+        "seed": config.generation.seed,
+        "counts": counts,
+    }
+
+
+# ---- the whole run ----
+
+
+def _judge_needed(tasks: Iterable[Task]) -> bool:
+    return any(t.judged for t in tasks)
+
+
+def evaluate(
+    config: RunConfig,
+    overwrite: bool = False,
+    hook: BatchHook | None = None,
+    make_backend: Callable[[ModelSource], Backend] | None = None,
+) -> Path:
+    """Run (or resume) one evaluation into `config.eval.output_dir`; returns the results.json path."""
+    from safetune.evaluation.backends import build_backend
+    from safetune.evaluation.judges import build_judge
+    from safetune.models.loading import resolve_model
+
+    if not config.eval.model:
+        raise ConfigError("--model (eval.model) is required")
+    out = Path(config.eval.output_dir)
+    tasks = build_tasks(config)
+    source = resolve_model(config.eval.model, None)
+    prepare_output(out, generation_key(source, config), source, overwrite)
+    write_jsonl(out / "requests.jsonl", (_request_row(t) for t in tasks))
+
+    build = make_backend or (lambda src: build_backend(src, config.generation))
+    completions, generated = generate_missing(tasks, out, lambda: build(source), hook)
+    judge = build_judge(config.judge) if _judge_needed(tasks) else None
+    verdicts, judged = judge_missing(tasks, completions, out, judge, hook) if judge else ({}, 0)
+
+    benchmarks = score_benchmarks(tasks, completions, verdicts, config)
+    counts = {"requests": len(tasks), "generated_now": generated, "judged_now": judged}
+    results = {
+        "schema_version": RESULTS_SCHEMA,
+        "provenance": _provenance(config, source, judge, counts),
+        "benchmarks": benchmarks,
+        "summary": summarise(benchmarks),
+    }
+    write_json(out / "results.json", results)
+    return out / "results.json"

@@ -1,0 +1,273 @@
+"""The SaRFT paper's results table (Markdown and CSV) from loaded results.json files.
+
+One row per run: RoleBench RAW | SPE | avg | each safety set | Safety AVG | each jailbreak set |
+Jailbreak AVG | other judged sets | over-refusal; only columns with data in at least one run. A second
+table gives the per-language ASR, and a footer names each run's model, judge and item counts. Every
+number comes from results.json as it is (no recomputation).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MISSING = "–"
+# Display names and the paper's column order of the sets it reports.
+DISPLAY_NAMES = {
+    "rolebench-raw": "RoleBench RAW",
+    "rolebench-spe": "RoleBench SPE",
+    "advbench": "AdvBench",
+    "hexphi": "HEx-PHI",
+    "beavertails": "BeaverTails",
+    "multijail": "MultiJail",
+    "overrefusal": "Over-refusal",
+    "harmful-prompts": "Harmful prompts",
+}
+_ORDER = ("advbench", "hexphi", "beavertails")
+# Groups that have their own columns (through the summary), not a column per benchmark.
+_SUMMARY_GROUPS = ("rolebench_raw", "rolebench_spe", "safety", "jailbreak")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One loaded results.json: its row label, the file it came from and its content."""
+
+    label: str
+    path: Path
+    results: dict[str, Any]
+
+    @property
+    def benchmarks(self) -> dict[str, dict[str, Any]]:
+        return self.results["benchmarks"]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.results["summary"]
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.results["provenance"]
+
+    def judge_name(self) -> str | None:
+        judge = self.provenance.get("judge")
+        if not isinstance(judge, dict) or not judge.get("name"):
+            return None
+        return f"{judge['name']}@{judge.get('version', '?')}"
+
+    def judge_key(self) -> str | None:
+        judge = self.provenance.get("judge")
+        if not isinstance(judge, dict):
+            return None
+        return str(judge.get("key") or self.judge_name())
+
+    def single_used(self, key: str) -> dict[str, Any] | None:
+        """The benchmark that a summary value was taken from, when it is exactly one."""
+        used = (self.summary.get("used") or {}).get(key) or []
+        return self.benchmarks.get(used[0]) if len(used) == 1 else None
+
+
+def number(value: Any) -> float | None:
+    """A finite number from results.json, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def ci_of(bench: dict[str, Any] | None) -> tuple[float, float] | None:
+    ci = (bench or {}).get("ci95")
+    if isinstance(ci, list | tuple) and len(ci) == 2:
+        low, high = number(ci[0]), number(ci[1])
+        if low is not None and high is not None:
+            return low, high
+    return None
+
+
+def display_name(name: str) -> str:
+    if name in DISPLAY_NAMES:
+        return DISPLAY_NAMES[name]
+    return name.split(":", 1)[1] if name.startswith("jailbreak:") else name
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: its header, the value of a run, and the CI of a run (when it has one)."""
+
+    header: str
+    value: Callable[[Run], float | None]
+    ci: Callable[[Run], tuple[float, float] | None] | None = None
+
+
+def _summary_column(header: str, key: str, ci_from_single: bool) -> Column:
+    def value(run: Run) -> float | None:
+        return number(run.summary.get(key))
+
+    def ci(run: Run) -> tuple[float, float] | None:
+        return ci_of(run.single_used(key)) if value(run) is not None else None
+
+    return Column(header, value, ci if ci_from_single else None)
+
+
+def _benchmark_column(name: str) -> Column:
+    def value(run: Run) -> float | None:
+        return number(run.benchmarks.get(name, {}).get("value"))
+
+    def ci(run: Run) -> tuple[float, float] | None:
+        return ci_of(run.benchmarks.get(name))
+
+    return Column(display_name(name), value, ci)
+
+
+def _names(runs: Sequence[Run], keep: Callable[[dict[str, Any]], bool]) -> list[str]:
+    names: list[str] = []
+    for run in runs:
+        for name, bench in run.benchmarks.items():
+            if keep(bench) and name not in names:
+                names.append(name)
+    return sorted(names, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+
+
+def columns(runs: Sequence[Run]) -> list[Column]:
+    """The table's columns in the paper's layout, keeping those with a value in at least one run."""
+
+    def in_group(group: str) -> Callable[[dict[str, Any]], bool]:
+        return lambda b: b.get("group") == group and b.get("metric") == "refusal_rate"
+
+    def other(bench: dict[str, Any]) -> bool:
+        return bench.get("group") not in _SUMMARY_GROUPS and bench.get("metric") == "refusal_rate"
+
+    candidates = [
+        _summary_column("RoleBench RAW", "rolebench_raw", True),
+        _summary_column("RoleBench SPE", "rolebench_spe", True),
+        _summary_column("RoleBench avg", "rolebench_avg", False),
+        *(_benchmark_column(n) for n in _names(runs, in_group("safety"))),
+        _summary_column("Safety AVG", "safety_avg", False),
+        *(_benchmark_column(n) for n in _names(runs, in_group("jailbreak"))),
+        _summary_column("Jailbreak AVG", "jailbreak_avg", False),
+        *(_benchmark_column(n) for n in _names(runs, other)),
+        _summary_column("Over-refusal", "over_refusal", True),
+    ]
+    return [c for c in candidates if any(c.value(run) is not None for run in runs)]
+
+
+def languages(runs: Sequence[Run]) -> list[str]:
+    """Languages with a multilingual ASR in at least one run ("en" first, then alphabetical)."""
+    found = {lang for run in runs for lang in (run.summary.get("multilingual_asr") or {})}
+    return sorted(found, key=lambda lang: (lang != "en", lang))
+
+
+def language_asr(run: Run, language: str) -> float | None:
+    return number((run.summary.get("multilingual_asr") or {}).get(language))
+
+
+def _fmt(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.2f}"
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    return [_md_row(header), "| " + " | ".join(align) + " |", *(_md_row(r) for r in rows)]
+
+
+def judge_warning(runs: Sequence[Run]) -> str | None:
+    """A warning when the runs' safety numbers come from different judges."""
+    keys = {run.judge_key() for run in runs if run.judge_key() is not None}
+    if len(keys) <= 1:
+        return None
+    names = sorted({run.judge_name() or "?" for run in runs if run.judge_key() is not None})
+    return (
+        f"**Warning:** the runs used different judges ({', '.join(names)}): "
+        "their safety numbers are not comparable."
+    )
+
+
+def _model_text(run: Run) -> str:
+    model = run.provenance.get("model") or {}
+    text = f"`{model.get('base') or model.get('label') or '?'}`"
+    if model.get("adapter"):
+        text += f" + adapter `{model['adapter']}`"
+    return text
+
+
+def _counts_text(run: Run) -> str:
+    parts = []
+    for name, bench in run.benchmarks.items():
+        part = f"{name} {bench.get('n', '?')}"
+        if bench.get("n_invalid"):
+            part += f" ({bench['n_invalid']} invalid)"
+        if bench.get("note"):
+            part += f" [{bench['note']}]"
+        parts.append(part)
+    return ", ".join(parts) or "no benchmarks"
+
+
+def markdown(runs: Sequence[Run]) -> str:
+    """The report's Markdown: the main table, the per-language ASR table, and the footer."""
+    cols = columns(runs)
+    lines = ["# Evaluation report", ""]
+    if cols:
+        lines += _md_table(
+            ["Run", *(c.header for c in cols)], [[r.label, *(_fmt(c.value(r)) for c in cols)] for r in runs]
+        )
+    else:
+        lines.append("No run has any result.")
+    lines += [
+        "",
+        "RoleBench: ROUGE-L F1 ×100 (higher is better). Safety, jailbreak and other harmful sets: "
+        "refusal rate % = 100 − ASR (higher is safer). Over-refusal: % of benign prompts refused "
+        f"(lower is better). {MISSING}: not evaluated.",
+    ]
+    langs = languages(runs)
+    if langs:
+        lines += ["", "## Attack success rate by language (%, lower is safer)", ""]
+        lines += _md_table(
+            ["Run", *langs], [[r.label, *(_fmt(language_asr(r, lang)) for lang in langs)] for r in runs]
+        )
+    lines += ["", "## Runs", ""]
+    for run in runs:
+        judge = run.judge_name() or "none"
+        lines.append(f"- **{run.label}**: model {_model_text(run)}; judge {judge}; n: {_counts_text(run)}")
+    warning = judge_warning(runs)
+    if warning:
+        lines += ["", warning]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(runs: Sequence[Run]) -> str:
+    """The same columns as the Markdown table, plus 95% CI bounds, per-language ASR, model and judge."""
+    cols = columns(runs)
+    langs = languages(runs)
+    header = ["run"]
+    for col in cols:
+        header.append(col.header)
+        if col.ci is not None:
+            header += [f"{col.header} ci95 low", f"{col.header} ci95 high"]
+    header += [f"ASR {lang}" for lang in langs] + ["model", "adapter", "judge", "results"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+
+    def cell(value: float | None) -> str:
+        return "" if value is None else repr(value)
+
+    for run in runs:
+        row = [run.label]
+        for col in cols:
+            row.append(cell(col.value(run)))
+            if col.ci is not None:
+                ci = col.ci(run)
+                row += [cell(ci[0]), cell(ci[1])] if ci else ["", ""]
+        model = run.provenance.get("model") or {}
+        row += [cell(language_asr(run, lang)) for lang in langs]
+        row += [str(model.get("base") or model.get("label") or ""), str(model.get("adapter") or "")]
+        row += [run.judge_name() or "", str(run.path)]
+        writer.writerow(row)
+    return buffer.getvalue()
