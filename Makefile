@@ -32,6 +32,7 @@ typecheck: setup
 
 bench: setup
 	$(VENV)/bin/python bench/sarft_step.py
+	$(VENV)/bin/python bench/eval_generation.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

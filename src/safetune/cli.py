@@ -353,7 +353,7 @@ def list_registered() -> None:
     print("selection variants: " + ", ".join(VARIANTS))
     print("benchmarks:")
     for bench in BENCHMARKS.values():
-        print(f"  {bench.name:22s} {bench.metric:18s} {bench.description}")
+        print(f"  {bench.name:24s} {bench.metric:18s} {bench.description}")
     print("judges:")
     for judge in JUDGES.values():
         print(f"  {judge.name:10s} {judge.version:8s} {judge.description}")

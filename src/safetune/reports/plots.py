@@ -93,6 +93,29 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
 
 
+def _annotate(ax: Any, points: Sequence[tuple[float, float]], labels: Sequence[str]) -> None:
+    """One label per distinct point: runs that land on the same spot share it ("base, sft")."""
+    names: dict[tuple[float, float], list[str]] = {}
+    for point, label in zip(points, labels, strict=True):
+        names.setdefault(point, []).append(label)
+    for (x, y), group in names.items():
+        ax.annotate(", ".join(group), (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+
+
+def _percent_limits(ax: Any, points: Sequence[tuple[float, float]]) -> None:
+    """Both axes are percentages: keep them inside [0, 100] and at least 10 points wide, so that
+    identical values do not produce a meaningless +-0.06 axis."""
+    for values, get, set_ in (
+        ([p[0] for p in points], ax.get_xlim, ax.set_xlim),
+        ([p[1] for p in points], ax.get_ylim, ax.set_ylim),
+    ):
+        low, high = get()
+        if high - low < 10:
+            middle = (min(values) + max(values)) / 2
+            low, high = middle - 5, middle + 5
+        set_(max(low, -2.0), min(high, 102.0))
+
+
 def pareto_plot(runs: Sequence[Run], path: Path) -> Path:
     fig = _figure(6.4, 4.8)
     ax = fig.add_subplot()
@@ -118,9 +141,9 @@ def pareto_plot(runs: Sequence[Run], path: Path) -> Path:
             capsize=3,
             label=run.label,
         )
-        ax.annotate(run.label, (x[0], y[0]), textcoords="offset points", xytext=(6, 6), fontsize=9)
         points.append((x[0], y[0]))
         labels.append(run.label)
+    _annotate(ax, points, labels)
     if points:
         front = pareto_front(points)
         if len(front) > 1:
@@ -136,6 +159,7 @@ def pareto_plot(runs: Sequence[Run], path: Path) -> Path:
             )
         ax.legend(fontsize=8, loc="best")
         ax.margins(0.15)
+        _percent_limits(ax, points)
     else:
         ax.text(
             0.5,
