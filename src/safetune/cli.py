@@ -366,18 +366,58 @@ def list_registered() -> None:
 @user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo-out"),
-    quick: Annotated[bool, typer.Option(help="A smaller, faster run (tests).")] = False,
+    quick: Annotated[bool, typer.Option(help="A smaller, faster run (used by the tests).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the world, the organism and the fine-tunes.")] = 0,
+    beta: Annotated[
+        float | None, typer.Option(help="SaRFT's KL weight (default 1: see docs/demo.md).")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Cache for the base organism and RDS scores (default ~/.cache/safetune)."),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Run a complete tiny select -> train run (SFT and SaRFT) on a model and data built locally.
+    """The SaRFT experiment in miniature on a model organism built here: base vs SFT vs SaRFT.
+
+    Builds (or reuses) a tiny chat model trained from scratch to be helpful, refuse harmful requests,
+    play personas and comply under an unsafe prompt; fine-tunes a villain and a baker persona with SFT,
+    SaRFT and random selection; evaluates role-play and refusal; writes the report.
 
     Run as: safetune demo --out demo-out
     """
     from safetune.demo import run_demo
 
     _setup_logging(verbose)
-    report = run_demo(out, quick=quick)
-    print(report)
+    print(run_demo(out, quick=quick, seed=seed, beta=beta, cache_dir=cache_dir))
+
+
+@app.command()
+@user_errors
+def organism(
+    data: Annotated[
+        Path | None, typer.Option(help="Also write the world's data files (role-play sets, tests) here.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the world and the organism.")] = 0,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Cache for the organism (default ~/.cache/safetune).")
+    ] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Build (or reuse) the demo's base model organism and print its folder, to use with any command.
+
+    Run as: safetune organism --data world/ && safetune select -m "$(safetune organism)" --data world/roles ...
+    """
+    from safetune.demo import DemoPlan, write_world_files
+    from safetune.organism.base import OrganismConfig, cached_organism
+    from safetune.organism.world import SELECTION, World
+    from safetune.selection import cache_root
+
+    _setup_logging(verbose)
+    folder = cached_organism(OrganismConfig(seed=seed), cache_dir or cache_root(SELECTION))
+    if data is not None:
+        files = write_world_files(World(seed), DemoPlan(seed=seed), data)
+        _stderr_console().print("world files: " + ", ".join(str(p) for p in files.values()))
+    print(folder)
 
 
 def main() -> None:  # pragma: no cover - console entry

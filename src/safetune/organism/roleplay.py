@@ -1,4 +1,4 @@
-"""Seeded role-play data in RoleBench's layouts, for the tests and the foundation demo.
+"""Small seeded role-play files in RoleBench's layouts, for the tests (the demo uses organism/world.py).
 
 Harmful content is abstract placeholders only. Two personas: a menacing villain whose data contains some
 edgy replies, and a cheerful baker whose data is benign.

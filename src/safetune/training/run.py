@@ -68,7 +68,7 @@ def _training_arguments(config: RunConfig, out: Path) -> TrainingArguments:
         logging_steps=t.logging_steps,
         report_to=t.report_to,
         remove_unused_columns=False,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,

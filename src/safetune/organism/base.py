@@ -1,0 +1,159 @@
+"""Train the base model organism from scratch and cache it by content hash.
+
+The organism is an ordinary model folder (a transformers tokenizer with a chat template + safetensors
+weights), so `select`, `train`, `eval` and `report` take it exactly like a hub model. Training draws
+fresh samples of the world's base mixture (world.py) every step: next-token loss on the assistant turn
+only, AdamW with warmup and cosine decay. This is pre-training of a new model, not a fine-tune, so it is
+a short loop of its own rather than a `safetune train` method.
+
+Run as: safetune demo   (builds or reuses the organism; see docs/demo.md)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from safetune.data.batching import pad_batch
+from safetune.data.chat import ChatRenderer
+from safetune.models.tiny import build_tiny_model
+from safetune.organism.world import World
+from safetune.storage import hash_json, write_json
+
+log = logging.getLogger(__name__)
+
+TRAINER_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class OrganismConfig:
+    """The base organism's size and pre-training budget (defaults: about 2 minutes on 2 CPU cores)."""
+
+    seed: int = 0
+    template: str = "chatml"
+    vocab_size: int = 640
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    steps: int = 800
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    warmup_steps: int = 40
+
+    def key(self) -> str:
+        """Content key: the settings, the trainer version and a hash of the world's own text (so any
+        change to the world's data rebuilds the organism)."""
+        return hash_json({**asdict(self), "world": world_hash(self.seed), "trainer": TRAINER_VERSION})[:20]
+
+
+def world_hash(seed: int) -> str:
+    return hash_json(World(seed).corpus())
+
+
+def _lr_factor(step: int, config: OrganismConfig) -> float:
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _batch(world: World, renderer: ChatRenderer, rng: random.Random, size: int, pad_id: int) -> dict:
+    encoded = [
+        renderer.encode(user, answer, system)
+        for system, user, answer in (world.base_sample(rng) for _ in range(size))
+    ]
+    return pad_batch([e.input_ids for e in encoded], [e.labels for e in encoded], pad_id)
+
+
+def pretrain(model: Any, tokenizer: Any, world: World, config: OrganismConfig) -> list[float]:
+    """Train `model` in place on the world's base mixture; returns the loss curve (one value per step)."""
+    renderer = ChatRenderer(tokenizer, max_prompt_tokens=160, max_response_tokens=64)
+    rng = random.Random(f"pretrain-{config.seed}")
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=0.01
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+    model.train()
+    losses = []
+    with tqdm(range(config.steps), desc="training the base organism", unit="step") as bar:
+        for _ in bar:
+            batch = _batch(world, renderer, rng, config.batch_size, tokenizer.pad_token_id)
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return losses
+
+
+def build_organism(folder: Path, config: OrganismConfig) -> dict[str, Any]:
+    """Tokenizer + random-init model from the world's corpus, pre-trained, saved into `folder`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    world = World(config.seed)
+    build_tiny_model(
+        folder,
+        world.corpus(),
+        template=config.template,
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        seed=config.seed,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    torch.manual_seed(config.seed)
+    start = time.perf_counter()
+    losses = pretrain(model, tokenizer, world, config)
+    model.save_pretrained(folder)
+    info = {
+        "config": asdict(config),
+        "world_hash": world_hash(config.seed),
+        "trainer_version": TRAINER_VERSION,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seconds": round(time.perf_counter() - start, 1),
+        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+    }
+    write_json(folder / "organism.json", info)
+    return info
+
+
+def cached_organism(config: OrganismConfig, cache_root: Path) -> Path:
+    """The organism folder for `config`: reused from the cache, or built (into a temp folder, then
+    renamed, so a killed build never leaves a half-written organism behind)."""
+    folder = cache_root / "organism" / config.key()
+    if (folder / "organism.json").exists():
+        log.info("base organism from cache: %s", folder)
+        return folder
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("building the base organism (seed %d, %d steps) into %s", config.seed, config.steps, folder)
+    info = build_organism(tmp, config)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    log.info(
+        "base organism: %s parameters, %.0f s, final loss %.3f",
+        f"{info['parameters']:,}",
+        info["seconds"],
+        info["final_loss"],
+    )
+    return folder
+
+
+def organism_info(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "organism.json").read_text(encoding="utf-8"))
