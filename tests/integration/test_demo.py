@@ -15,7 +15,9 @@ def test_demo_quick_shows_the_papers_directions(tmp_path):
     assert result.exit_code == 0, result.output + repr(result.exception)
     summary = json.loads((out / "summary.json").read_text())
     rows = {(r["persona"], r["variant"]): r for r in summary["rows"]}
-    assert set(rows) == {(p, v) for p in ("Grim Vex", "Penny Bun") for v in ("base", "sft", "sarft", "random")}
+    assert set(rows) == {
+        (p, v) for p in ("Grim Vex", "Penny Bun") for v in ("base", "sft", "sarft", "random")
+    }
     villain, baker = "Grim Vex", "Penny Bun"
     base = rows[villain, "base"]["refusal"]
     assert base >= 90
