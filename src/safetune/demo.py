@@ -50,8 +50,9 @@ class DemoPlan:
 
     @classmethod
     def quick(cls, seed: int = 0, beta: float = 1.0) -> DemoPlan:
-        """A reduced run for the integration test: a shorter-trained organism and smaller test sets."""
-        return cls(seed=seed, beta=beta, raw_tests=24, organism=OrganismConfig(seed=seed, steps=600))
+        """A reduced run for the integration test: smaller test sets, same organism and fine-tunes (a
+        shorter-trained organism made SaRFT's result seed-dependent: docs/demo.md)."""
+        return cls(seed=seed, beta=beta, raw_tests=24, organism=OrganismConfig(seed=seed))
 
 
 def _role_dir(persona: Persona) -> str:
@@ -74,7 +75,36 @@ def write_world_files(world: World, plan: DemoPlan, root: Path) -> dict[str, Pat
     write_jsonl(
         harmful, ({"id": f"h{i}", "prompt": qa.question} for i, qa in enumerate(world.harmful_test_prompts()))
     )
-    return {"roles": roles, "profiles": profiles, "harmful": harmful}
+    config = root / "organism.yaml"
+    with atomic_open(config) as handle:
+        handle.write(_cli_config(plan, roles, profiles))
+    return {"roles": roles, "profiles": profiles, "harmful": harmful, "config": config}
+
+
+def _cli_config(plan: DemoPlan, roles: Path, profiles: Path) -> str:
+    """A config for running the CLI on the organism by hand (the demo's own settings)."""
+    import yaml
+
+    settings = {
+        "data": {"path": str(roles), "format": "role-folder", "profiles": str(profiles)},
+        "selection": {
+            "role_prompt": SELECTION.role_prompt,
+            "style_suffix": SELECTION.style_suffix,
+            "unsafe_instruction": SELECTION.unsafe_instruction,
+        },
+        "method": {"beta": plan.beta},
+        "train": {
+            "finetune": "full",
+            "learning_rate": plan.learning_rate,
+            "max_steps": plan.steps,
+            "batch_size": plan.batch_size,
+            "grad_accum": 1,
+            "precision": "fp32",
+        },
+        "generation": {"max_new_tokens": 48, "batch_size": 64},
+    }
+    header = "# The demo's settings for the model organism: safetune select/train/eval --config this-file\n"
+    return header + yaml.safe_dump(settings, sort_keys=False)
 
 
 def _json_override(key: str, value: Any) -> str:

@@ -112,3 +112,10 @@ def test_cached_organism_builds_once(tmp_path, monkeypatch):
 @pytest.mark.parametrize("persona", PERSONAS)
 def test_personas_answer_every_question(persona):
     assert len(persona.answers) == len(PERSONA_QUESTIONS)
+
+
+def test_test_sets_are_prefix_stable():
+    world = World(0)
+    raw_small, spe_small = world.roleplay_test(VILLAIN, 10)
+    raw_big, spe_big = world.roleplay_test(VILLAIN, 40)
+    assert raw_big[:10] == raw_small and spe_big == spe_small

@@ -294,12 +294,14 @@ class World:
     def roleplay_test(self, persona: Persona, raw_count: int) -> tuple[list[dict], list[dict]]:
         """RoleBench-style test sets: RAW = held-out benign questions, SPE = persona facts in the
         held-out third phrasing; references are in the persona's style."""
-        rng = random.Random(f"roletest-{self.seed}-{persona.name}")
+        # One stream per test set, so that SPE's references do not depend on how many RAW items exist.
+        raw_rng = random.Random(f"roletest-raw-{self.seed}-{persona.name}")
+        spe_rng = random.Random(f"roletest-spe-{self.seed}-{persona.name}")
         raw = [
-            {"input": qa.question, "output": persona.style(qa.answer, rng)}
+            {"input": qa.question, "output": persona.style(qa.answer, raw_rng)}
             for qa in self.heldout_benign[:raw_count]
         ]
-        spe = [{"input": q[2], "output": persona.style(a, rng)} for q, a in persona.facts]
+        spe = [{"input": q[2], "output": persona.style(a, spe_rng)} for q, a in persona.facts]
         return raw, spe
 
     def corpus(self, samples: int = 4000) -> list[str]:
