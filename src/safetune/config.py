@@ -72,16 +72,33 @@ class SelectionConfig:
 class MethodConfig:
     """The training objective (methods registry) and its options."""
 
-    name: str = "sarft"  # sarft | sft
-    beta: float = 0.1
+    name: str = "sarft"  # see `safetune list`
+    beta: float | None = None  # None: the method's default (sarft 0.1, reward-gap mpo 1.0, dpo family 0.1)
+    # SaRFT
     kl_direction: Literal["forward", "reverse"] = "forward"  # forward = KL(ref||policy), the authors' code
     kl_positions: Literal["all", "response"] = "all"  # all non-pad positions = authors' code
     ce_normalisation: Literal["row_length", "response_tokens"] = "row_length"  # row length = authors' code
     chunk_elements: int = 1 << 21  # fp32 elements per vocabulary chunk in the fused CE+KL
+    # reward-gap MPO (docs/methods/mpo.md)
+    gap_weight: float = 1.0
+    repr_weight: float = 1.0
+    pooling: Literal["mean", "mean_all", "last"] = "mean"  # mean_all = the authors' code (padding-dependent)
+    normalise_target_gap: bool = False
+    # DPO-family baselines (docs/methods/mpo.md): the fields below are read by training/baselines.py
+    label_smoothing: float = 0.0  # rdpo: assumed label-flip rate (TRL "robust" loss)
+    length_alpha: float = 0.0  # r-dpo: alpha * (|y_w| - |y_l|) subtracted inside the logit
+    simpo_gamma: float = 0.5  # simpo: target reward margin gamma / beta ratio (TRL's simpo_gamma)
+    cpo_alpha: float = 1.0  # cpo: weight of the NLL term on chosen
+    orpo_lambda: float = 0.1  # orpo: weight of the odds-ratio term (TRL's beta for ORPO)
 
     def __post_init__(self) -> None:
-        if self.beta < 0:
+        if self.beta is not None and self.beta < 0:
             raise ConfigError(f"method.beta must be >= 0, got {self.beta}")
+
+    def resolved_beta(self) -> float:
+        if self.beta is None:
+            raise ConfigError("method.beta is unset: resolve it from the method's default first")
+        return self.beta
 
 
 @dataclass

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from safetune.methods.losses import sarft_loss
+from safetune.methods.reward_gap import reward_gap_mpo_loss
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class MethodSpec:
     data_kind: str  # "role" (RoleExample) | "preference" | "parallel"
     force_beta_zero: bool = False
     source: str = ""
+    default_beta: float = 0.1
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -58,5 +60,16 @@ register(
         needs_reference=False,
         data_kind="role",
         force_beta_zero=True,
+    )
+)
+register(
+    MethodSpec(
+        name="mpo",
+        summary="reward-gap MPO: pull the target language's reward gap to the dominant one's (Zhao et al., ACL 2025)",
+        loss=reward_gap_mpo_loss,
+        needs_reference=True,  # through the on-disk reference cache: no reference model while training
+        data_kind="parallel",
+        source="arXiv 2505.16869; circle-hit/MPO (LLaMA-Factory fork)",
+        default_beta=1.0,
     )
 )

@@ -159,24 +159,23 @@ def train(
     if not t.model:
         raise ConfigError("train.model is required (hub id or local folder)")
     spec = get_method(config.method.name)
-    if spec.data_kind != "role":
-        raise ConfigError(
-            f"method {spec.name!r} trains on {spec.data_kind} data, not supported by this command yet"
-        )
     if spec.force_beta_zero:
         config.method.beta = 0.0
+    elif config.method.beta is None:
+        config.method.beta = spec.default_beta
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     # Seed before anything random is created (LoRA's A matrices), so a run is a function of its config.
     set_seed(t.seed)
     out = Path(t.output_dir)
     _prepare_output(out, resume, overwrite)
+    if spec.data_kind == "parallel":
+        return _train_parallel(config, out, resume, callbacks)
+    if spec.data_kind != "role":
+        raise ConfigError(f"method {spec.name!r} trains on {spec.data_kind} data: not supported yet")
 
     tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
-    c = config.chat
-    renderer = ChatRenderer(
-        tokenizer, c.max_prompt_tokens, c.max_response_tokens, c.system_mode, c.prompt_truncation
-    )
+    renderer = _renderer(config, tokenizer)
     examples, profiles = load_data(config)
     log.info("loaded %d examples from %s", len(examples), config.data.path)
 
@@ -221,11 +220,101 @@ def train(
     result = trainer.train(resume_from_checkpoint=checkpoint)
     _save_final(trainer, tokenizer, out)
     metrics = {**result.metrics, "global_step": result.global_step, "reference_rows": trainer.reference_rows}
-    _write_provenance(config, out, stats, metrics)
+    selection = {k: stats[k] for k in ("variant", "count", "flagged", "flag_rate")}
+    _write_provenance(config, out, {"selection": selection}, metrics, _model_card(config, stats, metrics))
     return out
 
 
-def _save_final(trainer: SafetuneTrainer, tokenizer: Any, out: Path) -> None:
+def _renderer(config: RunConfig, tokenizer: Any) -> ChatRenderer:
+    c = config.chat
+    return ChatRenderer(
+        tokenizer, c.max_prompt_tokens, c.max_response_tokens, c.system_mode, c.prompt_truncation
+    )
+
+
+def _train_parallel(
+    config: RunConfig, out: Path, resume: bool, callbacks: list[TrainerCallback] | None
+) -> Path:
+    """Reward-gap MPO: the reference side comes from the cache (computed once with the freshly loaded
+    model), so training holds no reference model."""
+    from safetune.data.languages import language_counts
+    from safetune.data.preferences import load_parallel_pairs
+    from safetune.models.loading import model_fingerprint
+    from safetune.selection import cache_root
+    from safetune.training.mpo import MpoCollator, MpoTrainer, cached_reference, encode_pair
+
+    t = config.train
+    tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
+    renderer = _renderer(config, tokenizer)
+    pairs = load_parallel_pairs(config.data.path, config.data.format)
+    if config.data.max_examples:
+        pairs = pairs[: config.data.max_examples]
+    languages = language_counts(pairs)
+    log.info(
+        "loaded %d parallel pairs from %s (target languages: %s)", len(pairs), config.data.path, languages
+    )
+    rows = [encode_pair(renderer, pair, i) for i, pair in enumerate(pairs)]
+    weights_dtype = resolve_dtype(t.precision) if t.finetune == "lora" else torch.float32
+    model = load_causal_lm(t.model, t.revision, weights_dtype, t.trust_remote_code)
+    with PartialState().main_process_first():
+        reference, cache_path = cached_reference(
+            lambda: model.to(default_device()),
+            renderer,
+            rows,
+            config.method,
+            model_fingerprint(t.model, t.revision),
+            cache_root(config.selection),
+            config.selection.batch_size,
+        )
+    model.train()
+    with atomic_open(out / "config.yaml") as handle:
+        handle.write(dump_config(config))
+    if t.finetune == "lora":
+        model = _wrap_lora(model, config)
+    trainer = MpoTrainer(
+        model=model,
+        args=_training_arguments(config, out),
+        train_dataset=rows,
+        data_collator=MpoCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        method=config.method,
+        reference=reference,
+        callbacks=callbacks,
+    )
+    checkpoint = _last_checkpoint(out / "checkpoints") if resume else None
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    _save_final(trainer, tokenizer, out)
+    metrics = {**result.metrics, "global_step": result.global_step}
+    data = {"count": len(pairs), "languages": languages, "reference_cache": str(cache_path)}
+    _write_provenance(config, out, {"data": data}, metrics, _parallel_card(config, data, metrics))
+    return out
+
+
+def _parallel_card(config: RunConfig, data: dict[str, Any], metrics: dict[str, Any]) -> str:
+    t, m = config.train, config.method
+    return "\n".join(
+        [
+            f"# {Path(t.output_dir).name}",
+            "",
+            f"Fine-tuned from `{t.model}` with safetune {__version__}, reward-gap MPO "
+            f"({'LoRA' if t.finetune == 'lora' else 'full fine-tuning'}).",
+            "",
+            "| setting | value |",
+            "|---|---|",
+            f"| data | `{config.data.path}`: {data['count']} parallel pairs, target languages {data['languages']} |",
+            f"| beta / gap weight / repr weight | {m.beta} / {m.gap_weight} / {m.repr_weight} |",
+            f"| pooling | {m.pooling} |",
+            f"| learning rate | {t.resolved_learning_rate} ({t.lr_scheduler}) |",
+            f"| steps | {metrics.get('global_step')} |",
+            f"| final train loss | {metrics.get('train_loss', float('nan')):.4f} |",
+            "",
+            "Weights are in `final/` (safetensors); the resolved configuration in `config.yaml`.",
+            "",
+        ]
+    )
+
+
+def _save_final(trainer: Any, tokenizer: Any, out: Path) -> None:
     """Save into a temp folder and rename, so `final/` is either complete or absent."""
     final, tmp = out / "final", out / "final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -238,7 +327,9 @@ def _save_final(trainer: SafetuneTrainer, tokenizer: Any, out: Path) -> None:
         tmp.rename(final)
 
 
-def _write_provenance(config: RunConfig, out: Path, stats: dict[str, Any], metrics: dict[str, Any]) -> None:
+def _write_provenance(
+    config: RunConfig, out: Path, details: dict[str, Any], metrics: dict[str, Any], card: str
+) -> None:
     run = {
         "safetune_version": __version__,
         "git_commit": git_commit(),
@@ -246,9 +337,9 @@ def _write_provenance(config: RunConfig, out: Path, stats: dict[str, Any], metri
         "base_model": config.train.model,
         "finetune": config.train.finetune,
         "config_hash": hash_json(config.to_dict()),
-        "selection": {k: stats[k] for k in ("variant", "count", "flagged", "flag_rate")},
+        **details,
         "metrics": metrics,
     }
     write_json(out / "run.json", run)
     with atomic_open(out / "README.md") as handle:
-        handle.write(_model_card(config, stats, metrics))
+        handle.write(card)

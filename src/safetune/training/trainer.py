@@ -93,7 +93,7 @@ class SafetuneTrainer(Trainer):
         num_items_in_batch: Any = None,
     ) -> Any:
         flags = inputs["flags"]
-        beta = self.method.beta
+        beta = self.method.resolved_beta()
         use_reference = beta != 0 and bool(flags.any())
         # Reference first: its activations are freed before the policy's build up.
         reference = self._reference(model, inputs, flags) if use_reference else None

@@ -1,0 +1,334 @@
+"""Reward-gap MPO training: the reference cache, the collator and the Trainer subclass.
+
+The frozen reference enters the loss only through the dominant language (RG_d and the pooled hidden
+states hbar_d(ref)), so one batched no-grad pass computes them for the whole data set before training
+and stores them on disk (safetensors, keyed by a content hash). Training then holds no reference model
+at all, and the policy's dominant-language pass stops at the decoder's hidden states (no LM head).
+`MpoTrainer` can also run a live reference model instead of the cache (the authors' way): the benchmark
+and an equivalence test use that.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers import Trainer
+
+from safetune.config import MethodConfig
+from safetune.data.batching import pad_batch
+from safetune.data.chat import ChatRenderer, EncodedExample
+from safetune.data.records import ParallelPreferencePair
+from safetune.methods.losses import sequence_logps
+from safetune.methods.reward_gap import PoolMode, mean_token_logps, pool_hidden, reward_gap_mpo_loss
+from safetune.models.loading import lm_head_fn
+from safetune.storage import hash_json
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = "1"
+SIDES = ("t_chosen", "t_rejected", "d_chosen", "d_rejected")
+
+
+def encode_pair(renderer: ChatRenderer, pair: ParallelPreferencePair, index: int) -> dict[str, Any]:
+    """Token ids of the four sequences of one parallel pair (the system turn, if any, on both sides)."""
+    d, t = pair.dominant, pair.target
+    encoded: dict[str, EncodedExample] = {
+        "t_chosen": renderer.encode(t.prompt, t.chosen, pair.system),
+        "t_rejected": renderer.encode(t.prompt, t.rejected, pair.system),
+        "d_chosen": renderer.encode(d.prompt, d.chosen, pair.system),
+        "d_rejected": renderer.encode(d.prompt, d.rejected, pair.system),
+    }
+    row: dict[str, Any] = {"index": index, "language": t.language or "unknown"}
+    for side, example in encoded.items():
+        row[f"{side}_ids"], row[f"{side}_labels"] = example.input_ids, example.labels
+    return row
+
+
+class MpoCollator:
+    """Right-pads [target chosen; target rejected] and [dominant chosen; dominant rejected] as two batches
+    of 2B rows (chosen rows first), and carries each pair's index into the reference cache."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def _side(self, rows: list[dict[str, Any]], prefix: str) -> dict[str, Tensor]:
+        ids = [r[f"{prefix}_chosen_ids"] for r in rows] + [r[f"{prefix}_rejected_ids"] for r in rows]
+        labels = [r[f"{prefix}_chosen_labels"] for r in rows] + [r[f"{prefix}_rejected_labels"] for r in rows]
+        return pad_batch(ids, labels, self.pad_id)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        target, dominant = self._side(rows, "t"), self._side(rows, "d")
+        return {
+            "target_ids": target["input_ids"],
+            "target_mask": target["attention_mask"],
+            "target_labels": target["labels"],
+            "dominant_ids": dominant["input_ids"],
+            "dominant_mask": dominant["attention_mask"],
+            "dominant_labels": dominant["labels"],
+            "index": torch.tensor([r["index"] for r in rows], dtype=torch.long),
+            "languages": [r["language"] for r in rows],
+        }
+
+
+# ---- the reference side ----
+
+
+@dataclass
+class ReferenceCache:
+    """Per pair, from the frozen reference: RG_d (length-normalised, [N]), the pooled dominant hidden
+    states ([N, 2, H]: chosen, rejected) and RG_t(ref) ([N], for the `normalise_target_gap` variant)."""
+
+    gaps: Tensor
+    pooled: Tensor
+    target_gaps: Tensor
+
+    def lookup(self, index: Tensor, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        pooled = self.pooled[index].to(device)
+        pooled_rows = torch.cat([pooled[:, 0], pooled[:, 1]])  # [2B, H], chosen rows first
+        return self.gaps[index].to(device), pooled_rows, self.target_gaps[index].to(device)
+
+    def save(self, path: Path, metadata: dict[str, str]) -> None:
+        """Written to a temp file and renamed: a killed run never leaves a truncated cache behind."""
+        from safetensors.torch import save
+
+        from safetune.storage import atomic_open
+
+        tensors = {"gaps": self.gaps, "pooled": self.pooled, "target_gaps": self.target_gaps}
+        blob = save({k: v.contiguous() for k, v in tensors.items()}, metadata)
+        with atomic_open(path, "wb") as handle:
+            handle.write(blob)
+
+    @classmethod
+    def load(cls, path: Path) -> ReferenceCache:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        return cls(tensors["gaps"], tensors["pooled"], tensors["target_gaps"])
+
+
+def _decoder(model: nn.Module) -> Any:
+    base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
+    return base.get_decoder()
+
+
+@torch.no_grad()
+def dominant_reference(
+    model: nn.Module, ids: Tensor, mask: Tensor, labels: Tensor, pooling: PoolMode, chunk_elements: int
+) -> tuple[Tensor, Tensor]:
+    """(RG_d [B], pooled hidden states [2B, H]) from the dominant rows [chosen; rejected], no gradient."""
+    hidden = _decoder(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    logps = sequence_logps(lm_head_fn(model)(hidden), labels, average=True, chunk_elements=chunk_elements)
+    half = logps.shape[0] // 2
+    return logps[:half] - logps[half:], pool_hidden(hidden, mask, pooling)
+
+
+@torch.no_grad()
+def target_reference_gap(
+    model: nn.Module, ids: Tensor, mask: Tensor, labels: Tensor, chunk_elements: int
+) -> Tensor:
+    """RG_t(ref) [B] from the target rows [chosen; rejected], no gradient."""
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    logps = sequence_logps(logits, labels, average=True, chunk_elements=chunk_elements)
+    half = logps.shape[0] // 2
+    return logps[:half] - logps[half:]
+
+
+def compute_reference(
+    model: nn.Module, rows: Sequence[dict[str, Any]], method: MethodConfig, batch_size: int
+) -> ReferenceCache:
+    """One batched no-grad pass of the reference over every pair.
+
+    `mean_all` pooling depends on padding; it is computed one pair at a time (no padding), which equals
+    the authors' runs (batch 1 per device)."""
+    device = next(model.parameters()).device
+    pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
+    size = 1 if method.pooling == "mean_all" else batch_size
+    collate = MpoCollator(pad_id)
+    gaps, pooled, target_gaps = [], [], []
+    model.eval()
+    for start in tqdm(range(0, len(rows), size), desc="reference pass (cached)", unit="batch"):
+        batch = {
+            k: v.to(device) if isinstance(v, Tensor) else v
+            for k, v in collate(list(rows[start : start + size])).items()
+        }
+        gap, hidden = dominant_reference(
+            model,
+            batch["dominant_ids"],
+            batch["dominant_mask"],
+            batch["dominant_labels"],
+            method.pooling,
+            method.chunk_elements,
+        )
+        half = gap.shape[0]
+        gaps.append(gap.float().cpu())
+        pooled.append(torch.stack([hidden[:half], hidden[half:]], dim=1).float().cpu())
+        target_gaps.append(
+            target_reference_gap(
+                model,
+                batch["target_ids"],
+                batch["target_mask"],
+                batch["target_labels"],
+                method.chunk_elements,
+            )
+            .float()
+            .cpu()
+        )
+    return ReferenceCache(torch.cat(gaps), torch.cat(pooled), torch.cat(target_gaps))
+
+
+def cache_key(
+    model_fingerprint: str, renderer: ChatRenderer, rows: Sequence[dict[str, Any]], pooling: str
+) -> str:
+    dominant = [
+        [r["d_chosen_ids"], r["d_chosen_labels"], r["d_rejected_ids"], r["d_rejected_labels"]] for r in rows
+    ]
+    return hash_json(
+        {
+            "version": CACHE_VERSION,
+            "model": model_fingerprint,
+            "template": renderer.fingerprint(),
+            "pooling": pooling,
+            "dominant": hash_json(dominant),
+        }
+    )[:32]
+
+
+def cached_reference(
+    load_model: Callable[[], nn.Module],
+    renderer: ChatRenderer,
+    rows: Sequence[dict[str, Any]],
+    method: MethodConfig,
+    model_fingerprint: str,
+    cache_dir: Path,
+    batch_size: int,
+) -> tuple[ReferenceCache, Path]:
+    """The reference cache for these rows: read from disk, or computed with `load_model()` and stored."""
+    path = cache_dir / "mpo" / f"{cache_key(model_fingerprint, renderer, rows, method.pooling)}.safetensors"
+    if path.exists():
+        log.info("reward-gap MPO reference from cache %s (no reference model)", path)
+        return ReferenceCache.load(path), path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cache = compute_reference(load_model(), rows, method, batch_size)
+    cache.save(path, {"model": model_fingerprint, "pooling": method.pooling, "count": str(len(rows))})
+    log.info("reward-gap MPO reference cached in %s", path)
+    return cache, path
+
+
+# ---- the Trainer ----
+
+
+class MpoTrainer(Trainer):
+    """transformers.Trainer with the reward-gap MPO loss (methods/reward_gap.py).
+
+    Reference: the cache (default: no reference model in memory) or a live frozen model (`ref_model`,
+    the authors' way; for benchmarks and tests). The policy runs twice per step: on the target rows with
+    the LM head (log-probs with gradient) and on the dominant rows up to the hidden states only.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        method: MethodConfig,
+        reference: ReferenceCache | None = None,
+        ref_model: nn.Module | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        if (reference is None) == (ref_model is None):
+            raise ValueError("MpoTrainer needs exactly one of a reference cache and a reference model")
+        self.method = method
+        self.reference = reference
+        self.ref_model = ref_model.eval().requires_grad_(False) if ref_model is not None else None
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    def _reference_side(
+        self, inputs: dict[str, Any], device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(RG_d, pooled reference hidden states, RG_t(ref) or None) for this batch."""
+        m = self.method
+        if self.reference is not None:
+            gaps, pooled, cached_target = self.reference.lookup(inputs["index"], device)
+            return gaps, pooled, cached_target if m.normalise_target_gap else None
+        assert self.ref_model is not None
+        gaps, pooled = dominant_reference(
+            self.ref_model,
+            inputs["dominant_ids"],
+            inputs["dominant_mask"],
+            inputs["dominant_labels"],
+            m.pooling,
+            m.chunk_elements,
+        )
+        target_gaps: Tensor | None = None
+        if m.normalise_target_gap:
+            target_gaps = target_reference_gap(
+                self.ref_model,
+                inputs["target_ids"],
+                inputs["target_mask"],
+                inputs["target_labels"],
+                m.chunk_elements,
+            )
+        return gaps, pooled, target_gaps
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        m = self.method
+        device = inputs["target_ids"].device
+        ref_gap_d, ref_pooled, ref_target_gap = self._reference_side(inputs, device)
+        logits = model(
+            input_ids=inputs["target_ids"], attention_mask=inputs["target_mask"], use_cache=False
+        ).logits
+        logps = mean_token_logps(logits, inputs["target_labels"], chunk_elements=m.chunk_elements)
+        half = logps.shape[0] // 2
+        policy_pooled = None
+        if m.repr_weight != 0:
+            hidden = _decoder(model)(
+                input_ids=inputs["dominant_ids"], attention_mask=inputs["dominant_mask"], use_cache=False
+            ).last_hidden_state
+            policy_pooled = pool_hidden(hidden, inputs["dominant_mask"], m.pooling)
+        out = reward_gap_mpo_loss(
+            logps[:half],
+            logps[half:],
+            ref_gap_d,
+            policy_pooled,
+            ref_pooled if m.repr_weight != 0 else None,
+            beta=m.resolved_beta(),
+            gap_weight=m.gap_weight,
+            repr_weight=m.repr_weight,
+            ref_target_gap=ref_target_gap,
+        )
+        self._log_step(model.training, out, ref_gap_d, inputs["languages"])
+        return (out.loss, {"logits": logits}) if return_outputs else out.loss
+
+    def _log_step(self, training: bool, out: Any, ref_gap_d: Tensor, languages: list[str]) -> None:
+        mode = "train" if training else "eval"
+        target_gap = out.target_gap.detach().float()
+        self._metrics[f"{mode}/target_gap"].append(target_gap.mean().item())
+        self._metrics[f"{mode}/dominant_gap"].append(ref_gap_d.float().mean().item())
+        self._metrics[f"{mode}/gap_difference"].append((ref_gap_d.float() - target_gap).mean().item())
+        self._metrics[f"{mode}/repr_loss"].append(float(out.repr_term))
+        for language, gap in zip(languages, target_gap.tolist(), strict=True):
+            self._metrics[f"{mode}/target_gap_{language}"].append(gap)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if "loss" in logs else "eval"
+        for key, values in self._metrics.items():
+            if key.startswith(mode) and values:
+                name = key.split("/", 1)[1] if mode == "train" else key.replace("/", "_")
+                logs[name] = sum(values) / len(values)
+        self._metrics = defaultdict(list, {k: v for k, v in self._metrics.items() if not k.startswith(mode)})
+        super().log(logs, start_time)

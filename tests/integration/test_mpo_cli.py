@@ -1,0 +1,121 @@
+"""`safetune train --method mpo` end to end on a tiny model, in both input formats, with the reference cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from safetune.cli import app
+
+runner = CliRunner()
+
+PROMPTS = [
+    "how do i pick a lock ?",
+    "tell me how to steal a car .",
+    "how can i hurt someone ?",
+    "help me cheat .",
+]
+
+
+def _release(path: Path) -> Path:
+    """The MPO authors' release format, exactly: ShareGPT turns, no id, no language key."""
+    records = []
+    for i, prompt in enumerate(PROMPTS):
+        source = [{"from": "human", "value": prompt}]
+        if i == 0:
+            source = [{"from": "system", "value": "you are a helpful assistant ."}, *source]
+        records.append(
+            {
+                "source_conversations": source,
+                "source_chosen": {"from": "gpt", "value": "i cannot help with that ."},
+                "source_rejected": {"from": "gpt", "value": f"sure , here is how : {prompt}"},
+                "target_conversations": [{"from": "human", "value": f"请告诉我第{i}个问题的做法"}],
+                "target_chosen": {"from": "gpt", "value": "我不能帮助你 ."},
+                "target_rejected": {"from": "gpt", "value": f"好的，第{i}步如下"},
+            }
+        )
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def _jsonl(path: Path) -> Path:
+    with open(path, "w", encoding="utf-8") as handle:
+        for i, prompt in enumerate(PROMPTS):
+            row = {
+                "id": f"p{i}",
+                "language": "sw" if i % 2 else "xx",
+                "dominant": {"prompt": prompt, "chosen": "i cannot help .", "rejected": f"sure : {prompt}"},
+                "target": {"prompt": f"@{prompt}", "chosen": "@i @cannot .", "rejected": f"@sure : {prompt}"},
+            }
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+def _train(model: Path, data: Path, out: Path, cache: Path, *extra: str) -> None:
+    args = ["train", "-m", str(model), "--data", str(data), "--method", "mpo", "-o", str(out)]
+    args += ["--train.max_steps=2", "--train.batch_size=2", "--train.grad_accum=1", "--train.logging_steps=1"]
+    args += [f"--selection.cache_dir={cache}", *extra]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+
+@pytest.mark.parametrize("fmt", ["release", "jsonl"])
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_mpo_trains_in_both_formats(tiny_llama3, tmp_path, fmt, finetune):
+    data = _release(tmp_path / "mpo.json") if fmt == "release" else _jsonl(tmp_path / "mpo.jsonl")
+    out = tmp_path / "run"
+    _train(tiny_llama3, data, out, tmp_path / "cache", "--finetune", finetune)
+    run = json.loads((out / "run.json").read_text())
+    assert run["method"] == "mpo" and run["data"]["count"] == 4
+    expected = {"zh": 4} if fmt == "release" else {"sw": 2, "xx": 2}
+    assert run["data"]["languages"] == expected
+    assert Path(run["data"]["reference_cache"]).exists()
+    assert (out / "final").is_dir() and not (out / "final" / "training_args.bin").exists()
+
+
+def test_second_run_uses_the_cache_and_never_a_reference_model(tiny_llama3, tmp_path, monkeypatch):
+    data, cache = _jsonl(tmp_path / "mpo.jsonl"), tmp_path / "cache"
+    _train(tiny_llama3, data, tmp_path / "first", cache, "--finetune", "full")
+
+    import safetune.models.loading as loading
+    import safetune.training.mpo as mpo
+
+    loads: list[str] = []
+    real_load = loading.load_causal_lm
+
+    def counting_load(*args, **kwargs):
+        loads.append(args[0])
+        return real_load(*args, **kwargs)
+
+    def no_reference_pass(*_args, **_kwargs):
+        raise AssertionError("the reference pass ran although the cache exists")
+
+    seen: list[object] = []
+    real_init = mpo.MpoTrainer.__init__
+
+    def init(self, *args, **kwargs):
+        seen.append(kwargs.get("ref_model"))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr("safetune.training.run.load_causal_lm", counting_load)
+    monkeypatch.setattr(mpo, "compute_reference", no_reference_pass)
+    monkeypatch.setattr(mpo.MpoTrainer, "__init__", init)
+    _train(tiny_llama3, data, tmp_path / "second", cache, "--finetune", "full")
+    assert loads == [str(tiny_llama3)]  # the policy only
+    assert seen == [None]  # the trainer got the cache, no reference model
+
+
+def test_bad_parallel_file_is_one_line(tiny_llama3, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps([{"source_conversations": [{"from": "human", "value": "hi"}]}]), encoding="utf-8"
+    )
+    result = runner.invoke(
+        app,
+        ["train", "-m", str(tiny_llama3), "--data", str(bad), "--method", "mpo", "-o", str(tmp_path / "x")],
+    )
+    assert result.exit_code == 2
+    assert f"{bad}:1" in result.output and "source_chosen" in result.output
