@@ -298,6 +298,44 @@ def report(
     _stderr_console().print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+@app.command("reward-gap", context_settings=EXTRA)
+@user_errors
+def reward_gap(
+    ctx: typer.Context,
+    data: Annotated[str, typer.Option("--data", help="Held-out parallel pairs (MPO release JSON or JSONL).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for reward_gap.json/.md and the plot.")],
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    results: Annotated[
+        Path | None, typer.Option(help="An evaluation's results.json with per-language ASR (e.g. multijail).")
+    ] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Per-language reward gap (safe vs unsafe answer) of a model: the MPO paper's pilot analysis.
+
+    Run as: safetune reward-gap -m MODEL --data heldout.json --results runs/ev/results.json -o runs/gap
+    """
+    from safetune.config import load_config
+    from safetune.evaluation import reward_gap as diagnostic
+    from safetune.storage import atomic_open, write_json
+
+    _setup_logging(verbose)
+    cfg = load_config(config, _overrides(ctx, {"train.model": model}))
+    if not cfg.train.model:
+        from safetune.errors import ConfigError
+
+        raise ConfigError("--model is required")
+    asr = diagnostic.asr_by_language(results) if results else None
+    gaps = diagnostic.measure(cfg, data)
+    write_json(out / "reward_gap.json", {**gaps, "asr": asr})
+    text = diagnostic.markdown(gaps, asr)
+    with atomic_open(out / "reward_gap.md") as handle:
+        handle.write(text)
+    if asr:
+        diagnostic.plot_gap_vs_asr(gaps, asr, out / "gap_vs_asr.png")
+    print(text)
+
+
 @app.command("tiny-model")
 @user_errors
 def tiny_model(

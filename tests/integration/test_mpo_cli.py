@@ -119,3 +119,48 @@ def test_bad_parallel_file_is_one_line(tiny_llama3, tmp_path):
     )
     assert result.exit_code == 2
     assert f"{bad}:1" in result.output and "source_chosen" in result.output
+
+
+def test_reward_gap_diagnostic_per_language_with_asr_plot(tiny_llama3, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from safetune.data.chat import ChatRenderer
+    from safetune.methods.losses import sequence_logps
+
+    data = _jsonl(tmp_path / "pairs.jsonl")
+    results = tmp_path / "results.json"
+    by_language = {"sw": {"asr": 40.0}, "xx": {"asr": 10.0}}
+    results.write_text(json.dumps({"benchmarks": {"multijail": {"by_language": by_language}}}))
+    out = tmp_path / "gap"
+    args = [
+        "reward-gap",
+        "-m",
+        str(tiny_llama3),
+        "--data",
+        str(data),
+        "--results",
+        str(results),
+        "-o",
+        str(out),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads((out / "reward_gap.json").read_text())
+    assert set(report["languages"]) == {"sw", "xx"} and report["pairs"] == 4
+    assert (out / "gap_vs_asr.png").read_bytes()[:4] == b"\x89PNG"
+    # The gap of the "xx" pairs (ids p0, p2), recomputed by hand from the model's log-probs.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama3)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama3, dtype=torch.float32).eval()
+    renderer = ChatRenderer(tokenizer, 512, 128)
+
+    def lp(prompt: str, answer: str) -> float:
+        enc = renderer.encode(prompt, answer)
+        ids, labels = torch.tensor([enc.input_ids]), torch.tensor([enc.labels])
+        with torch.no_grad():
+            return float(sequence_logps(model(input_ids=ids).logits, labels)[0])
+
+    gaps = [
+        lp(f"@{PROMPTS[i]}", "@i @cannot .") - lp(f"@{PROMPTS[i]}", f"@sure : {PROMPTS[i]}") for i in (0, 2)
+    ]
+    assert report["languages"]["xx"]["gap"] == pytest.approx(sum(gaps) / 2, abs=1e-4)

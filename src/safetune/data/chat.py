@@ -84,6 +84,17 @@ class ChatRenderer:
         default_ids = tokenizer("a")["input_ids"]
         self._wants_bos = self._bos_id is not None and default_ids[:1] == [self._bos_id]
 
+    @classmethod
+    def from_config(cls, tokenizer: PreTrainedTokenizerBase, chat: Any) -> ChatRenderer:
+        """From a `config.ChatConfig` (the `chat` section of a run config)."""
+        return cls(
+            tokenizer,
+            chat.max_prompt_tokens,
+            chat.max_response_tokens,
+            chat.system_mode,
+            chat.prompt_truncation,
+        )
+
     @property
     def supports_system(self) -> bool:
         """Whether system prompts go in a native system turn (else they are prepended to the user turn)."""

@@ -175,7 +175,7 @@ def train(
         raise ConfigError(f"method {spec.name!r} trains on {spec.data_kind} data: not supported yet")
 
     tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
-    renderer = _renderer(config, tokenizer)
+    renderer = ChatRenderer.from_config(tokenizer, config.chat)
     examples, profiles = load_data(config)
     log.info("loaded %d examples from %s", len(examples), config.data.path)
 
@@ -225,13 +225,6 @@ def train(
     return out
 
 
-def _renderer(config: RunConfig, tokenizer: Any) -> ChatRenderer:
-    c = config.chat
-    return ChatRenderer(
-        tokenizer, c.max_prompt_tokens, c.max_response_tokens, c.system_mode, c.prompt_truncation
-    )
-
-
 def _train_parallel(
     config: RunConfig, out: Path, resume: bool, callbacks: list[TrainerCallback] | None
 ) -> Path:
@@ -245,7 +238,7 @@ def _train_parallel(
 
     t = config.train
     tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
-    renderer = _renderer(config, tokenizer)
+    renderer = ChatRenderer.from_config(tokenizer, config.chat)
     pairs = load_parallel_pairs(config.data.path, config.data.format)
     if config.data.max_examples:
         pairs = pairs[: config.data.max_examples]
