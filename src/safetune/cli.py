@@ -387,7 +387,7 @@ def list_registered() -> None:
 
     print("methods:")
     for spec in METHODS.values():
-        print(f"  {spec.name:8s} {spec.summary}")
+        print(f"  {spec.name:11s} {spec.summary}")
     print("selection variants: " + ", ".join(VARIANTS))
     print("benchmarks:")
     for bench in BENCHMARKS.values():

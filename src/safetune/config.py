@@ -87,7 +87,7 @@ class MethodConfig:
     # DPO-family baselines (docs/methods/mpo.md): the fields below are read by training/baselines.py
     label_smoothing: float = 0.0  # rdpo: assumed label-flip rate (TRL "robust" loss)
     length_alpha: float = 0.0  # r-dpo: alpha * (|y_w| - |y_l|) subtracted inside the logit
-    simpo_gamma: float = 0.5  # simpo: target reward margin gamma / beta ratio (TRL's simpo_gamma)
+    simpo_gamma: float = 0.5  # simpo: the target reward margin gamma (TRL's simpo_gamma)
     cpo_alpha: float = 1.0  # cpo: weight of the NLL term on chosen
     orpo_lambda: float = 0.1  # orpo: weight of the odds-ratio term (TRL's beta for ORPO)
 

@@ -54,8 +54,8 @@ def _jsonl(path: Path) -> Path:
     return path
 
 
-def _train(model: Path, data: Path, out: Path, cache: Path, *extra: str) -> None:
-    args = ["train", "-m", str(model), "--data", str(data), "--method", "mpo", "-o", str(out)]
+def _train(model: Path, data: Path, out: Path, cache: Path, *extra: str, method: str = "mpo") -> None:
+    args = ["train", "-m", str(model), "--data", str(data), "--method", method, "-o", str(out)]
     args += ["--train.max_steps=2", "--train.batch_size=2", "--train.grad_accum=1", "--train.logging_steps=1"]
     args += [f"--selection.cache_dir={cache}", *extra]
     result = runner.invoke(app, args)
@@ -164,3 +164,33 @@ def test_reward_gap_diagnostic_per_language_with_asr_plot(tiny_llama3, tmp_path)
         lp(f"@{PROMPTS[i]}", "@i @cannot .") - lp(f"@{PROMPTS[i]}", f"@sure : {PROMPTS[i]}") for i in (0, 2)
     ]
     assert report["languages"]["xx"]["gap"] == pytest.approx(sum(gaps) / 2, abs=1e-4)
+
+
+BASELINE_NAMES = ["sft-chosen", "dpo", "ipo", "rdpo", "cpo", "simpo", "orpo", "kto", "r-dpo"]
+
+
+@pytest.mark.parametrize("method", BASELINE_NAMES)
+def test_every_baseline_trains_through_the_cli_on_the_release_format(tiny_llama3, tmp_path, method):
+    data = _release(tmp_path / "mpo.json")
+    out = tmp_path / method
+    extra = {"rdpo": ["--method.label_smoothing=0.1"], "r-dpo": ["--method.length_alpha=0.01"]}.get(
+        method, []
+    )
+    _train(tiny_llama3, data, out, tmp_path / "cache", *extra, method=method)
+    run = json.loads((out / "run.json").read_text())
+    assert run["method"] == method and run["metrics"]["pairs"] == 4
+    assert (out / "final" / "adapter_config.json").exists()
+
+
+def test_dpo_on_a_plain_pairs_file(tiny_llama3, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": p, "chosen": "i cannot help .", "rejected": f"sure : {p}"}) + "\n"
+            for p in PROMPTS
+        )
+    )
+    out = tmp_path / "dpo"
+    _train(tiny_llama3, data, out, tmp_path / "cache", "--method.beta=0.2", method="dpo")
+    run = json.loads((out / "run.json").read_text())
+    assert run["beta"] == 0.2 and run["metrics"]["pairs"] == 4

@@ -16,9 +16,11 @@ class MethodSpec:
 
     name: str
     summary: str
-    loss: Callable[..., Any]
+    loss: Callable[..., Any] | None  # None: the loss lives in a TRL trainer (training/baselines.py)
     needs_reference: bool
-    data_kind: str  # "role" (RoleExample) | "preference" | "parallel"
+    data_kind: (
+        str  # "role" (RoleExample) | "preference" (PreferencePair) | "parallel" (ParallelPreferencePair)
+    )
     force_beta_zero: bool = False
     source: str = ""
     default_beta: float = 0.1
@@ -73,3 +75,24 @@ register(
         default_beta=1.0,
     )
 )
+
+
+def _register_baselines() -> None:
+    """The DPO-family baselines of the MPO paper, trained through TRL (training/baselines.py)."""
+    from safetune.training.baselines import BASELINES, rdpo_loss
+
+    for spec in BASELINES.values():
+        register(
+            MethodSpec(
+                name=spec.name,
+                summary=spec.summary,
+                loss=rdpo_loss if spec.name == "r-dpo" else None,
+                needs_reference=spec.needs_reference,
+                data_kind="preference",
+                source=spec.source,
+                default_beta=spec.default_beta,
+            )
+        )
+
+
+_register_baselines()

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
-from transformers import TrainerCallback, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from safetune import __version__
 from safetune.config import RunConfig, dump_config
@@ -47,7 +47,7 @@ def _precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def _training_arguments(config: RunConfig, out: Path) -> TrainingArguments:
+def training_arguments(config: RunConfig, out: Path) -> TrainingArguments:
     t = config.train
     precision = _precision_flags(t.precision)
     return TrainingArguments(
@@ -88,7 +88,7 @@ def _encode(
     return rows
 
 
-def _wrap_lora(model: Any, config: RunConfig) -> Any:
+def wrap_lora(model: Any, config: RunConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 
     t = config.train
@@ -113,7 +113,7 @@ def _last_checkpoint(folder: Path) -> str | None:
     return str(max(steps)[1]) if steps else None
 
 
-def _prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
+def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
     if (out / "final").exists() and not resume and not overwrite:
         raise ConfigError(f"{out} already holds a finished run; pass --overwrite to replace it")
     if overwrite and out.exists() and not resume:
@@ -168,9 +168,11 @@ def train(
     # Seed before anything random is created (LoRA's A matrices), so a run is a function of its config.
     set_seed(t.seed)
     out = Path(t.output_dir)
-    _prepare_output(out, resume, overwrite)
+    prepare_output(out, resume, overwrite)
     if spec.data_kind == "parallel":
         return _train_parallel(config, out, resume, callbacks)
+    if spec.data_kind == "preference":
+        return _train_preference(config, out, callbacks)
     if spec.data_kind != "role":
         raise ConfigError(f"method {spec.name!r} trains on {spec.data_kind} data: not supported yet")
 
@@ -200,10 +202,10 @@ def train(
 
     ref_model = None
     if t.finetune == "lora":
-        model = _wrap_lora(model, config)
+        model = wrap_lora(model, config)
     elif spec.needs_reference and config.method.beta != 0 and any(flags):
         ref_model = copy.deepcopy(model)
-    args = _training_arguments(config, out)
+    args = training_arguments(config, out)
     trainer = SafetuneTrainer(
         model=model,
         args=args,
@@ -218,10 +220,24 @@ def train(
     if resume and checkpoint is None:
         log.warning("--resume: no checkpoint in %s, starting from scratch", out / "checkpoints")
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    _save_final(trainer, tokenizer, out)
+    save_final(trainer, tokenizer, out)
     metrics = {**result.metrics, "global_step": result.global_step, "reference_rows": trainer.reference_rows}
     selection = {k: stats[k] for k in ("variant", "count", "flagged", "flag_rate")}
     _write_provenance(config, out, {"selection": selection}, metrics, _model_card(config, stats, metrics))
+    return out
+
+
+def _train_preference(config: RunConfig, out: Path, callbacks: list[TrainerCallback] | None) -> Path:
+    """A DPO-family baseline (training/baselines.py) on plain preference pairs (or a parallel file's
+    target side)."""
+    from safetune.data.preferences import load_preference_pairs
+    from safetune.training.baselines import train_baseline
+
+    pairs = load_preference_pairs(config.data.path, config.data.format)
+    if config.data.max_examples:
+        pairs = pairs[: config.data.max_examples]
+    log.info("loaded %d preference pairs from %s", len(pairs), config.data.path)
+    train_baseline(config, pairs, out, overwrite=False, callbacks=callbacks)
     return out
 
 
@@ -263,10 +279,10 @@ def _train_parallel(
     with atomic_open(out / "config.yaml") as handle:
         handle.write(dump_config(config))
     if t.finetune == "lora":
-        model = _wrap_lora(model, config)
+        model = wrap_lora(model, config)
     trainer = MpoTrainer(
         model=model,
-        args=_training_arguments(config, out),
+        args=training_arguments(config, out),
         train_dataset=rows,
         data_collator=MpoCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
@@ -276,7 +292,7 @@ def _train_parallel(
     )
     checkpoint = _last_checkpoint(out / "checkpoints") if resume else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    _save_final(trainer, tokenizer, out)
+    save_final(trainer, tokenizer, out)
     metrics = {**result.metrics, "global_step": result.global_step}
     data = {"count": len(pairs), "languages": languages, "reference_cache": str(cache_path)}
     _write_provenance(config, out, {"data": data}, metrics, _parallel_card(config, data, metrics))
@@ -307,7 +323,7 @@ def _parallel_card(config: RunConfig, data: dict[str, Any], metrics: dict[str, A
     )
 
 
-def _save_final(trainer: Any, tokenizer: Any, out: Path) -> None:
+def save_final(trainer: Trainer, tokenizer: Any, out: Path) -> None:
     """Save into a temp folder and rename, so `final/` is either complete or absent."""
     final, tmp = out / "final", out / "final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

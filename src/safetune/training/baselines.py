@@ -1,0 +1,662 @@
+"""Preference-optimisation baselines of the reward-gap MPO paper, trained with TRL on `PreferencePair`s.
+
+Every baseline is a `BaselineSpec` in `BASELINES` (name -> spec); `train_baseline` renders the pairs with the
+model's chat template, loads the model (LoRA or full, as `safetune train` does), trains with the method's TRL
+trainer and our TrainingArguments settings, and saves `final/` (safetensors + tokenizer, no pickles).
+
+How TRL sees the data. TRL 1.x tokenizes string datasets itself: `tokenizer(text)` with the tokenizer's
+automatic special tokens (a second BOS after a template that already writes one, e.g. Llama-3), prompt and
+completion tokenized jointly (tokens can merge across the boundary), and the tokenizer's EOS appended to each
+completion (CPO/ORPO also prepend BOS whenever the tokenizer has one). We never hand TRL text to tokenize: the
+dataset carries the ids of `ChatRenderer` (the prompt rendered once with the chat template, exactly one BOS
+where the model expects one; each response followed by the template's end-of-turn token, no extra EOS; each
+side truncated on its own, as in our SaRFT runs), and thin subclasses make TRL take those ids as they are:
+
+* DPO family and KTO: `_prepare_dataset` passes a dataset with `prompt_ids` through (KTO still gets TRL's
+  mismatched KL completions), so the collators see our ids;
+* CPO/SimPO/ORPO: `tokenize_row` builds TRL's `prompt_/chosen_/rejected_` columns from our ids;
+* SFT: TRL's own pre-tokenised path (`input_ids` + `labels`, prompt tokens masked with -100).
+
+The rendered text (`prompt` = `renderer.prompt_text(user)`, `chosen`/`rejected` = response + end-of-turn
+token) stays in the paired datasets for inspection; only the ids are trained on.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import math
+import random
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from safetune import __version__
+from safetune.config import RunConfig, dump_config
+from safetune.data.chat import ChatRenderer
+from safetune.data.records import PreferencePair
+from safetune.errors import ConfigError
+from safetune.methods.losses import IGNORE_INDEX
+from safetune.models.loading import load_causal_lm, load_tokenizer, resolve_dtype
+from safetune.provenance import git_commit
+from safetune.storage import atomic_open, hash_json, write_json
+
+log = logging.getLogger(__name__)
+
+DataKind = Literal["sft", "paired", "unpaired"]
+# build(config, model, ref_model_or_None, tokenizer, train_dataset) -> a transformers Trainer
+BaselineBuilder = Callable[[RunConfig, Any, Any, Any, Any], Any]
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """One baseline: where it comes from, its default beta, the data it trains on and how to build its trainer.
+
+    `data_kind`: "sft" (prompt + chosen, prompt masked), "paired" (prompt/chosen/rejected ids) or "unpaired"
+    (each pair -> one desirable and one undesirable example, KTO). `uses_beta` is False where the method has no
+    beta (SFT; ORPO, whose weight is `method.orpo_lambda`): `method.beta` is then ignored and recorded as 0.
+    """
+
+    name: str
+    summary: str
+    source: str
+    default_beta: float
+    data_kind: DataKind
+    needs_reference: bool
+    build: BaselineBuilder
+    uses_beta: bool = True
+
+
+# --- R-DPO: the one loss TRL does not have ------------------------------------------------------------------
+
+
+def rdpo_loss(
+    chosen_logratios: Tensor,
+    rejected_logratios: Tensor,
+    chosen_lengths: Tensor,
+    rejected_lengths: Tensor,
+    beta: float,
+    alpha: float,
+) -> Tensor:
+    """Per-pair length-regularised DPO loss (R-DPO; Park, Rafailov, Ermon & Finn, "Disentangling Length from
+    Quality in Direct Preference Optimization", Findings of ACL 2024, arXiv:2403.19159):
+
+        L_R-DPO = -log sigmoid( beta * log[pi(y_w|x) / ref(y_w|x)] - beta * log[pi(y_l|x) / ref(y_l|x)]
+                                - alpha * (|y_w| - |y_l|) )
+
+    `*_logratios` are log pi(y|x) - log ref(y|x) summed over the response tokens, `*_lengths` the response
+    lengths |y| in tokens. alpha = 0 is DPO's sigmoid loss. Returns one loss per pair (no reduction).
+    """
+    length_margin = chosen_lengths.to(chosen_logratios.dtype) - rejected_lengths.to(chosen_logratios.dtype)
+    logits = beta * (chosen_logratios - rejected_logratios) - alpha * length_margin
+    return -F.logsigmoid(logits)
+
+
+# --- datasets: ChatRenderer ids, never text for TRL to tokenize ----------------------------------------------
+
+
+def preference_dataset(
+    renderer: ChatRenderer, pairs: Sequence[PreferencePair], kind: DataKind, seed: int = 0
+) -> Any:
+    """The `datasets.Dataset` a baseline trains on, with ChatRenderer's ids (see the module docstring).
+
+    sft: input_ids, labels (prompt + chosen response). paired: prompt, chosen, rejected (rendered text) and
+    prompt_ids, chosen_ids, rejected_ids. unpaired: prompt, completion, label, prompt_ids, completion_ids: two
+    rows per pair, in a fixed order (KTO reads its data sequentially) that alternates desirable and undesirable
+    rows, so every batch is balanced, with the undesirable rows offset by half the pairs (pairs shuffled once
+    with `seed`), so neighbouring rows never share a prompt and KTO's KL completions (each row paired with its
+    neighbour's completion) are mismatched as the method needs (from 4 pairs on).
+    """
+    from datasets import Dataset
+
+    if not pairs:
+        raise ConfigError("no preference pairs to train on")
+    end = renderer.end_token
+    if kind == "unpaired":
+        return Dataset.from_list(_unpaired_rows(renderer, pairs, seed))
+    rows: list[dict[str, Any]] = []
+    for pair in pairs:
+        if kind == "sft":
+            enc = renderer.encode(pair.prompt, pair.chosen)
+            rows.append({"input_ids": enc.input_ids, "labels": enc.labels})
+            continue
+        prompt_text = renderer.prompt_text(pair.prompt)
+        prompt_ids = renderer.prompt_ids(pair.prompt)
+        if kind == "paired":
+            rows.append(
+                {
+                    "prompt": prompt_text,
+                    "chosen": pair.chosen + end,
+                    "rejected": pair.rejected + end,
+                    "prompt_ids": prompt_ids,
+                    "chosen_ids": renderer.response_ids(pair.chosen),
+                    "rejected_ids": renderer.response_ids(pair.rejected),
+                }
+            )
+        else:
+            raise ValueError(f"unknown data kind {kind!r}")
+    return Dataset.from_list(rows)
+
+
+def _unpaired_rows(
+    renderer: ChatRenderer, pairs: Sequence[PreferencePair], seed: int
+) -> list[dict[str, Any]]:
+    order = list(pairs)
+    random.Random(seed).shuffle(order)
+    half = len(order) // 2
+
+    def row(pair: PreferencePair, label: bool) -> dict[str, Any]:
+        response = pair.chosen if label else pair.rejected
+        return {
+            "prompt": renderer.prompt_text(pair.prompt),
+            "completion": response + renderer.end_token,
+            "label": label,
+            "prompt_ids": renderer.prompt_ids(pair.prompt),
+            "completion_ids": renderer.response_ids(response),
+        }
+
+    rows = []
+    for i, pair in enumerate(order):
+        rows.append(row(pair, True))
+        rows.append(row(order[(i + half) % len(order)], False))
+    return rows
+
+
+def _cpo_row(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int]) -> dict[str, list[int]]:
+    """The columns CPOTrainer/ORPOTrainer.tokenize_row would produce, from our ids (no BOS/EOS added)."""
+    row = {"prompt_input_ids": list(prompt_ids), "prompt_attention_mask": [1] * len(prompt_ids)}
+    for side, answer in (("chosen", chosen_ids), ("rejected", rejected_ids)):
+        ids = list(prompt_ids) + list(answer)
+        row[f"{side}_input_ids"] = ids
+        row[f"{side}_attention_mask"] = [1] * len(ids)
+        row[f"{side}_labels"] = [IGNORE_INDEX] * len(prompt_ids) + list(answer)
+    return row
+
+
+def _rotate_kl_completions(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """KTO's KL estimate pairs x_i with y_{i-1} within each batch (as TRL's own preparation does)."""
+    completions = batch["completion_ids"]
+    batch["KL_completion_ids"] = [completions[-1], *completions[:-1]]
+    return batch
+
+
+# --- TRL trainer subclasses (built lazily: importing TRL is slow and trl.experimental warns) -----------------
+
+
+class _PretokenisedRowMixin:
+    """CPO/ORPO: take our ids instead of tokenizing the text (which would add BOS/EOS)."""
+
+    def tokenize_row(self, feature: dict[str, Any], model: Any = None) -> dict[str, Any]:
+        if "prompt_ids" not in feature:
+            return super().tokenize_row(feature, model)  # type: ignore[misc]
+        return _cpo_row(feature["prompt_ids"], feature["chosen_ids"], feature["rejected_ids"])
+
+
+class _PretokenisedPairsMixin:
+    """DPO family: a dataset that already has prompt/chosen/rejected ids goes to the collator as it is."""
+
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+        if "prompt_ids" not in (dataset.column_names or []):
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)  # type: ignore[misc]
+        return dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
+
+
+class _PretokenisedUnpairedMixin:
+    """KTO: our prompt/completion ids as they are, plus TRL's mismatched KL completions."""
+
+    calculate_KL: bool
+
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+        if "prompt_ids" not in (dataset.column_names or []):
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)  # type: ignore[misc]
+        dataset = dataset.select_columns(["prompt_ids", "completion_ids", "label"])
+        if self.calculate_KL:
+            dataset = dataset.map(
+                _rotate_kl_completions, batched=True, batch_size=args.per_device_train_batch_size
+            )
+        return dataset
+
+
+class _RDPOMixin:
+    """R-DPO on DPOTrainer: the same forward passes and reference handling, `rdpo_loss` in place of the sigmoid.
+
+    |y| is the number of response tokens (the collator's completion mask), as in Park et al. (2024).
+    """
+
+    length_alpha: float = 0.0
+    _NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps"})
+
+    def _sequence_logps(
+        self, model: Any, model_kwargs: dict[str, Any], labels: Tensor, seq_len: int
+    ) -> Tensor:
+        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+        # Prompt-learning PEFT prepends virtual tokens; keep the positions of the real ones (as TRL does).
+        return outputs.log_probs[:, -seq_len:].sum(dim=1)
+
+    def _reference_logps(
+        self, inputs: dict[str, Any], model_kwargs: dict[str, Any], labels: Tensor, seq_len: int
+    ) -> tuple[Tensor, Tensor]:
+        from accelerate.utils import is_peft_model
+        from trl.models.utils import disable_gradient_checkpointing
+        from trl.trainer.utils import use_adapter
+
+        this: Any = self
+        if this.precompute_ref_logps:
+            return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        with (
+            torch.no_grad(),
+            disable_gradient_checkpointing(this.model, this.args.gradient_checkpointing_kwargs),
+        ):
+            if this.ref_model is None and is_peft_model(this.model):
+                unwrapped = this.accelerator.unwrap_model(this.model)
+                adapter = "ref" if "ref" in unwrapped.peft_config else None
+                with use_adapter(unwrapped, adapter_name=adapter):
+                    ref_logps = self._sequence_logps(this.model, model_kwargs, labels, seq_len)
+            else:
+                ref_logps = self._sequence_logps(this.ref_model, model_kwargs, labels, seq_len)
+        chosen, rejected = ref_logps.chunk(2, dim=0)
+        return chosen, rejected
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
+        this: Any = self
+        mode = "train" if this.model.training else "eval"
+        model_kwargs = {k: v for k, v in inputs.items() if k not in self._NON_MODEL_KEYS}
+        model_kwargs["use_cache"] = False
+        completion_mask = inputs["completion_mask"]
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        seq_len = completion_mask.size(1) - 1
+        chosen_logps, rejected_logps = self._sequence_logps(model, model_kwargs, labels, seq_len).chunk(
+            2, dim=0
+        )
+        ref_chosen, ref_rejected = self._reference_logps(inputs, model_kwargs, labels, seq_len)
+        chosen_logratios = chosen_logps - ref_chosen.to(chosen_logps.device)
+        rejected_logratios = rejected_logps - ref_rejected.to(rejected_logps.device)
+        chosen_lengths, rejected_lengths = completion_mask.sum(dim=1).chunk(2, dim=0)
+        losses = rdpo_loss(
+            chosen_logratios,
+            rejected_logratios,
+            chosen_lengths,
+            rejected_lengths,
+            this.beta,
+            self.length_alpha,
+        )
+        loss = losses.mean()
+
+        gather = this.accelerator.gather_for_metrics
+        chosen_rewards = this.beta * chosen_logratios.detach()
+        rejected_rewards = this.beta * rejected_logratios.detach()
+        length_term = self.length_alpha * (chosen_lengths - rejected_lengths).to(chosen_rewards.dtype)
+        metrics = this._metrics[mode]
+        metrics["rewards/chosen"].append(gather(chosen_rewards).mean().item())
+        metrics["rewards/rejected"].append(gather(rejected_rewards).mean().item())
+        metrics["rewards/accuracies"].append(
+            gather((chosen_rewards > rejected_rewards).float()).mean().item()
+        )
+        metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
+        metrics["rdpo/length_term"].append(gather(length_term).mean().item())
+        metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
+        metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
+        if return_outputs:
+            with torch.no_grad():
+                return loss, model(**model_kwargs)
+        return loss
+
+
+@dataclass(frozen=True)
+class _TrainerClasses:
+    sft: Any
+    dpo: Any
+    rdpo: Any
+    kto: Any
+    cpo: Any
+    orpo: Any
+
+
+@functools.cache
+def _trainer_classes() -> _TrainerClasses:
+    from trl import DPOTrainer, KTOTrainer, SFTTrainer
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*trl.experimental.*")
+        from trl.experimental.cpo import CPOTrainer
+        from trl.experimental.orpo import ORPOTrainer
+
+    dpo = type("SafetuneDPOTrainer", (_PretokenisedPairsMixin, DPOTrainer), {})
+    return _TrainerClasses(
+        sft=SFTTrainer,
+        dpo=dpo,
+        rdpo=type("SafetuneRDPOTrainer", (_RDPOMixin, dpo), {}),
+        kto=type("SafetuneKTOTrainer", (_PretokenisedUnpairedMixin, KTOTrainer), {}),
+        cpo=type("SafetuneCPOTrainer", (_PretokenisedRowMixin, CPOTrainer), {}),
+        orpo=type("SafetuneORPOTrainer", (_PretokenisedRowMixin, ORPOTrainer), {}),
+    )
+
+
+# --- builders ------------------------------------------------------------------------------------------------
+
+
+def _trl_args(config_cls: Any, config: RunConfig, **extra: Any) -> Any:
+    """Our TrainingArguments (training/run.py) as the TRL config class, plus the method's fields.
+
+    max_length = prompt + response limits: ChatRenderer already truncated each side, so TRL truncates nothing.
+    """
+    from safetune.training.run import training_arguments
+
+    base = training_arguments(config, Path(config.train.output_dir)).to_dict()
+    base["max_length"] = config.chat.max_prompt_tokens + config.chat.max_response_tokens
+    base.update(extra)
+    return config_cls(**base)
+
+
+def _drop_ref_adapter(trainer: Any) -> Any:
+    """TRL copies a PEFT model's adapter into a frozen "ref" adapter when no ref_model is given. Ours is freshly
+    initialised (LoRA B = 0), so the adapter-disabled base is the same reference at no extra memory, and final/
+    then holds only the trained adapter."""
+    from accelerate.utils import is_peft_model
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if is_peft_model(model) and "ref" in model.peft_config:
+        model.delete_adapter("ref")
+        model.set_adapter("default")
+    return trainer
+
+
+def _build_sft(config: RunConfig, model: Any, ref_model: Any, tokenizer: Any, dataset: Any) -> Any:
+    from trl import SFTConfig
+
+    args = _trl_args(SFTConfig, config, packing=False)
+    return _trainer_classes().sft(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+
+
+def _dpo_builder(loss_type: str) -> BaselineBuilder:
+    def build(config: RunConfig, model: Any, ref_model: Any, tokenizer: Any, dataset: Any) -> Any:
+        from trl import DPOConfig
+
+        m = config.method
+        extra: dict[str, Any] = {"beta": m.resolved_beta(), "loss_type": [loss_type]}
+        if loss_type == "robust":
+            if not 0.0 <= m.label_smoothing < 0.5:
+                raise ConfigError(
+                    f"rdpo: method.label_smoothing (flip rate) must be in [0, 0.5), got {m.label_smoothing}"
+                )
+            if m.label_smoothing == 0.0:
+                log.warning("rdpo with method.label_smoothing = 0 is plain DPO; set the assumed flip rate")
+            extra["label_smoothing"] = m.label_smoothing
+        args = _trl_args(DPOConfig, config, **extra)
+        trainer = _trainer_classes().dpo(
+            model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer
+        )
+        return _drop_ref_adapter(trainer)
+
+    return build
+
+
+def _build_length_dpo(config: RunConfig, model: Any, ref_model: Any, tokenizer: Any, dataset: Any) -> Any:
+    from trl import DPOConfig
+
+    m = config.method
+    if m.length_alpha == 0.0:
+        log.warning("r-dpo with method.length_alpha = 0 is plain DPO; set alpha")
+    args = _trl_args(DPOConfig, config, beta=m.resolved_beta(), loss_type=["sigmoid"])
+    trainer = _trainer_classes().rdpo(
+        model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer
+    )
+    trainer.length_alpha = float(m.length_alpha)
+    return _drop_ref_adapter(trainer)
+
+
+def _build_kto(config: RunConfig, model: Any, ref_model: Any, tokenizer: Any, dataset: Any) -> Any:
+    from trl import KTOConfig
+
+    # One desirable and one undesirable example per pair: balanced, so both weights stay 1 (KTO paper Eq. 8).
+    # TRL pairs each example with its neighbour's completion for the KL estimate, so the order must stay fixed;
+    # `preference_dataset` shuffled the rows once with the seed instead.
+    args = _trl_args(
+        KTOConfig,
+        config,
+        beta=config.method.resolved_beta(),
+        loss_type="kto",
+        train_sampling_strategy="sequential",
+    )
+    trainer = _trainer_classes().kto(
+        model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer
+    )
+    return _drop_ref_adapter(trainer)
+
+
+def _cpo_builder(simpo: bool) -> BaselineBuilder:
+    def build(config: RunConfig, model: Any, ref_model: Any, tokenizer: Any, dataset: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*trl.experimental.*")
+            from trl.experimental.cpo import CPOConfig
+
+        m = config.method
+        if simpo:  # SimPO = CPOTrainer's length-normalised "simpo" loss with no NLL term (TRL's recipe)
+            extra = {"loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": m.simpo_gamma}
+        else:
+            extra = {"loss_type": "sigmoid", "cpo_alpha": m.cpo_alpha}
+        args = _trl_args(CPOConfig, config, beta=m.resolved_beta(), **extra)
+        return _trainer_classes().cpo(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer
+        )
+
+    return build
+
+
+def _build_orpo(config: RunConfig, model: Any, ref_model: Any, tokenizer: Any, dataset: Any) -> Any:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*trl.experimental.*")
+        from trl.experimental.orpo import ORPOConfig
+
+    args = _trl_args(ORPOConfig, config, beta=config.method.orpo_lambda)  # TRL's ORPO beta is lambda
+    return _trainer_classes().orpo(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+
+
+BASELINES: dict[str, BaselineSpec] = {
+    spec.name: spec
+    for spec in (
+        BaselineSpec(
+            name="sft-chosen",
+            summary="supervised fine-tuning on the chosen responses (prompt tokens masked)",
+            source="SFT baseline; trl.SFTTrainer on pre-tokenised input_ids/labels",
+            default_beta=0.0,
+            data_kind="sft",
+            needs_reference=False,
+            build=_build_sft,
+            uses_beta=False,
+        ),
+        BaselineSpec(
+            name="dpo",
+            summary="DPO: -log sigmoid(beta * (chosen - rejected policy/reference log-ratio))",
+            source="Rafailov et al., NeurIPS 2023 (arXiv:2305.18290); trl.DPOTrainer loss_type ['sigmoid']",
+            default_beta=0.1,
+            data_kind="paired",
+            needs_reference=True,
+            build=_dpo_builder("sigmoid"),
+        ),
+        BaselineSpec(
+            name="ipo",
+            summary="IPO: squared loss pulling the (per-token averaged) log-ratio margin to 1/(2*tau), tau = beta",
+            source="Azar et al., AISTATS 2024 (arXiv:2310.12036); trl.DPOTrainer loss_type ['ipo']",
+            default_beta=0.1,
+            data_kind="paired",
+            needs_reference=True,
+            build=_dpo_builder("ipo"),
+        ),
+        BaselineSpec(
+            name="rdpo",
+            summary="robust DPO: unbiased DPO loss under label flips at rate method.label_smoothing",
+            source="Chowdhury et al., ICML 2024 (arXiv:2403.00409); trl.DPOTrainer loss_type ['robust']",
+            default_beta=0.1,
+            data_kind="paired",
+            needs_reference=True,
+            build=_dpo_builder("robust"),
+        ),
+        BaselineSpec(
+            name="cpo",
+            summary="CPO: reference-free sigmoid preference loss + method.cpo_alpha * NLL on chosen",
+            source="Xu et al., ICML 2024 (arXiv:2401.08417); trl.experimental.cpo.CPOTrainer loss_type 'sigmoid'",
+            default_beta=0.1,
+            data_kind="paired",
+            needs_reference=False,
+            build=_cpo_builder(simpo=False),
+        ),
+        BaselineSpec(
+            name="simpo",
+            summary="SimPO: -log sigmoid(beta * length-averaged log-prob margin - gamma), reference-free",
+            source=(
+                "Meng et al., NeurIPS 2024 (arXiv:2405.14734); trl.experimental.cpo.CPOTrainer loss_type 'simpo', "
+                "cpo_alpha 0, simpo_gamma = method.simpo_gamma"
+            ),
+            default_beta=2.0,
+            data_kind="paired",
+            needs_reference=False,
+            build=_cpo_builder(simpo=True),
+        ),
+        BaselineSpec(
+            name="orpo",
+            summary="ORPO: NLL on chosen + method.orpo_lambda * odds-ratio loss, reference-free (no beta)",
+            source="Hong et al., EMNLP 2024 (arXiv:2403.07691); trl.experimental.orpo.ORPOTrainer (beta = lambda)",
+            default_beta=0.0,
+            data_kind="paired",
+            needs_reference=False,
+            build=_build_orpo,
+            uses_beta=False,
+        ),
+        BaselineSpec(
+            name="kto",
+            summary="KTO: prospect-theoretic loss on unpaired examples (each pair -> 1 desirable + 1 undesirable)",
+            source="Ethayarajh et al., ICML 2024 (arXiv:2402.01306); trl.KTOTrainer loss_type 'kto'",
+            default_beta=0.1,
+            data_kind="unpaired",
+            needs_reference=True,
+            build=_build_kto,
+        ),
+        BaselineSpec(
+            name="r-dpo",
+            summary="length-regularised DPO: alpha * (|y_w| - |y_l|) subtracted inside DPO's sigmoid",
+            source=(
+                "Park et al., Findings of ACL 2024 (arXiv:2403.19159); trl.DPOTrainer subclass with rdpo_loss, "
+                "alpha = method.length_alpha"
+            ),
+            default_beta=0.1,
+            data_kind="paired",
+            needs_reference=True,
+            build=_build_length_dpo,
+        ),
+    )
+}
+
+
+def get_baseline(name: str) -> BaselineSpec:
+    if name not in BASELINES:
+        raise ConfigError(f"unknown baseline {name!r} (known: {', '.join(BASELINES)})")
+    return BASELINES[name]
+
+
+# --- entry point ---------------------------------------------------------------------------------------------
+
+
+def _resolve_config(config: RunConfig, spec: BaselineSpec, out: Path) -> RunConfig:
+    """A copy of `config` with the run folder and the resolved beta (the caller's config is not changed)."""
+    resolved = copy.deepcopy(config)
+    resolved.train.output_dir = str(out)
+    if not spec.uses_beta:
+        if resolved.method.beta not in (None, 0.0):
+            log.warning("%s has no beta; method.beta = %s is ignored", spec.name, resolved.method.beta)
+        resolved.method.beta = 0.0
+    elif resolved.method.beta is None:
+        resolved.method.beta = spec.default_beta
+    return resolved
+
+
+def _last_logs(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last training log (loss, rewards/*, ...) without the end-of-training summary."""
+    steps = [entry for entry in history if "loss" in entry]
+    return dict(steps[-1]) if steps else {}
+
+
+def train_baseline(
+    config: RunConfig,
+    pairs: list[PreferencePair],
+    out: Path,
+    *,
+    overwrite: bool = False,
+    callbacks: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Train the baseline `config.method.name` on `pairs` into the run folder `out`; returns the metrics.
+
+    `out` gets config.yaml (resolved: beta filled in), final/ (LoRA adapter or full weights as safetensors +
+    tokenizer; training_args.bin removed), checkpoints/ when `train.save_steps` > 0, and run.json.
+    """
+    from transformers import set_seed
+
+    from safetune.training.run import prepare_output, save_final, wrap_lora
+
+    spec = get_baseline(config.method.name)
+    out = Path(out)
+    config = _resolve_config(config, spec, out)
+    t = config.train
+    if not t.model:
+        raise ConfigError("train.model is required (hub id or local folder)")
+    if not pairs:
+        raise ConfigError("no preference pairs to train on")
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    set_seed(t.seed)  # before anything random is created (LoRA's A matrices)
+    prepare_output(out, resume=False, overwrite=overwrite)
+
+    tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
+    renderer = ChatRenderer.from_config(tokenizer, config.chat)
+    dataset = preference_dataset(renderer, pairs, spec.data_kind, seed=t.seed)
+
+    # As `safetune train`: LoRA keeps the frozen base in the compute dtype, full fine-tuning fp32 master weights.
+    weights_dtype = resolve_dtype(t.precision) if t.finetune == "lora" else torch.float32
+    model = load_causal_lm(t.model, t.revision, weights_dtype, t.trust_remote_code)
+    ref_model = None
+    if t.finetune == "lora":
+        model = wrap_lora(model, config)  # reference = the adapter-disabled base (TRL)
+    elif spec.needs_reference:
+        ref_model = copy.deepcopy(model).requires_grad_(False).eval()
+    with atomic_open(out / "config.yaml") as handle:
+        handle.write(dump_config(config))
+
+    trainer = spec.build(config, model, ref_model, tokenizer, dataset)
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
+    result = trainer.train()
+    save_final(trainer, tokenizer, out)
+
+    last = _last_logs(trainer.state.log_history)
+    losses = [float(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
+    metrics: dict[str, Any] = {
+        **result.metrics,
+        "global_step": result.global_step,
+        "losses": losses,
+        "last_log": last,
+        "examples": len(dataset),
+        "pairs": len(pairs),
+    }
+    if not all(math.isfinite(x) for x in losses):
+        log.warning("%s: non-finite training loss logged: %s", spec.name, losses)
+    run = {
+        "safetune_version": __version__,
+        "git_commit": git_commit(),
+        "method": spec.name,
+        "source": spec.source,
+        "beta": config.method.beta,
+        "base_model": t.model,
+        "finetune": t.finetune,
+        "config_hash": hash_json(config.to_dict()),
+        "renderer": renderer.fingerprint(),
+        "metrics": metrics,
+    }
+    write_json(out / "run.json", run)
+    return metrics
