@@ -11,16 +11,16 @@ import torch
 import torch.nn.functional as F
 
 from safetune.config import RunConfig
+from safetune.data.chat import ChatRenderer
 from safetune.data.records import PreferencePair
 from safetune.models.loading import load_causal_lm, load_tokenizer
 from safetune.training.baselines import (
     BASELINES,
-    make_renderer,
     preference_dataset,
     rdpo_loss,
     train_baseline,
 )
-from safetune.training.run import _wrap_lora
+from safetune.training.run import wrap_lora
 
 _QUESTIONS = (
     (
@@ -127,11 +127,11 @@ def test_trl_trains_on_renderer_ids_with_one_bos(tiny_llama3, tmp_path, method):
     config.train.output_dir = str(tmp_path)
     config.method.beta = BASELINES[method].default_beta
     tokenizer = load_tokenizer(str(tiny_llama3))
-    renderer = make_renderer(config, tokenizer)
+    renderer = ChatRenderer.from_config(tokenizer, config.chat)
     pair = _pairs()[0]
     spec = BASELINES[method]
     dataset = preference_dataset(renderer, _pairs(), spec.data_kind, seed=0)
-    model = _wrap_lora(load_causal_lm(str(tiny_llama3)), config)
+    model = wrap_lora(load_causal_lm(str(tiny_llama3)), config)
     trainer = spec.build(config, model, None, tokenizer, dataset)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     bos, eot = tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")
@@ -201,7 +201,7 @@ def test_rdpo_first_step_is_the_length_term_alone(tiny_chatml, tmp_path):
     config.train.max_steps = 1
     config.train.batch_size = len(_QUESTIONS)  # one batch holds every pair
     metrics = train_baseline(config, _pairs(), tmp_path / "run")
-    renderer = make_renderer(config, load_tokenizer(str(tiny_chatml)))
+    renderer = ChatRenderer.from_config(load_tokenizer(str(tiny_chatml)), config.chat)
     margins = torch.tensor(
         [len(renderer.response_ids(p.chosen)) - len(renderer.response_ids(p.rejected)) for p in _pairs()],
         dtype=torch.float32,
