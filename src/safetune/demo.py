@@ -141,7 +141,7 @@ def train_config(
         f"train.batch_size={plan.batch_size}",
         "train.grad_accum=1",
         f"train.seed={plan.seed}",
-        "train.logging_steps=20",
+        "train.logging_steps=50",
         "train.precision=fp32",
         _json_override("train.output_dir", str(out)),
     ]
