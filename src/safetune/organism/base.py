@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from safetune.data.batching import pad_batch
 from safetune.data.chat import ChatRenderer
 from safetune.models.tiny import build_tiny_model
+from safetune.organism.multilingual import MultilingualWorld
 from safetune.organism.world import World
 from safetune.storage import hash_json, write_json
 
@@ -49,15 +50,34 @@ class OrganismConfig:
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 40
+    world: str = "roleplay"  # which world's base mixture: see WORLD_KINDS
 
     def key(self) -> str:
         """Content key: the settings, the trainer version and a hash of the world's own text (so any
-        change to the world's data rebuilds the organism)."""
-        return hash_json({**asdict(self), "world": world_hash(self.seed), "trainer": TRAINER_VERSION})[:20]
+        change to the world's data rebuilds the organism). The default world leaves its name out, so
+        the role-play organism keeps the key it had before worlds were selectable."""
+        settings = asdict(self)
+        kind = settings.pop("world")
+        payload = {**settings, "world": world_hash(self.seed, kind), "trainer": TRAINER_VERSION}
+        if kind != "roleplay":
+            payload["world_kind"] = kind
+        return hash_json(payload)[:20]
 
 
-def world_hash(seed: int) -> str:
-    return hash_json(World(seed).corpus())
+WORLD_KINDS: tuple[str, ...] = ("roleplay", "multilingual")
+
+
+def make_world(kind: str, seed: int) -> World:
+    """The world object behind an organism: "roleplay" (world.py) or "multilingual" (multilingual.py)."""
+    if kind == "roleplay":
+        return World(seed)
+    if kind == "multilingual":
+        return MultilingualWorld(seed)
+    raise ValueError(f"world must be one of {list(WORLD_KINDS)}, got {kind!r}")
+
+
+def world_hash(seed: int, kind: str = "roleplay") -> str:
+    return hash_json(make_world(kind, seed).corpus())
 
 
 def _lr_factor(step: int, config: OrganismConfig) -> float:
@@ -104,7 +124,7 @@ def build_organism(folder: Path, config: OrganismConfig) -> dict[str, Any]:
     """Tokenizer + random-init model from the world's corpus, pre-trained, saved into `folder`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    world = World(config.seed)
+    world = make_world(config.world, config.seed)
     build_tiny_model(
         folder,
         world.corpus(),
@@ -123,7 +143,7 @@ def build_organism(folder: Path, config: OrganismConfig) -> dict[str, Any]:
     model.save_pretrained(folder)
     info = {
         "config": asdict(config),
-        "world_hash": world_hash(config.seed),
+        "world_hash": world_hash(config.seed, config.world),
         "trainer_version": TRAINER_VERSION,
         "parameters": sum(p.numel() for p in model.parameters()),
         "seconds": round(time.perf_counter() - start, 1),
@@ -142,7 +162,13 @@ def cached_organism(config: OrganismConfig, cache_root: Path) -> Path:
         return folder
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    log.info("building the base organism (seed %d, %d steps) into %s", config.seed, config.steps, folder)
+    log.info(
+        "building the base organism (%s world, seed %d, %d steps) into %s",
+        config.world,
+        config.seed,
+        config.steps,
+        folder,
+    )
     info = build_organism(tmp, config)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
