@@ -352,3 +352,19 @@ def test_malformed_benchmark_file_is_one_line_and_writes_nothing(files, tiny_cha
     message = result.output.strip().splitlines()[-1]
     assert message.startswith("error: ") and f"{bad}:3" in message and "goal" in message
     assert not out.exists()
+
+
+def test_role_system_prompt_with_the_mock_backend(files, tiny_chatml, tmp_path):
+    profiles = tmp_path / "profiles.json"
+    profiles.write_text(json.dumps({"Grim Vex": "A villain.", "Penny Bun": "A baker."}))
+    out = tmp_path / "mock"
+    args = _eval_args(tiny_chatml, out, _benchmarks(files, "rolebench-raw", "advbench"), "--backend", "mock")
+    _invoke([*args, "--system", "role", "--profiles", str(profiles), '--eval.roles=["Grim Vex"]'])
+    requests = {r["id"]: r for r in _lines(out / "requests.jsonl")}
+    roleplay = [r for r in requests.values() if r["benchmark"] == "rolebench-raw"]
+    assert roleplay and all(r["system"] == "Your name is Grim Vex. A villain." for r in roleplay)
+    # A harmful prompt has no role: asking for role prompts there is an error, not a silent default.
+    result = runner.invoke(
+        app, [*args, "--system", "role", "--profiles", str(profiles), "-o", str(tmp_path / "x")]
+    )
+    assert result.exit_code == 2 and "needs a role" in result.output

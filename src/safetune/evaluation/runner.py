@@ -59,13 +59,22 @@ def _short_hash(*parts: object) -> str:
 
 
 def _role_system(config: RunConfig, prompt: Prompt, profiles: dict[str, RoleProfile]) -> str:
-    if prompt.role is None:
+    """The role prompt for `generation.system=role`: the prompt's own role, or, for prompts without one
+    (harmful sets), the single role of `eval.roles` (evaluating a model in character)."""
+    role = prompt.role
+    if role is None and config.eval.roles and len(config.eval.roles) == 1:
+        role = config.eval.roles[0]
+    if role is None:
         raise ConfigError(
-            f"generation.system=role needs a role for every prompt; {prompt.benchmark}/{prompt.id} has none"
+            f"generation.system=role needs a role for every prompt; {prompt.benchmark}/{prompt.id} has none "
+            "(give exactly one --eval.roles to play it on every benchmark)"
         )
-    profile = profiles.get(prompt.role)
-    description = profile.description if profile else ""
-    return config.selection.role_prompt.format(name=prompt.role, description=description).strip()
+    from safetune.data.sources import role_key
+
+    profile = profiles.get(role_key(role))
+    if profile is None:
+        raise ConfigError(f"no profile for role {role!r} in eval.profiles ({config.eval.profiles})")
+    return config.selection.role_prompt.format(name=profile.name, description=profile.description).strip()
 
 
 def build_tasks(config: RunConfig) -> list[Task]:
