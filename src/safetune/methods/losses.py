@@ -35,7 +35,7 @@ def shift_targets(labels: Tensor) -> Tensor:
     return targets
 
 
-def _chunk_positions(vocab: int, chunk_elements: int) -> int:
+def chunk_positions(vocab: int, chunk_elements: int) -> int:
     """Positions per chunk so that one [chunk, vocab] fp32 block holds about `chunk_elements` values."""
     return max(1, chunk_elements // max(vocab, 1))
 
@@ -58,7 +58,7 @@ def sequence_logps(
     flat_logits = logits.reshape(batch * length, vocab)
     flat_targets = targets.reshape(-1)
     token_logps = torch.zeros(batch * length, dtype=torch.float32, device=logits.device)
-    step = _chunk_positions(vocab, chunk_elements)
+    step = chunk_positions(vocab, chunk_elements)
     for start in range(0, batch * length, step):
         stop = min(start + step, batch * length)
         tgt = flat_targets[start:stop]
@@ -144,7 +144,7 @@ class _FusedCeKl(torch.autograd.Function):
         flat_kl_w = kl_weight.reshape(-1).float() if reference is not None and beta != 0 else None
         ce_total = torch.zeros((), dtype=torch.float32, device=logits.device)
         kl_total = torch.zeros((), dtype=torch.float32, device=logits.device)
-        step = _chunk_positions(vocab, chunk_elements)
+        step = chunk_positions(vocab, chunk_elements)
         for start in range(0, batch * length, step):
             stop = min(start + step, batch * length)
             z = flat[start:stop].float()

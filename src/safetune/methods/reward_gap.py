@@ -40,14 +40,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from safetune.methods.losses import DEFAULT_CHUNK_ELEMENTS, IGNORE_INDEX, shift_targets
+from safetune.methods.losses import DEFAULT_CHUNK_ELEMENTS, IGNORE_INDEX, chunk_positions, shift_targets
 
 PoolMode = Literal["mean", "mean_all", "last"]
 POOL_MODES: tuple[str, ...] = ("mean", "mean_all", "last")
-
-
-def _positions_per_chunk(vocab: int, chunk_elements: int) -> int:
-    return max(1, chunk_elements // max(vocab, 1))
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -78,7 +74,7 @@ class _MeanTokenLogps(torch.autograd.Function):
         picked_targets = flat_targets[index]
         token_logps = torch.empty(index.numel(), dtype=dtype, device=logits.device)
         lse = torch.empty(index.numel(), dtype=dtype, device=logits.device)
-        step = _positions_per_chunk(vocab, chunk_elements)
+        step = chunk_positions(vocab, chunk_elements)
         for start in range(0, index.numel(), step):
             stop = min(start + step, index.numel())
             block = flat[index[start:stop]].to(dtype)
@@ -103,7 +99,7 @@ class _MeanTokenLogps(torch.autograd.Function):
         flat = logits.reshape(batch * length, vocab)
         # d lp_b / d z_bt = (onehot(y_t) - softmax(z_bt)) / n_b for labelled t.
         row_scale = grad_out.to(lse.dtype) / counts.clamp(min=1).to(lse.dtype)
-        step = _positions_per_chunk(vocab, ctx.chunk_elements)
+        step = chunk_positions(vocab, ctx.chunk_elements)
         for start in range(0, index.numel(), step):
             stop = min(start + step, index.numel())
             pos = index[start:stop]

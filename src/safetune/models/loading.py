@@ -109,6 +109,16 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def decoder_of(model: nn.Module) -> Any:
+    """The decoder stack (embeddings .. final norm) of a causal LM, through a PEFT wrapper if any: running
+    it gives the last hidden states without the LM head."""
+    base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
+    decoder: Any = base.get_decoder()
+    if decoder is None:
+        raise ValueError("model has no decoder (get_decoder() returned None)")
+    return decoder
+
+
 def lm_head_fn(model: nn.Module) -> Callable[[Tensor], Tensor]:
     """hidden states -> logits exactly as the model's forward does (incl. Gemma-2's final soft-capping)."""
     head: Any = model.get_output_embeddings()  # type: ignore[operator]

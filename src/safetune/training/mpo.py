@@ -28,7 +28,7 @@ from safetune.data.chat import ChatRenderer, EncodedExample
 from safetune.data.records import ParallelPreferencePair
 from safetune.methods.losses import sequence_logps
 from safetune.methods.reward_gap import PoolMode, mean_token_logps, pool_hidden, reward_gap_mpo_loss
-from safetune.models.loading import lm_head_fn
+from safetune.models.loading import decoder_of, lm_head_fn
 from safetune.storage import hash_json
 
 log = logging.getLogger(__name__)
@@ -114,17 +114,12 @@ class ReferenceCache:
         return cls(tensors["gaps"], tensors["pooled"], tensors["target_gaps"])
 
 
-def _decoder(model: nn.Module) -> Any:
-    base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
-    return base.get_decoder()
-
-
 @torch.no_grad()
 def dominant_reference(
     model: nn.Module, ids: Tensor, mask: Tensor, labels: Tensor, pooling: PoolMode, chunk_elements: int
 ) -> tuple[Tensor, Tensor]:
     """(RG_d [B], pooled hidden states [2B, H]) from the dominant rows [chosen; rejected], no gradient."""
-    hidden = _decoder(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    hidden = decoder_of(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
     logps = sequence_logps(lm_head_fn(model)(hidden), labels, average=True, chunk_elements=chunk_elements)
     half = logps.shape[0] // 2
     return logps[:half] - logps[half:], pool_hidden(hidden, mask, pooling)
@@ -296,7 +291,7 @@ class MpoTrainer(Trainer):
         half = logps.shape[0] // 2
         policy_pooled = None
         if m.repr_weight != 0:
-            hidden = _decoder(model)(
+            hidden = decoder_of(model)(
                 input_ids=inputs["dominant_ids"], attention_mask=inputs["dominant_mask"], use_cache=False
             ).last_hidden_state
             policy_pooled = pool_hidden(hidden, inputs["dominant_mask"], m.pooling)

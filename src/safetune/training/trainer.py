@@ -12,7 +12,7 @@ from transformers import Trainer
 from safetune.config import MethodConfig
 from safetune.data.batching import pad_batch
 from safetune.methods.losses import ReferenceOutputs, sarft_loss
-from safetune.models.loading import lm_head_fn
+from safetune.models.loading import decoder_of, lm_head_fn
 
 
 class RoleCollator:
@@ -25,14 +25,6 @@ class RoleCollator:
         batch = pad_batch([r["input_ids"] for r in rows], [r["labels"] for r in rows], self.pad_id)
         batch["flags"] = torch.tensor([bool(r["flag"]) for r in rows], dtype=torch.bool)
         return batch
-
-
-def _decoder(model: nn.Module) -> Any:
-    base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
-    decoder: Any = base.get_decoder()
-    if decoder is None:
-        raise ValueError("model has no decoder (get_decoder() returned None)")
-    return decoder
 
 
 class SafetuneTrainer(Trainer):
@@ -71,11 +63,13 @@ class SafetuneTrainer(Trainer):
         if self.ref_model is not None:
             ref = self.accelerator.unwrap_model(self.ref_model)
             with torch.no_grad():
-                hidden = _decoder(ref)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+                hidden = decoder_of(ref)(
+                    input_ids=ids, attention_mask=mask, use_cache=False
+                ).last_hidden_state
             return ReferenceOutputs(hidden, row_index, lm_head_fn(ref))
         policy = self.accelerator.unwrap_model(model)
         with torch.no_grad(), policy.disable_adapter():
-            hidden = _decoder(policy)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            hidden = decoder_of(policy)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         head = lm_head_fn(policy)
 
         def ref_head(h: Tensor) -> Tensor:
