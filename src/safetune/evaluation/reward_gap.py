@@ -39,8 +39,9 @@ def measure(config: RunConfig, data: str, fmt: str = "auto") -> dict[str, Any]:
     renderer = ChatRenderer.from_config(tokenizer, config.chat)  # as `train --method mpo` renders pairs
     rows = [encode_pair(renderer, pair, i) for i, pair in enumerate(pairs)]
     with torch.no_grad():
-        cache = compute_reference(model, rows, config.method, config.selection.batch_size)
+        cache = compute_reference(model, rows, config.method, config.selection.batch_size, with_target=True)
     by_language: dict[str, list[float]] = {}
+    assert cache.target_gaps is not None
     for row, gap in zip(rows, cache.target_gaps.tolist(), strict=True):
         by_language.setdefault(row["language"], []).append(gap)
     return {

@@ -84,16 +84,18 @@ class MpoCollator:
 @dataclass
 class ReferenceCache:
     """Per pair, from the frozen reference: RG_d (length-normalised, [N]), the pooled dominant hidden
-    states ([N, 2, H]: chosen, rejected) and RG_t(ref) ([N], for the `normalise_target_gap` variant)."""
+    states ([N, 2, H]: chosen, rejected) and, only where asked for (the `normalise_target_gap` variant,
+    the reward-gap diagnostic), RG_t(ref) ([N])."""
 
     gaps: Tensor
     pooled: Tensor
-    target_gaps: Tensor
+    target_gaps: Tensor | None = None
 
-    def lookup(self, index: Tensor, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    def lookup(self, index: Tensor, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
         pooled = self.pooled[index].to(device)
         pooled_rows = torch.cat([pooled[:, 0], pooled[:, 1]])  # [2B, H], chosen rows first
-        return self.gaps[index].to(device), pooled_rows, self.target_gaps[index].to(device)
+        target = self.target_gaps[index].to(device) if self.target_gaps is not None else None
+        return self.gaps[index].to(device), pooled_rows, target
 
     def save(self, path: Path, metadata: dict[str, str]) -> None:
         """Written to a temp file and renamed: a killed run never leaves a truncated cache behind."""
@@ -102,7 +104,7 @@ class ReferenceCache:
         from safetune.storage import atomic_open
 
         tensors = {"gaps": self.gaps, "pooled": self.pooled, "target_gaps": self.target_gaps}
-        blob = save({k: v.contiguous() for k, v in tensors.items()}, metadata)
+        blob = save({k: v.contiguous() for k, v in tensors.items() if v is not None}, metadata)
         with atomic_open(path, "wb") as handle:
             handle.write(blob)
 
@@ -111,7 +113,7 @@ class ReferenceCache:
         from safetensors.torch import load_file
 
         tensors = load_file(str(path))
-        return cls(tensors["gaps"], tensors["pooled"], tensors["target_gaps"])
+        return cls(tensors["gaps"], tensors["pooled"], tensors.get("target_gaps"))
 
 
 @torch.no_grad()
@@ -137,9 +139,14 @@ def target_reference_gap(
 
 
 def compute_reference(
-    model: nn.Module, rows: Sequence[dict[str, Any]], method: MethodConfig, batch_size: int
+    model: nn.Module,
+    rows: Sequence[dict[str, Any]],
+    method: MethodConfig,
+    batch_size: int,
+    with_target: bool | None = None,
 ) -> ReferenceCache:
-    """One batched no-grad pass of the reference over every pair.
+    """One batched no-grad pass of the reference over every pair: the dominant side always, the target
+    side only when `with_target` (default: when the loss uses RG_t(ref), `method.normalise_target_gap`).
 
     `mean_all` pooling depends on padding; it is computed one pair at a time (no padding), which equals
     the authors' runs (batch 1 per device)."""
@@ -147,6 +154,8 @@ def compute_reference(
     pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
     size = 1 if method.pooling == "mean_all" else batch_size
     collate = MpoCollator(pad_id)
+    if with_target is None:
+        with_target = method.normalise_target_gap
     gaps, pooled, target_gaps = [], [], []
     model.eval()
     for start in tqdm(range(0, len(rows), size), desc="reference pass (cached)", unit="batch"):
@@ -165,6 +174,8 @@ def compute_reference(
         half = gap.shape[0]
         gaps.append(gap.float().cpu())
         pooled.append(torch.stack([hidden[:half], hidden[half:]], dim=1).float().cpu())
+        if not with_target:
+            continue
         target_gaps.append(
             target_reference_gap(
                 model,
@@ -176,14 +187,25 @@ def compute_reference(
             .float()
             .cpu()
         )
-    return ReferenceCache(torch.cat(gaps), torch.cat(pooled), torch.cat(target_gaps))
+    return ReferenceCache(torch.cat(gaps), torch.cat(pooled), torch.cat(target_gaps) if with_target else None)
 
 
 def cache_key(
-    model_fingerprint: str, renderer: ChatRenderer, rows: Sequence[dict[str, Any]], pooling: str
+    model_fingerprint: str,
+    renderer: ChatRenderer,
+    rows: Sequence[dict[str, Any]],
+    pooling: str,
+    with_target: bool = False,
 ) -> str:
-    dominant = [
-        [r["d_chosen_ids"], r["d_chosen_labels"], r["d_rejected_ids"], r["d_rejected_labels"]] for r in rows
+    """Everything the cached values depend on: the target side's ids only when RG_t(ref) is stored."""
+    sides = ("d", "t") if with_target else ("d",)
+    sequences = [
+        [
+            r[f"{side}_{k}"]
+            for side in sides
+            for k in ("chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels")
+        ]
+        for r in rows
     ]
     return hash_json(
         {
@@ -191,7 +213,8 @@ def cache_key(
             "model": model_fingerprint,
             "template": renderer.fingerprint(),
             "pooling": pooling,
-            "dominant": hash_json(dominant),
+            "with_target": with_target,
+            "sequences": hash_json(sequences),
         }
     )[:32]
 
@@ -206,7 +229,8 @@ def cached_reference(
     batch_size: int,
 ) -> tuple[ReferenceCache, Path]:
     """The reference cache for these rows: read from disk, or computed with `load_model()` and stored."""
-    path = cache_dir / "mpo" / f"{cache_key(model_fingerprint, renderer, rows, method.pooling)}.safetensors"
+    key = cache_key(model_fingerprint, renderer, rows, method.pooling, method.normalise_target_gap)
+    path = cache_dir / "mpo" / f"{key}.safetensors"
     if path.exists():
         log.info("reward-gap MPO reference from cache %s (no reference model)", path)
         return ReferenceCache.load(path), path
@@ -253,6 +277,8 @@ class MpoTrainer(Trainer):
         m = self.method
         if self.reference is not None:
             gaps, pooled, cached_target = self.reference.lookup(inputs["index"], device)
+            if m.normalise_target_gap and cached_target is None:
+                raise ValueError("normalise_target_gap needs a reference cache computed with_target=True")
             return gaps, pooled, cached_target if m.normalise_target_gap else None
         assert self.ref_model is not None
         gaps, pooled = dominant_reference(
