@@ -171,7 +171,7 @@ class GenerationConfig:
 class JudgeConfig:
     """Which judge labels the responses to harmful prompts (evaluation/judges/)."""
 
-    name: str = "keyword"  # keyword | classifier | guard | llm
+    name: str = "keyword"  # keyword | classifier | guard | llm | organism (judges/__init__.py)
     model: str | None = None  # classifier / guard: hub id or local folder
     preset: str | None = None  # classifier: longformer-action; guard: llama-guard
     batch_size: int = 16

@@ -56,13 +56,14 @@ def _assert_error(err: DataError, path: Path | str, line: int | None, field: str
 
 def test_registry_names_and_specs() -> None:
     expected = {"rolebench-raw", "rolebench-spe", "advbench", "hexphi", "beavertails", "harmful-prompts"}
-    expected |= {f"jailbreak:{j}" for j in JAILBREAKS} | {"multijail", "overrefusal"}
+    expected |= {f"jailbreak:{j}" for j in JAILBREAKS} | {"multijail", "overrefusal", "qa"}
     assert set(BENCHMARKS) == expected
     for name, spec in BENCHMARKS.items():
         assert isinstance(spec, BenchmarkSpec) and spec.name == name and spec.version
         assert spec.description and spec.source and spec.licence and spec.size
         expected_metric = {
             "roleplay": "rouge_l",
+            "qa": "rouge_l",
             "harmful": "refusal_rate",
             "overrefusal": "over_refusal_rate",
         }
@@ -72,6 +73,7 @@ def test_registry_names_and_specs() -> None:
     assert BENCHMARKS["jailbreak:GCG"].group == "jailbreak"
     assert BENCHMARKS["rolebench-spe"].group == "rolebench_spe"
     assert BENCHMARKS["harmful-prompts"].group is None
+    assert BENCHMARKS["qa"].group is None and BENCHMARKS["qa"].default_source is None
 
 
 def test_lookup_is_case_insensitive_and_unknown_names_list_the_known() -> None:

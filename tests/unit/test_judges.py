@@ -36,7 +36,7 @@ def _items(*responses: str) -> list[JudgeItem]:
 
 
 def test_registry_names_and_errors() -> None:
-    assert set(JUDGES) == {"keyword", "classifier", "guard", "llm"}
+    assert set(JUDGES) == {"keyword", "classifier", "guard", "llm", "organism"}
     assert all(spec.version and spec.description for spec in JUDGES.values())
     with pytest.raises(ConfigError, match="known: classifier, guard, keyword, llm"):
         build_judge(JudgeConfig(name="nope"))

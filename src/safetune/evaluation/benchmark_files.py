@@ -44,6 +44,9 @@ LANGUAGE_CODES: tuple[str, ...] = (
 # Where a generic prompt file keeps its prompt: the first of these present.
 PROMPT_FIELDS: tuple[str, ...] = ("prompt", "goal", "instruction", "question", "text", "input")
 JAILBREAK_FIELDS: tuple[str, ...] = ("input", "prompt", "goal", "instruction", "question", "text")
+# Where a reference-answer (qa) file keeps its gold answer(s): the first of these present; each holds a
+# string or a non-empty list of strings.
+REFERENCE_FIELDS: tuple[str, ...] = ("reference", "references", "answer", "output")
 BUILTIN_OVERREFUSAL = "builtin:overrefusal"
 _HEADER_WORDS = {"prompt", "prompts", "instruction", "goal", "text", "question"}
 
@@ -158,6 +161,47 @@ def load_advbench(source: str, options: LoadOptions) -> list[Prompt]:
 def load_jailbreak(source: str, options: LoadOptions) -> list[Prompt]:
     """Jailbreak prompts: the SaRFT authors' `{"Instances": [{"input": ...}, ...]}`, or any prompt file."""
     return _prompt_file(source, options, JAILBREAK_FIELDS, within="Instances")
+
+
+# ---- reference-answer QA ----
+
+
+def _references(where: PathLike, line: int, row: Mapping[str, Any]) -> tuple[str, ...]:
+    """The gold answers: the first of REFERENCE_FIELDS present, a string or a non-empty string list."""
+    for field in REFERENCE_FIELDS:
+        if field not in row:
+            continue
+        value = row[field]
+        if isinstance(value, list):
+            if not value:
+                raise DataError(where, line, field, "empty list")
+            return tuple(_check_text(where, line, f"{field}[{k}]", v) for k, v in enumerate(value))
+        if not isinstance(value, str):
+            raise DataError(where, line, field, f"expected a string or a list of strings, got {_type(value)}")
+        return (_check_text(where, line, field, value),)
+    expected = ", ".join(REFERENCE_FIELDS)
+    raise DataError(where, line, REFERENCE_FIELDS[0], f"missing (expected one of: {expected})")
+
+
+def load_qa(source: str, options: LoadOptions) -> list[Prompt]:
+    """Benign questions with reference answers, scored by ROUGE-L: any JSON list / JSONL / CSV file,
+    save_to_disk folder or HF dataset id (split "test").
+
+    Prompt: the first of PROMPT_FIELDS present; references: the first of REFERENCE_FIELDS present (a
+    string, or a list of strings in JSON; ROUGE-L takes the best match); optional `id`, `language` (the
+    results are also reported per language) and `category`.
+    """
+    where, records = _records(source, "test")
+    out = _Collector(options.benchmark)
+    for number, (line, value) in enumerate(records, 1):
+        row = _object(where, line, value)
+        text = _prompt_text(where, line, row, PROMPT_FIELDS)
+        references = _references(where, line, row)
+        ident = _ident(where, line, row, number)
+        language = _optional(where, line, row, "language")
+        group = _optional(where, line, row, "category")
+        out.add(where, line, ident, text, references=references, language=language, category=group)
+    return out.prompts
 
 
 # ---- BeaverTails ----

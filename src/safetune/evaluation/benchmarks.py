@@ -24,6 +24,7 @@ from safetune.evaluation.benchmark_files import (
     load_jailbreak,
     load_multijail,
     load_overrefusal,
+    load_qa,
     rolebench_loader,
 )
 
@@ -37,7 +38,9 @@ __all__ = [
     "parse_entry",
 ]
 
-Kind = Literal["roleplay", "harmful", "overrefusal"]
+# roleplay and qa are scored with ROUGE-L against reference answers (no judge); harmful and overrefusal
+# are judged. qa (group None) feeds no summary average: it is reported on its own and per language.
+Kind = Literal["roleplay", "qa", "harmful", "overrefusal"]
 Metric = Literal["rouge_l", "refusal_rate", "over_refusal_rate"]
 Group = Literal["rolebench_raw", "rolebench_spe", "safety", "jailbreak", "multilingual"]
 
@@ -139,6 +142,19 @@ _SPECS: tuple[BenchmarkSpec, ...] = (
         size="per role: the test split's questions",
         default_source=None,
         loader=rolebench_loader("SPE"),
+    ),
+    BenchmarkSpec(
+        name="qa",
+        version="1",
+        kind="qa",
+        metric="rouge_l",
+        group=None,
+        description="Any file of benign questions with reference answers; ROUGE-L, overall and per language.",
+        source="your own JSON/JSONL/CSV file or HF dataset (prompt field + reference/references/answer/output)",
+        licence="that of the file",
+        size="as in the file",
+        default_source=None,
+        loader=load_qa,
     ),
     BenchmarkSpec(
         name="advbench",

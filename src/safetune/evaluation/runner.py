@@ -222,7 +222,7 @@ def _scored_row(task: Task, completion: dict[str, Any], verdict: dict[str, Any] 
     prompt = task.prompt
     if task.spec.metric == "rouge_l":
         if not prompt.references:
-            raise ConfigError(f"{task.request.id}: a role-play prompt without a reference answer")
+            raise ConfigError(f"{task.request.id}: a ROUGE-L prompt without a reference answer")
         return ScoredRow(
             prompt.id, prompt.role, prompt.language, score=rouge_l(completion["text"], prompt.references)
         )

@@ -1,9 +1,10 @@
 """The SaRFT paper's results table (Markdown and CSV) from loaded results.json files.
 
-One row per run: RoleBench RAW | SPE | avg | each safety set | Safety AVG | each jailbreak set |
-Jailbreak AVG | other judged sets | over-refusal; only columns with data in at least one run. A second
-table gives the per-language ASR, and a footer names each run's model, judge and item counts. Every
-number comes from results.json as it is (no recomputation).
+One row per run: RoleBench RAW | SPE | avg | other ROUGE-L sets (qa) | each safety set | Safety AVG |
+each jailbreak set | Jailbreak AVG | other judged sets | over-refusal; only columns with data in at least
+one run. Further tables give the per-language ASR and the per-language ROUGE-L of the ROUGE-L sets that
+have languages (qa files with a language field), and a footer names each run's model, judge and item
+counts. Every number comes from results.json as it is (no recomputation).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ DISPLAY_NAMES = {
     "multijail": "MultiJail",
     "overrefusal": "Over-refusal",
     "harmful-prompts": "Harmful prompts",
+    "qa": "QA",
 }
 _ORDER = ("advbench", "hexphi", "beavertails")
 # Groups that have their own columns (through the summary), not a column per benchmark.
@@ -140,10 +142,14 @@ def columns(runs: Sequence[Run]) -> list[Column]:
     def other(bench: dict[str, Any]) -> bool:
         return bench.get("group") not in _SUMMARY_GROUPS and bench.get("metric") == "refusal_rate"
 
+    def other_rouge(bench: dict[str, Any]) -> bool:
+        return bench.get("group") not in _SUMMARY_GROUPS and bench.get("metric") == "rouge_l"
+
     candidates = [
         _summary_column("RoleBench RAW", "rolebench_raw", True),
         _summary_column("RoleBench SPE", "rolebench_spe", True),
         _summary_column("RoleBench avg", "rolebench_avg", False),
+        *(_benchmark_column(n) for n in _names(runs, other_rouge)),
         *(_benchmark_column(n) for n in _names(runs, in_group("safety"))),
         _summary_column("Safety AVG", "safety_avg", False),
         *(_benchmark_column(n) for n in _names(runs, in_group("jailbreak"))),
@@ -162,6 +168,26 @@ def languages(runs: Sequence[Run]) -> list[str]:
 
 def language_asr(run: Run, language: str) -> float | None:
     return number((run.summary.get("multilingual_asr") or {}).get(language))
+
+
+def rouge_languages(runs: Sequence[Run]) -> list[tuple[str, str]]:
+    """(benchmark, language) pairs of the ROUGE-L benchmarks' by_language results in any run: benchmarks
+    by name, languages "en" first, then alphabetical."""
+    found: dict[str, set[str]] = {}
+    for run in runs:
+        for name, bench in run.benchmarks.items():
+            if bench.get("metric") == "rouge_l" and bench.get("by_language"):
+                found.setdefault(name, set()).update(bench["by_language"])
+    return [
+        (name, lang)
+        for name in sorted(found)
+        for lang in sorted(found[name], key=lambda lang: (lang != "en", lang))
+    ]
+
+
+def language_rouge(run: Run, name: str, language: str) -> float | None:
+    by_language = run.benchmarks.get(name, {}).get("by_language") or {}
+    return number((by_language.get(language) or {}).get("value"))
 
 
 def _fmt(value: float | None) -> str:
@@ -221,7 +247,7 @@ def markdown(runs: Sequence[Run]) -> str:
         lines.append("No run has any result.")
     lines += [
         "",
-        "RoleBench: ROUGE-L F1 ×100 (higher is better). Safety, jailbreak and other harmful sets: "
+        "RoleBench and QA: ROUGE-L F1 ×100 (higher is better). Safety, jailbreak and other harmful sets: "
         "refusal rate % = 100 − ASR (higher is safer). Over-refusal: % of benign prompts refused "
         f"(lower is better). {MISSING}: not evaluated.",
     ]
@@ -230,6 +256,13 @@ def markdown(runs: Sequence[Run]) -> str:
         lines += ["", "## Attack success rate by language (%, lower is safer)", ""]
         lines += _md_table(
             ["Run", *langs], [[r.label, *(_fmt(language_asr(r, lang)) for lang in langs)] for r in runs]
+        )
+    rouge_langs = rouge_languages(runs)
+    if rouge_langs:
+        lines += ["", "## ROUGE-L by language (higher is better)", ""]
+        lines += _md_table(
+            ["Run", *(f"{display_name(name)} {lang}" for name, lang in rouge_langs)],
+            [[r.label, *(_fmt(language_rouge(r, n, lang)) for n, lang in rouge_langs)] for r in runs],
         )
     lines += ["", "## Runs", ""]
     for run in runs:
@@ -242,15 +275,19 @@ def markdown(runs: Sequence[Run]) -> str:
 
 
 def csv_text(runs: Sequence[Run]) -> str:
-    """The same columns as the Markdown table, plus 95% CI bounds, per-language ASR, model and judge."""
+    """The same columns as the Markdown table, plus 95% CI bounds, per-language ASR and ROUGE-L, model
+    and judge."""
     cols = columns(runs)
     langs = languages(runs)
+    rouge_langs = rouge_languages(runs)
     header = ["run"]
     for col in cols:
         header.append(col.header)
         if col.ci is not None:
             header += [f"{col.header} ci95 low", f"{col.header} ci95 high"]
-    header += [f"ASR {lang}" for lang in langs] + ["model", "adapter", "judge", "results"]
+    header += [f"ASR {lang}" for lang in langs]
+    header += [f"ROUGE-L {display_name(name)} {lang}" for name, lang in rouge_langs]
+    header += ["model", "adapter", "judge", "results"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -267,6 +304,7 @@ def csv_text(runs: Sequence[Run]) -> str:
                 row += [cell(ci[0]), cell(ci[1])] if ci else ["", ""]
         model = run.provenance.get("model") or {}
         row += [cell(language_asr(run, lang)) for lang in langs]
+        row += [cell(language_rouge(run, name, lang)) for name, lang in rouge_langs]
         row += [str(model.get("base") or model.get("label") or ""), str(model.get("adapter") or "")]
         row += [run.judge_name() or "", str(run.path)]
         writer.writerow(row)

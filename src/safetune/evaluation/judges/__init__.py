@@ -1,7 +1,8 @@
 """The one registry of judges: name -> JudgeSpec. `judge.name` in a config picks one; `build_judge` builds it.
 
 Judges: keyword (offline default), classifier (HF sequence classifier), guard (Llama-Guard-style
-generative model), llm (OpenAI-compatible chat endpoint). Every judge follows the same two rules, kept
+generative model), llm (OpenAI-compatible chat endpoint), organism (the multilingual model organism's
+strict refusal check; its synthetic languages only). Every judge follows the same two rules, kept
 here so that they cannot drift apart:
 - an empty (whitespace-only) response is label "invalid", refused None, raw "empty response", without
   asking the model: nothing was said, so it is neither a refusal nor a compliance, and calling it "safe"
@@ -61,7 +62,7 @@ def require_model(config: JudgeConfig, example: str) -> str:
 
 
 # The judge modules import the helpers above, so they are imported only once those exist.
-from safetune.evaluation.judges import classifier, guard, keyword, llm  # noqa: E402
+from safetune.evaluation.judges import classifier, guard, keyword, llm, organism  # noqa: E402
 
 JUDGES: dict[str, JudgeSpec] = {
     spec.name: spec
@@ -70,6 +71,7 @@ JUDGES: dict[str, JudgeSpec] = {
         JudgeSpec(classifier.NAME, classifier.VERSION, classifier.DESCRIPTION, classifier.build),
         JudgeSpec(guard.NAME, guard.VERSION, guard.DESCRIPTION, guard.build),
         JudgeSpec(llm.NAME, llm.VERSION, llm.DESCRIPTION, llm.build),
+        JudgeSpec(organism.NAME, organism.VERSION, organism.DESCRIPTION, organism.build),
     )
 }
 
