@@ -210,7 +210,9 @@ def eval_(
         str | None,
         typer.Option(help="Comma-separated name[=source] entries, e.g. advbench=data/advbench.csv."),
     ] = None,
-    judge: Annotated[str | None, typer.Option(help="keyword | classifier | guard | llm | organism (see: safetune list)")] = None,
+    judge: Annotated[
+        str | None, typer.Option(help="keyword | classifier | guard | llm | organism (see: safetune list)")
+    ] = None,
     judge_model: Annotated[
         str | None, typer.Option(help="Judge model (classifier / guard): hub id or folder.")
     ] = None,
