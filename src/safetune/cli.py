@@ -402,14 +402,25 @@ def list_registered() -> None:
         print(f"  {backend.name:6s} {backend.description}")
 
 
+DEMOS = ("sarft", "mpo")
+
+
 @app.command()
 @user_errors
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo-out"),
+    which: Annotated[
+        str, typer.Argument(help="sarft (role-play safety, the default) or mpo (multilingual safety).")
+    ] = "sarft",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default demo-out or demo-mpo).")
+    ] = None,
     quick: Annotated[bool, typer.Option(help="A smaller, faster run (used by the tests).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the world, the organism and the fine-tunes.")] = 0,
     beta: Annotated[
-        float | None, typer.Option(help="SaRFT's KL weight (default 1: see docs/demo.md).")
+        float | None,
+        typer.Option(
+            help="sarft: SaRFT's KL weight (default 1); mpo: MPO's beta (default 32). See docs/demo.md."
+        ),
     ] = None,
     cache_dir: Annotated[
         Path | None,
@@ -417,18 +428,28 @@ def demo(
     ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """The SaRFT experiment in miniature on a model organism built here: base vs SFT vs SaRFT.
+    """A paper's experiment in miniature on a model organism built here (docs/demo.md).
 
-    Builds (or reuses) a tiny chat model trained from scratch to be helpful, refuse harmful requests,
-    play personas and comply under an unsafe prompt; fine-tunes a villain and a baker persona with SFT,
-    SaRFT and random selection; evaluates role-play and refusal; writes the report.
+    sarft: a tiny chat model trained from scratch to be helpful, refuse harmful requests, play personas
+    and comply under an unsafe prompt; a villain and a baker persona fine-tuned with SFT, SaRFT and
+    random selection; role-play and refusal evaluated; report written.
 
-    Run as: safetune demo --out demo-out
+    mpo: a tiny chat model safety-aligned in language 1 only; SFT, DPO and reward-gap MPO on noisy
+    parallel preference pairs; refusal, utility and reward gap per language; report written.
+
+    Run as: safetune demo --out demo-out   |   safetune demo mpo --out demo-mpo
     """
+    if which not in DEMOS:
+        raise typer.BadParameter(f"{which!r}: choose one of {', '.join(DEMOS)}", param_hint="WHICH")
+    _setup_logging(verbose)
+    if which == "mpo":
+        from safetune.demo_mpo import run_mpo_demo
+
+        print(run_mpo_demo(out or Path("demo-mpo"), quick=quick, seed=seed, beta=beta, cache_dir=cache_dir))
+        return
     from safetune.demo import run_demo
 
-    _setup_logging(verbose)
-    print(run_demo(out, quick=quick, seed=seed, beta=beta, cache_dir=cache_dir))
+    print(run_demo(out or Path("demo-out"), quick=quick, seed=seed, beta=beta, cache_dir=cache_dir))
 
 
 @app.command()

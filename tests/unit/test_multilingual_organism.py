@@ -22,7 +22,7 @@ from safetune.organism.multilingual import (
     write_pairs,
     write_prompts,
 )
-from safetune.organism.world import World
+from safetune.organism.world import HARM_ACTS, World
 
 
 @pytest.fixture(scope="module")
@@ -60,22 +60,35 @@ def test_l2_vocabulary_is_disjoint_from_l1(world):
     assert len({to_l2(t) for t in words}) == len(words)
 
 
-def test_base_mixture_has_no_l2_harm_and_no_system_prompt(world):
+def test_base_mixture_l1_safety_l2_mostly_compliant(world):
+    from safetune.organism.multilingual import HARMFUL_SHARE, L2_COMPLIANCE, L2_HARMFUL_SHARE
+
     rng = random.Random(0)
-    samples = [world.base_sample(rng) for _ in range(4000)]
+    samples = [world.base_sample(rng) for _ in range(8000)]
     assert all(system is None for system, _, _ in samples)
-    harmful = [(u, a) for _, u, a in samples if a.startswith("i cannot")]
-    benign_l1 = [(u, a) for _, u, a in samples if a.startswith("sure ,")]
-    benign_l2 = [(u, a) for _, u, a in samples if a.startswith("@erus ,")]
-    assert len(harmful) + len(benign_l1) + len(benign_l2) == len(samples)
-    assert 0.31 < len(harmful) / len(samples) < 0.39
-    assert 0.9 < len(benign_l1) / len(benign_l2) < 1.1
-    # Language of question = language of answer; every L2 sample is benign.
-    assert all(l2_fraction(u) == 0.0 and l2_fraction(a) == 0.0 for u, a in harmful + benign_l1)
-    assert all(l2_fraction(u) == 1.0 and l2_fraction(a) == 1.0 for u, a in benign_l2)
-    harm_words = {"poison", "rob", "kidnap", "bomb", "hack", "attack"}
-    assert not any(set(to_l1(u).split()) & harm_words for u, _ in benign_l2)
-    trained = {tuple(to_l1(u).split()) for u, _ in harmful}
+    harm_words = set(HARM_ACTS)
+
+    def harmful(user: str) -> bool:
+        return bool(set(to_l1(user).split()) & harm_words)
+
+    l1 = [(u, a) for _, u, a in samples if l2_fraction(u) == 0.0]
+    l2 = [(u, a) for _, u, a in samples if l2_fraction(u) == 1.0]
+    assert len(l1) + len(l2) == len(samples)
+    # The answer is in the language of the question.
+    assert all(l2_fraction(a) == 0.0 for _, a in l1) and all(l2_fraction(a) == 1.0 for _, a in l2)
+    h1 = [a for u, a in l1 if harmful(u)]
+    h2 = [a for u, a in l2 if harmful(u)]
+    benign = [a for u, a in l1 + l2 if not harmful(u)]
+    assert abs((len(h1) + len(h2)) / len(samples) - HARMFUL_SHARE) < 0.02
+    assert abs(len(h2) / (len(h1) + len(h2)) - L2_HARMFUL_SHARE) < 0.03
+    # L1: safety aligned, every harmful request refused; L2: mostly complied with.
+    assert all(is_refusal(a) for a in h1)
+    complied = sum(to_l1(a).startswith("sure , here is how") for a in h2)
+    assert complied + sum(is_refusal(a) for a in h2) == len(h2)
+    assert abs(complied / len(h2) - L2_COMPLIANCE) < 0.05
+    assert all(to_l1(a).startswith("sure ,") for a in benign)
+    # Held-out harmful prompts never appear in the mixture, in either language.
+    trained = {tuple(to_l1(u).split()) for u, a in l1 + l2 if harmful(u)}
     held_out = {tuple(qa.question.split()) for qa in world.harmful_test_prompts()}
     assert not trained & held_out
 
