@@ -155,14 +155,18 @@ def train(
     data: DataOpt = None,
     role: RoleOpt = None,
     profiles: ProfilesOpt = None,
-    method: Annotated[str | None, typer.Option(help="Training method: sarft | sft.")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="sarft | sft | mpo | dpo | ipo | ... (all: safetune list).")
+    ] = None,
     selection: Annotated[str | None, typer.Option(help="rds | none | all | random | flip | external")] = None,
     selection_file: Annotated[
         str | None,
         typer.Option(help="Flags from a file (selection.jsonl of `safetune select`, or JSON {id: 0|1})."),
     ] = None,
     finetune: Annotated[str | None, typer.Option(help="lora | full")] = None,
-    beta: Annotated[float | None, typer.Option(help="Weight of the KL term (SaRFT).")] = None,
+    beta: Annotated[
+        float | None, typer.Option(help="SaRFT: KL weight; MPO: target-gap scale; DPO family: their beta.")
+    ] = None,
     out: Annotated[str | None, typer.Option("--out", "-o", help="Run folder (train.output_dir).")] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue from the last checkpoint in the run folder.")
@@ -170,9 +174,11 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace a finished run in the run folder.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Fine-tune with SaRFT (or plain SFT) on role-play data; LoRA or full; resumable.
+    """Fine-tune: SaRFT / SFT on role-play data, reward-gap MPO on parallel preference pairs, or a
+    DPO-family baseline on preference pairs; LoRA or full; resumable.
 
     Run as: safetune train -m MODEL --data roles/ --role "Freddy Krueger" --profiles p.json --method sarft -o runs/x
+    or:     safetune train -m MODEL --data pairs.json --method mpo -o runs/mpo
     """
     from safetune.config import load_config
     from safetune.training.run import train as run_train
@@ -456,29 +462,48 @@ def demo(
 @user_errors
 def organism(
     data: Annotated[
-        Path | None, typer.Option(help="Also write the world's data files (role-play sets, tests) here.")
+        Path | None, typer.Option(help="Also write the world's data files (training sets, tests) here.")
     ] = None,
+    world: Annotated[
+        str, typer.Option(help="roleplay (safetune demo) or multilingual (safetune demo mpo).")
+    ] = "roleplay",
     seed: Annotated[int, typer.Option(help="Seed of the world and the organism.")] = 0,
     cache_dir: Annotated[
         Path | None, typer.Option(help="Cache for the organism (default ~/.cache/safetune).")
     ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Build (or reuse) the demo's base model organism and print its folder, to use with any command.
+    """Build (or reuse) a demo's base model organism and print its folder, to use with any command.
 
     Run as: safetune organism --data world/ && safetune select -m "$(safetune organism)" --data world/roles ...
     """
-    from safetune.demo import DemoPlan, write_world_files
-    from safetune.organism.base import OrganismConfig, cached_organism
-    from safetune.organism.world import SELECTION, World
+    from safetune.config import SelectionConfig
+    from safetune.organism.base import WORLD_KINDS, OrganismConfig, cached_organism
     from safetune.selection import cache_root
 
+    if world not in WORLD_KINDS:
+        raise typer.BadParameter(f"{world!r}: choose one of {', '.join(WORLD_KINDS)}", param_hint="--world")
     _setup_logging(verbose)
-    folder = cached_organism(OrganismConfig(seed=seed), cache_dir or cache_root(SELECTION))
+    folder = cached_organism(
+        OrganismConfig(seed=seed, world=world), cache_dir or cache_root(SelectionConfig())
+    )
     if data is not None:
-        files = write_world_files(World(seed), DemoPlan(seed=seed), data)
+        files = _write_world(world, seed, data)
         _stderr_console().print("world files: " + ", ".join(str(p) for p in files.values()))
     print(folder)
+
+
+def _write_world(world: str, seed: int, data: Path) -> dict[str, Path]:
+    if world == "multilingual":
+        from safetune.demo_mpo import MpoDemoPlan
+        from safetune.demo_mpo import write_world_files as write_multilingual
+        from safetune.organism.multilingual import MultilingualWorld
+
+        return write_multilingual(MultilingualWorld(seed), MpoDemoPlan(seed=seed), data)
+    from safetune.demo import DemoPlan, write_world_files
+    from safetune.organism.world import World
+
+    return write_world_files(World(seed), DemoPlan(seed=seed), data)
 
 
 def main() -> None:  # pragma: no cover - console entry

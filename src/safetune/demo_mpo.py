@@ -101,6 +101,9 @@ def write_world_files(world: MultilingualWorld, plan: MpoDemoPlan, root: Path) -
             for s in benign
         ),
     )
+    files["config"] = root / "mpo.yaml"
+    with atomic_open(files["config"]) as handle:
+        handle.write(_cli_config(plan, files))
     log.info(
         "world files in %s: %d training pairs (%d with the L2 side swapped)",
         root,
@@ -108,6 +111,32 @@ def write_world_files(world: MultilingualWorld, plan: MpoDemoPlan, root: Path) -
         sum(map(is_flipped, train)),
     )
     return files
+
+
+def _cli_config(plan: MpoDemoPlan, files: dict[str, Path]) -> str:
+    """A config for running the CLI on the organism by hand with the demo's MPO settings."""
+    import yaml
+
+    settings = {
+        "data": {"path": str(files["pairs"])},
+        "method": {"name": "mpo", "beta": plan.mpo_beta},
+        "train": {
+            "finetune": "full",
+            "learning_rate": plan.learning_rate,
+            "max_steps": plan.steps,
+            "batch_size": plan.batch_size,
+            "grad_accum": 1,
+            "precision": "fp32",
+        },
+        "eval": {"benchmarks": [f"harmful-prompts={files['harmful']}", f"qa={files['benign']}"]},
+        "generation": {"max_new_tokens": 48, "batch_size": 64},
+        "judge": {"name": "organism"},
+    }
+    header = (
+        "# The MPO demo's settings for the multilingual organism:\n"
+        "# safetune train --config this-file -m <organism> -o runs/mpo; safetune eval --config this-file ...\n"
+    )
+    return header + yaml.safe_dump(settings, sort_keys=False)
 
 
 def training_pairs(world: MultilingualWorld, plan: MpoDemoPlan) -> list[ParallelPreferencePair]:

@@ -61,6 +61,9 @@ def _roleplay(run: Run) -> tuple[float, tuple[float, float] | None, str] | None:
         value = number(run.summary.get(key))
         if value is not None:
             return value, ci_of(run.single_used(key)), name
+    qa = run.benchmarks.get("qa")  # no role-play benchmark: benign-answer quality is the utility axis
+    if qa is not None and number(qa.get("value")) is not None:
+        return float(qa["value"]), ci_of(qa), "QA"
     return None
 
 
@@ -126,7 +129,7 @@ def pareto_plot(runs: Sequence[Run], path: Path) -> Path:
     for run in runs:
         x, y = _roleplay(run), _safety(run)
         if x is None or y is None:
-            missing = "a RoleBench score" if x is None else "a harmful-prompt refusal rate"
+            missing = "RoleBench or QA score" if x is None else "harmful-prompt refusal rate"
             log.warning("pareto plot: skipping run %r (no %s)", run.label, missing)
             continue
         x_names.add(x[2])
@@ -169,7 +172,8 @@ def pareto_plot(runs: Sequence[Run], path: Path) -> Path:
             va="center",
             transform=ax.transAxes,
         )
-    ax.set_title("Role-play ability vs safety (up and right is better)")
+    utility = "Utility" if "QA" in x_names else "Role-play ability"
+    ax.set_title(f"{utility} vs safety (up and right is better)")
     ax.set_xlabel(f"{' / '.join(sorted(x_names)) or 'RoleBench'}: ROUGE-L F1 (×100)")
     ax.set_ylabel(f"{' / '.join(sorted(y_names)) or 'Safety'}: refusal rate (%) = 100 − ASR")
     ax.grid(True, alpha=0.3)
