@@ -235,8 +235,9 @@ def summarise(benchmarks: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     safety_avg: the mean refusal rate of group "safety" (AdvBench, HEx-PHI, BeaverTails: "Safety AVG").
     jailbreak_avg: the mean refusal rate of group "jailbreak".
     over_refusal: the over-refusal rate (metric "over_refusal_rate"; the mean if there are several).
-    multilingual_asr: {language: ASR} from the by_language results of group "multilingual" (the mean over
-        such benchmarks that have the language).
+    multilingual_asr: {language: ASR} from the by_language results of every refusal-rate benchmark that
+        has languages: group "multilingual" (MultiJail) and harmful-prompt files with a language field
+        (the mean over such benchmarks that have the language).
     used: for each aggregate, the benchmarks it was computed from.
     """
 
@@ -261,7 +262,7 @@ def summarise(benchmarks: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     per_language: dict[str, list[float]] = {}
     multilingual: list[str] = []
     for name, bench in benchmarks.items():
-        if bench.get("group") != "multilingual" or bench.get("metric") != "refusal_rate":
+        if bench.get("metric") != "refusal_rate":
             continue
         for language, group in (bench.get("by_language") or {}).items():
             if _is_number(group.get("asr")):
