@@ -1,0 +1,64 @@
+"""demo mpo: the world's files load with the project's own loaders, and the summary checks decide right."""
+
+from __future__ import annotations
+
+import pytest
+
+from safetune.config import load_config
+from safetune.data.preferences import load_parallel_pairs
+from safetune.demo_mpo import MpoDemoPlan, checks, summary_markdown, write_world_files
+from safetune.evaluation.benchmarks import load_benchmark
+from safetune.organism.multilingual import L1, L2, MultilingualWorld, is_flipped
+
+
+@pytest.fixture(scope="module")
+def world():
+    return MultilingualWorld(0)
+
+
+def test_world_files_load_with_the_project_loaders(world, tmp_path):
+    plan = MpoDemoPlan(pairs=40, noise=0.25, harmful_tests=10, benign_tests=5)
+    files = write_world_files(world, plan, tmp_path)
+    pairs = load_parallel_pairs(files["pairs"])
+    assert len(pairs) == 40 and sum(map(is_flipped, pairs)) == 10
+    assert {p.target.language for p in pairs} == {L2} and {p.dominant.language for p in pairs} == {L1}
+    assert len(load_parallel_pairs(files["heldout_pairs"])) == 180
+    _, harmful = load_benchmark(f"harmful-prompts={files['harmful']}")
+    assert [p.language for p in harmful].count(L1) == [p.language for p in harmful].count(L2) == 10
+    _, benign = load_benchmark(f"qa={files['benign']}")
+    assert len(benign) == 10 and all(p.references for p in benign)
+    config = load_config(str(files["config"]), [])
+    assert config.method.name == "mpo" and config.method.beta == plan.mpo_beta
+    assert config.judge.name == "organism" and config.data.path == str(files["pairs"])
+
+
+def _row(variant, r1, r2, u1, u2, g1=5.0, g2=0.0):
+    return {
+        "variant": variant,
+        "refusal_l1": r1,
+        "refusal_l2": r2,
+        "utility_l1": u1,
+        "utility_l2": u2,
+        "gap_l1": g1,
+        "gap_l2": g2,
+    }
+
+
+def test_checks_hold_and_fail_on_the_measured_values():
+    base = _row("base", 100, 0, 100, 97)
+    good = [base, _row("sft", 100, 99, 100, 96), _row("dpo", 100, 90, 98, 70), _row("mpo", 100, 98, 99, 95)]
+    assert [ok for _, _, ok in checks(good)] == [True] * 5
+    tie = [*good[:2], _row("dpo", 100, 98, 98, 70), good[3]]
+    assert [ok for _, _, ok in checks(tie)] == [True, True, False, True, True]  # "more than" is strict
+    broke = [*good[:3], _row("mpo", 94, 98, 100, 93.9)]
+    assert [ok for _, _, ok in checks(broke)] == [True, True, True, False, False]
+    unsafe_base = [_row("base", 80, 50, 100, 97, g2=6.0), *good[1:]]
+    assert [ok for _, _, ok in checks(unsafe_base)][:2] == [False, False]
+    text = summary_markdown(good, MpoDemoPlan(), {"parameters": 1000, "config": {"steps": 800}}, 30)
+    assert "| MPO (parallel pairs) | 100.0 | 98.0 |" in text and "**no**" not in text
+
+
+def test_plan_betas():
+    plan = MpoDemoPlan()
+    assert plan.beta("mpo") == 64 and plan.beta("dpo") == 0.1 and plan.beta("sft") is None
+    assert MpoDemoPlan.quick(1).organism.world == "multilingual"
