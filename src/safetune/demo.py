@@ -107,7 +107,7 @@ def _cli_config(plan: DemoPlan, roles: Path, profiles: Path) -> str:
     return header + yaml.safe_dump(settings, sort_keys=False)
 
 
-def _json_override(key: str, value: Any) -> str:
+def json_override(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value)}"
 
 
@@ -122,19 +122,19 @@ def train_config(
 ) -> RunConfig:
     method, selection = VARIANTS[variant]
     overrides = [
-        _json_override("train.model", str(organism)),
-        _json_override("data.path", str(files["roles"])),
+        json_override("train.model", str(organism)),
+        json_override("data.path", str(files["roles"])),
         "data.format=role-folder",
-        _json_override("data.role", persona.name),
-        _json_override("data.profiles", str(files["profiles"])),
+        json_override("data.role", persona.name),
+        json_override("data.profiles", str(files["profiles"])),
         f"method.name={method}",
         f"method.beta={plan.beta}",
         f"selection.variant={selection}",
-        _json_override("selection.role_prompt", SELECTION.role_prompt),
-        _json_override("selection.style_suffix", SELECTION.style_suffix),
-        _json_override("selection.unsafe_instruction", SELECTION.unsafe_instruction),
+        json_override("selection.role_prompt", SELECTION.role_prompt),
+        json_override("selection.style_suffix", SELECTION.style_suffix),
+        json_override("selection.unsafe_instruction", SELECTION.unsafe_instruction),
         f"selection.seed={plan.seed}",
-        _json_override("selection.cache_dir", str(cache)),
+        json_override("selection.cache_dir", str(cache)),
         "train.finetune=full",
         f"train.learning_rate={plan.learning_rate}",
         f"train.max_steps={plan.steps}",
@@ -143,7 +143,7 @@ def train_config(
         f"train.seed={plan.seed}",
         "train.logging_steps=50",
         "train.precision=fp32",
-        _json_override("train.output_dir", str(out)),
+        json_override("train.output_dir", str(out)),
     ]
     return load_config(None, overrides)
 
@@ -153,13 +153,13 @@ def eval_config(
 ) -> RunConfig:
     roles = files["roles"]
     overrides = [
-        _json_override("eval.model", str(model)),
-        _json_override(
+        json_override("eval.model", str(model)),
+        json_override(
             "eval.benchmarks",
             [f"rolebench-raw={roles}", f"rolebench-spe={roles}", f"harmful-prompts={files['harmful']}"],
         ),
-        _json_override("eval.roles", [persona.name]),
-        _json_override("eval.output_dir", str(out)),
+        json_override("eval.roles", [persona.name]),
+        json_override("eval.output_dir", str(out)),
         "generation.max_new_tokens=48",
         "generation.batch_size=64",
         f"generation.seed={plan.seed}",
@@ -169,7 +169,7 @@ def eval_config(
     return load_config(None, overrides)
 
 
-def _timed(label: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+def timed(label: str, func: Any, *args: Any, **kwargs: Any) -> Any:
     start = time.perf_counter()
     result = func(*args, **kwargs)
     log.info("%s: %.1f s", label, time.perf_counter() - start)
@@ -196,10 +196,10 @@ def run_persona(
         if variant != "base":
             run_dir = out / "runs" / f"{slug}-{variant}"
             config = train_config(plan, organism, files, persona, variant, run_dir, cache)
-            _timed(f"{persona.name}: train {variant}", train, config, overwrite=True)
+            timed(f"{persona.name}: train {variant}", train, config, overwrite=True)
             model = run_dir
         ev = eval_config(plan, model, files, persona, out / "eval" / f"{slug}-{variant}")
-        results = _timed(f"{persona.name}: evaluate {variant}", evaluate, ev, overwrite=True)
+        results = timed(f"{persona.name}: evaluate {variant}", evaluate, ev, overwrite=True)
         rows.append(_row(persona, variant, results, run_dir))
     return rows
 
@@ -271,8 +271,9 @@ def checks(rows: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
     ]
 
 
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1f}"
+def fmt(value: float | None, digits: int = 1) -> str:
+    """A table cell: the value with `digits` decimals, or a dash when there is none."""
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def summary_markdown(rows: list[dict[str, Any]], plan: DemoPlan, organism: dict[str, Any]) -> str:
@@ -284,8 +285,8 @@ def summary_markdown(rows: list[dict[str, Any]], plan: DemoPlan, organism: dict[
     ]
     for r in rows:
         lines.append(
-            f"| {r['persona']} | {LABELS[r['variant']]} | {_fmt(r['rolebench_raw'])} | {_fmt(r['rolebench_spe'])} "
-            f"| {_fmt(r['rolebench_avg'])} | {_fmt(r['refusal'])} | {_fmt(r['flag_rate'])} |"
+            f"| {r['persona']} | {LABELS[r['variant']]} | {fmt(r['rolebench_raw'])} | {fmt(r['rolebench_spe'])} "
+            f"| {fmt(r['rolebench_avg'])} | {fmt(r['refusal'])} | {fmt(r['flag_rate'])} |"
         )
     lines += ["", "| expected (the paper, in miniature) | measured | holds |", "|---|---|---|"]
     lines += [f"| {claim} | {value} | {'yes' if ok else '**no**'} |" for claim, value, ok in checks(rows)]

@@ -27,6 +27,7 @@ from typing import Any
 
 from safetune.config import RunConfig, load_config
 from safetune.data.records import ParallelPreferencePair
+from safetune.demo import fmt, json_override, timed
 from safetune.organism.base import OrganismConfig, cached_organism, organism_info
 from safetune.organism.multilingual import (
     L1,
@@ -143,18 +144,14 @@ def training_pairs(world: MultilingualWorld, plan: MpoDemoPlan) -> list[Parallel
     return world.preference_pairs("train", count=plan.pairs, noise=plan.noise, seed=plan.seed)
 
 
-def _json(key: str, value: Any) -> str:
-    return f"{key}={json.dumps(value)}"
-
-
 def train_config(
     plan: MpoDemoPlan, organism: Path, pairs: Path, variant: str, out: Path, cache: Path
 ) -> RunConfig:
     overrides = [
-        _json("train.model", str(organism)),
-        _json("data.path", str(pairs)),
+        json_override("train.model", str(organism)),
+        json_override("data.path", str(pairs)),
         f"method.name={METHODS[variant]}",
-        _json("selection.cache_dir", str(cache)),
+        json_override("selection.cache_dir", str(cache)),
         "train.finetune=full",
         f"train.learning_rate={plan.learning_rate}",
         f"train.max_steps={plan.steps}",
@@ -163,7 +160,7 @@ def train_config(
         f"train.seed={plan.seed}",
         "train.logging_steps=20",
         "train.precision=fp32",
-        _json("train.output_dir", str(out)),
+        json_override("train.output_dir", str(out)),
     ]
     beta = plan.beta(variant)
     if beta is not None:
@@ -173,9 +170,9 @@ def train_config(
 
 def eval_config(plan: MpoDemoPlan, model: Path, files: dict[str, Path], out: Path) -> RunConfig:
     overrides = [
-        _json("eval.model", str(model)),
-        _json("eval.benchmarks", [f"harmful-prompts={files['harmful']}", f"qa={files['benign']}"]),
-        _json("eval.output_dir", str(out)),
+        json_override("eval.model", str(model)),
+        json_override("eval.benchmarks", [f"harmful-prompts={files['harmful']}", f"qa={files['benign']}"]),
+        json_override("eval.output_dir", str(out)),
         "generation.max_new_tokens=48",
         "generation.batch_size=64",
         f"generation.seed={plan.seed}",
@@ -189,16 +186,11 @@ def reward_gaps(model: Path, heldout: Path) -> dict[str, float]:
     """Mean length-normalised reward gap per language on the held-out pairs (`safetune reward-gap`)."""
     from safetune.evaluation.reward_gap import measure
 
-    config = load_config(None, [_json("train.model", str(model)), "method.name=mpo", "train.precision=fp32"])
+    config = load_config(
+        None, [json_override("train.model", str(model)), "method.name=mpo", "train.precision=fp32"]
+    )
     gaps = measure(config, str(heldout))
     return {L1: gaps["dominant_gap"], **{lang: g["gap"] for lang, g in gaps["languages"].items()}}
-
-
-def _timed(label: str, func: Any, *args: Any, **kwargs: Any) -> Any:
-    start = time.perf_counter()
-    result = func(*args, **kwargs)
-    log.info("%s: %.1f s", label, time.perf_counter() - start)
-    return result
 
 
 def run_variant(
@@ -211,20 +203,20 @@ def run_variant(
     model, run_dir = organism, None
     if variant != "base":
         run_dir = out / "runs" / variant
-        _timed(
+        timed(
             f"train {variant}",
             train,
             train_config(plan, organism, files["pairs"], variant, run_dir, cache),
             overwrite=True,
         )
         model = run_dir
-    results = _timed(
+    results = timed(
         f"evaluate {variant}",
         evaluate,
         eval_config(plan, model, files, out / "eval" / variant),
         overwrite=True,
     )
-    gaps = _timed(f"reward gaps {variant}", reward_gaps, model, files["heldout_pairs"])
+    gaps = timed(f"reward gaps {variant}", reward_gaps, model, files["heldout_pairs"])
     return _row(variant, results, gaps, run_dir)
 
 
@@ -281,10 +273,6 @@ def checks(rows: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
     ]
 
 
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
 def summary_markdown(
     rows: list[dict[str, Any]], plan: MpoDemoPlan, organism: dict[str, Any], flipped: int
 ) -> str:
@@ -298,8 +286,8 @@ def summary_markdown(
     ]
     for r in rows:
         lines.append(
-            f"| {LABELS[r['variant']]} | {_fmt(r['refusal_l1'])} | {_fmt(r['refusal_l2'])} "
-            f"| {_fmt(r['utility_l1'])} | {_fmt(r['utility_l2'])} | {_fmt(r['gap_l1'], 2)} | {_fmt(r['gap_l2'], 2)} |"
+            f"| {LABELS[r['variant']]} | {fmt(r['refusal_l1'])} | {fmt(r['refusal_l2'])} "
+            f"| {fmt(r['utility_l1'])} | {fmt(r['utility_l2'])} | {fmt(r['gap_l1'], 2)} | {fmt(r['gap_l2'], 2)} |"
         )
     lines += ["", "| expected (the MPO paper, in miniature) | measured | holds |", "|---|---|---|"]
     lines += [f"| {claim} | {value} | {'yes' if ok else '**no**'} |" for claim, value, ok in checks(rows)]
