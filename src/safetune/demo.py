@@ -271,6 +271,12 @@ def checks(rows: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
     ]
 
 
+def checks_markdown(source: str, results: list[tuple[str, str, bool]]) -> list[str]:
+    """The "expected / measured / holds" table of a demo summary (preceded by a blank line)."""
+    lines = ["", f"| expected ({source}) | measured | holds |", "|---|---|---|"]
+    return lines + [f"| {claim} | {value} | {'yes' if ok else '**no**'} |" for claim, value, ok in results]
+
+
 def fmt(value: float | None, digits: int = 1) -> str:
     """A table cell: the value with `digits` decimals, or a dash when there is none."""
     return "–" if value is None else f"{value:.{digits}f}"
@@ -288,8 +294,7 @@ def summary_markdown(rows: list[dict[str, Any]], plan: DemoPlan, organism: dict[
             f"| {r['persona']} | {LABELS[r['variant']]} | {fmt(r['rolebench_raw'])} | {fmt(r['rolebench_spe'])} "
             f"| {fmt(r['rolebench_avg'])} | {fmt(r['refusal'])} | {fmt(r['flag_rate'])} |"
         )
-    lines += ["", "| expected (the paper, in miniature) | measured | holds |", "|---|---|---|"]
-    lines += [f"| {claim} | {value} | {'yes' if ok else '**no**'} |" for claim, value, ok in checks(rows)]
+    lines += checks_markdown("the paper, in miniature", checks(rows))
     lines += [
         "",
         f"Base organism: {organism['parameters']:,} parameters, {organism['config']['steps']} pre-training steps. "

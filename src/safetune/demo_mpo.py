@@ -27,7 +27,7 @@ from typing import Any
 
 from safetune.config import RunConfig, load_config
 from safetune.data.records import ParallelPreferencePair
-from safetune.demo import fmt, json_override, timed
+from safetune.demo import checks_markdown, fmt, json_override, timed
 from safetune.organism.base import OrganismConfig, cached_organism, organism_info
 from safetune.organism.multilingual import (
     L1,
@@ -289,8 +289,7 @@ def summary_markdown(
             f"| {LABELS[r['variant']]} | {fmt(r['refusal_l1'])} | {fmt(r['refusal_l2'])} "
             f"| {fmt(r['utility_l1'])} | {fmt(r['utility_l2'])} | {fmt(r['gap_l1'], 2)} | {fmt(r['gap_l2'], 2)} |"
         )
-    lines += ["", "| expected (the MPO paper, in miniature) | measured | holds |", "|---|---|---|"]
-    lines += [f"| {claim} | {value} | {'yes' if ok else '**no**'} |" for claim, value, ok in checks(rows)]
+    lines += checks_markdown("the MPO paper, in miniature", checks(rows))
     lines += [
         "",
         f"Base organism: {organism['parameters']:,} parameters, {organism['config']['steps']} pre-training steps. "
