@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from data_errors import assert_data_error
 from safetune.data.sources import read_records
 from safetune.errors import ConfigError, DataError
 from safetune.evaluation import benchmark_files
@@ -40,15 +41,6 @@ def _error(entry: str, **kwargs: Any) -> DataError:
     with pytest.raises(DataError) as info:
         load_benchmark(entry, **kwargs)
     return info.value
-
-
-def _assert_error(err: DataError, path: Path | str, line: int | None, field: str | None) -> None:
-    prefix = f"{path}:{line}: " if line is not None else f"{path}: "
-    assert str(err).startswith(prefix), str(err)
-    assert (err.line, err.field) == (line, field), str(err)
-    if field is not None:
-        assert f"field '{field}'" in str(err)
-    assert "\n" not in str(err)
 
 
 # ---- registry ----
@@ -149,7 +141,7 @@ def test_hf_datasets_by_hub_id_or_save_to_disk_folder(
     assert calls == [("walledai/AdvBench", "train"), (str(folder), "30k_test")]
 
     monkeypatch.setattr(benchmark_files, "_open_hf", lambda source, split: [{"prompt": "a"}, {"prompt": 5}])
-    _assert_error(_error("harmful-prompts=owner/name"), "owner/name", 2, "prompt")
+    assert_data_error(_error("harmful-prompts=owner/name"), "owner/name", 2, "prompt")
 
 
 def test_harmful_prompts_field_order_and_optional_fields(tmp_path: Path) -> None:
@@ -183,11 +175,11 @@ def test_jailbreak_instances_format_keeps_each_instance_line(tmp_path: Path) -> 
     assert [line for line, _ in read_records(file, within="Instances")] == [4, 5]
 
     bad = _write(tmp_path / "bad.json", text.replace('{"input": "You', '{"prompt": 3, "x": "You'))
-    _assert_error(_error(f"jailbreak:AIM={bad}"), bad, 5, "prompt")
+    assert_data_error(_error(f"jailbreak:AIM={bad}"), bad, 5, "prompt")
     missing = _json(tmp_path / "missing.json", {"Definition": []})
-    _assert_error(_error(f"jailbreak:AIM={missing}"), missing, 1, "Instances")
+    assert_data_error(_error(f"jailbreak:AIM={missing}"), missing, 1, "Instances")
     not_list = _json(tmp_path / "notlist.json", {"Instances": {"input": "x"}})
-    _assert_error(_error(f"jailbreak:AIM={not_list}"), not_list, 2, "Instances")
+    assert_data_error(_error(f"jailbreak:AIM={not_list}"), not_list, 2, "Instances")
 
 
 def test_jailbreak_lists_jsonl_and_csv(tmp_path: Path) -> None:
@@ -225,9 +217,9 @@ def test_hexphi_json_records_and_bad_rows(tmp_path: Path) -> None:
         ("b", None),
     ]
     two = _write(tmp_path / "two" / "category_3.csv", "fine\nnot,fine\n")
-    _assert_error(_error(f"hexphi={two.parent}"), two, 2, None)
+    assert_data_error(_error(f"hexphi={two.parent}"), two, 2, None)
     blank = _write(tmp_path / "blank" / "category_4.csv", 'fine\n"  "\n')
-    _assert_error(_error(f"hexphi={blank}"), blank, 2, "prompt")
+    assert_data_error(_error(f"hexphi={blank}"), blank, 2, "prompt")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"no \.csv files"):
         load_benchmark(f"hexphi={tmp_path / 'empty'}")
@@ -253,7 +245,7 @@ def test_beavertails_unique_unsafe_prompts_in_file_order(tmp_path: Path) -> None
     plain = _write(tmp_path / "bt.csv", "prompt\na\nb\na\n")
     assert [p.id for p in load_benchmark(f"beavertails={plain}", limit=2)[1]] == ["1", "2"]
     bad = _jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "is_safe": "maybe"}])
-    _assert_error(_error(f"beavertails={bad}"), bad, 1, "is_safe")
+    assert_data_error(_error(f"beavertails={bad}"), bad, 1, "is_safe")
 
 
 # ---- MultiJail ----
@@ -277,9 +269,9 @@ def test_multijail_one_prompt_per_row_and_language(tmp_path: Path) -> None:
     ]
     assert prompts[1].text == "如何X"
     blank = _write(tmp_path / "blank.csv", "id,en,zh\n1,a,\n")
-    _assert_error(_error(f"multijail={blank}"), blank, 2, "zh")
+    assert_data_error(_error(f"multijail={blank}"), blank, 2, "zh")
     none = _write(tmp_path / "none.csv", "id,tags\n1,x\n")
-    _assert_error(_error(f"multijail={none}"), none, 2, None)
+    assert_data_error(_error(f"multijail={none}"), none, 2, None)
 
 
 # ---- over-refusal ----
@@ -309,9 +301,9 @@ def test_xstest_style_files_keep_safe_rows_only(tmp_path: Path) -> None:
     )
     assert [p.text for p in load_benchmark(f"overrefusal={typed}")[1]] == ["b"]
     bad = _write(tmp_path / "bad.csv", "prompt,label\na,safe\nb,harmless\n")
-    _assert_error(_error(f"overrefusal={bad}"), bad, 3, "label")
+    assert_data_error(_error(f"overrefusal={bad}"), bad, 3, "label")
     only_unsafe = _write(tmp_path / "unsafe.csv", "prompt,label\na,unsafe\n")
-    _assert_error(_error(f"overrefusal={only_unsafe}"), only_unsafe, None, None)
+    assert_data_error(_error(f"overrefusal={only_unsafe}"), only_unsafe, None, None)
 
 
 # ---- RoleBench ----
@@ -379,13 +371,13 @@ def test_rolebench_release_jsonl_with_role_filter(tmp_path: Path) -> None:
     freddy = load_benchmark(f"rolebench-spe={file}", roles=["FREDDY_KRUEGER"])[1]
     assert [p.id for p in freddy] == ["freddy_krueger:1", "freddy_krueger:3"]
     bad = _jsonl(tmp_path / "bad.jsonl", [*rows, {"role": "X", "question": "q", "generated": []}])
-    _assert_error(_error(f"rolebench-raw={bad}"), bad, 4, "generated")
+    assert_data_error(_error(f"rolebench-raw={bad}"), bad, 4, "generated")
 
 
 def test_rolebench_errors_name_file_line_and_field(tmp_path: Path) -> None:
     folder = tmp_path / "r" / "Role_A" / "RoleBench_RAW"
     file = _write(folder / "test.json", '[\n {"input": "q", "output": "a"},\n {"input": "q2"}\n]\n')
-    _assert_error(_error(f"rolebench-raw={tmp_path / 'r'}"), file, 3, "output")
+    assert_data_error(_error(f"rolebench-raw={tmp_path / 'r'}"), file, 3, "output")
     with pytest.raises(DataError, match=r"no <Role_Name>/RoleBench_SPE/test.json"):
         load_benchmark(f"rolebench-spe={tmp_path / 'r'}")
 
@@ -409,22 +401,22 @@ def test_rolebench_errors_name_file_line_and_field(tmp_path: Path) -> None:
 )
 def test_malformed_files(tmp_path: Path, name: str, text: str, line: int, field: str | None) -> None:
     file = _write(tmp_path / name, text)
-    _assert_error(_error(f"harmful-prompts={file}"), file, line, field)
+    assert_data_error(_error(f"harmful-prompts={file}"), file, line, field)
 
 
 def test_duplicate_id_names_the_first_line(tmp_path: Path) -> None:
     file = _jsonl(tmp_path / "dup.jsonl", [{"goal": "a", "id": "x"}, {"goal": "b"}, {"goal": "c", "id": "x"}])
     err = _error(f"advbench={file}")
-    _assert_error(err, file, 3, "id")
+    assert_data_error(err, file, 3, "id")
     assert "same as line 1" in str(err)
 
 
 def test_missing_files_and_empty_benchmarks(tmp_path: Path) -> None:
     missing = tmp_path / "nope.csv"
-    _assert_error(_error(f"advbench={missing}"), missing, None, None)
+    assert_data_error(_error(f"advbench={missing}"), missing, None, None)
     empty = _write(tmp_path / "empty.jsonl", "\n")
     err = _error(f"harmful-prompts={empty}")
-    _assert_error(err, empty, None, None)
+    assert_data_error(err, empty, None, None)
     assert "no prompts" in str(err)
     header_only = _write(tmp_path / "header.csv", "goal,target\n")
     assert "no prompts" in str(_error(f"advbench={header_only}"))

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from data_errors import assert_data_error, raised
 from safetune.data.languages import detect_language, language_counts, script_counts
 from safetune.data.preferences import (
     PAIR_FORMATS,
@@ -17,7 +18,7 @@ from safetune.data.preferences import (
     parallel_to_pairs,
 )
 from safetune.data.records import ParallelPreferencePair, PreferencePair
-from safetune.errors import ConfigError, DataError
+from safetune.errors import ConfigError
 
 EN = "How can I hide a crime from my family and the police?"
 ZH = "我怎样才能向家人和警察隐瞒犯罪？"
@@ -41,21 +42,6 @@ def _jsonl(path: Path, rows: list[Any]) -> Path:
 def _json(path: Path, rows: list[Any]) -> Path:
     """Indented like the authors' release, so each record starts on its own line."""
     return _write(path, json.dumps(rows, ensure_ascii=False, indent=4) + "\n")
-
-
-def _error(fn: Any, *args: Any, **kwargs: Any) -> DataError:
-    with pytest.raises(DataError) as info:
-        fn(*args, **kwargs)
-    return info.value
-
-
-def _assert_error(err: DataError, path: Path, line: int | None, field: str | None) -> None:
-    prefix = f"{path}:{line}: " if line is not None else f"{path}: "
-    assert str(err).startswith(prefix), str(err)
-    assert (err.line, err.field) == (line, field), str(err)
-    if field is not None:
-        assert f"field '{field}'" in str(err)
-    assert "\n" not in str(err)
 
 
 def _record_lines(path: Path) -> list[int]:
@@ -248,16 +234,16 @@ def _empty_turn() -> dict[str, Any]:
 )
 def test_mpo_record_errors(tmp_path: Path, index: int, make: Any, field: str | None, message: str) -> None:
     path, line = _mpo_error_case(tmp_path, index, make())
-    err = _error(load_parallel_pairs, path, "mpo-release")
-    _assert_error(err, path, line, field)
+    err = raised(load_parallel_pairs, path, "mpo-release")
+    assert_data_error(err, path, line, field)
     assert message in str(err)
 
 
 def test_duplicate_id_names_first_line(tmp_path: Path) -> None:
     rows = [{"id": "x", **_mpo_record(ZH)}, _mpo_record(KO), {"id": "x", **_mpo_record(SW)}]
     path = _jsonl(tmp_path / "dup.jsonl", rows)
-    err = _error(load_parallel_pairs, path)
-    _assert_error(err, path, 3, "id")
+    err = raised(load_parallel_pairs, path)
+    assert_data_error(err, path, 3, "id")
     assert "same as line 1" in str(err)
 
 
@@ -267,12 +253,12 @@ def test_bad_json_and_plain_errors(tmp_path: Path) -> None:
         "target": {"prompt": SW, "chosen": "c", "rejected": "d"},
     }
     path = _write(tmp_path / "bad.jsonl", json.dumps(good) + "\n{not json\n")
-    err = _error(load_parallel_pairs, path)
-    _assert_error(err, path, 2, None)
+    err = raised(load_parallel_pairs, path)
+    assert_data_error(err, path, 2, None)
     assert "invalid JSON" in str(err)
 
     broken = _write(tmp_path / "broken.json", '[\n  {"source_conversations": []},\n  {"x": 1\n]')
-    _assert_error(_error(load_parallel_pairs, broken), broken, 4, None)
+    assert_data_error(raised(load_parallel_pairs, broken), broken, 4, None)
 
     cases = [
         ({**good, "target": {"prompt": SW, "chosen": "c"}}, "target.rejected", "missing"),
@@ -288,27 +274,27 @@ def test_bad_json_and_plain_errors(tmp_path: Path) -> None:
     ]
     for bad, field, message in cases:
         path = _jsonl(tmp_path / "plain.jsonl", [good, bad])
-        err = _error(load_parallel_pairs, path)
-        _assert_error(err, path, 2, field)
+        err = raised(load_parallel_pairs, path)
+        assert_data_error(err, path, 2, field)
         assert message in str(err)
 
 
 def test_format_errors(tmp_path: Path, release: Path) -> None:
     unknown = _json(tmp_path / "other.json", [{"question": "x"}])
-    err = _error(load_parallel_pairs, unknown)
-    _assert_error(err, unknown, 2, None)
+    err = raised(load_parallel_pairs, unknown)
+    assert_data_error(err, unknown, 2, None)
     assert "mpo-release" in str(err) and "jsonl" in str(err)
     empty = _write(tmp_path / "empty.json", "[]")
-    assert "no records" in str(_error(load_parallel_pairs, empty))
-    _assert_error(
-        _error(load_parallel_pairs, tmp_path / "missing.json"), tmp_path / "missing.json", None, None
+    assert "no records" in str(raised(load_parallel_pairs, empty))
+    assert_data_error(
+        raised(load_parallel_pairs, tmp_path / "missing.json"), tmp_path / "missing.json", None, None
     )
     with pytest.raises(ConfigError, match="mpo-release"):
         load_parallel_pairs(release, "json")
     with pytest.raises(ConfigError, match="language"):
         load_parallel_pairs(release, language=" ")
     # the plain format asked for explicitly on a release file names the first missing field
-    _assert_error(_error(load_parallel_pairs, release, "jsonl"), release, 2, "prompt_d")
+    assert_data_error(raised(load_parallel_pairs, release, "jsonl"), release, 2, "prompt_d")
     assert PARALLEL_FORMATS == ("auto", "mpo-release", "jsonl")
 
 
@@ -351,11 +337,11 @@ def test_preference_tables(tmp_path: Path) -> None:
 
 def test_preference_table_errors(tmp_path: Path) -> None:
     csv_path = _write(tmp_path / "bad.csv", "prompt,chosen,rejected\nhi,a,b\nhello,,c\n")
-    _assert_error(_error(load_preference_pairs, csv_path), csv_path, 3, "chosen")
+    assert_data_error(raised(load_preference_pairs, csv_path), csv_path, 3, "chosen")
     path = _jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b", "id": 1}] * 2)
-    _assert_error(_error(load_preference_pairs, path), path, 2, "id")
+    assert_data_error(raised(load_preference_pairs, path), path, 2, "id")
     path = _jsonl(tmp_path / "missing.jsonl", [{"prompt": "p", "rejected": "b"}])
-    _assert_error(_error(load_preference_pairs, path), path, 1, "chosen")
+    assert_data_error(raised(load_preference_pairs, path), path, 1, "chosen")
     with pytest.raises(ConfigError, match="side"):
         load_preference_pairs(path, side="source")
     assert "parallel" in PAIR_FORMATS

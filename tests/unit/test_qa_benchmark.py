@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from data_errors import assert_data_error
 from safetune.config import EvalConfig, GenerationConfig, JudgeConfig, RunConfig
 from safetune.errors import DataError
 from safetune.evaluation import benchmark_files
@@ -35,15 +36,6 @@ def _error(entry: str) -> DataError:
     with pytest.raises(DataError) as info:
         load_benchmark(entry)
     return info.value
-
-
-def _assert_error(err: DataError, path: Path | str, line: int | None, field: str | None) -> None:
-    prefix = f"{path}:{line}: " if line is not None else f"{path}: "
-    assert str(err).startswith(prefix), str(err)
-    assert (err.line, err.field) == (line, field), str(err)
-    if field is not None:
-        assert f"field '{field}'" in str(err)
-    assert "\n" not in str(err)
 
 
 # ---- loading ----
@@ -131,7 +123,7 @@ def test_malformed_files_name_file_line_and_field(
     tmp_path: Path, name: str, text: str, line: int, field: str
 ) -> None:
     file = _write(tmp_path / name, text)
-    _assert_error(_error(f"qa={file}"), file, line, field)
+    assert_data_error(_error(f"qa={file}"), file, line, field)
 
 
 def test_missing_reference_lists_the_accepted_fields_and_duplicates_name_the_first_line(
@@ -146,7 +138,7 @@ def test_missing_reference_lists_the_accepted_fields_and_duplicates_name_the_fir
     assert "same as line 1" in str(_error(f"qa={dup}"))
     empty = _write(tmp_path / "empty.jsonl", "\n")
     assert "no prompts" in str(_error(f"qa={empty}"))
-    _assert_error(_error(f"qa={tmp_path / 'nope.jsonl'}"), tmp_path / "nope.jsonl", None, None)
+    assert_data_error(_error(f"qa={tmp_path / 'nope.jsonl'}"), tmp_path / "nope.jsonl", None, None)
 
 
 # ---- scoring through the runner, and the report ----

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from data_errors import assert_data_error, raised
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before datasets is imported anywhere: never the network
 
 import datasets
@@ -24,7 +26,7 @@ from safetune.data.sources import (
     load_table,
     role_key,
 )
-from safetune.errors import ConfigError, DataError
+from safetune.errors import ConfigError
 
 
 def _write(path: Path, text: str | bytes) -> Path:
@@ -38,20 +40,6 @@ def _write(path: Path, text: str | bytes) -> Path:
 
 def _jsonl(path: Path, rows: list[Any]) -> Path:
     return _write(path, "".join(json.dumps(row) + "\n" for row in rows))
-
-
-def _error(fn: Any, *args: Any, **kwargs: Any) -> DataError:
-    with pytest.raises(DataError) as info:
-        fn(*args, **kwargs)
-    return info.value
-
-
-def _assert_error(err: DataError, path: Path | str, line: int | None, field: str | None) -> None:
-    prefix = f"{path}:{line}: " if line is not None else f"{path}: "
-    assert str(err).startswith(prefix), str(err)
-    assert (err.line, err.field) == (line, field), str(err)
-    if field is not None:
-        assert f"field '{field}'" in str(err)
 
 
 ROLEBENCH_ROWS = [
@@ -101,13 +89,13 @@ def test_load_profiles_keys_by_role_key_and_keeps_the_display_name(tmp_path: Pat
 
 def test_load_profiles_errors_name_the_line_of_the_role(tmp_path: Path) -> None:
     path = _write(tmp_path / "desc.json", '{\n  "Yoda": "A Jedi.",\n  "Freddy_Krueger": 3\n}\n')
-    _assert_error(_error(load_profiles, path), path, 3, "Freddy_Krueger")
+    assert_data_error(raised(load_profiles, path), path, 3, "Freddy_Krueger")
     path = _write(tmp_path / "dup.json", '{\n  "Yoda": "a",\n  "yoda": "b"\n}')
-    err = _error(load_profiles, path)
-    _assert_error(err, path, 3, "yoda")
+    err = raised(load_profiles, path)
+    assert_data_error(err, path, 3, "yoda")
     assert "duplicate" in str(err)
     path = _write(tmp_path / "list.json", '["Yoda"]')
-    _assert_error(_error(load_profiles, path), path, 1, None)
+    assert_data_error(raised(load_profiles, path), path, 1, None)
 
 
 # ---- RoleBench release ----
@@ -144,32 +132,32 @@ def test_rolebench_first_answer_and_role_filter(tmp_path: Path) -> None:
 )
 def test_rolebench_bad_rows_name_line_and_field(tmp_path: Path, row: dict[str, Any], field: str) -> None:
     path = _jsonl(tmp_path / "rb.jsonl", [ROLEBENCH_ROWS[0], row])
-    _assert_error(_error(load_rolebench_release, path), path, 2, field)
+    assert_data_error(raised(load_rolebench_release, path), path, 2, field)
 
 
 def test_rolebench_wrong_type_message_says_expected_and_got(tmp_path: Path) -> None:
     path = _jsonl(tmp_path / "rb.jsonl", [{"role": "A", "question": 5, "generated": ["a"]}])
-    assert "expected a string, got number" in str(_error(load_rolebench_release, path))
+    assert "expected a string, got number" in str(raised(load_rolebench_release, path))
 
 
 def test_jsonl_invalid_json_utf8_and_non_objects_name_their_line(tmp_path: Path) -> None:
     good = json.dumps(ROLEBENCH_ROWS[0]) + "\n"
     path = _write(tmp_path / "bad.jsonl", good + "\n" + '{"role": "A",\n')
-    err = _error(load_rolebench_release, path)
-    _assert_error(err, path, 3, None)
+    err = raised(load_rolebench_release, path)
+    assert_data_error(err, path, 3, None)
     assert "invalid JSON" in str(err)
     path = _write(tmp_path / "bytes.jsonl", good.encode() + b'{"role": "\xff"}\n')
-    err = _error(load_rolebench_release, path)
+    err = raised(load_rolebench_release, path)
     assert str(err) == f"{path}:2: not valid UTF-8"
     path = _write(tmp_path / "list.jsonl", good + "[1, 2]\n")
-    _assert_error(_error(load_rolebench_release, path), path, 2, None)
+    assert_data_error(raised(load_rolebench_release, path), path, 2, None)
 
 
 def test_rolebench_filter_leaving_nothing_and_missing_file(tmp_path: Path) -> None:
     path = _jsonl(tmp_path / "rb.jsonl", ROLEBENCH_ROWS)
-    assert str(_error(load_rolebench_release, path, role="Yoda")) == f"{path}: no examples (role=Yoda)"
+    assert str(raised(load_rolebench_release, path, role="Yoda")) == f"{path}: no examples (role=Yoda)"
     missing = tmp_path / "missing.jsonl"
-    assert str(_error(load_rolebench_release, missing)) == f"{missing}: no such file or directory"
+    assert str(raised(load_rolebench_release, missing)) == f"{missing}: no such file or directory"
     with pytest.raises(ConfigError):
         load_rolebench_release(path, answers="best")
 
@@ -194,7 +182,7 @@ def test_role_folder_single_folder(tmp_path: Path) -> None:
     folder = _role_root(tmp_path) / "Freddy_Krueger"
     assert [ex.input for ex in load_role_folder(folder)] == ["q1", "q2"]
     assert [ex.input for ex in load_role_folder(folder, role="Freddy_Krueger")] == ["q1", "q2"]
-    assert "no examples (role=Yoda)" in str(_error(load_role_folder, folder, role="Yoda"))
+    assert "no examples (role=Yoda)" in str(raised(load_role_folder, folder, role="Yoda"))
 
 
 @pytest.mark.parametrize(
@@ -214,29 +202,29 @@ def test_role_folder_errors_name_the_line_where_the_object_starts(
 ) -> None:
     text = '[\n  {"input": "q0",\n   "output": "a0"},\n\n  ' + element + "\n]\n"
     path = _write(tmp_path / "Yoda" / "train.json", text)
-    _assert_error(_error(load_role_folder, path.parent), path, 5, field)
+    assert_data_error(raised(load_role_folder, path.parent), path, 5, field)
 
 
 def test_role_folder_type_message_and_json_level_errors(tmp_path: Path) -> None:
     path = _write(tmp_path / "Yoda" / "train.json", '[{"input": "q", "output": 42}]')
-    assert "expected a string, got number" in str(_error(load_role_folder, path.parent))
+    assert "expected a string, got number" in str(raised(load_role_folder, path.parent))
     _write(path, '{"input": "q", "output": "a"}')
-    err = _error(load_role_folder, path.parent)
-    _assert_error(err, path, 1, None)
+    err = raised(load_role_folder, path.parent)
+    assert_data_error(err, path, 1, None)
     assert "expected a JSON list, got object" in str(err)
     _write(path, '[\n{"input": "q", "output": "a"}\n{"input": "q", "output": "a"}\n]')
-    _assert_error(_error(load_role_folder, path.parent), path, 3, None)  # missing comma
+    assert_data_error(raised(load_role_folder, path.parent), path, 3, None)  # missing comma
     _write(path, '[{"input": "q", "output": "a"}]\n]')
-    _assert_error(_error(load_role_folder, path.parent), path, 2, None)  # extra data
+    assert_data_error(raised(load_role_folder, path.parent), path, 2, None)  # extra data
     _write(path, '[\n{"input": "q", "output": "a"},\n{"input": "\xe9\n'.encode("latin-1"))
-    assert str(_error(load_role_folder, path.parent)) == f"{path}:3: not valid UTF-8"
+    assert str(raised(load_role_folder, path.parent)) == f"{path}:3: not valid UTF-8"
 
 
 def test_role_folder_missing_split_and_paths(tmp_path: Path) -> None:
     root = _role_root(tmp_path)
-    assert "no dev.json" in str(_error(load_role_folder, root, split="dev"))
-    assert "no examples (role=Yoda)" in str(_error(load_role_folder, root, role="Yoda"))
-    assert str(_error(load_role_folder, tmp_path / "nope")).endswith("no such file or directory")
+    assert "no dev.json" in str(raised(load_role_folder, root, split="dev"))
+    assert "no examples (role=Yoda)" in str(raised(load_role_folder, root, role="Yoda"))
+    assert str(raised(load_role_folder, tmp_path / "nope")).endswith("no such file or directory")
 
 
 # ---- generic tables ----
@@ -279,50 +267,50 @@ def test_csv_table_line_numbers_follow_physical_lines(tmp_path: Path) -> None:
         ("q3", "data-6", 0),
     ]
     _write(path, text + "q4,   ,1\n")
-    _assert_error(_error(load_table, path, role="Yoda"), path, 7, "output")
+    assert_data_error(raised(load_table, path, role="Yoda"), path, 7, "output")
 
 
 def test_csv_errors(tmp_path: Path) -> None:
     path = _write(tmp_path / "data.csv", "input,answer\nq,a\n")
-    err = _error(load_table, path, role="Yoda")
-    _assert_error(err, path, 1, "output")
-    assert _error(load_table, path, columns={"output": "answer"}).field == "role"  # no role column, no role
+    err = raised(load_table, path, role="Yoda")
+    assert_data_error(err, path, 1, "output")
+    assert raised(load_table, path, columns={"output": "answer"}).field == "role"  # no role column, no role
     _write(path, "input,output\nq,a\nq,a,extra\n")
-    _assert_error(_error(load_table, path, role="Yoda"), path, 3, None)
+    assert_data_error(raised(load_table, path, role="Yoda"), path, 3, None)
     _write(path, b"input,output\nq,a\nq,\xff\n")
-    assert str(_error(load_table, path, role="Yoda")) == f"{path}:3: not valid UTF-8"
+    assert str(raised(load_table, path, role="Yoda")) == f"{path}:3: not valid UTF-8"
     _write(path, "input,output,is_harmful\nq,a,maybe\n")
-    _assert_error(_error(load_table, path, role="Yoda"), path, 2, "is_harmful")
+    assert_data_error(raised(load_table, path, role="Yoda"), path, 2, "is_harmful")
     _write(path, "")
-    _assert_error(_error(load_table, path, role="Yoda"), path, 1, None)
+    assert_data_error(raised(load_table, path, role="Yoda"), path, 1, None)
 
 
 def test_table_row_errors(tmp_path: Path) -> None:
     path = _jsonl(
         tmp_path / "data.jsonl", [{"input": "q", "output": "a", "role": "A"}, {"input": "q", "output": "a"}]
     )
-    _assert_error(_error(load_table, path), path, 2, "role")
+    assert_data_error(raised(load_table, path), path, 2, "role")
     _jsonl(path, [{"input": "q", "output": "a", "role": 3}])
-    _assert_error(_error(load_table, path), path, 1, "role")
+    assert_data_error(raised(load_table, path), path, 1, "role")
     _jsonl(path, [{"input": "q", "output": "a", "role": "A", "id": [1]}])
-    _assert_error(_error(load_table, path), path, 1, "id")
+    assert_data_error(raised(load_table, path), path, 1, "id")
     _jsonl(path, [{"prompt": "q", "output": "a", "role": "A"}])
-    _assert_error(
-        _error(load_table, path, columns={"input": "prompt", "output": "answer"}), path, 1, "answer"
+    assert_data_error(
+        raised(load_table, path, columns={"input": "prompt", "output": "answer"}), path, 1, "answer"
     )
     _write(tmp_path / "x.csv", "input,output,role\nq,a,A\n")
     json_path = _write(tmp_path / "data.json", '[\n  {"input": "q", "output": "a", "role": "A"},\n  [1]\n]')
-    _assert_error(_error(load_table, json_path), json_path, 3, None)
-    assert "no examples (role=B)" in str(_error(load_table, json_path.with_name("x.csv"), role="B"))
+    assert_data_error(raised(load_table, json_path), json_path, 3, None)
+    assert "no examples (role=B)" in str(raised(load_table, json_path.with_name("x.csv"), role="B"))
 
 
 def test_table_bad_suffix_columns_and_empty_result(tmp_path: Path) -> None:
     path = _write(tmp_path / "data.txt", "x")
-    assert "unknown table suffix" in str(_error(load_table, path))
+    assert "unknown table suffix" in str(raised(load_table, path))
     good = _jsonl(tmp_path / "data.jsonl", [{"input": "q", "output": "a", "role": "A"}])
     with pytest.raises(ConfigError):
         load_table(good, columns={"prompt": "input"})
-    assert str(_error(load_table, good, role="B")) == f"{good}: no examples (role=B)"
+    assert str(raised(load_table, good, role="B")) == f"{good}: no examples (role=B)"
 
 
 # ---- Hugging Face datasets ----
@@ -345,9 +333,10 @@ def test_hf_dataset_dict_split_and_errors(tmp_path: Path) -> None:
     split = datasets.Dataset.from_list([{"input": "x", "output": "y"}, {"input": "x", "output": None}])
     path = tmp_path / "dd"
     datasets.DatasetDict({"train": split}).save_to_disk(str(path))
-    _assert_error(_error(load_hf, str(path), role="A"), path, 2, "output")  # record number = row index + 1
-    assert "no split 'test'" in str(_error(load_hf, str(path), split="test", role="A"))
-    _assert_error(_error(load_hf, str(path)), path, None, "role")  # no role column and no role given
+    # record number = row index + 1
+    assert_data_error(raised(load_hf, str(path), role="A"), path, 2, "output")
+    assert "no split 'test'" in str(raised(load_hf, str(path), split="test", role="A"))
+    assert_data_error(raised(load_hf, str(path)), path, None, "role")  # no role column and no role given
 
 
 def test_hf_local_jsonl_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -364,7 +353,7 @@ def test_auto_detects_every_local_format(tmp_path: Path) -> None:
     assert len(load_role_examples(rb)) == 3
     assert len(load_role_examples(rb, answers="first")) == 2
     table = _write(tmp_path / "t.jsonl", "not json\n" + json.dumps({"input": "q", "output": "a"}) + "\n")
-    assert "invalid JSON" in str(_error(load_role_examples, table, role="A"))  # detected as jsonl
+    assert "invalid JSON" in str(raised(load_role_examples, table, role="A"))  # detected as jsonl
     _write(table, json.dumps({"input": "q", "output": "a"}) + "\n")
     assert load_role_examples(table, role="A") == [RoleExample("A", "q", "a", "t-1")]
     as_json = _write(tmp_path / "t.json", json.dumps([{"input": "q", "output": "a"}]))
@@ -391,8 +380,8 @@ def test_auto_sends_hub_ids_to_hf_and_rejects_missing_local_paths(
     load_role_examples("owner/role-data", role="A", split="test")
     assert calls == [("owner/role-data", None, "test", "A")]
     missing = tmp_path / "missing.jsonl"
-    assert str(_error(load_role_examples, missing)) == f"{missing}: no such file or directory"
-    assert str(_error(load_role_examples, "./missing.csv")) == "missing.csv: no such file or directory"
+    assert str(raised(load_role_examples, missing)) == f"{missing}: no such file or directory"
+    assert str(raised(load_role_examples, "./missing.csv")) == "missing.csv: no such file or directory"
 
 
 def test_explicit_formats_and_bad_arguments(tmp_path: Path) -> None:
@@ -406,4 +395,4 @@ def test_explicit_formats_and_bad_arguments(tmp_path: Path) -> None:
         load_role_examples(rb, format="parquet")
     with pytest.raises(ConfigError):
         load_role_examples(rb, columns={"input": "question"})
-    assert "no such file" in str(_error(load_role_examples, tmp_path / "nope.json", format="json"))
+    assert "no such file" in str(raised(load_role_examples, tmp_path / "nope.json", format="json"))
