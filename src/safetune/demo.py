@@ -327,19 +327,32 @@ def run_demo(
     labels = [f"{r['persona']} {LABELS[r['variant']]}" for r in rows]
     render_report([Path(r["eval"]) for r in rows], out / "report", labels=labels)
     summary = summary_markdown(rows, plan, organism_info(organism))
+    write_summary(out, summary, _plan_dict(plan), organism, rows, checks(rows), start)
+    return summary
+
+
+def write_summary(
+    out: Path,
+    markdown: str,
+    plan: dict[str, Any],
+    organism: Path,
+    rows: list[dict[str, Any]],
+    results: list[tuple[str, str, bool]],
+    start: float,
+) -> None:
+    """out/summary.json (plan, organism, rows, checks, seconds since `start`) and out/summary.md."""
     write_json(
         out / "summary.json",
         {
-            "plan": _plan_dict(plan),
+            "plan": plan,
             "organism": str(organism),
             "rows": rows,
-            "checks": [list(c) for c in checks(rows)],
+            "checks": [list(c) for c in results],
             "seconds": round(time.perf_counter() - start, 1),
         },
     )
     with atomic_open(out / "summary.md") as handle:
-        handle.write(summary)
-    return summary
+        handle.write(markdown)
 
 
 def _plan_dict(plan: DemoPlan) -> dict[str, Any]:

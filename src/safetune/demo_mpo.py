@@ -27,7 +27,7 @@ from typing import Any
 
 from safetune.config import RunConfig, load_config
 from safetune.data.records import ParallelPreferencePair
-from safetune.demo import checks_markdown, fmt, json_override, timed
+from safetune.demo import checks_markdown, fmt, json_override, timed, write_summary
 from safetune.organism.base import OrganismConfig, cached_organism, organism_info
 from safetune.organism.multilingual import (
     L1,
@@ -37,7 +37,7 @@ from safetune.organism.multilingual import (
     write_pairs,
     write_prompts,
 )
-from safetune.storage import atomic_open, write_json, write_jsonl
+from safetune.storage import atomic_open, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -328,16 +328,5 @@ def run_mpo_demo(
     )
     flipped = sum(map(is_flipped, training_pairs(world, plan)))
     summary = summary_markdown(rows, plan, organism_info(organism), flipped)
-    write_json(
-        out / "summary.json",
-        {
-            "plan": asdict(plan),
-            "organism": str(organism),
-            "rows": rows,
-            "checks": [list(c) for c in checks(rows)],
-            "seconds": round(time.perf_counter() - start, 1),
-        },
-    )
-    with atomic_open(out / "summary.md") as handle:
-        handle.write(summary)
+    write_summary(out, summary, asdict(plan), organism, rows, checks(rows), start)
     return summary
