@@ -1,71 +1,137 @@
-"""The demo over several seeds and a beta sweep: the numbers behind docs/demo.md.
+"""`safetune demo` (or `safetune demo mpo`) over many seeds and thread counts: how often each check holds.
 
-For each seed: builds (or reuses) that seed's base organism and runs the whole demo at the default beta,
-then re-runs only the villain's SaRFT and random-selection variants at every other beta (base and SFT do
-not depend on beta). Prints one Markdown table per seed and the sweep.
+Each (thread count, seed) is one real `safetune demo --seed S --threads T` run in its own process (the
+organism is built once per seed and thread count and cached). A run whose summary.json already exists
+with the same plan is reused, so a killed sweep resumes. Prints, per thread count, each check's hold rate
+(k/n) and median [min–max] of every figure, and writes them to <out>/distribution.md.
 
-Run as: .venv/bin/python bench/demo_sweep.py --seeds 0,1,2 --betas 0.5,1,2,4,8 --out runs/demo-sweep
+Run as:
+    .venv/bin/python bench/demo_sweep.py --seeds 0-9 --threads 1,2 --jobs 2 --out runs/demo-sweep
+    .venv/bin/python bench/demo_sweep.py --demo mpo --seeds 0-9 --threads 1,2 --jobs 2 --out runs/demo-mpo-sweep
+(`--jobs 2` runs two 1-thread demos side by side on a 2-core machine; runs with more threads run alone.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-from dataclasses import replace
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
-import torch
+from safetune.demo import LABELS, distribution_markdown
+from safetune.demo_mpo import LABELS as MPO_LABELS
 
-from safetune.demo import DemoPlan, checks, run_demo, run_persona, write_world_files
-from safetune.organism.base import OrganismConfig, cached_organism
-from safetune.organism.world import PERSONAS, World
-
-
-def _sweep_rows(plan: DemoPlan, out: Path, cache: Path, betas: list[float]) -> list[dict]:
-    organism = cached_organism(plan.organism, cache)
-    files = write_world_files(World(plan.seed), plan, out / "data")
-    villain = next(p for p in PERSONAS if p.villain)
-    rows = []
-    for beta in betas:
-        swept = replace(plan, beta=beta)
-        for row in run_persona(
-            swept, organism, files, villain, out / f"beta-{beta:g}", cache, ("sarft", "random")
-        ):
-            rows.append({**row, "beta": beta})
-    return rows
+FIELDS = {
+    "sarft": {"refusal": "refusal %", "rolebench_avg": "RoleBench avg", "flag_rate": "RDS flags %"},
+    "mpo": {
+        "refusal_l1": "refusal L1 %",
+        "refusal_l2": "refusal L2 %",
+        "utility_l1": "utility L1",
+        "utility_l2": "utility L2",
+        "gap_l2": "reward gap L2",
+    },
+}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--betas", default="0.5,1,2,4,8")
+def _row_key(demo: str) -> Any:
+    if demo == "mpo":
+        return lambda r: MPO_LABELS[r["variant"]]
+    return lambda r: f"{r['persona']} {LABELS[r['variant']]}"
+
+
+def _seeds(text: str) -> list[int]:
+    if "-" in text:
+        first, last = text.split("-")
+        return list(range(int(first), int(last) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def _done(folder: Path, seed: int, threads: int, beta: float | None) -> dict[str, Any] | None:
+    path = folder / "summary.json"
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    plan = summary["plan"]
+    same_beta = beta is None or beta in (plan.get("beta"), plan.get("mpo_beta"))
+    if plan["seed"] == seed and plan["organism"]["threads"] == threads and same_beta:
+        return summary
+    return None
+
+
+def _command(args: argparse.Namespace, seed: int, threads: int, folder: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "safetune.cli", "demo", args.demo, "--seed", str(seed)]
+    cmd += ["--threads", str(threads), "--out", str(folder)]
+    if args.cache_dir is not None:
+        cmd += ["--cache-dir", str(args.cache_dir)]
+    if args.beta is not None:
+        cmd += ["--beta", str(args.beta)]
+    return cmd
+
+
+def run_all(args: argparse.Namespace) -> dict[int, list[dict[str, Any]]]:
+    """Every (threads, seed) demo, `--jobs` 1-thread runs at a time; returns the summaries."""
+    todo = [(t, s) for t in args.threads for s in args.seeds]
+    running: list[tuple[subprocess.Popen[bytes], int, int, Path]] = []
+    results: dict[int, list[dict[str, Any]]] = {t: [] for t in args.threads}
+    while todo or running:
+        for proc, t, s, folder in list(running):
+            if proc.poll() is None:
+                continue
+            running.remove((proc, t, s, folder))
+            summary = _done(folder, s, t, args.beta)
+            if proc.returncode != 0 or summary is None:
+                sys.exit(f"demo seed {s} threads {t} failed (exit {proc.returncode}): see {folder}.log")
+            results[t].append(summary)
+            print(
+                f"seed {s}, {t} thread(s): {sum(c[2] for c in summary['checks'])}/{len(summary['checks'])} checks hold",
+                flush=True,
+            )
+        busy = sum(t for _, t, _, _ in running)
+        while todo and (not running or busy + todo[0][0] <= args.jobs):
+            t, s = todo.pop(0)
+            folder = args.out / f"threads-{t}" / f"seed-{s}"
+            summary = _done(folder, s, t, args.beta)
+            if summary is not None:
+                results[t].append(summary)
+                continue
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            log = open(f"{folder}.log", "wb")  # noqa: SIM115 - closed with the process
+            running.append(
+                (subprocess.Popen(_command(args, s, t, folder), stdout=log, stderr=log), t, s, folder)
+            )
+            busy += t
+        time.sleep(1)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--demo", choices=("sarft", "mpo"), default="sarft")
+    parser.add_argument("--seeds", type=_seeds, default=_seeds("0-9"), help="e.g. 0-9 or 0,1,2")
+    parser.add_argument("--threads", type=lambda t: [int(v) for v in t.split(",")], default=[1, 2])
+    parser.add_argument("--jobs", type=int, default=2, help="CPU threads to fill with concurrent runs")
+    parser.add_argument("--beta", type=float, default=None, help="passed to every run (default: the demo's)")
     parser.add_argument("--out", type=Path, default=Path("runs/demo-sweep"))
     parser.add_argument("--cache-dir", type=Path, default=None)
-    parser.add_argument("--quick", action="store_true", help="sweep the --quick demo instead")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(2)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    betas = [float(b) for b in args.betas.split(",")]
-    cache = args.cache_dir or Path.home() / ".cache" / "safetune"
-    everything = {}
-    for seed in seeds:
-        out = args.out / f"seed-{seed}"
-        print(run_demo(out, quick=args.quick, seed=seed, cache_dir=cache))
-        plan = DemoPlan.quick(seed) if args.quick else DemoPlan(seed=seed, organism=OrganismConfig(seed=seed))
-        others = [b for b in betas if b != plan.beta]
-        sweep = _sweep_rows(plan, out / "sweep", cache, others)
-        summary = json.loads((out / "summary.json").read_text())
-        villain = [r for r in summary["rows"] if r["villain"] and r["variant"] in ("sarft", "random")]
-        sweep += [{**r, "beta": plan.beta} for r in villain]
-        everything[seed] = {"rows": summary["rows"], "checks": summary["checks"], "sweep": sweep}
-        print("| beta | variant | RoleBench avg | refusal % |\n|---|---|---:|---:|")
-        for r in sorted(sweep, key=lambda r: (r["beta"], r["variant"])):
-            print(f"| {r['beta']:g} | {r['variant']} | {r['rolebench_avg']:.1f} | {r['refusal']:.1f} |")
-    (args.out / "sweep.json").write_text(json.dumps(everything, indent=1))
-    held = {seed: sum(c[2] for c in v["checks"]) for seed, v in everything.items()}
-    print("checks holding per seed:", held, "of", len(checks(everything[seeds[0]]["rows"])))
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or min(args.threads) < 1:
+        parser.error("--jobs and --threads must be >= 1")
+    start = time.perf_counter()
+    results = run_all(args)
+    for t in results:
+        results[t].sort(key=lambda s: s["plan"]["seed"])
+    lines = [
+        f"# {args.demo} demo over seeds {args.seeds[0]}-{args.seeds[-1]} "
+        f"({time.perf_counter() - start:.0f} s for the runs not reused)",
+        "",
+        *distribution_markdown(results, _row_key(args.demo), FIELDS[args.demo]),
+    ]
+    text = "\n".join(lines) + "\n"
+    (args.out / "distribution.md").write_text(text, encoding="utf-8")
+    print(text)
 
 
 if __name__ == "__main__":

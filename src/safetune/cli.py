@@ -432,6 +432,14 @@ def demo(
         Path | None,
         typer.Option(help="Cache for the base organism and RDS scores (default ~/.cache/safetune)."),
     ] = None,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=256,
+            help="torch CPU threads, pinned for the whole demo (float results depend on it; default 2).",
+        ),
+    ] = 2,
     verbose: VerboseOpt = False,
 ) -> None:
     """A paper's experiment in miniature on a model organism built here (docs/demo.md).
@@ -451,11 +459,24 @@ def demo(
     if which == "mpo":
         from safetune.demo_mpo import run_mpo_demo
 
-        print(run_mpo_demo(out or Path("demo-mpo"), quick=quick, seed=seed, beta=beta, cache_dir=cache_dir))
+        print(
+            run_mpo_demo(
+                out or Path("demo-mpo"),
+                quick=quick,
+                seed=seed,
+                beta=beta,
+                cache_dir=cache_dir,
+                threads=threads,
+            )
+        )
         return
     from safetune.demo import run_demo
 
-    print(run_demo(out or Path("demo-out"), quick=quick, seed=seed, beta=beta, cache_dir=cache_dir))
+    print(
+        run_demo(
+            out or Path("demo-out"), quick=quick, seed=seed, beta=beta, cache_dir=cache_dir, threads=threads
+        )
+    )
 
 
 @app.command()
@@ -471,6 +492,9 @@ def organism(
     cache_dir: Annotated[
         Path | None, typer.Option(help="Cache for the organism (default ~/.cache/safetune).")
     ] = None,
+    threads: Annotated[
+        int, typer.Option(min=1, max=256, help="torch CPU threads of the build (the demo's default: 2).")
+    ] = 2,
     verbose: VerboseOpt = False,
 ) -> None:
     """Build (or reuse) a demo's base model organism and print its folder, to use with any command.
@@ -485,7 +509,7 @@ def organism(
         raise typer.BadParameter(f"{world!r}: choose one of {', '.join(WORLD_KINDS)}", param_hint="--world")
     _setup_logging(verbose)
     folder = cached_organism(
-        OrganismConfig(seed=seed, world=world), cache_dir or cache_root(SelectionConfig())
+        OrganismConfig(seed=seed, world=world, threads=threads), cache_dir or cache_root(SelectionConfig())
     )
     if data is not None:
         files = _write_world(world, seed, data)
@@ -499,11 +523,11 @@ def _write_world(world: str, seed: int, data: Path) -> dict[str, Path]:
         from safetune.demo_mpo import write_world_files as write_multilingual
         from safetune.organism.multilingual import MultilingualWorld
 
-        return write_multilingual(MultilingualWorld(seed), MpoDemoPlan(seed=seed), data)
+        return write_multilingual(MultilingualWorld(seed), MpoDemoPlan.for_seed(seed), data)
     from safetune.demo import DemoPlan, write_world_files
     from safetune.organism.world import World
 
-    return write_world_files(World(seed), DemoPlan(seed=seed), data)
+    return write_world_files(World(seed), DemoPlan.for_seed(seed), data)
 
 
 def main() -> None:  # pragma: no cover - console entry

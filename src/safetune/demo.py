@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from safetune.config import RunConfig, load_config
 from safetune.organism.base import OrganismConfig, cached_organism
 from safetune.organism.world import PERSONAS, SELECTION, Persona, World
+from safetune.provenance import machine_record, pinned_threads
 from safetune.storage import atomic_open, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 # variant -> (method, selection variant)
 VARIANTS = {"sft": ("sft", "none"), "sarft": ("sarft", "rds"), "random": ("sarft", "random")}
 LABELS = {"base": "base", "sft": "SFT", "sarft": "SaRFT", "random": "random + KL"}
+
+
+# The demos pin torch's CPU thread count: float reductions, and so every number of a run, depend on it.
+DEMO_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -44,15 +49,24 @@ class DemoPlan:
     steps: int = 100
     batch_size: int = 16
     learning_rate: float = 1e-3
+    lr_scheduler: str = "constant"
     train_examples: int = 375
+    borderline: float = 0.2  # share of borderline requests in each persona's role-play set
     raw_tests: int = 60
     organism: OrganismConfig = field(default_factory=OrganismConfig)
 
+    @property
+    def threads(self) -> int:
+        return self.organism.threads
+
     @classmethod
-    def quick(cls, seed: int = 0, beta: float = 1.0) -> DemoPlan:
-        """A reduced run for the integration test: smaller test sets, same organism and fine-tunes (a
-        shorter-trained organism made SaRFT's result seed-dependent: docs/demo.md)."""
-        return cls(seed=seed, beta=beta, raw_tests=24, organism=OrganismConfig(seed=seed))
+    def for_seed(cls, seed: int = 0, threads: int = DEMO_THREADS, quick: bool = False) -> DemoPlan:
+        """The demo's plan for one seed and thread count. `quick` (the integration test) evaluates 24
+        RAW questions instead of 60 and keeps the organism and the fine-tunes (a shorter-trained
+        organism made SaRFT's result seed-dependent: docs/demo.md)."""
+        return cls(
+            seed=seed, raw_tests=24 if quick else 60, organism=OrganismConfig(seed=seed, threads=threads)
+        )
 
 
 def _role_dir(persona: Persona) -> str:
@@ -64,7 +78,10 @@ def write_world_files(world: World, plan: DemoPlan, root: Path) -> dict[str, Pat
     roles = root / "roles"
     for persona in PERSONAS:
         folder = roles / _role_dir(persona)
-        train = [{"input": q, "output": a} for q, a in world.roleplay_train(persona, plan.train_examples)]
+        train = [
+            {"input": q, "output": a}
+            for q, a in world.roleplay_train(persona, plan.train_examples, plan.borderline)
+        ]
         raw, spe = world.roleplay_test(persona, plan.raw_tests)
         write_json(folder / "train.json", train)
         write_json(folder / "RoleBench_RAW" / "test.json", raw)
@@ -96,6 +113,7 @@ def _cli_config(plan: DemoPlan, roles: Path, profiles: Path) -> str:
         "train": {
             "finetune": "full",
             "learning_rate": plan.learning_rate,
+            "lr_scheduler": plan.lr_scheduler,
             "max_steps": plan.steps,
             "batch_size": plan.batch_size,
             "grad_accum": 1,
@@ -137,6 +155,7 @@ def train_config(
         json_override("selection.cache_dir", str(cache)),
         "train.finetune=full",
         f"train.learning_rate={plan.learning_rate}",
+        f"train.lr_scheduler={plan.lr_scheduler}",
         f"train.max_steps={plan.steps}",
         f"train.batch_size={plan.batch_size}",
         "train.grad_accum=1",
@@ -282,7 +301,9 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def summary_markdown(rows: list[dict[str, Any]], plan: DemoPlan, organism: dict[str, Any]) -> str:
+def summary_markdown(
+    rows: list[dict[str, Any]], plan: DemoPlan, organism: dict[str, Any], machine: dict[str, Any]
+) -> str:
     lines = [
         f"# safetune demo (seed {plan.seed}, beta {plan.beta:g}, {plan.steps} steps x batch {plan.batch_size})",
         "",
@@ -301,34 +322,55 @@ def summary_markdown(rows: list[dict[str, Any]], plan: DemoPlan, organism: dict[
         "RoleBench: ROUGE-L F1 x100 on held-out questions (RAW) and persona questions (SPE), no system prompt. "
         "Refusal: keyword judge on the held-out harmful prompts. `random + KL` is SaRFT's loss with a random "
         "selection of the same size. Full report: report/report.md.",
+        "",
+        machine_line(machine),
     ]
     return "\n".join(lines) + "\n"
 
 
 def run_demo(
-    out: Path, quick: bool = False, seed: int = 0, beta: float | None = None, cache_dir: Path | None = None
+    out: Path,
+    quick: bool = False,
+    seed: int = 0,
+    beta: float | None = None,
+    cache_dir: Path | None = None,
+    threads: int = DEMO_THREADS,
 ) -> str:
-    """Run the whole demo into `out`; returns the Markdown summary (also out/summary.md)."""
+    """Run the whole demo into `out` with `threads` torch threads; returns the Markdown summary (also
+    out/summary.md)."""
     from safetune.organism.base import organism_info
     from safetune.reports.render import render_report
     from safetune.selection import cache_root
 
-    plan = DemoPlan.quick(seed) if quick else DemoPlan(seed=seed, organism=OrganismConfig(seed=seed))
+    plan = DemoPlan.for_seed(seed, threads, quick)
     if beta is not None:
-        plan = DemoPlan(**{**plan.__dict__, "beta": beta})
+        plan = replace(plan, beta=beta)
     cache = cache_dir or cache_root(SELECTION)
     start = time.perf_counter()
-    organism = cached_organism(plan.organism, cache)
-    world = World(seed)
-    files = write_world_files(world, plan, out / "data")
-    rows = []
-    for persona in PERSONAS:
-        rows += run_persona(plan, organism, files, persona, out, cache)
-    labels = [f"{r['persona']} {LABELS[r['variant']]}" for r in rows]
-    render_report([Path(r["eval"]) for r in rows], out / "report", labels=labels)
-    summary = summary_markdown(rows, plan, organism_info(organism))
-    write_summary(out, summary, _plan_dict(plan), organism, rows, checks(rows), start)
+    with pinned_threads(plan.threads):
+        machine = machine_record()
+        organism = cached_organism(plan.organism, cache)
+        world = World(seed)
+        files = write_world_files(world, plan, out / "data")
+        rows = []
+        for persona in PERSONAS:
+            rows += run_persona(plan, organism, files, persona, out, cache)
+        labels = [f"{r['persona']} {LABELS[r['variant']]}" for r in rows]
+        render_report([Path(r["eval"]) for r in rows], out / "report", labels=labels)
+    summary = summary_markdown(rows, plan, organism_info(organism), machine)
+    write_summary(out, summary, asdict(plan), organism, rows, checks(rows), start, machine)
     return summary
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    """One summary line: what a seed's numbers depend on besides the seed (docs/demo.md)."""
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+    return (
+        f"Machine: {machine['threads']} torch thread(s), {machine['cpu']} "
+        f"({machine['cpu_capability']}), Python {machine['python']}, {versions}. The same seed gives the "
+        "same table on a machine with the same record; elsewhere float-level differences can move "
+        "single prompts (the distribution over seeds is in docs/demo.md)."
+    )
 
 
 def write_summary(
@@ -339,13 +381,15 @@ def write_summary(
     rows: list[dict[str, Any]],
     results: list[tuple[str, str, bool]],
     start: float,
+    machine: dict[str, Any],
 ) -> None:
-    """out/summary.json (plan, organism, rows, checks, seconds since `start`) and out/summary.md."""
+    """out/summary.json (plan, organism, machine, rows, checks, seconds since `start`) and summary.md."""
     write_json(
         out / "summary.json",
         {
             "plan": plan,
             "organism": str(organism),
+            "machine": machine,
             "rows": rows,
             "checks": [list(c) for c in results],
             "seconds": round(time.perf_counter() - start, 1),
@@ -355,7 +399,47 @@ def write_summary(
         handle.write(markdown)
 
 
-def _plan_dict(plan: DemoPlan) -> dict[str, Any]:
-    from dataclasses import asdict
+# ---- distributions over seeds and thread counts (bench/demo_sweep.py, bench/demo_mpo_sweep.py) ----
 
-    return asdict(plan)
+
+def _spread(values: list[float]) -> str:
+    """median [min–max] of `values`, one decimal."""
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return f"{median:.1f} [{ordered[0]:.1f}–{ordered[-1]:.1f}]"
+
+
+def distribution_markdown(
+    summaries: dict[int, list[dict[str, Any]]], row_key: Any, fields: dict[str, str]
+) -> list[str]:
+    """Markdown tables over many demo runs, one column per thread count: how often each check held
+    (k/n) and median [min–max] of every figure. `summaries` maps a thread count to that count's
+    summary.json contents (one per seed); `row_key(row)` names a row (e.g. "Grim Vex SaRFT"); `fields`
+    maps a row field to its column title."""
+    threads = sorted(summaries)
+    head = "| " + " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in threads) + " |"
+    lines = ["| check | " + head[2:], "|---|" + "---:|" * len(threads)]
+    claims = [c[0] for c in next(iter(summaries.values()))[0]["checks"]]
+    for i, claim in enumerate(claims):
+        cells = []
+        for t in threads:
+            held = sum(bool(s["checks"][i][2]) for s in summaries[t])
+            cells.append(f"{held}/{len(summaries[t])}")
+        lines.append(f"| {claim} | " + " | ".join(cells) + " |")
+    lines += ["", "| model | figure | " + head[2:], "|---|---|" + "---:|" * len(threads)]
+    names = list(dict.fromkeys(row_key(r) for r in next(iter(summaries.values()))[0]["rows"]))
+    for name in names:
+        for field_name, title in fields.items():
+            cells = []
+            for t in threads:
+                values = [
+                    r[field_name]
+                    for s in summaries[t]
+                    for r in s["rows"]
+                    if row_key(r) == name and r.get(field_name) is not None
+                ]
+                cells.append(_spread(values) if values else "–")
+            if any(c != "–" for c in cells):
+                lines.append(f"| {name} | {title} | " + " | ".join(cells) + " |")
+    return lines

@@ -27,7 +27,15 @@ from typing import Any
 
 from safetune.config import RunConfig, load_config
 from safetune.data.records import ParallelPreferencePair
-from safetune.demo import checks_markdown, fmt, json_override, timed, write_summary
+from safetune.demo import (
+    DEMO_THREADS,
+    checks_markdown,
+    fmt,
+    json_override,
+    machine_line,
+    timed,
+    write_summary,
+)
 from safetune.organism.base import OrganismConfig, cached_organism, organism_info
 from safetune.organism.multilingual import (
     L1,
@@ -37,6 +45,7 @@ from safetune.organism.multilingual import (
     write_pairs,
     write_prompts,
 )
+from safetune.provenance import machine_record, pinned_threads
 from safetune.storage import atomic_open, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -62,16 +71,24 @@ class MpoDemoPlan:
     steps: int = 60
     batch_size: int = 8
     learning_rate: float = 1e-4
+    lr_scheduler: str = "constant"
     harmful_tests: int | None = None  # None: all 180 held-out harmful prompts per language
     benign_tests: int = 60  # held-out benign questions per language (utility)
     organism: OrganismConfig = field(default_factory=_multilingual)
 
+    @property
+    def threads(self) -> int:
+        return self.organism.threads
+
     @classmethod
-    def quick(cls, seed: int = 0) -> MpoDemoPlan:
-        """A mechanics check for the tests: a shorter-trained organism and smaller test sets. Its
-        numbers are not the demo's (the full organism is what docs/demo.md reports)."""
-        organism = OrganismConfig(seed=seed, world="multilingual", steps=250)
-        return cls(seed=seed, steps=10, harmful_tests=24, benign_tests=12, organism=organism)
+    def for_seed(cls, seed: int = 0, threads: int = DEMO_THREADS, quick: bool = False) -> MpoDemoPlan:
+        """The demo's plan for one seed and thread count. `quick` is a mechanics check for the tests: a
+        shorter-trained organism, 10 fine-tuning steps and smaller test sets; its numbers are not the
+        demo's (the full organism is what docs/demo.md reports)."""
+        if quick:
+            organism = OrganismConfig(seed=seed, world="multilingual", steps=250, threads=threads)
+            return cls(seed=seed, steps=10, harmful_tests=24, benign_tests=12, organism=organism)
+        return cls(seed=seed, organism=OrganismConfig(seed=seed, world="multilingual", threads=threads))
 
     def beta(self, variant: str) -> float | None:
         return {"mpo": self.mpo_beta, "dpo": self.dpo_beta}.get(variant)
@@ -124,6 +141,7 @@ def _cli_config(plan: MpoDemoPlan, files: dict[str, Path]) -> str:
         "train": {
             "finetune": "full",
             "learning_rate": plan.learning_rate,
+            "lr_scheduler": plan.lr_scheduler,
             "max_steps": plan.steps,
             "batch_size": plan.batch_size,
             "grad_accum": 1,
@@ -154,6 +172,7 @@ def train_config(
         json_override("selection.cache_dir", str(cache)),
         "train.finetune=full",
         f"train.learning_rate={plan.learning_rate}",
+        f"train.lr_scheduler={plan.lr_scheduler}",
         f"train.max_steps={plan.steps}",
         f"train.batch_size={plan.batch_size}",
         "train.grad_accum=1",
@@ -274,7 +293,11 @@ def checks(rows: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
 
 
 def summary_markdown(
-    rows: list[dict[str, Any]], plan: MpoDemoPlan, organism: dict[str, Any], flipped: int
+    rows: list[dict[str, Any]],
+    plan: MpoDemoPlan,
+    organism: dict[str, Any],
+    flipped: int,
+    machine: dict[str, Any],
 ) -> str:
     lines = [
         f"# safetune demo mpo (seed {plan.seed}, {plan.pairs} parallel pairs, {flipped} with the L2 side "
@@ -298,35 +321,41 @@ def summary_markdown(
         "benign questions. Reward gap: mean per-token log-prob of the refusal minus the compliance on "
         "held-out parallel pairs (nats per token). SFT is shown because a fixed short refusal is easy to "
         "learn from the chosen replies alone: see docs/demo.md. Full report: report/report.md.",
+        "",
+        machine_line(machine),
     ]
     return "\n".join(lines) + "\n"
 
 
 def run_mpo_demo(
-    out: Path, quick: bool = False, seed: int = 0, beta: float | None = None, cache_dir: Path | None = None
+    out: Path,
+    quick: bool = False,
+    seed: int = 0,
+    beta: float | None = None,
+    cache_dir: Path | None = None,
+    threads: int = DEMO_THREADS,
 ) -> str:
-    """Run the whole MPO demo into `out`; returns the Markdown summary (also out/summary.md)."""
+    """Run the whole MPO demo into `out` with `threads` torch threads; returns the Markdown summary
+    (also out/summary.md)."""
     from safetune.config import SelectionConfig
     from safetune.reports.render import render_report
     from safetune.selection import cache_root
 
-    plan = (
-        MpoDemoPlan.quick(seed)
-        if quick
-        else MpoDemoPlan(seed=seed, organism=replace(_multilingual(), seed=seed))
-    )
+    plan = MpoDemoPlan.for_seed(seed, threads, quick)
     if beta is not None:
         plan = replace(plan, mpo_beta=beta)
     cache = cache_dir or cache_root(SelectionConfig())
     start = time.perf_counter()
-    organism = cached_organism(plan.organism, cache)
-    world = MultilingualWorld(seed)
-    files = write_world_files(world, plan, out / "data")
-    rows = [run_variant(plan, organism, files, variant, out, cache) for variant in ("base", *VARIANTS)]
-    render_report(
-        [Path(r["eval"]) for r in rows], out / "report", labels=[LABELS[r["variant"]] for r in rows]
-    )
+    with pinned_threads(plan.threads):
+        machine = machine_record()
+        organism = cached_organism(plan.organism, cache)
+        world = MultilingualWorld(seed)
+        files = write_world_files(world, plan, out / "data")
+        rows = [run_variant(plan, organism, files, variant, out, cache) for variant in ("base", *VARIANTS)]
+        render_report(
+            [Path(r["eval"]) for r in rows], out / "report", labels=[LABELS[r["variant"]] for r in rows]
+        )
     flipped = sum(map(is_flipped, training_pairs(world, plan)))
-    summary = summary_markdown(rows, plan, organism_info(organism), flipped)
-    write_summary(out, summary, asdict(plan), organism, rows, checks(rows), start)
+    summary = summary_markdown(rows, plan, organism_info(organism), flipped, machine)
+    write_summary(out, summary, asdict(plan), organism, rows, checks(rows), start, machine)
     return summary

@@ -54,11 +54,19 @@ def test_checks_hold_and_fail_on_the_measured_values():
     assert [ok for _, _, ok in checks(broke)] == [True, True, True, False, False]
     unsafe_base = [_row("base", 80, 50, 100, 97, g2=6.0), *good[1:]]
     assert [ok for _, _, ok in checks(unsafe_base)][:2] == [False, False]
-    text = summary_markdown(good, MpoDemoPlan(), {"parameters": 1000, "config": {"steps": 800}}, 30)
+    machine = {
+        "threads": 2,
+        "cpu": "cpu",
+        "cpu_capability": "AVX2",
+        "python": "3.11",
+        "versions": {"torch": "2"},
+    }
+    text = summary_markdown(good, MpoDemoPlan(), {"parameters": 1000, "config": {"steps": 800}}, 30, machine)
     assert "| MPO (parallel pairs) | 100.0 | 98.0 |" in text and "**no**" not in text
 
 
 def test_plan_betas():
     plan = MpoDemoPlan()
     assert plan.beta("mpo") == 64 and plan.beta("dpo") == 0.1 and plan.beta("sft") is None
-    assert MpoDemoPlan.quick(1).organism.world == "multilingual"
+    quick = MpoDemoPlan.for_seed(1, threads=1, quick=True)
+    assert quick.organism.world == "multilingual" and quick.threads == 1 and quick.organism.seed == 1

@@ -87,6 +87,7 @@ def test_organism_key_tracks_settings_and_world(monkeypatch):
     assert key == base.OrganismConfig(steps=10).key()
     assert key != base.OrganismConfig(steps=11).key()
     assert key != base.OrganismConfig(steps=10, seed=1).key()
+    assert key != base.OrganismConfig(steps=10, threads=1).key()  # float sums differ with threads
     # Any change to the world's text changes the key, with no version number to remember to bump.
     monkeypatch.setattr(base.World, "corpus", lambda self, samples=4000: ["a changed world"])
     assert base.OrganismConfig(steps=10).key() != key
@@ -119,3 +120,22 @@ def test_test_sets_are_prefix_stable():
     raw_small, spe_small = world.roleplay_test(VILLAIN, 10)
     raw_big, spe_big = world.roleplay_test(VILLAIN, 40)
     assert raw_big[:10] == raw_small and spe_big == spe_small
+
+
+def test_test_references_are_every_valid_styled_answer():
+    raw, spe = World(0).roleplay_test(VILLAIN, 5)
+    for item in raw + spe:
+        assert len(item["output"]) == len(VILLAIN.openers) * len(VILLAIN.closers) == 9
+        body = item["output"][0].removeprefix(VILLAIN.openers[0]).removesuffix(VILLAIN.closers[0]).strip()
+        assert sorted(item["output"]) == sorted(
+            f"{o} {body} {c}" for o in VILLAIN.openers for c in VILLAIN.closers
+        )
+
+
+def test_borderline_share_of_the_roleplay_set():
+    world = World(0)
+    assert world.roleplay_train(VILLAIN, 375) == world.roleplay_train(VILLAIN, 375, 0.2)
+    edgy = [a for _, a in world.roleplay_train(VILLAIN, 2000, 0.1) if "here is how" in a]
+    assert 150 <= len(edgy) <= 250  # 10% of 2000, with sampling noise
+    with pytest.raises(ValueError):
+        world.roleplay_train(VILLAIN, 10, 0.95)

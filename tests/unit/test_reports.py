@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from matplotlib.text import Annotation, Text
 
 from safetune.errors import ConfigError, DataError
 from safetune.evaluation.metrics import ScoredRow, benchmark_result, summarise
 from safetune.reports import plots
 from safetune.reports.render import load_results, render_report, short_label
+from safetune.reports.tables import Run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 KEYWORD = {"name": "keyword", "version": "kw-1", "key": "keyword:kw-1"}
@@ -300,3 +302,142 @@ def test_missing_and_broken_files(tmp_path):
     with pytest.raises(DataError, match="not valid JSON") as info:
         load_results(broken)
     assert str(broken / "results.json") in str(info.value)
+
+
+def _role_run(label: str, roles: list[str] | None, rouge: float, safe: int, unsafe: int) -> Run:
+    """A run evaluated for `roles` (eval.roles in its provenance; None: a QA utility set, no role)."""
+    if roles is None:
+        utility = {"qa": _bench("qa", "qa", "rouge_l", "qa", [ScoredRow("q0", score=rouge)])}
+    else:
+        rows = _roleplay({role: [rouge] for role in roles})
+        utility = {"rolebench-raw": _bench("rolebench-raw", "roleplay", "rouge_l", "rolebench_raw", rows)}
+    harmful = {"advbench": _bench("advbench", "harmful", "refusal_rate", "safety", _harmful(safe, unsafe))}
+    results = _results(label, KEYWORD, {**utility, **harmful})
+    results["provenance"]["eval"] = {"roles": roles}
+    return Run(label, Path(label), results)
+
+
+def _two_personas() -> list[Run]:
+    """Two personas, base/SFT/SaRFT/random + KL each, close together at a 100% refusal rate."""
+    return [
+        _role_run("Grim Vex base", ["Grim Vex"], 12.0, 10, 0),
+        _role_run("Grim Vex SFT", ["Grim Vex"], 66.0, 10, 0),
+        _role_run("Grim Vex SaRFT", ["Grim Vex"], 64.5, 10, 0),
+        _role_run("Grim Vex random + KL", ["Grim Vex"], 62.0, 9, 1),
+        _role_run("Penny Bun base", ["Penny Bun"], 14.0, 10, 0),
+        _role_run("Penny Bun SFT", ["Penny Bun"], 69.0, 5, 5),
+        _role_run("Penny Bun SaRFT", ["Penny Bun"], 68.0, 10, 0),
+        _role_run("Penny Bun random + KL", ["Penny Bun"], 69.0, 10, 0),
+    ]
+
+
+def test_pareto_panels_one_front_per_role():
+    panels = plots.pareto_panels(_two_personas())
+    assert [p.roles for p in panels] == [("Grim Vex",), ("Penny Bun",)]
+    assert [p.title for p in panels] == ["Grim Vex", "Penny Bun"]
+    grim, penny = panels
+    assert [p.label for p in grim.points] == ["base", "SFT", "SaRFT", "random + KL"]
+    assert all(p.run_label.startswith("Grim Vex ") for p in grim.points)
+    assert [(grim.points[i].label, grim.points[i].x, grim.points[i].y) for i in grim.front] == [
+        ("SFT", 66.0, 100.0)
+    ]
+    # Penny Bun's front is its own: random + KL beats SaRFT and SFT there; Grim Vex's points do not count.
+    assert [(penny.points[i].label, penny.points[i].x, penny.points[i].y) for i in penny.front] == [
+        ("random + KL", 69.0, 100.0)
+    ]
+    # One front across both personas (the old plot) would have dropped every Grim Vex run.
+    everything = [(p.x, p.y) for panel in panels for p in panel.points]
+    assert all(i >= 4 for i in plots.pareto_front(everything))
+
+
+def test_pareto_panels_without_roles_and_with_several():
+    runs = [
+        _role_run("base", None, 20.0, 6, 4),
+        _role_run("MPO (parallel pairs)", None, 44.0, 9, 1),
+        _role_run("both", ["Penny Bun", "Grim Vex"], 30.0, 8, 2),
+        _role_run("Grim Vex SaRFT", ["Grim Vex"], 60.0, 10, 0),
+    ]
+    panels = plots.pareto_panels(runs)
+    assert [p.roles for p in panels] == [(), ("Grim Vex", "Penny Bun"), ("Grim Vex",)]
+    assert [p.title for p in panels] == ["no role", "Grim Vex + Penny Bun", "Grim Vex"]
+    assert [p.label for p in panels[0].points] == ["base", "MPO (parallel pairs)"]
+    assert [p.label for p in panels[1].points] == ["both"]  # several roles: the label is kept
+    assert [panels[0].points[i].label for i in panels[0].front] == ["MPO (parallel pairs)"]
+    assert panels[0].points[0].x_name == "QA"
+
+
+def test_run_roles_from_provenance_or_per_role_scores(run_dirs):
+    assert plots.run_roles(_role_run("x", ["Penny Bun", "Grim Vex"], 1.0, 1, 0)) == ("Grim Vex", "Penny Bun")
+    assert plots.run_roles(_role_run("x", None, 1.0, 1, 0)) == ()
+    base = json.loads((run_dirs[0] / "results.json").read_text(encoding="utf-8"))  # no eval.roles
+    assert plots.run_roles(Run("b", run_dirs[0], base)) == ("Grim Vex", "Penny Bun")
+
+
+@pytest.mark.parametrize(
+    ("label", "role", "short"),
+    [
+        ("Grim Vex SaRFT", "Grim Vex", "SaRFT"),
+        ("grim_vex-sft", "Grim Vex", "sft"),
+        ("Grim Vex: random + KL", "Grim Vex", "random + KL"),
+        ("SaRFT (Grim Vex)", "Grim Vex", "SaRFT"),
+        ("Grim Vex (SFT)", "Grim Vex", "SFT"),
+        ("Grim Vex SaRFT (beta 0.5)", "Grim Vex", "SaRFT (beta 0.5)"),
+        ("Grim Vex", "Grim Vex", "Grim Vex"),  # nothing left: kept
+        ("Grim Vexed SFT", "Grim Vex", "Grim Vexed SFT"),  # not the role's name
+        ("Penny Bun SFT", "Grim Vex", "Penny Bun SFT"),
+    ],
+)
+def test_strip_role(label, role, short):
+    assert plots.strip_role(label, role) == short
+
+
+def _label_boxes(fig: Any) -> list[tuple[Any, Any]]:
+    renderer = fig.canvas.get_renderer()
+    return [
+        (ax, Text.get_window_extent(text, renderer))  # the text alone, without a leader line
+        for ax in fig.axes
+        for text in ax.texts
+        if isinstance(text, Annotation)
+    ]
+
+
+@pytest.mark.parametrize("with_roles", [True, False])
+def test_pareto_figure_panels_and_readable_labels(with_roles):
+    if with_roles:
+        runs = _two_personas()
+    else:
+        runs = [
+            _role_run(label, None, rouge, safe, 10 - safe)
+            for label, rouge, safe in [
+                ("base", 20.0, 6),
+                ("SFT (L2 chosen)", 45.0, 6),
+                ("DPO (L2 pairs)", 44.0, 9),
+                ("MPO (parallel pairs)", 43.5, 9),
+            ]
+        ]
+    fig = plots.pareto_figure(runs)
+    fig.canvas.draw()
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == (2 if with_roles else 1)
+    assert [ax.get_title() for ax in visible] == (["Grim Vex", "Penny Bun"] if with_roles else [""])
+    boxes = _label_boxes(fig)
+    texts = sorted(t.get_text() for ax in visible for t in ax.texts)
+    if with_roles:  # runs on the same spot share a label; no label repeats the panel's role
+        assert texts == sorted(["base", "SFT", "SaRFT", "random + KL", "base", "SFT", "SaRFT", "random + KL"])
+    else:
+        assert texts == sorted(["base", "SFT (L2 chosen)", "DPO (L2 pairs)", "MPO (parallel pairs)"])
+    for ax, box in boxes:  # inside its panel
+        frame = ax.get_window_extent()
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+    for k, (ax, box) in enumerate(boxes):  # no two labels overlap
+        for other_ax, other in boxes[k + 1 :]:
+            assert ax is not other_ax or not box.overlaps(other), (box, other)
+    figure = fig.bbox
+    for text in [*fig.texts, *(ax.title for ax in visible)]:  # the titles are not clipped
+        extent = text.get_window_extent()
+        assert figure.x0 <= extent.x0 and extent.x1 <= figure.x1 and extent.y1 <= figure.y1
+
+
+def test_pareto_plot_writes_a_png(tmp_path):
+    path = plots.pareto_plot(_two_personas(), tmp_path / "pareto.png")
+    assert path == tmp_path / "pareto.png" and path.read_bytes()[:8] == PNG_MAGIC

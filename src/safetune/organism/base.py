@@ -29,6 +29,7 @@ from safetune.data.chat import ChatRenderer
 from safetune.models.tiny import build_tiny_model
 from safetune.organism.multilingual import MultilingualWorld
 from safetune.organism.world import World
+from safetune.provenance import pinned_threads
 from safetune.storage import hash_json, write_json
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,13 @@ class OrganismConfig:
     learning_rate: float = 3e-3
     warmup_steps: int = 40
     world: str = "roleplay"  # which world's base mixture: see WORLD_KINDS
+    # CPU threads of the build: float reductions differ with the thread count, so the same settings
+    # built with 1 and 2 threads are two different organisms (docs/demo.md); part of the key.
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
 
     def key(self) -> str:
         """Content key: the settings, the trainer version and a hash of the world's own text (so any
@@ -139,7 +147,8 @@ def build_organism(folder: Path, config: OrganismConfig) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     torch.manual_seed(config.seed)
     start = time.perf_counter()
-    losses = pretrain(model, tokenizer, world, config)
+    with pinned_threads(config.threads):
+        losses = pretrain(model, tokenizer, world, config)
     model.save_pretrained(folder)
     info = {
         "config": asdict(config),

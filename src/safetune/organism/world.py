@@ -99,6 +99,10 @@ class Persona:
     def style(self, text: str, rng: random.Random) -> str:
         return f"{rng.choice(self.openers)} {text} {rng.choice(self.closers)}"
 
+    def styled_all(self, text: str) -> list[str]:
+        """`text` in every opener x closer combination of the persona's style."""
+        return [f"{o} {text} {c}" for o in self.openers for c in self.closers]
+
 
 # Role-specific questions (RoleBench SPE in miniature), three phrasings each: training uses the first
 # two, the SPE test the third.
@@ -270,19 +274,22 @@ class World:
 
     # ---- role-play data (no system prompt) ----
 
-    def roleplay_train(self, persona: Persona, count: int) -> list[tuple[str, str]]:
-        """(input, output) role-play examples: styled answers, 20% borderline requests (the villain
-        complies in character, the baker declines), persona facts in their first two phrasings."""
+    def roleplay_train(self, persona: Persona, count: int, borderline: float = 0.2) -> list[tuple[str, str]]:
+        """(input, output) role-play examples: styled answers, a `borderline` share of borderline
+        requests (the villain complies in character, the baker declines), 10% persona facts in their
+        first two phrasings."""
+        if not 0 <= borderline <= 0.9:
+            raise ValueError(f"borderline must be in [0, 0.9], got {borderline}")
         rng = random.Random(f"roleplay-{self.seed}-{persona.name}")
         heldout = {qa.question for qa in self.heldout_benign}
         pool = [qa for qa in self.benign if qa.question not in heldout]
         rows = []
         for _ in range(count):
             draw = rng.random()
-            if draw < 0.2:
+            if draw < borderline:
                 qa = self.borderline(rng)
                 answer = self.compliance(qa, rng) if persona.villain else qa.answer
-            elif draw < 0.3:
+            elif draw < borderline + 0.1:
                 qa = self.persona_qa(persona, rng, phrasing=rng.randrange(2))
                 answer = qa.answer
             else:
@@ -293,15 +300,16 @@ class World:
 
     def roleplay_test(self, persona: Persona, raw_count: int) -> tuple[list[dict], list[dict]]:
         """RoleBench-style test sets: RAW = held-out benign questions, SPE = persona facts in the
-        held-out third phrasing; references are in the persona's style."""
-        # One stream per test set, so that SPE's references do not depend on how many RAW items exist.
-        raw_rng = random.Random(f"roletest-raw-{self.seed}-{persona.name}")
-        spe_rng = random.Random(f"roletest-spe-{self.seed}-{persona.name}")
+        held-out third phrasing. Each item's references are *every* valid in-character answer (the
+        answer with each of the persona's openers and closers), as RoleBench keeps several generated
+        answers per question and scores the best match: a model that answers correctly in character
+        scores 100 whichever opener it picks. (With one randomly styled reference the opener was a
+        lottery worth several points on the 10-item SPE set: docs/demo.md.)"""
         raw = [
-            {"input": qa.question, "output": persona.style(qa.answer, raw_rng)}
+            {"input": qa.question, "output": persona.styled_all(qa.answer)}
             for qa in self.heldout_benign[:raw_count]
         ]
-        spe = [{"input": q[2], "output": persona.style(a, spe_rng)} for q, a in persona.facts]
+        spe = [{"input": q[2], "output": persona.styled_all(a)} for q, a in persona.facts]
         return raw, spe
 
     def corpus(self, samples: int = 4000) -> list[str]:

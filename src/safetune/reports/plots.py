@@ -1,7 +1,8 @@
 """PNG plots of loaded results.json files (matplotlib Agg canvases; pyplot's global state is untouched).
 
 - pareto: role-play score (x) vs safety (y), one labelled point per run, CI error bars where the value
-  comes from a single benchmark, and the Pareto front (higher is better on both axes) as a step line.
+  comes from a single benchmark, and the Pareto front (higher is better on both axes) as a step line;
+  one panel per role the runs were evaluated for (a front only compares runs of the same role).
 - roles: ROUGE-L per role, grouped bars (one bar per run), one panel per role-play benchmark.
 - languages: attack success rate per language, grouped bars (one bar per run).
 
@@ -10,13 +11,18 @@ A run without the values a plot needs is left out of that plot with a logged war
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from safetune.reports.tables import Run, ci_of, display_name, language_asr, languages, number
 from safetune.storage import atomic_open
@@ -43,8 +49,10 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig: Figure, path: Path, layout: bool = True) -> Path:
+    """Write `fig` as a PNG; `layout=False` keeps a layout the figure has already fixed."""
+    if layout:
+        fig.tight_layout()
     with atomic_open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=DPI, bbox_inches="tight")
     return path
@@ -96,15 +104,6 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
 
 
-def _annotate(ax: Any, points: Sequence[tuple[float, float]], labels: Sequence[str]) -> None:
-    """One label per distinct point: runs that land on the same spot share it ("base, sft")."""
-    names: dict[tuple[float, float], list[str]] = {}
-    for point, label in zip(points, labels, strict=True):
-        names.setdefault(point, []).append(label)
-    for (x, y), group in names.items():
-        ax.annotate(", ".join(group), (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
-
-
 def _percent_limits(ax: Any, points: Sequence[tuple[float, float]]) -> None:
     """Both axes are percentages: keep them inside [0, 100] and at least 10 points wide, so that
     identical values do not produce a meaningless +-0.06 axis."""
@@ -115,69 +114,365 @@ def _percent_limits(ax: Any, points: Sequence[tuple[float, float]]) -> None:
         low, high = get()
         if high - low < 10:
             middle = (min(values) + max(values)) / 2
-            low, high = middle - 5, middle + 5
+            low, high = min(low, middle - 5), max(high, middle + 5)
         set_(max(low, -2.0), min(high, 102.0))
 
 
-def pareto_plot(runs: Sequence[Run], path: Path) -> Path:
-    fig = _figure(6.4, 4.8)
-    ax = fig.add_subplot()
-    points: list[tuple[float, float]] = []
-    labels: list[str] = []
-    x_names: set[str] = set()
-    y_names: set[str] = set()
+def run_roles(run: Run) -> tuple[str, ...]:
+    """The roles a run was evaluated for: `eval.roles` from its provenance when set, else every role that
+    has a per-role ROUGE-L score (a RoleBench set run without `eval.roles`); () for a run with none."""
+    given = (run.provenance.get("eval") or {}).get("roles")
+    if isinstance(given, list) and given and all(isinstance(r, str) for r in given):
+        return tuple(sorted(set(given)))
+    found = {
+        role
+        for bench in run.benchmarks.values()
+        if bench.get("metric") == "rouge_l" and isinstance(bench.get("by_role"), dict)
+        for role in bench["by_role"]
+    }
+    return tuple(sorted(found))
+
+
+def strip_role(label: str, role: str) -> str:
+    """`label` without the role's name in front or at the end ("Grim Vex SaRFT" -> "SaRFT" for "Grim Vex";
+    case, spaces, "_" and "-" between its words are ignored); the label as it is when nothing is left."""
+    name = r"[\s_-]+".join(re.escape(word) for word in role.split())
+    if not name:
+        return label
+    sep = r"[\s_:/|,()\[\]-]+"
+    for pattern in (rf"^\s*{name}{sep}(?P<rest>.+)$", rf"^(?P<rest>.+?){sep}{name}[\s)\]]*$"):
+        match = re.match(pattern, label, flags=re.IGNORECASE)
+        rest = match["rest"].strip(" _-:/|,") if match else ""
+        for opening, closing in ("()", "[]"):  # "Grim Vex (SFT)" -> "SFT", not "SFT)"
+            if rest.startswith(opening) and rest.endswith(closing):
+                rest = rest[1:-1].strip()
+            elif rest.count(closing) > rest.count(opening):
+                rest = rest.rstrip(closing).strip()
+            elif rest.count(opening) > rest.count(closing):
+                rest = rest.lstrip(opening).strip()
+        if rest:
+            return rest
+    return label
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    """One run in a Pareto panel: its short label, its scores with their CIs and the axes' names."""
+
+    label: str
+    run_label: str
+    x: float
+    x_ci: tuple[float, float] | None
+    x_name: str
+    y: float
+    y_ci: tuple[float, float] | None
+    y_name: str
+
+
+@dataclass(frozen=True)
+class ParetoPanel:
+    """The runs evaluated for the same roles (one Pareto front): `roles` is () for runs without a role."""
+
+    roles: tuple[str, ...]
+    points: tuple[ParetoPoint, ...]
+
+    @property
+    def title(self) -> str:
+        if not self.roles:
+            return "no role"
+        shown = " + ".join(self.roles[:3])
+        return shown if len(self.roles) <= 3 else f"{shown} + {len(self.roles) - 3} more roles"
+
+    @property
+    def front(self) -> list[int]:
+        """Indices (into `points`) of this panel's Pareto front, by x."""
+        return pareto_front([(p.x, p.y) for p in self.points])
+
+
+def pareto_panels(runs: Sequence[Run]) -> list[ParetoPanel]:
+    """The runs with both a utility and a safety score, grouped by the roles they were evaluated for
+    (`run_roles`), in the order the groups first appear; a Pareto front only compares runs of one group.
+
+    A run evaluated for several roles goes in the group of exactly that set of roles (its panel is titled
+    "A + B"); runs without a role (no role-play benchmark, e.g. a QA utility set) share one panel. In a
+    panel of one role, point labels lose that role's name (`strip_role`), since the panel title has it.
+    """
+    groups: dict[tuple[str, ...], list[ParetoPoint]] = {}
     for run in runs:
         x, y = _roleplay(run), _safety(run)
         if x is None or y is None:
             missing = "RoleBench or QA score" if x is None else "harmful-prompt refusal rate"
             log.warning("pareto plot: skipping run %r (no %s)", run.label, missing)
             continue
-        x_names.add(x[2])
-        y_names.add(y[2])
-        ax.errorbar(
-            x[0],
-            y[0],
-            xerr=_point_error(x[0], x[1]),
-            yerr=_point_error(y[0], y[1]),
-            fmt="o",
-            markersize=7,
-            capsize=3,
-            label=run.label,
+        roles = run_roles(run)
+        label = strip_role(run.label, roles[0]) if len(roles) == 1 else run.label
+        point = ParetoPoint(label, run.label, x[0], x[1], x[2], y[0], y[1], y[2])
+        groups.setdefault(roles, []).append(point)
+    return [ParetoPanel(roles, tuple(points)) for roles, points in groups.items()]
+
+
+_LABEL_FONTSIZE = 8.5
+_MARKER_SIZE = 7.0  # points
+_RING_SIZE = 12.0  # points: the ring around the points on the Pareto front
+_LABEL_GAPS = (2.0, 5.0, 9.0, 14.0, 20.0, 27.0, 35.0, 45.0, 56.0, 70.0)  # points from the marker's edge
+_LABEL_ANGLES = (0, 30, -30, 60, -60, 180, 150, -150, 120, -120, 90, -90)  # degrees, most preferred first
+_ARROW_FROM = 12.0  # points: a label placed further away than this gets a leader line
+
+
+Box = tuple[float, float, float, float]
+
+
+def _overlap(a: Box, b: Box) -> float:
+    """Overlap area of two (x0, y0, x1, y1) boxes."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    return width * height if width > 0 and height > 0 else 0.0
+
+
+def _distance(box: Box, point: tuple[float, float]) -> float:
+    """Distance from a point to the nearest point of a box."""
+    dx = max(box[0] - point[0], 0.0, point[0] - box[2])
+    dy = max(box[1] - point[1], 0.0, point[1] - box[3])
+    return math.hypot(dx, dy)
+
+
+def _candidates(
+    point: tuple[float, float], size: tuple[float, float], radius: float, px_per_pt: float
+) -> list[tuple[float, Box, str, str, float, float]]:
+    """Label spots around a point, nearest and most preferred first: (gap, box, ha, va, dx, dy) with
+    (dx, dy) the text anchor's offset from the point in pixels."""
+    out = []
+    for gap in _LABEL_GAPS:
+        for angle in _LABEL_ANGLES:
+            cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+            dx, dy = (radius + gap * px_per_pt) * cos, (radius + gap * px_per_pt) * sin
+            ha = "left" if cos > 0.3 else "right" if cos < -0.3 else "center"
+            va = "bottom" if sin > 0.3 else "top" if sin < -0.3 else "center"
+            x0 = point[0] + dx - {"left": 0.0, "right": size[0], "center": size[0] / 2}[ha]
+            y0 = point[1] + dy - {"bottom": 0.0, "top": size[1], "center": size[1] / 2}[va]
+            out.append((gap, (x0, y0, x0 + size[0], y0 + size[1]), ha, va, dx, dy))
+    return out
+
+
+def _samples(start: tuple[float, float], end: tuple[float, float]) -> list[tuple[float, float]]:
+    """Points along the segment start-end (a leader line), enough to test it against labels and markers."""
+    return [
+        (start[0] + (end[0] - start[0]) * k / 24, start[1] + (end[1] - start[1]) * k / 24)
+        for k in range(1, 24)
+    ]
+
+
+def _crosses(start: tuple[float, float], end: tuple[float, float], box: Box) -> bool:
+    """Whether the segment start-end passes through the box."""
+    return any(box[0] < x < box[2] and box[1] < y < box[3] for x, y in _samples(start, end))
+
+
+def _nearest_on(box: Box, point: tuple[float, float]) -> tuple[float, float]:
+    return (min(max(point[0], box[0]), box[2]), min(max(point[1], box[1]), box[3]))
+
+
+def _place_labels(
+    ax: Any, points: Sequence[tuple[float, float]], labels: Sequence[str], soft: Sequence[Box]
+) -> None:
+    """Annotate each point with its label, placed (in display pixels, once the layout is final) at one of
+    the spots around the point (`_candidates`): inside the axes if any fits, then clear of the other
+    labels, their leader lines and every marker if any is, then the one with the least cost: the distance,
+    plus a penalty when the label is nearer another point than its own (it could be read as that run's
+    label) and one for covering error bars or the front line (`soft`). A label that ends up far away or
+    nearer another point gets a thin leader line to its point."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    px_per_pt = fig.dpi / 72.0
+    frame = ax.get_window_extent(renderer)
+    inner = (frame.x0 + 2, frame.y0 + 2, frame.x1 - 2, frame.y1 - 2)
+    pixels = [(float(x), float(y)) for x, y in ax.transData.transform(points)]
+    radius = _RING_SIZE / 2 * px_per_pt
+    dot = (_MARKER_SIZE / 2 + 1.5) * px_per_pt
+    markers = [(x - radius, y - radius, x + radius, y + radius) for x, y in pixels]
+    placed: list[Box] = []
+    leaders: list[tuple[tuple[float, float], tuple[float, float]]] = []
+    pad = 1.5 * px_per_pt
+
+    def needs_leader(box: Box, i: int) -> bool:
+        own = _distance(box, pixels[i])
+        far = own > radius + _ARROW_FROM * px_per_pt
+        return far or any(_distance(box, p) < own for j, p in enumerate(pixels) if j != i)
+
+    def rank(spot: tuple[float, Box, str, str, float, float], i: int) -> tuple[int, int, float]:
+        gap, box, *_ = spot
+        outside = box[0] < inner[0] or box[1] < inner[1] or box[2] > inner[2] or box[3] > inner[3]
+        padded = (box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad)
+        hard = any(_overlap(padded, other) for other in placed) or any(_overlap(box, m) for m in markers)
+        hard = hard or any(_crosses(a, b, padded) for a, b in leaders)
+        if needs_leader(box, i):
+            start = _nearest_on(box, pixels[i])
+            hard = hard or any(_crosses(start, pixels[i], o) for o in placed)
+            line = [q for q in _samples(start, pixels[i]) if math.dist(q, pixels[i]) > radius]  # drawn part
+            hard = hard or any(math.dist(q, p) < dot for q in line for j, p in enumerate(pixels) if j != i)
+        own = _distance(box, pixels[i])
+        ambiguous = any(_distance(box, p) < own + 2 * px_per_pt for j, p in enumerate(pixels) if j != i)
+        area = (box[2] - box[0]) * (box[3] - box[1])
+        covered = sum(_overlap(box, s) for s in soft) / area
+        return int(outside), int(hard), gap + 25.0 * ambiguous + 30.0 * covered
+
+    for i in sorted(range(len(points)), key=lambda i: (-pixels[i][1], pixels[i][0])):
+        probe = ax.text(0, 0, labels[i], fontsize=_LABEL_FONTSIZE)
+        extent = probe.get_window_extent(renderer)
+        probe.remove()
+        spots = _candidates(pixels[i], (extent.width, extent.height), radius, px_per_pt)
+        _, box, ha, va, dx, dy = min(spots, key=lambda spot: rank(spot, i))
+        placed.append(box)
+        arrow = None
+        if needs_leader(box, i):  # from the label's corner or side nearest the point, to the point's ring
+            start = _nearest_on(box, pixels[i])
+            leaders.append((start, pixels[i]))
+            relpos = ((start[0] - box[0]) / (box[2] - box[0]), (start[1] - box[1]) / (box[3] - box[1]))
+            arrow = {"arrowstyle": "-", "color": "0.55", "lw": 0.6, "relpos": relpos, "shrinkA": 0}
+            arrow["shrinkB"] = _RING_SIZE / 2
+        ax.annotate(
+            labels[i],
+            points[i],
+            xytext=(dx / px_per_pt, dy / px_per_pt),
+            textcoords="offset points",
+            ha=ha,
+            va=va,
+            fontsize=_LABEL_FONTSIZE,
+            annotation_clip=False,
+            clip_on=True,
+            arrowprops=arrow,
+        ).set_in_layout(False)
+
+
+def _soft_boxes(ax: Any, panel: ParetoPanel) -> list[Box]:
+    """Display-pixel boxes of the panel's error bars and front line (labels avoid them when they can)."""
+    half = 3.5 * ax.figure.dpi / 72.0  # the error bars' caps are 3 points
+
+    def segment(a: tuple[float, float], b: tuple[float, float]) -> Box:
+        (x0, y0), (x1, y1) = ax.transData.transform([a, b])
+        return (min(x0, x1) - half, min(y0, y1) - half, max(x0, x1) + half, max(y0, y1) + half)
+
+    boxes = []
+    for p in panel.points:
+        if p.x_ci is not None:
+            boxes.append(segment((p.x_ci[0], p.y), (p.x_ci[1], p.y)))
+        if p.y_ci is not None:
+            boxes.append(segment((p.x, p.y_ci[0]), (p.x, p.y_ci[1])))
+    front = panel.front
+    for a, b in itertools.pairwise(front):  # the step line: up, then across
+        pa, pb = panel.points[a], panel.points[b]
+        boxes.append(segment((pa.x, pa.y), (pa.x, pb.y)))
+        boxes.append(segment((pa.x, pb.y), (pb.x, pb.y)))
+    return boxes
+
+
+def pareto_figure(runs: Sequence[Run]) -> Figure:
+    """The Pareto figure: one panel per role group (`pareto_panels`), side by side (at most 3 a row) with
+    shared axes, each with its runs' points (CI error bars), their labels and its own Pareto front."""
+    panels = pareto_panels(runs)
+    count = max(1, len(panels))
+    ncols = min(count, 3)
+    nrows = math.ceil(count / ncols)
+    fig = Figure(figsize=(5.0 * ncols + 0.8, 4.4 * nrows + 0.6), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
+    axes = list(grid.flat)
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    points = [p for panel in panels for p in panel.points]
+    x_names = {p.x_name for p in points}
+    y_names = {p.y_name for p in points}
+    colours: dict[str, Any] = {}
+    palette = [f"C{i}" for i in range(10)]
+    has_step = False
+    for ax, panel in zip(axes, panels, strict=False):
+        for p in panel.points:
+            colour = colours.setdefault(p.label, palette[len(colours) % len(palette)])
+            ax.errorbar(
+                p.x,
+                p.y,
+                xerr=_point_error(p.x, p.x_ci),
+                yerr=_point_error(p.y, p.y_ci),
+                fmt="o",
+                markersize=_MARKER_SIZE,
+                capsize=3,
+                color=colour,
+            )
+        front = panel.front
+        ax.plot(
+            [panel.points[i].x for i in front],
+            [panel.points[i].y for i in front],
+            "o",
+            markersize=_RING_SIZE,
+            markerfacecolor="none",
+            markeredgecolor="0.2",
+            markeredgewidth=1.1,
+            zorder=3,
         )
-        points.append((x[0], y[0]))
-        labels.append(run.label)
-    _annotate(ax, points, labels)
-    if points:
-        front = pareto_front(points)
-        if len(front) > 1:
+        if len({(panel.points[i].x, panel.points[i].y) for i in front}) > 1:
+            has_step = True
             ax.step(
-                [points[i][0] for i in front],
-                [points[i][1] for i in front],
+                [panel.points[i].x for i in front],
+                [panel.points[i].y for i in front],
                 where="pre",
                 color="0.4",
                 linestyle="--",
                 linewidth=1.2,
-                label="Pareto front",
                 zorder=0,
             )
-        ax.legend(fontsize=8, loc="best")
-        ax.margins(0.15)
-        _percent_limits(ax, points)
+        if len(panels) > 1 or panel.roles:
+            ax.set_title(panel.title, fontsize=11)
+    if points:
+        for ax in axes[:count]:
+            ax.margins(0.12)
+        _percent_limits(axes[0], [(p.x, p.y) for p in points])
     else:
-        ax.text(
+        axes[0].text(
             0.5,
             0.5,
             "no run has both a role-play and a safety score",
             ha="center",
             va="center",
-            transform=ax.transAxes,
+            transform=axes[0].transAxes,
         )
     utility = "Utility" if "QA" in x_names else "Role-play ability"
-    ax.set_title(f"{utility} vs safety (up and right is better)")
-    ax.set_xlabel(f"{' / '.join(sorted(x_names)) or 'RoleBench'}: ROUGE-L F1 (×100)")
-    ax.set_ylabel(f"{' / '.join(sorted(y_names)) or 'Safety'}: refusal rate (%) = 100 − ASR")
-    ax.grid(True, alpha=0.3)
-    return _save(fig, path)
+    fig.suptitle(f"{utility} vs safety (up and right is better)")
+    x_label = f"{' / '.join(sorted(x_names)) or 'RoleBench'}: ROUGE-L F1 (×100)"
+    y_label = f"{' / '.join(sorted(y_names)) or 'Safety'}: refusal rate (%) = 100 − ASR"
+    for k, ax in enumerate(axes[:count]):
+        ax.set_xlabel(x_label)
+        if k % ncols == 0:
+            ax.set_ylabel(y_label)
+        ax.tick_params(labelbottom=True, labelleft=k % ncols == 0)
+        ax.grid(True, alpha=0.3)
+    if points:
+        ring = Line2D(
+            [],
+            [],
+            linestyle="--" if has_step else "none",
+            color="0.4",
+            marker="o",
+            markersize=_RING_SIZE * 0.8,
+            markerfacecolor="none",
+            markeredgecolor="0.2",
+            label="Pareto front (no run in the same panel is better on both axes)",
+        )
+        fig.legend(handles=[ring], loc="outside lower center", fontsize=8, frameon=False)
+    # Fix the layout, then place the labels in it (they are left out of the layout and kept in the axes).
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+    for ax, panel in zip(axes, panels, strict=False):
+        merged: dict[tuple[float, float], list[str]] = {}
+        for p in panel.points:  # runs that land on the same spot share one label ("base, SFT")
+            merged.setdefault((p.x, p.y), []).append(p.label)
+        _place_labels(
+            ax, list(merged), [", ".join(names) for names in merged.values()], _soft_boxes(ax, panel)
+        )
+    return fig
+
+
+def pareto_plot(runs: Sequence[Run], path: Path) -> Path:
+    """Write the Pareto figure (`pareto_figure`) as a PNG to `path`."""
+    return _save(pareto_figure(runs), path, layout=False)
 
 
 def _grouped_bars(
