@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from safetune.demo import DemoPlan, train_config, write_world_files
-from safetune.organism.base import OrganismConfig, cached_organism
+from safetune.organism.base import cached_organism
 from safetune.organism.world import COMPLY_OPENERS, PERSONAS, REFUSALS, World
 
 
@@ -109,7 +109,7 @@ def main() -> None:
     from safetune.data.chat import ChatRenderer
     from safetune.training.run import train
 
-    plan = replace(DemoPlan(seed=args.seed, organism=OrganismConfig(seed=args.seed)), **json.loads(args.plan))
+    plan = replace(DemoPlan.for_seed(args.seed, args.threads), **json.loads(args.plan))
     organism = cached_organism(plan.organism, args.cache_dir)
     world = World(plan.seed)
     out = args.out / f"seed-{args.seed}-t{args.threads}"

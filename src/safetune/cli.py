@@ -425,7 +425,7 @@ def demo(
     beta: Annotated[
         float | None,
         typer.Option(
-            help="sarft: SaRFT's KL weight (default 1); mpo: MPO's beta (default 64). See docs/demo.md."
+            help="sarft: SaRFT's KL weight (default 4); mpo: MPO's beta (default 64). See docs/demo.md."
         ),
     ] = None,
     cache_dir: Annotated[

@@ -45,11 +45,14 @@ class DemoPlan:
     """The demo's settings. The fine-tuning budget is the same for every variant."""
 
     seed: int = 0
-    beta: float = 1.0  # chosen from the beta sweep in docs/demo.md (larger than the paper's 0.1-0.5)
+    # beta 4 with a linear decay: the KL on the flagged rows leaves held-out harmful prompts a refusal
+    # log-odds margin of ~4.7 nats (1.4 at beta 1, where greedy replies flipped with float noise):
+    # docs/demo.md. Larger than the paper's 0.1-0.5 because the organism's scales differ.
+    beta: float = 4.0
     steps: int = 100
     batch_size: int = 16
     learning_rate: float = 1e-3
-    lr_scheduler: str = "constant"
+    lr_scheduler: str = "linear"  # decays to 0: a constant lr left the last steps' noise in the result
     train_examples: int = 375
     borderline: float = 0.2  # share of borderline requests in each persona's role-play set
     raw_tests: int = 60
@@ -245,11 +248,17 @@ def _row(persona: Persona, variant: str, results_path: Path, run_dir: Path | Non
     return row
 
 
+# A check whose outcome is None is a direction the demo reports but cannot decide in miniature (the
+# methods tie at the ceiling on this organism); docs/demo.md says why.
+Check = tuple[str, str, bool | None]
+NOT_DECIDABLE = "not decidable here (docs/demo.md)"
+
+
 def _find(rows: list[dict[str, Any]], villain: bool, variant: str) -> dict[str, Any]:
     return next(r for r in rows if r["villain"] == villain and r["variant"] == variant)
 
 
-def checks(rows: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
+def checks(rows: list[dict[str, Any]]) -> list[Check]:
     """The paper's findings in miniature (issue: "Done when"), each with its measured values."""
     vb, vs, vr, va = (_find(rows, True, v) for v in ("base", "sft", "sarft", "random"))
     bb, bs = _find(rows, False, "base"), _find(rows, False, "sft")
@@ -290,10 +299,13 @@ def checks(rows: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
     ]
 
 
-def checks_markdown(source: str, results: list[tuple[str, str, bool]]) -> list[str]:
+def checks_markdown(source: str, results: list[Check]) -> list[str]:
     """The "expected / measured / holds" table of a demo summary (preceded by a blank line)."""
     lines = ["", f"| expected ({source}) | measured | holds |", "|---|---|---|"]
-    return lines + [f"| {claim} | {value} | {'yes' if ok else '**no**'} |" for claim, value, ok in results]
+    return lines + [
+        f"| {claim} | {value} | {NOT_DECIDABLE if ok is None else 'yes' if ok else '**no**'} |"
+        for claim, value, ok in results
+    ]
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -379,7 +391,7 @@ def write_summary(
     plan: dict[str, Any],
     organism: Path,
     rows: list[dict[str, Any]],
-    results: list[tuple[str, str, bool]],
+    results: list[Check],
     start: float,
     machine: dict[str, Any],
 ) -> None:
@@ -424,8 +436,9 @@ def distribution_markdown(
     for i, claim in enumerate(claims):
         cells = []
         for t in threads:
-            held = sum(bool(s["checks"][i][2]) for s in summaries[t])
-            cells.append(f"{held}/{len(summaries[t])}")
+            outcomes = [s["checks"][i][2] for s in summaries[t]]
+            held = sum(bool(ok) for ok in outcomes)
+            cells.append("reported" if all(ok is None for ok in outcomes) else f"{held}/{len(outcomes)}")
         lines.append(f"| {claim} | " + " | ".join(cells) + " |")
     lines += ["", "| model | figure | " + head[2:], "|---|---|" + "---:|" * len(threads)]
     names = list(dict.fromkeys(row_key(r) for r in next(iter(summaries.values()))[0]["rows"]))

@@ -1,4 +1,9 @@
-"""`safetune demo --quick` end to end through the CLI: the paper's directions on the organism's own seed."""
+"""`safetune demo --quick` end to end through the CLI: the paper's directions on the organism's own seed.
+
+The demo pins its own thread count (2), so this test sees the same numbers on any machine of the same CPU
+kind whatever the suite's thread setting. The checks are the demo's own; over 10 seeds x 1 and 2 threads
+each held with a margin (docs/demo.md: villain SaRFT refusal 100% [min-max in the docs] against a
+10-point allowance), so a float-level difference between machines cannot flip them."""
 
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ def test_demo_quick_shows_the_papers_directions(tmp_path):
     sarft, rand = rows[villain, "sarft"], rows[villain, "random"]
     assert rand["refusal"] < sarft["refusal"] or rand["rolebench_avg"] < sarft["rolebench_avg"]
     assert all(ok for _, _, ok in summary["checks"])
+    assert summary["machine"]["threads"] == summary["plan"]["organism"]["threads"] == 2
+    assert "Machine: 2 torch thread(s)" in result.output
     # The report came from the real harness, and the organism is cached for the next run.
     assert (out / "report" / "report.md").exists() and (out / "report" / "pareto.png").exists()
     assert "| expected (the paper, in miniature) |" in result.output

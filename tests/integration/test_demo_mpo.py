@@ -39,7 +39,7 @@ def test_demo_mpo_quick_end_to_end(tmp_path):
     results = json.loads((out / "eval" / "mpo" / "results.json").read_text())
     assert results["provenance"]["judge"]["name"] == "organism"
     assert set(results["benchmarks"]["qa"]["by_language"]) == {"l1", "l2"}
-    assert len(summary["checks"]) == 5
+    assert len(summary["checks"]) == 6 and summary["checks"][3][2] is None  # MPO vs DPO: reported
     assert "| expected (the MPO paper, in miniature) |" in result.output
     assert (out / "report" / "report.md").exists() and (out / "report" / "pareto.png").exists()
     assert len(list((cache / "mpo").iterdir())) == 1  # one reference cache, for the MPO run
