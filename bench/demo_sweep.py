@@ -86,7 +86,7 @@ def run_all(args: argparse.Namespace) -> dict[int, list[dict[str, Any]]]:
                 sys.exit(f"demo seed {s} threads {t} failed (exit {proc.returncode}): see {folder}.log")
             results[t].append(summary)
             print(
-                f"seed {s}, {t} thread(s): {sum(c[2] for c in summary['checks'])}/{len(summary['checks'])} checks hold",
+                f"seed {s}, {t} thread(s): {sum(c[2] is True for c in summary['checks'])}/{sum(c[2] is not None for c in summary['checks'])} checks hold",
                 flush=True,
             )
         busy = sum(t for _, t, _, _ in running)
