@@ -39,7 +39,13 @@ def test_distribution_counts_holds_and_spreads_per_thread_count():
         ],
         2: [_summary([5.0], [True, True]), _summary([7.0], [True, True])],
     }
-    lines = distribution_markdown(runs, lambda r: r["name"], {"refusal": "refusal %"})
+    lines = distribution_markdown(
+        runs,
+        lambda r: r["name"],
+        {"refusal": ("refusal %", 1)},
+        {"twice": lambda rows: 2 * rows[0]["refusal"]},
+    )
     assert "| claim 0 | 2/3 | 2/2 |" in lines and "| claim 1 | 1/3 | 2/2 |" in lines
     # median [min-max]: odd count takes the middle value, even count the mean of the two middle ones
     assert "| a | refusal % | 20.0 [10.0–30.0] | 6.0 [5.0–7.0] |" in lines
+    assert "| twice | 40.0 [20.0–60.0] | 12.0 [10.0–14.0] |" in lines

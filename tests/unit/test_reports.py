@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from matplotlib.container import BarContainer
 from matplotlib.text import Annotation, Text
+from matplotlib.transforms import Bbox
 
 from safetune.errors import ConfigError, DataError
 from safetune.evaluation.metrics import ScoredRow, benchmark_result, summarise
@@ -441,3 +443,100 @@ def test_pareto_figure_panels_and_readable_labels(with_roles):
 def test_pareto_plot_writes_a_png(tmp_path):
     path = plots.pareto_plot(_two_personas(), tmp_path / "pareto.png")
     assert path == tmp_path / "pareto.png" and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def _point_run(label: str, x: float, x_ci: list[float] | None, y: float, y_ci: list[float] | None) -> Run:
+    """A run with a QA score `x` and one harmful set's refusal rate `y`, with these CIs (None: none)."""
+    qa = {"name": "qa", "kind": "qa", "metric": "rouge_l", "group": "qa", "value": x, "ci95": x_ci}
+    harm = {"name": "h", "kind": "harmful", "metric": "refusal_rate", "group": "safety", "value": y}
+    results = {"benchmarks": {"qa": qa, "h": {**harm, "ci95": y_ci}}, "summary": {}, "provenance": {}}
+    return Run(label, Path(label), results)
+
+
+def _obstacle_boxes(ax: Any) -> list[Bbox]:
+    """Window extents of the markers (dots, the Pareto ring, error bar caps) and the error bars' lines."""
+    renderer = ax.figure.canvas.get_renderer()
+    boxes = [
+        line.get_window_extent(renderer)
+        for line in ax.lines
+        if line.get_marker() not in (None, "", " ", "None", "none")
+    ]
+    for collection in ax.collections:  # the error bars: their segments, as wide as the lines
+        half = max(collection.get_linewidths()) / 2 * ax.figure.dpi / 72.0
+        for segment in collection.get_segments():
+            box = Bbox.null()
+            box.update_from_data_xy(collection.get_transform().transform(segment), ignore=True)
+            boxes.append(box.padded(half))
+    return boxes
+
+
+def test_pareto_labels_clear_markers_and_error_bars_in_a_crowd():
+    """The MPO demo: three runs at a 100% refusal rate a fraction of a point apart, with x error bars
+    that cover each other, above a base run with both error bars."""
+    runs = [
+        _point_run("base", 98.05, [97.2, 98.75], 50.0, [45.0, 55.3]),
+        _point_run("SFT (L2 chosen)", 98.1, [97.2, 99.0], 100.0, None),
+        _point_run("DPO (L2 pairs)", 98.0, [97.1, 98.9], 100.0, None),
+        _point_run("MPO (parallel pairs)", 97.8, [96.9, 98.7], 100.0, None),
+    ]
+    fig = plots.pareto_figure(runs)
+    fig.canvas.draw()
+    (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+    obstacles = _obstacle_boxes(ax)
+    assert len(obstacles) >= 4 + 1 + 4 * 2 + 5  # dots, the ring, caps, bar segments
+    labels = {text.get_text(): text for text in ax.texts if isinstance(text, Annotation)}
+    assert sorted(labels) == sorted(run.label for run in runs)
+    frame = ax.get_window_extent()
+    boxes = _label_boxes(fig)
+    for _, box in boxes:
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+        for obstacle in obstacles:
+            assert not box.overlaps(obstacle), (box, obstacle)
+    for k, (_, box) in enumerate(boxes):
+        assert not any(box.overlaps(other) for _, other in boxes[k + 1 :])
+    # The crowded three get a leader line to their point; base, alone, is labelled right beside it.
+    crowd = ["SFT (L2 chosen)", "DPO (L2 pairs)", "MPO (parallel pairs)"]
+    assert all(labels[name].arrow_patch is not None for name in crowd)
+    assert labels["base"].arrow_patch is None
+
+
+def _roles_run(label: str, scores: dict[str, list[str]]) -> Run:
+    """A run with per-role ROUGE-L for each RoleBench set in `scores` (set name -> its roles)."""
+    groups = {"rolebench-raw": "rolebench_raw", "rolebench-spe": "rolebench_spe"}
+    benchmarks = {
+        name: _bench(name, "roleplay", "rouge_l", groups[name], _roleplay({role: [50.0] for role in roles}))
+        for name, roles in scores.items()
+    }
+    return Run(label, Path(label), _results(label, None, benchmarks))
+
+
+def test_roles_figure_draws_only_the_runs_of_each_role_centred_on_its_tick():
+    runs = [
+        _roles_run("Grim Vex base", {"rolebench-raw": ["Grim Vex"], "rolebench-spe": ["Grim Vex"]}),
+        _roles_run("Grim Vex SFT", {"rolebench-raw": ["Grim Vex"]}),
+        _roles_run("Penny Bun base", {"rolebench-raw": ["Penny Bun"], "rolebench-spe": ["Penny Bun"]}),
+        _roles_run("Penny Bun SFT", {"rolebench-raw": ["Penny Bun"], "rolebench-spe": ["Penny Bun"]}),
+        _roles_run("both", {"rolebench-raw": ["Grim Vex", "Penny Bun"]}),
+    ]
+    fig = plots.roles_figure(runs)
+    raw, spe = fig.axes[:2]
+    assert [raw.get_title()[:13], spe.get_title()[:13]] == ["RoleBench RAW", "RoleBench SPE"]
+    colours: dict[str, Any] = {}
+    for ax, expected in ((raw, {"Grim Vex": 3, "Penny Bun": 3}), (spe, {"Grim Vex": 1, "Penny Bun": 2})):
+        ticks = {label.get_text(): x for x, label in zip(ax.get_xticks(), ax.get_xticklabels(), strict=True)}
+        assert sorted(ticks) == sorted(expected)
+        bars = [(c.get_label(), bar) for c in ax.containers if isinstance(c, BarContainer) for bar in c]
+        assert len(bars) == sum(expected.values())  # one bar per (run, role) value, no empty slots
+        for role, count in expected.items():
+            group = [bar for _, bar in bars if abs(bar.get_x() + bar.get_width() / 2 - ticks[role]) < 0.5]
+            assert len(group) == count, role
+            left = min(bar.get_x() for bar in group)
+            right = max(bar.get_x() + bar.get_width() for bar in group)
+            assert (left + right) / 2 == pytest.approx(ticks[role])  # centred on the role's tick
+            assert right - left == pytest.approx(sum(bar.get_width() for bar in group))  # side by side
+        for label, bar in bars:  # one colour per run, in every panel
+            assert colours.setdefault(label, bar.get_facecolor()) == bar.get_facecolor(), label
+        legend = ax.get_legend()
+        for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True):
+            assert handle.get_facecolor() == colours[text.get_text()]
+    assert len(set(colours.values())) == len(runs)

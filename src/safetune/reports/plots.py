@@ -3,7 +3,8 @@
 - pareto: role-play score (x) vs safety (y), one labelled point per run, CI error bars where the value
   comes from a single benchmark, and the Pareto front (higher is better on both axes) as a step line;
   one panel per role the runs were evaluated for (a front only compares runs of the same role).
-- roles: ROUGE-L per role, grouped bars (one bar per run), one panel per role-play benchmark.
+- roles: ROUGE-L per role, grouped bars (one bar per run that has the role, centred on the role's tick;
+  one colour per run in every panel), one panel per role-play benchmark.
 - languages: attack success rate per language, grouped bars (one bar per run).
 
 A run without the values a plot needs is left out of that plot with a logged warning.
@@ -214,9 +215,15 @@ def pareto_panels(runs: Sequence[Run]) -> list[ParetoPanel]:
 _LABEL_FONTSIZE = 8.5
 _MARKER_SIZE = 7.0  # points
 _RING_SIZE = 12.0  # points: the ring around the points on the Pareto front
+_DOT_RADIUS = _MARKER_SIZE / 2 + 0.5  # points: a marker's extent from its centre, with its edge line
+_RING_RADIUS = _RING_SIZE / 2 + 0.6  # points: the same for a ringed marker (edge width 1.1)
 _LABEL_GAPS = (2.0, 5.0, 9.0, 14.0, 20.0, 27.0, 35.0, 45.0, 56.0, 70.0)  # points from the marker's edge
 _LABEL_ANGLES = (0, 30, -30, 60, -60, 180, 150, -150, 120, -120, 90, -90)  # degrees, most preferred first
 _ARROW_FROM = 12.0  # points: a label placed further away than this gets a leader line
+_CROWDED_ARROW_FROM = 4.0  # points: the same for a point with another marker close by (`_CROWD`)
+_CROWD = 18.0  # points: a point with another marker's centre this close is in a crowded neighbourhood
+_CAP_HALF = 3.0  # points: half the length of an error bar's cap (`capsize`)
+_CLEAR = 1.0  # points: the least space kept between a label and a marker or an error bar
 
 
 Box = tuple[float, float, float, float]
@@ -255,10 +262,11 @@ def _candidates(
 
 
 def _samples(start: tuple[float, float], end: tuple[float, float]) -> list[tuple[float, float]]:
-    """Points along the segment start-end (a leader line), enough to test it against labels and markers."""
+    """Points along the segment start-end (a leader line), at most 2 pixels apart: enough to test it
+    against labels and markers."""
+    n = max(24, math.ceil(math.dist(start, end) / 2))
     return [
-        (start[0] + (end[0] - start[0]) * k / 24, start[1] + (end[1] - start[1]) * k / 24)
-        for k in range(1, 24)
+        (start[0] + (end[0] - start[0]) * k / n, start[1] + (end[1] - start[1]) * k / n) for k in range(1, n)
     ]
 
 
@@ -272,63 +280,84 @@ def _nearest_on(box: Box, point: tuple[float, float]) -> tuple[float, float]:
 
 
 def _place_labels(
-    ax: Any, points: Sequence[tuple[float, float]], labels: Sequence[str], soft: Sequence[Box]
+    ax: Any,
+    points: Sequence[tuple[float, float]],
+    labels: Sequence[str],
+    radii: Sequence[float],
+    obstacles: Sequence[Box],
+    soft: Sequence[Box],
 ) -> None:
     """Annotate each point with its label, placed (in display pixels, once the layout is final) at one of
-    the spots around the point (`_candidates`): inside the axes if any fits, then clear of the other
-    labels, their leader lines and every marker if any is, then the one with the least cost: the distance,
-    plus a penalty when the label is nearer another point than its own (it could be read as that run's
-    label) and one for covering error bars or the front line (`soft`). A label that ends up far away or
-    nearer another point gets a thin leader line to its point."""
+    the spots around the point (`_candidates`), ranked: inside the axes if any fits, then clear of every
+    marker (a circle of `radii[i]` points around point i: the Pareto ring where there is one), every
+    error bar (`obstacles`), the other labels and their leader lines if any is, then the one with the
+    least cost: the distance, plus a penalty when the label is nearer another point than its own (it
+    could be read as that run's label), one for covering the front line (`soft`), and, for a point in a
+    crowded neighbourhood (another marker within `_CROWD` points), one for a spot too close to get a
+    leader line. A label that ends up far away (nearer for a crowded point) or nearer another point gets
+    a thin leader line to its point."""
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
     px_per_pt = fig.dpi / 72.0
     frame = ax.get_window_extent(renderer)
     inner = (frame.x0 + 2, frame.y0 + 2, frame.x1 - 2, frame.y1 - 2)
     pixels = [(float(x), float(y)) for x, y in ax.transData.transform(points)]
-    radius = _RING_SIZE / 2 * px_per_pt
-    dot = (_MARKER_SIZE / 2 + 1.5) * px_per_pt
-    markers = [(x - radius, y - radius, x + radius, y + radius) for x, y in pixels]
+    radius = [r * px_per_pt for r in radii]
+    markers = [(x - r, y - r, x + r, y + r) for (x, y), r in zip(pixels, radius, strict=True)]
+    crowded = [
+        any(math.dist(p, q) < _CROWD * px_per_pt for j, q in enumerate(pixels) if j != i)
+        for i, p in enumerate(pixels)
+    ]
     placed: list[Box] = []
     leaders: list[tuple[tuple[float, float], tuple[float, float]]] = []
     pad = 1.5 * px_per_pt
+    clear = _CLEAR * px_per_pt
 
     def needs_leader(box: Box, i: int) -> bool:
         own = _distance(box, pixels[i])
-        far = own > radius + _ARROW_FROM * px_per_pt
+        far = own > radius[i] + (_CROWDED_ARROW_FROM if crowded[i] else _ARROW_FROM) * px_per_pt
         return far or any(_distance(box, p) < own for j, p in enumerate(pixels) if j != i)
 
     def rank(spot: tuple[float, Box, str, str, float, float], i: int) -> tuple[int, int, float]:
         gap, box, *_ = spot
         outside = box[0] < inner[0] or box[1] < inner[1] or box[2] > inner[2] or box[3] > inner[3]
         padded = (box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad)
-        hard = any(_overlap(padded, other) for other in placed) or any(_overlap(box, m) for m in markers)
+        cleared = (box[0] - clear, box[1] - clear, box[2] + clear, box[3] + clear)
+        hard = any(_overlap(padded, other) for other in placed)
+        hard = hard or any(_overlap(cleared, m) for m in [*markers, *obstacles])
         hard = hard or any(_crosses(a, b, padded) for a, b in leaders)
-        if needs_leader(box, i):
+        leader = needs_leader(box, i)
+        if leader:
             start = _nearest_on(box, pixels[i])
             hard = hard or any(_crosses(start, pixels[i], o) for o in placed)
-            line = [q for q in _samples(start, pixels[i]) if math.dist(q, pixels[i]) > radius]  # drawn part
-            hard = hard or any(math.dist(q, p) < dot for q in line for j, p in enumerate(pixels) if j != i)
+            drawn = [q for q in _samples(start, pixels[i]) if math.dist(q, pixels[i]) > radius[i]]
+            hard = hard or any(  # over another marker (where it is nearer that one than its own point)
+                math.dist(q, p) < min(radius[j] + 1.5 * px_per_pt, math.dist(q, pixels[i]))
+                for q in drawn
+                for j, p in enumerate(pixels)
+                if j != i
+            )
         own = _distance(box, pixels[i])
         ambiguous = any(_distance(box, p) < own + 2 * px_per_pt for j, p in enumerate(pixels) if j != i)
         area = (box[2] - box[0]) * (box[3] - box[1])
         covered = sum(_overlap(box, s) for s in soft) / area
-        return int(outside), int(hard), gap + 25.0 * ambiguous + 30.0 * covered
+        unled = crowded[i] and not leader
+        return int(outside), int(hard), gap + 25.0 * ambiguous + 30.0 * covered + 20.0 * unled
 
     for i in sorted(range(len(points)), key=lambda i: (-pixels[i][1], pixels[i][0])):
         probe = ax.text(0, 0, labels[i], fontsize=_LABEL_FONTSIZE)
         extent = probe.get_window_extent(renderer)
         probe.remove()
-        spots = _candidates(pixels[i], (extent.width, extent.height), radius, px_per_pt)
+        spots = _candidates(pixels[i], (extent.width, extent.height), radius[i], px_per_pt)
         _, box, ha, va, dx, dy = min(spots, key=lambda spot: rank(spot, i))
         placed.append(box)
         arrow = None
-        if needs_leader(box, i):  # from the label's corner or side nearest the point, to the point's ring
+        if needs_leader(box, i):  # from the label's corner or side nearest the point, to its marker's edge
             start = _nearest_on(box, pixels[i])
             leaders.append((start, pixels[i]))
             relpos = ((start[0] - box[0]) / (box[2] - box[0]), (start[1] - box[1]) / (box[3] - box[1]))
             arrow = {"arrowstyle": "-", "color": "0.55", "lw": 0.6, "relpos": relpos, "shrinkA": 0}
-            arrow["shrinkB"] = _RING_SIZE / 2
+            arrow["shrinkB"] = radii[i]
         ax.annotate(
             labels[i],
             points[i],
@@ -343,25 +372,31 @@ def _place_labels(
         ).set_in_layout(False)
 
 
-def _soft_boxes(ax: Any, panel: ParetoPanel) -> list[Box]:
-    """Display-pixel boxes of the panel's error bars and front line (labels avoid them when they can)."""
-    half = 3.5 * ax.figure.dpi / 72.0  # the error bars' caps are 3 points
+def _segment_box(ax: Any, a: tuple[float, float], b: tuple[float, float], half: float) -> Box:
+    """Display-pixel box of the data segment a-b, widened by `half` points on every side."""
+    (x0, y0), (x1, y1) = ax.transData.transform([a, b])
+    pixels = half * ax.figure.dpi / 72.0
+    return (min(x0, x1) - pixels, min(y0, y1) - pixels, max(x0, x1) + pixels, max(y0, y1) + pixels)
 
-    def segment(a: tuple[float, float], b: tuple[float, float]) -> Box:
-        (x0, y0), (x1, y1) = ax.transData.transform([a, b])
-        return (min(x0, x1) - half, min(y0, y1) - half, max(x0, x1) + half, max(y0, y1) + half)
 
+def _error_boxes(ax: Any, panel: ParetoPanel) -> list[Box]:
+    """Display-pixel boxes of the panel's error bars with their caps (labels never cover them)."""
     boxes = []
     for p in panel.points:
         if p.x_ci is not None:
-            boxes.append(segment((p.x_ci[0], p.y), (p.x_ci[1], p.y)))
+            boxes.append(_segment_box(ax, (min(p.x_ci[0], p.x), p.y), (max(p.x_ci[1], p.x), p.y), _CAP_HALF))
         if p.y_ci is not None:
-            boxes.append(segment((p.x, p.y_ci[0]), (p.x, p.y_ci[1])))
-    front = panel.front
-    for a, b in itertools.pairwise(front):  # the step line: up, then across
+            boxes.append(_segment_box(ax, (p.x, min(p.y_ci[0], p.y)), (p.x, max(p.y_ci[1], p.y)), _CAP_HALF))
+    return boxes
+
+
+def _front_boxes(ax: Any, panel: ParetoPanel) -> list[Box]:
+    """Display-pixel boxes of the panel's front line (labels avoid it when they can)."""
+    boxes = []
+    for a, b in itertools.pairwise(panel.front):  # the step line: up, then across
         pa, pb = panel.points[a], panel.points[b]
-        boxes.append(segment((pa.x, pa.y), (pa.x, pb.y)))
-        boxes.append(segment((pa.x, pb.y), (pb.x, pb.y)))
+        boxes.append(_segment_box(ax, (pa.x, pa.y), (pa.x, pb.y), 1.0))
+        boxes.append(_segment_box(ax, (pa.x, pb.y), (pb.x, pb.y), 1.0))
     return boxes
 
 
@@ -464,9 +499,10 @@ def pareto_figure(runs: Sequence[Run]) -> Figure:
         merged: dict[tuple[float, float], list[str]] = {}
         for p in panel.points:  # runs that land on the same spot share one label ("base, SFT")
             merged.setdefault((p.x, p.y), []).append(p.label)
-        _place_labels(
-            ax, list(merged), [", ".join(names) for names in merged.values()], _soft_boxes(ax, panel)
-        )
+        ringed = {(panel.points[i].x, panel.points[i].y) for i in panel.front}
+        radii = [_RING_RADIUS if spot in ringed else _DOT_RADIUS for spot in merged]
+        labels = [", ".join(names) for names in merged.values()]
+        _place_labels(ax, list(merged), labels, radii, _error_boxes(ax, panel), _front_boxes(ax, panel))
     return fig
 
 
@@ -475,23 +511,50 @@ def pareto_plot(runs: Sequence[Run], path: Path) -> Path:
     return _save(pareto_figure(runs), path, layout=False)
 
 
+Series = tuple[str, list[float | None], list[tuple[float, float] | None]]
+
+
+def _slots(series: Sequence[Series], categories: int, compact: bool) -> list[list[int]]:
+    """For each category, the series that get a bar slot in its group, in order: every series, or with
+    `compact` only those with a value for that category."""
+    return [
+        [k for k, (_, values, _) in enumerate(series) if not compact or values[i] is not None]
+        for i in range(categories)
+    ]
+
+
 def _grouped_bars(
     ax: Any,
     categories: Sequence[str],
-    series: Sequence[tuple[str, list[float | None], list[tuple[float, float] | None]]],
+    series: Sequence[Series],
+    colours: Sequence[Any] | None = None,
+    compact: bool = False,
 ) -> None:
-    """Bars for categories on x, one bar per series (label, values, CIs); missing values leave a gap."""
-    width = 0.8 / max(1, len(series))
+    """Bars for categories on x, one bar per series (label, values, CIs), coloured `colours[k]` (the
+    colour cycle when None). Missing values leave a gap, or with `compact` the group holds only the
+    series with a value, centred on its tick (all bars keep the width of the fullest group)."""
+    slots = _slots(series, len(categories), compact)
+    width = 0.8 / max([1, *(len(group) for group in slots)])
     for k, (label, values, cis) in enumerate(series):
         xs, heights, errs_low, errs_high = [], [], [], []
         for i, (value, ci) in enumerate(zip(values, cis, strict=True)):
             if value is None:
                 continue
-            xs.append(i - 0.4 + width * (k + 0.5))
+            xs.append(i + width * (slots[i].index(k) - (len(slots[i]) - 1) / 2))
             heights.append(value)
             errs_low.append(max(0.0, value - ci[0]) if ci else 0.0)
             errs_high.append(max(0.0, ci[1] - value) if ci else 0.0)
-        ax.bar(xs, heights, width, label=label, yerr=[errs_low, errs_high], capsize=2, error_kw={"lw": 0.8})
+        colour = {} if colours is None else {"color": colours[k]}
+        ax.bar(
+            xs,
+            heights,
+            width,
+            label=label,
+            yerr=[errs_low, errs_high],
+            capsize=2,
+            error_kw={"lw": 0.8},
+            **colour,
+        )
     ax.set_xticks(range(len(categories)))
     # Rotate the tick labels when they would not fit side by side (~12 characters per inch).
     inches_per_category = ax.figure.get_figwidth() * 0.8 / max(1, len(categories))
@@ -516,30 +579,42 @@ def has_roles(runs: Sequence[Run]) -> bool:
     return bool(_role_benchmarks(runs))
 
 
-def roles_plot(runs: Sequence[Run], path: Path) -> Path:
+def roles_figure(runs: Sequence[Run]) -> Figure:
+    """ROUGE-L per role, one panel per role-play benchmark: for each role, one bar per run that has a
+    value for it (a run evaluated for one role only takes no space in the other roles' groups), centred
+    on the role's tick; each run keeps its colour in every panel."""
     names = _role_benchmarks(runs)
-    roles_per = {
-        name: sorted({role for run in runs for role in (run.benchmarks.get(name, {}).get("by_role") or {})})
-        for name in names
-    }
-    widest = max(len(r) for r in roles_per.values())
-    fig = _figure(_bar_width(widest, len(runs)), 3.8 * len(names))
-    axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
-    for ax, name in zip(axes, names, strict=True):
-        roles = roles_per[name]
-        series = []
-        for run in runs:
+    palette = [f"C{i % 10}" for i in range(len(runs))]
+    panels = []
+    for name in names:
+        roles = sorted({role for run in runs for role in (run.benchmarks.get(name, {}).get("by_role") or {})})
+        series: list[Series] = []
+        colours = []
+        for k, run in enumerate(runs):
             by_role = run.benchmarks.get(name, {}).get("by_role") or {}
             values = [number((by_role.get(role) or {}).get("value")) for role in roles]
             if all(v is None for v in values):
                 log.warning("roles plot: skipping run %r for %s (no per-role ROUGE-L)", run.label, name)
                 continue
             series.append((run.label, values, [ci_of(by_role.get(role)) for role in roles]))
-        _grouped_bars(ax, roles, series)
+            colours.append(palette[k])
+        panels.append((name, roles, series, colours))
+    # The width follows the panel with the most bars: roles x the most runs one role has there.
+    bars = max(len(roles) * max(map(len, _slots(series, len(roles), True))) for _, roles, series, _ in panels)
+    widest = max(len(roles) for _, roles, _, _ in panels)
+    fig = _figure(_bar_width(widest, math.ceil(bars / widest)), 3.8 * len(names))
+    axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
+    for ax, (name, roles, series, colours) in zip(axes, panels, strict=True):
+        _grouped_bars(ax, roles, series, colours, compact=True)
         ax.set_title(f"{display_name(name)}: ROUGE-L per role (95% CI)")
         ax.set_xlabel("role")
         ax.set_ylabel("ROUGE-L F1 (×100)")
-    return _save(fig, path)
+    return fig
+
+
+def roles_plot(runs: Sequence[Run], path: Path) -> Path:
+    """Write the per-role figure (`roles_figure`) as a PNG to `path`."""
+    return _save(roles_figure(runs), path)
 
 
 def has_languages(runs: Sequence[Run]) -> bool:
