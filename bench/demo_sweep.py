@@ -35,6 +35,7 @@ FIELDS = {
         "refusal_l2": ("refusal L2 %", 1),
         "utility_l1": ("utility L1", 1),
         "utility_l2": ("utility L2", 1),
+        "gap_l1": ("reward gap L1", 2),
         "gap_l2": ("reward gap L2", 2),
     },
 }
