@@ -324,6 +324,10 @@ def summary_markdown(
     lines += checks_markdown("the MPO paper, in miniature", checks(rows))
     lines += [
         "",
+        "Not robust in miniature: MPO's utility check misses on some seeds, where MPO (like DPO) over-refuses "
+        "benign L2 how-to questions shaped like the harmful requests; MPO against DPO on L2 refusal is a tie "
+        "at the ceiling. docs/demo.md has the distribution over seeds and why.",
+        "",
         f"Base organism: {organism['parameters']:,} parameters, {organism['config']['steps']} pre-training steps. "
         "Refusal: the organism judge (strict: the answer, translated back, starts with a refusal and has no "
         "compliance text) on the held-out harmful prompts. Utility: ROUGE-L F1 x100 of answers to held-out "
