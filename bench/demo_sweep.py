@@ -141,14 +141,16 @@ def run_all(args: argparse.Namespace) -> dict[int, list[dict[str, Any]]]:
             t, s = todo.pop(0)
             folder = args.out / f"threads-{t}" / f"seed-{s}"
             summary = _done(folder, s, t, args.beta)
-            if summary is not None or args.no_run:
-                results[t] += [summary] if summary is not None else []
+            if summary is not None:
+                results[t].append(summary)
+                continue
+            if args.no_run:
                 continue
             folder.parent.mkdir(parents=True, exist_ok=True)
-            log = open(f"{folder}.log", "wb")  # noqa: SIM115 - closed with the process
-            running.append(
-                (subprocess.Popen(_command(args, s, t, folder), stdout=log, stderr=log), t, s, folder)
-            )
+            # The child keeps its own copy of the descriptor; the parent's closes at once.
+            with open(f"{folder}.log", "wb") as log:
+                proc = subprocess.Popen(_command(args, s, t, folder), stdout=log, stderr=log)
+            running.append((proc, t, s, folder))
             busy += t
         time.sleep(1)
     return results
