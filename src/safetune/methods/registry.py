@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from safetune.methods.losses import sarft_loss
+from safetune.methods.preference import PREFERENCE_METHODS, rdpo_loss
 from safetune.methods.reward_gap import reward_gap_mpo_loss
 
 
@@ -79,9 +80,7 @@ register(
 
 def _register_baselines() -> None:
     """The DPO-family baselines of the MPO paper, trained through TRL (training/baselines.py)."""
-    from safetune.training.baselines import BASELINES, rdpo_loss
-
-    for spec in BASELINES.values():
+    for spec in PREFERENCE_METHODS:
         register(
             MethodSpec(
                 name=spec.name,

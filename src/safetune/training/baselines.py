@@ -30,12 +30,11 @@ import math
 import random
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from safetune import __version__
@@ -44,59 +43,22 @@ from safetune.data.chat import ChatRenderer
 from safetune.data.records import PreferencePair
 from safetune.errors import ConfigError
 from safetune.methods.losses import IGNORE_INDEX
+from safetune.methods.preference import PREFERENCE_METHODS, DataKind, PreferenceMethod, rdpo_loss
 from safetune.models.loading import load_causal_lm, load_tokenizer, resolve_dtype
 from safetune.provenance import git_commit
 from safetune.storage import atomic_open, hash_json, write_json
 
 log = logging.getLogger(__name__)
 
-DataKind = Literal["sft", "paired", "unpaired"]
 # build(config, model, ref_model_or_None, tokenizer, train_dataset) -> a transformers Trainer
 BaselineBuilder = Callable[[RunConfig, Any, Any, Any, Any], Any]
 
 
 @dataclass(frozen=True)
-class BaselineSpec:
-    """One baseline: where it comes from, its default beta, the data it trains on and how to build its trainer.
+class BaselineSpec(PreferenceMethod):
+    """A preference method (methods/preference.py) and how its trainer is built."""
 
-    `data_kind`: "sft" (prompt + chosen, prompt masked), "paired" (prompt/chosen/rejected ids) or "unpaired"
-    (each pair -> one desirable and one undesirable example, KTO). `uses_beta` is False where the method has no
-    beta (SFT; ORPO, whose weight is `method.orpo_lambda`): `method.beta` is then ignored and recorded as 0.
-    """
-
-    name: str
-    summary: str
-    source: str
-    default_beta: float
-    data_kind: DataKind
-    needs_reference: bool
-    build: BaselineBuilder
-    uses_beta: bool = True
-
-
-# --- R-DPO: the one loss TRL does not have ------------------------------------------------------------------
-
-
-def rdpo_loss(
-    chosen_logratios: Tensor,
-    rejected_logratios: Tensor,
-    chosen_lengths: Tensor,
-    rejected_lengths: Tensor,
-    beta: float,
-    alpha: float,
-) -> Tensor:
-    """Per-pair length-regularised DPO loss (R-DPO; Park, Rafailov, Ermon & Finn, "Disentangling Length from
-    Quality in Direct Preference Optimization", Findings of ACL 2024, arXiv:2403.19159):
-
-        L_R-DPO = -log sigmoid( beta * log[pi(y_w|x) / ref(y_w|x)] - beta * log[pi(y_l|x) / ref(y_l|x)]
-                                - alpha * (|y_w| - |y_l|) )
-
-    `*_logratios` are log pi(y|x) - log ref(y|x) summed over the response tokens, `*_lengths` the response
-    lengths |y| in tokens. alpha = 0 is DPO's sigmoid loss. Returns one loss per pair (no reduction).
-    """
-    length_margin = chosen_lengths.to(chosen_logratios.dtype) - rejected_lengths.to(chosen_logratios.dtype)
-    logits = beta * (chosen_logratios - rejected_logratios) - alpha * length_margin
-    return -F.logsigmoid(logits)
+    build: BaselineBuilder = field(kw_only=True)
 
 
 # --- datasets: ChatRenderer ids, never text for TRL to tokenize ----------------------------------------------
@@ -347,7 +309,7 @@ def _trl_args(config_cls: Any, config: RunConfig, **extra: Any) -> Any:
 
     max_length = prompt + response limits: ChatRenderer already truncated each side, so TRL truncates nothing.
     """
-    from safetune.training.run import training_arguments
+    from safetune.training.common import training_arguments
 
     base = training_arguments(config, Path(config.train.output_dir)).to_dict()
     base["max_length"] = config.chat.max_prompt_tokens + config.chat.max_response_tokens
@@ -459,99 +421,21 @@ def _build_orpo(config: RunConfig, model: Any, ref_model: Any, tokenizer: Any, d
     return _trainer_classes().orpo(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
+# How each preference method's trainer is built; what each method is lives in methods/preference.py.
+_BUILDERS: dict[str, BaselineBuilder] = {
+    "sft-chosen": _build_sft,
+    "dpo": _dpo_builder("sigmoid"),
+    "ipo": _dpo_builder("ipo"),
+    "rdpo": _dpo_builder("robust"),
+    "cpo": _cpo_builder(simpo=False),
+    "simpo": _cpo_builder(simpo=True),
+    "orpo": _build_orpo,
+    "kto": _build_kto,
+    "r-dpo": _build_length_dpo,
+}
+
 BASELINES: dict[str, BaselineSpec] = {
-    spec.name: spec
-    for spec in (
-        BaselineSpec(
-            name="sft-chosen",
-            summary="supervised fine-tuning on the chosen responses (prompt tokens masked)",
-            source="SFT baseline; trl.SFTTrainer on pre-tokenised input_ids/labels",
-            default_beta=0.0,
-            data_kind="sft",
-            needs_reference=False,
-            build=_build_sft,
-            uses_beta=False,
-        ),
-        BaselineSpec(
-            name="dpo",
-            summary="DPO: -log sigmoid(beta * (chosen - rejected policy/reference log-ratio))",
-            source="Rafailov et al., NeurIPS 2023 (arXiv:2305.18290); trl.DPOTrainer loss_type ['sigmoid']",
-            default_beta=0.1,
-            data_kind="paired",
-            needs_reference=True,
-            build=_dpo_builder("sigmoid"),
-        ),
-        BaselineSpec(
-            name="ipo",
-            summary="IPO: squared loss pulling the (per-token averaged) log-ratio margin to 1/(2*tau), tau = beta",
-            source="Azar et al., AISTATS 2024 (arXiv:2310.12036); trl.DPOTrainer loss_type ['ipo']",
-            default_beta=0.1,
-            data_kind="paired",
-            needs_reference=True,
-            build=_dpo_builder("ipo"),
-        ),
-        BaselineSpec(
-            name="rdpo",
-            summary="robust DPO: unbiased DPO loss under label flips at rate method.label_smoothing",
-            source="Chowdhury et al., ICML 2024 (arXiv:2403.00409); trl.DPOTrainer loss_type ['robust']",
-            default_beta=0.1,
-            data_kind="paired",
-            needs_reference=True,
-            build=_dpo_builder("robust"),
-        ),
-        BaselineSpec(
-            name="cpo",
-            summary="CPO: reference-free sigmoid preference loss + method.cpo_alpha * NLL on chosen",
-            source="Xu et al., ICML 2024 (arXiv:2401.08417); trl.experimental.cpo.CPOTrainer loss_type 'sigmoid'",
-            default_beta=0.1,
-            data_kind="paired",
-            needs_reference=False,
-            build=_cpo_builder(simpo=False),
-        ),
-        BaselineSpec(
-            name="simpo",
-            summary="SimPO: -log sigmoid(beta * length-averaged log-prob margin - gamma), reference-free",
-            source=(
-                "Meng et al., NeurIPS 2024 (arXiv:2405.14734); trl.experimental.cpo.CPOTrainer loss_type 'simpo', "
-                "cpo_alpha 0, simpo_gamma = method.simpo_gamma"
-            ),
-            default_beta=2.0,
-            data_kind="paired",
-            needs_reference=False,
-            build=_cpo_builder(simpo=True),
-        ),
-        BaselineSpec(
-            name="orpo",
-            summary="ORPO: NLL on chosen + method.orpo_lambda * odds-ratio loss, reference-free (no beta)",
-            source="Hong et al., EMNLP 2024 (arXiv:2403.07691); trl.experimental.orpo.ORPOTrainer (beta = lambda)",
-            default_beta=0.0,
-            data_kind="paired",
-            needs_reference=False,
-            build=_build_orpo,
-            uses_beta=False,
-        ),
-        BaselineSpec(
-            name="kto",
-            summary="KTO: prospect-theoretic loss on unpaired examples (each pair -> 1 desirable + 1 undesirable)",
-            source="Ethayarajh et al., ICML 2024 (arXiv:2402.01306); trl.KTOTrainer loss_type 'kto'",
-            default_beta=0.1,
-            data_kind="unpaired",
-            needs_reference=True,
-            build=_build_kto,
-        ),
-        BaselineSpec(
-            name="r-dpo",
-            summary="length-regularised DPO: alpha * (|y_w| - |y_l|) subtracted inside DPO's sigmoid",
-            source=(
-                "Park et al., Findings of ACL 2024 (arXiv:2403.19159); trl.DPOTrainer subclass with rdpo_loss, "
-                "alpha = method.length_alpha"
-            ),
-            default_beta=0.1,
-            data_kind="paired",
-            needs_reference=True,
-            build=_build_length_dpo,
-        ),
-    )
+    method.name: BaselineSpec(**asdict(method), build=_BUILDERS[method.name]) for method in PREFERENCE_METHODS
 }
 
 
@@ -598,7 +482,7 @@ def train_baseline(
     """
     from transformers import set_seed
 
-    from safetune.training.run import prepare_output, save_final, wrap_lora
+    from safetune.training.common import prepare_output, save_final, wrap_lora
 
     spec = get_baseline(config.method.name)
     out = Path(out)

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import PartialState
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import TrainerCallback, set_seed
 
 from safetune import __version__
 from safetune.config import RunConfig, dump_config
@@ -35,46 +34,16 @@ from safetune.models.loading import default_device, load_causal_lm, load_tokeniz
 from safetune.provenance import git_commit
 from safetune.selection import load_data, select, write_selection
 from safetune.storage import atomic_open, hash_json, write_json
+from safetune.training.common import (
+    last_checkpoint,
+    prepare_output,
+    save_final,
+    training_arguments,
+    wrap_lora,
+)
 from safetune.training.trainer import RoleCollator, SafetuneTrainer
 
 log = logging.getLogger(__name__)
-
-
-def _precision_flags(precision: str) -> dict[str, bool]:
-    """bf16/fp16 mixed precision flags for TrainingArguments (auto: bf16 where the GPU supports it)."""
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
-
-
-def training_arguments(config: RunConfig, out: Path) -> TrainingArguments:
-    t = config.train
-    precision = _precision_flags(t.precision)
-    return TrainingArguments(
-        output_dir=str(out / "checkpoints"),
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.resolved_learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
-        num_train_epochs=t.num_epochs,
-        max_steps=t.max_steps,
-        seed=t.seed,
-        data_seed=t.seed,
-        save_strategy="steps" if t.save_steps > 0 else "no",
-        save_steps=max(t.save_steps, 1),
-        save_total_limit=t.save_total_limit,
-        save_only_model=False,
-        logging_steps=t.logging_steps,
-        report_to=t.report_to,
-        remove_unused_columns=False,
-        activation_checkpointing=t.gradient_checkpointing,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=False,
-        bf16=precision["bf16"],
-        fp16=precision["fp16"],
-    )
 
 
 def _encode(
@@ -86,39 +55,6 @@ def _encode(
         enc = renderer.encode(ex.input, ex.output)
         rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "flag": bool(flag)})
     return rows
-
-
-def wrap_lora(model: Any, config: RunConfig) -> Any:
-    from peft import LoraConfig, get_peft_model
-
-    t = config.train
-    lora = LoraConfig(
-        r=t.lora_r,
-        lora_alpha=t.lora_alpha,
-        lora_dropout=t.lora_dropout,
-        target_modules=list(t.lora_targets),
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
-
-
-def _last_checkpoint(folder: Path) -> str | None:
-    if not folder.is_dir():
-        return None
-    steps = [
-        (int(p.name.split("-")[-1]), p)
-        for p in folder.glob("checkpoint-*")
-        if p.name.split("-")[-1].isdigit()
-    ]
-    return str(max(steps)[1]) if steps else None
-
-
-def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
-    if (out / "final").exists() and not resume and not overwrite:
-        raise ConfigError(f"{out} already holds a finished run; pass --overwrite to replace it")
-    if overwrite and out.exists() and not resume:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _model_card(config: RunConfig, stats: dict[str, Any], metrics: dict[str, Any]) -> str:
@@ -216,7 +152,7 @@ def train(
         ref_model=ref_model,
         callbacks=callbacks,
     )
-    checkpoint = _last_checkpoint(out / "checkpoints") if resume else None
+    checkpoint = last_checkpoint(out / "checkpoints") if resume else None
     if resume and checkpoint is None:
         log.warning("--resume: no checkpoint in %s, starting from scratch", out / "checkpoints")
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -290,7 +226,7 @@ def _train_parallel(
         reference=reference,
         callbacks=callbacks,
     )
-    checkpoint = _last_checkpoint(out / "checkpoints") if resume else None
+    checkpoint = last_checkpoint(out / "checkpoints") if resume else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
     save_final(trainer, tokenizer, out)
     metrics = {**result.metrics, "global_step": result.global_step}
@@ -321,19 +257,6 @@ def _parallel_card(config: RunConfig, data: dict[str, Any], metrics: dict[str, A
             "",
         ]
     )
-
-
-def save_final(trainer: Trainer, tokenizer: Any, out: Path) -> None:
-    """Save into a temp folder and rename, so `final/` is either complete or absent."""
-    final, tmp = out / "final", out / "final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(str(tmp))
-        # The Trainer pickles its arguments beside the weights; the run folder has config.yaml instead.
-        (tmp / "training_args.bin").unlink(missing_ok=True)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
 
 
 def _write_provenance(
