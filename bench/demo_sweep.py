@@ -18,11 +18,14 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from safetune.demo import LABELS, distribution_markdown
+from safetune.demo import LABELS, DemoPlan, distribution_markdown
 from safetune.demo_mpo import LABELS as MPO_LABELS
+from safetune.demo_mpo import MpoDemoPlan
+from safetune.organism.base import OrganismConfig
 
 FIELDS = {
     "sarft": {
@@ -79,6 +82,9 @@ EFFECTS: dict[str, dict[str, Any]] = {
         "DPO minus base L2 utility, points": lambda rows: (
             _value(rows, "utility_l2", "dpo") - _value(rows, "utility_l2", "base")
         ),
+        "MPO minus DPO L2 utility, points (reported)": lambda rows: (
+            _value(rows, "utility_l2", "mpo") - _value(rows, "utility_l2", "dpo")
+        ),
     },
 }
 
@@ -96,16 +102,27 @@ def _seeds(text: str) -> list[int]:
     return [int(s) for s in text.split(",")]
 
 
-def _done(folder: Path, seed: int, threads: int, beta: float | None) -> dict[str, Any] | None:
+def _expected_plan(demo: str, seed: int, threads: int, beta: float | None) -> dict[str, Any]:
+    """The plan `safetune demo DEMO --seed --threads [--beta]` runs with today's code."""
+    plan = (MpoDemoPlan if demo == "mpo" else DemoPlan).for_seed(seed, threads)
+    if beta is not None:
+        plan = replace(plan, **{"mpo_beta" if demo == "mpo" else "beta": beta})
+    return json.loads(json.dumps(asdict(plan)))
+
+
+def _done(folder: Path, demo: str, seed: int, threads: int, beta: float | None) -> dict[str, Any] | None:
+    """The finished run's summary, if it is the run today's code would make: the same plan and the same
+    organism (its cache key hashes the world's text, so a changed world is a different run)."""
     path = folder / "summary.json"
     if not path.exists():
         return None
     summary = json.loads(path.read_text(encoding="utf-8"))
     plan = summary["plan"]
-    same_beta = beta is None or beta in (plan.get("beta"), plan.get("mpo_beta"))
-    if plan["seed"] == seed and plan["organism"]["threads"] == threads and same_beta:
-        return summary
-    return None
+    if plan != _expected_plan(demo, seed, threads, beta):
+        return None
+    if Path(summary["organism"]).name != OrganismConfig(**plan["organism"]).key():
+        return None
+    return summary
 
 
 def _command(args: argparse.Namespace, seed: int, threads: int, folder: Path) -> list[str]:
@@ -128,7 +145,7 @@ def run_all(args: argparse.Namespace) -> dict[int, list[dict[str, Any]]]:
             if proc.poll() is None:
                 continue
             running.remove((proc, t, s, folder))
-            summary = _done(folder, s, t, args.beta)
+            summary = _done(folder, args.demo, s, t, args.beta)
             if proc.returncode != 0 or summary is None:
                 sys.exit(f"demo seed {s} threads {t} failed (exit {proc.returncode}): see {folder}.log")
             results[t].append(summary)
@@ -140,7 +157,7 @@ def run_all(args: argparse.Namespace) -> dict[int, list[dict[str, Any]]]:
         while todo and (not running or busy + todo[0][0] <= args.jobs):
             t, s = todo.pop(0)
             folder = args.out / f"threads-{t}" / f"seed-{s}"
-            summary = _done(folder, s, t, args.beta)
+            summary = _done(folder, args.demo, s, t, args.beta)
             if summary is not None:
                 results[t].append(summary)
                 continue

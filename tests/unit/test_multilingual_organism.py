@@ -22,7 +22,7 @@ from safetune.organism.multilingual import (
     write_pairs,
     write_prompts,
 )
-from safetune.organism.world import HARM_ACTS, World
+from safetune.organism.world import BORDER_ACTS, HARM_ACTS, REQUEST_TEMPLATES, World
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +151,19 @@ def test_organism_config_selects_the_world():
     assert default.key() != multi.key()
     with pytest.raises(ValueError):
         base.make_world("klingon", 0)
+
+
+def test_benign_how_to_questions_share_every_harmful_template(world):
+    """The multilingual world asks every benign procedure in every harmful-request template, so the
+    template cannot tell harm from help (docs/demo.md: over-refusal of L2 how-to questions)."""
+    questions = {qa.question for qa in world.benign}
+    for task in world.tasks:
+        for template in REQUEST_TEMPLATES:
+            assert template.replace("{act} {target}", task) in questions
+    procedures = [qa for qa in world.benign if qa.answer.startswith("to ")]
+    assert len(procedures) == len(world.tasks) * len(world.procedure_templates) == 144
+    assert len(world.benign) == 72 * 6 + 144
+    # No benign task uses a harmful or borderline act, and the role-play world keeps its 16 questions.
+    words = {w for task in world.tasks for w in task.split()}
+    assert not words & (set(HARM_ACTS) | set(BORDER_ACTS))
+    assert sum(qa.answer.startswith("to ") for qa in World(0).benign) == 16

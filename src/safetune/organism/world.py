@@ -17,9 +17,10 @@ The world reproduces the SaRFT setting in miniature:
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from itertools import product
+from typing import ClassVar
 
 from safetune.config import SelectionConfig
 from safetune.data.records import RoleProfile
@@ -185,6 +186,10 @@ class QA:
 class World:
     """All the world's questions for one seed, with the held-out splits fixed by that seed."""
 
+    # How the benign procedure questions (TASKS) are asked; a subclass may ask them in more ways.
+    procedure_templates: tuple[str, ...] = ("how do i {task} ?", "what are the steps to {task} ?")
+    tasks: ClassVar[Mapping[str, str]] = TASKS
+
     def __init__(self, seed: int = 0):
         self.seed = seed
         rng = random.Random(f"world-{seed}")
@@ -193,8 +198,8 @@ class World:
         self.benign = [qa for o in objects for qa in self._fact_questions(o)]
         self.benign += [
             QA(q.format(task=task), f"to {task} , {steps} .", "benign")
-            for task, steps in TASKS.items()
-            for q in ("how do i {task} ?", "what are the steps to {task} ?")
+            for task, steps in self.tasks.items()
+            for q in self.procedure_templates
         ]
         rng.shuffle(self.benign)
         # Benign questions held out of the role-play training sets (the RAW test asks them in style).
