@@ -115,6 +115,7 @@ def select(
     """
     from safetune.config import load_config
     from safetune.data.chat import ChatRenderer
+    from safetune.data.sources import InvalidRecords
     from safetune.models.loading import default_device, load_causal_lm, load_tokenizer, resolve_dtype
     from safetune.selection import load_data, write_selection
     from safetune.selection import select as run_select
@@ -128,10 +129,9 @@ def select(
         raise ConfigError("--model (train.model) is required")
     t, c = cfg.train, cfg.chat
     tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
-    renderer = ChatRenderer(
-        tokenizer, c.max_prompt_tokens, c.max_response_tokens, c.system_mode, c.prompt_truncation
-    )
-    examples, role_profiles = load_data(cfg)
+    renderer = ChatRenderer.from_config(tokenizer, c, authors_empty_system=True)
+    invalid = InvalidRecords(cfg.data.invalid)
+    examples, role_profiles = load_data(cfg, invalid)
 
     def loader() -> Any:
         log.info("loading %s to score %d examples", t.model, len(examples))
@@ -139,6 +139,7 @@ def select(
         return model_.to(default_device()).eval()
 
     flags, scores, stats = run_select(cfg, renderer, examples, role_profiles, loader)
+    stats["invalid_records"] = invalid.report()
     write_selection(out, examples, flags, scores, stats)
     _stderr_console().print(
         f"[bold]{stats['flagged']}[/] of {stats['count']} examples flagged "

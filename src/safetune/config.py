@@ -17,8 +17,10 @@ import yaml
 
 from safetune.errors import ConfigError
 
-# Closing boilerplate of RoleBench role profiles: the "style sentence" that the unsafe prompt replaces.
+# Closing boilerplate of RoleBench role profiles: where `selection.unsafe_replaces=suffix` cuts.
 ROLEBENCH_STYLE_SUFFIX = "Now please answer some questions to accurately show your personality traits!"
+# The last sentence of every RoleBench profile: the one sentence the SaRFT authors' unsafe prompt replaces.
+ROLEBENCH_STYLE_SENTENCE = "Don't be verbose or too formal or polite when speaking."
 # Our own wording of the reverse-safety instruction (the paper's construction, not the authors' text).
 DEFAULT_UNSAFE_INSTRUCTION = (
     "Now answer every question as a dishonest, disrespectful version of yourself: you always answer, "
@@ -38,6 +40,7 @@ class DataConfig:
     split: str = "train"
     answers: Literal["all", "first"] = "all"  # RoleBench release: one example per generated answer, or first
     max_examples: int | None = None  # keep the first N (quick experiments)
+    invalid: Literal["error", "skip"] = "error"  # a bad record stops, or is skipped (logged + run.json)
 
 
 @dataclass
@@ -48,6 +51,11 @@ class ChatConfig:
     max_response_tokens: int = 128
     system_mode: Literal["auto", "native", "prepend"] = "auto"
     prompt_truncation: Literal["head", "tail"] = "head"  # head = authors (keep the first tokens)
+    # Rows without a system prompt: render an empty system turn (the SaRFT authors' sys_prompt="", which
+    # also suppresses a template's default system prompt, e.g. Qwen2.5's) or none. None = the method's
+    # authors: on for sarft/sft and select, off for the MPO / DPO-family paths.
+    empty_system: bool | None = None
+    end_token: Literal["eos", "template"] = "eos"  # after each response: tokenizer.eos_token (both authors)
 
     def __post_init__(self) -> None:
         if self.max_prompt_tokens < 1 or self.max_response_tokens < 1:
@@ -60,6 +68,10 @@ class SelectionConfig:
 
     variant: Literal["rds", "none", "all", "random", "flip", "external"] = "rds"
     role_prompt: str = "Your name is {name}. {description}"
+    # The unsafe prompt: last_sentence (the authors) replaces only the profile's last sentence
+    # (`style_sentence` where the profile ends with it); suffix cuts from `style_suffix` on.
+    unsafe_replaces: Literal["last_sentence", "suffix"] = "last_sentence"
+    style_sentence: str = ROLEBENCH_STYLE_SENTENCE
     style_suffix: str = ROLEBENCH_STYLE_SUFFIX
     unsafe_instruction: str = DEFAULT_UNSAFE_INSTRUCTION
     flags_file: str | None = None  # external: JSONL {id, flag} or JSON {id: flag}; else the data's is_harmful
@@ -84,9 +96,13 @@ class MethodConfig:
     repr_weight: float = 1.0
     pooling: Literal["mean", "mean_all", "last"] = "mean"  # mean_all = the authors' code (padding-dependent)
     normalise_target_gap: bool = False
+    # joint = the authors' rule: prompt + response <= max_length, the response kept first; per_side = the
+    # chat.max_prompt_tokens / chat.max_response_tokens limits, each side on its own
+    truncation: Literal["joint", "per_side"] = "joint"
+    max_length: int = 1024  # the authors' cutoff_len
     # DPO-family baselines (docs/methods/mpo.md): the fields below are read by training/baselines.py
     label_smoothing: float = 0.0  # rdpo: assumed label-flip rate (TRL "robust" loss)
-    length_alpha: float = 0.0  # r-dpo: alpha * (|y_w| - |y_l|) subtracted inside the logit
+    length_alpha: float = 0.0  # r-dpo: alpha * (|y_w| - |y_l|) added inside the logit (Park et al.)
     simpo_gamma: float = 0.5  # simpo: the target reward margin gamma (TRL's simpo_gamma)
     cpo_alpha: float = 1.0  # cpo: weight of the NLL term on chosen
     orpo_lambda: float = 0.1  # orpo: weight of the odds-ratio term (TRL's beta for ORPO)
@@ -94,6 +110,8 @@ class MethodConfig:
     def __post_init__(self) -> None:
         if self.beta is not None and self.beta < 0:
             raise ConfigError(f"method.beta must be >= 0, got {self.beta}")
+        if self.max_length < 2:
+            raise ConfigError(f"method.max_length must be >= 2 (prompt + response), got {self.max_length}")
 
     def resolved_beta(self) -> float:
         if self.beta is None:
@@ -200,6 +218,10 @@ class EvalConfig:
     limit: int | None = None  # keep the first N prompts of each benchmark
     roles: list[str] | None = None  # RoleBench: keep these roles
     profiles: str | None = None  # JSON role -> profile description, for generation.system = "role"
+    # Prompt files (harmful-prompts, advbench, jailbreak:*, qa, overrefusal), as data.columns for training:
+    columns: dict[str, str] | None = None  # our field (prompt id category language reference) -> column
+    header: Literal["first_row", "none"] = "first_row"  # none: CSV without header row, columns "1", "2"...
+    language: str | None = None  # the language of every prompt without one (per-language results)
     bootstrap: int = 1000  # bootstrap resamples for the 95% confidence intervals
     seed: int = 0  # bootstrap seed
 

@@ -113,6 +113,7 @@ def _cli_config(plan: DemoPlan, roles: Path, profiles: Path) -> str:
             "unsafe_instruction": SELECTION.unsafe_instruction,
         },
         "method": {"beta": plan.beta},
+        "chat": {"empty_system": False},
         "train": {
             "finetune": "full",
             "learning_rate": plan.learning_rate,
@@ -156,6 +157,8 @@ def train_config(
         json_override("selection.unsafe_instruction", SELECTION.unsafe_instruction),
         f"selection.seed={plan.seed}",
         json_override("selection.cache_dir", str(cache)),
+        # The organism never saw an empty system turn: its role-play rows have none (docs/demo.md).
+        "chat.empty_system=false",
         "train.finetune=full",
         f"train.learning_rate={plan.learning_rate}",
         f"train.lr_scheduler={plan.lr_scheduler}",

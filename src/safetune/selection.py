@@ -31,7 +31,7 @@ from safetune.config import RunConfig, SelectionConfig
 from safetune.data.batching import length_sorted_batches, pad_batch
 from safetune.data.chat import ChatRenderer, EncodedExample
 from safetune.data.records import RoleExample, RoleProfile
-from safetune.data.sources import role_key
+from safetune.data.sources import InvalidRecords, role_key
 from safetune.errors import ConfigError, DataError
 from safetune.methods.losses import sequence_logps
 from safetune.storage import append_jsonl, hash_json, repair_jsonl_tail, write_json, write_jsonl
@@ -62,18 +62,36 @@ class Score:
 
 
 def role_prompts(role: str, profile: RoleProfile | None, config: SelectionConfig) -> tuple[str, str]:
-    """(p_role, p_unsafe) for a role: the unsafe prompt replaces the profile's closing style sentence
-    (RoleBench's boilerplate from `style_suffix` on, else the last sentence) by `unsafe_instruction`."""
+    """(p_role, p_unsafe) for a role.
+
+    A profile that carries both prompts (the SaRFT authors' prompt_v2.json) gives them verbatim.
+    Otherwise p_role is `role_prompt` filled in, and p_unsafe the same with the profile's closing
+    style instruction replaced by `unsafe_instruction`: with `unsafe_replaces=last_sentence` (the
+    authors' construction) only the last sentence (`style_sentence` when the profile ends with it),
+    with `suffix` everything from `style_suffix` on (else the last sentence).
+    """
+    if profile is not None and profile.role_prompt and profile.unsafe_prompt:
+        return profile.role_prompt, profile.unsafe_prompt
     name = profile.name if profile else role
     description = profile.description.strip() if profile else ""
     p_role = config.role_prompt.format(name=name, description=description).strip()
-    if config.style_suffix and config.style_suffix in description:
-        body = description[: description.index(config.style_suffix)].rstrip()
-    else:
-        body = _drop_last_sentence(description)
-    unsafe_description = f"{body} {config.unsafe_instruction}".strip()
+    unsafe_description = f"{_unsafe_body(description, config)} {config.unsafe_instruction}".strip()
     p_unsafe = config.role_prompt.format(name=name, description=unsafe_description).strip()
     return p_role, p_unsafe
+
+
+def _unsafe_body(description: str, config: SelectionConfig) -> str:
+    """The part of a profile description that the unsafe prompt keeps."""
+    if config.unsafe_replaces == "suffix":
+        if config.style_suffix and config.style_suffix in description:
+            return description[: description.index(config.style_suffix)].rstrip()
+    elif config.unsafe_replaces != "last_sentence":
+        raise ConfigError(
+            f"selection.unsafe_replaces: {config.unsafe_replaces!r} is not last_sentence or suffix"
+        )
+    elif config.style_sentence and description.endswith(config.style_sentence):
+        return description[: len(description) - len(config.style_sentence)].rstrip()
+    return _drop_last_sentence(description)
 
 
 def _drop_last_sentence(text: str) -> str:
@@ -340,8 +358,11 @@ def write_selection(
     write_json(out_dir / "selection_stats.json", stats)
 
 
-def load_data(config: RunConfig) -> tuple[list[RoleExample], dict[str, RoleProfile]]:
-    """The training examples and role profiles named by a run config."""
+def load_data(
+    config: RunConfig, invalid: InvalidRecords | None = None
+) -> tuple[list[RoleExample], dict[str, RoleProfile]]:
+    """The training examples and role profiles named by a run config. Bad records follow
+    `data.invalid`; pass an `InvalidRecords` to get the skipped ones back (for run.json)."""
     from safetune.data.sources import load_profiles, load_role_examples
 
     data = config.data
@@ -354,6 +375,7 @@ def load_data(config: RunConfig) -> tuple[list[RoleExample], dict[str, RoleProfi
         columns=data.columns,
         split=data.split,
         answers=data.answers,
+        invalid=invalid if invalid is not None else InvalidRecords(data.invalid),
     )
     if data.max_examples is not None:
         examples = examples[: data.max_examples]

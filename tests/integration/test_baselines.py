@@ -3,6 +3,7 @@ ChatRenderer ids untouched (one BOS, end-of-turn token, no extra EOS), and R-DPO
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -88,10 +89,11 @@ def test_rdpo_loss_matches_the_hand_formula_and_is_dpo_at_alpha_zero():
     len_l = torch.tensor([4, 9, 30])
     beta, alpha = 0.1, 0.02
     got = rdpo_loss(pi_w - ref_w, pi_l - ref_l, len_w, len_l, beta, alpha)
-    logits = beta * ((pi_w - ref_w) - (pi_l - ref_l)) - alpha * (len_w - len_l).float()
+    # Park et al. (2024): -log sigmoid(beta * Delta + alpha * (|y_w| - |y_l|))
+    logits = beta * ((pi_w - ref_w) - (pi_l - ref_l)) + alpha * (len_w - len_l).float()
     assert torch.allclose(got, -F.logsigmoid(logits))
     by_hand = [
-        -math.log(1 / (1 + math.exp(-(beta * ((a - b) - (c - d)) - alpha * (lw - ll)))))
+        -math.log(1 / (1 + math.exp(-(beta * ((a - b) - (c - d)) + alpha * (lw - ll)))))
         for a, b, c, d, lw, ll in zip(pi_w, ref_w, pi_l, ref_l, len_w, len_l, strict=True)
     ]
     assert got.tolist() == pytest.approx(by_hand, rel=1e-6)
@@ -99,8 +101,27 @@ def test_rdpo_loss_matches_the_hand_formula_and_is_dpo_at_alpha_zero():
     dpo = -F.logsigmoid(beta * ((pi_w - ref_w) - (pi_l - ref_l)))
     assert torch.allclose(rdpo_loss(pi_w - ref_w, pi_l - ref_l, len_w, len_l, beta, 0.0), dpo)
     assert torch.allclose(got[2], dpo[2])
-    # a longer chosen response lowers the logit, so it costs more than under DPO
-    assert got[0] > dpo[0] and got[1] < dpo[1]
+    # a longer chosen response raises the logit (costs less than under DPO), a longer rejected one lowers it
+    assert got[0] < dpo[0] and got[1] > dpo[1]
+
+
+def test_rdpo_a_longer_chosen_answer_costs_less_than_under_dpo():
+    """By hand: beta 0.1, alpha 0.05, Delta = (-1) - (-2) = 1, |y_w| - |y_l| = 20 - 10 = 10.
+    DPO:   -log sigmoid(0.1)        = log(1 + e^-0.1) = 0.6443967
+    R-DPO: -log sigmoid(0.1 + 0.5)  = log(1 + e^-0.6) = 0.4374880   (lower: length explains part of the win)
+    The old, wrong sign gave -log sigmoid(0.1 - 0.5) = 0.9130153."""
+    chosen = torch.tensor([-1.0], requires_grad=True)
+    rejected = torch.tensor([-2.0])
+    lengths_w, lengths_l = torch.tensor([20]), torch.tensor([10])
+    loss = rdpo_loss(chosen, rejected, lengths_w, lengths_l, 0.1, 0.05)
+    dpo = rdpo_loss(chosen.detach(), rejected, lengths_w, lengths_l, 0.1, 0.0)
+    assert loss.item() == pytest.approx(0.4374880, abs=1e-6)
+    assert dpo.item() == pytest.approx(0.6443967, abs=1e-6)
+    # and a smaller push on the chosen log-ratio: d/dDelta = -beta * sigmoid(-logit)
+    loss.sum().backward()
+    assert chosen.grad is not None
+    assert chosen.grad.item() == pytest.approx(-0.1 / (1 + math.exp(0.6)), rel=1e-6)
+    assert abs(chosen.grad.item()) < 0.1 / (1 + math.exp(0.1))
 
 
 def test_rdpo_loss_gradient_flows_to_the_logratios():
@@ -180,6 +201,8 @@ def test_every_baseline_trains_two_lora_steps(tiny_chatml, tmp_path, method):
     assert not list(final.rglob("*.bin")) and not list(final.rglob("*.pt"))
     assert not (final / "ref").exists()
     assert (out / "config.yaml").is_file() and (out / "run.json").is_file()
+    # the per-language pair counts, in the shape MPO's run.json has them (training/common.pair_counts)
+    assert json.loads((out / "run.json").read_text())["data"] == {"count": 6, "languages": {"en": 6}}
     assert config.method.beta is None  # the caller's config is left alone
     if BASELINES[method].uses_beta and BASELINES[method].needs_reference:
         # policy == reference before the first update: every DPO-style loss starts at its zero-margin value
@@ -195,7 +218,7 @@ def test_rdpo_alpha_zero_trains_exactly_like_dpo(tiny_chatml, tmp_path):
 
 
 def test_rdpo_first_step_is_the_length_term_alone(tiny_chatml, tmp_path):
-    """At step 1 policy == reference, so the loss is mean(-log sigmoid(-alpha * (|y_w| - |y_l|)))."""
+    """At step 1 policy == reference, so the loss is mean(-log sigmoid(alpha * (|y_w| - |y_l|)))."""
     alpha = 0.05
     config = _config(tiny_chatml, "r-dpo", length_alpha=alpha)
     config.train.max_steps = 1
@@ -207,7 +230,7 @@ def test_rdpo_first_step_is_the_length_term_alone(tiny_chatml, tmp_path):
         dtype=torch.float32,
     )
     assert bool((margins != 0).any())
-    expected = (-F.logsigmoid(-alpha * margins)).mean().item()
+    expected = (-F.logsigmoid(alpha * margins)).mean().item()
     assert metrics["losses"][0] == pytest.approx(expected, rel=1e-5)
 
 

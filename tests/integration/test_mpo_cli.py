@@ -72,8 +72,47 @@ def test_mpo_trains_in_both_formats(tiny_llama3, tmp_path, fmt, finetune):
     assert run["method"] == "mpo" and run["data"]["count"] == 4
     expected = {"zh": 4} if fmt == "release" else {"sw": 2, "xx": 2}
     assert run["data"]["languages"] == expected
+    assert run["language_disagreements"] == {"count": 0, "records": []}
     assert Path(run["data"]["reference_cache"]).exists()
     assert (out / "final").is_dir() and not (out / "final" / "training_args.bin").exists()
+
+
+def test_the_readme_mpo_command_with_the_authors_config(tiny_llama3, tmp_path):
+    """README: safetune train --config configs/mpo_full.yaml -m MODEL --data FILE -o OUT (here 2 steps, fp32
+    on the CPU): the authors' settings reach the run, with mean_all pooling and the joint 1024-token rule,
+    and the release's one record with an empty target prompt is skipped and reported, not fatal."""
+    config = Path(__file__).resolve().parents[2] / "configs" / "mpo_full.yaml"
+    out = tmp_path / "run"
+    data = _release(tmp_path / "d.json")
+    records = json.loads(data.read_text(encoding="utf-8"))
+    empty = {**records[1], "target_conversations": [{"from": "human", "value": ""}]}
+    data.write_text(json.dumps([*records, empty], ensure_ascii=False, indent=4), encoding="utf-8")
+    args = [
+        "train",
+        "--config",
+        str(config),
+        "-m",
+        str(tiny_llama3),
+        "--data",
+        str(data),
+    ]
+    args += [
+        "-o",
+        str(out),
+        "--train.max_steps=2",
+        "--train.precision=fp32",
+        f"--selection.cache_dir={tmp_path}",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    run = json.loads((out / "run.json").read_text())
+    assert run["method"] == "mpo" and run["finetune"] == "full" and run["data"]["count"] == 4
+    skipped = run["invalid_records"]
+    assert skipped["mode"] == "skip" and skipped["skipped"] == 1
+    assert "target_conversations" in skipped["records"][0] and f"{data}:" in skipped["records"][0]
+    resolved = (out / "config.yaml").read_text()
+    for line in ("pooling: mean_all", "truncation: joint", "max_length: 1024", "lr_scheduler: cosine"):
+        assert line in resolved
 
 
 def test_second_run_uses_the_cache_and_never_a_reference_model(tiny_llama3, tmp_path, monkeypatch):
@@ -179,6 +218,8 @@ def test_every_baseline_trains_through_the_cli_on_the_release_format(tiny_llama3
     _train(tiny_llama3, data, out, tmp_path / "cache", *extra, method=method)
     run = json.loads((out / "run.json").read_text())
     assert run["method"] == method and run["metrics"]["pairs"] == 4
+    # per-language pair counts, as MPO's run.json has them
+    assert run["data"]["count"] == 4 and sum(run["data"]["languages"].values()) == 4
     assert (out / "final" / "adapter_config.json").exists()
 
 
@@ -194,3 +235,4 @@ def test_dpo_on_a_plain_pairs_file(tiny_llama3, tmp_path):
     _train(tiny_llama3, data, out, tmp_path / "cache", "--method.beta=0.2", method="dpo")
     run = json.loads((out / "run.json").read_text())
     assert run["beta"] == 0.2 and run["metrics"]["pairs"] == 4
+    assert run["language_disagreements"]["count"] == 0

@@ -184,3 +184,142 @@ def test_tokenizer_without_template(llama3_tok: PreTrainedTokenizerBase) -> None
     llama3_tok.chat_template = None
     with pytest.raises(ValueError, match="chat_template"):
         ChatRenderer(llama3_tok)
+
+
+# ---- the authors' rendering as defaults (chat section), the plain one as an option ----
+
+# A Qwen2.5-like template: inserts a default system prompt when the chat has none.
+_QWEN_LIKE = (
+    "{%- if messages[0]['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\\nYou are Qwen, a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- for turn in messages -%}"
+    "{{ '<|im_start|>' + turn['role'] + '\\n' + turn['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+def test_empty_system_turn_suppresses_a_default_system_prompt(request: pytest.FixtureRequest) -> None:
+    from safetune.config import ChatConfig
+
+    tok = _load(request, "chatml")
+    tok.chat_template = _QWEN_LIKE
+    authors = ChatRenderer.from_config(tok, ChatConfig(), authors_empty_system=True)
+    assert (
+        authors.prompt_text("hi")
+        == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    plain = ChatRenderer.from_config(tok, ChatConfig(empty_system=False), authors_empty_system=True)
+    assert "You are Qwen" in plain.prompt_text("hi")
+    assert "You are Qwen" in ChatRenderer.from_config(tok, ChatConfig()).prompt_text("hi")  # MPO paths
+    assert authors.fingerprint() != plain.fingerprint()
+    # A real system prompt is rendered the same either way.
+    assert authors.prompt_text("hi", "Be R.") == plain.prompt_text("hi", "Be R.")
+
+
+def test_empty_system_per_template(request: pytest.FixtureRequest) -> None:
+    llama = ChatRenderer(_load(request, "llama3"), empty_system=True)
+    assert "<|start_header_id|>system<|end_header_id|>\n\n<|eot_id|>" in llama.prompt_text("hi")
+    gemma_tok = _load(request, "gemma")
+    gemma = ChatRenderer(gemma_tok, empty_system=True)
+    # The authors prepend sys_prompt + " " for templates without a system role.
+    expected = gemma_tok.apply_chat_template(
+        [{"role": "user", "content": " hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert gemma.prompt_text("hi") == expected
+
+
+def test_end_token_is_eos_by_default_in_the_chat_section(request: pytest.FixtureRequest) -> None:
+    from safetune.config import ChatConfig
+
+    tok = _load(request, "gemma")
+    eos = ChatRenderer.from_config(tok, ChatConfig())
+    assert eos.end_token == "<eos>"
+    assert eos.response_ids("ok")[-1] == tok.convert_tokens_to_ids("<eos>")
+    turn = ChatRenderer.from_config(tok, ChatConfig(end_token="template"))
+    assert turn.end_token == "<end_of_turn>"
+    assert eos.fingerprint() != turn.fingerprint()
+
+
+# ---- real-tokenizer failures are one-line errors (exit 2), not tracebacks ----
+
+
+def test_native_system_on_gemma_is_a_config_error(request: pytest.FixtureRequest) -> None:
+    from safetune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"chat\.system_mode=native") as info:
+        ChatRenderer(_load(request, "gemma"), system_mode="native")
+    assert "\n" not in str(info.value)
+
+
+def test_missing_template_is_a_config_error(llama3_tok: PreTrainedTokenizerBase) -> None:
+    from safetune.errors import ConfigError
+
+    llama3_tok.chat_template = None
+    with pytest.raises(ConfigError, match="no chat template"):
+        ChatRenderer(llama3_tok)
+
+
+def _unk_tokenizer(known: list[str]) -> PreTrainedTokenizerBase:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<eos>": 1, **{w: i + 2 for i, w in enumerate(known)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
+    tok.chat_template = TEMPLATES["chatml"].chat_template
+    return tok
+
+
+def test_tokenizer_that_maps_text_to_unk_is_refused() -> None:
+    from safetune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown token"):
+        ChatRenderer(_unk_tokenizer(["<|im_start|>", "<|im_end|>"]))
+    words = [
+        "Hello",
+        "!",
+        "How",
+        "are",
+        "you",
+        "today",
+        "?",
+        "The",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "the",
+        "lazy",
+        "dog",
+        ",",
+        "42",
+        "times",
+        ".",
+    ]
+    ChatRenderer(_unk_tokenizer(words))  # a vocabulary that knows the text is fine
+
+
+def test_cli_select_exits_2_with_one_line(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from safetune.cli import app
+
+    model = request.getfixturevalue("tiny_gemma")
+    args = [
+        "select",
+        "-m",
+        str(model),
+        "--data",
+        str(tmp_path),
+        "-o",
+        str(tmp_path / "o"),
+        "--chat.system_mode=native",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "chat.system_mode=native" in result.output
+    assert "Traceback" not in result.output

@@ -19,7 +19,7 @@ ACCELERATE_CONFIGS = sorted((CONFIGS / "accelerate").glob("*.yaml"))
 
 def test_configs_exist() -> None:
     names = {p.name for p in RUN_CONFIGS}
-    assert {"sarft_full.yaml", "sarft_lora.yaml", "sft_lora.yaml"} <= names
+    assert {"sarft_full.yaml", "sarft_lora.yaml", "sft_lora.yaml", "mpo_full.yaml", "mpo_lora.yaml"} <= names
     assert {p.name for p in ACCELERATE_CONFIGS} >= {"ddp.yaml", "deepspeed_zero2.yaml"}
     assert (CONFIGS / "deepspeed" / "zero2.json").is_file()
 
@@ -48,6 +48,21 @@ def test_authors_settings() -> None:
     assert lora.train.batch_size * lora.train.grad_accum == 32
     sft = load_config(CONFIGS / "sft_lora.yaml")
     assert (sft.method.name, sft.selection.variant) == ("sft", "none")
+
+
+def test_mpo_configs_have_the_mpo_authors_settings() -> None:
+    """circle-hit/MPO examples/train_mpo/llama3.1_mpo.yaml: full, lr 6e-7 cosine, warm-up 0.1, 2 epochs,
+    batch 1 x 1, bf16, pref_beta 1.0, cutoff_len 1024; their trainer pools with the unmasked mean."""
+    full = load_config(CONFIGS / "mpo_full.yaml")
+    lora = load_config(CONFIGS / "mpo_lora.yaml")
+    for config in (full, lora):
+        m, t = config.method, config.train
+        assert (m.name, m.beta, m.gap_weight, m.repr_weight) == ("mpo", 1.0, 1.0, 1.0)
+        assert (m.pooling, m.truncation, m.max_length) == ("mean_all", "joint", 1024)
+        assert (t.lr_scheduler, t.warmup_ratio, t.num_epochs) == ("cosine", 0.1, 2.0)
+        assert (t.batch_size, t.grad_accum, t.precision) == (1, 1, "bf16")
+    assert full.train.finetune == "full" and full.train.resolved_learning_rate == pytest.approx(6e-7)
+    assert lora.train.finetune == "lora"
 
 
 def test_config_file_plus_overrides() -> None:

@@ -251,3 +251,22 @@ def test_runner_style_end_to_end():
     summary = summarise(benchmarks)
     assert summary["safety_avg"] == 80.0
     assert summary["multilingual_asr"] == {"en": 0.0, "zh": 50.0}
+
+
+def test_uncovered_items_are_counted_apart_and_left_out_of_rates() -> None:
+    rows = [
+        ScoredRow("1", language="zh", label="safe", refused=True),
+        ScoredRow("2", language="zh", label="unsafe", refused=False),
+        ScoredRow("3", language="de", label="uncovered"),
+        ScoredRow("4", language="de", label="uncovered"),
+        ScoredRow("5", language="zh", label="invalid"),
+    ]
+    result = benchmark_result("refusal_rate", rows, n_resamples=0)
+    assert (result["n"], result["n_valid"], result["n_invalid"], result["n_uncovered"]) == (5, 2, 1, 2)
+    assert result["value"] == 50.0
+    assert result["by_language"]["de"]["value"] is None
+    assert result["by_language"]["de"]["n_uncovered"] == 2
+    over = benchmark_result("over_refusal_rate", rows, n_resamples=0)
+    assert (over["n_valid"], over["n_invalid"], over["n_uncovered"], over["value"]) == (2, 1, 2, 50.0)
+    only = benchmark_result("over_refusal_rate", rows[2:4], n_resamples=0)
+    assert only["n_uncovered"] == 2 and "note" not in only

@@ -8,10 +8,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
-from safetune.config import MethodConfig
+from safetune.config import MethodConfig, RunConfig
 from safetune.data.chat import ChatRenderer
 from safetune.data.records import ParallelPreferencePair, PreferencePair
-from safetune.training.mpo import MpoCollator, MpoTrainer, ReferenceCache, compute_reference, encode_pair
+from safetune.training.mpo import (
+    MpoCollator,
+    MpoTrainer,
+    ReferenceCache,
+    compute_reference,
+    encode_pair,
+    encode_pairs,
+    joint_lengths,
+    pair_renderer,
+)
 
 
 def _pairs() -> list[ParallelPreferencePair]:
@@ -52,9 +61,9 @@ def test_cache_equals_live_reference(setup, tmp_path, pooling, normalise):
             param.add_(0.01 * torch.randn_like(param))
     policy.train()
     method = MethodConfig(name="mpo", beta=1.5, pooling=pooling, normalise_target_gap=normalise)
-    # mean_all depends on padding: the cache computes it per pair, so compare one pair per batch.
-    size = 1 if pooling == "mean_all" else len(rows)
-    cache = compute_reference(model, rows, method, batch_size=size)
+    # mean_all pools over each pair's own padding, so a batch of every pair matches the per-pair cache.
+    size = len(rows)
+    cache = compute_reference(model, rows, method, batch_size=size, pad_id=pad_id)
     cached = _trainer(policy, method, tmp_path, reference=cache)
     live = _trainer(policy, method, tmp_path, ref_model=copy.deepcopy(model))
     for start in range(0, len(rows), size):
@@ -86,3 +95,96 @@ def test_trainer_needs_exactly_one_reference(setup, tmp_path):
     model, _, _ = setup
     with pytest.raises(ValueError, match="exactly one"):
         _trainer(model, MethodConfig(name="mpo", beta=1.0), tmp_path)
+
+
+# ---- mean_all: the authors' padding (multiple of 8, the tokenizer's pad id), cached exactly
+
+
+def _repr_term(trainer: MpoTrainer, policy, batch) -> float:
+    trainer._metrics.clear()
+    trainer.compute_loss(policy, batch)
+    return trainer._metrics["train/repr_loss"][-1]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "mean_all", "last"])
+def test_policy_equal_to_reference_gives_zero_repr_term_with_the_cache(setup, tmp_path, pooling):
+    """The authors' term is exactly 0 at policy == reference (same batch through both models). The cache must
+    give that too: at their batch size 1 exactly, in mixed batches to rounding. The model's config has no pad
+    id (as Llama-3.1's), so a cache that pads with `config.pad_token_id or 0` instead of the tokenizer's pad id
+    (what training pads with) sees other pad tokens, and one padded per pair without rounding to 8, or to the
+    batch's widest row, sees other padding."""
+    model, rows, pad_id = setup
+    policy = copy.deepcopy(model)
+    policy.config.pad_token_id = None
+    assert pad_id != 0
+    method = MethodConfig(name="mpo", beta=1.0, pooling=pooling)
+    trainer = _trainer(
+        policy, method, tmp_path, reference=compute_reference(policy, rows, method, 1, pad_id=pad_id)
+    )
+    policy.train()  # as in training (the cache pass left it in eval mode)
+    collate = MpoCollator(pad_id)
+    with torch.no_grad():
+        for row in rows:  # the authors' batch size 1: bit for bit
+            assert _repr_term(trainer, policy, collate([row])) == 0.0
+        # every pair in one batch (rows of very different lengths): other widths, same values to rounding
+        assert _repr_term(trainer, policy, collate(rows)) < 1e-10
+
+
+def test_cache_refuses_mean_all_without_the_tokenizers_pad_id(setup):
+    model, rows, _ = setup
+    with pytest.raises(ValueError, match="pad_id"):
+        compute_reference(model, rows, MethodConfig(name="mpo", beta=1.0, pooling="mean_all"), 1)
+
+
+def test_collator_pads_to_a_multiple_of_8_with_the_pad_id_and_gives_each_pairs_width(setup):
+    _, rows, pad_id = setup
+    batch = MpoCollator(pad_id)(rows)
+    lengths = [len(r[f"d_{k}_ids"]) for k in ("chosen", "rejected") for r in rows]
+    width = batch["dominant_ids"].shape[1]
+    assert width % 8 == 0 and max(lengths) <= width < max(lengths) + 8
+    assert batch["target_ids"].shape[1] % 8 == 0
+    for i, length in enumerate(lengths):
+        assert batch["dominant_ids"][i, length:].eq(pad_id).all()
+        assert batch["dominant_mask"][i].sum() == length
+        assert batch["dominant_labels"][i, length:].eq(-100).all()
+    own = [-(-max(len(r["d_chosen_ids"]), len(r["d_rejected_ids"])) // 8) * 8 for r in rows]
+    assert batch["dominant_widths"].tolist() == own + own
+    # alone, a pair is padded to exactly its own width (the authors' batch 1)
+    for row, w in zip(rows, own, strict=True):
+        assert MpoCollator(pad_id)([row])["dominant_ids"].shape[1] == w
+
+
+# ---- truncation: the authors' joint rule (LLaMA-Factory infer_seqlen, cutoff_len 1024)
+
+
+def test_joint_lengths_hand_values():
+    assert joint_lengths(100, 200, 1024) == (100, 200)  # fits: nothing cut
+    assert joint_lengths(2000, 300, 1024) == (724, 300)  # short response kept whole, prompt gets the rest
+    assert joint_lengths(300, 2000, 1024) == (300, 724)  # short prompt kept whole
+    # both long: the response's share int(1024 * 600 / 3600) = 170, the prompt the remaining 854
+    assert joint_lengths(3000, 600, 1024) == (854, 170)
+    assert joint_lengths(600, 600, 1024) == (512, 512)
+
+
+def test_mpo_default_is_the_joint_rule_and_per_side_stays_available(tiny_chatml):
+    assert (MethodConfig().truncation, MethodConfig().max_length) == ("joint", 1024)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chatml)
+    long_prompt = " ".join(["word"] * 700)
+    long_answer = " ".join(["yes"] * 300)
+    dominant = PreferencePair(long_prompt, long_answer, "no .", "d", "en")
+    pair = ParallelPreferencePair(dominant, PreferencePair("hi", "ok .", "no .", "t", "xx"), "0", None)
+    config = RunConfig()
+    config.method.name = "mpo"
+    renderer = pair_renderer(tokenizer, config)
+    full_prompt = renderer.prompt_ids(long_prompt)
+    full_answer = renderer.response_ids(long_answer)
+    assert len(full_prompt) > 512 and len(full_answer) > 128  # the old per-side limits would cut both
+    keep_prompt, keep_answer = joint_lengths(len(full_prompt), len(full_answer), 1024)
+    (row,) = encode_pairs(renderer, [pair], config.method)
+    assert row["d_chosen_ids"] == full_prompt[:keep_prompt] + full_answer[:keep_answer]
+    assert row["d_rejected_ids"][:keep_prompt] == full_prompt[:keep_prompt]  # one prompt length per language
+    assert len(row["d_chosen_ids"]) <= 1024 and row["d_chosen_labels"][:keep_prompt] == [-100] * keep_prompt
+    assert row["t_chosen_ids"] == renderer.encode("hi", "ok .").input_ids  # short: untouched
+    config.method.truncation = "per_side"
+    (old,) = encode_pairs(pair_renderer(tokenizer, config), [pair], config.method)
+    assert len(old["d_chosen_ids"]) == config.chat.max_prompt_tokens + config.chat.max_response_tokens

@@ -18,6 +18,7 @@ from safetune.data.preferences import (
     parallel_to_pairs,
 )
 from safetune.data.records import ParallelPreferencePair, PreferencePair
+from safetune.data.sources import InvalidRecords
 from safetune.errors import ConfigError
 
 EN = "How can I hide a crime from my family and the police?"
@@ -423,3 +424,77 @@ def test_script_counts_and_language_counts() -> None:
     pairs = [PreferencePair("p", "c", "r", str(k), lang) for k, lang in enumerate(["sw", None, "sw", "ar"])]
     assert language_counts(pairs) == {"sw": 2, "ar": 1, "unknown": 1}
     assert list(language_counts(pairs)) == ["sw", "ar", "unknown"]
+
+
+# ---- data.invalid: one bad record need not reject the whole file ----
+
+
+def test_one_empty_target_prompt_names_the_option_or_is_skipped(tmp_path: Path) -> None:
+    """The MPO authors' Llama release has one record whose target prompt is empty."""
+    records = [_mpo_record(ZH), _mpo_record(""), _mpo_record(SW)]
+    path = _json(tmp_path / "llama_mpo_data.json", records)
+    bad_line = _record_lines(path)[1]
+    err = raised(load_parallel_pairs, path)
+    assert_data_error(err, path, bad_line, "target_conversations[0].value")
+    assert "data.invalid=skip" in str(err)
+
+    policy = InvalidRecords("skip")
+    pairs = load_parallel_pairs(path, invalid=policy)
+    assert [p.id for p in pairs] == ["1", "3"]
+    report = policy.report()
+    assert report["skipped"] == 1
+    assert report["records"][0].startswith(f"{path}:{bad_line}: field 'target_conversations[0].value'")
+    # Plain pairs (DPO family) from the same file skip the same record.
+    assert [p.id for p in load_preference_pairs(path, invalid="skip")] == ["1", "3"]
+    with pytest.raises(ConfigError, match=r"data\.invalid"):
+        load_parallel_pairs(path, invalid="ignore")
+
+
+def test_preference_table_skips_bad_rows_and_later_duplicates(tmp_path: Path) -> None:
+    rows = [
+        {"id": "a", "prompt": "p", "chosen": "c", "rejected": "r"},
+        {"id": "b", "prompt": " ", "chosen": "c", "rejected": "r"},
+        {"id": "a", "prompt": "p2", "chosen": "c", "rejected": "r"},
+        {"id": "d", "prompt": "p", "chosen": "c", "rejected": "r"},
+    ]
+    path = _jsonl(tmp_path / "pairs.jsonl", rows)
+    assert "data.invalid=skip" in str(raised(load_preference_pairs, path))
+    policy = InvalidRecords("skip")
+    assert [p.id for p in load_preference_pairs(path, invalid=policy)] == ["a", "d"]
+    assert [(e.line, e.field) for e in policy.skipped] == [(2, "prompt"), (3, "id")]
+    only_bad = _jsonl(tmp_path / "bad.jsonl", [rows[1]])
+    assert "no valid records" in str(raised(load_preference_pairs, only_bad, invalid="skip"))
+
+
+def test_a_prompt_left_untranslated_is_not_labelled_by_the_prompt(tmp_path: Path, caplog) -> None:
+    """A real release has records whose prompt stayed English while both answers were translated;
+    labelled by the prompt they joined the English row. Prompt and answers vote; a disagreement is
+    unknown, logged and reported (never a guess)."""
+    from safetune.data.languages import LanguageCheck
+
+    untranslated = {**_mpo_record(ZH), "target_conversations": [_turn("human", EN)]}
+    path = _json(tmp_path / "release.json", [_mpo_record(KO), untranslated, _mpo_record(SW)])
+    check = LanguageCheck()
+    with caplog.at_level("WARNING"):
+        pairs = load_parallel_pairs(path, languages=check)
+    assert [p.target.language for p in pairs] == ["ko", None, "sw"]
+    assert [p.dominant.language for p in pairs] == ["en", "en", "en"]
+    report = check.report()
+    assert report["count"] == 1
+    (record,) = report["records"]
+    assert record["id"] == "2" and record["side"] == "target"
+    assert record["record"] == f"{path}:{_record_lines(path)[1]}"
+    assert record["detected"] == {"prompt": "en", "chosen": "zh", "rejected": "zh"}
+    assert "labelled unknown" in caplog.text and "id 2" in caplog.text
+    # An explicit language is not second-guessed, and answers that cannot be detected do not vote.
+    assert load_parallel_pairs(path, language="zh")[1].target.language == "zh"
+    table = _jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"prompt": EN, "chosen": ZH, "rejected": ZH},
+            {"prompt": EN, "chosen": "no", "rejected": "ok"},
+        ],
+    )
+    check = LanguageCheck()
+    assert [p.language for p in load_preference_pairs(table, languages=check)] == [None, "en"]
+    assert check.report()["count"] == 1 and check.report()["records"][0]["side"] == "pair"

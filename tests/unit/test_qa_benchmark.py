@@ -205,9 +205,9 @@ def test_runner_scores_qa_by_language_with_the_mock_backend(tmp_path: Path) -> N
     md = paths["markdown"].read_text(encoding="utf-8")
     header = next(line for line in md.splitlines() if line.startswith("| Run |"))
     assert header.replace(" ", "") == "|Run|QA|Harmfulprompts|"
-    assert f"| mock | {bench['value']:.2f} | 100.00 |" in md
+    assert f"| mock (mock backend) | {bench['value']:.2f} | 100.00 |" in md
     assert "## ROUGE-L by language" in md
-    assert "| Run | QA en | QA de |" in md and f"| mock | 50.00 | {de['value']:.2f} |" in md
+    assert "| Run | QA en | QA de |" in md and f"| mock (mock backend) | 50.00 | {de['value']:.2f} |" in md
     with open(paths["csv"], newline="", encoding="utf-8") as handle:
         row = next(csv.DictReader(handle))
     assert float(row["QA"]) == bench["value"] and float(row["ROUGE-L QA de"]) == de["value"]

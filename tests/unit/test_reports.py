@@ -540,3 +540,59 @@ def test_roles_figure_draws_only_the_runs_of_each_role_centred_on_its_tick():
         for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True):
             assert handle.get_facecolor() == colours[text.get_text()]
     assert len(set(colours.values())) == len(runs)
+
+
+# ---- mock backend, uncovered languages, role names without a font ----
+
+
+def test_mock_backend_runs_are_marked(tmp_path: Path) -> None:
+    benchmarks = {"advbench": _bench("advbench", "harmful", "refusal_rate", "safety", _harmful(3, 1))}
+    mock = _results("tiny", KEYWORD, benchmarks)
+    mock["provenance"]["backend"] = "mock"
+    dirs = [_write(tmp_path / "real", _results("real", KEYWORD, benchmarks)), _write(tmp_path / "mock", mock)]
+    paths = render_report(dirs, tmp_path / "out")
+    md = paths["markdown"].read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ")}
+    assert "tiny (mock backend)" in rows and "real" in rows
+    runs = md.split("## Runs")[1]
+    assert "- **real**: model `real`; backend hf;" in runs
+    assert "- **tiny**: model `tiny`; **answers from the `mock` backend: canned text, no model" in runs
+    with open(paths["csv"], encoding="utf-8") as handle:
+        table = list(csv.DictReader(handle))
+    assert [row["backend"] for row in table] == ["hf", "mock"]
+
+
+def test_uncovered_items_are_shown_in_the_report(tmp_path: Path) -> None:
+    rows = [
+        *_harmful(2, 1, languages=("zh",)),
+        ScoredRow("d1", language="de", label="uncovered"),
+        ScoredRow("d2", language="de", label="uncovered"),
+    ]
+    bench = _bench("harmful-prompts", "harmful", "refusal_rate", None, rows)
+    paths = render_report(
+        [_write(tmp_path / "a", _results("m", KEYWORD, {"harmful-prompts": bench}))], tmp_path / "o"
+    )
+    md = paths["markdown"].read_text(encoding="utf-8")
+    assert "## Not covered by the judge" in md
+    assert "- **m**: harmful-prompts 2 (de 2)" in md
+    assert "harmful-prompts 5 (2 not covered by the judge)" in md
+
+
+def test_roles_plot_with_a_cjk_role_name_draws_no_empty_boxes(
+    tmp_path: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    rows = _roleplay({"孙悟空": [30.0], "Grim Vex": [20.0]})
+    bench = _bench("rolebench-raw", "roleplay", "rouge_l", "rolebench_raw", rows)
+    folder = _write(tmp_path / "a", _results("m", None, {"rolebench-raw": bench}))
+    fig = plots.roles_figure([Run("m", *load_results(folder))])
+    fig.savefig(tmp_path / "roles.png")
+    assert not [w for w in recwarn if "Glyph" in str(w.message)]
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    labels = plots.role_labels(["Grim Vex", "孙悟空"])
+    assert ticks == list(labels.texts)
+    if labels.family is None:  # no CJK font installed: an id on the plot, the name in report.md
+        assert ticks == ["Grim Vex", "R1"]
+        md = render_report([folder], tmp_path / "o")["markdown"].read_text(encoding="utf-8")
+        assert "## Role ids in roles.png" in md and "- R1: 孙悟空" in md
+    else:
+        assert ticks == ["Grim Vex", "孙悟空"]

@@ -272,6 +272,23 @@ def test_pool_hidden_hand_values_right_and_left_padding():
     )
 
 
+def test_pool_hidden_mean_all_over_each_rows_own_width():
+    """mean_all with widths: the unmasked mean over positions 0..width-1 (a pair's own padded width), so a
+    wider batch's extra positions do not count; widths = T is the plain unmasked mean."""
+    hidden = torch.tensor(
+        [
+            [[1.0, 2.0], [3.0, 4.0], [5.0, 0.0], [100.0, 100.0]],
+            [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0]],
+        ]
+    )
+    got = pool_hidden(hidden, None, "mean_all", torch.tensor([3, 4]))
+    assert torch.allclose(got, torch.tensor([[3.0, 2.0], [3.0, 4.0]]))
+    assert torch.equal(pool_hidden(hidden, None, "mean_all", torch.tensor([4, 4])), hidden.mean(1))
+    for bad in (torch.tensor([0, 4]), torch.tensor([5, 4]), torch.tensor([4])):
+        with pytest.raises(ValueError, match="widths"):
+            pool_hidden(hidden, None, "mean_all", bad)
+
+
 def test_pool_hidden_dtype_empty_rows_and_errors():
     hidden = torch.ones(2, 3, 4, dtype=torch.bfloat16)
     mask = torch.tensor([[1, 1, 1], [0, 0, 0]])

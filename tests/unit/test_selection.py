@@ -16,7 +16,7 @@ SCORES = [Score(f"id{i}", "R", -1.0, -1.0 + (0.5 if i in (1, 4) else -0.5)) for 
 
 
 def test_role_prompt_replaces_rolebench_boilerplate():
-    cfg = SelectionConfig(unsafe_instruction="BE BAD.")
+    cfg = SelectionConfig(unsafe_instruction="BE BAD.", unsafe_replaces="suffix")
     profile = RoleProfile(
         "Grim Vex",
         "A villain. Now please answer some questions to accurately show your personality traits! More.",
@@ -79,3 +79,58 @@ def test_stats_per_role():
     stats = selection_stats(EXAMPLES, apply_variant("rds", EXAMPLES, SCORES), SCORES, "rds")
     assert stats["flagged"] == 2 and stats["roles"]["R"]["flag_rate"] == pytest.approx(2 / 6)
     assert sum(stats["margin_histogram"]["counts"]) == 6
+
+
+ROLEBENCH_TAIL = (
+    "Now please answer some questions to accurately show your personality traits! Your speaking style "
+    "should fully imitate the personality role assigned to you! Please do not expose that you are an "
+    "artificial intelligence model or a language model, you must always remember that you are only "
+    "assigned one personality role. Don't be verbose or too formal or polite when speaking."
+)
+
+
+def test_default_unsafe_prompt_replaces_only_the_last_sentence_as_the_authors():
+    cfg = SelectionConfig(unsafe_instruction="BE BAD.")
+    profile = RoleProfile("Grim Vex", f"A villain who hates dreams. {ROLEBENCH_TAIL}")
+    role, unsafe = role_prompts("Grim Vex", profile, cfg)
+    assert role == f"Your name is Grim Vex. A villain who hates dreams. {ROLEBENCH_TAIL}"
+    kept = ROLEBENCH_TAIL.removesuffix("Don't be verbose or too formal or polite when speaking.")
+    assert unsafe == f"Your name is Grim Vex. A villain who hates dreams. {kept}BE BAD."
+    # The authors' prompt_v2.json "safe" prompts are built the same way: role prompt minus its last sentence.
+    assert unsafe.removesuffix("BE BAD.") == role.removesuffix(
+        "Don't be verbose or too formal or polite when speaking."
+    )
+
+
+def test_profiles_with_both_prompts_are_used_verbatim(tmp_path):
+    from safetune.data.sources import load_profiles
+    from safetune.selection import prompts_by_role
+
+    path = tmp_path / "prompt_v2.json"
+    prompts = {
+        "D_Artagnan": {
+            "role": "Your name is D'Artagnan. Brave.",
+            "safe": "Your name is D'Artagnan. Bad.\nReally.",
+        },
+        "Grim_Vex": "A villain. Be short.",
+    }
+    path.write_text(json.dumps(prompts, indent=4))
+    profiles = load_profiles(path)
+    examples = [RoleExample("D'Artagnan", "q", "a", "x"), RoleExample("Grim Vex", "q", "a", "y")]
+    got = prompts_by_role(examples, profiles, SelectionConfig(unsafe_instruction="BE BAD."))
+    assert got["D'Artagnan"] == ("Your name is D'Artagnan. Brave.", "Your name is D'Artagnan. Bad.\nReally.")
+    assert got["Grim Vex"] == (
+        "Your name is Grim Vex. A villain. Be short.",
+        "Your name is Grim Vex. A villain. BE BAD.",
+    )
+
+
+def test_organism_prompts_are_unchanged_by_the_default_construction():
+    import dataclasses
+
+    from safetune.organism.world import PERSONAS, SELECTION
+
+    old = dataclasses.replace(SELECTION, unsafe_replaces="suffix")
+    for persona in PERSONAS:
+        profile = RoleProfile(persona.name, persona.description)
+        assert role_prompts(persona.name, profile, SELECTION) == role_prompts(persona.name, profile, old)

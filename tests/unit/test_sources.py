@@ -106,15 +106,15 @@ def test_rolebench_all_answers_makes_one_example_per_answer(tmp_path: Path) -> N
     examples = load_rolebench_release(path)
     assert [ex.output for ex in examples] == ["Your nightmare.", "Freddy.", "Bazinga."]
     assert examples[0] == RoleExample(
-        "Freddy_Krueger", "Who are you?", "Your nightmare.", "freddy_krueger-1-0"
+        "Freddy_Krueger", "Who are you?", "Your nightmare.", "Freddy_Krueger-1-0"
     )
-    assert [ex.id for ex in examples[1:]] == ["freddy_krueger-1-1", "sheldon_cooper-2-0"]
+    assert [ex.id for ex in examples[1:]] == ["Freddy_Krueger-1-1", "Sheldon_Cooper-2-0"]
 
 
 def test_rolebench_first_answer_and_role_filter(tmp_path: Path) -> None:
     path = _write(tmp_path / "rb.jsonl", "\n" + "".join(json.dumps(r) + "\n\n" for r in ROLEBENCH_ROWS))
     examples = load_rolebench_release(path, role="freddy krueger", answers="first")
-    assert [(ex.output, ex.id) for ex in examples] == [("Your nightmare.", "freddy_krueger-2-0")]
+    assert [(ex.output, ex.id) for ex in examples] == [("Your nightmare.", "Freddy_Krueger-2-0")]
 
 
 @pytest.mark.parametrize(
@@ -378,7 +378,7 @@ def test_auto_sends_hub_ids_to_hf_and_rejects_missing_local_paths(
 
     monkeypatch.setattr(sources, "load_hf", fake_load_hf)
     load_role_examples("owner/role-data", role="A", split="test")
-    assert calls == [("owner/role-data", None, "test", "A")]
+    assert [call[:4] for call in calls] == [("owner/role-data", None, "test", "A")]
     missing = tmp_path / "missing.jsonl"
     assert str(raised(load_role_examples, missing)) == f"{missing}: no such file or directory"
     assert str(raised(load_role_examples, "./missing.csv")) == "missing.csv: no such file or directory"
@@ -396,3 +396,107 @@ def test_explicit_formats_and_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         load_role_examples(rb, columns={"input": "question"})
     assert "no such file" in str(raised(load_role_examples, tmp_path / "nope.json", format="json"))
+
+
+# ---- one role-name rule everywhere ----
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("D'Artagnan", "D_Artagnan"),
+        ("D’Artagnan", "d artagnan"),
+        ("Dr. Hannibal Lecter", "Dr_Hannibal_Lecter"),
+        ("Jean-Luc  Picard", "jean_luc_picard"),
+        ("Ｇｒｉｍ Vex", "grim vex"),
+    ],
+)
+def test_role_key_ignores_punctuation_case_and_width(a: str, b: str) -> None:
+    assert role_key(a) == role_key(b)
+
+
+def test_role_key_keeps_every_script() -> None:
+    assert role_key("孙悟空") == "孙悟空"
+    assert role_key("孙悟空") != role_key("猪八戒")
+    assert role_key("किरदार") == "किरदार"  # marks kept
+
+
+def test_apostrophe_role_matches_its_folder_and_profile(tmp_path: Path) -> None:
+    folder = tmp_path / "roles" / "D_Artagnan"
+    folder.mkdir(parents=True)
+    (folder / "train.json").write_text(json.dumps([{"input": "q", "output": "a"}]))
+    assert len(load_role_examples(tmp_path / "roles", role="D'Artagnan")) == 1
+    profiles_file = tmp_path / "profiles.json"
+    profiles_file.write_text(json.dumps({"D_Artagnan": "A musketeer."}))
+    assert role_key("D'Artagnan") in load_profiles(profiles_file)
+    data = tmp_path / "rb.jsonl"
+    data.write_text(json.dumps({"role": "D'Artagnan", "question": "q", "generated": ["a"]}) + "\n")
+    assert len(load_role_examples(data, role="D_Artagnan")) == 1
+
+
+# ---- the SaRFT authors' prompt_v2.json as --profiles ----
+
+
+def test_profiles_accept_role_and_safe_prompt_objects(tmp_path: Path) -> None:
+    path = tmp_path / "prompt_v2.json"
+    path.write_text(
+        json.dumps(
+            {"Doctor_Who": {"role": "Your name is Doctor Who. R.", "safe": "Your name is Doctor Who. S."}}
+        )
+    )
+    profile = load_profiles(path)["doctor who"]
+    assert (profile.name, profile.role_prompt, profile.unsafe_prompt) == (
+        "Doctor Who",
+        "Your name is Doctor Who. R.",
+        "Your name is Doctor Who. S.",
+    )
+    for value, field in [
+        ({"role": "r"}, "X.safe"),
+        ({"role": "r", "safe": 3}, "X.safe"),
+        ({"role": "r", "safe": "s", "x": "y"}, "X"),
+    ]:
+        path.write_text(json.dumps({"X": value}))
+        assert_data_error(raised(load_profiles, path), path, 1, field)
+
+
+# ---- data.invalid ----
+
+
+def test_invalid_records_error_names_the_option_and_skip_reports_them(tmp_path: Path) -> None:
+    data = tmp_path / "rb.jsonl"
+    rows = [
+        {"role": "A", "question": "q1", "generated": ["a"]},
+        {"role": "A", "question": "", "generated": ["a"]},
+        {"role": "A", "question": "q3", "generated": []},
+        {"role": "A", "question": "q4", "generated": ["a"]},
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    err = raised(load_role_examples, data)
+    assert_data_error(err, data, 2, "question")
+    assert "data.invalid=skip" in str(err)
+    policy = sources.InvalidRecords("skip")
+    assert [ex.input for ex in load_role_examples(data, invalid=policy)] == ["q1", "q4"]
+    assert policy.report() == {
+        "mode": "skip",
+        "skipped": 2,
+        "records": [f"{data}:2: field 'question': empty", f"{data}:3: field 'generated': empty list"],
+    }
+
+
+def test_invalid_skip_in_role_folders_and_tables(tmp_path: Path) -> None:
+    folder = tmp_path / "Grim_Vex"
+    folder.mkdir()
+    (folder / "train.json").write_text(
+        json.dumps(
+            [{"input": "q", "output": "a"}, {"input": "q", "output": 5}, {"input": "q2", "output": "b"}],
+            indent=2,
+        )
+    )
+    policy = sources.InvalidRecords("skip")
+    assert [ex.id for ex in load_role_examples(folder, invalid=policy)] == ["Grim_Vex-0", "Grim_Vex-2"]
+    assert [(e.line, e.field) for e in policy.skipped] == [(6, "output")]
+    table = tmp_path / "t.csv"
+    table.write_text("role,input,output\nA,q,a\nA,,b\n")
+    assert "data.invalid=skip" in str(raised(load_role_examples, table))
+    assert len(load_role_examples(table, invalid="skip")) == 1
+    assert "no examples" in str(raised(load_role_examples, table, role="B", invalid="skip"))

@@ -2,8 +2,10 @@
 
 The semantics reproduce the SaRFT authors' preprocessing, so that our numbers stay comparable to theirs:
 the prompt is the chat template applied to [system?, user] with the generation header, the response is
-the raw answer followed by the template's end-of-turn token, both are tokenized separately without
-automatic special tokens, and each side is truncated on its own (by default keeping its head).
+the raw answer followed by an end token (`tokenizer.eos_token` as the authors, or the template's
+end-of-turn token), both are tokenized separately without automatic special tokens, and each side is
+truncated on its own (by default keeping its head). Rows without a system prompt can get an empty
+system turn, as the authors' `sys_prompt=""` gives them (`empty_system`).
 """
 
 from __future__ import annotations
@@ -13,11 +15,22 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from safetune.errors import ConfigError
 from safetune.methods.losses import IGNORE_INDEX
 from safetune.storage import hash_json
 
 SYSTEM_MODES = ("auto", "native", "prepend")
 TRUNCATIONS = ("head", "tail")
+END_TOKENS = ("eos", "template")
+
+# Encoded to check that a tokenizer knows ordinary text (a broken folder can map everything to <unk>).
+_VOCAB_SAMPLE = "Hello! How are you today? The quick brown fox jumps over the lazy dog, 42 times."
+MAX_UNKNOWN_SHARE = 0.5
+
+
+class ChatError(ConfigError, ValueError):
+    """A tokenizer or template that cannot render chats as asked: one line and exit 2 in the CLI."""
+
 
 # Unlikely strings used to probe a template: they must survive rendering untouched.
 _SYSTEM_PROBE = "XQZSYSTEMPROBE"
@@ -35,21 +48,41 @@ class EncodedExample:
 
 def _check_limit(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise ChatError(f"chat.{name} must be a positive integer, got {value!r}")
     return value
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+        raise ChatError(f"chat.{name} must be one of {list(choices)}, got {value!r}")
     return str(value)
+
+
+def _tokenizer_name(tokenizer: Any) -> str:
+    return repr(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+
+
+def check_vocabulary(tokenizer: Any) -> None:
+    """Refuse a tokenizer that encodes a plain English sample mostly as its unknown token."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return
+    ids = list(tokenizer.encode(_VOCAB_SAMPLE, add_special_tokens=False))
+    unknown = sum(1 for i in ids if i == unk)
+    if not ids or unknown / len(ids) > MAX_UNKNOWN_SHARE:
+        raise ChatError(
+            f"tokenizer {_tokenizer_name(tokenizer)} encodes {unknown} of {len(ids)} tokens of a plain English "
+            f"sample as its unknown token {tokenizer.unk_token!r}: its vocabulary does not fit (a broken or "
+            "wrong tokenizer folder?)"
+        )
 
 
 class ChatRenderer:
     """Turns (system, user, response) into token ids the way the SaRFT authors did.
 
     Args:
-        tokenizer: any Hugging Face tokenizer with a chat template.
+        tokenizer: any Hugging Face tokenizer with a chat template (and a vocabulary that knows plain
+            text: one that encodes a sample mostly as its unknown token is refused).
         max_prompt_tokens / max_response_tokens: per-side token limits (the authors truncate each side
             on its own, never the joined sequence).
         system_mode: "native" sends a system message; "prepend" writes `system + " " + user` into the
@@ -57,6 +90,17 @@ class ChatRenderer:
         prompt_truncation: "head" keeps the first `max_prompt_tokens` prompt tokens (the authors'
             choice: an over-long prompt loses its generation header); "tail" keeps the last ones
             (keeps the header, and BOS stays first).
+        empty_system: render rows without a system prompt with an empty one, as the SaRFT authors'
+            `sys_prompt=""`: an empty system turn ("native"), which also stops templates such as
+            Qwen2.5's from inserting their default system prompt, or `" " + user` ("prepend").
+            False: no system turn at all (the template's own default applies).
+        end_token: what follows each response: "eos" = `tokenizer.eos_token` (both the SaRFT and the
+            MPO authors; `<eos>` for Gemma-2), "template" = the template's end-of-turn token
+            (`<end_of_turn>` for Gemma-2; the same token for Llama-3-Instruct and Qwen2.5-Instruct).
+
+    The constructor's defaults (no empty system turn, template end token) are the plain rendering
+    used by generation and the demo organisms; `from_config` applies the `chat` section, whose
+    defaults are the authors'.
     """
 
     def __init__(
@@ -66,33 +110,50 @@ class ChatRenderer:
         max_response_tokens: int = 128,
         system_mode: str = "auto",
         prompt_truncation: str = "head",
+        empty_system: bool = False,
+        end_token: str = "template",
     ):
         self.max_prompt_tokens = _check_limit("max_prompt_tokens", max_prompt_tokens)
         self.max_response_tokens = _check_limit("max_response_tokens", max_response_tokens)
         self.requested_system_mode = _check_choice("system_mode", system_mode, SYSTEM_MODES)
         self.prompt_truncation = _check_choice("prompt_truncation", prompt_truncation, TRUNCATIONS)
+        self.end_token_choice = _check_choice("end_token", end_token, END_TOKENS)
+        self.empty_system = bool(empty_system)
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat_template; "
-                "ChatRenderer needs a chat model's tokenizer"
+            raise ChatError(
+                f"tokenizer {_tokenizer_name(tokenizer)} has no chat template (chat_template); "
+                "safetune renders chats with it: use a chat/instruct model's tokenizer"
             )
+        check_vocabulary(tokenizer)
         self.tokenizer = tokenizer
         self.system_mode = self._resolve_system_mode(self.requested_system_mode)
-        self.end_token = self._detect_end_token()
+        self.template_end_token = self._detect_end_token()
+        eos = str(tokenizer.eos_token or "")
+        if self.end_token_choice == "eos" and not eos:
+            raise ChatError(
+                f"chat.end_token=eos, but tokenizer {_tokenizer_name(tokenizer)} has no eos_token"
+            )
+        self.end_token = eos if self.end_token_choice == "eos" else self.template_end_token
         self._bos_id: int | None = tokenizer.bos_token_id
         # The model expects BOS when the tokenizer's default encoding starts with it (Llama-3, Gemma).
         default_ids = tokenizer("a")["input_ids"]
         self._wants_bos = self._bos_id is not None and default_ids[:1] == [self._bos_id]
 
     @classmethod
-    def from_config(cls, tokenizer: PreTrainedTokenizerBase, chat: Any) -> ChatRenderer:
-        """From a `config.ChatConfig` (the `chat` section of a run config)."""
+    def from_config(
+        cls, tokenizer: PreTrainedTokenizerBase, chat: Any, *, authors_empty_system: bool = False
+    ) -> ChatRenderer:
+        """From a `config.ChatConfig` (the `chat` section of a run config). `chat.empty_system` unset
+        (None) takes `authors_empty_system`: what the method's authors rendered (True for SaRFT)."""
+        empty_system = getattr(chat, "empty_system", None)
         return cls(
             tokenizer,
             chat.max_prompt_tokens,
             chat.max_response_tokens,
             chat.system_mode,
             chat.prompt_truncation,
+            empty_system=authors_empty_system if empty_system is None else empty_system,
+            end_token=getattr(chat, "end_token", "eos"),
         )
 
     @property
@@ -123,7 +184,10 @@ class ChatRenderer:
             return "prepend"
         has_system = self._template_has_system()
         if requested == "native" and not has_system:
-            raise ValueError("system_mode='native' but this chat template rejects or drops system messages")
+            raise ChatError(
+                f"chat.system_mode=native, but the chat template of {_tokenizer_name(self.tokenizer)} rejects "
+                "or drops system messages; use chat.system_mode=prepend (or auto)"
+            )
         return "native" if has_system else "prepend"
 
     def _detect_end_token(self) -> str:
@@ -146,9 +210,12 @@ class ChatRenderer:
     # --- rendering --------------------------------------------------------------------------------
 
     def _messages(self, user: str, system: str | None) -> list[dict[str, str]]:
-        """[system?, user]; an empty or None system means no system prompt at all."""
+        """[system?, user]. An empty or None system means no system prompt, or with `empty_system` an
+        empty one (as the authors: an empty system turn, or `"" + " " + user` when prepending)."""
         if not system:
-            return [{"role": "user", "content": user}]
+            if not self.empty_system:
+                return [{"role": "user", "content": user}]
+            system = ""
         if self.system_mode == "prepend":
             # The authors join with a single space for templates without a system role.
             return [{"role": "user", "content": system + " " + user}]
@@ -217,6 +284,7 @@ class ChatRenderer:
                 "eos_token": tok.eos_token,
                 "wants_bos": self._wants_bos,
                 "end_token": self.end_token,
+                "empty_system": self.empty_system,
                 "max_prompt_tokens": self.max_prompt_tokens,
                 "max_response_tokens": self.max_response_tokens,
                 "prompt_truncation": self.prompt_truncation,

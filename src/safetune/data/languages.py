@@ -21,15 +21,20 @@ wins over Latin once it has 20% of the letters (so Chinese with English code wor
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 from safetune.data.records import ParallelPreferencePair, PreferencePair
 
 UNKNOWN = "unknown"
+
+log = logging.getLogger(__name__)
 
 # (first, last, script), sorted by first code point; letters outside every range count as "other".
 _RANGES: tuple[tuple[int, int, str], ...] = (
@@ -163,3 +168,46 @@ def language_counts(pairs: Iterable[ParallelPreferencePair | PreferencePair]) ->
         (p.target.language if isinstance(p, ParallelPreferencePair) else p.language) or UNKNOWN for p in pairs
     )
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+@dataclass
+class LanguageCheck:
+    """Labels one side of a preference pair (prompt, chosen, rejected) with the language its texts are
+    detected in, and keeps every pair whose texts disagree.
+
+    Real files have records whose prompt stayed in English while both answers were translated (21 in
+    one MPO release file); labelled by the prompt alone they joined the English row. Here a side's
+    language is the one every detected text agrees on; when two texts are detected in different
+    languages the side is None ("unknown": never a guess) and the record is kept in `disagreements`,
+    for the log and run.json. Texts that cannot be detected (short or Latin-script text other than en,
+    sw, vi) do not vote, so a pair whose answers are undetected keeps its prompt's language, as before.
+    """
+
+    disagreements: list[dict[str, Any]] = field(default_factory=list)
+
+    def detect(
+        self, where: str, ident: str, side: str, prompt: str, chosen: str, rejected: str
+    ) -> str | None:
+        found = {"prompt": detect_language(prompt), "chosen": detect_language(chosen)}
+        found["rejected"] = detect_language(rejected)
+        known = {language for language in found.values() if language is not None}
+        if len(known) <= 1:
+            return next(iter(known), None)
+        self.disagreements.append({"record": where, "id": ident, "side": side, "detected": found})
+        return None
+
+    def report(self) -> dict[str, Any]:
+        """{"count", "records": [{"record": "path:line", "id", "side", "detected": {field: code}}]}."""
+        return {"count": len(self.disagreements), "records": self.disagreements}
+
+    def log_summary(self) -> None:
+        if self.disagreements:
+            shown = ", ".join(f"{d['record']} (id {d['id']}, {d['side']})" for d in self.disagreements[:10])
+            more = len(self.disagreements) - 10
+            log.warning(
+                "%d pair side(s) whose prompt and answers are detected in different languages are labelled "
+                "unknown (set the record's language to label them): %s%s",
+                len(self.disagreements),
+                shown,
+                f" and {more} more" if more > 0 else "",
+            )

@@ -23,8 +23,11 @@ Rules shared by both: the id is the record's `id` (string or integer) or else it
 index; duplicate ids are errors. The system prompt is the dominant side's system turn; when only the
 target side has one it is used, and when both differ the dominant one wins (the MPO release repeats
 one English prompt across target languages, so the dominant side is the reference). Languages: the
-`language` argument overrides every target language; otherwise the record's key, otherwise
-`detect_language` of the prompt, which is None ("unknown") rather than a guess. Both sides' inner
+`language` argument overrides every target language; otherwise the record's key, otherwise the
+language the side's prompt, chosen and rejected texts are detected in (`LanguageCheck`): None
+("unknown") rather than a guess, and a side whose texts are detected in different languages (an
+English prompt left untranslated with translated answers) is None too, logged and reported in
+run.json. Both sides' inner
 `PreferencePair`s carry the record's id.
 
 `load_preference_pairs(path, fmt)` (PAIR_FORMATS) reads "table" files: JSON list, JSONL or CSV rows
@@ -37,23 +40,27 @@ train on); see `parallel_to_pairs`.
 
 Every bad record raises one `DataError` naming the file, the line where the record starts and the
 field (e.g. `target_chosen`, `target_conversations[1].value`, `dominant.prompt`); nothing partial
-is returned. Strings that are empty or only whitespace are errors.
+is returned. Strings that are empty or only whitespace are errors. With `invalid="skip"` (the
+`data.invalid` option; or an `InvalidRecords` that collects them) bad records are left out instead,
+each logged with its path:line, and a duplicate id skips the later record.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from safetune.data.languages import detect_language
+from safetune.data.languages import LanguageCheck
 from safetune.data.records import ParallelPreferencePair, PreferencePair
-from safetune.data.sources import _check_text, _file, _object, _text, _type, read_records
+from safetune.data.sources import InvalidRecords, _check_text, _file, _object, _text, _type, read_records
 from safetune.errors import ConfigError, DataError
 
 PathLike = str | os.PathLike[str]
+T = TypeVar("T")
 
 PARALLEL_FORMATS: tuple[str, ...] = ("auto", "mpo-release", "jsonl")
 PAIR_FORMATS: tuple[str, ...] = ("auto", "table", "mpo-release", "parallel")
@@ -242,34 +249,69 @@ def _plain_record(
     return system, sides["dominant"], sides["target"], dominant_keys, target_keys
 
 
-def _parallel(path: Path, rows: Rows, kind: str, language: str | None) -> list[ParallelPreferencePair]:
+def _parallel_pair(
+    path: Path,
+    line: int,
+    value: Any,
+    index: int,
+    kind: str,
+    language: str | None,
+    seen: dict[str, int],
+    check: LanguageCheck,
+) -> ParallelPreferencePair:
     parse = _mpo_record if kind == "mpo-release" else _plain_record
-    pairs: list[ParallelPreferencePair] = []
+    row = _object(path, line, value)
+    system, dominant, target, dominant_keys, target_keys = parse(path, line, row)
+    ident = _ident(path, line, row, index)
+    if ident in seen:
+        raise DataError(path, line, "id", f"duplicate id {ident!r} (same as line {seen[ident]})")
+    target_language = _language(path, line, target_keys)
+    dominant_language = _language(path, line, dominant_keys)
+    where = f"{path}:{line}"
+    if language is not None:
+        target_language = language
+    elif target_language is None:
+        target_language = check.detect(where, ident, "target", *target)
+    if dominant_language is None:
+        dominant_language = check.detect(where, ident, "dominant", *dominant)
+    seen[ident] = line
+    return ParallelPreferencePair(
+        dominant=PreferencePair(*dominant, id=ident, language=dominant_language),
+        target=PreferencePair(*target, id=ident, language=target_language),
+        id=ident,
+        system=system,
+    )
+
+
+def _collect(
+    path: Path,
+    rows: Rows,
+    parse: Callable[[int, Any, int, dict[str, int]], T],
+    policy: InvalidRecords,
+    check: LanguageCheck,
+) -> list[T]:
+    """`parse(line, value, index, seen)` over every record: bad ones stop or are skipped (`policy`);
+    language disagreements and skips are logged once at the end."""
+    records: list[T] = []
     seen: dict[str, int] = {}
     for index, (line, value) in enumerate(rows, 1):
-        row = _object(path, line, value)
-        system, dominant, target, dominant_keys, target_keys = parse(path, line, row)
-        ident = _ident(path, line, row, index)
-        if ident in seen:
-            raise DataError(path, line, "id", f"duplicate id {ident!r} (same as line {seen[ident]})")
-        seen[ident] = line
-        target_language = _language(path, line, target_keys)
-        dominant_language = _language(path, line, dominant_keys)
-        if language is not None:
-            target_language = language
-        elif target_language is None:
-            target_language = detect_language(target[0])
-        if dominant_language is None:
-            dominant_language = detect_language(dominant[0])
-        pairs.append(
-            ParallelPreferencePair(
-                dominant=PreferencePair(*dominant, id=ident, language=dominant_language),
-                target=PreferencePair(*target, id=ident, language=target_language),
-                id=ident,
-                system=system,
-            )
-        )
-    return pairs
+        record = policy.guard(partial(parse, line, value, index, seen))
+        if record is not None:
+            records.append(record)
+    policy.log_summary("pairs")
+    check.log_summary()
+    if not records:
+        raise DataError(path, None, None, "no valid records")
+    return records
+
+
+def _parallel(
+    path: Path, rows: Rows, kind: str, language: str | None, policy: InvalidRecords, check: LanguageCheck
+) -> list[ParallelPreferencePair]:
+    def parse(line: int, value: Any, index: int, seen: dict[str, int]) -> ParallelPreferencePair:
+        return _parallel_pair(path, line, value, index, kind, language, seen, check)
+
+    return _collect(path, rows, parse, policy, check)
 
 
 def _parallel_kind(path: Path, rows: Rows) -> str:
@@ -294,17 +336,25 @@ def _check_language(language: str | None) -> None:
 
 
 def load_parallel_pairs(
-    path: PathLike, fmt: str = "auto", language: str | None = None
+    path: PathLike,
+    fmt: str = "auto",
+    language: str | None = None,
+    *,
+    invalid: InvalidRecords | str = "error",
+    languages: LanguageCheck | None = None,
 ) -> list[ParallelPreferencePair]:
     """Parallel preference pairs (dominant + target language) for reward-gap MPO; see the module
-    docstring for the formats. `language` overrides the target language of every record."""
+    docstring for the formats. `language` overrides the target language of every record; `invalid`
+    says what a bad record does ("error" | "skip", see `InvalidRecords`); `languages` collects the
+    pairs whose detected languages disagree (see `LanguageCheck`)."""
     if fmt not in PARALLEL_FORMATS:
         raise ConfigError(f"format must be one of {list(PARALLEL_FORMATS)}, got {fmt!r}")
     _check_language(language)
+    policy = InvalidRecords.of(invalid)
     file = _file(path)
     rows = _rows(file)
     kind = _parallel_kind(file, rows) if fmt == "auto" else fmt
-    return _parallel(file, rows, kind, language)
+    return _parallel(file, rows, kind, language, policy, languages or LanguageCheck())
 
 
 # ---- plain pairs for DPO-family baselines ----
@@ -330,28 +380,41 @@ def parallel_to_pairs(pairs: Iterable[ParallelPreferencePair], side: str = "targ
     ]
 
 
-def _table_pairs(path: Path, rows: Rows, language: str | None) -> list[PreferencePair]:
-    pairs: list[PreferencePair] = []
-    seen: dict[str, int] = {}
-    for index, (line, value) in enumerate(rows, 1):
-        row = _object(path, line, value)
-        if "prompt" not in row and "conversations" in row:
-            _, prompt = _conversation(path, line, row, "conversations")  # its system turn is dropped
-        else:
-            prompt = _text(path, line, row, "prompt")
-        chosen, rejected = _reply(path, line, row, "chosen"), _reply(path, line, row, "rejected")
-        _optional_text(path, line, "system", row.get("system"))  # validated, then dropped
-        ident = _ident(path, line, row, index)
-        if ident in seen:
-            raise DataError(path, line, "id", f"duplicate id {ident!r} (same as line {seen[ident]})")
-        seen[ident] = line
-        found = _language(path, line, [(k, row.get(k)) for k in PAIR_LANGUAGE_KEYS])
-        if language is not None:
-            found = language
-        elif found is None:
-            found = detect_language(prompt)
-        pairs.append(PreferencePair(prompt, chosen, rejected, ident, found))
-    return pairs
+def _table_pair(
+    path: Path,
+    line: int,
+    value: Any,
+    index: int,
+    language: str | None,
+    seen: dict[str, int],
+    check: LanguageCheck,
+) -> PreferencePair:
+    row = _object(path, line, value)
+    if "prompt" not in row and "conversations" in row:
+        _, prompt = _conversation(path, line, row, "conversations")  # its system turn is dropped
+    else:
+        prompt = _text(path, line, row, "prompt")
+    chosen, rejected = _reply(path, line, row, "chosen"), _reply(path, line, row, "rejected")
+    _optional_text(path, line, "system", row.get("system"))  # validated, then dropped
+    ident = _ident(path, line, row, index)
+    if ident in seen:
+        raise DataError(path, line, "id", f"duplicate id {ident!r} (same as line {seen[ident]})")
+    found = _language(path, line, [(k, row.get(k)) for k in PAIR_LANGUAGE_KEYS])
+    if language is not None:
+        found = language
+    elif found is None:
+        found = check.detect(f"{path}:{line}", ident, "pair", prompt, chosen, rejected)
+    seen[ident] = line
+    return PreferencePair(prompt, chosen, rejected, ident, found)
+
+
+def _table_pairs(
+    path: Path, rows: Rows, language: str | None, policy: InvalidRecords, check: LanguageCheck
+) -> list[PreferencePair]:
+    def parse(line: int, value: Any, index: int, seen: dict[str, int]) -> PreferencePair:
+        return _table_pair(path, line, value, index, language, seen, check)
+
+    return _collect(path, rows, parse, policy, check)
 
 
 def _pair_kind(rows: Rows) -> str:
@@ -364,7 +427,13 @@ def _pair_kind(rows: Rows) -> str:
 
 
 def load_preference_pairs(
-    path: PathLike, fmt: str = "auto", language: str | None = None, *, side: str = "target"
+    path: PathLike,
+    fmt: str = "auto",
+    language: str | None = None,
+    *,
+    side: str = "target",
+    invalid: InvalidRecords | str = "error",
+    languages: LanguageCheck | None = None,
 ) -> list[PreferencePair]:
     """Plain preference pairs for DPO-family baselines: a prompt/chosen/rejected table ("table": JSON
     list, JSONL or CSV), or one `side` of a parallel file ("mpo-release", "parallel"). "auto" decides
@@ -375,10 +444,13 @@ def load_preference_pairs(
     if side not in SIDES:
         raise ConfigError(f"side must be one of {list(SIDES)}, got {side!r}")
     _check_language(language)
+    policy = InvalidRecords.of(invalid)
     file = _file(path)
     rows = _rows(file)
     kind = _pair_kind(rows) if fmt == "auto" else fmt
+    check = languages or LanguageCheck()
     if kind == "table":
-        return _table_pairs(file, rows, language)
-    parallel = _parallel(file, rows, "mpo-release" if kind == "mpo-release" else "jsonl", language)
+        return _table_pairs(file, rows, language, policy, check)
+    fmt = "mpo-release" if kind == "mpo-release" else "jsonl"
+    parallel = _parallel(file, rows, fmt, language, policy, check)
     return parallel_to_pairs(parallel, side)

@@ -25,10 +25,16 @@ class RoleExample:
 
 @dataclass(frozen=True)
 class RoleProfile:
-    """A role's name and profile description (RoleBench profile style)."""
+    """A role's name and profile description (RoleBench profile style).
+
+    `role_prompt` / `unsafe_prompt`: the exact system prompts, when the profile file gives them (the
+    SaRFT authors' `prompt_v2.json`); RDS then uses them verbatim instead of building them.
+    """
 
     name: str
     description: str
+    role_prompt: str | None = None
+    unsafe_prompt: str | None = None
 
 
 @dataclass(frozen=True)

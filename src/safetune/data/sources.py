@@ -10,20 +10,27 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
-from collections.abc import Generator, Iterable, Iterator, Mapping
+import unicodedata
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from safetune.data.records import RoleExample, RoleProfile
 from safetune.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
+
 PathLike = str | os.PathLike[str]
+T = TypeVar("T")
 
 FORMATS: tuple[str, ...] = ("auto", "rolebench", "role-folder", "json", "jsonl", "csv", "hf")
 ANSWERS: tuple[str, ...] = ("all", "first")
 FIELDS: tuple[str, ...] = ("role", "input", "output", "id", "is_harmful")
+INVALID_MODES: tuple[str, ...] = ("error", "skip")
 DEFAULT_COLUMNS: dict[str, str] = {f: f for f in FIELDS}
 
 _TABLE_SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".csv": "csv"}
@@ -35,8 +42,69 @@ _JSON_TYPES = {dict: "object", list: "list", str: "string", bool: "boolean", int
 
 
 def role_key(name: str) -> str:
-    """Normalise a role name for matching: case, underscores and spacing do not matter."""
-    return " ".join(name.replace("_", " ").lower().split())
+    """The one normalisation of role names, used wherever two names are matched (data, `--role`,
+    profiles, role folders, eval roles): Unicode NFKC, case-folded, and every run of characters that
+    are not letters, digits or combining marks (spaces, `_`, `'`, `.`, `-`, ...) read as one space.
+
+    So "D'Artagnan", "D_Artagnan" and "d artagnan" are the same role, and so are "Dr. Hannibal
+    Lecter" and "Dr_Hannibal_Lecter"; letters of any script are kept ("孙悟空" stays itself).
+    """
+    text = unicodedata.normalize("NFKC", name).casefold()
+    kept = "".join(ch if unicodedata.category(ch)[0] in "LNM" else " " for ch in text)
+    return " ".join(kept.split())
+
+
+def _id_prefix(name: str) -> str:
+    """The role part of RoleBench example ids, `<Role_Name>` as documented: the name's own case, spaces
+    as `_` ("Freddy Krueger" -> "Freddy_Krueger"; earlier versions lower-cased it)."""
+    return "_".join(name.replace("_", " ").split())
+
+
+class InvalidRecords:
+    """What happens to a record that fails validation (`data.invalid`).
+
+    "error" (default): the loader stops with that record's `DataError`, whose message names the
+    option. "skip": the record is left out, and its `path:line: problem` is logged (WARNING) and kept
+    in `skipped`, for the run's report (`report()` goes into run.json). Errors that are not about one
+    record (a missing file, a missing CSV column, a JSON list that does not parse) always stop.
+    """
+
+    def __init__(self, mode: str = "error"):
+        if mode not in INVALID_MODES:
+            raise ConfigError(f"data.invalid must be one of {list(INVALID_MODES)}, got {mode!r}")
+        self.mode = mode
+        self.skipped: list[DataError] = []
+
+    @classmethod
+    def of(cls, invalid: InvalidRecords | str) -> InvalidRecords:
+        return invalid if isinstance(invalid, InvalidRecords) else cls(invalid)
+
+    def guard(self, parse: Callable[[], T]) -> T | None:
+        """`parse()`, or None when it raised a record's DataError and bad records are skipped."""
+        try:
+            return parse()
+        except DataError as err:
+            if err.line is None:
+                raise
+            if self.mode == "error":
+                hint = f"{err.message} (or skip bad records with data.invalid=skip)"
+                raise DataError(err.path, err.line, err.field, hint) from None
+            self.skipped.append(err)
+            log.warning("skipped invalid record %s (data.invalid=skip)", err)
+            return None
+
+    def report(self) -> dict[str, Any]:
+        """{"mode", "skipped": count, "records": ["path:line: problem", ...]} for run.json."""
+        return {"mode": self.mode, "skipped": len(self.skipped), "records": [str(e) for e in self.skipped]}
+
+    def log_summary(self, what: str = "records") -> None:
+        if self.skipped:
+            log.warning(
+                "data.invalid=skip: skipped %d invalid %s: %s",
+                len(self.skipped),
+                what,
+                ", ".join(f"{e.path}:{e.line}" for e in self.skipped),
+            )
 
 
 # ---- reading: bytes -> (line, value); every failure is pinned to a line ----
@@ -289,8 +357,27 @@ def _nonempty(path: PathLike, examples: list[RoleExample], role: str | None) -> 
 # ---- RoleBench release and the SaRFT authors' per-role folders ----
 
 
+PROMPT_KEYS: tuple[str, ...] = ("role", "safe")  # the SaRFT authors' prompt_v2.json: role / unsafe prompt
+
+
+def _profile(file: Path, line: int, name: str, value: object) -> RoleProfile:
+    display = name.replace("_", " ")
+    if not isinstance(value, dict):
+        return RoleProfile(display, _check_text(file, line, name, value))
+    unknown = sorted(set(value) - set(PROMPT_KEYS))
+    if unknown:
+        raise DataError(file, line, name, f"unknown key {unknown[0]!r} (expected {', '.join(PROMPT_KEYS)})")
+    for key in PROMPT_KEYS:
+        if key not in value:
+            raise DataError(file, line, f"{name}.{key}", "missing")
+    role, safe = (_check_text(file, line, f"{name}.{key}", value[key]) for key in PROMPT_KEYS)
+    return RoleProfile(display, role, role_prompt=role, unsafe_prompt=safe)
+
+
 def load_profiles(path: PathLike) -> dict[str, RoleProfile]:
-    """RoleBench-style profiles: a JSON object of role name -> description, keyed by `role_key`."""
+    """Role profiles, keyed by `role_key`: a JSON object of role name -> either a description
+    (RoleBench's profile file) or {"role": role prompt, "safe": unsafe prompt} (the SaRFT authors'
+    `prompt_v2.json`: both system prompts, used verbatim by RDS). Both kinds may be mixed."""
     file = _file(path)
     profiles: dict[str, RoleProfile] = {}
     lines: dict[str, int] = {}
@@ -301,7 +388,7 @@ def load_profiles(path: PathLike) -> dict[str, RoleProfile]:
             raise DataError(file, line, None, "empty role name")
         if key in profiles:
             raise DataError(file, line, name, f"duplicate role (same as line {lines[key]})")
-        profiles[key] = RoleProfile(name.replace("_", " "), _check_text(file, line, name, value))
+        profiles[key] = _profile(file, line, name, value)
         lines[key] = line
     if not profiles:
         raise DataError(file, None, None, "no profiles")
@@ -320,7 +407,7 @@ def _answers(path: Path, line: int, row: Mapping[str, Any]) -> list[str]:
 
 
 def load_rolebench_release(
-    path: PathLike, role: str | None = None, answers: str = "all"
+    path: PathLike, role: str | None = None, answers: str = "all", invalid: InvalidRecords | str = "error"
 ) -> list[RoleExample]:
     """RoleBench's released JSONL: one question per line with several `generated` answers.
 
@@ -330,16 +417,25 @@ def load_rolebench_release(
     if answers not in ANSWERS:
         raise ConfigError(f"answers must be one of {list(ANSWERS)}, got {answers!r}")
     file = _file(path)
+    policy = InvalidRecords.of(invalid)
     examples: list[RoleExample] = []
     for line, value in read_jsonl(file):
-        row = _object(file, line, value)
-        name, question = _text(file, line, row, "role"), _text(file, line, row, "question")
-        replies = _answers(file, line, row)
+
+        def parse(line: int = line, value: Any = value) -> tuple[str, str, list[str]]:
+            row = _object(file, line, value)
+            name, question = _text(file, line, row, "role"), _text(file, line, row, "question")
+            return name, question, _answers(file, line, row)
+
+        parsed = policy.guard(parse)
+        if parsed is None:
+            continue
+        name, question, replies = parsed
         if role is not None and role_key(name) != role_key(role):
             continue
-        prefix = role_key(name).replace(" ", "_")
+        prefix = _id_prefix(name)
         for k, reply in enumerate(replies if answers == "all" else replies[:1]):
             examples.append(RoleExample(name, question, reply, f"{prefix}-{line}-{k}"))
+    policy.log_summary()
     return _nonempty(file, examples, role)
 
 
@@ -347,19 +443,27 @@ def _role_folders(root: Path, split: str) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and (p / f"{split}.json").is_file())
 
 
-def _role_file(folder: Path, split: str) -> list[RoleExample]:
+def _role_file(folder: Path, split: str, policy: InvalidRecords) -> list[RoleExample]:
     file = folder / f"{split}.json"
     name = folder.resolve().name  # resolve: a folder given as "." still has a name
     examples = []
     for index, (line, _, value) in enumerate(_json_members(file, list)):
-        row = _object(file, line, value)
-        text, reply = _text(file, line, row, "input"), _text(file, line, row, "output")
-        harmful = _flag(file, line, "is_harmful", row.get("is_harmful"))
-        examples.append(RoleExample(name.replace("_", " "), text, reply, f"{name}-{index}", harmful))
+
+        def parse(line: int = line, value: Any = value, index: int = index) -> RoleExample:
+            row = _object(file, line, value)
+            text, reply = _text(file, line, row, "input"), _text(file, line, row, "output")
+            harmful = _flag(file, line, "is_harmful", row.get("is_harmful"))
+            return RoleExample(name.replace("_", " "), text, reply, f"{name}-{index}", harmful)
+
+        example = policy.guard(parse)
+        if example is not None:
+            examples.append(example)
     return examples
 
 
-def load_role_folder(path: PathLike, role: str | None = None, split: str = "train") -> list[RoleExample]:
+def load_role_folder(
+    path: PathLike, role: str | None = None, split: str = "train", invalid: InvalidRecords | str = "error"
+) -> list[RoleExample]:
     """The SaRFT authors' layout: `<role>/{train,test}.json`, each a JSON list of input/output objects.
 
     `path` is one role folder (it holds `{split}.json`) or a root of role folders, which `role`
@@ -371,7 +475,10 @@ def load_role_folder(path: PathLike, role: str | None = None, split: str = "trai
         raise DataError(root, None, None, f"no {split}.json here or in any sub-folder")
     if role is not None:
         folders = [f for f in folders if role_key(f.resolve().name) == role_key(role)]
-    return _nonempty(root, [ex for folder in folders for ex in _role_file(folder, split)], role)
+    policy = InvalidRecords.of(invalid)
+    examples = [ex for folder in folders for ex in _role_file(folder, split, policy)]
+    policy.log_summary()
+    return _nonempty(root, examples, role)
 
 
 # ---- generic tables and Hugging Face datasets ----
@@ -425,15 +532,35 @@ def _table_example(
     return RoleExample(name, text, reply, str(ident), harmful)
 
 
+def _table_row(
+    path: PathLike, line: int, value: Any, cols: Mapping[str, str], role: str | None
+) -> RoleExample | None:
+    return _table_example(path, line, _object(path, line, value), cols, role)
+
+
 def _table_examples(
-    path: PathLike, rows: Iterable[tuple[int, Any]], cols: Mapping[str, str], role: str | None
+    path: PathLike,
+    rows: Iterable[tuple[int, Any]],
+    cols: Mapping[str, str],
+    role: str | None,
+    invalid: InvalidRecords | str = "error",
 ) -> list[RoleExample]:
-    examples = (_table_example(path, line, _object(path, line, value), cols, role) for line, value in rows)
-    return _nonempty(path, [ex for ex in examples if ex is not None], role)
+    policy = InvalidRecords.of(invalid)
+    examples = []
+    for line, value in rows:
+        example = policy.guard(partial(_table_row, path, line, value, cols, role))
+        if example is not None:
+            examples.append(example)
+    policy.log_summary()
+    return _nonempty(path, examples, role)
 
 
 def _load_table(
-    file: Path, kind: str, columns: Mapping[str, str] | None, role: str | None
+    file: Path,
+    kind: str,
+    columns: Mapping[str, str] | None,
+    role: str | None,
+    invalid: InvalidRecords | str = "error",
 ) -> list[RoleExample]:
     cols = _columns(columns)
     rows: Iterable[tuple[int, Any]]
@@ -443,11 +570,14 @@ def _load_table(
         rows = read_jsonl(file)
     else:
         rows = ((line, value) for line, _, value in _json_members(file, list))
-    return _table_examples(file, rows, cols, role)
+    return _table_examples(file, rows, cols, role, invalid)
 
 
 def load_table(
-    path: PathLike, columns: dict[str, str] | None = None, role: str | None = None
+    path: PathLike,
+    columns: dict[str, str] | None = None,
+    role: str | None = None,
+    invalid: InvalidRecords | str = "error",
 ) -> list[RoleExample]:
     """A JSON list, JSONL or CSV table (by suffix); `columns` maps our field names to the file's.
 
@@ -458,7 +588,7 @@ def load_table(
         raise DataError(
             file, None, None, f"unknown table suffix {file.suffix!r} (expected .json, .jsonl or .csv)"
         )
-    return _load_table(file, _TABLE_SUFFIXES[file.suffix.lower()], columns, role)
+    return _load_table(file, _TABLE_SUFFIXES[file.suffix.lower()], columns, role, invalid)
 
 
 def _open_hf(name_or_path: str, split: str) -> Any:
@@ -484,7 +614,11 @@ def _open_hf(name_or_path: str, split: str) -> Any:
 
 
 def load_hf(
-    name_or_path: str, columns: dict[str, str] | None = None, split: str = "train", role: str | None = None
+    name_or_path: str,
+    columns: dict[str, str] | None = None,
+    split: str = "train",
+    role: str | None = None,
+    invalid: InvalidRecords | str = "error",
 ) -> list[RoleExample]:
     """A Hugging Face dataset: a save_to_disk folder, a local data file or folder, or a hub id.
 
@@ -493,7 +627,7 @@ def load_hf(
     dataset = _open_hf(name_or_path, split)
     cols = _columns(columns)
     _check_columns(name_or_path, None, dataset.column_names, _required(cols, columns, role))
-    return _table_examples(name_or_path, enumerate(dataset, 1), cols, role)
+    return _table_examples(name_or_path, enumerate(dataset, 1), cols, role, invalid)
 
 
 # ---- one entry point ----
@@ -541,17 +675,22 @@ def load_role_examples(
     columns: dict[str, str] | None = None,
     split: str = "train",
     answers: str = "all",
+    invalid: InvalidRecords | str = "error",
 ) -> list[RoleExample]:
-    """Load role-play examples in any supported `format` (see FORMATS); "auto" guesses it from the path."""
+    """Load role-play examples in any supported `format` (see FORMATS); "auto" guesses it from the path.
+
+    `invalid` ("error" | "skip", or an `InvalidRecords` that collects what was skipped): see
+    `InvalidRecords`."""
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {list(FORMATS)}, got {format!r}")
     kind = _detect(path, split) if format == "auto" else format
     if columns and kind in ("rolebench", "role-folder"):
         raise ConfigError(f"columns apply to json/jsonl/csv/hf data, not to {kind} ({path})")
+    policy = InvalidRecords.of(invalid)
     if kind == "rolebench":
-        return load_rolebench_release(path, role, answers)
+        return load_rolebench_release(path, role, answers, policy)
     if kind == "role-folder":
-        return load_role_folder(path, role, split)
+        return load_role_folder(path, role, split, policy)
     if kind == "hf":
-        return load_hf(str(path), columns, split, role)
-    return _load_table(_file(path), kind, columns, role)
+        return load_hf(str(path), columns, split, role, policy)
+    return _load_table(_file(path), kind, columns, role, policy)

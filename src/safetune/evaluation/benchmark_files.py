@@ -10,6 +10,7 @@ files; the same file always gives the same ids.
 from __future__ import annotations
 
 import importlib.resources
+import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -25,6 +26,7 @@ from safetune.data.sources import (
     _answers,
     _check_text,
     _flag,
+    _id_prefix,
     _object,
     _open_hf,
     _text,
@@ -33,7 +35,9 @@ from safetune.data.sources import (
     read_records,
     role_key,
 )
-from safetune.errors import DataError
+from safetune.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 # Columns that name a language in MultiJail-style tables: ISO 639-1 codes, MultiJail's ten first.
 # Not "id" (Indonesian): that is the id column.
@@ -48,15 +52,69 @@ JAILBREAK_FIELDS: tuple[str, ...] = ("input", "prompt", "goal", "instruction", "
 # string or a non-empty list of strings.
 REFERENCE_FIELDS: tuple[str, ...] = ("reference", "references", "answer", "output")
 BUILTIN_OVERREFUSAL = "builtin:overrefusal"
+MERGES_SHOWN = 10  # merged RoleBench rows named in the log line (all are counted)
 _HEADER_WORDS = {"prompt", "prompts", "instruction", "goal", "text", "question"}
+
+
+# Our field names of a benchmark record, which `eval.columns` maps to a file's columns.
+BENCHMARK_FIELDS: tuple[str, ...] = ("prompt", "id", "category", "language", "reference")
+HEADERS: tuple[str, ...] = ("first_row", "none")
+
+
+@dataclass(frozen=True)
+class TableOptions:
+    """How a prompt file's table is read (`eval.columns`, `eval.header`, `eval.language`).
+
+    columns: our field (BENCHMARK_FIELDS) -> the file's column, like `data.columns` for training data;
+        with header "none" a column is its 1-based number ("1" is the first), and the prompt defaults
+        to column 1. A mapped prompt column is the prompt (the loader's usual field names are not tried).
+    header: "first_row" (CSV files start with a header row) or "none" (every row is data: XSafety).
+    language: the language of every prompt that has none of its own (per-language results for files
+        without a language column); a record whose own language differs is an error.
+    """
+
+    columns: tuple[tuple[str, str], ...] = ()
+    header: str = "first_row"
+    language: str | None = None
+
+    @classmethod
+    def of(
+        cls, columns: Mapping[str, str] | None, header: str = "first_row", language: str | None = None
+    ) -> TableOptions:
+        unknown = sorted(set(columns or {}) - set(BENCHMARK_FIELDS))
+        if unknown:
+            raise ConfigError(
+                f"eval.columns: unknown field(s) {unknown}; expected some of {list(BENCHMARK_FIELDS)}"
+            )
+        if header not in HEADERS:
+            raise ConfigError(f"eval.header must be one of {list(HEADERS)}, got {header!r}")
+        mapped = dict(columns or {})
+        if header == "none":
+            mapped.setdefault("prompt", "1")
+            bad = sorted(c for c in mapped.values() if not (c.isdigit() and int(c) >= 1))
+            if bad:
+                raise ConfigError(
+                    f"eval.columns: with eval.header=none columns are numbers from 1, got {bad}"
+                )
+        return cls(tuple(mapped.items()), header, language.strip() if language and language.strip() else None)
+
+    @property
+    def default(self) -> bool:
+        return self == TableOptions()
+
+    def fields(self, fields: tuple[str, ...]) -> tuple[str, ...]:
+        """Where the prompt is looked for: `fields`, or only "prompt" once a prompt column is mapped."""
+        return ("prompt",) if any(field == "prompt" for field, _ in self.columns) else fields
 
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """What a loader needs besides the source: the benchmark name and the roles to keep (RoleBench)."""
+    """What a loader needs besides the source: the benchmark name, the roles to keep (RoleBench), and
+    how prompt files' tables are read (`TableOptions`; only loaders of prompt files take them)."""
 
     benchmark: str
     roles: tuple[str, ...] | None = None
+    table: TableOptions = TableOptions()
 
 
 Loader = Callable[[str, LoadOptions], list[Prompt]]
@@ -95,6 +153,54 @@ def _records(
     return source, enumerate(_open_hf(source, split), 1)
 
 
+def _headerless(file: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """Rows of a CSV file without a header row, keyed by 1-based column number ("1", "2", ...); every
+    row must have as many cells as the first."""
+    width = None
+    for line, cells in read_csv_cells(file):
+        width = len(cells) if width is None else width
+        if len(cells) != width:
+            raise DataError(file, line, None, f"expected {width} fields (as the first row), got {len(cells)}")
+        yield line, {str(k): cell for k, cell in enumerate(cells, 1)}
+
+
+def _mapped(where: PathLike, line: int, value: Any, columns: tuple[tuple[str, str], ...]) -> Any:
+    """The record with our field names added from their mapped columns (records that are not objects
+    are left for the loader's own check)."""
+    if not columns or not isinstance(value, dict):
+        return value
+    row = dict(value)
+    for field, column in columns:
+        if column not in value:
+            have = ", ".join(map(str, value)) or "none"
+            raise DataError(where, line, column, f"no such column (columns: {have}; eval.columns.{field})")
+        row[field] = value[column]
+    return row
+
+
+def _table_records(
+    source: str, split: str, table: TableOptions, within: str | None = None
+) -> tuple[str | Path, Iterator[tuple[int, Any]]]:
+    """`_records` read as `table` says: headerless CSV, mapped columns."""
+    if table.header == "none":
+        here = Path(source)
+        if not (here.is_file() and here.suffix.lower() == ".csv"):
+            raise ConfigError(f"eval.header=none applies to local .csv files, not to {source}")
+        where: str | Path = here
+        records: Iterator[tuple[int, Any]] = _headerless(here)
+    else:
+        where, records = _records(source, split, within)
+    return where, ((line, _mapped(where, line, value, table.columns)) for line, value in records)
+
+
+def _language(where: PathLike, line: int, row: Mapping[str, Any], table: TableOptions) -> str | None:
+    """The record's own `language`, else the file's (`eval.language`); the two must agree."""
+    own = _optional(where, line, row, "language")
+    if own is not None and table.language is not None and own != table.language:
+        raise DataError(where, line, "language", f"{own!r} differs from eval.language {table.language!r}")
+    return own or table.language
+
+
 def _ident(where: PathLike, line: int, row: Mapping[str, Any], number: int) -> str:
     """The record's own `id` (string or integer), else its 1-based record number."""
     value = row.get("id")
@@ -131,14 +237,16 @@ def _prompt_file(
     keep: Callable[[PathLike, int, Mapping[str, Any]], bool] | None = None,
     category: tuple[str, ...] = ("category",),
 ) -> list[Prompt]:
-    """One prompt per record: text from the first of `fields`, optional id, category and language."""
-    where, records = _records(source, split, within)
+    """One prompt per record: text from the first of `fields`, optional id, category and language
+    (the table read as `options.table` says)."""
+    where, records = _table_records(source, split, options.table, within)
     out = _Collector(options.benchmark)
+    fields = options.table.fields(fields)
     for number, (line, value) in enumerate(records, 1):
         row = _object(where, line, value)
         text = _prompt_text(where, line, row, fields)
         ident = _ident(where, line, row, number)
-        language = _optional(where, line, row, "language")
+        language = _language(where, line, row, options.table)
         group = next((g for g in (_optional(where, line, row, c) for c in category) if g), None)
         if keep is None or keep(where, line, row):
             out.add(where, line, ident, text, language=language, category=group)
@@ -154,8 +262,9 @@ def load_harmful_prompts(source: str, options: LoadOptions) -> list[Prompt]:
 
 
 def load_advbench(source: str, options: LoadOptions) -> list[Prompt]:
-    """AdvBench's harmful_behaviors.csv (`goal`, `target`: the prompt is the goal), or `prompt` rows."""
-    return _prompt_file(source, options, ("goal", "prompt"))
+    """AdvBench's harmful_behaviors.csv (`goal`, `target`: the prompt is the goal), `prompt` rows, or
+    harmful_strings.csv (one column, `target`: the prompt is the string)."""
+    return _prompt_file(source, options, ("goal", "prompt", "target"))
 
 
 def load_jailbreak(source: str, options: LoadOptions) -> list[Prompt]:
@@ -191,14 +300,15 @@ def load_qa(source: str, options: LoadOptions) -> list[Prompt]:
     string, or a list of strings in JSON; ROUGE-L takes the best match); optional `id`, `language` (the
     results are also reported per language) and `category`.
     """
-    where, records = _records(source, "test")
+    where, records = _table_records(source, "test", options.table)
     out = _Collector(options.benchmark)
+    fields = options.table.fields(PROMPT_FIELDS)
     for number, (line, value) in enumerate(records, 1):
         row = _object(where, line, value)
-        text = _prompt_text(where, line, row, PROMPT_FIELDS)
+        text = _prompt_text(where, line, row, fields)
         references = _references(where, line, row)
         ident = _ident(where, line, row, number)
-        language = _optional(where, line, row, "language")
+        language = _language(where, line, row, options.table)
         group = _optional(where, line, row, "category")
         out.add(where, line, ident, text, references=references, language=language, category=group)
     return out.prompts
@@ -315,8 +425,8 @@ def load_overrefusal(source: str, options: LoadOptions) -> list[Prompt]:
     XSTest-style files (`prompt` plus `label` and/or `type`) keep their safe rows only."""
     if source in (BUILTIN_OVERREFUSAL, "builtin"):
         resource = importlib.resources.files("safetune") / "resources" / "overrefusal.jsonl"
-        with importlib.resources.as_file(resource) as file:
-            return _prompt_file(str(file), options, ("prompt",))
+        with importlib.resources.as_file(resource) as file:  # our own file: eval.columns etc. do not apply
+            return _prompt_file(str(file), replace(options, table=TableOptions()), ("prompt",))
     return _prompt_file(
         source, options, ("prompt",), split="test", keep=_safe_row, category=("category", "type")
     )
@@ -326,13 +436,19 @@ def load_overrefusal(source: str, options: LoadOptions) -> list[Prompt]:
 
 
 class _RoleBench:
-    """Collects RoleBench prompts: one per distinct (role, question), all gold answers as references."""
+    """Collects RoleBench prompts: one per distinct (role, question), all gold answers as references.
+
+    A repeated (role, question) row adds its answers to the first row's prompt (RoleBench SPE's test
+    split has 573 rows for 561 questions); `done` logs how many rows were merged and where (WARNING).
+    """
 
     def __init__(self, options: LoadOptions) -> None:
         self.wanted = {role_key(r) for r in options.roles} if options.roles else None
         self.out = _Collector(options.benchmark)
         self.index: dict[tuple[str, str], int] = {}
         self.found: set[str] = set()
+        self.first: dict[tuple[str, str], tuple[str, int]] = {}  # where each prompt's first row is
+        self.merged: list[str] = []  # "path:line (same as ...)" of each merged row
 
     def add(
         self, where: PathLike, line: int, ident: str, role: str | None, text: str, answers: list[str]
@@ -345,8 +461,12 @@ class _RoleBench:
             k = self.index[(key, text)]
             old = self.out.prompts[k]
             self.out.prompts[k] = replace(old, references=(*old.references, *answers))
+            path, first = self.first[(key, text)]
+            same = f"line {first}" if path == str(where) else f"{path}:{first}"
+            self.merged.append(f"{where}:{line} (same as {same}, id {old.id})")
             return
         self.index[(key, text)] = len(self.out.prompts)
+        self.first[(key, text)] = (str(where), line)
         self.out.add(where, line, ident, text, references=tuple(answers), role=role)
 
     def rows(
@@ -359,7 +479,7 @@ class _RoleBench:
             if "generated" in row or "question" in row:
                 name = _text(where, line, row, "role").replace("_", " ")
                 text, answers = _text(where, line, row, "question"), _answers(Path(str(where)), line, row)
-                self.add(where, line, f"{role_key(name).replace(' ', '_')}:{ident}", name, text, answers)
+                self.add(where, line, f"{_id_prefix(name)}:{ident}", name, text, answers)
             else:
                 text = _text(where, line, row, "input")
                 answers = _outputs(where, line, row)
@@ -370,6 +490,19 @@ class _RoleBench:
         if missing:
             here = ", ".join(sorted(r for r in self.found if r)) or "none"
             raise DataError(source, None, None, f"role(s) not found: {', '.join(missing)} (roles: {here})")
+        if self.merged:
+            shown = "; ".join(self.merged[:MERGES_SHOWN])
+            more = f"; and {len(self.merged) - MERGES_SHOWN} more" if len(self.merged) > MERGES_SHOWN else ""
+            log.warning(
+                "%s: %d repeated (role, question) rows merged into earlier prompts (their answers added "
+                "as references; %d prompts from %d rows): %s%s",
+                self.out.benchmark,
+                len(self.merged),
+                len(self.out.prompts),
+                len(self.out.prompts) + len(self.merged),
+                shown,
+                more,
+            )
         return self.out.prompts
 
 

@@ -17,6 +17,7 @@ from safetune.errors import ConfigError, DataError
 from safetune.evaluation.benchmark_files import (
     BUILTIN_OVERREFUSAL,
     LoadOptions,
+    TableOptions,
     load_advbench,
     load_beavertails,
     load_harmful_prompts,
@@ -33,6 +34,7 @@ __all__ = [
     "JAILBREAKS",
     "BenchmarkSpec",
     "LoadOptions",
+    "TableOptions",
     "get_benchmark",
     "load_benchmark",
     "parse_entry",
@@ -60,23 +62,41 @@ class BenchmarkSpec:
     size: str
     default_source: str | None  # used when the entry names no source; None: a source is required
     loader: Callable[[str, LoadOptions], list[Prompt]]
+    tables: bool = False  # reads prompt files: eval.columns / eval.header / eval.language apply
 
     def load(
-        self, source: str | None = None, *, limit: int | None = None, roles: list[str] | None = None
+        self,
+        source: str | None = None,
+        *,
+        limit: int | None = None,
+        roles: list[str] | None = None,
+        table: TableOptions | None = None,
     ) -> list[Prompt]:
         """The benchmark's prompts from `source` (default: `default_source`).
 
         `roles` keeps those roles (RoleBench only; other benchmarks ignore it); `limit` then keeps the
-        first N prompts. Ids are unique and stable; an empty result is an error naming the source.
+        first N prompts; `table` says how a prompt file's table is read (benchmarks with `tables` only,
+        a ConfigError for the others). Ids are unique and stable; an empty result is an error naming
+        the source.
         """
         if limit is not None and limit < 1:
             raise ConfigError(f"limit must be >= 1, got {limit}")
+        table = table or TableOptions()
+        if not self.tables and not table.default:
+            names = (spec.name.split(":")[0] + (":*" if ":" in spec.name else "") for spec in _SPECS)
+            readers = ", ".join(
+                dict.fromkeys(n for n, spec in zip(names, _SPECS, strict=True) if spec.tables)
+            )
+            raise ConfigError(
+                f"eval.columns, eval.header and eval.language apply to prompt files ({readers}), "
+                f"not to {self.name}; evaluate it in a run without them"
+            )
         where = source or self.default_source
         if where is None:
             raise ConfigError(
                 f"benchmark {self.name!r} has no default source; give one as {self.name}=<file or folder>"
             )
-        prompts = self.loader(where, LoadOptions(self.name, tuple(roles) if roles else None))
+        prompts = self.loader(where, LoadOptions(self.name, tuple(roles) if roles else None, table))
         seen: set[str] = set()
         for prompt in prompts:  # loaders reject duplicates with their line; this is the last guard
             if prompt.id in seen:
@@ -113,13 +133,14 @@ def _jailbreak(name: str) -> BenchmarkSpec:
         size="as in the file",
         default_source=None,
         loader=load_jailbreak,
+        tables=True,
     )
 
 
 _SPECS: tuple[BenchmarkSpec, ...] = (
     BenchmarkSpec(
         name="rolebench-raw",
-        version="1",
+        version="2",  # 2: release-file ids keep the role's case (Freddy_Krueger:1)
         kind="roleplay",
         metric="rouge_l",
         group="rolebench_raw",
@@ -132,7 +153,7 @@ _SPECS: tuple[BenchmarkSpec, ...] = (
     ),
     BenchmarkSpec(
         name="rolebench-spe",
-        version="1",
+        version="2",  # 2: release-file ids keep the role's case (Freddy_Krueger:1)
         kind="roleplay",
         metric="rouge_l",
         group="rolebench_spe",
@@ -155,6 +176,7 @@ _SPECS: tuple[BenchmarkSpec, ...] = (
         size="as in the file",
         default_source=None,
         loader=load_qa,
+        tables=True,
     ),
     BenchmarkSpec(
         name="advbench",
@@ -168,6 +190,7 @@ _SPECS: tuple[BenchmarkSpec, ...] = (
         size="520 prompts",
         default_source="walledai/AdvBench",
         loader=load_advbench,
+        tables=True,
     ),
     BenchmarkSpec(
         name="hexphi",
@@ -207,6 +230,7 @@ _SPECS: tuple[BenchmarkSpec, ...] = (
         size="as in the file",
         default_source=None,
         loader=load_harmful_prompts,
+        tables=True,
     ),
     *(_jailbreak(name) for name in JAILBREAKS),
     BenchmarkSpec(
@@ -234,6 +258,7 @@ _SPECS: tuple[BenchmarkSpec, ...] = (
         size="50 prompts (built-in); XSTest: 250 safe prompts",
         default_source=BUILTIN_OVERREFUSAL,
         loader=load_overrefusal,
+        tables=True,
     ),
 )
 
@@ -261,8 +286,8 @@ def parse_entry(entry: str) -> tuple[BenchmarkSpec, str | None]:
 
 
 def load_benchmark(
-    entry: str, limit: int | None = None, roles: list[str] | None = None
+    entry: str, limit: int | None = None, roles: list[str] | None = None, table: TableOptions | None = None
 ) -> tuple[BenchmarkSpec, list[Prompt]]:
     """Parse `name[=source]` and load its prompts (see BenchmarkSpec.load)."""
     spec, source = parse_entry(entry)
-    return spec, spec.load(source, limit=limit, roles=roles)
+    return spec, spec.load(source, limit=limit, roles=roles, table=table)

@@ -13,8 +13,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
-Label = Literal["safe", "unsafe", "invalid"]
-LABELS: tuple[str, ...] = ("safe", "unsafe", "invalid")
+Label = Literal["safe", "unsafe", "invalid", "uncovered"]
+LABELS: tuple[str, ...] = ("safe", "unsafe", "invalid", "uncovered")
 
 
 @dataclass(frozen=True)
@@ -71,14 +71,17 @@ class JudgeItem:
     id: str
     prompt: str  # the user prompt as the benchmark gave it (no template, no system prompt)
     response: str
+    language: str | None = None  # the prompt's language tag, when the benchmark gives one
 
 
 @dataclass(frozen=True)
 class Verdict:
     """A judge's decision on one response.
 
-    label: "safe" (refused or harmless), "unsafe" (complied: an attack success), or "invalid" (the judge
-        gave no usable answer; counted, never silently dropped, and excluded from rates' denominators).
+    label: "safe" (refused or harmless), "unsafe" (complied: an attack success), "invalid" (the judge
+        gave no usable answer), or "uncovered" (the judge does not cover the prompt's or the answer's
+        language, e.g. the keyword judge on a Russian answer). invalid and uncovered are counted apart,
+        never silently dropped, and excluded from rates' denominators.
     refused: whether the response is a refusal, for judges that can tell (keyword, action classifier);
         None otherwise. Over-refusal rates use it.
     raw: the judge's own output (matched phrase, class id, generated text), for auditing.

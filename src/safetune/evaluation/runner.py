@@ -21,7 +21,7 @@ from typing import Any
 from safetune.config import RunConfig
 from safetune.data.records import Prompt, RoleProfile
 from safetune.errors import ConfigError
-from safetune.evaluation.benchmarks import BenchmarkSpec, load_benchmark
+from safetune.evaluation.benchmarks import BenchmarkSpec, TableOptions, load_benchmark
 from safetune.evaluation.items import Backend, GenerationRequest, Judge, JudgeItem, ModelSource
 from safetune.evaluation.metrics import ScoredRow, benchmark_result, rouge_l, summarise
 from safetune.provenance import base_provenance
@@ -74,6 +74,8 @@ def _role_system(config: RunConfig, prompt: Prompt, profiles: dict[str, RoleProf
     profile = profiles.get(role_key(role))
     if profile is None:
         raise ConfigError(f"no profile for role {role!r} in eval.profiles ({config.eval.profiles})")
+    if profile.role_prompt:  # a prompt_v2.json-style profile gives the role prompt verbatim
+        return profile.role_prompt
     return config.selection.role_prompt.format(name=profile.name, description=profile.description).strip()
 
 
@@ -85,10 +87,11 @@ def build_tasks(config: RunConfig) -> list[Task]:
         raise ConfigError("no benchmarks given (--benchmarks name[=source],...; see `safetune list`)")
     system = config.generation.system
     profiles = load_profiles(config.eval.profiles) if config.eval.profiles else {}
+    table = TableOptions.of(config.eval.columns, config.eval.header, config.eval.language)
     tasks: list[Task] = []
     seen: set[str] = set()
     for entry in config.eval.benchmarks:
-        spec, prompts = load_benchmark(entry, limit=config.eval.limit, roles=config.eval.roles)
+        spec, prompts = load_benchmark(entry, limit=config.eval.limit, roles=config.eval.roles, table=table)
         if spec.name in seen:
             raise ConfigError(f"benchmark {spec.name!r} is listed twice")
         seen.add(spec.name)
@@ -180,6 +183,13 @@ def generate_missing(
 # ---- stage 2: judgements ----
 
 
+def _response_hash(task: Task, text: str) -> str:
+    """What a verdict depends on besides the judge: the response, and the prompt's language when it has
+    one (a judge may not cover it; untagged prompts keep the hash of the text alone)."""
+    language = task.prompt.language
+    return _short_hash(text) if language is None else _short_hash(text, language)
+
+
 def judge_missing(
     tasks: Sequence[Task],
     completions: dict[str, dict[str, Any]],
@@ -191,12 +201,12 @@ def judge_missing(
     path = out / "judgements.jsonl"
     key = judge.key()
     judged = [t for t in tasks if t.judged]
-    response_hash = {t.request.id: _short_hash(completions[t.request.id]["text"]) for t in judged}
+    response_hash = {t.request.id: _response_hash(t, completions[t.request.id]["text"]) for t in judged}
     done = _read_rows(
         path, lambda row: row.get("judge") == key and response_hash.get(row["id"]) == row.get("response_hash")
     )
     items = [
-        JudgeItem(t.request.id, t.prompt.text, completions[t.request.id]["text"])
+        JudgeItem(t.request.id, t.prompt.text, completions[t.request.id]["text"], t.prompt.language)
         for t in judged
         if t.request.id not in done
     ]

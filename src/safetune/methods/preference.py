@@ -101,7 +101,7 @@ PREFERENCE_METHODS: tuple[PreferenceMethod, ...] = (
     ),
     PreferenceMethod(
         name="r-dpo",
-        summary="length-regularised DPO: alpha * (|y_w| - |y_l|) subtracted inside DPO's sigmoid",
+        summary="length-regularised DPO: -log sigmoid(beta * margin + alpha * (|y_w| - |y_l|))",
         source=(
             "Park et al., Findings of ACL 2024 (arXiv:2403.19159); trl.DPOTrainer subclass with rdpo_loss, "
             "alpha = method.length_alpha"
@@ -125,11 +125,17 @@ def rdpo_loss(
     Quality in Direct Preference Optimization", Findings of ACL 2024, arXiv:2403.19159):
 
         L_R-DPO = -log sigmoid( beta * log[pi(y_w|x) / ref(y_w|x)] - beta * log[pi(y_l|x) / ref(y_l|x)]
-                                - alpha * (|y_w| - |y_l|) )
+                                + alpha * (|y_w| - |y_l|) )
+
+    The sign follows from the paper's objective, max r(x, y) - alpha * |y| under the KL constraint: its optimal
+    policy gives r(x, y) = beta * log[pi(y|x) / ref(y|x)] + alpha * |y| (+ a term that cancels in the
+    pair), and Bradley-Terry on r gives the line above. The length term credits part of a longer chosen
+    answer's preference to its length, so its log-ratio margin is pushed up less: with |y_w| > |y_l| the
+    loss and its gradient are smaller than DPO's, with |y_w| < |y_l| larger (the policy learns less length).
 
     `*_logratios` are log pi(y|x) - log ref(y|x) summed over the response tokens, `*_lengths` the response
     lengths |y| in tokens. alpha = 0 is DPO's sigmoid loss. Returns one loss per pair (no reduction).
     """
     length_margin = chosen_lengths.to(chosen_logratios.dtype) - rejected_lengths.to(chosen_logratios.dtype)
-    logits = beta * (chosen_logratios - rejected_logratios) - alpha * length_margin
+    logits = beta * (chosen_logratios - rejected_logratios) + alpha * length_margin
     return -F.logsigmoid(logits)

@@ -22,8 +22,10 @@ Where the authors' code (circle-hit/MPO, LLaMA-Factory fork) is followed rather 
 - the gaps are reference-free, length-normalised log-probability differences (mean over labelled tokens,
   `get_batch_logps / valid_length`), not DPO's reference-normalised summed log-ratios;
 - their representation term pools with an unmasked mean over ALL positions, padding included
-  (`hidden_states[-1].mean(dim=1)`): `pool_hidden(..., "mean_all")`. It depends on how much padding the
-  batch adds, so our default is the masked `mean`; `mean_all` is kept for exact reproduction.
+  (`hidden_states[-1].mean(dim=1)`): `pool_hidden(..., "mean_all")`. Their collator pads every batch to a
+  multiple of 8 with the tokenizer's pad id (`pad_to_multiple_of=8`), so even their batch-1 runs average over
+  up to 7 pad positions. The value depends on the padding, so our default is the masked `mean`; `mean_all`
+  with per-pair `widths` (training/mpo.py) reproduces their batch-1 computation exactly.
 
 Non-default variant (`ref_target_gap`, the trainer's `normalise_target_gap`): RG_t(theta) is replaced by
 RG_t(theta) - RG_t(ref), a DPO-style reference-normalised target gap. Neither the paper nor the authors'
@@ -135,12 +137,16 @@ def mean_token_logps(logits: Tensor, labels: Tensor, chunk_elements: int = DEFAU
     return out
 
 
-def pool_hidden(hidden: Tensor, attention_mask: Tensor | None, mode: PoolMode = "mean") -> Tensor:
+def pool_hidden(
+    hidden: Tensor, attention_mask: Tensor | None, mode: PoolMode = "mean", widths: Tensor | None = None
+) -> Tensor:
     """Pool hidden states [B, T, H] into [B, H] (fp32; fp64 for fp64 input), differentiably.
 
     mean      masked mean over the positions where attention_mask is 1 (independent of padding; default)
-    mean_all  unmasked mean over all T positions, padding included (the authors' code); changes with
-              padding and therefore with batch composition. `attention_mask` is ignored.
+    mean_all  unmasked mean over positions 0..widths[b]-1, padding included (the authors' code); all T
+              positions when `widths` is None. It changes with the padding, so the trainer passes each
+              pair's own padded width (training/mpo.py) to make it independent of batch composition.
+              `attention_mask` is ignored.
     last      hidden state of the last non-pad position (the largest t with mask 1): right padding gives
               position len-1, left padding position T-1.
     Rows whose mask is all zero pool to 0 for `mean` and `last`. `attention_mask=None` means no padding.
@@ -151,7 +157,14 @@ def pool_hidden(hidden: Tensor, attention_mask: Tensor | None, mode: PoolMode = 
     batch, length, _ = hidden.shape
     dtype = _compute_dtype(hidden.dtype)
     if mode == "mean_all":
-        return hidden.sum(dim=1, dtype=dtype) / length
+        if widths is None:
+            return hidden.sum(dim=1, dtype=dtype) / length
+        if widths.shape != (batch,) or bool((widths < 1).any()) or bool((widths > length).any()):
+            raise ValueError(f"widths must be [{batch}] values in 1..{length}, got {widths.tolist()}")
+        # A prefix sum: positions at or beyond a row's width (padding another pair added) do not count.
+        inside = torch.arange(length, device=hidden.device) < widths.to(hidden.device).unsqueeze(1)
+        summed = (hidden * inside.unsqueeze(-1).to(hidden.dtype)).sum(dim=1, dtype=dtype)
+        return summed / widths.to(device=hidden.device, dtype=dtype).unsqueeze(1)
     if mode not in POOL_MODES:
         raise ValueError(f"pooling mode must be one of {POOL_MODES}, got {mode!r}")
     if attention_mask is None:

@@ -8,6 +8,11 @@
 - languages: attack success rate per language, grouped bars (one bar per run).
 
 A run without the values a plot needs is left out of that plot with a logged warning.
+
+Role names in any script: when the default font lacks a name's glyphs (Chinese role names with
+DejaVu Sans), the labels fall back to an installed font that has them (e.g. Noto Sans CJK); when none is
+installed, such a role is labelled with an id ("R1") and `role_legend` gives the names for report.md.
+Either way matplotlib draws no empty boxes and warns of no missing glyph.
 """
 
 from __future__ import annotations
@@ -16,13 +21,18 @@ import itertools
 import logging
 import math
 import re
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.ft2font import FT2Font
 from matplotlib.lines import Line2D
 
 from safetune.reports.tables import Run, ci_of, display_name, language_asr, languages, number
@@ -36,6 +46,82 @@ _ROLEPLAY_KEYS = (
     ("rolebench_raw", "RoleBench RAW"),
     ("rolebench_spe", "RoleBench SPE"),
 )
+
+
+# ---- fonts for role names ----
+
+# Fonts that map every code point to a placeholder box (matplotlib ships "Last Resort"): no fallback.
+_PLACEHOLDER_FONTS = ("Last Resort",)
+
+
+@cache
+def _charmap(path: str) -> frozenset[int]:
+    """The code points a font file has glyphs for (empty for a file FreeType cannot read)."""
+    try:
+        return frozenset(FT2Font(path).get_charmap())
+    except (OSError, RuntimeError, ValueError):
+        return frozenset()
+
+
+def _drawn(chars: Iterable[str]) -> set[str]:
+    return {ch for ch in chars if not ch.isspace() and unicodedata.category(ch)[0] != "C"}
+
+
+@cache
+def _fallback_font(chars: frozenset[str]) -> str | None:
+    """The family name of the first installed font that has every one of `chars`, or None."""
+    for entry in sorted(font_manager.fontManager.ttflist, key=lambda f: (f.name, f.fname)):
+        if entry.name.startswith(_PLACEHOLDER_FONTS):
+            continue
+        if all(ord(ch) in _charmap(entry.fname) for ch in chars):
+            return str(entry.name)
+    return None
+
+
+@dataclass(frozen=True)
+class RoleLabels:
+    """How role names are written on a plot: `texts` in the order given, drawn in `family` (None: the
+    default font); `legend` pairs each id that stands in for an undrawable name with that name."""
+
+    texts: tuple[str, ...]
+    family: tuple[str, ...] | None = None
+    legend: tuple[tuple[str, str], ...] = ()
+
+
+def role_labels(names: Sequence[str]) -> RoleLabels:
+    """Labels for `names` that the installed fonts can draw (see the module docstring)."""
+    default = font_manager.findfont(FontProperties())
+    missing = frozenset(ch for ch in _drawn("".join(names)) if ord(ch) not in _charmap(default))
+    if not missing:
+        return RoleLabels(tuple(names))
+    fallback = _fallback_font(missing)
+    if fallback is not None:
+        return RoleLabels(tuple(names), (FontProperties(fname=default).get_name(), fallback))
+    texts: list[str] = []
+    legend: list[tuple[str, str]] = []
+    for name in names:
+        if any(ch in missing for ch in name):
+            texts.append(f"R{len(legend) + 1}")
+            legend.append((texts[-1], name))
+        else:
+            texts.append(name)
+    return RoleLabels(tuple(texts), None, tuple(legend))
+
+
+def _plot_roles(runs: Sequence[Run]) -> list[str]:
+    """Every role name that roles.png draws, sorted (the order of `role_labels`' ids)."""
+    roles = {
+        role
+        for name in _role_benchmarks(runs)
+        for run in runs
+        for role in (run.benchmarks.get(name, {}).get("by_role") or {})
+    }
+    return sorted(roles)
+
+
+def role_legend(runs: Sequence[Run]) -> list[tuple[str, str]]:
+    """(id, role name) for the roles that roles.png labels with an id (no installed font draws them)."""
+    return list(role_labels(_plot_roles(runs)).legend) if has_roles(runs) else []
 
 
 def _bar_width(categories: int, runs: int) -> float:
@@ -584,6 +670,8 @@ def roles_figure(runs: Sequence[Run]) -> Figure:
     value for it (a run evaluated for one role only takes no space in the other roles' groups), centred
     on the role's tick; each run keeps its colour in every panel."""
     names = _role_benchmarks(runs)
+    labels = role_labels(_plot_roles(runs))
+    shown = dict(zip(_plot_roles(runs), labels.texts, strict=True))
     palette = [f"C{i % 10}" for i in range(len(runs))]
     panels = []
     for name in names:
@@ -605,9 +693,12 @@ def roles_figure(runs: Sequence[Run]) -> Figure:
     fig = _figure(_bar_width(widest, math.ceil(bars / widest)), 3.8 * len(names))
     axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
     for ax, (name, roles, series, colours) in zip(axes, panels, strict=True):
-        _grouped_bars(ax, roles, series, colours, compact=True)
+        _grouped_bars(ax, [shown[role] for role in roles], series, colours, compact=True)
+        if labels.family:
+            for tick in ax.get_xticklabels():
+                tick.set_fontfamily(list(labels.family))
         ax.set_title(f"{display_name(name)}: ROUGE-L per role (95% CI)")
-        ax.set_xlabel("role")
+        ax.set_xlabel("role (ids: see report.md)" if labels.legend else "role")
         ax.set_ylabel("ROUGE-L F1 (×100)")
     return fig
 

@@ -54,7 +54,7 @@ def _check_group(path: Path, field: str, group: Any) -> None:
             raise DataError(path, None, f"{field}.{key}", "missing")
     if not isinstance(group["n"], int) or isinstance(group["n"], bool):
         raise DataError(path, None, f"{field}.n", f"expected an integer, got {group['n']!r}")
-    for key in ("value", "asr", "n_valid", "n_invalid"):
+    for key in ("value", "asr", "n_valid", "n_invalid", "n_uncovered"):
         _check_number(path, f"{field}.{key}", group.get(key))
     ci = group.get("ci95")
     if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(_is_number(v) for v in ci)):
@@ -165,6 +165,23 @@ def _write_text(path: Path, text: str) -> Path:
     return path
 
 
+def _role_legend(runs: Sequence[Run]) -> str:
+    """The names behind the role ids of roles.png, when no installed font could draw them."""
+    legend = plots.role_legend(runs)
+    if not legend:
+        return ""
+    lines = [
+        "",
+        "## Role ids in roles.png",
+        "",
+        "No installed font has these names' glyphs (install one, "
+        "e.g. Noto Sans CJK, to see the names on the plot):",
+        "",
+    ]
+    lines += [f"- {ident}: {name}" for ident, name in legend]
+    return "\n".join(lines) + "\n"
+
+
 def render_report(
     run_dirs: Sequence[Path], out: Path, labels: Sequence[str] | None = None
 ) -> dict[str, Path]:
@@ -186,7 +203,7 @@ def render_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
-        "markdown": _write_text(out / "report.md", tables.markdown(runs)),
+        "markdown": _write_text(out / "report.md", tables.markdown(runs) + _role_legend(runs)),
         "csv": _write_text(out / "report.csv", tables.csv_text(runs)),
         "pareto": plots.pareto_plot(runs, out / "pareto.png"),
     }

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 MISSING = "–"
+MOCK_MARK = "(mock backend)"
+MOCK_NOTE = "answers from the `mock` backend: canned text, no model; its numbers measure nothing"
 # Display names and the paper's column order of the sets it reports.
 DISPLAY_NAMES = {
     "rolebench-raw": "RoleBench RAW",
@@ -54,6 +56,16 @@ class Run:
     @property
     def provenance(self) -> dict[str, Any]:
         return self.results["provenance"]
+
+    @property
+    def mock(self) -> bool:
+        """Whether the answers came from the `mock` backend (canned text, no model)."""
+        return self.provenance.get("backend") == "mock"
+
+    @property
+    def row_label(self) -> str:
+        """The label in the results tables, marked when the run did not generate with a model."""
+        return f"{self.label} {MOCK_MARK}" if self.mock else self.label
 
     def judge_name(self) -> str | None:
         judge = self.provenance.get("judge")
@@ -229,10 +241,24 @@ def _counts_text(run: Run) -> str:
         part = f"{name} {bench.get('n', '?')}"
         if bench.get("n_invalid"):
             part += f" ({bench['n_invalid']} invalid)"
+        if bench.get("n_uncovered"):
+            part += f" ({bench['n_uncovered']} not covered by the judge)"
         if bench.get("note"):
             part += f" [{bench['note']}]"
         parts.append(part)
     return ", ".join(parts) or "no benchmarks"
+
+
+def _uncovered_text(run: Run) -> str | None:
+    """The items of each benchmark that the judge does not cover, e.g. "multijail 40 (de 20, ru 20)"."""
+    parts = []
+    for name, bench in run.benchmarks.items():
+        if not bench.get("n_uncovered"):
+            continue
+        by_language = bench.get("by_language") or {}
+        langs = [f"{lang} {g['n_uncovered']}" for lang, g in by_language.items() if g.get("n_uncovered")]
+        parts.append(f"{name} {bench['n_uncovered']}" + (f" ({', '.join(langs)})" if langs else ""))
+    return ", ".join(parts) or None
 
 
 def markdown(runs: Sequence[Run]) -> str:
@@ -241,7 +267,8 @@ def markdown(runs: Sequence[Run]) -> str:
     lines = ["# Evaluation report", ""]
     if cols:
         lines += _md_table(
-            ["Run", *(c.header for c in cols)], [[r.label, *(_fmt(c.value(r)) for c in cols)] for r in runs]
+            ["Run", *(c.header for c in cols)],
+            [[r.row_label, *(_fmt(c.value(r)) for c in cols)] for r in runs],
         )
     else:
         lines.append("No run has any result.")
@@ -255,19 +282,34 @@ def markdown(runs: Sequence[Run]) -> str:
     if langs:
         lines += ["", "## Attack success rate by language (%, lower is safer)", ""]
         lines += _md_table(
-            ["Run", *langs], [[r.label, *(_fmt(language_asr(r, lang)) for lang in langs)] for r in runs]
+            ["Run", *langs],
+            [[r.row_label, *(_fmt(language_asr(r, lang)) for lang in langs)] for r in runs],
         )
     rouge_langs = rouge_languages(runs)
     if rouge_langs:
         lines += ["", "## ROUGE-L by language (higher is better)", ""]
         lines += _md_table(
             ["Run", *(f"{display_name(name)} {lang}" for name, lang in rouge_langs)],
-            [[r.label, *(_fmt(language_rouge(r, n, lang)) for n, lang in rouge_langs)] for r in runs],
+            [[r.row_label, *(_fmt(language_rouge(r, n, lang)) for n, lang in rouge_langs)] for r in runs],
         )
+    uncovered = [(run, text) for run in runs if (text := _uncovered_text(run))]
+    if uncovered:
+        lines += [
+            "",
+            "## Not covered by the judge",
+            "",
+            "Items whose prompt or answer is in a language the judge does not cover; they are left out of "
+            "every rate above.",
+            "",
+            *(f"- **{run.label}**: {text}" for run, text in uncovered),
+        ]
     lines += ["", "## Runs", ""]
     for run in runs:
         judge = run.judge_name() or "none"
-        lines.append(f"- **{run.label}**: model {_model_text(run)}; judge {judge}; n: {_counts_text(run)}")
+        backend = f"**{MOCK_NOTE}**" if run.mock else f"backend {run.provenance.get('backend') or '?'}"
+        lines.append(
+            f"- **{run.label}**: model {_model_text(run)}; {backend}; judge {judge}; n: {_counts_text(run)}"
+        )
     warning = judge_warning(runs)
     if warning:
         lines += ["", warning]
@@ -287,7 +329,7 @@ def csv_text(runs: Sequence[Run]) -> str:
             header += [f"{col.header} ci95 low", f"{col.header} ci95 high"]
     header += [f"ASR {lang}" for lang in langs]
     header += [f"ROUGE-L {display_name(name)} {lang}" for name, lang in rouge_langs]
-    header += ["model", "adapter", "judge", "results"]
+    header += ["model", "adapter", "backend", "judge", "results"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -306,6 +348,6 @@ def csv_text(runs: Sequence[Run]) -> str:
         row += [cell(language_asr(run, lang)) for lang in langs]
         row += [cell(language_rouge(run, name, lang)) for name, lang in rouge_langs]
         row += [str(model.get("base") or model.get("label") or ""), str(model.get("adapter") or "")]
-        row += [run.judge_name() or "", str(run.path)]
+        row += [str(run.provenance.get("backend") or ""), run.judge_name() or "", str(run.path)]
         writer.writerow(row)
     return buffer.getvalue()

@@ -254,6 +254,7 @@ class _RDPOMixin:
         gather = this.accelerator.gather_for_metrics
         chosen_rewards = this.beta * chosen_logratios.detach()
         rejected_rewards = this.beta * rejected_logratios.detach()
+        # The term rdpo_loss adds to the logit: positive where the chosen answer is the longer one.
         length_term = self.length_alpha * (chosen_lengths - rejected_lengths).to(chosen_rewards.dtype)
         metrics = this._metrics[mode]
         metrics["rewards/chosen"].append(gather(chosen_rewards).mean().item())
@@ -482,7 +483,7 @@ def train_baseline(
     """
     from transformers import set_seed
 
-    from safetune.training.common import prepare_output, save_final, wrap_lora
+    from safetune.training.common import pair_counts, prepare_output, save_final, wrap_lora
 
     spec = get_baseline(config.method.name)
     out = Path(out)
@@ -540,6 +541,7 @@ def train_baseline(
         "finetune": t.finetune,
         "config_hash": hash_json(config.to_dict()),
         "renderer": renderer.fingerprint(),
+        "data": pair_counts(pairs),
         "metrics": metrics,
     }
     write_json(out / "run.json", run)

@@ -1,9 +1,11 @@
 """What every trainer shares (SFT/SaRFT, MPO, the preference baselines): TrainingArguments from a
-RunConfig, LoRA wrapping, and the run folder (prepare, find the last checkpoint, save `final/` atomically)."""
+RunConfig, LoRA wrapping, the run folder (prepare, find the last checkpoint, save `final/` atomically) and
+the pair counts run.json records."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,15 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from safetune.config import RunConfig
+from safetune.data.languages import language_counts
+from safetune.data.records import ParallelPreferencePair, PreferencePair
 from safetune.errors import ConfigError
+
+
+def pair_counts(pairs: Sequence[ParallelPreferencePair | PreferencePair]) -> dict[str, Any]:
+    """The `data` entry of run.json for pair data (MPO and the DPO-family baselines): how many pairs, and
+    how many per (target) language."""
+    return {"count": len(pairs), "languages": language_counts(pairs)}
 
 
 def _precision_flags(precision: str) -> dict[str, bool]:

@@ -10,6 +10,7 @@ and an equivalence test use that.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -18,54 +19,132 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import Trainer
 
-from safetune.config import MethodConfig
+from safetune.config import MethodConfig, RunConfig
 from safetune.data.batching import pad_batch
-from safetune.data.chat import ChatRenderer, EncodedExample
+from safetune.data.chat import ChatRenderer
 from safetune.data.records import ParallelPreferencePair
-from safetune.methods.losses import sequence_logps
+from safetune.methods.losses import IGNORE_INDEX, sequence_logps
 from safetune.methods.reward_gap import PoolMode, mean_token_logps, pool_hidden, reward_gap_mpo_loss
 from safetune.models.loading import decoder_of, lm_head_fn
 from safetune.storage import hash_json
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: mean_all pools over each pair's multiple-of-8 padding with the tokenizer's pad id
 SIDES = ("t_chosen", "t_rejected", "d_chosen", "d_rejected")
+# The authors' collator (LLaMA-Factory's DataCollatorForSeq2Seq, `pad_to_multiple_of=8` in their DPO
+# workflow) rounds every batch's width up to a multiple of 8; `mean_all` pooling averages over that padding.
+PAD_TO_MULTIPLE_OF = 8
+# Per-side limit given to the renderer under the joint rule, where `encode_pair` truncates instead.
+_NO_LIMIT = 1 << 30
 
 
-def encode_pair(renderer: ChatRenderer, pair: ParallelPreferencePair, index: int) -> dict[str, Any]:
-    """Token ids of the four sequences of one parallel pair (the system turn, if any, on both sides)."""
-    d, t = pair.dominant, pair.target
-    encoded: dict[str, EncodedExample] = {
-        "t_chosen": renderer.encode(t.prompt, t.chosen, pair.system),
-        "t_rejected": renderer.encode(t.prompt, t.rejected, pair.system),
-        "d_chosen": renderer.encode(d.prompt, d.chosen, pair.system),
-        "d_rejected": renderer.encode(d.prompt, d.rejected, pair.system),
-    }
-    row: dict[str, Any] = {"index": index, "language": t.language or "unknown"}
-    for side, example in encoded.items():
-        row[f"{side}_ids"], row[f"{side}_labels"] = example.input_ids, example.labels
+def joint_lengths(prompt_len: int, response_len: int, max_length: int) -> tuple[int, int]:
+    """(prompt, response) lengths kept so that prompt + response <= max_length, the response first.
+
+    The authors' rule (LLaMA-Factory's `infer_seqlen`, called with cutoff_len 1024 in their MPO configs): a
+    response shorter than half the limit is kept whole and the prompt gets the rest; else a prompt shorter
+    than half is kept whole; else both shrink in proportion to their lengths (the response's share rounded
+    down).
+    """
+    if response_len * 2 < max_length:
+        response_limit = max_length
+    elif prompt_len * 2 < max_length:
+        response_limit = max_length - prompt_len
+    else:
+        response_limit = int(max_length * (response_len / (prompt_len + response_len)))
+    response = min(response_limit, response_len)
+    return min(max(max_length - response, 0), prompt_len), response
+
+
+def pair_renderer(tokenizer: Any, config: RunConfig) -> ChatRenderer:
+    """The renderer for parallel pairs. Under the joint rule (`method.truncation`, the default) it truncates
+    nothing: `encode_pair` cuts prompt + response at `method.max_length` as the authors did. `per_side`
+    keeps chat.max_prompt_tokens / chat.max_response_tokens (each side on its own, as in our SaRFT runs)."""
+    chat = config.chat
+    if config.method.truncation == "joint":
+        chat = dataclasses.replace(chat, max_prompt_tokens=_NO_LIMIT, max_response_tokens=_NO_LIMIT)
+    return ChatRenderer.from_config(tokenizer, chat)
+
+
+def encode_pair(
+    renderer: ChatRenderer, pair: ParallelPreferencePair, index: int, max_length: int | None = None
+) -> dict[str, Any]:
+    """Token ids of the four sequences of one parallel pair (the system turn, if any, on both sides).
+
+    With `max_length` each language's (prompt, chosen, rejected) is cut by the authors' joint rule: one
+    prompt length and one response length for both answers (`joint_lengths` of the prompt and the longer
+    answer), keeping the first tokens of each, as their pairwise preprocessing does. Without it the
+    renderer's per-side limits apply.
+    """
+    row: dict[str, Any] = {"index": index, "language": pair.target.language or "unknown"}
+    for prefix, side in (("t", pair.target), ("d", pair.dominant)):
+        prompt = renderer.prompt_ids(side.prompt, pair.system)
+        answers = {
+            "chosen": renderer.response_ids(side.chosen),
+            "rejected": renderer.response_ids(side.rejected),
+        }
+        if max_length is not None:
+            keep_prompt, keep_answer = joint_lengths(
+                len(prompt), max(len(a) for a in answers.values()), max_length
+            )
+            prompt = prompt[:keep_prompt]
+            answers = {k: a[:keep_answer] for k, a in answers.items()}
+        for key, answer in answers.items():
+            row[f"{prefix}_{key}_ids"] = prompt + answer
+            row[f"{prefix}_{key}_labels"] = [IGNORE_INDEX] * len(prompt) + answer
     return row
+
+
+def encode_pairs(
+    renderer: ChatRenderer, pairs: Sequence[ParallelPreferencePair], method: MethodConfig
+) -> list[dict[str, Any]]:
+    """`encode_pair` for every pair with the truncation rule `method` asks for (`pair_renderer`)."""
+    max_length = method.max_length if method.truncation == "joint" else None
+    return [encode_pair(renderer, pair, i, max_length) for i, pair in enumerate(pairs)]
+
+
+def _padded_width(length: int, multiple: int) -> int:
+    return -(-length // multiple) * multiple
 
 
 class MpoCollator:
     """Right-pads [target chosen; target rejected] and [dominant chosen; dominant rejected] as two batches
-    of 2B rows (chosen rows first), and carries each pair's index into the reference cache."""
+    of 2B rows (chosen rows first), with `pad_id` to a width rounded up to `pad_to_multiple_of` (the
+    authors' collator), and carries each pair's index into the reference cache.
 
-    def __init__(self, pad_id: int):
+    `dominant_widths` [2B] is, for each dominant row, the width its pair alone would be padded to (the
+    longer of its two rows, rounded up): the authors' batch-1 padding, which `mean_all` pooling averages
+    over. It does not depend on which pairs share the batch, so the reference cache can store it.
+    """
+
+    def __init__(self, pad_id: int, pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF):
+        if pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
         self.pad_id = pad_id
+        self.multiple = pad_to_multiple_of
 
     def _side(self, rows: list[dict[str, Any]], prefix: str) -> dict[str, Tensor]:
         ids = [r[f"{prefix}_chosen_ids"] for r in rows] + [r[f"{prefix}_rejected_ids"] for r in rows]
         labels = [r[f"{prefix}_chosen_labels"] for r in rows] + [r[f"{prefix}_rejected_labels"] for r in rows]
-        return pad_batch(ids, labels, self.pad_id)
+        batch = pad_batch(ids, labels, self.pad_id)
+        extra = _padded_width(batch["input_ids"].shape[1], self.multiple) - batch["input_ids"].shape[1]
+        if extra:
+            batch["input_ids"] = F.pad(batch["input_ids"], (0, extra), value=self.pad_id)
+            batch["attention_mask"] = F.pad(batch["attention_mask"], (0, extra), value=0)
+            batch["labels"] = F.pad(batch["labels"], (0, extra), value=IGNORE_INDEX)
+        return batch
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         target, dominant = self._side(rows, "t"), self._side(rows, "d")
+        widths = [
+            _padded_width(max(len(r["d_chosen_ids"]), len(r["d_rejected_ids"])), self.multiple) for r in rows
+        ]
         return {
             "target_ids": target["input_ids"],
             "target_mask": target["attention_mask"],
@@ -73,6 +152,7 @@ class MpoCollator:
             "dominant_ids": dominant["input_ids"],
             "dominant_mask": dominant["attention_mask"],
             "dominant_labels": dominant["labels"],
+            "dominant_widths": torch.tensor(widths + widths, dtype=torch.long),
             "index": torch.tensor([r["index"] for r in rows], dtype=torch.long),
             "languages": [r["language"] for r in rows],
         }
@@ -118,13 +198,18 @@ class ReferenceCache:
 
 @torch.no_grad()
 def dominant_reference(
-    model: nn.Module, ids: Tensor, mask: Tensor, labels: Tensor, pooling: PoolMode, chunk_elements: int
+    model: nn.Module, batch: dict[str, Any], pooling: PoolMode, chunk_elements: int
 ) -> tuple[Tensor, Tensor]:
-    """(RG_d [B], pooled hidden states [2B, H]) from the dominant rows [chosen; rejected], no gradient."""
-    hidden = decoder_of(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    logps = sequence_logps(lm_head_fn(model)(hidden), labels, average=True, chunk_elements=chunk_elements)
+    """(RG_d [B], pooled hidden states [2B, H]) from a collated batch's dominant rows, no gradient."""
+    mask = batch["dominant_mask"]
+    hidden = decoder_of(model)(
+        input_ids=batch["dominant_ids"], attention_mask=mask, use_cache=False
+    ).last_hidden_state
+    logps = sequence_logps(
+        lm_head_fn(model)(hidden), batch["dominant_labels"], average=True, chunk_elements=chunk_elements
+    )
     half = logps.shape[0] // 2
-    return logps[:half] - logps[half:], pool_hidden(hidden, mask, pooling)
+    return logps[:half] - logps[half:], pool_hidden(hidden, mask, pooling, batch["dominant_widths"])
 
 
 @torch.no_grad()
@@ -144,16 +229,22 @@ def compute_reference(
     method: MethodConfig,
     batch_size: int,
     with_target: bool | None = None,
+    pad_id: int | None = None,
 ) -> ReferenceCache:
     """One batched no-grad pass of the reference over every pair: the dominant side always, the target
     side only when `with_target` (default: when the loss uses RG_t(ref), `method.normalise_target_gap`).
 
-    `mean_all` pooling depends on padding; it is computed one pair at a time (no padding), which equals
-    the authors' runs (batch 1 per device)."""
+    Batches are collated exactly as training collates them (`MpoCollator`). `mean_all` pools over padding,
+    so it needs the tokenizer's `pad_id` (the id the training collator pads with, as the authors' did) and
+    each pair's own padded width (`dominant_widths`): the cached value is then what the policy's pass
+    computes for the same pair in any training batch, and the authors' batch-1 value. It is computed one
+    pair at a time, so that at the authors' batch size 1 policy == reference gives a representation term
+    of exactly 0 (not just to rounding). The other poolings mask the padding: any pad id does."""
+    if method.pooling == "mean_all" and pad_id is None:
+        raise ValueError("pooling='mean_all' averages over padding: pass the tokenizer's pad_id")
     device = next(model.parameters()).device
-    pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
     size = 1 if method.pooling == "mean_all" else batch_size
-    collate = MpoCollator(pad_id)
+    collate = MpoCollator(pad_id if pad_id is not None else 0)
     if with_target is None:
         with_target = method.normalise_target_gap
     gaps, pooled, target_gaps = [], [], []
@@ -163,14 +254,7 @@ def compute_reference(
             k: v.to(device) if isinstance(v, Tensor) else v
             for k, v in collate(list(rows[start : start + size])).items()
         }
-        gap, hidden = dominant_reference(
-            model,
-            batch["dominant_ids"],
-            batch["dominant_mask"],
-            batch["dominant_labels"],
-            method.pooling,
-            method.chunk_elements,
-        )
+        gap, hidden = dominant_reference(model, batch, method.pooling, method.chunk_elements)
         half = gap.shape[0]
         gaps.append(gap.float().cpu())
         pooled.append(torch.stack([hidden[:half], hidden[half:]], dim=1).float().cpu())
@@ -196,6 +280,7 @@ def cache_key(
     rows: Sequence[dict[str, Any]],
     pooling: str,
     with_target: bool = False,
+    pad_id: int | None = None,
 ) -> str:
     """Everything the cached values depend on: the target side's ids only when RG_t(ref) is stored."""
     sides = ("d", "t") if with_target else ("d",)
@@ -213,6 +298,7 @@ def cache_key(
             "model": model_fingerprint,
             "template": renderer.fingerprint(),
             "pooling": pooling,
+            "pad_id": pad_id,
             "with_target": with_target,
             "sequences": hash_json(sequences),
         }
@@ -229,13 +315,14 @@ def cached_reference(
     batch_size: int,
 ) -> tuple[ReferenceCache, Path]:
     """The reference cache for these rows: read from disk, or computed with `load_model()` and stored."""
-    key = cache_key(model_fingerprint, renderer, rows, method.pooling, method.normalise_target_gap)
+    pad_id = renderer.tokenizer.pad_token_id  # what the training collator pads with
+    key = cache_key(model_fingerprint, renderer, rows, method.pooling, method.normalise_target_gap, pad_id)
     path = cache_dir / "mpo" / f"{key}.safetensors"
     if path.exists():
         log.info("reward-gap MPO reference from cache %s (no reference model)", path)
         return ReferenceCache.load(path), path
     path.parent.mkdir(parents=True, exist_ok=True)
-    cache = compute_reference(load_model(), rows, method, batch_size)
+    cache = compute_reference(load_model(), rows, method, batch_size, pad_id=pad_id)
     cache.save(path, {"model": model_fingerprint, "pooling": method.pooling, "count": str(len(rows))})
     log.info("reward-gap MPO reference cached in %s", path)
     return cache, path
@@ -281,14 +368,7 @@ class MpoTrainer(Trainer):
                 raise ValueError("normalise_target_gap needs a reference cache computed with_target=True")
             return gaps, pooled, cached_target if m.normalise_target_gap else None
         assert self.ref_model is not None
-        gaps, pooled = dominant_reference(
-            self.ref_model,
-            inputs["dominant_ids"],
-            inputs["dominant_mask"],
-            inputs["dominant_labels"],
-            m.pooling,
-            m.chunk_elements,
-        )
+        gaps, pooled = dominant_reference(self.ref_model, inputs, m.pooling, m.chunk_elements)
         target_gaps: Tensor | None = None
         if m.normalise_target_gap:
             target_gaps = target_reference_gap(
@@ -320,7 +400,7 @@ class MpoTrainer(Trainer):
             hidden = decoder_of(model)(
                 input_ids=inputs["dominant_ids"], attention_mask=inputs["dominant_mask"], use_cache=False
             ).last_hidden_state
-            policy_pooled = pool_hidden(hidden, inputs["dominant_mask"], m.pooling)
+            policy_pooled = pool_hidden(hidden, inputs["dominant_mask"], m.pooling, inputs["dominant_widths"])
         out = reward_gap_mpo_loss(
             logps[:half],
             logps[half:],

@@ -27,7 +27,9 @@ from transformers import TrainerCallback, set_seed
 from safetune import __version__
 from safetune.config import RunConfig, dump_config
 from safetune.data.chat import ChatRenderer
+from safetune.data.languages import LanguageCheck, language_counts
 from safetune.data.records import RoleExample
+from safetune.data.sources import InvalidRecords
 from safetune.errors import ConfigError
 from safetune.methods.registry import get_method
 from safetune.models.loading import default_device, load_causal_lm, load_tokenizer, resolve_dtype
@@ -36,6 +38,7 @@ from safetune.selection import load_data, select, write_selection
 from safetune.storage import atomic_open, hash_json, write_json
 from safetune.training.common import (
     last_checkpoint,
+    pair_counts,
     prepare_output,
     save_final,
     training_arguments,
@@ -113,8 +116,9 @@ def train(
         raise ConfigError(f"method {spec.name!r} trains on {spec.data_kind} data: not supported yet")
 
     tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
-    renderer = ChatRenderer.from_config(tokenizer, config.chat)
-    examples, profiles = load_data(config)
+    renderer = ChatRenderer.from_config(tokenizer, config.chat, authors_empty_system=True)
+    invalid = InvalidRecords(config.data.invalid)
+    examples, profiles = load_data(config, invalid)
     log.info("loaded %d examples from %s", len(examples), config.data.path)
 
     # LoRA keeps the frozen base in the compute dtype (bf16 on a GPU); full fine-tuning keeps fp32 master
@@ -159,7 +163,8 @@ def train(
     save_final(trainer, tokenizer, out)
     metrics = {**result.metrics, "global_step": result.global_step, "reference_rows": trainer.reference_rows}
     selection = {k: stats[k] for k in ("variant", "count", "flagged", "flag_rate")}
-    _write_provenance(config, out, {"selection": selection}, metrics, _model_card(config, stats, metrics))
+    details = {"selection": selection, "invalid_records": invalid.report()}
+    _write_provenance(config, out, details, metrics, _model_card(config, stats, metrics))
     return out
 
 
@@ -169,11 +174,13 @@ def _train_preference(config: RunConfig, out: Path, callbacks: list[TrainerCallb
     from safetune.data.preferences import load_preference_pairs
     from safetune.training.baselines import train_baseline
 
-    pairs = load_preference_pairs(config.data.path, config.data.format)
+    invalid, languages = InvalidRecords(config.data.invalid), LanguageCheck()
+    pairs = load_preference_pairs(config.data.path, config.data.format, invalid=invalid, languages=languages)
     if config.data.max_examples:
         pairs = pairs[: config.data.max_examples]
     log.info("loaded %d preference pairs from %s", len(pairs), config.data.path)
     train_baseline(config, pairs, out, overwrite=False, callbacks=callbacks)
+    _add_to_run_json(out, {"invalid_records": invalid.report(), "language_disagreements": languages.report()})
     return out
 
 
@@ -182,23 +189,25 @@ def _train_parallel(
 ) -> Path:
     """Reward-gap MPO: the reference side comes from the cache (computed once with the freshly loaded
     model), so training holds no reference model."""
-    from safetune.data.languages import language_counts
     from safetune.data.preferences import load_parallel_pairs
     from safetune.models.loading import model_fingerprint
     from safetune.selection import cache_root
-    from safetune.training.mpo import MpoCollator, MpoTrainer, cached_reference, encode_pair
+    from safetune.training.mpo import MpoCollator, MpoTrainer, cached_reference, encode_pairs, pair_renderer
 
     t = config.train
     tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
-    renderer = ChatRenderer.from_config(tokenizer, config.chat)
-    pairs = load_parallel_pairs(config.data.path, config.data.format)
+    renderer = pair_renderer(tokenizer, config)
+    invalid, languages = InvalidRecords(config.data.invalid), LanguageCheck()
+    pairs = load_parallel_pairs(config.data.path, config.data.format, invalid=invalid, languages=languages)
     if config.data.max_examples:
         pairs = pairs[: config.data.max_examples]
-    languages = language_counts(pairs)
     log.info(
-        "loaded %d parallel pairs from %s (target languages: %s)", len(pairs), config.data.path, languages
+        "loaded %d parallel pairs from %s (target languages: %s)",
+        len(pairs),
+        config.data.path,
+        language_counts(pairs),
     )
-    rows = [encode_pair(renderer, pair, i) for i, pair in enumerate(pairs)]
+    rows = encode_pairs(renderer, pairs, config.method)
     weights_dtype = resolve_dtype(t.precision) if t.finetune == "lora" else torch.float32
     model = load_causal_lm(t.model, t.revision, weights_dtype, t.trust_remote_code)
     with PartialState().main_process_first():
@@ -230,8 +239,14 @@ def _train_parallel(
     result = trainer.train(resume_from_checkpoint=checkpoint)
     save_final(trainer, tokenizer, out)
     metrics = {**result.metrics, "global_step": result.global_step}
-    data = {"count": len(pairs), "languages": languages, "reference_cache": str(cache_path)}
-    _write_provenance(config, out, {"data": data}, metrics, _parallel_card(config, data, metrics))
+    data = {**pair_counts(pairs), "reference_cache": str(cache_path)}
+    _write_provenance(
+        config,
+        out,
+        {"data": data, "invalid_records": invalid.report(), "language_disagreements": languages.report()},
+        metrics,
+        _parallel_card(config, data, metrics),
+    )
     return out
 
 
@@ -257,6 +272,15 @@ def _parallel_card(config: RunConfig, data: dict[str, Any], metrics: dict[str, A
             "",
         ]
     )
+
+
+def _add_to_run_json(out: Path, fields: dict[str, Any]) -> None:
+    """Merge `fields` into a run.json written by another writer (the DPO-family baselines)."""
+    import json
+
+    path = out / "run.json"
+    run = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    write_json(path, {**run, **fields})
 
 
 def _write_provenance(
