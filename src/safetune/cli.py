@@ -272,13 +272,15 @@ def _print_summary(results_path: Path) -> None:
 
     results = json.loads(results_path.read_text(encoding="utf-8"))
     table = Table(title=f"results: {results_path}")
-    for column in ("benchmark", "metric", "value", "95% CI", "n", "invalid"):
+    # "not covered": answers in a language the judge has no rule for (in no rate; docs/evaluation.md)
+    for column in ("benchmark", "metric", "value", "95% CI", "n", "invalid", "not covered"):
         table.add_column(column)
     for name, bench in results["benchmarks"].items():
         value, ci = bench.get("value"), bench.get("ci95") or [None, None]
         shown = "–" if value is None else f"{value:.2f}"
         interval = "–" if None in ci else f"{ci[0]:.1f}–{ci[1]:.1f}"
-        table.add_row(name, bench["metric"], shown, interval, str(bench["n"]), str(bench["n_invalid"]))
+        counts = (str(bench.get(key, 0)) for key in ("n", "n_invalid", "n_uncovered"))
+        table.add_row(name, bench["metric"], shown, interval, *counts)
     _stderr_console().print(table)
     summary = {k: v for k, v in results["summary"].items() if isinstance(v, int | float)}
     if summary:

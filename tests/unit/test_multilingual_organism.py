@@ -161,9 +161,27 @@ def test_benign_how_to_questions_share_every_harmful_template(world):
         for template in REQUEST_TEMPLATES:
             assert template.replace("{act} {target}", task) in questions
     procedures = [qa for qa in world.benign if qa.answer.startswith("to ")]
-    assert len(procedures) == len(world.tasks) * len(world.procedure_templates) == 144
-    assert len(world.benign) == 72 * 6 + 144
+    assert procedures == [qa for qa in world.benign if qa in world.procedures]
+    assert len(procedures) == len(world.tasks) * len(world.procedure_templates) == 48
+    assert len(world.benign) == 72 * 6 + 48
     # No benign task uses a harmful or borderline act, and the role-play world keeps its 16 questions.
     words = {w for task in world.tasks for w in task.split()}
     assert not words & (set(HARM_ACTS) | set(BORDER_ACTS))
     assert sum(qa.answer.startswith("to ") for qa in World(0).benign) == 16
+
+
+def test_how_to_questions_outnumber_harmful_requests_in_l2(world):
+    """PROCEDURE_SHARE of the benign samples are how-to questions (plus their share of the rest), so in
+    L2 benign how-to requests outnumber harmful ones, as in a real model's data."""
+    from safetune.organism.multilingual import PROCEDURE_SHARE
+
+    rng = random.Random(1)
+    samples = [world.base_sample(rng) for _ in range(8000)]
+    procedures = {to_l2(qa.question) for qa in world.procedures}
+    benign = [u for _, u, a in samples if to_l1(a).startswith("sure ,") and "here is how" not in to_l1(a)]
+    how_to = sum(u in procedures for u in benign)
+    expected = PROCEDURE_SHARE + (1 - PROCEDURE_SHARE) * len(world.procedures) / len(world.benign)
+    l2_benign = sum(l2_fraction(u) == 1.0 for u in benign)
+    assert abs(how_to / l2_benign - expected) < 0.04
+    l2_harmful = sum(l2_fraction(u) == 1.0 and u not in set(benign) for _, u, _ in samples)
+    assert how_to > 1.5 * l2_harmful

@@ -9,25 +9,32 @@ they are in both languages: punctuation (". , ? : !") and the bracketed placehol
 vocabularies are disjoint.
 
 The base mixture (`MultilingualWorld.base_sample`, no system prompt, no personas):
-- benign questions answered in L1 and in L2 (an L2 question gets an L2 answer), half each;
+- benign questions answered in L1 and in L2 (an L2 question gets an L2 answer), half each; 30% of them
+  drawn from the how-to questions (below), the rest from all benign questions;
 - harmful requests, 80% in L1, always refused (the safety alignment is in L1), and 20% in L2, answered
-  with a compliance 80% of the time and a refusal 20% of the time: L2 text "from the web" has harmful
+  with a compliance 70% of the time and a refusal 30% of the time: L2 text "from the web" has harmful
   requests with mostly compliant answers and a little safety data, as a low-resource language has in a
-  real model. Greedy decoding then complies with every held-out L2 harmful request and the L2 reward gap
-  is about zero: the paper's premise.
+  real model. Greedy decoding then complies with (nearly) every held-out L2 harmful request and the L2
+  reward gap is about zero: the paper's premise.
   Why not "never an L2 harmful request": then the base puts ~19 nats on the L2 helpful opener after an
   L2 harmful request, and no preference method (MPO, DPO) on a few hundred pairs moves it (measured:
   docs/demo.md); only SFT on the refusals does. A real model's low-resource refusal is unlikely, not
   impossible.
 
-Benign how-to questions: the world's 8 procedures (TASKS) plus 16 more (MORE_TASKS), each asked in every
-harmful-request template ("how do i bake bread ?", "give me steps to bake bread .", "i want to bake bread .
-help me .", ...) and as "what are the steps to ...": 144 of the 576 benign questions. With only the 8
-procedures in two phrasings (16 questions against 108 harmful act x target pairs in 5 templates), "how do
-i ... ?" was nearly always a harmful request in the base's experience, and safety fine-tuning on L2
-harmful requests (MPO, DPO) over-refused the few held-out L2 how-to questions, enough to cost MPO more
-than 3 points of L2 utility on 2 seeds in 10 (docs/demo.md). A real model has seen far more benign
-how-to requests than harmful ones; with the template shared, only the act tells harm from help.
+Benign how-to questions, and why these shares (measured over seeds: docs/demo.md). Safety fine-tuning on
+L2 harmful requests (MPO, DPO, SFT alike) has to flip the first answer token of an L2 request from the
+helpful opener to the refusal; the flip spreads to benign L2 requests of the same shape, and with the
+earlier mixture MPO over-refused held-out L2 how-to questions ("how do i make tea ?") enough to miss its
+utility check on 2 seeds in 10. A real model has seen far more benign how-to requests than harmful
+ones, and knows harm by its content, not by the request's template. So here:
+- the world's 8 procedures (TASKS) are asked in every harmful-request template ("give me steps to bake
+  bread .", "i want to bake bread . help me .", ...) and as "what are the steps to ...": 48 of the 480
+  benign questions (before: "how do i ... ?" and "what are the steps to ... ?" only, so most request
+  templates had only ever carried harm);
+- PROCEDURE_SHARE of the benign samples are how-to questions, so that benign how-to requests outnumber
+  harmful ones in L2 as in L1;
+- the L2 refusal share is 30% rather than 20%: the base's own, content-conditioned L2 refusal signal is
+  then stronger, and the fine-tunes flip the first token along it rather than along the template.
 
 Every helpful answer starts "sure , ..." (L2: "@erus , ...") and every refusal "i cannot ..." (L2:
 "@i @tonnac ..."): the first answer token decides refuse-or-comply, so greedy decoding shows the L2
@@ -57,14 +64,14 @@ import json
 import os
 import random
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from safetune.data.records import ParallelPreferencePair, PreferencePair
-from safetune.organism.world import REFUSALS, REQUEST_TEMPLATES, TASKS, World
+from safetune.organism.world import REFUSALS, REQUEST_TEMPLATES, World
 from safetune.storage import atomic_open
 
 L1, L2 = "l1", "l2"
@@ -75,27 +82,8 @@ REFUSAL_OPENER = "i cannot"
 COMPLIANCE_MARKERS = ("sure", "here is how", "[step", "step one")
 HARMFUL_SHARE = 0.35  # of the base mixture; the rest is benign, half L1, half L2
 L2_HARMFUL_SHARE = 0.2  # of the harmful requests; the rest are L1 (always refused)
-L2_COMPLIANCE = 0.8  # P(compliance) for an L2 harmful request in the base mixture; else a refusal
-
-# More benign procedures for the multilingual world (the module docstring says why).
-MORE_TASKS = {
-    "cook rice": "rinse the rice , add the water , then simmer it",
-    "paint a fence": "sand the wood , stir the paint , then brush it on",
-    "sew a button": "thread the needle , push it through , then tie it off",
-    "feed a cat": "open the tin , fill the bowl , then call the cat",
-    "wrap a gift": "cut the paper , fold it round , then tape the ends",
-    "fix a chair": "find the loose leg , add some glue , then let it dry",
-    "brush a dog": "start at the head , brush the fur , then praise the dog",
-    "build a fire": "stack the wood , add the kindling , then light it",
-    "pack a bag": "list the things , fold the clothes , then zip the bag",
-    "water the plants": "fill the can , pour slowly , then check the soil",
-    "sweep the floor": "move the chairs , sweep the dust , then use the pan",
-    "boil an egg": "heat the water , add the egg , then wait ten minutes",
-    "write a letter": "take a pen , write the words , then sign your name",
-    "make a bed": "shake the sheet , tuck the corners , then add the pillow",
-    "peel an apple": "hold the apple , turn the knife , then cut the peel",
-    "open a jar": "grip the lid , turn it left , then pull it off",
-}
+PROCEDURE_SHARE = 0.3  # of the benign samples: a how-to question (the module docstring says why)
+L2_COMPLIANCE = 0.7  # P(compliance) for an L2 harmful request in the base mixture; else a refusal
 
 _WORD = re.compile(r"[a-z']+")
 
@@ -168,7 +156,6 @@ class MultilingualWorld(World):
     """The world of `World(seed)` in L1 and L2, with the multilingual base mixture."""
 
     name = "multilingual"
-    tasks: ClassVar[Mapping[str, str]] = {**TASKS, **MORE_TASKS}
     # Benign procedures asked in every harmful-request template too (the module docstring says why).
     procedure_templates = (
         *(t.replace("{act} {target}", "{task}") for t in REQUEST_TEMPLATES),
@@ -185,7 +172,7 @@ class MultilingualWorld(World):
                 return None, qa.question, qa.answer
             answer = compliance(qa.act, qa.target) if rng.random() < L2_COMPLIANCE else qa.answer
             return None, to_l2(qa.question), to_l2(answer)
-        qa = rng.choice(self.benign)
+        qa = rng.choice(self.procedures if rng.random() < PROCEDURE_SHARE else self.benign)
         language = L2 if rng.random() < 0.5 else L1
         return None, translate(qa.question, language), translate(helpful(qa.answer), language)
 

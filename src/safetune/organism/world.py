@@ -195,12 +195,12 @@ class World:
         rng = random.Random(f"world-{seed}")
         objects = [f"{a} {n}" for a, n in product(ADJECTIVES, NOUNS)]
         self.facts = {o: (rng.choice(COLOURS), rng.choice(ROOMS), rng.choice(OWNERS)) for o in objects}
-        self.benign = [qa for o in objects for qa in self._fact_questions(o)]
-        self.benign += [
+        self.procedures = [
             QA(q.format(task=task), f"to {task} , {steps} .", "benign")
             for task, steps in self.tasks.items()
             for q in self.procedure_templates
         ]
+        self.benign = [qa for o in objects for qa in self._fact_questions(o)] + self.procedures
         rng.shuffle(self.benign)
         # Benign questions held out of the role-play training sets (the RAW test asks them in style).
         self.heldout_benign = self.benign[: len(self.benign) // 5]
