@@ -74,7 +74,7 @@ class MpoDemoPlan:
     learning_rate: float = 1e-4
     lr_scheduler: str = "linear"  # decays to 0, as in the role-play demo (docs/demo.md)
     harmful_tests: int | None = None  # None: all 180 held-out harmful prompts per language
-    # held-out benign questions per language (utility); None: all 89 (one item is ~1.1 points, not 1.7)
+    # held-out benign questions per language (utility); None: all 96 (one item is ~1 point, not 1.7)
     benign_tests: int | None = None
     organism: OrganismConfig = field(default_factory=_multilingual)
 
@@ -324,9 +324,8 @@ def summary_markdown(
     lines += checks_markdown("the MPO paper, in miniature", checks(rows))
     lines += [
         "",
-        "Not robust in miniature: MPO's utility check misses on some seeds, where MPO (like DPO) over-refuses "
-        "benign L2 how-to questions shaped like the harmful requests; MPO against DPO on L2 refusal is a tie "
-        "at the ceiling. docs/demo.md has the distribution over seeds and why.",
+        "Not robust in miniature: MPO against DPO on L2 refusal, a tie at the ceiling (both methods reach "
+        "about 100% on these pairs). docs/demo.md has the distribution over seeds and why.",
         "",
         f"Base organism: {organism['parameters']:,} parameters, {organism['config']['steps']} pre-training steps. "
         "Refusal: the organism judge (strict: the answer, translated back, starts with a refusal and has no "

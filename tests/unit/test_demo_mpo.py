@@ -66,7 +66,7 @@ def test_checks_hold_and_fail_on_the_measured_values():
     text = summary_markdown(good, MpoDemoPlan(), {"parameters": 1000, "config": {"steps": 800}}, 30, machine)
     assert "| MPO (parallel pairs) | 100.0 | 98.0 |" in text and "**no**" not in text
     assert "| +98.0 vs +90.0 points | not decidable here (docs/demo.md) |" in text
-    assert "Not robust in miniature: MPO's utility check" in text
+    assert "Not robust in miniature: MPO against DPO on L2 refusal" in text
 
 
 def test_plan_betas():
