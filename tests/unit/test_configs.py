@@ -189,7 +189,7 @@ def test_literal_choices() -> None:
 
 
 def test_value_checks() -> None:
-    with pytest.raises(ConfigError, match=r"method\.beta must be >= 0"):
+    with pytest.raises(ConfigError, match=r"method\.beta must be a finite number >= 0, got -0\.1"):
         load_config(overrides=["--method.beta=-0.1"])
     with pytest.raises(ConfigError, match="batch_size"):
         load_config(overrides=["--train.batch_size=0"])
@@ -224,3 +224,96 @@ def test_yaml_errors(tmp_path: Path) -> None:
         load_config(not_mapping)
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--method.beta=nan", "method.beta must be a finite number >= 0, got nan"),
+        ("--method.beta=.inf", "method.beta must be a finite number >= 0, got inf"),
+        ("--train.learning_rate=1e400", "train.learning_rate must be a finite number > 0, got 1e400"),
+        ("--train.learning_rate=-1e-4", "train.learning_rate must be a finite number > 0, got -1e-4"),
+        ("--train.seed=-1", "train.seed must be an integer >= 0 and <= 4294967295, got -1"),
+        ("--selection.batch_size=0", "selection.batch_size must be an integer >= 1, got 0"),
+        ("--train.num_epochs=-2", "train.num_epochs must be a finite number > 0, got -2"),
+        ("--train.max_steps=0", "train.max_steps must be an integer >= 1 (or -1), got 0"),
+        ("--data.max_examples=-1", "data.max_examples must be an integer >= 1, got -1"),
+        ("--data.max_examples=0", "data.max_examples must be an integer >= 1, got 0"),
+        ("--eval.bootstrap=0", "eval.bootstrap must be an integer >= 10, got 0"),
+        ("--generation.temperature=-1", "generation.temperature must be a finite number > 0, got -1"),
+        ("--generation.top_p=1.5", "generation.top_p must be a finite number > 0 and <= 1, got 1.5"),
+        ("--judge.timeout_s=-5", "judge.timeout_s must be a finite number > 0, got -5"),
+        ("--train.warmup_ratio=1", "train.warmup_ratio must be a finite number >= 0 and < 1, got 1"),
+        ("--method.label_smoothing=0.5", "method.label_smoothing must be a finite number >= 0 and < 0.5"),
+        ("--method.simpo_gamma=nan", "method.simpo_gamma must be a finite number, got nan"),
+    ],
+)
+def test_numbers_are_finite_and_in_range(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    assert str(info.value).startswith(message)
+
+
+def test_number_ranges_hold_for_direct_construction_and_defaults() -> None:
+    from safetune.config import SECTIONS, MethodConfig, TrainConfig
+
+    for cls in SECTIONS.values():
+        cls()  # every default is in its range
+    with pytest.raises(ConfigError, match=r"train\.learning_rate must be a finite number > 0, got nan"):
+        TrainConfig(learning_rate=float("nan"))
+    with pytest.raises(ConfigError, match=r"method\.max_length must be an integer >= 2, got 1"):
+        MethodConfig(max_length=1)
+    assert load_config(overrides=["--train.max_steps=-1"]).train.max_steps == -1
+
+
+def test_every_numeric_key_has_a_range() -> None:
+    """A new numeric key must say what it accepts (config.number), or it is only checked for finiteness."""
+    import dataclasses
+
+    from safetune.config import SECTIONS
+
+    for name, cls in SECTIONS.items():
+        for spec in dataclasses.fields(cls):
+            if isinstance(spec.default, int | float) and not isinstance(spec.default, bool):
+                assert "range" in spec.metadata, f"{name}.{spec.name} has no range"
+
+
+def test_lr_scheduler_is_one_transformers_builds_from_its_name() -> None:
+    import typing
+
+    from transformers.trainer_utils import SchedulerType
+
+    from safetune.config import LrScheduler
+
+    assert set(typing.get_args(LrScheduler)) <= {s.value for s in SchedulerType}
+    with pytest.raises(ConfigError, match=r"train\.lr_scheduler: 'bogus' is not one of constant"):
+        load_config(overrides=["--train.lr_scheduler=bogus"])
+
+
+def test_yaml_refuses_duplicate_keys_bad_utf8_and_bad_overrides(tmp_path: Path) -> None:
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("train:\n  learning_rate: 1e-4\n  seed: 1\n  learning_rate: 2e-4\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(dup)
+    assert str(info.value) == f"{dup}:4: invalid YAML (duplicate key 'learning_rate' (first at line 2))"
+    nested_dup = tmp_path / "dup2.yaml"
+    nested_dup.write_text("data:\n  columns: {input: a, input: b}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="duplicate key 'input'"):
+        load_config(nested_dup)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"train:\n  model: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1\.yaml:2: not valid UTF-8$"):
+        load_config(latin1)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [a\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"broken\.yaml:2: invalid YAML \(.*expected ',' or ']'") as info:
+        load_config(broken)
+    assert "\n" not in str(info.value)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 100_000, encoding="utf-8")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(deep)
+    with pytest.raises(ConfigError, match=r"override '--train\.lora_targets=\[q_proj': not a YAML value"):
+        load_config(overrides=["--train.lora_targets=[q_proj"])
+    with pytest.raises(ConfigError, match="duplicate key 'input'"):
+        load_config(overrides=["--data.columns={input: a, input: b}"])
