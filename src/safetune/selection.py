@@ -236,30 +236,29 @@ def cached_scores(
 
 def read_external_flags(path: str, examples: Sequence[RoleExample]) -> list[bool]:
     """0/1 flags by id from JSONL ({"id", "flag"} per line, e.g. a selection.jsonl) or JSON {id: flag}."""
-    from safetune.data.sources import read_jsonl, read_text
+    from safetune.data.sources import json_members, read_jsonl
 
     file = Path(path)
     if not file.exists():
         raise DataError(file, None, None, "no such file or directory")
     items: list[tuple[int, str, Any]] = []
     if file.suffix == ".json":
-        try:
-            obj = json.loads(read_text(file))
-        except json.JSONDecodeError as err:
-            raise DataError(file, err.lineno, None, f"invalid JSON ({err.msg})") from err
-        if not isinstance(obj, dict):
-            raise DataError(file, 1, None, "expected a JSON object {id: 0|1}")
-        items = [(1, str(k), v) for k, v in obj.items()]
+        # member by member: each flag's own line, and a key given twice refused
+        items = [(line, str(key), value) for line, key, value in json_members(file, dict)]
     else:
         for number, row in read_jsonl(file):
             if not isinstance(row, dict) or "id" not in row:
                 raise DataError(file, number, "id", "missing")
             items.append((number, str(row["id"]), row.get("flag")))
     by_id: dict[str, int] = {}
+    first: dict[str, int] = {}
     for number, ident, flag in items:
         if flag not in (0, 1, True, False):
             raise DataError(file, number, "flag", f"expected 0 or 1, got {flag!r}")
-        by_id[ident] = int(flag)
+        if ident in first:
+            # two flags for one example: which one would win is an accident of the file's order
+            raise DataError(file, number, "id", f"duplicate id {ident!r} (first at line {first[ident]})")
+        by_id[ident], first[ident] = int(flag), number
     missing = [ex.id for ex in examples if ex.id not in by_id]
     if missing:
         raise DataError(file, None, "id", f"no flag for example {missing[0]!r} ({len(missing)} missing)")

@@ -134,3 +134,15 @@ def test_organism_prompts_are_unchanged_by_the_default_construction():
     for persona in PERSONAS:
         profile = RoleProfile(persona.name, persona.description)
         assert role_prompts(persona.name, profile, SELECTION) == role_prompts(persona.name, profile, old)
+
+
+def test_external_flags_refuse_an_id_given_twice(tmp_path):
+    rows = [{"id": ex.id, "flag": 0} for ex in EXAMPLES] + [{"id": "id2", "flag": 1}]
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DataError, match=r"dup\.jsonl:7: field 'id': duplicate id 'id2' \(first at line 3\)"):
+        apply_variant("external", EXAMPLES, None, flags_file=str(dup))
+    as_json = tmp_path / "dup.json"
+    as_json.write_text('{\n"id0": 1,\n"id0": 0\n}')
+    with pytest.raises(DataError, match=r"dup\.json:3: field 'id0': duplicate key \(first at line 2\)"):
+        apply_variant("external", EXAMPLES, None, flags_file=str(as_json))

@@ -500,3 +500,58 @@ def test_invalid_skip_in_role_folders_and_tables(tmp_path: Path) -> None:
     assert "data.invalid=skip" in str(raised(load_role_examples, table))
     assert len(load_role_examples(table, invalid="skip")) == 1
     assert "no examples" in str(raised(load_role_examples, table, role="B", invalid="skip"))
+
+
+# ---- duplicates, nesting, messages (issue 12) ----
+
+
+def test_table_refuses_a_duplicate_id_naming_both_lines(tmp_path: Path) -> None:
+    rows = [{"input": "q", "output": "a", "id": "x"}, {"input": "q2", "output": "a2", "id": "y"}]
+    rows.append({"input": "q3", "output": "a3", "id": "x"})
+    path = _jsonl(tmp_path / "dup.jsonl", rows)
+    err = raised(load_table, path, role="Yoda")
+    assert_data_error(err, path, 3, "id")
+    assert "duplicate id 'x' (first at line 1)" in str(err)
+    # skip mode: the second row is a bad record, the first keeps its id
+    examples = load_table(path, role="Yoda", invalid="skip")
+    assert [ex.id for ex in examples] == ["x", "y"]
+    # an integer id and the same id as text are one id (ids are strings everywhere downstream)
+    path = _write(tmp_path / "dup.csv", "input,output,id\nq,a,7\nq2,a2,7\n")
+    assert_data_error(raised(load_table, path, role="Yoda"), path, 3, "id")
+
+
+def test_json_records_refuse_duplicate_keys(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "dup.jsonl", '{"role": "A", "question": "q", "question": "r", "generated": ["x"]}\n'
+    )
+    err = raised(load_rolebench_release, path)
+    assert_data_error(err, path, 1, "question")
+    assert "duplicate key" in str(err)
+    path = _write(
+        tmp_path / "data.json", '[\n  {"input": "q", "output": "a"},\n  {"input": "q", "input": "r"}\n]'
+    )
+    assert_data_error(raised(load_table, path, role="Yoda"), path, 3, "input")
+    nested = _write(tmp_path / "nested.json", '[{"input": "q", "output": "a", "meta": {"k": 1, "k": 2}}]')
+    assert_data_error(raised(load_table, nested, role="Yoda"), nested, 1, "k")
+    profiles = _write(tmp_path / "profiles.json", '{\n"A": "one",\n"B": "two",\n"A": "three"\n}')
+    err = raised(load_profiles, profiles)
+    assert err.line == 4 and "A" in str(err)
+
+
+def test_json_nested_too_deeply_is_a_data_error(tmp_path: Path) -> None:
+    path = _write(tmp_path / "deep.jsonl", json.dumps(ROLEBENCH_ROWS[0]) + "\n" + "[" * 200_000 + "\n")
+    err = raised(load_rolebench_release, path)
+    assert str(err) == f"{path}:2: invalid JSON (nested too deeply)"
+    path = _write(tmp_path / "deep.json", "[\n" + "[" * 200_000 + "]" * 200_000 + "\n]")
+    assert str(raised(load_table, path, role="Yoda")) == f"{path}:2: invalid JSON (nested too deeply)"
+
+
+def test_json_message_says_at_column_once(tmp_path: Path) -> None:
+    path = _write(tmp_path / "open.jsonl", '{"role": "A", "question": "unterminated\n')
+    err = raised(load_rolebench_release, path)
+    assert str(err) == f"{path}:1: invalid JSON (Unterminated string starting at column 27)"
+
+
+def test_auto_detection_survives_a_line_nested_too_deeply(tmp_path: Path) -> None:
+    path = _write(tmp_path / "deep.jsonl", "[" * 200_000 + "\n")
+    assert str(raised(load_role_examples, path, role="A")) == f"{path}:1: invalid JSON (nested too deeply)"

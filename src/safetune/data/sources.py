@@ -139,8 +139,45 @@ def read_text(path: Path) -> str:
         raise DataError(path, data.count(b"\n", 0, err.start) + 1, None, "not valid UTF-8") from None
 
 
-def _invalid_json(path: Path, err: json.JSONDecodeError) -> DataError:
-    return DataError(path, err.lineno, None, f"invalid JSON ({err.msg} at column {err.colno})")
+def _invalid_json(path: Path, err: json.JSONDecodeError, line: int | None = None) -> DataError:
+    # Some of json's messages end in "at" ("Unterminated string starting at"): no second "at".
+    at = " " if err.msg.endswith(" at") else " at "
+    return DataError(path, line or err.lineno, None, f"invalid JSON ({err.msg}{at}column {err.colno})")
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice (json keeps the last value silently)."""
+
+    def __init__(self, key: str):
+        super().__init__(f"duplicate key {key!r}")
+        self.key = key
+
+
+def unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` for json: a dict, or DuplicateKey when a key repeats."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def decode_json(path: Path, text: str, pos: int, base: int, record: int) -> tuple[Any, int]:
+    """(value, end) of the JSON value at `pos` of `text`, whose first line is line `base` of the file.
+    Bad syntax names its own line; a duplicate key, or nesting too deep for Python's recursive decoder,
+    names the line of the record that holds it (`record`)."""
+    try:
+        return _DECODER.raw_decode(text, pos)
+    except json.JSONDecodeError as err:
+        raise _invalid_json(path, err, base + err.lineno - 1) from None
+    except DuplicateKey as err:
+        raise DataError(path, record, err.key, "duplicate key in one object") from None
+    except RecursionError:
+        raise DataError(path, record, None, "invalid JSON (nested too deeply)") from None
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=unique_pairs)
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
@@ -148,10 +185,10 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     for number, text in _lines(path):
         if not text.strip():
             continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(path, number, None, f"invalid JSON ({err.msg} at column {err.colno})") from None
+        text = text.rstrip("\r\n")  # an error at the line's end is on this line, not the next
+        value, end = decode_json(path, text, _skip_ws(text, 0), number, number)
+        if _skip_ws(text, end) < len(text):
+            raise _invalid_json(path, json.JSONDecodeError("Extra data", text, _skip_ws(text, end)), number)
         yield number, value
 
 
@@ -159,7 +196,7 @@ def _skip_ws(text: str, pos: int) -> int:
     return match.end() if (match := _WS.match(text, pos)) else pos
 
 
-def _json_members(path: Path, container: type) -> Iterator[tuple[int, str | None, Any]]:
+def json_members(path: Path, container: type) -> Iterator[tuple[int, str | None, Any]]:
     """(line, key, value) for each member of a top-level JSON list (key None) or object.
 
     Decoding member by member, instead of json.load, is what lets an error name the record's line.
@@ -184,14 +221,11 @@ def _json_scan(
     With `expand`, the object member of that name must be a list and its items are yielded one by
     one, each as (its own line, `expand`, item); its absence is an error.
     """
-    decoder = json.JSONDecoder()
     opener, closer = ("{", "}") if container is dict else ("[", "]")
+    keys: dict[str, int] = {}
 
     def decode(pos: int) -> tuple[Any, int]:
-        try:
-            return decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as err:
-            raise _invalid_json(path, err) from None
+        return decode_json(path, text, pos, 1, line)
 
     def syntax(pos: int, message: str) -> DataError:
         return _invalid_json(path, json.JSONDecodeError(message, text, pos))
@@ -210,6 +244,9 @@ def _json_scan(
             key, pos = decode(pos)
             if not isinstance(key, str):
                 raise syntax(counted, "Expecting property name enclosed in double quotes")
+            if key in keys:
+                raise DataError(path, line, key, f"duplicate key (first at line {keys[key]})")
+            keys[key] = line
             pos = _skip_ws(text, pos)
             if not text.startswith(":", pos):
                 raise syntax(pos, "Expecting ':' delimiter")
@@ -381,7 +418,7 @@ def load_profiles(path: PathLike) -> dict[str, RoleProfile]:
     file = _file(path)
     profiles: dict[str, RoleProfile] = {}
     lines: dict[str, int] = {}
-    for line, name, value in _json_members(file, dict):
+    for line, name, value in json_members(file, dict):
         assert name is not None  # objects always have keys
         key = role_key(name)
         if not key:
@@ -447,7 +484,7 @@ def _role_file(folder: Path, split: str, policy: InvalidRecords) -> list[RoleExa
     file = folder / f"{split}.json"
     name = folder.resolve().name  # resolve: a folder given as "." still has a name
     examples = []
-    for index, (line, _, value) in enumerate(_json_members(file, list)):
+    for index, (line, _, value) in enumerate(json_members(file, list)):
 
         def parse(line: int = line, value: Any = value, index: int = index) -> RoleExample:
             row = _object(file, line, value)
@@ -538,6 +575,25 @@ def _table_row(
     return _table_example(path, line, _object(path, line, value), cols, role)
 
 
+def _unique_row(
+    path: PathLike,
+    line: int,
+    value: Any,
+    cols: Mapping[str, str],
+    role: str | None,
+    first: dict[str, int],
+) -> RoleExample | None:
+    """`_table_row`, refusing an id an earlier row has: selection flags and RDS scores are keyed by id,
+    so two rows with one id would share one score."""
+    example = _table_row(path, line, value, cols, role)
+    if example is not None:
+        if example.id in first:
+            message = f"duplicate id {example.id!r} (first at line {first[example.id]})"
+            raise DataError(path, line, cols["id"], message)
+        first[example.id] = line
+    return example
+
+
 def _table_examples(
     path: PathLike,
     rows: Iterable[tuple[int, Any]],
@@ -547,8 +603,9 @@ def _table_examples(
 ) -> list[RoleExample]:
     policy = InvalidRecords.of(invalid)
     examples = []
+    first: dict[str, int] = {}  # id -> line of the example that has it
     for line, value in rows:
-        example = policy.guard(partial(_table_row, path, line, value, cols, role))
+        example = policy.guard(partial(_unique_row, path, line, value, cols, role, first))
         if example is not None:
             examples.append(example)
     policy.log_summary()
@@ -569,7 +626,7 @@ def _load_table(
     elif kind == "jsonl":
         rows = read_jsonl(file)
     else:
-        rows = ((line, value) for line, _, value in _json_members(file, list))
+        rows = ((line, value) for line, _, value in json_members(file, list))
     return _table_examples(file, rows, cols, role, invalid)
 
 
@@ -639,7 +696,8 @@ def _starts_like_rolebench(file: Path) -> bool:
         for raw in handle:
             try:
                 row = json.loads(raw)
-            except ValueError:  # also UnicodeDecodeError: the real loader reports it with its line
+            # also UnicodeDecodeError and absurd nesting: the real loader reports them with their line
+            except (ValueError, RecursionError):
                 continue
             if isinstance(row, dict):
                 return "generated" in row
