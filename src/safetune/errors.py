@@ -19,3 +19,22 @@ class DataError(SafetuneError):
 
 class ConfigError(SafetuneError):
     """Bad configuration value or override; names the key."""
+
+
+class TrainingDiverged(SafetuneError):
+    """The loss or the weights became NaN or infinite: training stopped before saving them."""
+
+
+# An error line stays readable when it quotes a huge value (a 52 MB override): its head names the file,
+# line and field, its tail often says what was expected.
+MESSAGE_HEAD, MESSAGE_TAIL = 300, 100
+
+
+def one_line(message: str) -> str:
+    """`message` as one line of at most about 400 characters: line breaks become spaces (a library's
+    multi-line message) and the middle of a long message is cut, the cut marked with an ellipsis."""
+    text = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    if len(text) <= MESSAGE_HEAD + MESSAGE_TAIL + 40:
+        return text
+    cut = len(text) - MESSAGE_HEAD - MESSAGE_TAIL
+    return f"{text[:MESSAGE_HEAD]} … ({cut} characters cut) … {text[-MESSAGE_TAIL:]}"

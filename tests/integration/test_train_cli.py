@@ -225,3 +225,54 @@ def test_lora_reference_with_adapter_disabled_equals_base(world):
             disabled = policy(input_ids=ids).logits
     assert not torch.allclose(adapted, expected)
     assert torch.equal(disabled, expected)
+
+
+class _Poison(TrainerCallback):
+    """Makes the trained weights NaN at the end of a given step, as a diverging optimizer would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            with torch.no_grad():
+                next(p for p in model.parameters() if p.requires_grad).fill_(float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("save_steps", "caught"),
+    # save every step: the NaN weights are caught before checkpoint-2 is written; no checkpoints:
+    # the NaN loss of step 2 is caught when it is logged
+    [(1, "weight"), (0, "the training loss is nan")],
+)
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(world, tmp_path, save_steps, caught):
+    from safetune.errors import TrainingDiverged
+
+    out = tmp_path / "run"
+    config = load_config(
+        None,
+        [
+            f"train.model={world['model']}",
+            f"data.path={world['data']}",
+            "data.role=Grim Vex",
+            f"data.profiles={world['profiles']}",
+            f"selection.cache_dir={world['cache']}",
+            f"train.output_dir={out}",
+            "train.max_steps=4",
+            f"train.save_steps={save_steps}",
+            "train.logging_steps=1",
+            "train.batch_size=4",
+            "train.grad_accum=1",
+        ],
+    )
+    poison = 2 if save_steps else 1
+    with pytest.raises(TrainingDiverged) as info:
+        train(config, callbacks=[_Poison(poison)])
+    message = str(info.value)
+    assert caught in message and "\n" not in message
+    checkpoints = sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*"))
+    if save_steps:
+        assert checkpoints == ["checkpoint-1"] and "checkpoint-1" in message
+    else:
+        assert checkpoints == [] and "no checkpoint was saved" in message
+    assert not (out / "final").exists() and not (out / "run.json").exists()

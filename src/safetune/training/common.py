@@ -4,18 +4,19 @@ the pair counts run.json records."""
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from safetune.config import RunConfig
 from safetune.data.languages import language_counts
 from safetune.data.records import ParallelPreferencePair, PreferencePair
-from safetune.errors import ConfigError
+from safetune.errors import ConfigError, TrainingDiverged
 
 
 def pair_counts(pairs: Sequence[ParallelPreferencePair | PreferencePair]) -> dict[str, Any]:
@@ -50,6 +51,9 @@ def training_arguments(config: RunConfig, out: Path) -> TrainingArguments:
         save_total_limit=t.save_total_limit,
         save_only_model=False,
         logging_steps=t.logging_steps,
+        # The Trainer's default replaces a NaN/inf step loss by the running mean, which hides a
+        # divergence from the logs (and from StopOnNonFinite) while the weights turn NaN.
+        logging_nan_inf_filter=False,
         report_to=t.report_to,
         remove_unused_columns=False,
         activation_checkpointing=t.gradient_checkpointing,
@@ -58,6 +62,55 @@ def training_arguments(config: RunConfig, out: Path) -> TrainingArguments:
         disable_tqdm=False,
         bf16=precision["bf16"],
         fp16=precision["fp16"],
+    )
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stops training with TrainingDiverged when a logged loss is NaN or infinite, or when the weights
+    about to be saved (a checkpoint, or `final/` at the end) are: a run that diverged keeps its last good
+    checkpoint and never writes NaN weights or a model card with a meaningless loss."""
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for key in ("loss", "train_loss"):
+            value = (logs or {}).get(key)
+            if isinstance(value, int | float) and not math.isfinite(value):
+                raise TrainingDiverged(_diverged(args, state, f"the training loss is {value}"))
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        # Runs after the Trainer decided to save at this step, before it saves.
+        if control.should_save:
+            _check_weights(args, state, kwargs.get("model"))
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        _check_weights(args, state, kwargs.get("model"))
+
+
+def _check_weights(args: TrainingArguments, state: TrainerState, model: Any) -> None:
+    if model is None:
+        return
+    for name, param in model.named_parameters():
+        # Only trained weights can have changed; a frozen base was finite when it was loaded.
+        if param.requires_grad and not bool(torch.isfinite(param).all()):
+            raise TrainingDiverged(_diverged(args, state, f"weight {name} is not finite"))
+
+
+def _diverged(args: TrainingArguments, state: TrainerState, what: str) -> str:
+    last = last_checkpoint(Path(args.output_dir or "."))
+    kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved"
+    return (
+        f"training diverged at step {state.global_step}: {what}; nothing saved after it, {kept} "
+        "(lower train.learning_rate or method.beta)"
     )
 
 

@@ -32,6 +32,7 @@ from safetune.methods.losses import IGNORE_INDEX, sequence_logps
 from safetune.methods.reward_gap import PoolMode, mean_token_logps, pool_hidden, reward_gap_mpo_loss
 from safetune.models.loading import decoder_of, lm_head_fn
 from safetune.storage import hash_json
+from safetune.training.common import StopOnNonFinite
 
 log = logging.getLogger(__name__)
 
@@ -356,6 +357,7 @@ class MpoTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
         self._metrics: dict[str, list[float]] = defaultdict(list)
+        self.add_callback(StopOnNonFinite())
 
     def _reference_side(
         self, inputs: dict[str, Any], device: torch.device
