@@ -16,9 +16,39 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from safetune.errors import SafetuneError
+# typer vendors its own click (typer._click): the real click's exceptions are other classes.
+from typer._click.exceptions import UsageError
+from typer.core import TyperGroup
+
+from safetune.errors import SafetuneError, one_line
+
+
+def _usage_error(err: UsageError) -> typer.Exit:
+    """A command-line mistake (unknown command, bad option value) as one `error:` line and exit code 2,
+    like every other bad input, instead of typer's usage box."""
+    where = err.ctx.command_path if err.ctx is not None else "safetune"
+    print(f"error: {one_line(err.format_message())} (see: {where} --help)", file=sys.stderr)
+    return typer.Exit(2)
+
+
+class _Commands(TyperGroup):
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except UsageError as err:
+            if type(err).__name__ == "NoArgsIsHelpError":  # `safetune` alone prints the help
+                raise
+            raise _usage_error(err) from None
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as err:
+            raise _usage_error(err) from None
+
 
 app = typer.Typer(
+    cls=_Commands,
     name="safetune",
     help="Fine-tune chat LLMs without losing their safety (SaRFT, reward-gap MPO), and measure the cost.",
     no_args_is_help=True,
@@ -60,7 +90,7 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except SafetuneError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(str(err))}", file=sys.stderr)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
