@@ -20,6 +20,7 @@ import typer
 from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 
+from safetune.config import MAX_SEED
 from safetune.errors import SafetuneError, one_line
 
 
@@ -389,7 +390,7 @@ def tiny_model(
     hidden_size: Annotated[int, typer.Option(help="Hidden size.")] = 64,
     layers: Annotated[int, typer.Option(help="Number of decoder layers.")] = 2,
     heads: Annotated[int, typer.Option(help="Attention heads.")] = 4,
-    seed: Annotated[int, typer.Option(help="Initialisation seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Initialisation seed.")] = 0,
 ) -> None:
     """Build a tiny LLaMA-architecture chat model and BPE tokenizer locally (no download).
 
@@ -454,7 +455,9 @@ def demo(
         Path | None, typer.Option("--out", "-o", help="Output folder (default demo-out or demo-mpo).")
     ] = None,
     quick: Annotated[bool, typer.Option(help="A smaller, faster run (used by the tests).")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the world, the organism and the fine-tunes.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Seed of the world, the organism and the fine-tunes.")
+    ] = 0,
     beta: Annotated[
         float | None,
         typer.Option(
@@ -488,6 +491,10 @@ def demo(
     """
     if which not in DEMOS:
         raise typer.BadParameter(f"{which!r}: choose one of {', '.join(DEMOS)}", param_hint="WHICH")
+    if beta is not None:
+        from safetune.config import MethodConfig
+
+        MethodConfig(beta=beta)  # method.beta's range, checked before minutes of organism building
     _setup_logging(verbose)
     if which == "mpo":
         from safetune.demo_mpo import run_mpo_demo
@@ -521,7 +528,7 @@ def organism(
     world: Annotated[
         str, typer.Option(help="roleplay (safetune demo) or multilingual (safetune demo mpo).")
     ] = "roleplay",
-    seed: Annotated[int, typer.Option(help="Seed of the world and the organism.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the world and the organism.")] = 0,
     cache_dir: Annotated[
         Path | None, typer.Option(help="Cache for the organism (default ~/.cache/safetune).")
     ] = None,

@@ -166,6 +166,8 @@ CASES: dict[str, Case] = {
     "demo bogus": Case(("demo", "bogus"), ("'bogus'", "sarft, mpo")),
     "unknown command": Case(("bogus",), ("No such command 'bogus'",)),
     "bad option value": Case(("demo", "--threads", "0"), ("--threads",)),
+    "demo beta nan": Case(("demo", "--beta", "nan", "-o", "{out}"), ("method.beta", "got nan")),
+    "organism seed negative": Case(("organism", "--seed", "-1"), ("--seed",)),
 }
 
 

@@ -317,3 +317,14 @@ def test_yaml_refuses_duplicate_keys_bad_utf8_and_bad_overrides(tmp_path: Path) 
         load_config(overrides=["--train.lora_targets=[q_proj"])
     with pytest.raises(ConfigError, match="duplicate key 'input'"):
         load_config(overrides=["--data.columns={input: a, input: b}"])
+
+
+def test_error_lines_are_one_line_and_cut_when_huge() -> None:
+    from safetune.errors import one_line
+
+    assert one_line("a\n  b\n\nc") == "a b c"
+    huge = "head " + "x" * 100_000 + " tail"
+    line = one_line(huge)
+    assert line.startswith("head x") and line.endswith("x tail") and len(line) < 500
+    assert "characters cut" in line and "…" in line
+    assert one_line("short") == "short"
