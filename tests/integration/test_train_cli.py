@@ -276,3 +276,19 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(world, tmp_path, 
     else:
         assert checkpoints == [] and "no checkpoint was saved" in message
     assert not (out / "final").exists() and not (out / "run.json").exists()
+
+
+def test_lora_targets_that_match_no_module_are_a_config_error(world):
+    from transformers import AutoModelForCausalLM
+
+    from safetune.errors import ConfigError
+    from safetune.training.common import wrap_lora
+
+    model = AutoModelForCausalLM.from_pretrained(world["model"])
+    config = load_config(None, ["train.lora_targets=[qproj]"])
+    with pytest.raises(ConfigError) as info:
+        wrap_lora(model, config)
+    message = str(info.value)
+    assert (
+        message.startswith("train.lora_targets ['qproj']: ") and "q_proj" in message and "\n" not in message
+    )

@@ -125,7 +125,14 @@ def wrap_lora(model: Any, config: RunConfig) -> Any:
         target_modules=list(t.lora_targets),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as err:  # peft's NoMatchingPeftModuleError: no module has one of the target names
+        names = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n and not n[-1].isdigit()})
+        shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+        raise ConfigError(
+            f"train.lora_targets {list(t.lora_targets)}: {err} (module names: {shown})"
+        ) from None
 
 
 def last_checkpoint(folder: Path) -> str | None:
