@@ -386,10 +386,10 @@ def tiny_model(
         Path | None, typer.Option(help="Text to train the tokenizer on (one text per line).", exists=True)
     ] = None,
     template: Annotated[str, typer.Option(help="Chat template style: chatml | llama3 | gemma.")] = "chatml",
-    vocab_size: Annotated[int, typer.Option(help="Tokenizer vocabulary size.")] = 512,
-    hidden_size: Annotated[int, typer.Option(help="Hidden size.")] = 64,
-    layers: Annotated[int, typer.Option(help="Number of decoder layers.")] = 2,
-    heads: Annotated[int, typer.Option(help="Attention heads.")] = 4,
+    vocab_size: Annotated[int, typer.Option(min=1, help="Tokenizer vocabulary size.")] = 512,
+    hidden_size: Annotated[int, typer.Option(min=1, help="Hidden size.")] = 64,
+    layers: Annotated[int, typer.Option(min=1, help="Number of decoder layers.")] = 2,
+    heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = 4,
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Initialisation seed.")] = 0,
 ) -> None:
     """Build a tiny LLaMA-architecture chat model and BPE tokenizer locally (no download).
@@ -405,16 +405,23 @@ def tiny_model(
     texts = None
     if text_file is not None:
         texts = [line for line in text_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    path = build_tiny_model(
-        out,
-        texts,
-        template=template,
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        num_layers=layers,
-        num_heads=heads,
-        seed=seed,
-    )
+    try:
+        path = build_tiny_model(
+            out,
+            texts,
+            template=template,
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            num_layers=layers,
+            num_heads=heads,
+            seed=seed,
+        )
+    except ValueError as err:
+        # build_tiny_model checks its sizes (vocabulary minimum, heads dividing the hidden size) with
+        # ValueError before it writes anything
+        from safetune.errors import ConfigError
+
+        raise ConfigError(f"tiny-model: {err}") from None
     print(path)
 
 

@@ -168,6 +168,9 @@ CASES: dict[str, Case] = {
     "bad option value": Case(("demo", "--threads", "0"), ("--threads",)),
     "demo beta nan": Case(("demo", "--beta", "nan", "-o", "{out}"), ("method.beta", "got nan")),
     "organism seed negative": Case(("organism", "--seed", "-1"), ("--seed",)),
+    "tiny heads": Case(("tiny-model", "{out}", "--hidden-size", "10", "--heads", "4"), ("divisible",)),
+    "tiny vocab": Case(("tiny-model", "{out}", "--vocab-size", "10"), ("vocab_size must be at least",)),
+    "tiny layers": Case(("tiny-model", "{out}", "--layers", "0"), ("--layers",)),
 }
 
 
