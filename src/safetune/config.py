@@ -247,7 +247,7 @@ class GenerationConfig(Section):
     batch_size: int = number(16, ge=1)
     max_new_tokens: int = number(128, ge=1)
     do_sample: bool = False
-    temperature: float = number(1.0, gt=0)
+    temperature: float = number(1.0, ge=0)  # 0: greedy, as in vLLM
     top_p: float = number(1.0, gt=0, le=1)
     seed: int = number(42, ge=0, le=MAX_SEED)
     max_prompt_tokens: int = number(

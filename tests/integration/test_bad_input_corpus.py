@@ -97,7 +97,7 @@ CASES: dict[str, Case] = {
     "warmup 2": Case(_train("--train.warmup_ratio=2"), ("train.warmup_ratio", "< 1")),
     "lora dropout 1": Case(_train("--train.lora_dropout=1"), ("train.lora_dropout", "< 1")),
     "bootstrap 0": Case(_eval("--eval.bootstrap=0"), ("eval.bootstrap", ">= 10, got 0")),
-    "temperature -1": Case(_eval("--generation.temperature=-1"), ("generation.temperature", "> 0, got -1")),
+    "temperature -1": Case(_eval("--generation.temperature=-1"), ("generation.temperature", ">= 0, got -1")),
     "top_p nan": Case(_eval("--generation.top_p=nan"), ("generation.top_p", "got nan")),
     "timeout negative": Case(_eval("--judge.timeout_s=-5"), ("judge.timeout_s", "> 0, got -5")),
     "workers 0": Case(_eval("--judge.max_workers=0"), ("judge.max_workers", ">= 1")),

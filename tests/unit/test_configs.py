@@ -240,7 +240,7 @@ def test_yaml_errors(tmp_path: Path) -> None:
         ("--data.max_examples=-1", "data.max_examples must be an integer >= 1, got -1"),
         ("--data.max_examples=0", "data.max_examples must be an integer >= 1, got 0"),
         ("--eval.bootstrap=0", "eval.bootstrap must be an integer >= 10, got 0"),
-        ("--generation.temperature=-1", "generation.temperature must be a finite number > 0, got -1"),
+        ("--generation.temperature=-1", "generation.temperature must be a finite number >= 0, got -1"),
         ("--generation.top_p=1.5", "generation.top_p must be a finite number > 0 and <= 1, got 1.5"),
         ("--judge.timeout_s=-5", "judge.timeout_s must be a finite number > 0, got -5"),
         ("--train.warmup_ratio=1", "train.warmup_ratio must be a finite number >= 0 and < 1, got 1"),
