@@ -19,3 +19,7 @@ class DataError(SafetuneError):
 
 class ConfigError(SafetuneError):
     """Bad configuration value or override; names the key."""
+
+
+class BusyError(SafetuneError):
+    """Another safetune process holds the lock on an output folder."""

@@ -31,7 +31,7 @@ from safetune.data.records import ParallelPreferencePair
 from safetune.methods.losses import IGNORE_INDEX, sequence_logps
 from safetune.methods.reward_gap import PoolMode, mean_token_logps, pool_hidden, reward_gap_mpo_loss
 from safetune.models.loading import decoder_of, lm_head_fn
-from safetune.storage import hash_json
+from safetune.storage import cache_lock, hash_json
 
 log = logging.getLogger(__name__)
 
@@ -321,9 +321,13 @@ def cached_reference(
     if path.exists():
         log.info("reward-gap MPO reference from cache %s (no reference model)", path)
         return ReferenceCache.load(path), path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cache = compute_reference(load_model(), rows, method, batch_size, pad_id=pad_id)
-    cache.save(path, {"model": model_fingerprint, "pooling": method.pooling, "count": str(len(rows))})
+    # One process computes an entry; another that wants the same one waits, then reads it.
+    with cache_lock(cache_dir, f"mpo-{key}"):
+        if path.exists():
+            log.info("reward-gap MPO reference from cache %s (no reference model)", path)
+            return ReferenceCache.load(path), path
+        cache = compute_reference(load_model(), rows, method, batch_size, pad_id=pad_id)
+        cache.save(path, {"model": model_fingerprint, "pooling": method.pooling, "count": str(len(rows))})
     log.info("reward-gap MPO reference cached in %s", path)
     return cache, path
 
