@@ -263,6 +263,10 @@ def test_resume_refuses_another_runs_checkpoint(world, tmp_path):
     assert "data (another content)" in result.output and "learning_rate" not in result.output
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing touched
 
+    result = runner.invoke(app, args)  # neither --resume nor --overwrite: the checkpoints are kept
+    assert result.exit_code == 2 and "pass --resume" in result.output, result.output
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
     # the same run, with only what may change on resume changed (the data file's path, logging), resumes
     same = tmp_path / "same.jsonl"
     same.write_bytes(world["data"].read_bytes())

@@ -94,6 +94,13 @@ def last_checkpoint(folder: Path) -> str | None:
 def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
     if (out / "final").exists() and not resume and not overwrite:
         raise ConfigError(f"{out} already holds a finished run; pass --overwrite to replace it")
+    if not resume and not overwrite and last_checkpoint(out / "checkpoints") is not None:
+        # A fresh start beside another run's checkpoints would leave them for a later --resume to pick
+        # up under this run's identity.
+        raise ConfigError(
+            f"{out} holds checkpoints of an unfinished run; pass --resume to continue it or --overwrite "
+            "to start again"
+        )
     if overwrite and out.exists() and not resume:
         # Everything but the lock file this process holds (output_lock): removing it would let a second
         # process lock a fresh one and work in the same folder.

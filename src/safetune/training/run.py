@@ -133,6 +133,8 @@ def _train(config: RunConfig, resume: bool, overwrite: bool, callbacks: list[Tra
     if spec.data_kind == "parallel":
         return _train_parallel(config, out, resume, callbacks)
     if spec.data_kind == "preference":
+        if resume:
+            log.warning("--resume: the DPO-family baselines do not resume; %s starts from step 0", spec.name)
         return _train_preference(config, out, callbacks)
     if spec.data_kind != "role":
         raise ConfigError(f"method {spec.name!r} trains on {spec.data_kind} data: not supported yet")
