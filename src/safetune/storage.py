@@ -107,8 +107,10 @@ def output_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
     """Hold an exclusive lock on an output folder (created if missing) while a command works in it.
 
     Non-blocking: when another process holds it, a BusyError (one line, exit 2) says so at once rather
-    than both doing the same work. A folder this call created is removed again when the work fails
-    before writing anything else into it, so a failed first run leaves nothing behind.
+    than both doing the same work. When the work fails, the lock file goes again if this call created
+    it, and so does the folder if this call created it and nothing else was written: a failed first run
+    leaves nothing behind. On success the lock file stays (removing it would race with a process that
+    has it open).
     """
     folder = Path(folder)
     created = not folder.exists()
@@ -127,6 +129,7 @@ def output_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
         finally:
             _HELD[key] -= 1
         return
+    lock_existed = lock.exists()
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as err:
@@ -140,8 +143,10 @@ def output_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield lock
     except BaseException:
-        if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+        # A run that fails leaves no lock file it brought, and no folder it created and left empty.
+        if not lock_existed:
             lock.unlink(missing_ok=True)
+        if created and not any(folder.iterdir()):
             folder.rmdir()
         raise
     finally:

@@ -56,6 +56,12 @@ def test_failed_first_run_leaves_no_folder_behind(tmp_path):
     assert not out.exists()
 
 
+def test_failed_run_in_an_existing_folder_leaves_no_lock_file(tmp_path):
+    with pytest.raises(ValueError), output_lock(tmp_path):
+        raise ValueError("bad input found before any output")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_output_lock_on_a_file_is_a_config_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="not a folder"), output_lock(tmp_path / "file"):
