@@ -146,3 +146,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_mpo_reference_cache_key_depends_on_the_batch_size():
+    from safetune.training.mpo import cache_key as mpo_key
+
+    rows = [{f"d_{k}": [1, 2] for k in ("chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels")}]
+    keys = {mpo_key("m", _Renderer(), rows, "mean", False, 0, size) for size in (1, 8)}  # type: ignore[arg-type]
+    assert len(keys) == 2

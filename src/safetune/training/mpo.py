@@ -281,8 +281,10 @@ def cache_key(
     pooling: str,
     with_target: bool = False,
     pad_id: int | None = None,
+    batch_size: int = 1,
 ) -> str:
-    """Everything the cached values depend on: the target side's ids only when RG_t(ref) is stored."""
+    """Everything the cached values depend on: the target side's ids only when RG_t(ref) is stored, and
+    the scoring batch size (padding to a batch's longest row moves the values in the last float digits)."""
     sides = ("d", "t") if with_target else ("d",)
     sequences = [
         [
@@ -300,6 +302,7 @@ def cache_key(
             "pooling": pooling,
             "pad_id": pad_id,
             "with_target": with_target,
+            "batch_size": batch_size,
             "sequences": hash_json(sequences),
         }
     )[:32]
@@ -316,7 +319,11 @@ def cached_reference(
 ) -> tuple[ReferenceCache, Path]:
     """The reference cache for these rows: read from disk, or computed with `load_model()` and stored."""
     pad_id = renderer.tokenizer.pad_token_id  # what the training collator pads with
-    key = cache_key(model_fingerprint, renderer, rows, method.pooling, method.normalise_target_gap, pad_id)
+    # mean_all is computed one pair at a time whatever the batch size (compute_reference)
+    size = 1 if method.pooling == "mean_all" else batch_size
+    key = cache_key(
+        model_fingerprint, renderer, rows, method.pooling, method.normalise_target_gap, pad_id, size
+    )
     path = cache_dir / "mpo" / f"{key}.safetensors"
     if path.exists():
         log.info("reward-gap MPO reference from cache %s (no reference model)", path)
