@@ -150,6 +150,7 @@ def select(
     from safetune.models.loading import default_device, load_causal_lm, load_tokenizer, resolve_dtype
     from safetune.selection import load_data, write_selection
     from safetune.selection import select as run_select
+    from safetune.storage import output_lock
 
     _setup_logging(verbose)
     shortcuts = {"train.model": model, "data.path": data, "data.role": role, "data.profiles": profiles}
@@ -169,9 +170,11 @@ def select(
         model_ = load_causal_lm(t.model, t.revision, resolve_dtype(t.precision), t.trust_remote_code)
         return model_.to(default_device()).eval()
 
-    flags, scores, stats = run_select(cfg, renderer, examples, role_profiles, loader)
-    stats["invalid_records"] = invalid.report()
-    write_selection(out, examples, flags, scores, stats)
+    # Two selections into one folder: the second stops at once (busy) instead of redoing the work.
+    with output_lock(out):
+        flags, scores, stats = run_select(cfg, renderer, examples, role_profiles, loader)
+        stats["invalid_records"] = invalid.report()
+        write_selection(out, examples, flags, scores, stats)
     _stderr_console().print(
         f"[bold]{stats['flagged']}[/] of {stats['count']} examples flagged "
         f"({100 * stats['flag_rate']:.1f}%, variant {stats['variant']}) -> {out / 'selection.jsonl'}"

@@ -38,3 +38,7 @@ def one_line(message: str) -> str:
         return text
     cut = len(text) - MESSAGE_HEAD - MESSAGE_TAIL
     return f"{text[:MESSAGE_HEAD]} … ({cut} characters cut) … {text[-MESSAGE_TAIL:]}"
+
+
+class BusyError(SafetuneError):
+    """Another safetune process holds the lock on an output folder."""

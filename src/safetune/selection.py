@@ -34,7 +34,14 @@ from safetune.data.records import RoleExample, RoleProfile
 from safetune.data.sources import InvalidRecords, role_key
 from safetune.errors import ConfigError, DataError
 from safetune.methods.losses import sequence_logps
-from safetune.storage import append_jsonl, hash_json, repair_jsonl_tail, write_json, write_jsonl
+from safetune.storage import (
+    append_jsonl,
+    cache_lock,
+    hash_json,
+    repair_jsonl_tail,
+    write_json,
+    write_jsonl,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +126,11 @@ def cache_key(
     examples: Sequence[RoleExample],
     prompts: dict[str, tuple[str, str]],
     renderer: ChatRenderer,
+    batch_size: int,
 ) -> str:
+    """Everything the scores depend on. The batch size is part of it: padding to a batch's longest row
+    changes the kernels' summation order, so scores move in the last float digits (about 1e-6) with it,
+    and a flag with a margin that small could flip (docs/methods/sarft.md)."""
     data = [(ex.id, ex.role, ex.input, ex.output) for ex in examples]
     return hash_json(
         {
@@ -127,6 +138,7 @@ def cache_key(
             "data": hash_json(data),
             "prompts": prompts,
             "template": renderer.fingerprint(),
+            "batch_size": batch_size,
             "code": SCORING_VERSION,
         }
     )
@@ -216,22 +228,36 @@ def cached_scores(
 ) -> tuple[list[Score], str]:
     """Scores from the cache, or computed (loading the model through `model_loader()` only then)."""
     prompts = prompts_by_role(examples, profiles, config)
-    key = cache_key(model_fingerprint, examples, prompts, renderer)
+    key = cache_key(model_fingerprint, examples, prompts, renderer, config.batch_size)
     folder = cache_root(config) / "rds"
     final = folder / f"{key}.jsonl"
-    if final.exists():
-        scores = _read_scores(final)
-        if all(ex.id in scores for ex in examples):
-            log.info("RDS scores from cache %s (no model work)", final)
-            return [scores[ex.id] for ex in examples], key
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f"{key}.partial.jsonl"
-    repair_jsonl_tail(partial)
-    model = model_loader()
-    scores_list = score_examples(model, renderer, examples, prompts, config.batch_size, partial)
-    write_jsonl(final, [_score_row(s) for s in scores_list])
-    partial.unlink(missing_ok=True)
+    cached = _complete_cache(final, examples)
+    if cached is not None:
+        return cached, key
+    # One process computes an entry; another that wants the same one waits, then reads it.
+    with cache_lock(cache_root(config), f"rds-{key}"):
+        cached = _complete_cache(final, examples)
+        if cached is not None:
+            return cached, key
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f"{key}.partial.jsonl"
+        repair_jsonl_tail(partial)
+        model = model_loader()
+        scores_list = score_examples(model, renderer, examples, prompts, config.batch_size, partial)
+        write_jsonl(final, [_score_row(s) for s in scores_list])
+        partial.unlink(missing_ok=True)
     return scores_list, key
+
+
+def _complete_cache(final: Path, examples: Sequence[RoleExample]) -> list[Score] | None:
+    """The cached scores of every example, or None when the cache lacks any."""
+    if not final.exists():
+        return None
+    scores = _read_scores(final)
+    if not all(ex.id in scores for ex in examples):
+        return None
+    log.info("RDS scores from cache %s (no model work)", final)
+    return [scores[ex.id] for ex in examples]
 
 
 def read_external_flags(path: str, examples: Sequence[RoleExample]) -> list[bool]:
@@ -395,7 +421,7 @@ def select(
     sel = config.selection
     scores: list[Score] | None = None
     if needs_scores(sel.variant):
-        fingerprint = model_fingerprint(config.train.model, config.train.revision)
+        fingerprint = model_fingerprint(config.train.model, config.train.revision, cache_root(sel))
         scores, key = cached_scores(model_loader, renderer, examples, profiles, sel, fingerprint)
     flags = apply_variant(sel.variant, examples, scores, seed=sel.seed, flags_file=sel.flags_file)
     stats = selection_stats(examples, flags, scores, sel.variant)

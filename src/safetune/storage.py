@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from safetune.errors import BusyError, ConfigError
+
+log = logging.getLogger(__name__)
+
+# The lock file a command holds inside its output folder while it works there.
+LOCK_NAME = ".safetune.lock"
 
 
 @contextmanager
@@ -32,6 +41,17 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def follow_umask(root: str | os.PathLike[str]) -> None:
+    """Give every file (0666) and folder (0777) under `root` the mode the umask allows: some writers
+    (safetensors, mkstemp) create 0600 files, and a run folder's outputs should all look alike."""
+    mask = _umask()
+    root = Path(root)
+    for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _umask() -> int:
@@ -75,3 +95,84 @@ def hash_json(obj: Any) -> str:
     """A stable sha256 of a JSON-serialisable object."""
     blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()
+
+
+# Locks this process holds, by path: flock locks belong to an open file, so a second flock on the same
+# file from this process (train -> train_baseline) would find it busy; nested holders share the first.
+_HELD: dict[str, int] = {}
+
+
+@contextmanager
+def output_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive lock on an output folder (created if missing) while a command works in it.
+
+    Non-blocking: when another process holds it, a BusyError (one line, exit 2) says so at once rather
+    than both doing the same work. When the work fails, the lock file goes again if this call created
+    it, and so does the folder if this call created it and nothing else was written: a failed first run
+    leaves nothing behind. On success the lock file stays (removing it would race with a process that
+    has it open).
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{folder} exists and is not a folder") from None
+    except OSError as err:
+        raise ConfigError(f"cannot create output folder {folder}: {err.strerror}") from None
+    lock = folder / LOCK_NAME
+    key = str(lock.resolve())
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield lock
+        finally:
+            _HELD[key] -= 1
+        return
+    lock_existed = lock.exists()
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise ConfigError(f"cannot write in output folder {folder}: {err.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BusyError(f"{folder} is busy (another safetune process holds {lock})") from None
+    _HELD[key] = 1
+    try:
+        yield lock
+    except BaseException:
+        # A run that fails leaves no lock file it brought, and no folder it created and left empty.
+        if not lock_existed:
+            lock.unlink(missing_ok=True)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+    finally:
+        del _HELD[key]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+@contextmanager
+def cache_lock(root: str | os.PathLike[str], name: str) -> Iterator[None]:
+    """Hold an exclusive lock for computing the cache entry `name` under the cache folder `root`.
+
+    Blocking: a second process that wants the same entry waits, then finds it computed (callers check
+    the cache again after taking the lock) instead of computing it a second time. The lock files live
+    in `root/locks/`, apart from the entries, so that a cache folder holds only its entries.
+    """
+    lock = Path(root) / "locks" / f"{name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another safetune process computing the cache entry %s", name)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -368,3 +368,21 @@ def test_role_system_prompt_with_the_mock_backend(files, tiny_chatml, tmp_path):
         app, [*args, "--system", "role", "--profiles", str(profiles), "-o", str(tmp_path / "x")]
     )
     assert result.exit_code == 2 and "needs a role" in result.output
+
+
+def test_eval_into_a_busy_folder_is_one_line_exit_2(files, tiny_chatml, tmp_path):
+    """Issue 12, item 11: a second eval into a folder another process evaluates into stops at once
+    (before generating anything) instead of doing all the work a second time."""
+    import fcntl
+
+    out = tmp_path / "ev"
+    out.mkdir()
+    with open(out / ".safetune.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        result = runner.invoke(app, _eval_args(tiny_chatml, out, _benchmarks(files, "advbench")))
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "is busy" in lines[0] and str(out / ".safetune.lock") in lines[0]
+    assert [p.name for p in out.iterdir()] == [".safetune.lock"]
+    _invoke(_eval_args(tiny_chatml, out, _benchmarks(files, "advbench")))  # free again: it runs
+    assert (out / "results.json").is_file()

@@ -236,3 +236,25 @@ def test_dpo_on_a_plain_pairs_file(tiny_llama3, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["beta"] == 0.2 and run["metrics"]["pairs"] == 4
     assert run["language_disagreements"]["count"] == 0
+
+
+def test_resume_refuses_checkpoints_of_other_data_or_settings(tiny_llama3, tmp_path):
+    """Issue 12, item 1, for MPO: --resume continues only the run that wrote the checkpoints."""
+    data, out, cache = _release(tmp_path / "mpo.json"), tmp_path / "run", tmp_path / "cache"
+    _train(tiny_llama3, data, out, cache, "--train.save_steps=1")
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()
+    base = ["train", "-m", str(tiny_llama3), "--method", "mpo", "-o", str(out), "--resume"]
+    base += [
+        "--train.max_steps=2",
+        "--train.batch_size=2",
+        "--train.grad_accum=1",
+        f"--selection.cache_dir={cache}",
+    ]
+    for extra, differs in (
+        (["--data", str(_jsonl(tmp_path / "other.jsonl"))], "data (another content)"),
+        (["--data", str(data), "--beta", "3"], "method.beta"),
+    ):
+        result = runner.invoke(app, [*base, *extra])
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and differs in lines[0], result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -202,6 +203,105 @@ def test_resume_after_kill_gives_same_weights(world, tmp_path, finetune):
         assert torch.equal(a[key], b[key]), key
     if base is not None:  # training really moved the weights
         assert any(not torch.equal(a[k], base[k]) for k in a if k in base)
+    # run.json's train_loss is the whole run's, not only the resumed steps' (issue 12, item 12)
+    whole, after = (json.loads((run / "run.json").read_text())["metrics"] for run in (straight, resumed))
+    assert after["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-5)
+    # the weights follow the umask like every other output (safetensors writes 0600; item 10)
+    expected = 0o666 & ~_umask()
+    assert (resumed / "final" / name).stat().st_mode & 0o777 == expected
+    assert (resumed / "run.json").stat().st_mode & 0o777 == expected
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _killed_run(world: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    """CLI arguments of a run that is killed after its step-2 checkpoint (see _Crash)."""
+    args = _train_args(
+        world, out, "--selection.variant=all", "--train.max_steps=4", "--train.save_steps=2", *extra
+    )
+    cfg = load_config(
+        None,
+        [a[2:] for a in args[1:] if a.startswith("--") and "=" in a]
+        + [
+            f"train.model={world['model']}",
+            f"data.path={world['data']}",
+            "data.role=Grim Vex",
+            f"data.profiles={world['profiles']}",
+            f"train.output_dir={out}",
+        ],
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[_Crash()])
+    assert (out / "checkpoints" / "checkpoint-2").is_dir() and (out / "identity.json").is_file()
+    return args
+
+
+def test_resume_refuses_another_runs_checkpoint(world, tmp_path):
+    """Issue 12, item 1: --resume with other settings or other data is refused, naming what differs."""
+    out = tmp_path / "run"
+    args = _killed_run(world, out, "--train.learning_rate=1e-3")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+
+    result = runner.invoke(app, [*args[:-1], "--train.learning_rate=5e-5", "--resume"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    assert "train.learning_rate (0.001 -> 5e-05)" in lines[0]
+
+    other = tmp_path / "other.jsonl"
+    rows = [json.loads(line) for line in world["data"].read_text(encoding="utf-8").splitlines()]
+    rows[0]["generated"] = ["hah , fool . the key is gone . now leave my castle ."]
+    other.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    data_at = args.index("--data") + 1
+    changed = [*args[:data_at], str(other), *args[data_at + 1 :], "--resume"]
+    result = runner.invoke(app, changed)
+    assert result.exit_code == 2, result.output
+    assert "data (another content)" in result.output and "learning_rate" not in result.output
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing touched
+
+    result = runner.invoke(app, args)  # neither --resume nor --overwrite: the checkpoints are kept
+    assert result.exit_code == 2 and "pass --resume" in result.output, result.output
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+    # the same run, with only what may change on resume changed (the data file's path, logging), resumes
+    same = tmp_path / "same.jsonl"
+    same.write_bytes(world["data"].read_bytes())
+    ok = [*args[:data_at], str(same), *args[data_at + 1 :], "--train.logging_steps=2", "--resume"]
+    _invoke(ok)
+    assert (out / "final").is_dir()
+
+
+def test_train_into_a_busy_folder_is_one_line_exit_2(world, tmp_path):
+    """Issue 12, item 11: a second train into a folder another process is training into stops at once."""
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".safetune.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        result = runner.invoke(app, _train_args(world, out))
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "is busy" in lines[0], result.output
+    assert [p.name for p in out.iterdir()] == [".safetune.lock"]
+
+
+def test_select_into_a_busy_folder_is_one_line_exit_2(world, tmp_path):
+    import fcntl
+
+    out = tmp_path / "sel"
+    out.mkdir()
+    with open(out / ".safetune.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        result = runner.invoke(app, ["select", *_common(world), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "is busy" in lines[0], result.output
+    assert not (out / "selection.jsonl").exists()
 
 
 def test_lora_reference_with_adapter_disabled_equals_base(world):

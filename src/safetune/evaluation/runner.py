@@ -25,7 +25,14 @@ from safetune.evaluation.benchmarks import BenchmarkSpec, TableOptions, load_ben
 from safetune.evaluation.items import Backend, GenerationRequest, Judge, JudgeItem, ModelSource
 from safetune.evaluation.metrics import ScoredRow, benchmark_result, rouge_l, summarise
 from safetune.provenance import base_provenance
-from safetune.storage import append_jsonl, hash_json, repair_jsonl_tail, write_json, write_jsonl
+from safetune.storage import (
+    append_jsonl,
+    hash_json,
+    output_lock,
+    repair_jsonl_tail,
+    write_json,
+    write_jsonl,
+)
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +306,21 @@ def evaluate(
     hook: BatchHook | None = None,
     make_backend: Callable[[ModelSource], Backend] | None = None,
 ) -> Path:
-    """Run (or resume) one evaluation into `config.eval.output_dir`; returns the results.json path."""
+    """Run (or resume) one evaluation into `config.eval.output_dir`; returns the results.json path.
+
+    Holds the folder's lock throughout: a second evaluation into it stops at once (busy) instead of
+    generating and judging everything a second time.
+    """
+    with output_lock(Path(config.eval.output_dir)):
+        return _evaluate(config, overwrite, hook, make_backend)
+
+
+def _evaluate(
+    config: RunConfig,
+    overwrite: bool,
+    hook: BatchHook | None,
+    make_backend: Callable[[ModelSource], Backend] | None,
+) -> Path:
     from safetune.evaluation.backends import build_backend
     from safetune.evaluation.judges import build_judge
     from safetune.models.loading import resolve_model

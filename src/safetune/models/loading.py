@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ import yaml
 from torch import Tensor, nn
 
 from safetune.errors import ConfigError
+from safetune.storage import write_json
 
 if TYPE_CHECKING:  # imported in resolve_model: loading stays importable before the evaluation package
     from safetune.evaluation.items import ModelSource
@@ -35,10 +37,14 @@ _SMALL_FILES = (
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
-def model_fingerprint(model_id: str, revision: str | None = None) -> str:
-    """A content key for a model: a local folder hashes its config/tokenizer files fully and each weight
-    file by size plus its first and last MiB (a full hash of 16 GB of weights would dominate a cached run);
-    a hub id is `id@revision`."""
+def model_fingerprint(model_id: str, revision: str | None = None, cache_dir: Path | None = None) -> str:
+    """A content key for a model: a local folder hashes its config/tokenizer files and the sha256 of
+    every weight file (see `weights_sha256`: computed once per file and remembered under `cache_dir`,
+    default $SAFETUNE_CACHE or ~/.cache/safetune); a hub id is `id@revision`.
+
+    Every byte of the weights counts: two weight files of one size that differ anywhere must not share
+    the RDS cache or an evaluation folder.
+    """
     path = Path(model_id)
     if not path.is_dir():
         return f"hub:{model_id}@{revision or 'main'}"
@@ -47,13 +53,56 @@ def model_fingerprint(model_id: str, revision: str | None = None) -> str:
         if file.name in _SMALL_FILES:
             digest.update(file.name.encode() + file.read_bytes())
         elif file.suffix in _WEIGHT_SUFFIXES:
-            size = file.stat().st_size
-            with open(file, "rb") as handle:
-                head = handle.read(1 << 20)
-                handle.seek(max(0, size - (1 << 20)))
-                tail = handle.read()
-            digest.update(f"{file.name}:{size}".encode() + head + tail)
+            digest.update(f"{file.name}:{weights_sha256(file, cache_dir)}".encode())
     return f"dir:{digest.hexdigest()}"
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+DIGEST_CACHE = "weight-digests.json"
+
+
+def weights_sha256(file: Path, cache_dir: Path | None = None) -> str:
+    """The sha256 of a weight file, read once: a hub snapshot's file links to a blob named by its
+    sha256 (LFS), which is used as is; otherwise the digest is remembered in a small JSON file keyed by
+    absolute path, size and mtime (a changed file is hashed again), so an 8B model is hashed only once."""
+    target = file.resolve()
+    if file.is_symlink() and _HEX64.fullmatch(target.name) and target.parent.name == "blobs":
+        return target.name
+    stat = target.stat()
+    root = cache_dir or Path(os.environ.get("SAFETUNE_CACHE", Path.home() / ".cache" / "safetune"))
+    cache_file = root / DIGEST_CACHE
+    entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    known = _read_digests(cache_file)
+    remembered = known.get(str(target))
+    if isinstance(remembered, dict) and all(remembered.get(k) == v for k, v in entry.items()):
+        digest = remembered.get("sha256")
+        if isinstance(digest, str) and _HEX64.fullmatch(digest):
+            return digest
+    digest = _sha256_file(target)
+    known = _read_digests(cache_file)  # again: another process may have added entries meanwhile
+    known[str(target)] = {**entry, "sha256": digest}
+    try:
+        write_json(cache_file, known)
+    except OSError as err:  # a read-only cache costs a re-hash next time, nothing else
+        log.warning("cannot remember the weights digest in %s: %s", cache_file, err)
+    return digest
+
+
+def _read_digests(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _sha256_file(path: Path) -> str:
+    """sha256 of a file, streamed in 8 MiB chunks (weights can be many GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def resolve_dtype(precision: str) -> torch.dtype:

@@ -335,6 +335,7 @@ def build_tiny_model(
     # transformers 5 always writes safetensors (model.safetensors); there is no pickle option left.
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    _weights_follow_umask(out)
     return out
 
 
@@ -375,4 +376,13 @@ def build_tiny_classifier(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    _weights_follow_umask(out)
     return out
+
+
+def _weights_follow_umask(out: Path) -> None:
+    """safetensors writes 0600 files; the weights get the mode every other output gets."""
+    from safetune.storage import follow_umask
+
+    for weights in out.glob("*.safetensors"):
+        follow_umask(weights)

@@ -30,7 +30,7 @@ from safetune.models.tiny import build_tiny_model
 from safetune.organism.multilingual import MultilingualWorld
 from safetune.organism.world import World
 from safetune.provenance import pinned_threads
-from safetune.storage import hash_json, write_json
+from safetune.storage import cache_lock, hash_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,15 @@ def cached_organism(config: OrganismConfig, cache_root: Path) -> Path:
     if (folder / "organism.json").exists():
         log.info("base organism from cache: %s", folder)
         return folder
+    # Two demos started together build the organism once: the second waits here, then reuses it.
+    with cache_lock(cache_root, f"organism-{folder.name}"):
+        if (folder / "organism.json").exists():
+            log.info("base organism from cache: %s", folder)
+            return folder
+        return _build_into(folder, config)
+
+
+def _build_into(folder: Path, config: OrganismConfig) -> Path:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     log.info(

@@ -4,6 +4,8 @@ the pair counts run.json records."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import shutil
 from collections.abc import Sequence
@@ -17,6 +19,9 @@ from safetune.config import RunConfig
 from safetune.data.languages import language_counts
 from safetune.data.records import ParallelPreferencePair, PreferencePair
 from safetune.errors import ConfigError, TrainingDiverged
+from safetune.storage import LOCK_NAME, follow_umask, write_json
+
+log = logging.getLogger(__name__)
 
 
 def pair_counts(pairs: Sequence[ParallelPreferencePair | PreferencePair]) -> dict[str, Any]:
@@ -149,8 +154,23 @@ def last_checkpoint(folder: Path) -> str | None:
 def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
     if (out / "final").exists() and not resume and not overwrite:
         raise ConfigError(f"{out} already holds a finished run; pass --overwrite to replace it")
+    if not resume and not overwrite and last_checkpoint(out / "checkpoints") is not None:
+        # A fresh start beside another run's checkpoints would leave them for a later --resume to pick
+        # up under this run's identity.
+        raise ConfigError(
+            f"{out} holds checkpoints of an unfinished run; pass --resume to continue it or --overwrite "
+            "to start again"
+        )
     if overwrite and out.exists() and not resume:
-        shutil.rmtree(out)
+        # Everything but the lock file this process holds (output_lock): removing it would let a second
+        # process lock a fresh one and work in the same folder.
+        for child in out.iterdir():
+            if child.name == LOCK_NAME:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -163,5 +183,146 @@ def save_final(trainer: Trainer, tokenizer: Any, out: Path) -> None:
         tokenizer.save_pretrained(str(tmp))
         # The Trainer pickles its arguments beside the weights; the run folder has config.yaml instead.
         (tmp / "training_args.bin").unlink(missing_ok=True)
+        # safetensors writes 0600 files; the weights follow the umask like every other output.
+        follow_umask(tmp)
+        if (out / "checkpoints").is_dir():
+            follow_umask(out / "checkpoints")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
+
+
+# --- the run's identity: what --resume must find unchanged --------------------------------------------------
+
+IDENTITY_FILE = "identity.json"
+# Config keys a resumed run may change: where things are written, how often it logs and saves, threads
+# and memory savers (same arithmetic), and paths whose content is compared on its own (data: the content
+# hash; model: the fingerprint). The run length (max_steps, num_epochs) may change to extend or shorten
+# a run; the learning-rate schedule then follows the new length from the checkpoint on (README: The run folder).
+RESUMABLE_KEYS = frozenset(
+    {
+        "data.path",
+        "data.profiles",
+        "selection.cache_dir",
+        "train.model",
+        "train.output_dir",
+        "train.save_steps",
+        "train.save_total_limit",
+        "train.logging_steps",
+        "train.report_to",
+        "train.num_threads",
+        "train.gradient_checkpointing",
+        "train.max_steps",
+        "train.num_epochs",
+    }
+)
+# The sections that shape training; generation, judge and eval do not.
+_TRAINING_SECTIONS = ("data", "chat", "selection", "method", "train")
+
+
+def run_identity(config: RunConfig, **parts: str) -> dict[str, Any]:
+    """The run's identity: its training config minus RESUMABLE_KEYS (as flat `section.key` values),
+    plus content digests given as `parts` (model fingerprint, data hash, selection hash, ...)."""
+    sections = config.to_dict()
+    flat = {
+        f"{section}.{key}": value
+        for section in _TRAINING_SECTIONS
+        for key, value in sections[section].items()
+        if f"{section}.{key}" not in RESUMABLE_KEYS
+    }
+    return {"config": flat, **parts}
+
+
+def check_identity(out: Path, identity: dict[str, Any]) -> None:
+    """Refuse to --resume a run folder whose checkpoints another run wrote: compare `identity` (the
+    parts it holds) with the one the first start stored; a ConfigError names what differs."""
+    path = out / IDENTITY_FILE
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{out} has checkpoints but no {IDENTITY_FILE} (written by an older safetune or another "
+            "tool), so --resume cannot tell whether they belong to this run; pass --overwrite to start again"
+        ) from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from None
+    differs = []
+    for part, value in identity.items():
+        if part != "config":
+            if stored.get(part) != value:
+                differs.append(f"{part} (another {'model' if part == 'model' else 'content'})")
+            continue
+        old = stored.get("config") or {}
+        for key in sorted(set(value) | set(old)):
+            if key in RESUMABLE_KEYS or old.get(key) == value.get(key):
+                continue
+            differs.append(f"{key} ({_short(old.get(key))} -> {_short(value.get(key))})")
+    if differs:
+        shown = ", ".join(differs[:4]) + (f" and {len(differs) - 4} more" if len(differs) > 4 else "")
+        raise ConfigError(
+            f"{out}: --resume would continue another run's checkpoints: {shown} differ; "
+            "use another --out, or --overwrite to start again"
+        )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def write_identity(out: Path, identity: dict[str, Any]) -> None:
+    write_json(out / IDENTITY_FILE, identity)
+
+
+def start_or_resume(out: Path, identity: dict[str, Any], checkpoint: str | None) -> None:
+    """Resuming from `checkpoint`: the stored identity must match. A first start stores it, before any
+    checkpoint exists, so every checkpoint has the identity of the run that wrote it beside it."""
+    if checkpoint is not None:
+        check_identity(out, identity)
+    else:
+        write_identity(out, identity)
+
+
+# --- the whole run's train loss across --resume --------------------------------------------------------------
+
+LOSS_FILE = "safetune_loss.json"
+
+
+class LossTotal(TrainerCallback):
+    """Stores, in each checkpoint, the sum of the per-step training losses up to it, so that a resumed
+    run can report the whole run's mean loss (the Trainer's `train_loss` covers only its own steps)."""
+
+    def __init__(self, checkpoint: str | None = None):
+        self.trainer: Trainer | None = None
+        self.offset, self.offset_steps = 0.0, 0
+        if checkpoint is not None:
+            try:
+                saved = json.loads((Path(checkpoint) / LOSS_FILE).read_text(encoding="utf-8"))
+                self.offset, self.offset_steps = float(saved["loss_sum"]), int(saved["global_step"])
+            except (OSError, ValueError, KeyError, TypeError):
+                log.warning("%s has no %s: train_loss covers only the resumed steps", checkpoint, LOSS_FILE)
+                self.offset_steps = -1
+
+    def _session_sum(self) -> float | None:
+        # The Trainer keeps the logged part of its loss sum and the part since the last log apart.
+        logged = getattr(self.trainer, "_total_loss_scalar", None)
+        pending = getattr(self.trainer, "_tr_loss", None)
+        if logged is None or pending is None:
+            return None
+        return float(logged) + float(pending.item() if hasattr(pending, "item") else pending)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        session = self._session_sum()
+        if session is None or self.offset_steps < 0 or not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            write_json(
+                folder / LOSS_FILE, {"global_step": state.global_step, "loss_sum": self.offset + session}
+            )
+
+    def whole_run_loss(self, session_loss: float, global_step: int) -> float:
+        """The mean loss over every step of the run from the resumed run's own mean `session_loss`."""
+        if self.offset_steps <= 0 or global_step <= 0:
+            return session_loss
+        session_steps = global_step - self.offset_steps
+        return (self.offset + session_loss * session_steps) / global_step

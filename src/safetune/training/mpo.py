@@ -31,7 +31,7 @@ from safetune.data.records import ParallelPreferencePair
 from safetune.methods.losses import IGNORE_INDEX, sequence_logps
 from safetune.methods.reward_gap import PoolMode, mean_token_logps, pool_hidden, reward_gap_mpo_loss
 from safetune.models.loading import decoder_of, lm_head_fn
-from safetune.storage import hash_json
+from safetune.storage import cache_lock, hash_json
 from safetune.training.common import StopOnNonFinite
 
 log = logging.getLogger(__name__)
@@ -282,8 +282,10 @@ def cache_key(
     pooling: str,
     with_target: bool = False,
     pad_id: int | None = None,
+    batch_size: int = 1,
 ) -> str:
-    """Everything the cached values depend on: the target side's ids only when RG_t(ref) is stored."""
+    """Everything the cached values depend on: the target side's ids only when RG_t(ref) is stored, and
+    the scoring batch size (padding to a batch's longest row moves the values in the last float digits)."""
     sides = ("d", "t") if with_target else ("d",)
     sequences = [
         [
@@ -301,6 +303,7 @@ def cache_key(
             "pooling": pooling,
             "pad_id": pad_id,
             "with_target": with_target,
+            "batch_size": batch_size,
             "sequences": hash_json(sequences),
         }
     )[:32]
@@ -317,14 +320,22 @@ def cached_reference(
 ) -> tuple[ReferenceCache, Path]:
     """The reference cache for these rows: read from disk, or computed with `load_model()` and stored."""
     pad_id = renderer.tokenizer.pad_token_id  # what the training collator pads with
-    key = cache_key(model_fingerprint, renderer, rows, method.pooling, method.normalise_target_gap, pad_id)
+    # mean_all is computed one pair at a time whatever the batch size (compute_reference)
+    size = 1 if method.pooling == "mean_all" else batch_size
+    key = cache_key(
+        model_fingerprint, renderer, rows, method.pooling, method.normalise_target_gap, pad_id, size
+    )
     path = cache_dir / "mpo" / f"{key}.safetensors"
     if path.exists():
         log.info("reward-gap MPO reference from cache %s (no reference model)", path)
         return ReferenceCache.load(path), path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cache = compute_reference(load_model(), rows, method, batch_size, pad_id=pad_id)
-    cache.save(path, {"model": model_fingerprint, "pooling": method.pooling, "count": str(len(rows))})
+    # One process computes an entry; another that wants the same one waits, then reads it.
+    with cache_lock(cache_dir, f"mpo-{key}"):
+        if path.exists():
+            log.info("reward-gap MPO reference from cache %s (no reference model)", path)
+            return ReferenceCache.load(path), path
+        cache = compute_reference(load_model(), rows, method, batch_size, pad_id=pad_id)
+        cache.save(path, {"model": model_fingerprint, "pooling": method.pooling, "count": str(len(rows))})
     log.info("reward-gap MPO reference cached in %s", path)
     return cache, path
 

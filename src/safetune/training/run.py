@@ -15,6 +15,7 @@ Run as: safetune train --config configs/sarft_lora.yaml --train.model path/or/hu
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
-from transformers import TrainerCallback, set_seed
+from transformers import Trainer, TrainerCallback, set_seed
+from transformers.trainer_utils import TrainOutput
 
 from safetune import __version__
 from safetune.config import RunConfig, dump_config
@@ -32,15 +34,25 @@ from safetune.data.records import RoleExample
 from safetune.data.sources import InvalidRecords
 from safetune.errors import ConfigError
 from safetune.methods.registry import get_method
-from safetune.models.loading import default_device, load_causal_lm, load_tokenizer, resolve_dtype
+from safetune.models.loading import (
+    default_device,
+    load_causal_lm,
+    load_tokenizer,
+    model_fingerprint,
+    resolve_dtype,
+)
 from safetune.provenance import git_commit
-from safetune.selection import load_data, select, write_selection
-from safetune.storage import atomic_open, hash_json, write_json
+from safetune.selection import cache_root, load_data, select, write_selection
+from safetune.storage import atomic_open, hash_json, output_lock, write_json
 from safetune.training.common import (
+    LossTotal,
+    check_identity,
     last_checkpoint,
     pair_counts,
     prepare_output,
+    run_identity,
     save_final,
+    start_or_resume,
     training_arguments,
     wrap_lora,
 )
@@ -93,7 +105,17 @@ def train(
     overwrite: bool = False,
     callbacks: list[TrainerCallback] | None = None,
 ) -> Path:
-    """Run a SaRFT or SFT fine-tune from a config; returns the run folder."""
+    """Run a SaRFT or SFT fine-tune from a config; returns the run folder.
+
+    Holds the run folder's lock throughout (a second process training into it stops: busy). --resume
+    continues the last checkpoint only when the run's identity (identity.json: training config minus
+    the keys a resumed run may change, model fingerprint, data hash, selection) is unchanged.
+    """
+    with output_lock(Path(config.train.output_dir)):
+        return _train(config, resume, overwrite, callbacks)
+
+
+def _train(config: RunConfig, resume: bool, overwrite: bool, callbacks: list[TrainerCallback] | None) -> Path:
     t = config.train
     if not t.model:
         raise ConfigError("train.model is required (hub id or local folder)")
@@ -111,6 +133,8 @@ def train(
     if spec.data_kind == "parallel":
         return _train_parallel(config, out, resume, callbacks)
     if spec.data_kind == "preference":
+        if resume:
+            log.warning("--resume: the DPO-family baselines do not resume; %s starts from step 0", spec.name)
         return _train_preference(config, out, callbacks)
     if spec.data_kind != "role":
         raise ConfigError(f"method {spec.name!r} trains on {spec.data_kind} data: not supported yet")
@@ -120,6 +144,14 @@ def train(
     invalid = InvalidRecords(config.data.invalid)
     examples, profiles = load_data(config, invalid)
     log.info("loaded %d examples from %s", len(examples), config.data.path)
+    checkpoint = last_checkpoint(out / "checkpoints") if resume else None
+    identity = run_identity(
+        config,
+        model=model_fingerprint(t.model, t.revision, cache_root(config.selection)),
+        data=hash_json([dataclasses.asdict(ex) for ex in examples]),
+    )
+    if checkpoint is not None:  # refuse before any scoring work
+        check_identity(out, identity)
 
     # LoRA keeps the frozen base in the compute dtype (bf16 on a GPU); full fine-tuning keeps fp32 master
     # weights and lets the Trainer run bf16 autocast.
@@ -135,6 +167,7 @@ def train(
     with PartialState().main_process_first():
         flags, scores, stats = select(config, renderer, examples, profiles, scoring_model)
     model.train()
+    start_or_resume(out, {**identity, "selection": hash_json([bool(f) for f in flags])}, checkpoint)
     write_selection(out, examples, flags, scores, stats)
     with atomic_open(out / "config.yaml") as handle:
         handle.write(dump_config(config))
@@ -156,10 +189,9 @@ def train(
         ref_model=ref_model,
         callbacks=callbacks,
     )
-    checkpoint = last_checkpoint(out / "checkpoints") if resume else None
     if resume and checkpoint is None:
         log.warning("--resume: no checkpoint in %s, starting from scratch", out / "checkpoints")
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    result = _train_whole_run(trainer, checkpoint)
     save_final(trainer, tokenizer, out)
     metrics = {**result.metrics, "global_step": result.global_step, "reference_rows": trainer.reference_rows}
     selection = {k: stats[k] for k in ("variant", "count", "flagged", "flag_rate")}
@@ -190,8 +222,6 @@ def _train_parallel(
     """Reward-gap MPO: the reference side comes from the cache (computed once with the freshly loaded
     model), so training holds no reference model."""
     from safetune.data.preferences import load_parallel_pairs
-    from safetune.models.loading import model_fingerprint
-    from safetune.selection import cache_root
     from safetune.training.mpo import MpoCollator, MpoTrainer, cached_reference, encode_pairs, pair_renderer
 
     t = config.train
@@ -209,6 +239,11 @@ def _train_parallel(
     )
     rows = encode_pairs(renderer, pairs, config.method)
     weights_dtype = resolve_dtype(t.precision) if t.finetune == "lora" else torch.float32
+    checkpoint = last_checkpoint(out / "checkpoints") if resume else None
+    fingerprint = model_fingerprint(t.model, t.revision, cache_root(config.selection))
+    identity = run_identity(config, model=fingerprint, data=hash_json([dataclasses.asdict(p) for p in pairs]))
+    if checkpoint is not None:  # refuse before any reference work
+        check_identity(out, identity)
     model = load_causal_lm(t.model, t.revision, weights_dtype, t.trust_remote_code)
     with PartialState().main_process_first():
         reference, cache_path = cached_reference(
@@ -216,11 +251,12 @@ def _train_parallel(
             renderer,
             rows,
             config.method,
-            model_fingerprint(t.model, t.revision),
+            fingerprint,
             cache_root(config.selection),
             config.selection.batch_size,
         )
     model.train()
+    start_or_resume(out, identity, checkpoint)
     with atomic_open(out / "config.yaml") as handle:
         handle.write(dump_config(config))
     if t.finetune == "lora":
@@ -235,8 +271,7 @@ def _train_parallel(
         reference=reference,
         callbacks=callbacks,
     )
-    checkpoint = last_checkpoint(out / "checkpoints") if resume else None
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    result = _train_whole_run(trainer, checkpoint)
     save_final(trainer, tokenizer, out)
     metrics = {**result.metrics, "global_step": result.global_step}
     data = {**pair_counts(pairs), "reference_cache": str(cache_path)}
@@ -248,6 +283,17 @@ def _train_parallel(
         _parallel_card(config, data, metrics),
     )
     return out
+
+
+def _train_whole_run(trainer: Trainer, checkpoint: str | None) -> TrainOutput:
+    """trainer.train(), resumed from `checkpoint` when given, with `train_loss` over the whole run: the
+    Trainer's own figure covers only the steps this process ran."""
+    totals = LossTotal(checkpoint)
+    trainer.add_callback(totals)
+    totals.trainer = trainer
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    loss = totals.whole_run_loss(result.training_loss, result.global_step)
+    return TrainOutput(result.global_step, loss, {**result.metrics, "train_loss": loss})
 
 
 def _parallel_card(config: RunConfig, data: dict[str, Any], metrics: dict[str, Any]) -> str:
