@@ -167,27 +167,33 @@ class _Crash(TrainerCallback):
             raise KeyboardInterrupt
 
 
+def _world_config(world: dict[str, Path], out: Path, *overrides: str):
+    """A training config on the module's world (the villain's data and profile) writing to `out`."""
+    base = [
+        f"train.model={world['model']}",
+        f"data.path={world['data']}",
+        "data.role=Grim Vex",
+        f"data.profiles={world['profiles']}",
+        f"selection.cache_dir={world['cache']}",
+        f"train.output_dir={out}",
+    ]
+    return load_config(None, [*base, *overrides])
+
+
 @pytest.mark.parametrize("finetune", ["lora", "full"])
 def test_resume_after_kill_gives_same_weights(world, tmp_path, finetune):
     def config(out: Path):
-        return load_config(
-            None,
-            [
-                f"train.model={world['model']}",
-                f"data.path={world['data']}",
-                "data.role=Grim Vex",
-                f"data.profiles={world['profiles']}",
-                f"selection.cache_dir={world['cache']}",
-                "selection.variant=all",
-                f"train.output_dir={out}",
-                f"train.finetune={finetune}",
-                "train.max_steps=4",
-                "train.save_steps=2",
-                "train.batch_size=4",
-                "train.grad_accum=2",
-                "train.learning_rate=1e-3",
-                "method.beta=0.5",
-            ],
+        return _world_config(
+            world,
+            out,
+            "selection.variant=all",
+            f"train.finetune={finetune}",
+            "train.max_steps=4",
+            "train.save_steps=2",
+            "train.batch_size=4",
+            "train.grad_accum=2",
+            "train.learning_rate=1e-3",
+            "method.beta=0.5",
         )
 
     straight = train(config(tmp_path / "straight"))
@@ -349,21 +355,14 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(world, tmp_path, 
     from safetune.errors import TrainingDiverged
 
     out = tmp_path / "run"
-    config = load_config(
-        None,
-        [
-            f"train.model={world['model']}",
-            f"data.path={world['data']}",
-            "data.role=Grim Vex",
-            f"data.profiles={world['profiles']}",
-            f"selection.cache_dir={world['cache']}",
-            f"train.output_dir={out}",
-            "train.max_steps=4",
-            f"train.save_steps={save_steps}",
-            "train.logging_steps=1",
-            "train.batch_size=4",
-            "train.grad_accum=1",
-        ],
+    config = _world_config(
+        world,
+        out,
+        "train.max_steps=4",
+        f"train.save_steps={save_steps}",
+        "train.logging_steps=1",
+        "train.batch_size=4",
+        "train.grad_accum=1",
     )
     poison = 2 if save_steps else 1
     with pytest.raises(TrainingDiverged) as info:
