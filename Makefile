@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint typecheck bench clean
+.PHONY: setup demo test test-fast test-slow lint typecheck bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -20,8 +20,14 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/safetune demo
 
-test: setup lint typecheck
-	$(VENV)/bin/python -m pytest -q tests
+# Two tiers: the fast one (plain `pytest`, about a minute) and the slow end-to-end demos. CI runs both.
+test: setup lint typecheck test-fast test-slow
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q tests -m "not slow"
+
+test-slow: setup
+	$(VENV)/bin/python -m pytest -q tests -m slow
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from safetune.cli import app
+
+# The slow tier: minutes each on 2 cores (`make test` runs it; plain `pytest` skips it).
+pytestmark = pytest.mark.slow
 
 
 def test_demo_quick_shows_the_papers_directions(tmp_path):

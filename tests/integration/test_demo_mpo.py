@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 
 import yaml
+import pytest
 from typer.testing import CliRunner
 
 from safetune.cli import app
+
+# The slow tier: minutes each on 2 cores (`make test` runs it; plain `pytest` skips it).
+pytestmark = pytest.mark.slow
 
 
 def test_demo_mpo_quick_end_to_end(tmp_path):
