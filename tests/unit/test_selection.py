@@ -9,7 +9,8 @@ import pytest
 from safetune.config import SelectionConfig
 from safetune.data.records import RoleExample, RoleProfile
 from safetune.errors import ConfigError, DataError
-from safetune.selection import Score, _read_scores, apply_variant, role_prompts, selection_stats
+from safetune.reference.rds import Score, _read_scores
+from safetune.selection import apply_variant, role_prompts, selection_stats
 
 EXAMPLES = [RoleExample("R", f"q{i}", f"a{i}", f"id{i}") for i in range(6)]
 SCORES = [Score(f"id{i}", "R", -1.0, -1.0 + (0.5 if i in (1, 4) else -0.5)) for i in range(6)]
