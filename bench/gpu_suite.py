@@ -14,7 +14,7 @@ safetune's tiny-model code (`safetune.models.tiny`), and only safetune's own cod
    callback times each optimizer step (forward, backward, clipping, AdamW, scheduler; CUDA synchronised)
    and, on CUDA, reads `torch.cuda.max_memory_allocated` (reset at each step's start). Median of the
    `--steps` steps after `--warmup` untimed ones; the peak is the highest of the timed steps.
-2. RDS scoring: `selection.score_examples` (two forward passes per example: role and unsafe prompt) on
+2. RDS scoring: `reference.rds.score_examples` (two forward passes per example: role and unsafe prompt) on
    the freshly built model, examples per minute after a warm-up batch.
 3. generation: the `hf` backend (batched, greedy) on chat prompts, tokens per second after a warm-up;
    where vLLM is installed and a CUDA GPU present, the `vllm` backend on the same prompt token ids (the
@@ -264,7 +264,8 @@ def _sarft_step(
 def _rds(model: Any, renderer: Any, args: argparse.Namespace, config: Any, folder: Path) -> dict[str, Any]:
     from safetune.data.records import RoleProfile
     from safetune.data.sources import role_key
-    from safetune.selection import prompts_by_role, score_examples
+    from safetune.reference.rds import score_examples
+    from safetune.selection import prompts_by_role
 
     profiles = {role_key(ROLE): RoleProfile(name=ROLE, description=PROFILE)}
     batch = config.selection.batch_size
