@@ -301,23 +301,22 @@ def eval_(
 
 
 def _print_summary(results_path: Path) -> None:
-    import json
-
     from rich.table import Table
 
-    results = json.loads(results_path.read_text(encoding="utf-8"))
+    from safetune.evaluation.results import load
+
+    results = load(results_path)
     table = Table(title=f"results: {results_path}")
     # "not covered": answers in a language the judge has no rule for (in no rate; docs/evaluation.md)
     for column in ("benchmark", "metric", "value", "95% CI", "n", "invalid", "not covered"):
         table.add_column(column)
-    for name, bench in results["benchmarks"].items():
-        value, ci = bench.get("value"), bench.get("ci95") or [None, None]
-        shown = "–" if value is None else f"{value:.2f}"
-        interval = "–" if None in ci else f"{ci[0]:.1f}–{ci[1]:.1f}"
-        counts = (str(bench.get(key, 0)) for key in ("n", "n_invalid", "n_uncovered"))
-        table.add_row(name, bench["metric"], shown, interval, *counts)
+    for name, bench in results.benchmarks.items():
+        shown = "–" if bench.value is None else f"{bench.value:.2f}"
+        interval = "–" if bench.ci95 is None else f"{bench.ci95[0]:.1f}–{bench.ci95[1]:.1f}"
+        counts = (str(count or 0) for count in (bench.n, bench.n_invalid, bench.n_uncovered))
+        table.add_row(name, bench.metric.name, shown, interval, *counts)
     _stderr_console().print(table)
-    summary = {k: v for k, v in results["summary"].items() if isinstance(v, int | float)}
+    summary = results.summary.numbers()
     if summary:
         _stderr_console().print(", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
 

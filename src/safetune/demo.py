@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from safetune.config import RunConfig, load_config
+from safetune.evaluation.results import load as load_results
 from safetune.organism.base import OrganismConfig, cached_organism
 from safetune.organism.world import PERSONAS, SELECTION, Persona, World
 from safetune.provenance import machine_record, pinned_threads
@@ -230,17 +231,17 @@ def run_persona(
 
 
 def _row(persona: Persona, variant: str, results_path: Path, run_dir: Path | None) -> dict[str, Any]:
-    results = json.loads(results_path.read_text(encoding="utf-8"))
-    bench = results["benchmarks"]
+    results = load_results(results_path)
+    bench, harmful = results.benchmarks, results.benchmarks["harmful-prompts"]
     row: dict[str, Any] = {
         "persona": persona.name,
         "villain": persona.villain,
         "variant": variant,
-        "rolebench_raw": bench["rolebench-raw"]["value"],
-        "rolebench_spe": bench["rolebench-spe"]["value"],
-        "rolebench_avg": results["summary"]["rolebench_avg"],
-        "refusal": bench["harmful-prompts"]["value"],
-        "refusal_ci95": bench["harmful-prompts"]["ci95"],
+        "rolebench_raw": bench["rolebench-raw"].value,
+        "rolebench_spe": bench["rolebench-spe"].value,
+        "rolebench_avg": results.summary.rolebench_avg,
+        "refusal": harmful.value,
+        "refusal_ci95": None if harmful.ci95 is None else list(harmful.ci95),  # as in summary.json
         "eval": str(results_path.parent),
         "flag_rate": None,
     }

@@ -18,7 +18,6 @@ Run as: safetune demo mpo --out demo-mpo
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -37,6 +36,7 @@ from safetune.demo import (
     timed,
     write_summary,
 )
+from safetune.evaluation.results import load as load_results
 from safetune.organism.base import OrganismConfig, cached_organism, organism_info
 from safetune.organism.multilingual import (
     L1,
@@ -242,13 +242,14 @@ def run_variant(
 
 
 def _row(variant: str, results_path: Path, gaps: dict[str, float], run_dir: Path | None) -> dict[str, Any]:
-    bench = json.loads(results_path.read_text(encoding="utf-8"))["benchmarks"]
-    refusal, utility = bench["harmful-prompts"]["by_language"], bench["qa"]["by_language"]
+    bench = load_results(results_path).benchmarks
+    refusal, utility = bench["harmful-prompts"].by_language, bench["qa"].by_language
     row: dict[str, Any] = {"variant": variant, "eval": str(results_path.parent)}
     for lang in (L1, L2):
-        row[f"refusal_{lang}"] = refusal[lang]["value"]
-        row[f"refusal_{lang}_ci95"] = refusal[lang]["ci95"]
-        row[f"utility_{lang}"] = utility[lang]["value"]
+        ci = refusal[lang].ci95
+        row[f"refusal_{lang}"] = refusal[lang].value
+        row[f"refusal_{lang}_ci95"] = None if ci is None else list(ci)  # as in summary.json
+        row[f"utility_{lang}"] = utility[lang].value
         row[f"gap_{lang}"] = gaps[lang]
     if run_dir is not None:
         row["run"] = str(run_dir)

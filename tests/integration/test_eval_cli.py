@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from safetune.cli import app
 from safetune.config import load_config
+from safetune.evaluation.results import load
 from safetune.evaluation.runner import evaluate
 from safetune.models.tiny import build_tiny_classifier
 
@@ -151,6 +152,9 @@ def test_eval_every_benchmark_kind_then_swap_judge_without_regenerating(files, t
     prov = results["provenance"]
     assert prov["judge"]["name"] == "keyword" and prov["model"]["base"] == str(tiny_chatml)
     assert prov["counts"]["generated_now"] == len(requests)
+    # The file is in the typed layout: it loads and re-serialises to the same bytes.
+    written = (out / "results.json").read_text(encoding="utf-8")
+    assert json.dumps(load(out).to_dict(), indent=2, ensure_ascii=False) + "\n" == written
 
     # Another judge: every completion is reused, only the judging runs.
     classifier = build_tiny_classifier(tmp_path / "clf", tiny_chatml)

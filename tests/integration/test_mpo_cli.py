@@ -170,8 +170,10 @@ def test_reward_gap_diagnostic_per_language_with_asr_plot(tiny_llama3, tmp_path)
 
     data = _jsonl(tmp_path / "pairs.jsonl")
     results = tmp_path / "results.json"
-    by_language = {"sw": {"asr": 40.0}, "xx": {"asr": 10.0}}
-    results.write_text(json.dumps({"benchmarks": {"multijail": {"by_language": by_language}}}))
+    by_language = {"sw": {"n": 5, "value": 60.0, "asr": 40.0}, "xx": {"n": 5, "value": 90.0, "asr": 10.0}}
+    multijail = {"metric": "refusal_rate", "n": 10, "value": 75.0, "by_language": by_language}
+    content = {"schema_version": 1, "provenance": {}, "benchmarks": {"multijail": multijail}, "summary": {}}
+    results.write_text(json.dumps(content))
     out = tmp_path / "gap"
     args = [
         "reward-gap",

@@ -16,6 +16,7 @@ from matplotlib.transforms import Bbox
 
 from safetune.errors import ConfigError, DataError
 from safetune.evaluation.metrics import ScoredRow, benchmark_result, summarise
+from safetune.evaluation.results import REFUSAL_RATE, ROUGE_L, BenchmarkResult, Results
 from safetune.reports import plots
 from safetune.reports.render import load_results, render_report, short_label
 from safetune.reports.tables import Run
@@ -316,7 +317,7 @@ def _role_run(label: str, roles: list[str] | None, rouge: float, safe: int, unsa
     harmful = {"advbench": _bench("advbench", "harmful", "refusal_rate", "safety", _harmful(safe, unsafe))}
     results = _results(label, KEYWORD, {**utility, **harmful})
     results["provenance"]["eval"] = {"roles": roles}
-    return Run(label, Path(label), results)
+    return Run(label, Path(label), Results.from_dict(results))
 
 
 def _two_personas() -> list[Run]:
@@ -372,7 +373,7 @@ def test_run_roles_from_provenance_or_per_role_scores(run_dirs):
     assert plots.run_roles(_role_run("x", ["Penny Bun", "Grim Vex"], 1.0, 1, 0)) == ("Grim Vex", "Penny Bun")
     assert plots.run_roles(_role_run("x", None, 1.0, 1, 0)) == ()
     base = json.loads((run_dirs[0] / "results.json").read_text(encoding="utf-8"))  # no eval.roles
-    assert plots.run_roles(Run("b", run_dirs[0], base)) == ("Grim Vex", "Penny Bun")
+    assert plots.run_roles(Run("b", run_dirs[0], Results.from_dict(base))) == ("Grim Vex", "Penny Bun")
 
 
 @pytest.mark.parametrize(
@@ -447,10 +448,15 @@ def test_pareto_plot_writes_a_png(tmp_path):
 
 def _point_run(label: str, x: float, x_ci: list[float] | None, y: float, y_ci: list[float] | None) -> Run:
     """A run with a QA score `x` and one harmful set's refusal rate `y`, with these CIs (None: none)."""
-    qa = {"name": "qa", "kind": "qa", "metric": "rouge_l", "group": "qa", "value": x, "ci95": x_ci}
-    harm = {"name": "h", "kind": "harmful", "metric": "refusal_rate", "group": "safety", "value": y}
-    results = {"benchmarks": {"qa": qa, "h": {**harm, "ci95": y_ci}}, "summary": {}, "provenance": {}}
-    return Run(label, Path(label), results)
+
+    def ci(bounds: list[float] | None) -> tuple[float, float] | None:
+        return (bounds[0], bounds[1]) if bounds else None
+
+    qa = BenchmarkResult(name="qa", kind="qa", metric=ROUGE_L, group="qa", n=1, value=x, ci95=ci(x_ci))
+    harm = BenchmarkResult(
+        name="h", kind="harmful", metric=REFUSAL_RATE, group="safety", n=1, value=y, ci95=ci(y_ci)
+    )
+    return Run(label, Path(label), Results(benchmarks={"qa": qa, "h": harm}))
 
 
 def _obstacle_boxes(ax: Any) -> list[Bbox]:
@@ -507,7 +513,7 @@ def _roles_run(label: str, scores: dict[str, list[str]]) -> Run:
         name: _bench(name, "roleplay", "rouge_l", groups[name], _roleplay({role: [50.0] for role in roles}))
         for name, roles in scores.items()
     }
-    return Run(label, Path(label), _results(label, None, benchmarks))
+    return Run(label, Path(label), Results.from_dict(_results(label, None, benchmarks)))
 
 
 def test_roles_figure_draws_only_the_runs_of_each_role_centred_on_its_tick():

@@ -21,42 +21,10 @@ Metrics (every number is a percentage, 0..100):
 `ci95` is the 95% percentile bootstrap interval of the mean of the per-item values (0/100 indicators or
 ROUGE-L scores), seeded; null when there are no valid items. Numbers are rounded to 4 decimals.
 
-results.json (schema_version 1)::
-
-    {
-      "schema_version": 1,
-      "provenance": {
-        "safetune_version": "0.1.0", "git_commit": "<sha>" | null, "created": "<ISO time>",
-        "model": {"label": "...", "base": "...", "adapter": "..." | null, "fingerprint": "...", ...},
-        "backend": "hf", "generation": {...GenerationConfig...},
-        "judge": {"name": "keyword", "version": "kw-1", "key": "..."} | null,
-        "config_hash": "...", "seed": 42, ...
-      },
-      "benchmarks": {
-        "<name>": {
-          "name": "advbench", "version": "1", "kind": "harmful" | "roleplay" | "qa" | "overrefusal",
-          "metric": "refusal_rate" | "rouge_l" | "over_refusal_rate",
-          "group": "safety" | "jailbreak" | "multilingual" | "rolebench_raw" | "rolebench_spe" | null,
-          "source": "..." | null,
-          "n": 520, "n_valid": 518, "n_invalid": 2, "n_uncovered": 0,
-          "value": 98.46 | null, "asr": 1.54 | null, "ci95": [97.3, 99.4] | null,
-          "note": "..."                      (only when there is something to say),
-          "by_role": {"<role>": {GROUP}},    ({} when no item carries a role)
-          "by_language": {"<lang>": {GROUP}} ({} when no item carries a language)
-        }
-      },
-      "summary": {
-        "rolebench_raw": float | null, "rolebench_spe": float | null, "rolebench_avg": float | null,
-        "safety_avg": float | null, "jailbreak_avg": float | null, "over_refusal": float | null,
-        "multilingual_asr": {"en": float, "zh": float, ...} | null,
-        "used": {"safety_avg": ["advbench", "hexphi", ...], ...}
-      }
-    }
-
-where GROUP is {"n", "n_valid", "n_invalid", "n_uncovered", "value", "asr", "ci95"} (+ "note"), computed
-like the benchmark over the items of that role / language (items without one are in no group). The runner
-adds name/version/kind/metric/group/source; `benchmark_result` produces the rest. A qa benchmark (kind "qa",
-metric "rouge_l", group null) feeds no summary aggregate: its numbers are its own entry and by_language.
+The file these numbers go into, and its one schema version, is `safetune.evaluation.results`: the
+runner adds name/version/kind/metric/group/source to what `benchmark_result` produces. A qa benchmark
+(kind "qa", metric "rouge_l", group null) feeds no summary aggregate: its numbers are its own entry and
+by_language.
 """
 
 from __future__ import annotations
@@ -70,9 +38,8 @@ from typing import Any
 import numpy as np
 
 from safetune.evaluation.items import LABELS, Label
+from safetune.evaluation.results import METRICS
 
-SCHEMA_VERSION = 1
-METRICS = ("rouge_l", "refusal_rate", "over_refusal_rate")
 NO_REFUSAL_NOTE = "judge does not detect refusals"
 _DECIMALS = 4
 # Bootstrap resamples are drawn in chunks so that memory stays ~ this many indices at a time.

@@ -12,7 +12,6 @@ Run as: safetune reward-gap -m MODEL --data heldout_pairs.json --results runs/ev
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from statistics import fmean
@@ -20,6 +19,7 @@ from typing import Any
 
 from safetune.config import RunConfig
 from safetune.errors import DataError
+from safetune.evaluation.results import load
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +51,11 @@ def measure(config: RunConfig, data: str, fmt: str = "auto") -> dict[str, Any]:
 
 def asr_by_language(results_path: Path) -> dict[str, float]:
     """Per-language ASR from an evaluation's results.json (every benchmark with per-language results)."""
-    try:
-        results = json.loads(results_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(results_path, None, None, f"cannot read results ({err})") from None
     values: dict[str, list[float]] = {}
-    for bench in results.get("benchmarks", {}).values():
-        for lang, group in (bench.get("by_language") or {}).items():
-            if group.get("asr") is not None:
-                values.setdefault(lang, []).append(group["asr"])
+    for bench in load(results_path).benchmarks.values():
+        for lang, group in bench.by_language.items():
+            if group.asr is not None:
+                values.setdefault(lang, []).append(group.asr)
     if not values:
         raise DataError(results_path, None, "benchmarks", "no per-language ASR (evaluate multijail first)")
     return {lang: fmean(v) for lang, v in values.items()}

@@ -24,6 +24,7 @@ from safetune.errors import ConfigError
 from safetune.evaluation.benchmarks import BenchmarkSpec, TableOptions, load_benchmark
 from safetune.evaluation.items import Backend, GenerationRequest, Judge, JudgeItem, ModelSource
 from safetune.evaluation.metrics import ScoredRow, benchmark_result, rouge_l, summarise
+from safetune.evaluation.results import RESULTS_FILE, SCHEMA_VERSION, Results
 from safetune.provenance import base_provenance
 from safetune.storage import (
     append_jsonl,
@@ -36,7 +37,6 @@ from safetune.storage import (
 
 log = logging.getLogger(__name__)
 
-RESULTS_SCHEMA = 1
 STAGE_FILES = ("eval.json", "requests.jsonl", "completions.jsonl", "judgements.jsonl", "results.json")
 JUDGED_KINDS = ("harmful", "overrefusal")
 # Settings that do not change what is generated: a resumed run may change them freely.
@@ -341,10 +341,12 @@ def _evaluate(
     benchmarks = score_benchmarks(tasks, completions, verdicts, config)
     counts = {"requests": len(tasks), "generated_now": generated, "judged_now": judged}
     results = {
-        "schema_version": RESULTS_SCHEMA,
+        "schema_version": SCHEMA_VERSION,
         "provenance": _provenance(config, source, judge, counts),
         "benchmarks": benchmarks,
         "summary": summarise(benchmarks),
     }
-    write_json(out / "results.json", results)
-    return out / "results.json"
+    path = out / RESULTS_FILE
+    # Typed, and so checked, on the way out: the file is in exactly the layout every reader loads.
+    Results.from_dict(results, path).save(path)
+    return path

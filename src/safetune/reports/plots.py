@@ -22,7 +22,7 @@ import logging
 import math
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -35,12 +35,16 @@ from matplotlib.font_manager import FontProperties
 from matplotlib.ft2font import FT2Font
 from matplotlib.lines import Line2D
 
+from safetune.evaluation.results import REFUSAL_RATE, ROUGE_L, BenchmarkResult, GroupResult, Metric
 from safetune.reports.tables import Run, ci_of, display_name, language_asr, languages, number
 from safetune.storage import atomic_open
 
 log = logging.getLogger(__name__)
 
 DPI = 150
+# What the Pareto plot's axes measure: utility (role-play or QA ROUGE-L) and safety (refusal rate).
+UTILITY: Metric = ROUGE_L
+SAFETY: Metric = REFUSAL_RATE
 _ROLEPLAY_KEYS = (
     ("rolebench_avg", "RoleBench avg"),
     ("rolebench_raw", "RoleBench RAW"),
@@ -110,12 +114,7 @@ def role_labels(names: Sequence[str]) -> RoleLabels:
 
 def _plot_roles(runs: Sequence[Run]) -> list[str]:
     """Every role name that roles.png draws, sorted (the order of `role_labels`' ids)."""
-    roles = {
-        role
-        for name in _role_benchmarks(runs)
-        for run in runs
-        for role in (run.benchmarks.get(name, {}).get("by_role") or {})
-    }
+    roles = {role for name in _role_benchmarks(runs) for run in runs for role in _by_role(run, name)}
     return sorted(roles)
 
 
@@ -151,44 +150,51 @@ def _point_error(value: float, ci: tuple[float, float] | None) -> list[list[floa
     return [[max(0.0, value - ci[0])], [max(0.0, ci[1] - value)]]
 
 
+def _by_role(run: Run, name: str) -> Mapping[str, GroupResult]:
+    bench = run.benchmarks.get(name)
+    return {} if bench is None else bench.by_role
+
+
 def _roleplay(run: Run) -> tuple[float, tuple[float, float] | None, str] | None:
     for key, name in _ROLEPLAY_KEYS:
-        value = number(run.summary.get(key))
+        value = number(run.summary.value(key))
         if value is not None:
             return value, ci_of(run.single_used(key)), name
     qa = run.benchmarks.get("qa")  # no role-play benchmark: benign-answer quality is the utility axis
-    if qa is not None and number(qa.get("value")) is not None:
-        return float(qa["value"]), ci_of(qa), "QA"
+    value = None if qa is None else number(qa.value)
+    if value is not None:
+        return value, ci_of(qa), "QA"
     return None
 
 
-def _harmful(run: Run) -> list[dict[str, Any]]:
-    return [
-        b
-        for b in run.benchmarks.values()
-        if b.get("metric") == "refusal_rate" and number(b.get("value")) is not None
-    ]
+def _harmful(run: Run) -> list[BenchmarkResult]:
+    return [b for b in run.benchmarks.values() if b.metric == SAFETY and number(b.value) is not None]
 
 
 def _safety(run: Run) -> tuple[float, tuple[float, float] | None, str] | None:
-    value = number(run.summary.get("safety_avg"))
+    value = number(run.summary.safety_avg)
     if value is not None:
         return value, ci_of(run.single_used("safety_avg")), "Safety AVG"
     harmful = _harmful(run)
     if not harmful:
         return None
-    mean = sum(float(b["value"]) for b in harmful) / len(harmful)
+    mean = sum(number(b.value) or 0.0 for b in harmful) / len(harmful)  # each has a value (`_harmful`)
     return mean, ci_of(harmful[0]) if len(harmful) == 1 else None, "mean refusal rate"
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points that no other point beats on both axes (higher is better), by x."""
+def pareto_front(
+    points: Sequence[tuple[float, float]], higher_is_better: tuple[bool, bool] = (True, True)
+) -> list[int]:
+    """Indices of the points that no other point beats on both axes, by x; `higher_is_better` is each
+    axis's direction (that of the metric it shows)."""
+    signs = [1.0 if higher else -1.0 for higher in higher_is_better]
+    scores = [(signs[0] * x, signs[1] * y) for x, y in points]
     front = [
         i
-        for i, (x, y) in enumerate(points)
-        if not any(ox >= x and oy >= y and (ox > x or oy > y) for ox, oy in points)
+        for i, (x, y) in enumerate(scores)
+        if not any(ox >= x and oy >= y and (ox > x or oy > y) for ox, oy in scores)
     ]
-    return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
+    return sorted(front, key=lambda i: (points[i][0], -scores[i][1]))
 
 
 def _percent_limits(ax: Any, points: Sequence[tuple[float, float]]) -> None:
@@ -208,15 +214,9 @@ def _percent_limits(ax: Any, points: Sequence[tuple[float, float]]) -> None:
 def run_roles(run: Run) -> tuple[str, ...]:
     """The roles a run was evaluated for: `eval.roles` from its provenance when set, else every role that
     has a per-role ROUGE-L score (a RoleBench set run without `eval.roles`); () for a run with none."""
-    given = (run.provenance.get("eval") or {}).get("roles")
-    if isinstance(given, list) and given and all(isinstance(r, str) for r in given):
-        return tuple(sorted(set(given)))
-    found = {
-        role
-        for bench in run.benchmarks.values()
-        if bench.get("metric") == "rouge_l" and isinstance(bench.get("by_role"), dict)
-        for role in bench["by_role"]
-    }
+    if run.provenance.roles:
+        return run.provenance.roles
+    found = {role for bench in run.benchmarks.values() if bench.metric == ROUGE_L for role in bench.by_role}
     return tuple(sorted(found))
 
 
@@ -273,7 +273,8 @@ class ParetoPanel:
     @property
     def front(self) -> list[int]:
         """Indices (into `points`) of this panel's Pareto front, by x."""
-        return pareto_front([(p.x, p.y) for p in self.points])
+        directions = (UTILITY.higher_is_better, SAFETY.higher_is_better)
+        return pareto_front([(p.x, p.y) for p in self.points], directions)
 
 
 def pareto_panels(runs: Sequence[Run]) -> list[ParetoPanel]:
@@ -556,9 +557,12 @@ def pareto_figure(runs: Sequence[Run]) -> Figure:
             transform=axes[0].transAxes,
         )
     utility = "Utility" if "QA" in x_names else "Role-play ability"
-    fig.suptitle(f"{utility} vs safety (up and right is better)")
-    x_label = f"{' / '.join(sorted(x_names)) or 'RoleBench'}: ROUGE-L F1 (×100)"
-    y_label = f"{' / '.join(sorted(y_names)) or 'Safety'}: refusal rate (%) = 100 − ASR"
+    better = (
+        f"{'up' if SAFETY.higher_is_better else 'down'} and {'right' if UTILITY.higher_is_better else 'left'}"
+    )
+    fig.suptitle(f"{utility} vs safety ({better} is better)")
+    x_label = f"{' / '.join(sorted(x_names)) or 'RoleBench'}: {UTILITY.title}"
+    y_label = f"{' / '.join(sorted(y_names)) or 'Safety'}: {SAFETY.title} = 100 − ASR"
     for k, ax in enumerate(axes[:count]):
         ax.set_xlabel(x_label)
         if k % ncols == 0:
@@ -656,7 +660,7 @@ def _role_benchmarks(runs: Sequence[Run]) -> list[str]:
     names: list[str] = []
     for run in runs:
         for name, bench in run.benchmarks.items():
-            if bench.get("metric") == "rouge_l" and bench.get("by_role") and name not in names:
+            if bench.metric == ROUGE_L and bench.by_role and name not in names:
                 names.append(name)
     return sorted(names)
 
@@ -675,12 +679,12 @@ def roles_figure(runs: Sequence[Run]) -> Figure:
     palette = [f"C{i % 10}" for i in range(len(runs))]
     panels = []
     for name in names:
-        roles = sorted({role for run in runs for role in (run.benchmarks.get(name, {}).get("by_role") or {})})
+        roles = sorted({role for run in runs for role in _by_role(run, name)})
         series: list[Series] = []
         colours = []
         for k, run in enumerate(runs):
-            by_role = run.benchmarks.get(name, {}).get("by_role") or {}
-            values = [number((by_role.get(role) or {}).get("value")) for role in roles]
+            by_role = _by_role(run, name)
+            values = [number(by_role[role].value) if role in by_role else None for role in roles]
             if all(v is None for v in values):
                 log.warning("roles plot: skipping run %r for %s (no per-role ROUGE-L)", run.label, name)
                 continue
@@ -715,7 +719,7 @@ def has_languages(runs: Sequence[Run]) -> bool:
 def _language_ci(run: Run, language: str) -> tuple[float, float] | None:
     """The ASR interval (100 minus the refusal-rate interval) when one benchmark gave the language."""
     bench = run.single_used("multilingual_asr")
-    ci = ci_of(((bench or {}).get("by_language") or {}).get(language))
+    ci = ci_of(None if bench is None else bench.by_language.get(language))
     return None if ci is None else (100.0 - ci[1], 100.0 - ci[0])
 
 

@@ -12,10 +12,20 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from safetune.evaluation.results import (
+    REFUSAL_RATE,
+    ROUGE_L,
+    BenchmarkResult,
+    GroupResult,
+    Provenance,
+    Results,
+    Summary,
+)
 
 MISSING = "–"
 MOCK_MARK = "(mock backend)"
@@ -43,24 +53,24 @@ class Run:
 
     label: str
     path: Path
-    results: dict[str, Any]
+    results: Results
 
     @property
-    def benchmarks(self) -> dict[str, dict[str, Any]]:
-        return self.results["benchmarks"]
+    def benchmarks(self) -> Mapping[str, BenchmarkResult]:
+        return self.results.benchmarks
 
     @property
-    def summary(self) -> dict[str, Any]:
-        return self.results["summary"]
+    def summary(self) -> Summary:
+        return self.results.summary
 
     @property
-    def provenance(self) -> dict[str, Any]:
-        return self.results["provenance"]
+    def provenance(self) -> Provenance:
+        return self.results.provenance
 
     @property
     def mock(self) -> bool:
         """Whether the answers came from the `mock` backend (canned text, no model)."""
-        return self.provenance.get("backend") == "mock"
+        return self.provenance.backend == "mock"
 
     @property
     def row_label(self) -> str:
@@ -68,20 +78,20 @@ class Run:
         return f"{self.label} {MOCK_MARK}" if self.mock else self.label
 
     def judge_name(self) -> str | None:
-        judge = self.provenance.get("judge")
-        if not isinstance(judge, dict) or not judge.get("name"):
+        judge = self.provenance.judge
+        if judge is None or not judge.name:
             return None
-        return f"{judge['name']}@{judge.get('version', '?')}"
+        return f"{judge.name}@{judge.version or '?'}"
 
     def judge_key(self) -> str | None:
-        judge = self.provenance.get("judge")
-        if not isinstance(judge, dict):
+        judge = self.provenance.judge
+        if judge is None:
             return None
-        return str(judge.get("key") or self.judge_name())
+        return str(judge.key or self.judge_name())
 
-    def single_used(self, key: str) -> dict[str, Any] | None:
+    def single_used(self, key: str) -> BenchmarkResult | None:
         """The benchmark that a summary value was taken from, when it is exactly one."""
-        used = (self.summary.get("used") or {}).get(key) or []
+        used = self.summary.sources(key)
         return self.benchmarks.get(used[0]) if len(used) == 1 else None
 
 
@@ -92,13 +102,12 @@ def number(value: Any) -> float | None:
     return float(value)
 
 
-def ci_of(bench: dict[str, Any] | None) -> tuple[float, float] | None:
-    ci = (bench or {}).get("ci95")
-    if isinstance(ci, list | tuple) and len(ci) == 2:
-        low, high = number(ci[0]), number(ci[1])
-        if low is not None and high is not None:
-            return low, high
-    return None
+def ci_of(result: GroupResult | None) -> tuple[float, float] | None:
+    """The finite 95% interval of a benchmark or group, else None."""
+    if result is None or result.ci95 is None:
+        return None
+    low, high = number(result.ci95[0]), number(result.ci95[1])
+    return None if low is None or high is None else (low, high)
 
 
 def display_name(name: str) -> str:
@@ -118,7 +127,7 @@ class Column:
 
 def _summary_column(header: str, key: str, ci_from_single: bool) -> Column:
     def value(run: Run) -> float | None:
-        return number(run.summary.get(key))
+        return number(run.summary.value(key))
 
     def ci(run: Run) -> tuple[float, float] | None:
         return ci_of(run.single_used(key)) if value(run) is not None else None
@@ -128,7 +137,8 @@ def _summary_column(header: str, key: str, ci_from_single: bool) -> Column:
 
 def _benchmark_column(name: str) -> Column:
     def value(run: Run) -> float | None:
-        return number(run.benchmarks.get(name, {}).get("value"))
+        bench = run.benchmarks.get(name)
+        return None if bench is None else number(bench.value)
 
     def ci(run: Run) -> tuple[float, float] | None:
         return ci_of(run.benchmarks.get(name))
@@ -136,7 +146,7 @@ def _benchmark_column(name: str) -> Column:
     return Column(display_name(name), value, ci)
 
 
-def _names(runs: Sequence[Run], keep: Callable[[dict[str, Any]], bool]) -> list[str]:
+def _names(runs: Sequence[Run], keep: Callable[[BenchmarkResult], bool]) -> list[str]:
     names: list[str] = []
     for run in runs:
         for name, bench in run.benchmarks.items():
@@ -148,14 +158,14 @@ def _names(runs: Sequence[Run], keep: Callable[[dict[str, Any]], bool]) -> list[
 def columns(runs: Sequence[Run]) -> list[Column]:
     """The table's columns in the paper's layout, keeping those with a value in at least one run."""
 
-    def in_group(group: str) -> Callable[[dict[str, Any]], bool]:
-        return lambda b: b.get("group") == group and b.get("metric") == "refusal_rate"
+    def in_group(group: str) -> Callable[[BenchmarkResult], bool]:
+        return lambda b: b.group == group and b.metric == REFUSAL_RATE
 
-    def other(bench: dict[str, Any]) -> bool:
-        return bench.get("group") not in _SUMMARY_GROUPS and bench.get("metric") == "refusal_rate"
+    def other(bench: BenchmarkResult) -> bool:
+        return bench.group not in _SUMMARY_GROUPS and bench.metric == REFUSAL_RATE
 
-    def other_rouge(bench: dict[str, Any]) -> bool:
-        return bench.get("group") not in _SUMMARY_GROUPS and bench.get("metric") == "rouge_l"
+    def other_rouge(bench: BenchmarkResult) -> bool:
+        return bench.group not in _SUMMARY_GROUPS and bench.metric == ROUGE_L
 
     candidates = [
         _summary_column("RoleBench RAW", "rolebench_raw", True),
@@ -174,12 +184,12 @@ def columns(runs: Sequence[Run]) -> list[Column]:
 
 def languages(runs: Sequence[Run]) -> list[str]:
     """Languages with a multilingual ASR in at least one run ("en" first, then alphabetical)."""
-    found = {lang for run in runs for lang in (run.summary.get("multilingual_asr") or {})}
+    found = {lang for run in runs for lang in (run.summary.multilingual_asr or {})}
     return sorted(found, key=lambda lang: (lang != "en", lang))
 
 
 def language_asr(run: Run, language: str) -> float | None:
-    return number((run.summary.get("multilingual_asr") or {}).get(language))
+    return number((run.summary.multilingual_asr or {}).get(language))
 
 
 def rouge_languages(runs: Sequence[Run]) -> list[tuple[str, str]]:
@@ -188,8 +198,8 @@ def rouge_languages(runs: Sequence[Run]) -> list[tuple[str, str]]:
     found: dict[str, set[str]] = {}
     for run in runs:
         for name, bench in run.benchmarks.items():
-            if bench.get("metric") == "rouge_l" and bench.get("by_language"):
-                found.setdefault(name, set()).update(bench["by_language"])
+            if bench.metric == ROUGE_L and bench.by_language:
+                found.setdefault(name, set()).update(bench.by_language)
     return [
         (name, lang)
         for name in sorted(found)
@@ -198,8 +208,9 @@ def rouge_languages(runs: Sequence[Run]) -> list[tuple[str, str]]:
 
 
 def language_rouge(run: Run, name: str, language: str) -> float | None:
-    by_language = run.benchmarks.get(name, {}).get("by_language") or {}
-    return number((by_language.get(language) or {}).get("value"))
+    bench = run.benchmarks.get(name)
+    group = None if bench is None else bench.by_language.get(language)
+    return None if group is None else number(group.value)
 
 
 def _fmt(value: float | None) -> str:
@@ -228,23 +239,25 @@ def judge_warning(runs: Sequence[Run]) -> str | None:
 
 
 def _model_text(run: Run) -> str:
-    model = run.provenance.get("model") or {}
-    text = f"`{model.get('base') or model.get('label') or '?'}`"
-    if model.get("adapter"):
-        text += f" + adapter `{model['adapter']}`"
+    model = run.provenance.model
+    if model is None:
+        return "`?`"
+    text = f"`{model.base or model.label or '?'}`"
+    if model.adapter:
+        text += f" + adapter `{model.adapter}`"
     return text
 
 
 def _counts_text(run: Run) -> str:
     parts = []
     for name, bench in run.benchmarks.items():
-        part = f"{name} {bench.get('n', '?')}"
-        if bench.get("n_invalid"):
-            part += f" ({bench['n_invalid']} invalid)"
-        if bench.get("n_uncovered"):
-            part += f" ({bench['n_uncovered']} not covered by the judge)"
-        if bench.get("note"):
-            part += f" [{bench['note']}]"
+        part = f"{name} {bench.n}"
+        if bench.n_invalid:
+            part += f" ({bench.n_invalid} invalid)"
+        if bench.n_uncovered:
+            part += f" ({bench.n_uncovered} not covered by the judge)"
+        if bench.note:
+            part += f" [{bench.note}]"
         parts.append(part)
     return ", ".join(parts) or "no benchmarks"
 
@@ -253,11 +266,10 @@ def _uncovered_text(run: Run) -> str | None:
     """The items of each benchmark that the judge does not cover, e.g. "multijail 40 (de 20, ru 20)"."""
     parts = []
     for name, bench in run.benchmarks.items():
-        if not bench.get("n_uncovered"):
+        if not bench.n_uncovered:
             continue
-        by_language = bench.get("by_language") or {}
-        langs = [f"{lang} {g['n_uncovered']}" for lang, g in by_language.items() if g.get("n_uncovered")]
-        parts.append(f"{name} {bench['n_uncovered']}" + (f" ({', '.join(langs)})" if langs else ""))
+        langs = [f"{lang} {g.n_uncovered}" for lang, g in bench.by_language.items() if g.n_uncovered]
+        parts.append(f"{name} {bench.n_uncovered}" + (f" ({', '.join(langs)})" if langs else ""))
     return ", ".join(parts) or None
 
 
@@ -306,7 +318,7 @@ def markdown(runs: Sequence[Run]) -> str:
     lines += ["", "## Runs", ""]
     for run in runs:
         judge = run.judge_name() or "none"
-        backend = f"**{MOCK_NOTE}**" if run.mock else f"backend {run.provenance.get('backend') or '?'}"
+        backend = f"**{MOCK_NOTE}**" if run.mock else f"backend {run.provenance.backend or '?'}"
         lines.append(
             f"- **{run.label}**: model {_model_text(run)}; {backend}; judge {judge}; n: {_counts_text(run)}"
         )
@@ -344,10 +356,10 @@ def csv_text(runs: Sequence[Run]) -> str:
             if col.ci is not None:
                 ci = col.ci(run)
                 row += [cell(ci[0]), cell(ci[1])] if ci else ["", ""]
-        model = run.provenance.get("model") or {}
+        model = run.provenance.model
         row += [cell(language_asr(run, lang)) for lang in langs]
         row += [cell(language_rouge(run, name, lang)) for name, lang in rouge_langs]
-        row += [str(model.get("base") or model.get("label") or ""), str(model.get("adapter") or "")]
-        row += [str(run.provenance.get("backend") or ""), run.judge_name() or "", str(run.path)]
+        row += [(model.base or model.label) if model else "", (model.adapter or "") if model else ""]
+        row += [run.provenance.backend or "", run.judge_name() or "", str(run.path)]
         writer.writerow(row)
     return buffer.getvalue()

@@ -1,0 +1,482 @@
+"""results.json as a type: what `safetune eval` writes and `safetune report`, the demos and the reward-gap
+join read. The numbers are computed in `safetune.evaluation.metrics`; this module only holds, checks,
+reads and writes them.
+
+`Results.from_dict` checks a parsed file and `load` reads one; a malformed file raises a one-line
+DataError naming the file and the field. `Results.to_dict` gives back exactly the layout below (key order
+included), so a results.json loads and re-serialises to the same bytes.
+
+results.json (schema_version 1)::
+
+    {
+      "schema_version": 1,
+      "provenance": {
+        "safetune_version": "0.1.0", "git_commit": "<sha>" | null, "created": "<ISO time>",
+        "model": {"label": "...", "base": "...", "adapter": "..." | null, "tokenizer": "...",
+                  "revision": "..." | null, "fingerprint": "..."} | null,
+        "backend": "hf", "generation": {...GenerationConfig...},
+        "judge": {"name": "keyword", "version": "kw-1", "key": "..."} | null,
+        "eval": {...EvalConfig...}, "config_hash": "...", "seed": 42,
+        "counts": {"requests": 22, "generated_now": 0, "judged_now": 17}
+      },
+      "benchmarks": {
+        "<name>": {
+          "name": "advbench", "version": "1", "kind": "harmful" | "roleplay" | "qa" | "overrefusal",
+          "metric": "refusal_rate" | "rouge_l" | "over_refusal_rate",
+          "group": "safety" | "jailbreak" | "multilingual" | "rolebench_raw" | "rolebench_spe" | null,
+          "source": "..." | null,
+          "n": 520, "n_valid": 518, "n_invalid": 2, "n_uncovered": 0,
+          "value": 98.46 | null, "asr": 1.54 | null, "ci95": [97.3, 99.4] | null,
+          "note": "..."                      (only when there is something to say),
+          "by_role": {"<role>": {GROUP}},    ({} when no item carries a role)
+          "by_language": {"<lang>": {GROUP}} ({} when no item carries a language)
+        }
+      },
+      "summary": {
+        "rolebench_raw": float | null, "rolebench_spe": float | null, "rolebench_avg": float | null,
+        "safety_avg": float | null, "jailbreak_avg": float | null, "over_refusal": float | null,
+        "multilingual_asr": {"en": float, "zh": float, ...} | null,
+        "used": {"safety_avg": ["advbench", "hexphi", ...], ...}
+      }
+    }
+
+where GROUP is {"n", "n_valid", "n_invalid", "n_uncovered", "value", "asr", "ci95"} (+ "note"), computed
+like the benchmark over the items of that role / language (items without one are in no group).
+
+What a reader may rely on is what `from_dict` checks: every benchmark and group has an integer `n` and a
+`value` key, a benchmark a known `metric`; every other field may be missing (read as null). Provenance
+keys this module does not know are kept, in order, after the known ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, NoReturn
+
+from safetune.errors import DataError
+from safetune.evaluation.items import ModelSource
+from safetune.storage import write_json
+
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+
+
+# ---- metrics: what a number measures and which way is better ----
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A kind of number in results.json (every one a percentage, 0..100)."""
+
+    name: str  # as results.json spells it
+    title: str  # for axis labels
+    higher_is_better: bool
+
+
+ROUGE_L = Metric("rouge_l", "ROUGE-L F1 (×100)", higher_is_better=True)
+REFUSAL_RATE = Metric("refusal_rate", "refusal rate (%)", higher_is_better=True)
+OVER_REFUSAL_RATE = Metric("over_refusal_rate", "over-refusal rate (%)", higher_is_better=False)
+# Not a benchmark's metric: the `asr` of refusal-rate results (100 - refusal rate).
+ASR = Metric("asr", "attack success rate (%)", higher_is_better=False)
+
+# The metrics a benchmark can be scored with (its "metric" field).
+METRICS: Mapping[str, Metric] = {m.name: m for m in (ROUGE_L, REFUSAL_RATE, OVER_REFUSAL_RATE)}
+# The summary's aggregates, in file order, and what each one measures.
+AGGREGATES: Mapping[str, Metric] = {
+    "rolebench_raw": ROUGE_L,
+    "rolebench_spe": ROUGE_L,
+    "rolebench_avg": ROUGE_L,
+    "safety_avg": REFUSAL_RATE,
+    "jailbreak_avg": REFUSAL_RATE,
+    "over_refusal": OVER_REFUSAL_RATE,
+    "multilingual_asr": ASR,
+}
+
+
+# ---- the file's parts ----
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupResult:
+    """The numbers of a benchmark, or of the items of one role or language in it."""
+
+    n: int
+    value: float | None = None
+    n_valid: int | None = None
+    n_invalid: int | None = None  # no usable verdict (or, over-refusal, no refusal decision)
+    n_uncovered: int | None = None  # in a language the judge does not cover
+    asr: float | None = None  # refusal-rate results only: 100 - value
+    ci95: tuple[float, float] | None = None
+    note: str | None = None
+
+    def _numbers(self) -> dict[str, Any]:
+        numbers: dict[str, Any] = {
+            "n": self.n,
+            "n_valid": self.n_valid,
+            "n_invalid": self.n_invalid,
+            "n_uncovered": self.n_uncovered,
+            "value": self.value,
+            "asr": self.asr,
+            "ci95": None if self.ci95 is None else list(self.ci95),
+        }
+        if self.note is not None:
+            numbers["note"] = self.note
+        return numbers
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._numbers()
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchmarkResult(GroupResult):
+    """One benchmark: what it is (name ... source), its numbers, and the same per role and language."""
+
+    metric: Metric
+    name: str | None = None
+    version: str | None = None
+    kind: str | None = None
+    group: str | None = None  # the summary aggregate it feeds ("safety", "rolebench_raw", ...), if any
+    source: str | None = None
+    by_role: Mapping[str, GroupResult] = field(default_factory=dict)
+    by_language: Mapping[str, GroupResult] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "kind": self.kind,
+            "metric": self.metric.name,
+            "group": self.group,
+            "source": self.source,
+            **self._numbers(),
+            "by_role": {role: g.to_dict() for role, g in self.by_role.items()},
+            "by_language": {lang: g.to_dict() for lang, g in self.by_language.items()},
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Summary:
+    """The SaRFT paper's aggregates (see `metrics.summarise`); None where nothing fed one."""
+
+    rolebench_raw: float | None = None
+    rolebench_spe: float | None = None
+    rolebench_avg: float | None = None
+    safety_avg: float | None = None
+    jailbreak_avg: float | None = None
+    over_refusal: float | None = None
+    multilingual_asr: Mapping[str, float | None] | None = None
+    used: Mapping[str, tuple[str, ...]] | None = None  # aggregate -> the benchmarks it was computed from
+
+    def value(self, aggregate: str) -> float | None:
+        """The number of one of the scalar aggregates (a key of `AGGREGATES` but multilingual_asr)."""
+        if aggregate not in AGGREGATES or aggregate == "multilingual_asr":
+            raise KeyError(f"not a scalar summary aggregate: {aggregate!r}")
+        number: float | None = getattr(self, aggregate)
+        return number
+
+    def numbers(self) -> dict[str, float]:
+        """The scalar aggregates that have a value, in file order."""
+        found = {name: self.value(name) for name in AGGREGATES if name != "multilingual_asr"}
+        return {name: number for name, number in found.items() if number is not None}
+
+    def sources(self, aggregate: str) -> tuple[str, ...]:
+        """The benchmarks an aggregate was computed from (() when the file does not say)."""
+        return (self.used or {}).get(aggregate, ())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rolebench_raw": self.rolebench_raw,
+            "rolebench_spe": self.rolebench_spe,
+            "rolebench_avg": self.rolebench_avg,
+            "safety_avg": self.safety_avg,
+            "jailbreak_avg": self.jailbreak_avg,
+            "over_refusal": self.over_refusal,
+            "multilingual_asr": None if self.multilingual_asr is None else dict(self.multilingual_asr),
+            "used": None if self.used is None else {k: list(v) for k, v in self.used.items()},
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeRecord:
+    """The judge whose verdicts the rates come from (`key` identifies everything that changes them)."""
+
+    name: str | None = None
+    version: str | None = None
+    key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "key": self.key}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Provenance:
+    """Where the numbers came from. `generation` and `eval` are the run's config sections as written
+    (their layout belongs to safetune.config); `extra` keeps keys this module does not know."""
+
+    safetune_version: str | None = None
+    git_commit: str | None = None
+    created: str | None = None
+    model: ModelSource | None = None
+    backend: str | None = None
+    generation: Mapping[str, Any] | None = None
+    judge: JudgeRecord | None = None
+    eval: Mapping[str, Any] | None = None
+    config_hash: str | None = None
+    seed: int | None = None
+    counts: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """`eval.roles` (sorted, unique) when the run was given roles, else ()."""
+        given = (self.eval or {}).get("roles")
+        if isinstance(given, list) and given and all(isinstance(r, str) for r in given):
+            return tuple(sorted(set(given)))
+        return ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "safetune_version": self.safetune_version,
+            "git_commit": self.git_commit,
+            "created": self.created,
+            "model": None if self.model is None else self.model.to_dict(),
+            "backend": self.backend,
+            "generation": None if self.generation is None else dict(self.generation),
+            "judge": None if self.judge is None else self.judge.to_dict(),
+            "eval": None if self.eval is None else dict(self.eval),
+            "config_hash": self.config_hash,
+            "seed": self.seed,
+            "counts": None if self.counts is None else dict(self.counts),
+            **self.extra,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Results:
+    """One evaluation's results.json."""
+
+    provenance: Provenance = field(default_factory=Provenance)
+    benchmarks: Mapping[str, BenchmarkResult] = field(default_factory=dict)
+    summary: Summary = field(default_factory=Summary)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file's JSON object, in the layout of the module docstring."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "provenance": self.provenance.to_dict(),
+            "benchmarks": {name: b.to_dict() for name, b in self.benchmarks.items()},
+            "summary": self.summary.to_dict(),
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically (the runner's results.json)."""
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str | Path = RESULTS_FILE) -> Results:
+        """Check a parsed results.json and type it; `path` is named in the DataError of a bad field."""
+        return _Parser(Path(path)).results(data)
+
+
+def locate(path: str | Path) -> Path:
+    """The results.json of an evaluation folder, or `path` itself when it is not a folder."""
+    path = Path(path)
+    return path / RESULTS_FILE if path.is_dir() else path
+
+
+def load(path: str | Path) -> Results:
+    """Read and check one results.json (or the one in an evaluation folder)."""
+    path = locate(path)
+    if not path.is_file():
+        raise DataError(path, None, None, "no such file (run `safetune eval` first)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(path, err.lineno, None, f"not valid JSON ({err.msg})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(path, None, None, f"cannot read: {err}") from None
+    return Results.from_dict(data, path)
+
+
+# ---- checking a parsed file ----
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class _Parser:
+    """Checks one file's content; every error names `path` and the dotted field."""
+
+    path: Path
+
+    def fail(self, field: str | None, message: str) -> NoReturn:
+        raise DataError(self.path, None, field, message)
+
+    def obj(self, field: str, value: Any, message: str = "expected an object") -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(field, message)
+        return value
+
+    def number(self, field: str, value: Any) -> float | None:
+        if value is not None and not _is_number(value):
+            self.fail(field, f"expected a number or null, got {value!r}")
+        return value  # type: ignore[no-any-return]
+
+    def count(self, field: str, value: Any) -> int | None:
+        if value is not None and not _is_integer(value):
+            self.fail(field, f"expected an integer or null, got {value!r}")
+        return value  # type: ignore[no-any-return]
+
+    def text(self, field: str, value: Any) -> str | None:
+        if value is not None and not isinstance(value, str):
+            self.fail(field, f"expected a string or null, got {value!r}")
+        return value  # type: ignore[no-any-return]
+
+    def results(self, data: Any) -> Results:
+        if not isinstance(data, dict):
+            self.fail(None, "expected a JSON object")
+        if "schema_version" not in data:
+            self.fail("schema_version", "missing (not a safetune results.json?)")
+        if data["schema_version"] != SCHEMA_VERSION:
+            self.fail(
+                "schema_version",
+                f"unsupported version {data['schema_version']!r} (this safetune reads {SCHEMA_VERSION})",
+            )
+        for key in ("provenance", "benchmarks", "summary"):
+            self.obj(key, data.get(key), "missing" if key not in data else "expected an object")
+        provenance = self.provenance(data["provenance"])
+        benchmarks = {
+            name: self.benchmark(f"benchmarks.{name}", bench) for name, bench in data["benchmarks"].items()
+        }
+        return Results(provenance=provenance, benchmarks=benchmarks, summary=self.summary(data["summary"]))
+
+    def group(self, field: str, data: Any) -> GroupResult:
+        group = self.obj(field, data)
+        for key in ("n", "value"):
+            if key not in group:
+                self.fail(f"{field}.{key}", "missing")
+        if not _is_integer(group["n"]):
+            self.fail(f"{field}.n", f"expected an integer, got {group['n']!r}")
+        value = self.number(f"{field}.value", group["value"])
+        asr = self.number(f"{field}.asr", group.get("asr"))
+        n_valid, n_invalid, n_uncovered = (
+            self.count(f"{field}.{key}", group.get(key)) for key in ("n_valid", "n_invalid", "n_uncovered")
+        )
+        ci = group.get("ci95")
+        if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(_is_number(v) for v in ci)):
+            self.fail(f"{field}.ci95", f"expected [low, high] or null, got {ci!r}")
+        return GroupResult(
+            n=group["n"],
+            value=value,
+            n_valid=n_valid,
+            n_invalid=n_invalid,
+            n_uncovered=n_uncovered,
+            asr=asr,
+            ci95=None if ci is None else (ci[0], ci[1]),
+            note=self.text(f"{field}.note", group.get("note")),
+        )
+
+    def benchmark(self, field: str, data: Any) -> BenchmarkResult:
+        numbers = self.group(field, data)
+        metric = data.get("metric")
+        if not isinstance(metric, str):
+            self.fail(f"{field}.metric", "missing or not a string")
+        if metric not in METRICS:
+            self.fail(f"{field}.metric", f"unknown metric {metric!r} (known: {', '.join(METRICS)})")
+        name, version, kind, group, source = (
+            self.text(f"{field}.{key}", data.get(key))
+            for key in ("name", "version", "kind", "group", "source")
+        )
+        by_role, by_language = (
+            {
+                key: self.group(f"{field}.{grouping}.{key}", value)
+                for key, value in self.obj(f"{field}.{grouping}", data.get(grouping) or {}).items()
+            }
+            for grouping in ("by_role", "by_language")
+        )
+        return BenchmarkResult(
+            **{f.name: getattr(numbers, f.name) for f in fields(GroupResult)},
+            metric=METRICS[metric],
+            name=name,
+            version=version,
+            kind=kind,
+            group=group,
+            source=source,
+            by_role=by_role,
+            by_language=by_language,
+        )
+
+    def summary(self, data: dict[str, Any]) -> Summary:
+        numbers = {
+            key: self.number(f"summary.{key}", data.get(key))
+            for key in AGGREGATES
+            if key != "multilingual_asr"
+        }
+        per_language = data.get("multilingual_asr")
+        if per_language is not None:
+            found = self.obj("summary.multilingual_asr", per_language, "expected an object or null")
+            per_language = {
+                lang: self.number(f"summary.multilingual_asr.{lang}", value) for lang, value in found.items()
+            }
+        used = data.get("used")
+        if used is not None:
+            if not (isinstance(used, dict) and all(isinstance(v, list) for v in used.values())):
+                self.fail("summary.used", "expected an object of lists")
+            for key, names in used.items():
+                if not all(isinstance(name, str) for name in names):
+                    self.fail(f"summary.used.{key}", f"expected benchmark names, got {names!r}")
+            used = {key: tuple(names) for key, names in used.items()}
+        return Summary(**numbers, multilingual_asr=per_language, used=used)
+
+    def provenance(self, data: dict[str, Any]) -> Provenance:
+        for key in ("model", "judge"):
+            value = data.get(key)
+            if value is not None and not isinstance(value, dict):
+                self.fail(f"provenance.{key}", "expected an object or null")
+        texts = ("safetune_version", "git_commit", "created", "backend", "config_hash")
+        values: dict[str, Any] = {key: self.text(f"provenance.{key}", data.get(key)) for key in texts}
+        for key in ("generation", "eval", "counts"):
+            value = data.get(key)
+            values[key] = (
+                None if value is None else self.obj(f"provenance.{key}", value, "expected an object or null")
+            )
+        values["seed"] = self.count("provenance.seed", data.get("seed"))
+        values["model"] = None if data.get("model") is None else self.model(data["model"])
+        judge = data.get("judge")
+        if judge is not None:
+            values["judge"] = JudgeRecord(
+                **{
+                    key: self.text(f"provenance.judge.{key}", judge.get(key))
+                    for key in ("name", "version", "key")
+                }
+            )
+        known = {*texts, "generation", "eval", "counts", "seed", "model", "judge"}
+        values["extra"] = {key: value for key, value in data.items() if key not in known}
+        return Provenance(**values)
+
+    def model(self, data: dict[str, Any]) -> ModelSource:
+        field = "provenance.model"
+        for key in ("label", "base"):
+            if not isinstance(data.get(key), str):
+                self.fail(f"{field}.{key}", "missing or not a string")
+        adapter, tokenizer, revision, fingerprint = (
+            self.text(f"{field}.{key}", data.get(key))
+            for key in ("adapter", "tokenizer", "revision", "fingerprint")
+        )
+        return ModelSource(
+            label=data["label"],
+            base=data["base"],
+            adapter=adapter,
+            tokenizer=tokenizer or "",  # ModelSource's default for both
+            revision=revision,
+            fingerprint=fingerprint or "",
+        )
