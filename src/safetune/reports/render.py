@@ -20,7 +20,7 @@ from safetune.errors import ConfigError, DataError
 from safetune.evaluation.metrics import SCHEMA_VERSION
 from safetune.reports import plots, tables
 from safetune.reports.tables import Run
-from safetune.storage import atomic_open
+from safetune.storage import atomic_open, output_lock
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,13 @@ def render_report(
     if warning:
         log.warning(warning.replace("**", ""))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    # The lock turns an output folder that cannot be created or written into one error line, and a
+    # report that fails leaves no folder behind.
+    with output_lock(out):
+        return _write_report(runs, out)
+
+
+def _write_report(runs: list[Run], out: Path) -> dict[str, Path]:
     paths = {
         "markdown": _write_text(out / "report.md", tables.markdown(runs) + _role_legend(runs)),
         "csv": _write_text(out / "report.csv", tables.csv_text(runs)),
