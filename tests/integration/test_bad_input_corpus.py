@@ -356,3 +356,54 @@ def test_bad_input_is_one_error_line_exit_2_and_no_output(
     assert len(errors[0]) < 1000
     new = _paths(tmp_path, skip=cache if case.caches else None) - before
     assert new == set(), sorted(new)
+
+
+# A failure found in each command's last check before output: the LoRA targets (after the data, the
+# selection flags and the model are read) and the judge (after the benchmarks and the model).
+LATE_FAILURES = {
+    "train": _train("--train.lora_targets=[nope]"),
+    "eval": _eval("--judge", "llm", "--judge.api_key_env=SAFETUNE_TEST_NO_SUCH_KEY"),
+}
+
+
+def _invoke(args: tuple[str, ...], world: dict[str, Path], out: Path) -> str:
+    values = {k: str(v) for k, v in world.items()} | {"out": str(out)}
+    result = runner.invoke(app, [arg.format(**values) for arg in args])
+    assert result.exit_code == 2, result.output[-2000:]
+    return result.output
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new folder", "empty folder"])
+@pytest.mark.parametrize("command", sorted(LATE_FAILURES))
+def test_a_failed_first_run_leaves_the_folder_as_it_was(
+    command: str, existing: bool, world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SAFETUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "runs" / "first"
+    if existing:
+        out.mkdir(parents=True)
+    _invoke(LATE_FAILURES[command], world, out)
+    if existing:
+        assert list(out.iterdir()) == []
+    else:
+        assert not (tmp_path / "runs").exists()  # neither the folder nor the parent created for it
+
+
+PREVIOUS_RUNS = {
+    "train": ("run.json", "final/adapter_model.safetensors"),
+    "eval": ("eval.json", "results.json"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(LATE_FAILURES))
+def test_bad_input_with_overwrite_keeps_the_previous_run(
+    command: str, world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SAFETUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    for name in PREVIOUS_RUNS[command]:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("{}", encoding="utf-8")
+    _invoke((*LATE_FAILURES[command], "--overwrite"), world, out)
+    kept = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert kept == sorted(PREVIOUS_RUNS[command])  # cleared only once the work starts, never for bad input
