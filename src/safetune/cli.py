@@ -148,7 +148,13 @@ def select(
     from safetune.config import load_config
     from safetune.data.chat import ChatRenderer
     from safetune.data.sources import InvalidRecords
-    from safetune.models.loading import default_device, load_causal_lm, load_tokenizer, resolve_dtype
+    from safetune.models.loading import (
+        check_model_folder,
+        default_device,
+        load_causal_lm,
+        load_tokenizer,
+        resolve_dtype,
+    )
     from safetune.selection import load_data, write_selection
     from safetune.selection import select as run_select
     from safetune.storage import output_lock
@@ -161,6 +167,7 @@ def select(
 
         raise ConfigError("--model (train.model) is required")
     t, c = cfg.train, cfg.chat
+    check_model_folder(t.model)  # even when the scores come from the cache and the model stays unloaded
     tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
     renderer = ChatRenderer.from_config(tokenizer, c, authors_empty_system=True)
     invalid = InvalidRecords(cfg.data.invalid)

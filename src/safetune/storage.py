@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -117,18 +118,21 @@ def output_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
 
     Non-blocking: when another process holds it, a BusyError (one line, exit 2) says so at once rather
     than both doing the same work. When the work fails, the lock file goes again if this call created
-    it, and so does the folder if this call created it and nothing else was written: a failed first run
+    it; in a folder that was new or empty, so do the empty folders left in it, and a folder this call
+    created (with the parents it created) goes when nothing else was written: a failed first run
     leaves nothing behind. On success the lock file stays (removing it would race with a process that
     has it open).
     """
     folder = Path(folder)
-    created = not folder.exists()
+    created = _new_folders(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise ConfigError(f"{folder} exists and is not a folder") from None
     except OSError as err:
+        _remove_if_empty(created)
         raise ConfigError(f"cannot create output folder {folder}: {err.strerror}") from None
+    was_empty = bool(created) or not any(folder.iterdir())
     lock = folder / LOCK_NAME
     key = str(lock.resolve())
     if key in _HELD:
@@ -142,6 +146,7 @@ def output_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as err:
+        _remove_if_empty(created)
         raise ConfigError(f"cannot write in output folder {folder}: {err.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -155,13 +160,42 @@ def output_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
         # A run that fails leaves no lock file it brought, and no folder it created and left empty.
         if not lock_existed:
             lock.unlink(missing_ok=True)
-        if created and not any(folder.iterdir()):
-            folder.rmdir()
+        if was_empty:
+            _remove_empty_subfolders(folder)
+        _remove_if_empty(created)
         raise
     finally:
         del _HELD[key]
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _new_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    new = []
+    for path in (folder, *folder.parents):
+        if path.exists() or path.is_symlink():
+            break
+        new.append(path)
+    return new
+
+
+def _remove_empty_subfolders(folder: Path) -> None:
+    """Remove the empty folders under `folder`, deepest first (a folder that only held empty ones
+    goes too); files and whatever holds them stay."""
+    for root, dirs, _files in os.walk(folder, topdown=False):
+        for name in dirs:
+            with contextlib.suppress(OSError):  # not empty, or a link
+                (Path(root) / name).rmdir()
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first) while they are empty."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:  # not empty (or already gone): it and its parents stay
+            return
 
 
 @contextmanager

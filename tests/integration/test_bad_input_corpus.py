@@ -1,17 +1,20 @@
-"""The bad-input corpus (issue 12): malformed settings, config files and data through the real CLI.
+"""The bad-input corpus (issue 12): malformed settings, config files, data and models through the real CLI.
 
 Every case must exit with code 2 and print exactly one line starting with `error:` that names what is
-wrong (the key, or file:line and field), with no traceback and no new file in the output folder.
+wrong (the key, or file:line and field), with no traceback and no new file or folder anywhere.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from safetune.cli import app
@@ -22,11 +25,21 @@ runner = CliRunner()
 
 @dataclass(frozen=True)
 class Case:
-    """argv (with {model} {data} {profiles} {out} {tmp} placeholders) and what the error line must say."""
+    """argv (with {model} {data} {profiles} {out} {tmp} and the other `world` placeholders) and what
+    the error line must say."""
 
     args: tuple[str, ...]
     says: tuple[str, ...]
     files: Callable[[Path], None] | None = None  # writes this case's input files into {tmp}
+    # Fails after the model's weights digest is remembered in the cache ({tmp}/../cache): a valid
+    # cache entry, not output, so it may stay.
+    caches: bool = False
+    skip: str | None = None  # why this case cannot run here
+
+
+# File modes do not stop root; the read-only cases need an ordinary user.
+AS_ROOT = "root writes into read-only folders" if os.geteuid() == 0 else None
+BF16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def _train(*extra: str) -> tuple[str, ...]:
@@ -63,6 +76,19 @@ def _eval(*extra: str) -> tuple[str, ...]:
         "{out}",
         *extra,
     )
+
+
+def _pairs(method: str, *extra: str) -> tuple[str, ...]:
+    return ("train", "-m", "{model}", "--data", "{pairs}", "--method", method, "-o", "{out}", *extra)
+
+
+def _report(*extra: str) -> tuple[str, ...]:
+    return ("report", "{evaluation}", *extra)
+
+
+def _read_only(tmp: Path) -> None:
+    (tmp / "ro").mkdir()
+    (tmp / "ro").chmod(0o555)
 
 
 def _write(name: str, content: str | bytes) -> Callable[[Path], None]:
@@ -171,21 +197,132 @@ CASES: dict[str, Case] = {
     "tiny heads": Case(("tiny-model", "{out}", "--hidden-size", "10", "--heads", "4"), ("divisible",)),
     "tiny vocab": Case(("tiny-model", "{out}", "--vocab-size", "10"), ("vocab_size must be at least",)),
     "tiny layers": Case(("tiny-model", "{out}", "--layers", "0"), ("--layers",)),
+    # item 7: everything checked before the first output file
+    "missing data file": Case(_train("--data", "{tmp}/nope.jsonl"), ("nope.jsonl: no such file",)),
+    "unknown role": Case(_train("--role", "Nobody"), ("no examples (role=Nobody)",)),
+    "bad flags file": Case(
+        _train("--selection-file", "{tmp}/flags.jsonl"),
+        ("flags.jsonl:1: field 'flag': expected 0 or 1, got 2",),
+        _write("flags.jsonl", json.dumps({"id": "x", "flag": 2}) + "\n"),
+        caches=True,
+    ),
+    "nested out folder": Case(
+        _train("--data", "{tmp}/nope.jsonl", "-o", "{tmp}/new/deeper/run"), ("nope.jsonl: no such file",)
+    ),
+    "lora targets match nothing": Case(
+        _train("--train.lora_targets=[nope]"), ("train.lora_targets ['nope']", "q_proj"), caches=True
+    ),
+    "mpo lora targets match nothing": Case(
+        _pairs("mpo", "--train.lora_targets=[nope]"), ("train.lora_targets ['nope']", "q_proj"), caches=True
+    ),
+    "dpo lora targets match nothing": Case(
+        _pairs("dpo", "--train.lora_targets=[nope]"), ("train.lora_targets ['nope']", "q_proj")
+    ),
+    "report_to unknown": Case(
+        _train("--train.report_to=bogus"), ("train.report_to", "bogus is not supported")
+    ),
+    "bf16 without a bf16 GPU": Case(
+        _train("--train.precision=bf16"),
+        ("train.precision=bf16",),
+        skip="this machine trains in bf16" if BF16 else None,
+    ),
+    "generation backend unknown": Case(
+        _eval("--generation.backend=bogus"), ("generation.backend: unknown backend 'bogus'",)
+    ),
+    "llm judge without its key": Case(
+        _eval("--judge", "llm", "--judge.api_key_env=SAFETUNE_TEST_NO_SUCH_KEY"),
+        ("$SAFETUNE_TEST_NO_SUCH_KEY, which is not set",),
+    ),
+    "guard judge model missing": Case(
+        _eval("--judge", "guard", "--judge-model", "{tmp}/no-guard"), ("judge.model folder", "not found")
+    ),
+    "classifier judge model missing": Case(
+        _eval("--judge", "classifier", "--judge-model", "{tmp}/no-classifier"),
+        ("judge.model folder", "not found"),
+    ),
+    # item 6: models cut short or stored as pickle, output folders that cannot be written
+    "truncated model train": Case(
+        _train("-m", "{truncated}"), ("truncated/model.safetensors: not a whole safetensors file",)
+    ),
+    "truncated model select": Case(
+        _select("-m", "{truncated}"), ("truncated/model.safetensors: not a whole safetensors file",)
+    ),
+    "truncated model eval": Case(
+        _eval("-m", "{truncated}", "--backend", "hf"),
+        ("truncated/model.safetensors: not a whole safetensors file",),
+    ),
+    "pickle model train": Case(_train("-m", "{pickled}"), ("pickled/pytorch_model.bin", "safetensors only")),
+    "pickle model select": Case(
+        _select("-m", "{pickled}"), ("pickled/pytorch_model.bin", "safetensors only")
+    ),
+    "pickle model eval": Case(
+        _eval("-m", "{pickled}", "--backend", "hf"), ("pickled/pytorch_model.bin", "safetensors only")
+    ),
 }
+for _command, _args in (("select", _select), ("train", _train), ("eval", _eval), ("report", _report)):
+    CASES[f"read-only parent {_command}"] = Case(
+        _args("-o", "{tmp}/ro/out"),
+        ("cannot create output folder", "Permission denied"),
+        _read_only,
+        skip=AS_ROOT,
+    )
+    CASES[f"read-only out {_command}"] = Case(
+        _args("-o", "{tmp}/ro"),
+        ("cannot write in output folder", "Permission denied"),
+        _read_only,
+        skip=AS_ROOT,
+    )
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, tiny_llama3: Path) -> dict[str, Path]:
+    from safetensors.torch import load_file
+
     root = tmp_path_factory.mktemp("corpus-world")
+    truncated, pickled = root / "truncated", root / "pickled"
+    shutil.copytree(tiny_llama3, truncated)
+    weights = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(weights[: len(weights) // 2])  # a copy cut short
+    shutil.copytree(tiny_llama3, pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    evaluation = root / "evaluation"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SAFETUNE_CACHE", str(root / "cache"))
+        args = [a.format(model=tiny_llama3, out=evaluation) for a in _eval()]
+        done = runner.invoke(app, args)  # a finished evaluation, for `safetune report`
+    assert done.exit_code == 0, done.output
     return {
         "model": tiny_llama3,
         "data": roleplay.write_rolebench_release(root / "rolebench.jsonl", count=4),
         "profiles": roleplay.write_profiles(root / "profiles.json"),
+        "pairs": _parallel_pairs(root / "pairs.jsonl"),
+        "truncated": truncated,
+        "pickled": pickled,
+        "evaluation": evaluation,
     }
 
 
-def _files(folder: Path) -> set[Path]:
-    return {p for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
+def _parallel_pairs(path: Path) -> Path:
+    """Four parallel preference pairs (MPO, and the DPO family on their target side)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for i in range(4):
+            sides = {
+                side: {
+                    "prompt": f"{mark}how do i do bad thing {i} ?",
+                    "chosen": "i cannot .",
+                    "rejected": "sure .",
+                }
+                for side, mark in (("dominant", ""), ("target", "@"))
+            }
+            handle.write(json.dumps({"id": f"p{i}", "language": "xx", **sides}) + "\n")
+    return path
+
+
+def _paths(folder: Path, skip: Path | None = None) -> set[Path]:
+    """Every file and folder under `folder`, except those under `skip`."""
+    found = set(folder.rglob("*")) if folder.exists() else set()
+    return {p for p in found if skip is None or not p.is_relative_to(skip)}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -193,17 +330,19 @@ def test_bad_input_is_one_error_line_exit_2_and_no_output(
     name: str, world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     case = CASES[name]
-    inputs, out = tmp_path / "inputs", tmp_path / "out"
+    if case.skip:
+        pytest.skip(case.skip)
+    inputs, out, cache = tmp_path / "inputs", tmp_path / "out", tmp_path / "cache"
     inputs.mkdir()
     if case.files is not None:
         case.files(inputs)
     monkeypatch.chdir(tmp_path)  # a command that wrote into the working folder would show up below
-    monkeypatch.setenv("SAFETUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SAFETUNE_CACHE", str(cache))
     values = {k: str(v) for k, v in world.items()} | {"out": str(out), "tmp": str(inputs)}
     args = [
         arg.format(**values) if "{" in arg and not arg.startswith("--selection") else arg for arg in case.args
     ]
-    before = _files(tmp_path)
+    before = _paths(tmp_path)
 
     result = runner.invoke(app, args)
 
@@ -215,4 +354,56 @@ def test_bad_input_is_one_error_line_exit_2_and_no_output(
     for part in case.says:
         assert part in errors[0], errors[0][:1000]
     assert len(errors[0]) < 1000
-    assert _files(tmp_path) - before == set(), sorted(_files(tmp_path) - before)
+    new = _paths(tmp_path, skip=cache if case.caches else None) - before
+    assert new == set(), sorted(new)
+
+
+# A failure found in each command's last check before output: the LoRA targets (after the data, the
+# selection flags and the model are read) and the judge (after the benchmarks and the model).
+LATE_FAILURES = {
+    "train": _train("--train.lora_targets=[nope]"),
+    "eval": _eval("--judge", "llm", "--judge.api_key_env=SAFETUNE_TEST_NO_SUCH_KEY"),
+}
+
+
+def _invoke(args: tuple[str, ...], world: dict[str, Path], out: Path) -> str:
+    values = {k: str(v) for k, v in world.items()} | {"out": str(out)}
+    result = runner.invoke(app, [arg.format(**values) for arg in args])
+    assert result.exit_code == 2, result.output[-2000:]
+    return result.output
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new folder", "empty folder"])
+@pytest.mark.parametrize("command", sorted(LATE_FAILURES))
+def test_a_failed_first_run_leaves_the_folder_as_it_was(
+    command: str, existing: bool, world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SAFETUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "runs" / "first"
+    if existing:
+        out.mkdir(parents=True)
+    _invoke(LATE_FAILURES[command], world, out)
+    if existing:
+        assert list(out.iterdir()) == []
+    else:
+        assert not (tmp_path / "runs").exists()  # neither the folder nor the parent created for it
+
+
+PREVIOUS_RUNS = {
+    "train": ("run.json", "final/adapter_model.safetensors"),
+    "eval": ("eval.json", "results.json"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(LATE_FAILURES))
+def test_bad_input_with_overwrite_keeps_the_previous_run(
+    command: str, world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SAFETUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    for name in PREVIOUS_RUNS[command]:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("{}", encoding="utf-8")
+    _invoke((*LATE_FAILURES[command], "--overwrite"), world, out)
+    kept = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert kept == sorted(PREVIOUS_RUNS[command])  # cleared only once the work starts, never for bad input

@@ -53,14 +53,34 @@ def test_output_lock_is_reentrant_in_one_process_and_released_after(tmp_path):
 def test_failed_first_run_leaves_no_folder_behind(tmp_path):
     out = tmp_path / "a" / "run"
     with pytest.raises(ValueError), output_lock(out):
+        (out / "checkpoints" / "empty").mkdir(parents=True)  # as the Trainer makes its output_dir
         raise ValueError("bad input found before any output")
-    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # nor the parent it created
 
 
 def test_failed_run_in_an_existing_folder_leaves_no_lock_file(tmp_path):
     with pytest.raises(ValueError), output_lock(tmp_path):
+        (tmp_path / "checkpoints").mkdir()
         raise ValueError("bad input found before any output")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_run_keeps_what_it_wrote_and_what_was_there(tmp_path):
+    out = tmp_path / "a" / "run"
+    with pytest.raises(ValueError), output_lock(out):
+        (out / "checkpoints" / "checkpoint-1").mkdir(parents=True)
+        (out / "checkpoints" / "checkpoint-1" / "model.safetensors").write_text("x")
+        (out / "logs").mkdir()
+        raise ValueError("diverged after a checkpoint")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "checkpoints",
+        "checkpoints/checkpoint-1",
+        "checkpoints/checkpoint-1/model.safetensors",
+    ]
+    (out / "before").mkdir()  # a folder that was not empty keeps even its empty folders
+    with pytest.raises(ValueError), output_lock(out):
+        raise ValueError("bad input")
+    assert (out / "before").is_dir() and not (out / LOCK_NAME).exists()
 
 
 def test_output_lock_on_a_file_is_a_config_error(tmp_path):

@@ -361,12 +361,18 @@ BACKENDS: dict[str, BackendSpec] = {
 }
 
 
-def build_backend(source: ModelSource, config: GenerationConfig) -> Backend:
-    """The backend named by `config.backend`, loaded for `source` (ConfigError for an unknown name)."""
+def backend_spec(config: GenerationConfig) -> BackendSpec:
+    """The backend named by `config.backend`, its sampling settings checked; loads nothing (ConfigError
+    for an unknown name or bad settings)."""
     spec = BACKENDS.get(config.backend)
     if spec is None:
         raise ConfigError(
             f"generation.backend: unknown backend {config.backend!r} (known: {', '.join(BACKENDS)})"
         )
-    is_sampling(config)  # bad sampling options fail before a model is loaded
-    return spec.build(source, config)
+    is_sampling(config)
+    return spec
+
+
+def build_backend(source: ModelSource, config: GenerationConfig) -> Backend:
+    """The backend named by `config.backend`, loaded for `source` (ConfigError for an unknown name)."""
+    return backend_spec(config).build(source, config)  # bad settings fail before a model is loaded

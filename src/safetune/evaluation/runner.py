@@ -126,9 +126,8 @@ def generation_key(source: ModelSource, config: RunConfig) -> str:
     return hash_json({"model": source.fingerprint, "adapter": source.adapter, "generation": settings})
 
 
-def prepare_output(out: Path, key: str, source: ModelSource, overwrite: bool) -> None:
-    """Refuse to mix completions of different models/settings in one folder (unless --overwrite, which
-    removes this evaluation's own files and nothing else)."""
+def check_output(out: Path, key: str, overwrite: bool) -> None:
+    """Refuse to mix completions of different models/settings in one folder (unless --overwrite)."""
     meta_path = out / "eval.json"
     if meta_path.exists() and not overwrite:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -137,11 +136,16 @@ def prepare_output(out: Path, key: str, source: ModelSource, overwrite: bool) ->
                 f"{out} holds an evaluation of another model or generation settings "
                 f"({meta.get('model', {}).get('label')!r}); use another --out or pass --overwrite"
             )
+
+
+def start_output(out: Path, key: str, source: ModelSource, overwrite: bool) -> None:
+    """The folder's eval.json, once everything is checked; --overwrite first removes this evaluation's
+    own files and nothing else."""
     if overwrite:
         for name in STAGE_FILES:
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(meta_path, {"generation_key": key, "model": source.to_dict()})
+    write_json(out / "eval.json", {"generation_key": key, "model": source.to_dict()})
 
 
 def _read_rows(path: Path, keep: Callable[[dict[str, Any]], bool]) -> dict[str, dict[str, Any]]:
@@ -164,18 +168,29 @@ def _read_rows(path: Path, keep: Callable[[dict[str, Any]], bool]) -> dict[str, 
 # ---- stage 1: completions ----
 
 
+def completions_on_disk(tasks: Sequence[Task], out: Path) -> dict[str, dict[str, Any]]:
+    """The completions in the folder that answer these very requests (by id and request text)."""
+    wanted = {t.request.id: _request_hash(t.request) for t in tasks}
+    return _read_rows(out / "completions.jsonl", lambda row: wanted.get(row["id"]) == row.get("request_hash"))
+
+
 def generate_missing(
-    tasks: Sequence[Task], out: Path, make_backend: Callable[[], Backend], hook: BatchHook | None = None
+    tasks: Sequence[Task],
+    out: Path,
+    done: dict[str, dict[str, Any]],
+    backend: Backend | None,
+    hook: BatchHook | None = None,
 ) -> tuple[dict[str, dict[str, Any]], int]:
-    """Completions for every task: those on disk for the same request, plus newly generated ones."""
+    """Completions for every task: `done` (those on disk) plus newly generated ones; `backend` is None
+    only when nothing is missing."""
     path = out / "completions.jsonl"
     wanted = {t.request.id: _request_hash(t.request) for t in tasks}
-    done = _read_rows(path, lambda row: wanted.get(row["id"]) == row.get("request_hash"))
     missing = [t.request for t in tasks if t.request.id not in done]
     log.info("completions: %d on disk, %d to generate", len(done), len(missing))
     if not missing:
         return done, 0
-    backend = make_backend()
+    assert backend is not None  # _evaluate builds one whenever a completion is missing
+    done = dict(done)
     count = 0
     for batch in backend.generate(missing):
         rows = [{**r.to_dict(), "request_hash": wanted[r.id]} for r in batch]
@@ -321,21 +336,32 @@ def _evaluate(
     hook: BatchHook | None,
     make_backend: Callable[[ModelSource], Backend] | None,
 ) -> Path:
-    from safetune.evaluation.backends import build_backend
+    from safetune.evaluation.backends import backend_spec
     from safetune.evaluation.judges import build_judge
     from safetune.models.loading import resolve_model
 
     if not config.eval.model:
         raise ConfigError("--model (eval.model) is required")
     out = Path(config.eval.output_dir)
+    # Everything is checked before the folder's first file: the benchmarks, the model, the generation
+    # settings and the judge (built now: its API key, model folder and labels; model judges load their
+    # weights only when they first judge, after generation has freed the generation model).
     tasks = build_tasks(config)
-    source = resolve_model(config.eval.model, None)
-    prepare_output(out, generation_key(source, config), source, overwrite)
-    write_jsonl(out / "requests.jsonl", (_request_row(t) for t in tasks))
-
-    build = make_backend or (lambda src: build_backend(src, config.generation))
-    completions, generated = generate_missing(tasks, out, lambda: build(source), hook)
+    spec = backend_spec(config.generation)
     judge = build_judge(config.judge) if _judge_needed(tasks) else None
+    source = resolve_model(config.eval.model, None)
+    key = generation_key(source, config)
+    check_output(out, key, overwrite)
+    done = {} if overwrite else completions_on_disk(tasks, out)
+    # A missing completion needs the generation model: loaded (and so checked) before anything is
+    # written; when every completion is on disk (re-judging), none is loaded.
+    build = make_backend or (lambda src: spec.build(src, config.generation))
+    backend = build(source) if any(t.request.id not in done for t in tasks) else None
+
+    start_output(out, key, source, overwrite)
+    write_jsonl(out / "requests.jsonl", (_request_row(t) for t in tasks))
+    completions, generated = generate_missing(tasks, out, done, backend, hook)
+    del backend  # the generation model goes before a model judge loads its own
     verdicts, judged = judge_missing(tasks, completions, out, judge, hook) if judge else ({}, 0)
 
     benchmarks = score_benchmarks(tasks, completions, verdicts, config)

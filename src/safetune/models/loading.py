@@ -130,6 +130,45 @@ def load_tokenizer(model_id: str, revision: str | None = None, trust_remote_code
     return tokenizer
 
 
+# Weight files that only torch.load (pickle, which can run code hidden in the file) or another framework
+# reads: safetune loads safetensors only.
+_UNSAFE_WEIGHTS = ("*.bin", "*.bin.index.json", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack")
+
+
+def check_model_folder(model_id: str, what: str = "model") -> None:
+    """Cheap checks of a local model or adapter folder before any work: it exists, its weights are
+    safetensors (pickle-only weights are refused) and every safetensors file is whole (its header
+    covers the file: a copy or download cut short is named here, not deep inside loading). A hub id
+    (no such local folder) is left to loading."""
+    folder = Path(model_id).expanduser()
+    if not folder.is_dir():
+        if folder.exists():
+            raise ConfigError(f"{what} {model_id!r} is a file; expected a model folder or a hub id")
+        if _looks_like_path(model_id, [Path.cwd()]):
+            raise ConfigError(f"{what} folder {model_id!r} not found")
+        return
+    tensors = sorted(folder.glob("*.safetensors"))
+    pickles = sorted({p.name for pattern in _UNSAFE_WEIGHTS for p in folder.glob(pattern)})
+    if not tensors and pickles:
+        raise ConfigError(
+            f"{folder / pickles[0]}: weights in pickle or another framework's format only; safetune loads "
+            "safetensors only (convert them, e.g. save_pretrained(..., safe_serialization=True))"
+        )
+    for file in tensors:
+        check_safetensors(file)
+
+
+def check_safetensors(file: Path) -> None:
+    """Refuse a safetensors file that is not whole, naming it (safetensors' own message does not)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt"):  # reads the header only
+            pass
+    except (SafetensorError, OSError) as err:
+        raise ConfigError(f"{file}: not a whole safetensors file ({err})") from None
+
+
 def load_causal_lm(
     model_id: str,
     revision: str | None = None,
@@ -137,13 +176,19 @@ def load_causal_lm(
     trust_remote_code: bool = False,
     device: str | torch.device | None = None,
 ) -> Any:
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
+    check_model_folder(model_id)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            model_id, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code
+            model_id,
+            revision=revision,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,  # never unpickle weights (a hub repo with .bin files only is refused)
         )
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
         raise ConfigError(f"cannot load model {model_id!r}: {err}") from err
     if device is not None:
         model.to(device)  # type: ignore[arg-type]
@@ -264,7 +309,8 @@ def resolve_model(model: str, revision: str | None = None) -> ModelSource:
     A run folder (run.json + final/) stands for its `final/`. A folder with `adapter_config.json` is a LoRA
     adapter: base = its `base_model_name_or_path` (see `_lora_base`), tokenizer from the adapter folder
     when it holds tokenizer files (a run saves them there), else from the base; the fingerprint combines
-    base and adapter. Any other folder or a hub id is the model itself. A missing path -> ConfigError.
+    base and adapter. Any other folder or a hub id is the model itself. A missing path, or a folder whose
+    weights are not whole safetensors (`check_model_folder`) -> ConfigError.
     """
     from safetune.evaluation.items import ModelSource
 
@@ -297,6 +343,7 @@ def resolve_model(model: str, revision: str | None = None) -> ModelSource:
             None,
         )
     folder = folder.resolve()
+    check_model_folder(str(folder))  # before its weights are hashed for the fingerprint
     if not (folder / "adapter_config.json").is_file():
         if not (folder / "config.json").is_file():
             if (folder / "checkpoints").is_dir():
@@ -312,6 +359,7 @@ def resolve_model(model: str, revision: str | None = None) -> ModelSource:
             fingerprint=model_fingerprint(str(folder)),
         )
     base, base_revision = _lora_base(folder, run_dir)
+    check_model_folder(base)
     base_revision = revision or base_revision
     has_tokenizer = any((folder / name).is_file() for name in _TOKENIZER_FILES)
     combined = hashlib.sha256(
@@ -342,6 +390,7 @@ def load_for_generation(
     if source.adapter:
         from peft import PeftModel
 
+        check_model_folder(source.adapter, "LoRA adapter")
         try:
             model = PeftModel.from_pretrained(model, source.adapter).merge_and_unload()
         except (OSError, ValueError, RuntimeError) as err:

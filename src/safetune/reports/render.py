@@ -19,7 +19,7 @@ from safetune.evaluation import results
 from safetune.evaluation.results import Results
 from safetune.reports import plots, tables
 from safetune.reports.tables import Run
-from safetune.storage import atomic_open
+from safetune.storage import atomic_open, output_lock
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,13 @@ def render_report(
     if warning:
         log.warning(warning.replace("**", ""))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    # The lock turns an output folder that cannot be created or written into one error line, and a
+    # report that fails leaves no folder behind.
+    with output_lock(out):
+        return _write_report(runs, out)
+
+
+def _write_report(runs: list[Run], out: Path) -> dict[str, Path]:
     paths = {
         "markdown": _write_text(out / "report.md", tables.markdown(runs) + _role_legend(runs)),
         "csv": _write_text(out / "report.csv", tables.csv_text(runs)),

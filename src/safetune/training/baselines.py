@@ -483,7 +483,15 @@ def train_baseline(
     """
     from transformers import set_seed
 
-    from safetune.training.common import StopOnNonFinite, pair_counts, prepare_output, save_final, wrap_lora
+    from safetune.training.common import (
+        StopOnNonFinite,
+        check_output,
+        pair_counts,
+        save_final,
+        start_output,
+        training_arguments,
+        wrap_lora,
+    )
 
     spec = get_baseline(config.method.name)
     out = Path(out)
@@ -496,7 +504,10 @@ def train_baseline(
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     set_seed(t.seed)  # before anything random is created (LoRA's A matrices)
-    prepare_output(out, resume=False, overwrite=overwrite)
+    # Everything is checked before the run's first file (as `safetune train` does): bad input leaves the
+    # folder as it was.
+    check_output(out, resume=False, overwrite=overwrite)
+    training_arguments(config, out)  # the settings every TRL config class shares (precision, report_to)
 
     tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
     renderer = ChatRenderer.from_config(tokenizer, config.chat)
@@ -510,10 +521,11 @@ def train_baseline(
         model = wrap_lora(model, config)  # reference = the adapter-disabled base (TRL)
     elif spec.needs_reference:
         ref_model = copy.deepcopy(model).requires_grad_(False).eval()
+
+    start_output(out, resume=False, overwrite=overwrite)
+    trainer = spec.build(config, model, ref_model, tokenizer, dataset)
     with atomic_open(out / "config.yaml") as handle:
         handle.write(dump_config(config))
-
-    trainer = spec.build(config, model, ref_model, tokenizer, dataset)
     trainer.add_callback(StopOnNonFinite())
     for callback in callbacks or []:
         trainer.add_callback(callback)

@@ -38,6 +38,34 @@ def _precision_flags(precision: str) -> dict[str, bool]:
 
 
 def training_arguments(config: RunConfig, out: Path) -> TrainingArguments:
+    """The Trainer's arguments from `config`, checked as the Trainer would check them (settings this
+    machine cannot run, e.g. bf16 on a CPU; an unknown or missing report_to integration): a ConfigError
+    before any work or output rather than a traceback once training starts. Writes nothing."""
+    try:
+        args = _training_arguments(config, out)
+    except ValueError as err:
+        # Most of what TrainingArguments refuses that our config allows is a precision this machine lacks.
+        hint = f" (train.precision={config.train.precision}; auto picks what this machine supports)"
+        explicit = config.train.precision in ("bf16", "fp16")
+        raise ConfigError(
+            f"train: transformers refuses these settings: {err}{hint if explicit else ''}"
+        ) from None
+    _check_report_to(args)
+    return args
+
+
+def _check_report_to(args: TrainingArguments) -> None:
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    try:
+        # The Trainer builds these callbacks at its start; each one checks that its library is there.
+        for callback in get_reporting_integration_callbacks(args.report_to):
+            callback()
+    except (ValueError, RuntimeError, ImportError) as err:
+        raise ConfigError(f"train.report_to: {err}") from None
+
+
+def _training_arguments(config: RunConfig, out: Path) -> TrainingArguments:
     t = config.train
     precision = _precision_flags(t.precision)
     return TrainingArguments(
@@ -123,6 +151,7 @@ def wrap_lora(model: Any, config: RunConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 
     t = config.train
+    check_lora_targets(model, config)
     lora = LoraConfig(
         r=t.lora_r,
         lora_alpha=t.lora_alpha,
@@ -132,12 +161,26 @@ def wrap_lora(model: Any, config: RunConfig) -> Any:
     )
     try:
         return get_peft_model(model, lora)
-    except ValueError as err:  # peft's NoMatchingPeftModuleError: no module has one of the target names
-        names = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n and not n[-1].isdigit()})
-        shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-        raise ConfigError(
-            f"train.lora_targets {list(t.lora_targets)}: {err} (module names: {shown})"
-        ) from None
+    except ValueError as err:  # anything else peft refuses about these targets
+        raise ConfigError(f"train.lora_targets {list(t.lora_targets)}: {err}") from None
+
+
+def check_lora_targets(model: Any, config: RunConfig) -> None:
+    """Refuse LoRA targets that name no module of `model` (peft's rule for a list of names: a module
+    whose name is a target or ends with "." + a target) as soon as the model is loaded: peft would
+    refuse them only when wrapping, after the selection or reference work and the run's first files."""
+    t = config.train
+    if t.finetune != "lora":
+        return
+    targets = list(t.lora_targets)
+    names = [name for name, _ in model.named_modules() if name]
+    if any(name in targets or any(name.endswith(f".{target}") for target in targets) for name in names):
+        return
+    kinds = sorted({name.rsplit(".", 1)[-1] for name in names if not name[-1].isdigit()})
+    shown = ", ".join(kinds[:20]) + (", ..." if len(kinds) > 20 else "")
+    raise ConfigError(
+        f"train.lora_targets {targets}: no module of the model has one of these names (module names: {shown})"
+    )
 
 
 def last_checkpoint(folder: Path) -> str | None:
@@ -151,7 +194,8 @@ def last_checkpoint(folder: Path) -> str | None:
     return str(max(steps)[1]) if steps else None
 
 
-def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
+def check_output(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a run folder that holds another run, before any work; writes nothing."""
     if (out / "final").exists() and not resume and not overwrite:
         raise ConfigError(f"{out} already holds a finished run; pass --overwrite to replace it")
     if not resume and not overwrite and last_checkpoint(out / "checkpoints") is not None:
@@ -161,6 +205,12 @@ def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
             f"{out} holds checkpoints of an unfinished run; pass --resume to continue it or --overwrite "
             "to start again"
         )
+
+
+def start_output(out: Path, resume: bool, overwrite: bool) -> None:
+    """The run folder, ready for this run's first file: called once everything is checked and the
+    work starts, so that bad input never costs the previous run that --overwrite replaces."""
+    check_output(out, resume, overwrite)
     if overwrite and out.exists() and not resume:
         # Everything but the lock file this process holds (output_lock): removing it would let a second
         # process lock a fresh one and work in the same folder.

@@ -35,6 +35,7 @@ from safetune.data.sources import InvalidRecords
 from safetune.errors import ConfigError
 from safetune.methods.registry import get_method
 from safetune.models.loading import (
+    check_model_folder,
     default_device,
     load_causal_lm,
     load_tokenizer,
@@ -47,12 +48,14 @@ from safetune.storage import atomic_open, cache_root, hash_json, output_lock, wr
 from safetune.training.common import (
     LossTotal,
     check_identity,
+    check_lora_targets,
+    check_output,
     last_checkpoint,
     pair_counts,
-    prepare_output,
     run_identity,
     save_final,
     start_or_resume,
+    start_output,
     training_arguments,
     wrap_lora,
 )
@@ -110,6 +113,10 @@ def train(
     Holds the run folder's lock throughout (a second process training into it stops: busy). --resume
     continues the last checkpoint only when the run's identity (identity.json: training config minus
     the keys a resumed run may change, model fingerprint, data hash, selection) is unchanged.
+
+    Everything is checked before the run's first file (config, data, selection flags, trainer
+    arguments, model files, LoRA targets): bad input leaves the folder as it was (output_lock removes
+    a folder it created), and --overwrite clears the previous run only when the work starts.
     """
     with output_lock(Path(config.train.output_dir)):
         return _train(config, resume, overwrite, callbacks)
@@ -129,16 +136,18 @@ def _train(config: RunConfig, resume: bool, overwrite: bool, callbacks: list[Tra
     # Seed before anything random is created (LoRA's A matrices), so a run is a function of its config.
     set_seed(t.seed)
     out = Path(t.output_dir)
-    prepare_output(out, resume, overwrite)
+    check_output(out, resume, overwrite)
+    check_model_folder(t.model)
     if spec.data_kind == "parallel":
-        return _train_parallel(config, out, resume, callbacks)
+        return _train_parallel(config, out, resume, overwrite, callbacks)
     if spec.data_kind == "preference":
         if resume:
             log.warning("--resume: the DPO-family baselines do not resume; %s starts from step 0", spec.name)
-        return _train_preference(config, out, callbacks)
+        return _train_preference(config, out, overwrite, callbacks)
     if spec.data_kind != "role":
         raise ConfigError(f"method {spec.name!r} trains on {spec.data_kind} data: not supported yet")
 
+    args = training_arguments(config, out)
     tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
     renderer = ChatRenderer.from_config(tokenizer, config.chat, authors_empty_system=True)
     invalid = InvalidRecords(config.data.invalid)
@@ -157,6 +166,7 @@ def _train(config: RunConfig, resume: bool, overwrite: bool, callbacks: list[Tra
     # weights and lets the Trainer run bf16 autocast.
     weights_dtype = resolve_dtype(t.precision) if t.finetune == "lora" else torch.float32
     model = load_causal_lm(t.model, t.revision, weights_dtype, t.trust_remote_code)
+    check_lora_targets(model, config)  # before the scoring work; the wrapping comes after it
 
     def scoring_model() -> Any:
         # RDS scores come from the model before fine-tuning: the freshly loaded weights.
@@ -167,6 +177,8 @@ def _train(config: RunConfig, resume: bool, overwrite: bool, callbacks: list[Tra
     with PartialState().main_process_first():
         flags, scores, stats = select(config, renderer, examples, profiles, scoring_model)
     model.train()
+    # Everything is checked: the work (and the run's files) starts here.
+    start_output(out, resume, overwrite)
     start_or_resume(out, {**identity, "selection": hash_json([bool(f) for f in flags])}, checkpoint)
     write_selection(out, examples, flags, scores, stats)
     with atomic_open(out / "config.yaml") as handle:
@@ -178,7 +190,6 @@ def _train(config: RunConfig, resume: bool, overwrite: bool, callbacks: list[Tra
         model = wrap_lora(model, config)
     elif spec.needs_reference and config.method.beta != 0 and any(flags):
         ref_model = copy.deepcopy(model)
-    args = training_arguments(config, out)
     trainer = SafetuneTrainer(
         model=model,
         args=args,
@@ -200,7 +211,9 @@ def _train(config: RunConfig, resume: bool, overwrite: bool, callbacks: list[Tra
     return out
 
 
-def _train_preference(config: RunConfig, out: Path, callbacks: list[TrainerCallback] | None) -> Path:
+def _train_preference(
+    config: RunConfig, out: Path, overwrite: bool, callbacks: list[TrainerCallback] | None
+) -> Path:
     """A DPO-family baseline (training/baselines.py) on plain preference pairs (or a parallel file's
     target side)."""
     from safetune.data.preferences import load_preference_pairs
@@ -211,13 +224,13 @@ def _train_preference(config: RunConfig, out: Path, callbacks: list[TrainerCallb
     if config.data.max_examples:
         pairs = pairs[: config.data.max_examples]
     log.info("loaded %d preference pairs from %s", len(pairs), config.data.path)
-    train_baseline(config, pairs, out, overwrite=False, callbacks=callbacks)
+    train_baseline(config, pairs, out, overwrite=overwrite, callbacks=callbacks)
     _add_to_run_json(out, {"invalid_records": invalid.report(), "language_disagreements": languages.report()})
     return out
 
 
 def _train_parallel(
-    config: RunConfig, out: Path, resume: bool, callbacks: list[TrainerCallback] | None
+    config: RunConfig, out: Path, resume: bool, overwrite: bool, callbacks: list[TrainerCallback] | None
 ) -> Path:
     """Reward-gap MPO: the reference side comes from the cache (computed once with the freshly loaded
     model), so training holds no reference model."""
@@ -227,6 +240,7 @@ def _train_parallel(
     from safetune.training.mpo import MpoTrainer
 
     t = config.train
+    args = training_arguments(config, out)
     tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
     renderer = pair_renderer(tokenizer, config)
     invalid, languages = InvalidRecords(config.data.invalid), LanguageCheck()
@@ -247,6 +261,7 @@ def _train_parallel(
     if checkpoint is not None:  # refuse before any reference work
         check_identity(out, identity)
     model = load_causal_lm(t.model, t.revision, weights_dtype, t.trust_remote_code)
+    check_lora_targets(model, config)  # before the reference pass; the wrapping comes after it
     with PartialState().main_process_first():
         reference, cache_path = cached_reference(
             lambda: model.to(default_device()),
@@ -258,6 +273,8 @@ def _train_parallel(
             config.selection.batch_size,
         )
     model.train()
+    # Everything is checked: the work (and the run's files) starts here.
+    start_output(out, resume, overwrite)
     start_or_resume(out, identity, checkpoint)
     with atomic_open(out / "config.yaml") as handle:
         handle.write(dump_config(config))
@@ -265,7 +282,7 @@ def _train_parallel(
         model = wrap_lora(model, config)
     trainer = MpoTrainer(
         model=model,
-        args=training_arguments(config, out),
+        args=args,
         train_dataset=rows,
         data_collator=MpoCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,

@@ -56,8 +56,13 @@ def judge_batches(
 
 
 def require_model(config: JudgeConfig, example: str) -> str:
+    """`judge.model`, checked as far as it can be without loading it (a local folder exists and holds
+    whole safetensors weights): a judge is built before generation, so a bad one fails first."""
+    from safetune.models.loading import check_model_folder
+
     if not config.model:
         raise ConfigError(f"judge.model is required for the {config.name} judge (e.g. {example})")
+    check_model_folder(config.model, "judge.model")
     return config.model
 
 

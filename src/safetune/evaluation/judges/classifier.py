@@ -132,7 +132,10 @@ class ClassifierJudge:
         if self._loaded is None:
             try:
                 tokenizer = AutoTokenizer.from_pretrained(self.model_id)
-                model = AutoModelForSequenceClassification.from_pretrained(self.model_id)
+                # never unpickle weights: a hub repo with .bin files only is refused
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    self.model_id, use_safetensors=True
+                )
             except (OSError, ValueError) as err:
                 raise ConfigError(f"cannot load classifier {self.model_id!r}: {err}") from err
             # Right padding: decoder classifiers read the last non-pad token, which left padding moves.

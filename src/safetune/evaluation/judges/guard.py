@@ -81,6 +81,16 @@ def render(tokenizer: Any, item: JudgeItem, preset: str) -> tuple[str, bool]:
     return tokenizer.apply_chat_template(chat, tokenize=False), False
 
 
+def _check_config(model_id: str) -> None:
+    """The guard's config loads (no weights): a model that cannot is refused when the judge is built."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(model_id)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load guard model config {model_id!r}: {err}") from err
+
+
 class GuardJudge:
     name = NAME
     version = VERSION
@@ -91,6 +101,7 @@ class GuardJudge:
         self.preset = config.preset or "llama-guard"
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown guard preset {self.preset!r} (known: {', '.join(PRESETS)})")
+        _check_config(self.model_id)
         self.fingerprint = model_fingerprint(self.model_id)
         self._loaded: tuple[Any, Any] | None = None  # (tokenizer, model), loaded on first use
 
