@@ -22,8 +22,9 @@ from safetune.config import RunConfig
 from safetune.data.records import Prompt, RoleProfile
 from safetune.errors import ConfigError
 from safetune.evaluation.benchmarks import BenchmarkSpec, TableOptions, load_benchmark
-from safetune.evaluation.items import Backend, GenerationRequest, Judge, JudgeItem, ModelSource
+from safetune.evaluation.items import Backend, GenerationRequest, Judge, JudgeItem
 from safetune.evaluation.metrics import ScoredRow, benchmark_result, rouge_l, summarise
+from safetune.models.source import ModelSource
 from safetune.provenance import base_provenance
 from safetune.storage import (
     append_jsonl,
