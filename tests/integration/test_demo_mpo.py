@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
-import yaml
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from safetune.cli import app
