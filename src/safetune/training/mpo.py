@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 from transformers import Trainer
 
 from safetune.config import MethodConfig, RunConfig
-from safetune.data.batching import pad_batch
+from safetune.data.batching import IGNORE_INDEX, pad_batch
 from safetune.data.chat import ChatRenderer
 from safetune.data.records import ParallelPreferencePair
-from safetune.methods.losses import IGNORE_INDEX, sequence_logps
+from safetune.methods.losses import sequence_logps
 from safetune.methods.reward_gap import PoolMode, mean_token_logps, pool_hidden, reward_gap_mpo_loss
 from safetune.models.loading import decoder_of, lm_head_fn
 from safetune.storage import cache_lock, hash_json
