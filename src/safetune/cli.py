@@ -146,7 +146,7 @@ def select(
     """
     from safetune.config import load_config
     from safetune.data.chat import ChatRenderer
-    from safetune.data.sources import InvalidRecords
+    from safetune.data.readers import InvalidRecords
     from safetune.models.loading import default_device, load_causal_lm, load_tokenizer, resolve_dtype
     from safetune.selection import load_data, write_selection
     from safetune.selection import select as run_select

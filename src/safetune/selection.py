@@ -30,8 +30,9 @@ from safetune import __version__
 from safetune.config import RunConfig, SelectionConfig
 from safetune.data.batching import length_sorted_batches, pad_batch
 from safetune.data.chat import ChatRenderer, EncodedExample
+from safetune.data.readers import InvalidRecords
 from safetune.data.records import RoleExample, RoleProfile
-from safetune.data.sources import InvalidRecords, role_key
+from safetune.data.sources import role_key
 from safetune.errors import ConfigError, DataError
 from safetune.methods.losses import sequence_logps
 from safetune.storage import (
@@ -262,7 +263,7 @@ def _complete_cache(final: Path, examples: Sequence[RoleExample]) -> list[Score]
 
 def read_external_flags(path: str, examples: Sequence[RoleExample]) -> list[bool]:
     """0/1 flags by id from JSONL ({"id", "flag"} per line, e.g. a selection.jsonl) or JSON {id: flag}."""
-    from safetune.data.sources import json_members, read_jsonl
+    from safetune.data.readers import json_members, read_jsonl
 
     file = Path(path)
     if not file.exists():

@@ -30,8 +30,8 @@ from safetune import __version__
 from safetune.config import RunConfig, dump_config
 from safetune.data.chat import ChatRenderer
 from safetune.data.languages import LanguageCheck, language_counts
+from safetune.data.readers import InvalidRecords
 from safetune.data.records import RoleExample
-from safetune.data.sources import InvalidRecords
 from safetune.errors import ConfigError
 from safetune.methods.registry import get_method
 from safetune.models.loading import (
