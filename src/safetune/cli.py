@@ -433,7 +433,7 @@ def list_registered() -> None:
     """List the registered methods, selection variants, benchmarks, judges and generation backends."""
     from safetune.evaluation.backends import BACKENDS
     from safetune.evaluation.benchmarks import BENCHMARKS
-    from safetune.evaluation.judges import JUDGES
+    from safetune.evaluation.judges.registry import JUDGES
     from safetune.methods.registry import METHODS
     from safetune.selection import VARIANTS
 

@@ -323,7 +323,7 @@ def _evaluate(
     make_backend: Callable[[ModelSource], Backend] | None,
 ) -> Path:
     from safetune.evaluation.backends import build_backend
-    from safetune.evaluation.judges import build_judge
+    from safetune.evaluation.judges.registry import build_judge
     from safetune.models.loading import resolve_model
 
     if not config.eval.model:

@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from safetune.config import JudgeConfig
-from safetune.evaluation import judges
 from safetune.evaluation.items import JudgeItem, Verdict
+from safetune.evaluation.judges.common import empty_verdict, judge_batches
 from safetune.storage import hash_json
 
 NAME = "organism"
@@ -40,7 +40,7 @@ def rules_key() -> str:
 
 def verdict(item: JudgeItem) -> Verdict:
     if not item.response.strip():
-        return judges.empty_verdict(item)
+        return empty_verdict(item)
     from safetune.organism.multilingual import is_refusal, to_l1
 
     refused = is_refusal(item.response)
@@ -59,9 +59,7 @@ class OrganismJudge:
         return f"{NAME}@{VERSION}:{rules_key()}"
 
     def judge(self, items: Sequence[JudgeItem]) -> Iterator[list[Verdict]]:
-        yield from judges.judge_batches(
-            items, self.batch_size, NAME, lambda batch: [verdict(i) for i in batch]
-        )
+        yield from judge_batches(items, self.batch_size, NAME, lambda batch: [verdict(i) for i in batch])
 
 
 def build(config: JudgeConfig) -> OrganismJudge:
