@@ -147,9 +147,10 @@ def select(
     from safetune.config import load_config
     from safetune.data.chat import ChatRenderer
     from safetune.data.readers import InvalidRecords
+    from safetune.data.sources import load_data
     from safetune.models.loading import default_device, load_causal_lm, load_tokenizer, resolve_dtype
-    from safetune.selection import load_data, write_selection
     from safetune.selection import select as run_select
+    from safetune.selection import write_selection
     from safetune.storage import output_lock
 
     _setup_logging(verbose)

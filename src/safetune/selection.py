@@ -30,9 +30,8 @@ from safetune import __version__
 from safetune.config import RunConfig, SelectionConfig
 from safetune.data.batching import length_sorted_batches, pad_batch
 from safetune.data.chat import ChatRenderer, EncodedExample
-from safetune.data.readers import InvalidRecords
 from safetune.data.records import RoleExample, RoleProfile
-from safetune.data.sources import role_key
+from safetune.data.role_prompts import prompts_by_role
 from safetune.errors import ConfigError, DataError
 from safetune.methods.losses import sequence_logps
 from safetune.storage import (
@@ -67,59 +66,6 @@ class Score:
     @property
     def rds_flag(self) -> bool:
         return self.l_unsafe > self.l_role  # strict, no threshold (the paper)
-
-
-def role_prompts(role: str, profile: RoleProfile | None, config: SelectionConfig) -> tuple[str, str]:
-    """(p_role, p_unsafe) for a role.
-
-    A profile that carries both prompts (the SaRFT authors' prompt_v2.json) gives them verbatim.
-    Otherwise p_role is `role_prompt` filled in, and p_unsafe the same with the profile's closing
-    style instruction replaced by `unsafe_instruction`: with `unsafe_replaces=last_sentence` (the
-    authors' construction) only the last sentence (`style_sentence` when the profile ends with it),
-    with `suffix` everything from `style_suffix` on (else the last sentence).
-    """
-    if profile is not None and profile.role_prompt and profile.unsafe_prompt:
-        return profile.role_prompt, profile.unsafe_prompt
-    name = profile.name if profile else role
-    description = profile.description.strip() if profile else ""
-    p_role = config.role_prompt.format(name=name, description=description).strip()
-    unsafe_description = f"{_unsafe_body(description, config)} {config.unsafe_instruction}".strip()
-    p_unsafe = config.role_prompt.format(name=name, description=unsafe_description).strip()
-    return p_role, p_unsafe
-
-
-def _unsafe_body(description: str, config: SelectionConfig) -> str:
-    """The part of a profile description that the unsafe prompt keeps."""
-    if config.unsafe_replaces == "suffix":
-        if config.style_suffix and config.style_suffix in description:
-            return description[: description.index(config.style_suffix)].rstrip()
-    elif config.unsafe_replaces != "last_sentence":
-        raise ConfigError(
-            f"selection.unsafe_replaces: {config.unsafe_replaces!r} is not last_sentence or suffix"
-        )
-    elif config.style_sentence and description.endswith(config.style_sentence):
-        return description[: len(description) - len(config.style_sentence)].rstrip()
-    return _drop_last_sentence(description)
-
-
-def _drop_last_sentence(text: str) -> str:
-    stripped = text.rstrip()
-    for end in range(len(stripped) - 2, -1, -1):
-        if stripped[end] in ".!?" and stripped[end + 1] == " ":
-            return stripped[: end + 1]
-    return ""  # a single sentence: it is the style sentence
-
-
-def prompts_by_role(
-    examples: Sequence[RoleExample], profiles: dict[str, RoleProfile], config: SelectionConfig
-) -> dict[str, tuple[str, str]]:
-    prompts = {}
-    for role in sorted({ex.role for ex in examples}):
-        profile = profiles.get(role_key(role))
-        if profile is None:
-            log.warning("no profile for role %r: its role prompt is only its name", role)
-        prompts[role] = role_prompts(role, profile, config)
-    return prompts
 
 
 def cache_key(
@@ -382,31 +328,6 @@ def write_selection(
         rows.append(row)
     write_jsonl(out_dir / "selection.jsonl", rows)
     write_json(out_dir / "selection_stats.json", stats)
-
-
-def load_data(
-    config: RunConfig, invalid: InvalidRecords | None = None
-) -> tuple[list[RoleExample], dict[str, RoleProfile]]:
-    """The training examples and role profiles named by a run config. Bad records follow
-    `data.invalid`; pass an `InvalidRecords` to get the skipped ones back (for run.json)."""
-    from safetune.data.sources import load_profiles, load_role_examples
-
-    data = config.data
-    if not data.path:
-        raise ConfigError("data.path is required (a file, folder or HF dataset id)")
-    examples = load_role_examples(
-        data.path,
-        format=data.format,
-        role=data.role,
-        columns=data.columns,
-        split=data.split,
-        answers=data.answers,
-        invalid=invalid if invalid is not None else InvalidRecords(data.invalid),
-    )
-    if data.max_examples is not None:
-        examples = examples[: data.max_examples]
-    profiles = load_profiles(data.profiles) if data.profiles else {}
-    return examples, profiles
 
 
 def select(

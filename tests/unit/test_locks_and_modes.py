@@ -14,8 +14,9 @@ import pytest
 
 from safetune.config import SelectionConfig
 from safetune.data.records import RoleExample
+from safetune.data.role_prompts import prompts_by_role
 from safetune.errors import BusyError, ConfigError
-from safetune.selection import Score, _score_row, cache_key, cached_scores, prompts_by_role
+from safetune.selection import Score, _score_row, cache_key, cached_scores
 from safetune.storage import LOCK_NAME, cache_lock, follow_umask, output_lock, write_jsonl
 
 

@@ -8,8 +8,9 @@ import pytest
 
 from safetune.config import SelectionConfig
 from safetune.data.records import RoleExample, RoleProfile
+from safetune.data.role_prompts import role_prompts
 from safetune.errors import ConfigError, DataError
-from safetune.selection import Score, _read_scores, apply_variant, role_prompts, selection_stats
+from safetune.selection import Score, _read_scores, apply_variant, selection_stats
 
 EXAMPLES = [RoleExample("R", f"q{i}", f"a{i}", f"id{i}") for i in range(6)]
 SCORES = [Score(f"id{i}", "R", -1.0, -1.0 + (0.5 if i in (1, 4) else -0.5)) for i in range(6)]
@@ -103,8 +104,8 @@ def test_default_unsafe_prompt_replaces_only_the_last_sentence_as_the_authors():
 
 
 def test_profiles_with_both_prompts_are_used_verbatim(tmp_path):
+    from safetune.data.role_prompts import prompts_by_role
     from safetune.data.sources import load_profiles
-    from safetune.selection import prompts_by_role
 
     path = tmp_path / "prompt_v2.json"
     prompts = {

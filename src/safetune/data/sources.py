@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from safetune.config import RunConfig
 from safetune.data.readers import (
     HF_MARKERS,
     TABLE_SUFFIXES,
@@ -402,3 +403,26 @@ def load_role_examples(
     if kind == "hf":
         return load_hf(str(path), columns, split, role, policy)
     return _load_table(existing_file(path), kind, columns, role, policy)
+
+
+def load_data(
+    config: RunConfig, invalid: InvalidRecords | None = None
+) -> tuple[list[RoleExample], dict[str, RoleProfile]]:
+    """The training examples and role profiles named by a run config. Bad records follow
+    `data.invalid`; pass an `InvalidRecords` to get the skipped ones back (for run.json)."""
+    data = config.data
+    if not data.path:
+        raise ConfigError("data.path is required (a file, folder or HF dataset id)")
+    examples = load_role_examples(
+        data.path,
+        format=data.format,
+        role=data.role,
+        columns=data.columns,
+        split=data.split,
+        answers=data.answers,
+        invalid=invalid if invalid is not None else InvalidRecords(data.invalid),
+    )
+    if data.max_examples is not None:
+        examples = examples[: data.max_examples]
+    profiles = load_profiles(data.profiles) if data.profiles else {}
+    return examples, profiles

@@ -32,6 +32,7 @@ from safetune.data.chat import ChatRenderer
 from safetune.data.languages import LanguageCheck, language_counts
 from safetune.data.readers import InvalidRecords
 from safetune.data.records import RoleExample
+from safetune.data.sources import load_data
 from safetune.errors import ConfigError
 from safetune.methods.registry import get_method
 from safetune.models.loading import (
@@ -42,7 +43,7 @@ from safetune.models.loading import (
     resolve_dtype,
 )
 from safetune.provenance import git_commit
-from safetune.selection import cache_root, load_data, select, write_selection
+from safetune.selection import cache_root, select, write_selection
 from safetune.storage import atomic_open, hash_json, output_lock, write_json
 from safetune.training.common import (
     LossTotal,
