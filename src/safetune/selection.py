@@ -34,6 +34,7 @@ from safetune.data.records import RoleExample, RoleProfile
 from safetune.data.role_prompts import prompts_by_role
 from safetune.errors import ConfigError, DataError
 from safetune.methods.losses import sequence_logps
+from safetune.selection_variants import VARIANTS
 from safetune.storage import (
     append_jsonl,
     cache_lock,
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 
 # Bump when the scoring semantics change: it is part of the cache key.
 SCORING_VERSION = "rds-scores-v1"
-VARIANTS = ("rds", "none", "all", "random", "flip", "external")
 
 
 @dataclass(frozen=True)
@@ -270,10 +270,6 @@ def apply_variant(
     raise ConfigError(f"unknown selection variant {variant!r} (known: {', '.join(VARIANTS)})")
 
 
-def needs_scores(variant: str) -> bool:
-    return variant in ("rds", "flip", "random")
-
-
 def margin_histogram(margins: Sequence[float], bins: int = 20) -> dict[str, list[float]]:
     if not margins:
         return {"edges": [], "counts": []}
@@ -342,7 +338,7 @@ def select(
 
     sel = config.selection
     scores: list[Score] | None = None
-    if needs_scores(sel.variant):
+    if sel.variant in VARIANTS and VARIANTS[sel.variant].needs_scores:
         fingerprint = model_fingerprint(config.train.model, config.train.revision, cache_root(sel))
         scores, key = cached_scores(model_loader, renderer, examples, profiles, sel, fingerprint)
     flags = apply_variant(sel.variant, examples, scores, seed=sel.seed, flags_file=sel.flags_file)

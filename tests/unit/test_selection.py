@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 
 import pytest
 
@@ -11,6 +12,7 @@ from safetune.data.records import RoleExample, RoleProfile
 from safetune.data.role_prompts import role_prompts
 from safetune.errors import ConfigError, DataError
 from safetune.selection import Score, _read_scores, apply_variant, selection_stats
+from safetune.selection_variants import VARIANTS
 
 EXAMPLES = [RoleExample("R", f"q{i}", f"a{i}", f"id{i}") for i in range(6)]
 SCORES = [Score(f"id{i}", "R", -1.0, -1.0 + (0.5 if i in (1, 4) else -0.5)) for i in range(6)]
@@ -45,6 +47,17 @@ def test_variants():
         apply_variant("rds", EXAMPLES, None)
     with pytest.raises(ConfigError):
         apply_variant("external", EXAMPLES, None)
+
+
+def test_variant_registry_matches_the_config_and_what_each_variant_reads():
+    # config.py validates selection.variant with its own Literal: the two lists must not drift apart
+    literal = typing.get_type_hints(SelectionConfig)["variant"]
+    assert list(VARIANTS) == list(typing.get_args(literal))
+    assert {v.name for v in VARIANTS.values() if v.needs_scores} == {"rds", "flip", "random"}
+    assert {v.name for v in VARIANTS.values() if v.uses_flags_file} == {"external"}
+    for variant in VARIANTS.values():
+        if not variant.needs_scores and not variant.uses_flags_file:  # flags without scores or a file
+            assert len(apply_variant(variant.name, EXAMPLES, None)) == len(EXAMPLES)
 
 
 def test_equal_scores_are_not_flagged():
