@@ -35,13 +35,14 @@ MAX_NEW_TOKENS = 64
 ROUNDS = 3
 
 
-def _corpus() -> list[str]:
-    """The tiny-model corpus plus seeded pseudo-words, so the BPE really reaches a 4096-token vocabulary."""
+def _corpus(lines: int = 6000) -> list[str]:
+    """The tiny-model corpus plus `lines` lines of 12 seeded pseudo-words, so the BPE really reaches a
+    4096-token vocabulary (16000 lines reach Llama-3's 128256: bench/gpu_suite.py)."""
     rng = random.Random(0)
     syllables = [a + b for a in "bcdfghjklmnprstvwz" for b in "aeiou"]
     words = [
         " ".join("".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(12))
-        for _ in range(6000)
+        for _ in range(lines)
     ]
     return default_corpus(4000) + words
 

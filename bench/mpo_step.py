@@ -21,7 +21,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
 from safetune.config import MethodConfig
-from safetune.training.mpo import MpoCollator, MpoTrainer, compute_reference
+from safetune.reference.mpo import compute_reference
+from safetune.reference.pairs import MpoCollator
+from safetune.training.mpo import MpoTrainer
 
 
 def _rows(pairs: int, prompt: int, response: int, vocab: int, seed: int) -> list[dict]:

@@ -1,8 +1,9 @@
 """The `safetune` command line.
 
 Every command that takes a config accepts `--config FILE.yaml` and any number of `--section.key=value`
-overrides (sections: data, chat, selection, method, train, generation, judge, eval); the named flags are shortcuts for the most
-used overrides. Bad input exits with code 2 and one line naming the file, record and field.
+overrides (sections: data, chat, selection, method, train, generation, judge, eval; the top-level key:
+`--cache_dir=DIR`); the named flags are shortcuts for the most used overrides. Bad input exits with
+code 2 and one line naming the file, record and field.
 """
 
 from __future__ import annotations
@@ -484,7 +485,9 @@ def demo(
     ] = None,
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Cache for the base organism and RDS scores (default ~/.cache/safetune)."),
+        typer.Option(
+            help="Cache for the base organism, RDS scores and the MPO reference (default ~/.cache/safetune)."
+        ),
     ] = None,
     threads: Annotated[
         int,
@@ -559,16 +562,13 @@ def organism(
 
     Run as: safetune organism --data world/ && safetune select -m "$(safetune organism)" --data world/roles ...
     """
-    from safetune.config import SelectionConfig
     from safetune.organism.base import WORLD_KINDS, OrganismConfig, cached_organism
-    from safetune.selection import cache_root
+    from safetune.storage import cache_root
 
     if world not in WORLD_KINDS:
         raise typer.BadParameter(f"{world!r}: choose one of {', '.join(WORLD_KINDS)}", param_hint="--world")
     _setup_logging(verbose)
-    folder = cached_organism(
-        OrganismConfig(seed=seed, world=world, threads=threads), cache_dir or cache_root(SelectionConfig())
-    )
+    folder = cached_organism(OrganismConfig(seed=seed, world=world, threads=threads), cache_root(cache_dir))
     if data is not None:
         files = _write_world(world, seed, data)
         _stderr_console().print("world files: " + ", ".join(str(p) for p in files.values()))

@@ -1,7 +1,8 @@
 """Typed run configuration: the schema of every YAML file and `--section.key=value` override.
 
-A RunConfig has one section per stage. YAML gives values; CLI flags and `--section.key=value` overrides
-win over YAML; the resolved config is written into every run folder (`config.yaml`).
+A RunConfig has one section per stage, and top-level keys that every stage shares (`cache_dir`). YAML
+gives values; CLI flags and `--section.key=value` (or `--cache_dir=value`) overrides win over YAML; the
+resolved config is written into every run folder (`config.yaml`).
 """
 
 from __future__ import annotations
@@ -148,7 +149,6 @@ class SelectionConfig(Section):
     flags_file: str | None = None  # external: JSONL {id, flag} or JSON {id: flag}; else the data's is_harmful
     seed: int = number(42, ge=0, le=MAX_SEED)  # random variant
     batch_size: int = number(8, ge=1)
-    cache_dir: str | None = None  # default: $SAFETUNE_CACHE or ~/.cache/safetune
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -299,8 +299,12 @@ class EvalConfig(Section):
 
 @dataclass
 class RunConfig:
-    """data + chat + selection + method + train (select/train) and generation + judge + eval (eval)."""
+    """data + chat + selection + method + train (select/train) and generation + judge + eval (eval), and
+    the top-level keys every stage shares."""
 
+    # Every cache (RDS scores, the MPO reference, weight digests): storage.cache_root. None: $SAFETUNE_CACHE
+    # or ~/.cache/safetune. Not part of a run's identity: where a cache lives does not change its values.
+    cache_dir: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
@@ -366,6 +370,9 @@ def _build_section(cls: type, values: dict[str, Any], section: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
+    for key in sorted(unknown):
+        if f"{section}.{key}" in MOVED_KEYS:
+            raise ConfigError(f"{section}.{key} is no longer a key: use {MOVED_KEYS[f'{section}.{key}']}")
     if unknown:
         raise ConfigError(f"unknown key {section}.{sorted(unknown)[0]} (known: {', '.join(sorted(names))})")
     kwargs = {k: _check_type(v, hints[k], f"{section}.{k}") for k, v in values.items()}
@@ -384,6 +391,12 @@ SECTIONS: dict[str, type] = {
     "generation": GenerationConfig,
     "judge": JudgeConfig,
     "eval": EvalConfig,
+}
+# RunConfig's keys outside the sections (YAML `cache_dir: DIR`, override `--cache_dir=DIR`).
+TOP_LEVEL_KEYS = ("cache_dir",)
+# Keys that moved, and where to: an old config gets one line naming the new key, not "unknown key".
+MOVED_KEYS = {
+    "selection.cache_dir": "the top-level cache_dir (YAML `cache_dir: DIR`, override --cache_dir=DIR)",
 }
 
 
@@ -426,14 +439,22 @@ def safe_load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe
 
 
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """'--train.learning_rate=1e-4' or 'train.learning_rate=1e-4' -> ('train', 'learning_rate', 1e-4)."""
+def parse_override(text: str) -> tuple[str | None, str, Any]:
+    """'--train.learning_rate=1e-4' or 'train.learning_rate=1e-4' -> ('train', 'learning_rate', 1e-4);
+    a top-level key has no section: '--cache_dir=/tmp/c' -> (None, 'cache_dir', '/tmp/c')."""
     body = text[2:] if text.startswith("--") else text
-    if "=" not in body or "." not in body.split("=", 1)[0]:
-        raise ConfigError(f"override {text!r} is not of the form --section.key=value")
+    name = body.split("=", 1)[0].replace("-", "_")
+    if "=" not in body or ("." not in name and name not in TOP_LEVEL_KEYS):
+        raise ConfigError(
+            f"override {text!r} is not of the form --section.key=value (or --{TOP_LEVEL_KEYS[0]}=value)"
+        )
     dotted, raw = body.split("=", 1)
-    section, key = dotted.split(".", 1)
-    if section not in SECTIONS:
+    section: str | None
+    if "." in dotted:
+        section, key = dotted.split(".", 1)
+    else:
+        section, key = None, dotted
+    if section is not None and section not in SECTIONS:
         raise ConfigError(f"override {text!r}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
     if raw == "":
         return section, key.replace("-", "_"), ""
@@ -449,6 +470,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Build a RunConfig from an optional YAML file plus `section.key=value` overrides (applied last)."""
     raw: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    top: dict[str, Any] = {}
     if path is not None:
         try:
             data = Path(path).read_bytes()
@@ -467,15 +489,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         for section, values in loaded.items():
+            if section in TOP_LEVEL_KEYS:
+                top[section] = values
+                continue
             if section not in SECTIONS:
-                raise ConfigError(f"{path}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
+                known = ", ".join(SECTIONS)
+                raise ConfigError(
+                    f"{path}: unknown section {section!r} (known: {known}; top-level keys: "
+                    f"{', '.join(TOP_LEVEL_KEYS)})"
+                )
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: section {section!r} must be a mapping")
             raw[section].update(values)
     for text in overrides or []:
         section, key, value = parse_override(text)
-        raw[section][key] = value
-    return RunConfig(**{name: _build_section(cls, raw[name], name) for name, cls in SECTIONS.items()})
+        if section is None:
+            top[key] = value
+        else:
+            raw[section][key] = value
+    hints = typing.get_type_hints(RunConfig)
+    shared = {key: _check_type(value, hints[key], key) for key, value in top.items()}
+    return RunConfig(
+        **{name: _build_section(cls, raw[name], name) for name, cls in SECTIONS.items()}, **shared
+    )
 
 
 def dump_config(config: RunConfig) -> str:

@@ -156,7 +156,7 @@ def train_config(
         json_override("selection.style_suffix", SELECTION.style_suffix),
         json_override("selection.unsafe_instruction", SELECTION.unsafe_instruction),
         f"selection.seed={plan.seed}",
-        json_override("selection.cache_dir", str(cache)),
+        json_override("cache_dir", str(cache)),
         # The organism never saw an empty system turn: its role-play rows have none (docs/demo.md).
         "chat.empty_system=false",
         "train.finetune=full",
@@ -355,12 +355,12 @@ def run_demo(
     out/summary.md)."""
     from safetune.organism.base import organism_info
     from safetune.reports.render import render_report
-    from safetune.selection import cache_root
+    from safetune.storage import cache_root
 
     plan = DemoPlan.for_seed(seed, threads, quick)
     if beta is not None:
         plan = replace(plan, beta=beta)
-    cache = cache_dir or cache_root(SELECTION)
+    cache = cache_root(cache_dir)
     start = time.perf_counter()
     with pinned_threads(plan.threads):
         machine = machine_record()

@@ -171,7 +171,7 @@ def train_config(
         json_override("train.model", str(organism)),
         json_override("data.path", str(pairs)),
         f"method.name={METHODS[variant]}",
-        json_override("selection.cache_dir", str(cache)),
+        json_override("cache_dir", str(cache)),
         "train.finetune=full",
         f"train.learning_rate={plan.learning_rate}",
         f"train.lr_scheduler={plan.lr_scheduler}",
@@ -349,14 +349,13 @@ def run_mpo_demo(
 ) -> str:
     """Run the whole MPO demo into `out` with `threads` torch threads; returns the Markdown summary
     (also out/summary.md)."""
-    from safetune.config import SelectionConfig
     from safetune.reports.render import render_report
-    from safetune.selection import cache_root
+    from safetune.storage import cache_root
 
     plan = MpoDemoPlan.for_seed(seed, threads, quick)
     if beta is not None:
         plan = replace(plan, mpo_beta=beta)
-    cache = cache_dir or cache_root(SelectionConfig())
+    cache = cache_root(cache_dir)
     start = time.perf_counter()
     with pinned_threads(plan.threads):
         machine = machine_record()

@@ -1,210 +1,34 @@
 """RDS (role-adaptive data selection) and its ablation variants.
 
 For each training example (x, y) the frozen reference model scores the response under the role's own
-system prompt and under an unsafe variant of it (same profile, reverse-safety closing instruction):
-    l_role   = mean_t log p_ref(y_t | p_role(R), x, y_<t)
-    l_unsafe = mean_t log p_ref(y_t | p_unsafe(R), x, y_<t)
-    flag     = l_unsafe > l_role
-Scores depend only on (model, data, prompts, template), so they are cached on disk under a content hash
-and a killed scoring run resumes from the rows already written.
+system prompt and under an unsafe variant of it (reference/rds.py, cached); RDS flags the examples whose
+response is more likely under the unsafe prompt (l_unsafe > l_role). The two prompts are built by
+data/role_prompts.py; this module turns scores into per-example flags for each variant (the variants'
+registry: selection_variants.py).
 
 Run as: safetune select --model M --data.path roles/ --data.role "Freddy Krueger" --out runs/select
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm.auto import tqdm
-
 from safetune import __version__
-from safetune.config import RunConfig, SelectionConfig
-from safetune.data.batching import length_sorted_batches, pad_batch
-from safetune.data.chat import ChatRenderer, EncodedExample
+from safetune.config import RunConfig
+from safetune.data.chat import ChatRenderer
 from safetune.data.records import RoleExample, RoleProfile
 from safetune.data.role_prompts import prompts_by_role
 from safetune.errors import ConfigError, DataError
-from safetune.methods.losses import sequence_logps
+from safetune.reference.rds import Score, cached_scores
 from safetune.selection_variants import VARIANTS
-from safetune.storage import (
-    append_jsonl,
-    cache_lock,
-    hash_json,
-    repair_jsonl_tail,
-    write_json,
-    write_jsonl,
-)
+from safetune.storage import cache_root, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
-
-# Bump when the scoring semantics change: it is part of the cache key.
-SCORING_VERSION = "rds-scores-v1"
-
-
-@dataclass(frozen=True)
-class Score:
-    """Reference log-likelihood of one example's response under the two prompts."""
-
-    id: str
-    role: str
-    l_role: float
-    l_unsafe: float
-
-    @property
-    def margin(self) -> float:
-        return self.l_unsafe - self.l_role
-
-    @property
-    def rds_flag(self) -> bool:
-        return self.l_unsafe > self.l_role  # strict, no threshold (the paper)
-
-
-def cache_key(
-    model_fingerprint: str,
-    examples: Sequence[RoleExample],
-    prompts: dict[str, tuple[str, str]],
-    renderer: ChatRenderer,
-    batch_size: int,
-) -> str:
-    """Everything the scores depend on. The batch size is part of it: padding to a batch's longest row
-    changes the kernels' summation order, so scores move in the last float digits (about 1e-6) with it,
-    and a flag with a margin that small could flip (docs/methods/sarft.md)."""
-    data = [(ex.id, ex.role, ex.input, ex.output) for ex in examples]
-    return hash_json(
-        {
-            "model": model_fingerprint,
-            "data": hash_json(data),
-            "prompts": prompts,
-            "template": renderer.fingerprint(),
-            "batch_size": batch_size,
-            "code": SCORING_VERSION,
-        }
-    )
-
-
-def cache_root(config: SelectionConfig) -> Path:
-    if config.cache_dir:
-        return Path(config.cache_dir)
-    return Path(os.environ.get("SAFETUNE_CACHE", Path.home() / ".cache" / "safetune"))
-
-
-def _read_scores(path: Path) -> dict[str, Score]:
-    """Rows of a (possibly partial) score file; a torn last line from a kill is ignored."""
-    scores: dict[str, Score] = {}
-    if not path.exists():
-        return scores
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                row = json.loads(line)
-                scores[row["id"]] = Score(
-                    row["id"], row["role"], float(row["l_role"]), float(row["l_unsafe"])
-                )
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue
-    return scores
-
-
-@torch.no_grad()
-def _score_batch(model: Any, pad_id: int, encoded: list[EncodedExample]) -> list[float]:
-    batch = pad_batch([e.input_ids for e in encoded], [e.labels for e in encoded], pad_id)
-    device = next(model.parameters()).device
-    logits = model(
-        input_ids=batch["input_ids"].to(device),
-        attention_mask=batch["attention_mask"].to(device),
-        use_cache=False,
-    ).logits
-    return sequence_logps(logits, batch["labels"].to(device)).tolist()
-
-
-def score_examples(
-    model: Any,
-    renderer: ChatRenderer,
-    examples: Sequence[RoleExample],
-    prompts: dict[str, tuple[str, str]],
-    batch_size: int,
-    partial_path: Path,
-) -> list[Score]:
-    """Score every example under both prompts, in length-sorted batches, appending to `partial_path`."""
-    done = _read_scores(partial_path)
-    todo = [ex for ex in examples if ex.id not in done]
-    items: list[tuple[RoleExample, str]] = []
-    encoded: list[EncodedExample] = []
-    for ex in todo:
-        for kind, prompt in zip(("role", "unsafe"), prompts[ex.role], strict=True):
-            items.append((ex, kind))
-            encoded.append(renderer.encode(ex.input, ex.output, system=prompt))
-    pad_id = renderer.tokenizer.pad_token_id
-    results: dict[str, dict[str, float]] = {}
-    with tqdm(total=len(todo), desc="RDS scoring", unit="ex", disable=None) as bar:
-        for batch_idx in length_sorted_batches([len(e.input_ids) for e in encoded], batch_size):
-            values = _score_batch(model, pad_id, [encoded[i] for i in batch_idx])
-            finished = []
-            for i, value in zip(batch_idx, values, strict=True):
-                ex, kind = items[i]
-                results.setdefault(ex.id, {})[kind] = value
-                if len(results[ex.id]) == 2:
-                    finished.append(Score(ex.id, ex.role, results[ex.id]["role"], results[ex.id]["unsafe"]))
-            # Whole lines per finished example: a kill loses at most the batch in flight.
-            append_jsonl(partial_path, [_score_row(s) for s in finished])
-            done.update((s.id, s) for s in finished)
-            bar.update(len(finished))
-    return [done[ex.id] for ex in examples]
-
-
-def _score_row(score: Score) -> dict[str, Any]:
-    return {"id": score.id, "role": score.role, "l_role": score.l_role, "l_unsafe": score.l_unsafe}
-
-
-def cached_scores(
-    model_loader: Any,
-    renderer: ChatRenderer,
-    examples: Sequence[RoleExample],
-    profiles: dict[str, RoleProfile],
-    config: SelectionConfig,
-    model_fingerprint: str,
-) -> tuple[list[Score], str]:
-    """Scores from the cache, or computed (loading the model through `model_loader()` only then)."""
-    prompts = prompts_by_role(examples, profiles, config)
-    key = cache_key(model_fingerprint, examples, prompts, renderer, config.batch_size)
-    folder = cache_root(config) / "rds"
-    final = folder / f"{key}.jsonl"
-    cached = _complete_cache(final, examples)
-    if cached is not None:
-        return cached, key
-    # One process computes an entry; another that wants the same one waits, then reads it.
-    with cache_lock(cache_root(config), f"rds-{key}"):
-        cached = _complete_cache(final, examples)
-        if cached is not None:
-            return cached, key
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / f"{key}.partial.jsonl"
-        repair_jsonl_tail(partial)
-        model = model_loader()
-        scores_list = score_examples(model, renderer, examples, prompts, config.batch_size, partial)
-        write_jsonl(final, [_score_row(s) for s in scores_list])
-        partial.unlink(missing_ok=True)
-    return scores_list, key
-
-
-def _complete_cache(final: Path, examples: Sequence[RoleExample]) -> list[Score] | None:
-    """The cached scores of every example, or None when the cache lacks any."""
-    if not final.exists():
-        return None
-    scores = _read_scores(final)
-    if not all(ex.id in scores for ex in examples):
-        return None
-    log.info("RDS scores from cache %s (no model work)", final)
-    return [scores[ex.id] for ex in examples]
 
 
 def read_external_flags(path: str, examples: Sequence[RoleExample]) -> list[bool]:
@@ -339,8 +163,12 @@ def select(
     sel = config.selection
     scores: list[Score] | None = None
     if sel.variant in VARIANTS and VARIANTS[sel.variant].needs_scores:
-        fingerprint = model_fingerprint(config.train.model, config.train.revision, cache_root(sel))
-        scores, key = cached_scores(model_loader, renderer, examples, profiles, sel, fingerprint)
+        root = cache_root(config.cache_dir)
+        fingerprint = model_fingerprint(config.train.model, config.train.revision, root)
+        prompts = prompts_by_role(examples, profiles, sel)
+        scores, key = cached_scores(
+            model_loader, renderer, examples, prompts, sel.batch_size, fingerprint, root
+        )
     flags = apply_variant(sel.variant, examples, scores, seed=sel.seed, flags_file=sel.flags_file)
     stats = selection_stats(examples, flags, scores, sel.variant)
     stats["model"] = config.train.model

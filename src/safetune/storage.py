@@ -1,4 +1,4 @@
-"""Crash-safe file writes and content hashes (cache keys for stages)."""
+"""Crash-safe file writes, content hashes (cache keys for stages), locks, and the cache folder."""
 
 from __future__ import annotations
 
@@ -19,6 +19,15 @@ log = logging.getLogger(__name__)
 
 # The lock file a command holds inside its output folder while it works there.
 LOCK_NAME = ".safetune.lock"
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The cache folder: the top-level `cache_dir` of a run config when set, else $SAFETUNE_CACHE, else
+    ~/.cache/safetune. Every cache lives under it (frozen-reference passes, weight digests, organisms);
+    it is here, at the bottom of the imports, so that models/ and organism/ resolve the same root."""
+    if cache_dir:
+        return Path(cache_dir)
+    return Path(os.environ.get("SAFETUNE_CACHE", Path.home() / ".cache" / "safetune"))
 
 
 @contextmanager

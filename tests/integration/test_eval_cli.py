@@ -323,7 +323,7 @@ def test_lora_run_folder_and_report(files, tiny_llama3, tmp_path):
             "--train.max_steps=2",
             "--train.batch_size=4",
             "--train.grad_accum=1",
-            f"--selection.cache_dir={tmp_path / 'cache'}",
+            f"--cache_dir={tmp_path / 'cache'}",
         ]
     )
     benchmarks = _benchmarks(files, "rolebench-raw", "advbench", "jailbreak:AIM", "multijail")

@@ -35,7 +35,7 @@ def _train(work: Path, model: str, out: str, finetune: str, data: Path, lr: floa
             "data.role=Grim Vex",
             "method.name=sft",
             "selection.variant=none",
-            f"selection.cache_dir={work / 'cache'}",
+            f"cache_dir={work / 'cache'}",
             f"train.output_dir={out}",
             f"train.finetune={finetune}",
             "train.lora_r=8",

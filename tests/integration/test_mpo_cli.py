@@ -57,7 +57,7 @@ def _jsonl(path: Path) -> Path:
 def _train(model: Path, data: Path, out: Path, cache: Path, *extra: str, method: str = "mpo") -> None:
     args = ["train", "-m", str(model), "--data", str(data), "--method", method, "-o", str(out)]
     args += ["--train.max_steps=2", "--train.batch_size=2", "--train.grad_accum=1", "--train.logging_steps=1"]
-    args += [f"--selection.cache_dir={cache}", *extra]
+    args += [f"--cache_dir={cache}", *extra]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
 
@@ -101,7 +101,7 @@ def test_the_readme_mpo_command_with_the_authors_config(tiny_llama3, tmp_path):
         str(out),
         "--train.max_steps=2",
         "--train.precision=fp32",
-        f"--selection.cache_dir={tmp_path}",
+        f"--cache_dir={tmp_path}",
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -120,6 +120,7 @@ def test_second_run_uses_the_cache_and_never_a_reference_model(tiny_llama3, tmp_
     _train(tiny_llama3, data, tmp_path / "first", cache, "--finetune", "full")
 
     import safetune.models.loading as loading
+    import safetune.reference.mpo as reference
     import safetune.training.mpo as mpo
 
     loads: list[str] = []
@@ -140,7 +141,7 @@ def test_second_run_uses_the_cache_and_never_a_reference_model(tiny_llama3, tmp_
         real_init(self, *args, **kwargs)
 
     monkeypatch.setattr("safetune.training.run.load_causal_lm", counting_load)
-    monkeypatch.setattr(mpo, "compute_reference", no_reference_pass)
+    monkeypatch.setattr(reference, "compute_reference", no_reference_pass)
     monkeypatch.setattr(mpo.MpoTrainer, "__init__", init)
     _train(tiny_llama3, data, tmp_path / "second", cache, "--finetune", "full")
     assert loads == [str(tiny_llama3)]  # the policy only
@@ -248,7 +249,7 @@ def test_resume_refuses_checkpoints_of_other_data_or_settings(tiny_llama3, tmp_p
         "--train.max_steps=2",
         "--train.batch_size=2",
         "--train.grad_accum=1",
-        f"--selection.cache_dir={cache}",
+        f"--cache_dir={cache}",
     ]
     for extra, differs in (
         (["--data", str(_jsonl(tmp_path / "other.jsonl"))], "data (another content)"),

@@ -42,7 +42,7 @@ def _common(world: dict[str, Path]) -> list[str]:
         "Grim Vex",
         "--profiles",
         str(world["profiles"]),
-        f"--selection.cache_dir={world['cache']}",
+        f"--cache_dir={world['cache']}",
     ]
 
 
@@ -174,7 +174,7 @@ def _world_config(world: dict[str, Path], out: Path, *overrides: str):
         f"data.path={world['data']}",
         "data.role=Grim Vex",
         f"data.profiles={world['profiles']}",
-        f"selection.cache_dir={world['cache']}",
+        f"cache_dir={world['cache']}",
         f"train.output_dir={out}",
     ]
     return load_config(None, [*base, *overrides])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from safetune.config import RunConfig, load_config, parse_override
+from safetune.config import RunConfig, dump_config, load_config, parse_override
 from safetune.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -328,3 +328,27 @@ def test_error_lines_are_one_line_and_cut_when_huge() -> None:
     assert line.startswith("head x") and line.endswith("x tail") and len(line) < 500
     assert "characters cut" in line and "…" in line
     assert one_line("short") == "short"
+
+
+def test_cache_dir_is_a_top_level_key(tmp_path: Path) -> None:
+    assert load_config().cache_dir is None
+    path = tmp_path / "run.yaml"
+    path.write_text("cache_dir: /data/cache\ntrain:\n  model: m\n")
+    assert load_config(path).cache_dir == "/data/cache"
+    assert load_config(path, ["--cache_dir=/elsewhere"]).cache_dir == "/elsewhere"  # the override wins
+    assert load_config(overrides=["--cache-dir=/c"]).cache_dir == "/c"
+    assert parse_override("cache_dir=/c") == (None, "cache_dir", "/c")
+    assert "cache_dir: /c\n" in dump_config(load_config(overrides=["--cache_dir=/c"]))
+    with pytest.raises(ConfigError, match=r"cache_dir: expected str"):
+        load_config(overrides=["--cache_dir=[a, b]"])
+
+
+def test_old_selection_cache_dir_says_where_it_went(tmp_path: Path) -> None:
+    old = tmp_path / "old.yaml"
+    old.write_text("selection:\n  cache_dir: /data/cache\n")
+    for attempt in (lambda: load_config(old), lambda: load_config(overrides=["--selection.cache_dir=/c"])):
+        with pytest.raises(ConfigError) as info:
+            attempt()
+        message = str(info.value)
+        assert message.startswith("selection.cache_dir is no longer a key: use the top-level cache_dir")
+        assert "\n" not in message

@@ -16,7 +16,7 @@ from safetune.config import SelectionConfig
 from safetune.data.records import RoleExample
 from safetune.data.role_prompts import prompts_by_role
 from safetune.errors import BusyError, ConfigError
-from safetune.selection import Score, _score_row, cache_key, cached_scores
+from safetune.reference.rds import Score, _score_row, cached_scores, scores_key
 from safetune.storage import LOCK_NAME, cache_lock, follow_umask, output_lock, write_jsonl
 
 
@@ -93,15 +93,18 @@ class _Renderer:
 
 def test_a_second_scorer_waits_and_reads_the_entry_the_first_computed(tmp_path):
     examples = [RoleExample(id=f"e{i}", role="R", input=f"q{i}", output=f"a{i}") for i in range(3)]
-    config = SelectionConfig(cache_dir=str(tmp_path))
-    key = cache_key("model", examples, prompts_by_role(examples, {}, config), _Renderer(), config.batch_size)
+    config = SelectionConfig()
+    prompts = prompts_by_role(examples, {}, config)
+    key = scores_key("model", examples, prompts, _Renderer(), config.batch_size)
     results: list[list[Score]] = []
 
     def loader() -> None:
         pytest.fail("the model was loaded although another process computed the scores")
 
     def second() -> None:
-        results.append(cached_scores(loader, _Renderer(), examples, {}, config, "model")[0])  # type: ignore[arg-type]
+        results.append(
+            cached_scores(loader, _Renderer(), examples, prompts, config.batch_size, "model", tmp_path)[0]
+        )  # type: ignore[arg-type]
 
     with held(tmp_path / "locks" / f"rds-{key}.lock"):
         thread = threading.Thread(target=second)
@@ -118,7 +121,7 @@ def test_a_second_scorer_waits_and_reads_the_entry_the_first_computed(tmp_path):
 def test_rds_cache_key_depends_on_the_batch_size():
     examples = [RoleExample(id="e", role="R", input="q", output="a")]
     prompts = {"R": ("role", "unsafe")}
-    assert cache_key("m", examples, prompts, _Renderer(), 8) != cache_key(
+    assert scores_key("m", examples, prompts, _Renderer(), 8) != scores_key(
         "m", examples, prompts, _Renderer(), 16
     )  # type: ignore[arg-type]
 
@@ -150,7 +153,7 @@ def _umask() -> int:
 
 
 def test_mpo_reference_cache_key_depends_on_the_batch_size():
-    from safetune.training.mpo import cache_key as mpo_key
+    from safetune.reference.mpo import reference_key as mpo_key
 
     rows = [{f"d_{k}": [1, 2] for k in ("chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels")}]
     keys = {mpo_key("m", _Renderer(), rows, "mean", False, 0, size) for size in (1, 8)}  # type: ignore[arg-type]

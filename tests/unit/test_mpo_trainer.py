@@ -11,16 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 from safetune.config import MethodConfig, RunConfig
 from safetune.data.chat import ChatRenderer
 from safetune.data.records import ParallelPreferencePair, PreferencePair
-from safetune.training.mpo import (
-    MpoCollator,
-    MpoTrainer,
-    ReferenceCache,
-    compute_reference,
-    encode_pair,
-    encode_pairs,
-    joint_lengths,
-    pair_renderer,
-)
+from safetune.reference.mpo import ReferenceCache, compute_reference
+from safetune.reference.pairs import MpoCollator, encode_pair, encode_pairs, joint_lengths, pair_renderer
+from safetune.training.mpo import MpoTrainer
 
 
 def _pairs() -> list[ParallelPreferencePair]:

@@ -11,7 +11,8 @@ from safetune.config import SelectionConfig
 from safetune.data.records import RoleExample, RoleProfile
 from safetune.data.role_prompts import role_prompts
 from safetune.errors import ConfigError, DataError
-from safetune.selection import Score, _read_scores, apply_variant, selection_stats
+from safetune.reference.rds import Score, _read_scores
+from safetune.selection import apply_variant, selection_stats
 from safetune.selection_variants import VARIANTS
 
 EXAMPLES = [RoleExample("R", f"q{i}", f"a{i}", f"id{i}") for i in range(6)]

@@ -26,40 +26,25 @@ log = logging.getLogger(__name__)
 
 def measure(config: RunConfig, data: str, fmt: str = "auto") -> dict[str, Any]:
     """Per-language reward gaps of `config.train.model` (hub id, folder or run folder) on parallel pairs."""
-    import torch
-
     from safetune.data.languages import LanguageCheck
     from safetune.data.preferences import load_parallel_pairs
     from safetune.data.readers import InvalidRecords
     from safetune.models.loading import default_device, load_for_generation, resolve_dtype, resolve_model
-    from safetune.training.mpo import compute_reference, encode_pairs, pair_renderer
+    from safetune.reference.mpo import pair_gaps
 
     invalid, languages = InvalidRecords(config.data.invalid), LanguageCheck()
     pairs = load_parallel_pairs(data, fmt, invalid=invalid, languages=languages)
     source = resolve_model(config.train.model, config.train.revision)
     model, tokenizer = load_for_generation(source, resolve_dtype(config.train.precision), default_device())
-    renderer = pair_renderer(tokenizer, config)  # as `train --method mpo` renders and truncates pairs
-    rows = encode_pairs(renderer, pairs, config.method)
-    with torch.no_grad():
-        cache = compute_reference(
-            model,
-            rows,
-            config.method,
-            config.selection.batch_size,
-            with_target=True,
-            pad_id=tokenizer.pad_token_id,
-        )
-    by_language: dict[str, list[float]] = {}
-    assert cache.target_gaps is not None
-    for row, gap in zip(rows, cache.target_gaps.tolist(), strict=True):
-        by_language.setdefault(row["language"], []).append(gap)
+    gaps = pair_gaps(model, tokenizer, pairs, config)  # as `train --method mpo` renders and truncates pairs
+    by_language = gaps.by_language()
     return {
         "model": source.to_dict(),
         "data": data,
         "pairs": len(pairs),
         "invalid_records": invalid.report(),
         "language_disagreements": languages.report(),
-        "dominant_gap": fmean(cache.gaps.tolist()),
+        "dominant_gap": fmean(gaps.dominant),
         "languages": {lang: {"n": len(g), "gap": fmean(g)} for lang, g in sorted(by_language.items())},
     }
 

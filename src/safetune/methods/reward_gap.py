@@ -25,7 +25,7 @@ Where the authors' code (circle-hit/MPO, LLaMA-Factory fork) is followed rather 
   (`hidden_states[-1].mean(dim=1)`): `pool_hidden(..., "mean_all")`. Their collator pads every batch to a
   multiple of 8 with the tokenizer's pad id (`pad_to_multiple_of=8`), so even their batch-1 runs average over
   up to 7 pad positions. The value depends on the padding, so our default is the masked `mean`; `mean_all`
-  with per-pair `widths` (training/mpo.py) reproduces their batch-1 computation exactly.
+  with per-pair `widths` (reference/pairs.py) reproduces their batch-1 computation exactly.
 
 Non-default variant (`ref_target_gap`, the trainer's `normalise_target_gap`): RG_t(theta) is replaced by
 RG_t(theta) - RG_t(ref), a DPO-style reference-normalised target gap. Neither the paper nor the authors'
@@ -146,7 +146,7 @@ def pool_hidden(
     mean      masked mean over the positions where attention_mask is 1 (independent of padding; default)
     mean_all  unmasked mean over positions 0..widths[b]-1, padding included (the authors' code); all T
               positions when `widths` is None. It changes with the padding, so the trainer passes each
-              pair's own padded width (training/mpo.py) to make it independent of batch composition.
+              pair's own padded width (reference/pairs.py) to make it independent of batch composition.
               `attention_mask` is ignored.
     last      hidden state of the last non-pad position (the largest t with mask 1): right padding gives
               position len-1, left padding position T-1.

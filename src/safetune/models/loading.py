@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from safetune.errors import ConfigError
 from safetune.models.source import ModelSource
-from safetune.storage import write_json
+from safetune.storage import cache_root, write_json
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 def model_fingerprint(model_id: str, revision: str | None = None, cache_dir: Path | None = None) -> str:
     """A content key for a model: a local folder hashes its config/tokenizer files and the sha256 of
     every weight file (see `weights_sha256`: computed once per file and remembered under `cache_dir`,
-    default $SAFETUNE_CACHE or ~/.cache/safetune); a hub id is `id@revision`.
+    default: storage.cache_root); a hub id is `id@revision`.
 
     Every byte of the weights counts: two weight files of one size that differ anywhere must not share
     the RDS cache or an evaluation folder.
@@ -67,8 +67,7 @@ def weights_sha256(file: Path, cache_dir: Path | None = None) -> str:
     if file.is_symlink() and _HEX64.fullmatch(target.name) and target.parent.name == "blobs":
         return target.name
     stat = target.stat()
-    root = cache_dir or Path(os.environ.get("SAFETUNE_CACHE", Path.home() / ".cache" / "safetune"))
-    cache_file = root / DIGEST_CACHE
+    cache_file = cache_root(cache_dir) / DIGEST_CACHE
     entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     known = _read_digests(cache_file)
     remembered = known.get(str(target))

@@ -288,6 +288,52 @@ def _model_config(
     )
 
 
+def random_llama(
+    tokenizer: PreTrainedTokenizerFast,
+    template: str = "chatml",
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int | None = None,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 1024,
+    tie_word_embeddings: bool = False,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> LlamaForCausalLM:
+    """A random-init Llama for `tokenizer` (vocabulary, special tokens and template's end of turn), in
+    memory. `dtype` and `device` create the weights there directly (an 8B model in bf16 on a GPU in
+    seconds, with no fp32 copy on the CPU); the default is fp32 on the CPU, as `build_tiny_model` saves."""
+    config = _model_config(
+        tokenizer,
+        _style(template),
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=tie_word_embeddings,
+    )
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    # fork_rng: seed the init without disturbing the caller's global RNG streams.
+    cuda: list[int] = []
+    if target.type == "cuda":
+        cuda = [target.index if target.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        with target:
+            model = LlamaForCausalLM._from_config(config, dtype=dtype) if dtype else LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+    )
+    return model
+
+
 def build_tiny_model(
     out_dir: str | Path,
     texts: Iterable[str] | None = None,
@@ -308,11 +354,10 @@ def build_tiny_model(
     Deterministic: the same arguments give byte-identical files. `seed` only drives the weights; the
     default corpus is fixed, so models with different seeds share one tokenizer.
     """
-    style = _style(template)
     tokenizer = train_tokenizer(default_corpus() if texts is None else texts, template, vocab_size)
-    config = _model_config(
+    model = random_llama(
         tokenizer,
-        style,
+        template,
         hidden_size=hidden_size,
         num_layers=num_layers,
         num_heads=num_heads,
@@ -320,15 +365,7 @@ def build_tiny_model(
         intermediate_size=intermediate_size,
         max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=tie_word_embeddings,
-    )
-    # fork_rng: seed the init without disturbing the caller's global RNG stream.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        pad_token_id=config.pad_token_id,
+        seed=seed,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -202,7 +202,6 @@ RESUMABLE_KEYS = frozenset(
     {
         "data.path",
         "data.profiles",
-        "selection.cache_dir",
         "train.model",
         "train.output_dir",
         "train.save_steps",

@@ -43,8 +43,8 @@ from safetune.models.loading import (
     resolve_dtype,
 )
 from safetune.provenance import git_commit
-from safetune.selection import cache_root, select, write_selection
-from safetune.storage import atomic_open, hash_json, output_lock, write_json
+from safetune.selection import select, write_selection
+from safetune.storage import atomic_open, cache_root, hash_json, output_lock, write_json
 from safetune.training.common import (
     LossTotal,
     check_identity,
@@ -148,7 +148,7 @@ def _train(config: RunConfig, resume: bool, overwrite: bool, callbacks: list[Tra
     checkpoint = last_checkpoint(out / "checkpoints") if resume else None
     identity = run_identity(
         config,
-        model=model_fingerprint(t.model, t.revision, cache_root(config.selection)),
+        model=model_fingerprint(t.model, t.revision, cache_root(config.cache_dir)),
         data=hash_json([dataclasses.asdict(ex) for ex in examples]),
     )
     if checkpoint is not None:  # refuse before any scoring work
@@ -223,7 +223,9 @@ def _train_parallel(
     """Reward-gap MPO: the reference side comes from the cache (computed once with the freshly loaded
     model), so training holds no reference model."""
     from safetune.data.preferences import load_parallel_pairs
-    from safetune.training.mpo import MpoCollator, MpoTrainer, cached_reference, encode_pairs, pair_renderer
+    from safetune.reference.mpo import cached_reference
+    from safetune.reference.pairs import MpoCollator, encode_pairs, pair_renderer
+    from safetune.training.mpo import MpoTrainer
 
     t = config.train
     tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
@@ -241,7 +243,7 @@ def _train_parallel(
     rows = encode_pairs(renderer, pairs, config.method)
     weights_dtype = resolve_dtype(t.precision) if t.finetune == "lora" else torch.float32
     checkpoint = last_checkpoint(out / "checkpoints") if resume else None
-    fingerprint = model_fingerprint(t.model, t.revision, cache_root(config.selection))
+    fingerprint = model_fingerprint(t.model, t.revision, cache_root(config.cache_dir))
     identity = run_identity(config, model=fingerprint, data=hash_json([dataclasses.asdict(p) for p in pairs]))
     if checkpoint is not None:  # refuse before any reference work
         check_identity(out, identity)
@@ -253,7 +255,7 @@ def _train_parallel(
             rows,
             config.method,
             fingerprint,
-            cache_root(config.selection),
+            cache_root(config.cache_dir),
             config.selection.batch_size,
         )
     model.train()
