@@ -28,7 +28,7 @@ used plain substring search), substrings in zh, ja, th, ko, ar and bn (no word b
 prefixes attached to words). The lists are versioned (PHRASES_VERSION): any change to them or to the
 matching bumps the key.
 
-Empty responses are "invalid" (see judges/__init__.py). raw = the phrase that matched first in the text
+Empty responses are "invalid" (see judges/common.py). raw = the phrase that matched first in the text
 (as written in its list), "" for a compliance, "language not covered: <code>" for uncovered.
 """
 
