@@ -76,8 +76,8 @@ def margins(model: Any, renderer: Any, world: World) -> torch.Tensor:
 
 
 def flagged_stats(model: Any, ref: Any, renderer: Any, rows: list[tuple[str, str]]) -> dict[str, float]:
-    from safetune.data.batching import pad_batch
-    from safetune.methods.losses import IGNORE_INDEX, shift_targets
+    from safetune.data.batching import IGNORE_INDEX, pad_batch
+    from safetune.methods.losses import shift_targets
 
     encoded = [renderer.encode(u, r) for u, r in rows]
     batch = pad_batch([e.input_ids for e in encoded], [e.labels for e in encoded], 0)

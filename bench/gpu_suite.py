@@ -263,9 +263,9 @@ def _sarft_step(
 
 def _rds(model: Any, renderer: Any, args: argparse.Namespace, config: Any, folder: Path) -> dict[str, Any]:
     from safetune.data.records import RoleProfile
+    from safetune.data.role_prompts import prompts_by_role
     from safetune.data.sources import role_key
     from safetune.reference.rds import score_examples
-    from safetune.selection import prompts_by_role
 
     profiles = {role_key(ROLE): RoleProfile(name=ROLE, description=PROFILE)}
     batch = config.selection.batch_size
@@ -340,7 +340,7 @@ def _vllm_generation(
 
     from eval_generation import _requests, _timed
     from safetune.evaluation.backends import build_backend
-    from safetune.evaluation.items import ModelSource
+    from safetune.models.source import ModelSource
 
     # The HF model is gone by now; half the GPU is plenty for the weights and the KV cache.
     config = dataclasses.replace(_generation_config(args), backend="vllm", gpu_memory_utilization=0.5)

@@ -23,6 +23,7 @@ from typer.core import TyperGroup
 
 from safetune.config import MAX_SEED
 from safetune.errors import SafetuneError, one_line
+from safetune.selection_variants import VARIANTS
 
 
 def _usage_error(err: UsageError) -> typer.Exit:
@@ -138,7 +139,9 @@ def select(
     data: DataOpt = None,
     role: RoleOpt = None,
     profiles: ProfilesOpt = None,
-    variant: Annotated[str | None, typer.Option(help="rds | none | all | random | flip | external")] = None,
+    variant: Annotated[
+        str | None, typer.Option(help=" | ".join(VARIANTS) + " (what each does: safetune list)")
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Flag the risky training examples with RDS (reference-model implicit rewards), cached.
@@ -147,7 +150,8 @@ def select(
     """
     from safetune.config import load_config
     from safetune.data.chat import ChatRenderer
-    from safetune.data.sources import InvalidRecords
+    from safetune.data.readers import InvalidRecords
+    from safetune.data.sources import load_data
     from safetune.models.loading import (
         check_model_folder,
         default_device,
@@ -155,8 +159,8 @@ def select(
         load_tokenizer,
         resolve_dtype,
     )
-    from safetune.selection import load_data, write_selection
     from safetune.selection import select as run_select
+    from safetune.selection import write_selection
     from safetune.storage import output_lock
 
     _setup_logging(verbose)
@@ -201,7 +205,9 @@ def train(
     method: Annotated[
         str | None, typer.Option(help="sarft | sft | mpo | dpo | ipo | ... (all: safetune list).")
     ] = None,
-    selection: Annotated[str | None, typer.Option(help="rds | none | all | random | flip | external")] = None,
+    selection: Annotated[
+        str | None, typer.Option(help=" | ".join(VARIANTS) + " (what each does: safetune list)")
+    ] = None,
     selection_file: Annotated[
         str | None,
         typer.Option(help="Flags from a file (selection.jsonl of `safetune select`, or JSON {id: 0|1})."),
@@ -440,14 +446,16 @@ def list_registered() -> None:
     """List the registered methods, selection variants, benchmarks, judges and generation backends."""
     from safetune.evaluation.backends import BACKENDS
     from safetune.evaluation.benchmarks import BENCHMARKS
-    from safetune.evaluation.judges import JUDGES
+    from safetune.evaluation.judges.registry import JUDGES
     from safetune.methods.registry import METHODS
-    from safetune.selection import VARIANTS
 
     print("methods:")
     for spec in METHODS.values():
         print(f"  {spec.name:11s} {spec.summary}")
-    print("selection variants: " + ", ".join(VARIANTS))
+    print("selection variants:")
+    for variant in VARIANTS.values():
+        uses = "RDS scores" if variant.needs_scores else "flags file" if variant.uses_flags_file else ""
+        print(f"  {variant.name:11s} {uses:11s} {variant.summary}")
     print("benchmarks:")
     for bench in BENCHMARKS.values():
         print(f"  {bench.name:24s} {bench.metric:18s} {bench.description}")

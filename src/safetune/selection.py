@@ -2,8 +2,9 @@
 
 For each training example (x, y) the frozen reference model scores the response under the role's own
 system prompt and under an unsafe variant of it (reference/rds.py, cached); RDS flags the examples whose
-response is more likely under the unsafe prompt (l_unsafe > l_role). This module builds the two prompts
-and turns scores into per-example flags for each variant.
+response is more likely under the unsafe prompt (l_unsafe > l_role). The two prompts are built by
+data/role_prompts.py; this module turns scores into per-example flags for each variant (the variants'
+registry: selection_variants.py).
 
 Run as: safetune select --model M --data.path roles/ --data.role "Freddy Krueger" --out runs/select
 """
@@ -18,75 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from safetune import __version__
-from safetune.config import RunConfig, SelectionConfig
+from safetune.config import RunConfig
 from safetune.data.chat import ChatRenderer
 from safetune.data.records import RoleExample, RoleProfile
-from safetune.data.sources import InvalidRecords, role_key
+from safetune.data.role_prompts import prompts_by_role
 from safetune.errors import ConfigError, DataError
 from safetune.reference.rds import Score, cached_scores
+from safetune.selection_variants import VARIANTS
 from safetune.storage import cache_root, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("rds", "none", "all", "random", "flip", "external")
-
-
-def role_prompts(role: str, profile: RoleProfile | None, config: SelectionConfig) -> tuple[str, str]:
-    """(p_role, p_unsafe) for a role.
-
-    A profile that carries both prompts (the SaRFT authors' prompt_v2.json) gives them verbatim.
-    Otherwise p_role is `role_prompt` filled in, and p_unsafe the same with the profile's closing
-    style instruction replaced by `unsafe_instruction`: with `unsafe_replaces=last_sentence` (the
-    authors' construction) only the last sentence (`style_sentence` when the profile ends with it),
-    with `suffix` everything from `style_suffix` on (else the last sentence).
-    """
-    if profile is not None and profile.role_prompt and profile.unsafe_prompt:
-        return profile.role_prompt, profile.unsafe_prompt
-    name = profile.name if profile else role
-    description = profile.description.strip() if profile else ""
-    p_role = config.role_prompt.format(name=name, description=description).strip()
-    unsafe_description = f"{_unsafe_body(description, config)} {config.unsafe_instruction}".strip()
-    p_unsafe = config.role_prompt.format(name=name, description=unsafe_description).strip()
-    return p_role, p_unsafe
-
-
-def _unsafe_body(description: str, config: SelectionConfig) -> str:
-    """The part of a profile description that the unsafe prompt keeps."""
-    if config.unsafe_replaces == "suffix":
-        if config.style_suffix and config.style_suffix in description:
-            return description[: description.index(config.style_suffix)].rstrip()
-    elif config.unsafe_replaces != "last_sentence":
-        raise ConfigError(
-            f"selection.unsafe_replaces: {config.unsafe_replaces!r} is not last_sentence or suffix"
-        )
-    elif config.style_sentence and description.endswith(config.style_sentence):
-        return description[: len(description) - len(config.style_sentence)].rstrip()
-    return _drop_last_sentence(description)
-
-
-def _drop_last_sentence(text: str) -> str:
-    stripped = text.rstrip()
-    for end in range(len(stripped) - 2, -1, -1):
-        if stripped[end] in ".!?" and stripped[end + 1] == " ":
-            return stripped[: end + 1]
-    return ""  # a single sentence: it is the style sentence
-
-
-def prompts_by_role(
-    examples: Sequence[RoleExample], profiles: dict[str, RoleProfile], config: SelectionConfig
-) -> dict[str, tuple[str, str]]:
-    prompts = {}
-    for role in sorted({ex.role for ex in examples}):
-        profile = profiles.get(role_key(role))
-        if profile is None:
-            log.warning("no profile for role %r: its role prompt is only its name", role)
-        prompts[role] = role_prompts(role, profile, config)
-    return prompts
-
 
 def read_external_flags(path: str, examples: Sequence[RoleExample]) -> list[bool]:
     """0/1 flags by id from JSONL ({"id", "flag"} per line, e.g. a selection.jsonl) or JSON {id: flag}."""
-    from safetune.data.sources import json_members, read_jsonl
+    from safetune.data.readers import json_members, read_jsonl
 
     file = Path(path)
     if not file.exists():
@@ -147,10 +94,6 @@ def apply_variant(
     raise ConfigError(f"unknown selection variant {variant!r} (known: {', '.join(VARIANTS)})")
 
 
-def needs_scores(variant: str) -> bool:
-    return variant in ("rds", "flip", "random")
-
-
 def margin_histogram(margins: Sequence[float], bins: int = 20) -> dict[str, list[float]]:
     if not margins:
         return {"edges": [], "counts": []}
@@ -207,31 +150,6 @@ def write_selection(
     write_json(out_dir / "selection_stats.json", stats)
 
 
-def load_data(
-    config: RunConfig, invalid: InvalidRecords | None = None
-) -> tuple[list[RoleExample], dict[str, RoleProfile]]:
-    """The training examples and role profiles named by a run config. Bad records follow
-    `data.invalid`; pass an `InvalidRecords` to get the skipped ones back (for run.json)."""
-    from safetune.data.sources import load_profiles, load_role_examples
-
-    data = config.data
-    if not data.path:
-        raise ConfigError("data.path is required (a file, folder or HF dataset id)")
-    examples = load_role_examples(
-        data.path,
-        format=data.format,
-        role=data.role,
-        columns=data.columns,
-        split=data.split,
-        answers=data.answers,
-        invalid=invalid if invalid is not None else InvalidRecords(data.invalid),
-    )
-    if data.max_examples is not None:
-        examples = examples[: data.max_examples]
-    profiles = load_profiles(data.profiles) if data.profiles else {}
-    return examples, profiles
-
-
 def select(
     config: RunConfig,
     renderer: ChatRenderer,
@@ -244,7 +162,7 @@ def select(
 
     sel = config.selection
     scores: list[Score] | None = None
-    if needs_scores(sel.variant):
+    if sel.variant in VARIANTS and VARIANTS[sel.variant].needs_scores:
         root = cache_root(config.cache_dir)
         fingerprint = model_fingerprint(config.train.model, config.train.revision, root)
         prompts = prompts_by_role(examples, profiles, sel)

@@ -21,8 +21,9 @@ from safetune.evaluation.backends import (
     build_backend,
     make_renderer,
 )
-from safetune.evaluation.items import GenerationRequest, ModelSource
+from safetune.evaluation.items import GenerationRequest
 from safetune.models.loading import load_for_generation, load_tokenizer, resolve_model
+from safetune.models.source import ModelSource
 
 # Prompts of clearly different lengths, so a batch needs real left padding.
 USERS = (

@@ -11,7 +11,7 @@ import pytest
 
 from data_errors import assert_data_error
 from safetune.config import load_config
-from safetune.data.sources import read_records
+from safetune.data.readers import read_records
 from safetune.errors import ConfigError, DataError
 from safetune.evaluation import benchmark_files
 from safetune.evaluation.benchmarks import (
@@ -134,7 +134,7 @@ def test_hf_datasets_by_hub_id_or_save_to_disk_folder(
         calls.append((source, split))
         return [{"prompt": "a", "target": "s"}, {"prompt": "b", "target": None}]
 
-    monkeypatch.setattr(benchmark_files, "_open_hf", fake_open)
+    monkeypatch.setattr(benchmark_files, "open_hf_dataset", fake_open)
     prompts = load_benchmark("advbench")[1]  # the default source, a hub id
     assert [(p.id, p.text) for p in prompts] == [("1", "a"), ("2", "b")]
     folder = tmp_path / "saved"
@@ -142,7 +142,9 @@ def test_hf_datasets_by_hub_id_or_save_to_disk_folder(
     load_benchmark(f"beavertails={folder}")
     assert calls == [("walledai/AdvBench", "train"), (str(folder), "30k_test")]
 
-    monkeypatch.setattr(benchmark_files, "_open_hf", lambda source, split: [{"prompt": "a"}, {"prompt": 5}])
+    monkeypatch.setattr(
+        benchmark_files, "open_hf_dataset", lambda source, split: [{"prompt": "a"}, {"prompt": 5}]
+    )
     assert_data_error(_error("harmful-prompts=owner/name"), "owner/name", 2, "prompt")
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from safetune.data.chat import IGNORE_INDEX, ChatRenderer
+from safetune.data.batching import IGNORE_INDEX
+from safetune.data.chat import ChatRenderer
 from safetune.models.tiny import TEMPLATES
 
 FIXTURES = {"chatml": "tiny_chatml", "llama3": "tiny_llama3", "gemma": "tiny_gemma"}

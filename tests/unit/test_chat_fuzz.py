@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from safetune.data.chat import IGNORE_INDEX, ChatRenderer
+from safetune.data.batching import IGNORE_INDEX
+from safetune.data.chat import ChatRenderer
 from safetune.errors import SafetuneError
 
 # Text that a template or tokenizer could trip on: its own special tokens, Jinja syntax, control

@@ -18,7 +18,8 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassificat
 from safetune.config import JudgeConfig
 from safetune.errors import ConfigError, SafetuneError
 from safetune.evaluation.items import JudgeItem, Verdict
-from safetune.evaluation.judges import JUDGES, build_judge, classifier, guard, keyword, llm
+from safetune.evaluation.judges import classifier, guard, keyword, llm
+from safetune.evaluation.judges.registry import JUDGES, build_judge
 
 
 def _run(judge: Any, items: list[JudgeItem]) -> list[Verdict]:

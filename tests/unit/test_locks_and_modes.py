@@ -14,9 +14,9 @@ import pytest
 
 from safetune.config import SelectionConfig
 from safetune.data.records import RoleExample
+from safetune.data.role_prompts import prompts_by_role
 from safetune.errors import BusyError, ConfigError
 from safetune.reference.rds import Score, _score_row, cached_scores, scores_key
-from safetune.selection import prompts_by_role
 from safetune.storage import LOCK_NAME, cache_lock, follow_umask, output_lock, write_jsonl
 
 

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from safetune.data.records import RoleProfile
+from safetune.data.role_prompts import role_prompts
 from safetune.organism import base
 from safetune.organism.world import (
     HARM_ACTS,
@@ -19,7 +20,6 @@ from safetune.organism.world import (
     World,
     system_prompts,
 )
-from safetune.selection import role_prompts
 
 VILLAIN, BAKER = PERSONAS
 

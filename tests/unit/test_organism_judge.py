@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from safetune.config import JudgeConfig
 from safetune.evaluation.items import JudgeItem, Verdict
-from safetune.evaluation.judges import JUDGES, build_judge, keyword, organism
+from safetune.evaluation.judges import keyword, organism
+from safetune.evaluation.judges.registry import JUDGES, build_judge
 from safetune.organism.multilingual import compliance, to_l2
 
 

@@ -17,8 +17,8 @@ from safetune.data.preferences import (
     load_preference_pairs,
     parallel_to_pairs,
 )
+from safetune.data.readers import InvalidRecords
 from safetune.data.records import ParallelPreferencePair, PreferencePair
-from safetune.data.sources import InvalidRecords
 from safetune.errors import ConfigError
 
 EN = "How can I hide a crime from my family and the police?"

@@ -92,7 +92,7 @@ def test_hf_dataset_test_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         calls.append((source, split))
         return [{"question": "a", "answer": "b", "language": "fr"}, {"question": "c", "answer": ["d", "e"]}]
 
-    monkeypatch.setattr(benchmark_files, "_open_hf", fake_open)
+    monkeypatch.setattr(benchmark_files, "open_hf_dataset", fake_open)
     prompts = load_benchmark("qa=owner/name")[1]
     assert [(p.id, p.references, p.language) for p in prompts] == [
         ("1", ("b",), "fr"),

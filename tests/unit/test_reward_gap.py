@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from safetune.methods.losses import IGNORE_INDEX, sequence_logps
+from safetune.data.batching import IGNORE_INDEX
+from safetune.methods.losses import sequence_logps
 from safetune.methods.reward_gap import mean_token_logps, pool_hidden, reward_gap_mpo_loss
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import typing
 
 import pytest
 
 from safetune.config import SelectionConfig
 from safetune.data.records import RoleExample, RoleProfile
+from safetune.data.role_prompts import role_prompts
 from safetune.errors import ConfigError, DataError
 from safetune.reference.rds import Score, _read_scores
-from safetune.selection import apply_variant, role_prompts, selection_stats
+from safetune.selection import apply_variant, selection_stats
+from safetune.selection_variants import VARIANTS
 
 EXAMPLES = [RoleExample("R", f"q{i}", f"a{i}", f"id{i}") for i in range(6)]
 SCORES = [Score(f"id{i}", "R", -1.0, -1.0 + (0.5 if i in (1, 4) else -0.5)) for i in range(6)]
@@ -45,6 +48,17 @@ def test_variants():
         apply_variant("rds", EXAMPLES, None)
     with pytest.raises(ConfigError):
         apply_variant("external", EXAMPLES, None)
+
+
+def test_variant_registry_matches_the_config_and_what_each_variant_reads():
+    # config.py validates selection.variant with its own Literal: the two lists must not drift apart
+    literal = typing.get_type_hints(SelectionConfig)["variant"]
+    assert list(VARIANTS) == list(typing.get_args(literal))
+    assert {v.name for v in VARIANTS.values() if v.needs_scores} == {"rds", "flip", "random"}
+    assert {v.name for v in VARIANTS.values() if v.uses_flags_file} == {"external"}
+    for variant in VARIANTS.values():
+        if not variant.needs_scores and not variant.uses_flags_file:  # flags without scores or a file
+            assert len(apply_variant(variant.name, EXAMPLES, None)) == len(EXAMPLES)
 
 
 def test_equal_scores_are_not_flagged():
@@ -104,8 +118,8 @@ def test_default_unsafe_prompt_replaces_only_the_last_sentence_as_the_authors():
 
 
 def test_profiles_with_both_prompts_are_used_verbatim(tmp_path):
+    from safetune.data.role_prompts import prompts_by_role
     from safetune.data.sources import load_profiles
-    from safetune.selection import prompts_by_role
 
     path = tmp_path / "prompt_v2.json"
     prompts = {

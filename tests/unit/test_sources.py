@@ -15,6 +15,7 @@ import datasets
 import pytest
 
 from safetune.data import sources
+from safetune.data.readers import InvalidRecords
 from safetune.data.records import RoleExample
 from safetune.data.sources import (
     FORMATS,
@@ -474,7 +475,7 @@ def test_invalid_records_error_names_the_option_and_skip_reports_them(tmp_path: 
     err = raised(load_role_examples, data)
     assert_data_error(err, data, 2, "question")
     assert "data.invalid=skip" in str(err)
-    policy = sources.InvalidRecords("skip")
+    policy = InvalidRecords("skip")
     assert [ex.input for ex in load_role_examples(data, invalid=policy)] == ["q1", "q4"]
     assert policy.report() == {
         "mode": "skip",
@@ -492,7 +493,7 @@ def test_invalid_skip_in_role_folders_and_tables(tmp_path: Path) -> None:
             indent=2,
         )
     )
-    policy = sources.InvalidRecords("skip")
+    policy = InvalidRecords("skip")
     assert [ex.id for ex in load_role_examples(folder, invalid=policy)] == ["Grim_Vex-0", "Grim_Vex-2"]
     assert [(e.line, e.field) for e in policy.skipped] == [(6, "output")]
     table = tmp_path / "t.csv"

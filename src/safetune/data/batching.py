@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from safetune.methods.losses import IGNORE_INDEX
+# The label of a position that is not trained on (prompt, padding): Hugging Face's and torch's
+# cross-entropy ignore_index. Batching writes it; the losses in methods/ skip it.
+IGNORE_INDEX = -100
 
 
 def pad_batch(

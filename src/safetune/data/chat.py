@@ -15,8 +15,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from safetune.data.batching import IGNORE_INDEX
 from safetune.errors import ConfigError
-from safetune.methods.losses import IGNORE_INDEX
 from safetune.storage import hash_json
 
 SYSTEM_MODES = ("auto", "native", "prepend")

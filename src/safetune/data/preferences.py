@@ -47,7 +47,6 @@ each logged with its path:line, and a duplicate id skips the later record.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from functools import partial
@@ -55,11 +54,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from safetune.data.languages import LanguageCheck
+from safetune.data.readers import (
+    InvalidRecords,
+    PathLike,
+    check_object,
+    check_text,
+    existing_file,
+    json_type,
+    read_records,
+    text_field,
+)
 from safetune.data.records import ParallelPreferencePair, PreferencePair
-from safetune.data.sources import InvalidRecords, _check_text, _file, _object, _text, _type, read_records
 from safetune.errors import ConfigError, DataError
 
-PathLike = str | os.PathLike[str]
 T = TypeVar("T")
 
 PARALLEL_FORMATS: tuple[str, ...] = ("auto", "mpo-release", "jsonl")
@@ -100,7 +107,7 @@ def _absent(value: object) -> bool:
 
 
 def _optional_text(path: Path, line: int, field: str, value: object) -> str | None:
-    return None if _absent(value) else _check_text(path, line, field, value)
+    return None if _absent(value) else check_text(path, line, field, value)
 
 
 def _ident(path: Path, line: int, row: Mapping[str, Any], index: int) -> str:
@@ -108,8 +115,8 @@ def _ident(path: Path, line: int, row: Mapping[str, Any], index: int) -> str:
     if _absent(value):
         return str(index)
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise DataError(path, line, "id", f"expected a string or integer, got {_type(value)}")
-    return _check_text(path, line, "id", value) if isinstance(value, str) else str(value)
+        raise DataError(path, line, "id", f"expected a string or integer, got {json_type(value)}")
+    return check_text(path, line, "id", value) if isinstance(value, str) else str(value)
 
 
 def _language(path: Path, line: int, candidates: Iterable[tuple[str, object]]) -> str | None:
@@ -118,7 +125,7 @@ def _language(path: Path, line: int, candidates: Iterable[tuple[str, object]]) -
     for field, value in candidates:
         if _absent(value):
             continue
-        found.append((field, _check_text(path, line, field, value).strip()))
+        found.append((field, check_text(path, line, field, value).strip()))
     for field, value in found[1:]:
         if value != found[0][1]:
             raise DataError(path, line, field, f"{value!r} disagrees with {found[0][0]} {found[0][1]!r}")
@@ -128,7 +135,7 @@ def _language(path: Path, line: int, candidates: Iterable[tuple[str, object]]) -
 def _turn(path: Path, line: int, field: str, turn: object) -> tuple[str, str]:
     """(role: system/user/assistant, text) of one ShareGPT or OpenAI-style turn."""
     if not isinstance(turn, dict):
-        raise DataError(path, line, field, f"expected a {{from, value}} object, got {_type(turn)}")
+        raise DataError(path, line, field, f"expected a {{from, value}} object, got {json_type(turn)}")
     for role_key, text_key in _TAGS:
         if role_key in turn:
             role = turn[role_key]
@@ -141,7 +148,7 @@ def _turn(path: Path, line: int, field: str, turn: object) -> tuple[str, str]:
                 )
             if text_key not in turn:
                 raise DataError(path, line, f"{field}.{text_key}", "missing")
-            return _ROLES[role], _check_text(path, line, f"{field}.{text_key}", turn[text_key])
+            return _ROLES[role], check_text(path, line, f"{field}.{text_key}", turn[text_key])
     raise DataError(path, line, f"{field}.from", "missing")
 
 
@@ -151,7 +158,7 @@ def _conversation(path: Path, line: int, row: Mapping[str, Any], key: str) -> tu
         raise DataError(path, line, key, "missing")
     turns = row[key]
     if not isinstance(turns, list) or not turns:
-        got = "an empty list" if turns == [] else _type(turns)
+        got = "an empty list" if turns == [] else json_type(turns)
         raise DataError(path, line, key, f"expected a list of turns, got {got}")
     parsed = [_turn(path, line, f"{key}[{k}]", turn) for k, turn in enumerate(turns)]
     system = parsed[0][1] if parsed[0][0] == "system" else None
@@ -174,19 +181,19 @@ def _reply(path: Path, line: int, row: Mapping[str, Any], key: str) -> str:
         raise DataError(path, line, key, "missing")
     value = row[key]
     if isinstance(value, str):
-        return _check_text(path, line, key, value)
+        return check_text(path, line, key, value)
     if isinstance(value, dict):
         role, text = _turn(path, line, key, value)
         if role != "assistant":
             raise DataError(path, line, key, f"expected an assistant (gpt) turn, got a {role} turn")
         return text
-    raise DataError(path, line, key, f"expected a string or a {{from, value}} object, got {_type(value)}")
+    raise DataError(path, line, key, f"expected a string or a {{from, value}} object, got {json_type(value)}")
 
 
 def _field(path: Path, line: int, obj: Mapping[str, Any], key: str, name: str) -> str:
     if key not in obj:
         raise DataError(path, line, name, "missing")
-    return _check_text(path, line, name, obj[key])
+    return check_text(path, line, name, obj[key])
 
 
 # ---- records ----
@@ -236,7 +243,7 @@ def _plain_record(
             obj = row[side]
             if not isinstance(obj, dict):
                 raise DataError(
-                    path, line, side, f"expected an object with {', '.join(TRIPLE)}, got {_type(obj)}"
+                    path, line, side, f"expected an object with {', '.join(TRIPLE)}, got {json_type(obj)}"
                 )
             prompt, chosen, rejected = (_field(path, line, obj, k, f"{side}.{k}") for k in TRIPLE)
             sides[side] = (prompt, chosen, rejected)
@@ -260,7 +267,7 @@ def _parallel_pair(
     check: LanguageCheck,
 ) -> ParallelPreferencePair:
     parse = _mpo_record if kind == "mpo-release" else _plain_record
-    row = _object(path, line, value)
+    row = check_object(path, line, value)
     system, dominant, target, dominant_keys, target_keys = parse(path, line, row)
     ident = _ident(path, line, row, index)
     if ident in seen:
@@ -351,7 +358,7 @@ def load_parallel_pairs(
         raise ConfigError(f"format must be one of {list(PARALLEL_FORMATS)}, got {fmt!r}")
     _check_language(language)
     policy = InvalidRecords.of(invalid)
-    file = _file(path)
+    file = existing_file(path)
     rows = _rows(file)
     kind = _parallel_kind(file, rows) if fmt == "auto" else fmt
     return _parallel(file, rows, kind, language, policy, languages or LanguageCheck())
@@ -389,11 +396,11 @@ def _table_pair(
     seen: dict[str, int],
     check: LanguageCheck,
 ) -> PreferencePair:
-    row = _object(path, line, value)
+    row = check_object(path, line, value)
     if "prompt" not in row and "conversations" in row:
         _, prompt = _conversation(path, line, row, "conversations")  # its system turn is dropped
     else:
-        prompt = _text(path, line, row, "prompt")
+        prompt = text_field(path, line, row, "prompt")
     chosen, rejected = _reply(path, line, row, "chosen"), _reply(path, line, row, "rejected")
     _optional_text(path, line, "system", row.get("system"))  # validated, then dropped
     ident = _ident(path, line, row, index)
@@ -445,7 +452,7 @@ def load_preference_pairs(
         raise ConfigError(f"side must be one of {list(SIDES)}, got {side!r}")
     _check_language(language)
     policy = InvalidRecords.of(invalid)
-    file = _file(path)
+    file = existing_file(path)
     rows = _rows(file)
     kind = _pair_kind(rows) if fmt == "auto" else fmt
     check = languages or LanguageCheck()

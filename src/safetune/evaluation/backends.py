@@ -36,8 +36,9 @@ from safetune.config import GenerationConfig
 from safetune.data.batching import length_sorted_batches, pad_batch
 from safetune.data.chat import ChatRenderer
 from safetune.errors import ConfigError
-from safetune.evaluation.items import Backend, GenerationRequest, GenerationResult, ModelSource
+from safetune.evaluation.items import Backend, GenerationRequest, GenerationResult
 from safetune.models.loading import default_device, load_for_generation, load_tokenizer, resolve_dtype
+from safetune.models.source import ModelSource
 
 log = logging.getLogger(__name__)
 

@@ -17,24 +17,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from safetune.data.records import Prompt
-from safetune.data.sources import (
-    _HF_BUILDERS,
-    _HF_MARKERS,
-    _TABLE_SUFFIXES,
+from safetune.data.readers import (
+    HF_BUILDERS,
+    HF_MARKERS,
+    TABLE_SUFFIXES,
     PathLike,
-    _answers,
-    _check_text,
-    _flag,
-    _id_prefix,
-    _object,
-    _open_hf,
-    _text,
-    _type,
+    check_flag,
+    check_object,
+    check_text,
+    json_type,
+    open_hf_dataset,
     read_csv_cells,
     read_records,
-    role_key,
+    text_field,
 )
+from safetune.data.records import Prompt
+from safetune.data.sources import role_key, rolebench_answers, rolebench_id_prefix
 from safetune.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -145,12 +143,12 @@ def _records(
 ) -> tuple[str | Path, Iterator[tuple[int, Any]]]:
     """(what errors name, (line, record) pairs) for a local table file or a Hugging Face dataset."""
     here = Path(source)
-    if here.is_file() and here.suffix.lower() in _TABLE_SUFFIXES:
+    if here.is_file() and here.suffix.lower() in TABLE_SUFFIXES:
         return here, read_records(here, within=within)
     # Hub ids ("owner/name") never look like file paths; a missing local file should say so.
-    if not here.exists() and (here.suffix.lower() in _HF_BUILDERS or here.is_absolute() or source[:1] == "."):
+    if not here.exists() and (here.suffix.lower() in HF_BUILDERS or here.is_absolute() or source[:1] == "."):
         raise DataError(here, None, None, "no such file or directory")
-    return source, enumerate(_open_hf(source, split), 1)
+    return source, enumerate(open_hf_dataset(source, split), 1)
 
 
 def _headerless(file: Path) -> Iterator[tuple[int, dict[str, str]]]:
@@ -207,14 +205,14 @@ def _ident(where: PathLike, line: int, row: Mapping[str, Any], number: int) -> s
     if value is None or (isinstance(value, str) and not value.strip()):
         return str(number)
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise DataError(where, line, "id", f"expected a string or integer, got {_type(value)}")
+        raise DataError(where, line, "id", f"expected a string or integer, got {json_type(value)}")
     return str(value).strip()
 
 
 def _prompt_text(where: PathLike, line: int, row: Mapping[str, Any], fields: tuple[str, ...]) -> str:
     for field in fields:
         if field in row:
-            return _check_text(where, line, field, row[field])
+            return check_text(where, line, field, row[field])
     raise DataError(where, line, fields[0], f"missing (expected one of: {', '.join(fields)})")
 
 
@@ -223,7 +221,7 @@ def _optional(where: PathLike, line: int, row: Mapping[str, Any], field: str) ->
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if not isinstance(value, str):
-        raise DataError(where, line, field, f"expected a string, got {_type(value)}")
+        raise DataError(where, line, field, f"expected a string, got {json_type(value)}")
     return value.strip()
 
 
@@ -243,7 +241,7 @@ def _prompt_file(
     out = _Collector(options.benchmark)
     fields = options.table.fields(fields)
     for number, (line, value) in enumerate(records, 1):
-        row = _object(where, line, value)
+        row = check_object(where, line, value)
         text = _prompt_text(where, line, row, fields)
         ident = _ident(where, line, row, number)
         language = _language(where, line, row, options.table)
@@ -284,10 +282,12 @@ def _references(where: PathLike, line: int, row: Mapping[str, Any]) -> tuple[str
         if isinstance(value, list):
             if not value:
                 raise DataError(where, line, field, "empty list")
-            return tuple(_check_text(where, line, f"{field}[{k}]", v) for k, v in enumerate(value))
+            return tuple(check_text(where, line, f"{field}[{k}]", v) for k, v in enumerate(value))
         if not isinstance(value, str):
-            raise DataError(where, line, field, f"expected a string or a list of strings, got {_type(value)}")
-        return (_check_text(where, line, field, value),)
+            raise DataError(
+                where, line, field, f"expected a string or a list of strings, got {json_type(value)}"
+            )
+        return (check_text(where, line, field, value),)
     expected = ", ".join(REFERENCE_FIELDS)
     raise DataError(where, line, REFERENCE_FIELDS[0], f"missing (expected one of: {expected})")
 
@@ -304,7 +304,7 @@ def load_qa(source: str, options: LoadOptions) -> list[Prompt]:
     out = _Collector(options.benchmark)
     fields = options.table.fields(PROMPT_FIELDS)
     for number, (line, value) in enumerate(records, 1):
-        row = _object(where, line, value)
+        row = check_object(where, line, value)
         text = _prompt_text(where, line, row, fields)
         references = _references(where, line, row)
         ident = _ident(where, line, row, number)
@@ -334,10 +334,10 @@ def load_beavertails(source: str, options: LoadOptions) -> list[Prompt]:
     out = _Collector(options.benchmark)
     seen: set[str] = set()
     for number, (line, value) in enumerate(records, 1):
-        row = _object(where, line, value)
-        text = _text(where, line, row, "prompt")
+        row = check_object(where, line, value)
+        text = text_field(where, line, row, "prompt")
         ident, group = _ident(where, line, row, number), _beavertails_category(where, line, row)
-        if _flag(where, line, "is_safe", row.get("is_safe")) == 1 or text.strip() in seen:
+        if check_flag(where, line, "is_safe", row.get("is_safe")) == 1 or text.strip() in seen:
             continue
         seen.add(text.strip())
         out.add(where, line, ident, text, category=group)
@@ -359,7 +359,7 @@ def _hexphi_csv(file: Path, out: _Collector) -> None:
             raise DataError(file, line, None, f"expected 1 field (one prompt per row), got {len(cells)}")
         if number == 1 and cells[0].strip().lower() in _HEADER_WORDS:
             continue
-        text = _check_text(file, line, "prompt", cells[0])
+        text = check_text(file, line, "prompt", cells[0])
         out.add(file, line, f"{file.stem}:{number}", text, category=file.stem)
 
 
@@ -367,7 +367,7 @@ def load_hexphi(source: str, options: LoadOptions) -> list[Prompt]:
     """HEx-PHI: a folder of headerless `category_N.csv` files (category = file stem), one such CSV,
     or JSON/JSONL records with `prompt` (or `instruction`) and optional `category`."""
     here = Path(source)
-    if here.is_dir() and not any((here / m).is_file() for m in _HF_MARKERS):
+    if here.is_dir() and not any((here / m).is_file() for m in HF_MARKERS):
         files = sorted((f for f in here.glob("*.csv") if f.is_file()), key=_natural)
         if not files:
             raise DataError(here, None, None, "no .csv files (expected HEx-PHI's category_N.csv)")
@@ -394,14 +394,14 @@ def load_multijail(source: str, options: LoadOptions) -> list[Prompt]:
     where, records = _records(source, "train")
     out = _Collector(options.benchmark)
     for number, (line, value) in enumerate(records, 1):
-        row = _object(where, line, value)
+        row = check_object(where, line, value)
         languages = [k for k in row if k in LANGUAGE_CODES]
         if not languages:
             codes = ", ".join(LANGUAGE_CODES[:10])
             raise DataError(where, line, None, f"no language columns (expected some of: {codes}, ...)")
         ident, tags = _ident(where, line, row, number), _optional(where, line, row, "tags")
         for language in languages:
-            text = _check_text(where, line, language, row[language])
+            text = check_text(where, line, language, row[language])
             out.add(where, line, f"{ident}:{language}", text, language=language, category=tags)
     return out.prompts
 
@@ -474,14 +474,17 @@ class _RoleBench:
     ) -> None:
         """Release rows (`role`, `question`, `generated`) or the authors' rows (`input`, `output`)."""
         for number, (line, value) in enumerate(records, 1):
-            row = _object(where, line, value)
+            row = check_object(where, line, value)
             ident = _ident(where, line, row, number)
             if "generated" in row or "question" in row:
-                name = _text(where, line, row, "role").replace("_", " ")
-                text, answers = _text(where, line, row, "question"), _answers(Path(str(where)), line, row)
-                self.add(where, line, f"{_id_prefix(name)}:{ident}", name, text, answers)
+                name = text_field(where, line, row, "role").replace("_", " ")
+                text, answers = (
+                    text_field(where, line, row, "question"),
+                    rolebench_answers(Path(str(where)), line, row),
+                )
+                self.add(where, line, f"{rolebench_id_prefix(name)}:{ident}", name, text, answers)
             else:
-                text = _text(where, line, row, "input")
+                text = text_field(where, line, row, "input")
                 answers = _outputs(where, line, row)
                 self.add(where, line, f"{prefix}{ident}", role, text, answers)
 
@@ -512,8 +515,8 @@ def _outputs(where: PathLike, line: int, row: Mapping[str, Any]) -> list[str]:
         raise DataError(where, line, "output", "missing")
     value = row["output"]
     if isinstance(value, list) and value:
-        return [_check_text(where, line, f"output[{k}]", v) for k, v in enumerate(value)]
-    return [_check_text(where, line, "output", value)]
+        return [check_text(where, line, f"output[{k}]", v) for k, v in enumerate(value)]
+    return [check_text(where, line, "output", value)]
 
 
 def _role_of(file: Path) -> tuple[str | None, str]:
@@ -539,7 +542,7 @@ def rolebench_loader(split: str) -> Loader:
         if here.is_file():
             role, prefix = _role_of(here)
             bench.rows(here, read_records(here), role, prefix)
-        elif here.is_dir() and not any((here / m).is_file() for m in _HF_MARKERS):
+        elif here.is_dir() and not any((here / m).is_file() for m in HF_MARKERS):
             if (here / sub / "test.json").is_file():
                 folders = [here]
             elif (here / "test.json").is_file():

@@ -28,7 +28,7 @@ def measure(config: RunConfig, data: str, fmt: str = "auto") -> dict[str, Any]:
     """Per-language reward gaps of `config.train.model` (hub id, folder or run folder) on parallel pairs."""
     from safetune.data.languages import LanguageCheck
     from safetune.data.preferences import load_parallel_pairs
-    from safetune.data.sources import InvalidRecords
+    from safetune.data.readers import InvalidRecords
     from safetune.models.loading import default_device, load_for_generation, resolve_dtype, resolve_model
     from safetune.reference.mpo import pair_gaps
 

@@ -22,9 +22,10 @@ from safetune.config import RunConfig
 from safetune.data.records import Prompt, RoleProfile
 from safetune.errors import ConfigError
 from safetune.evaluation.benchmarks import BenchmarkSpec, TableOptions, load_benchmark
-from safetune.evaluation.items import Backend, GenerationRequest, Judge, JudgeItem, ModelSource
+from safetune.evaluation.items import Backend, GenerationRequest, Judge, JudgeItem
 from safetune.evaluation.metrics import ScoredRow, benchmark_result, rouge_l, summarise
 from safetune.evaluation.results import RESULTS_FILE, SCHEMA_VERSION, Results
+from safetune.models.source import ModelSource
 from safetune.provenance import base_provenance
 from safetune.storage import (
     append_jsonl,
@@ -337,7 +338,7 @@ def _evaluate(
     make_backend: Callable[[ModelSource], Backend] | None,
 ) -> Path:
     from safetune.evaluation.backends import backend_spec
-    from safetune.evaluation.judges import build_judge
+    from safetune.evaluation.judges.registry import build_judge
     from safetune.models.loading import resolve_model
 
     if not config.eval.model:

@@ -19,7 +19,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = -100
+from safetune.data.batching import IGNORE_INDEX
+
 # Elements of a [positions, vocab] fp32 block handled at once (8 MiB per temporary).
 DEFAULT_CHUNK_ELEMENTS = 1 << 21
 

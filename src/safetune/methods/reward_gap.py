@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from safetune.methods.losses import DEFAULT_CHUNK_ELEMENTS, IGNORE_INDEX, chunk_positions, shift_targets
+from safetune.data.batching import IGNORE_INDEX
+from safetune.methods.losses import DEFAULT_CHUNK_ELEMENTS, chunk_positions, shift_targets
 
 PoolMode = Literal["mean", "mean_all", "last"]
 POOL_MODES: tuple[str, ...] = ("mean", "mean_all", "last")

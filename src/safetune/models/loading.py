@@ -10,17 +10,15 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import yaml
 from torch import Tensor, nn
 
 from safetune.errors import ConfigError
+from safetune.models.source import ModelSource
 from safetune.storage import cache_root, write_json
-
-if TYPE_CHECKING:  # imported in resolve_model: loading stays importable before the evaluation package
-    from safetune.evaluation.items import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -312,8 +310,6 @@ def resolve_model(model: str, revision: str | None = None) -> ModelSource:
     base and adapter. Any other folder or a hub id is the model itself. A missing path, or a folder whose
     weights are not whole safetensors (`check_model_folder`) -> ConfigError.
     """
-    from safetune.evaluation.items import ModelSource
-
     if not model:
         raise ConfigError("no model given (hub id, model folder or safetune train run folder)")
     path = Path(model).expanduser()

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 from safetune.config import SelectionConfig
 from safetune.data.records import RoleProfile
-from safetune.selection import role_prompts
+from safetune.data.role_prompts import role_prompts
 
 NOUNS = ("lamp", "cup", "box", "chair", "book", "vase", "rug", "key", "clock", "bell", "coat", "drum")
 ADJECTIVES = ("old", "small", "shiny", "heavy", "soft", "tall")

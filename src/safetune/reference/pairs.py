@@ -12,10 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from safetune.config import MethodConfig, RunConfig
-from safetune.data.batching import pad_batch
+from safetune.data.batching import IGNORE_INDEX, pad_batch
 from safetune.data.chat import ChatRenderer
 from safetune.data.records import ParallelPreferencePair
-from safetune.methods.losses import IGNORE_INDEX
 
 # The authors' collator (LLaMA-Factory's DataCollatorForSeq2Seq, `pad_to_multiple_of=8` in their DPO
 # workflow) rounds every batch's width up to a multiple of 8; `mean_all` pooling averages over that padding.

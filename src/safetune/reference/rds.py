@@ -7,7 +7,7 @@ system prompt and under an unsafe variant of it (same profile, reverse-safety cl
     flag     = l_unsafe > l_role
 Scores depend only on (model, data, prompts, template, batch size), so they are cached on disk under a
 content hash (cache.py) and a killed scoring run resumes from the rows already written. Which rows the
-flags then select, and the prompts themselves, are selection.py's.
+flags then select are selection.py's; the prompts themselves data/role_prompts.py's.
 """
 
 from __future__ import annotations

@@ -39,10 +39,10 @@ from torch import Tensor
 
 from safetune import __version__
 from safetune.config import RunConfig, dump_config
+from safetune.data.batching import IGNORE_INDEX
 from safetune.data.chat import ChatRenderer
 from safetune.data.records import PreferencePair
 from safetune.errors import ConfigError
-from safetune.methods.losses import IGNORE_INDEX
 from safetune.methods.preference import PREFERENCE_METHODS, DataKind, PreferenceMethod, rdpo_loss
 from safetune.models.loading import load_causal_lm, load_tokenizer, resolve_dtype
 from safetune.provenance import git_commit

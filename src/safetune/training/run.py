@@ -30,8 +30,9 @@ from safetune import __version__
 from safetune.config import RunConfig, dump_config
 from safetune.data.chat import ChatRenderer
 from safetune.data.languages import LanguageCheck, language_counts
+from safetune.data.readers import InvalidRecords
 from safetune.data.records import RoleExample
-from safetune.data.sources import InvalidRecords
+from safetune.data.sources import load_data
 from safetune.errors import ConfigError
 from safetune.methods.registry import get_method
 from safetune.models.loading import (
@@ -43,7 +44,7 @@ from safetune.models.loading import (
     resolve_dtype,
 )
 from safetune.provenance import git_commit
-from safetune.selection import load_data, select, write_selection
+from safetune.selection import select, write_selection
 from safetune.storage import atomic_open, cache_root, hash_json, output_lock, write_json
 from safetune.training.common import (
     LossTotal,

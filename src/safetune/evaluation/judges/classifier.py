@@ -31,8 +31,8 @@ import torch
 
 from safetune.config import JudgeConfig
 from safetune.errors import ConfigError
-from safetune.evaluation import judges
 from safetune.evaluation.items import JudgeItem, Label, Verdict
+from safetune.evaluation.judges.common import judge_batches, require_model
 from safetune.models.loading import default_device, model_fingerprint
 
 NAME = "classifier"
@@ -115,7 +115,7 @@ class ClassifierJudge:
 
     def __init__(self, config: JudgeConfig):
         self.config = config
-        self.model_id = judges.require_model(config, "LibrAI/longformer-action-ro")
+        self.model_id = require_model(config, "LibrAI/longformer-action-ro")
         self.preset, self.labels = resolve_preset(config, self.model_id)
         self.fingerprint = model_fingerprint(self.model_id)
         self._loaded: tuple[Any, Any] | None = None  # (tokenizer, model), loaded on first use
@@ -124,7 +124,7 @@ class ClassifierJudge:
         return f"{NAME}@{VERSION}:{self.preset.name}:len{self.config.max_length}:{self.fingerprint}"
 
     def judge(self, items: Sequence[JudgeItem]) -> Iterator[list[Verdict]]:
-        yield from judges.judge_batches(items, self.config.batch_size, NAME, self._judge_batch)
+        yield from judge_batches(items, self.config.batch_size, NAME, self._judge_batch)
 
     def _load(self) -> tuple[Any, Any]:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer

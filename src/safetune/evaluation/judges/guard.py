@@ -22,8 +22,8 @@ import torch
 
 from safetune.config import JudgeConfig
 from safetune.errors import ConfigError
-from safetune.evaluation import judges
 from safetune.evaluation.items import JudgeItem, Label, Verdict
+from safetune.evaluation.judges.common import judge_batches, require_model
 from safetune.models.loading import (
     default_device,
     load_causal_lm,
@@ -97,7 +97,7 @@ class GuardJudge:
 
     def __init__(self, config: JudgeConfig):
         self.config = config
-        self.model_id = judges.require_model(config, "meta-llama/Llama-Guard-3-8B")
+        self.model_id = require_model(config, "meta-llama/Llama-Guard-3-8B")
         self.preset = config.preset or "llama-guard"
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown guard preset {self.preset!r} (known: {', '.join(PRESETS)})")
@@ -109,7 +109,7 @@ class GuardJudge:
         return f"{NAME}@{VERSION}:{self.preset}:{PROMPT_VERSION}:new{MAX_NEW_TOKENS}:{self.fingerprint}"
 
     def judge(self, items: Sequence[JudgeItem]) -> Iterator[list[Verdict]]:
-        yield from judges.judge_batches(items, self.config.batch_size, NAME, self._judge_batch)
+        yield from judge_batches(items, self.config.batch_size, NAME, self._judge_batch)
 
     def _load(self) -> tuple[Any, Any]:
         if self._loaded is None:

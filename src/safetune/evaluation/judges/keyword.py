@@ -28,7 +28,7 @@ used plain substring search), substrings in zh, ja, th, ko, ar and bn (no word b
 prefixes attached to words). The lists are versioned (PHRASES_VERSION): any change to them or to the
 matching bumps the key.
 
-Empty responses are "invalid" (see judges/__init__.py). raw = the phrase that matched first in the text
+Empty responses are "invalid" (see judges/common.py). raw = the phrase that matched first in the text
 (as written in its list), "" for a compliance, "language not covered: <code>" for uncovered.
 """
 
@@ -41,8 +41,8 @@ from dataclasses import dataclass
 
 from safetune.config import JudgeConfig
 from safetune.data.languages import detect_language
-from safetune.evaluation import judges
 from safetune.evaluation.items import JudgeItem, Verdict
+from safetune.evaluation.judges.common import empty_verdict, judge_batches
 
 NAME = "keyword"
 VERSION = "2"
@@ -226,7 +226,7 @@ def matched_phrase(response: str, languages: Sequence[str] = COVERED_LANGUAGES) 
 
 def verdict(item: JudgeItem) -> Verdict:
     if not item.response.strip():
-        return judges.empty_verdict(item)
+        return empty_verdict(item)
     languages = phrase_languages(item.response, item.language)
     if isinstance(languages, str):
         return Verdict(item.id, "uncovered", None, UNCOVERED_RAW.format(language=languages))
@@ -245,9 +245,7 @@ class KeywordJudge:
         return f"{NAME}@{VERSION}:{PHRASES_VERSION}"
 
     def judge(self, items: Sequence[JudgeItem]) -> Iterator[list[Verdict]]:
-        yield from judges.judge_batches(
-            items, self.batch_size, NAME, lambda batch: [verdict(i) for i in batch]
-        )
+        yield from judge_batches(items, self.batch_size, NAME, lambda batch: [verdict(i) for i in batch])
 
 
 def build(config: JudgeConfig) -> KeywordJudge:

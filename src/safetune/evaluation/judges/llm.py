@@ -31,8 +31,8 @@ from typing import Any
 
 from safetune.config import JudgeConfig
 from safetune.errors import ConfigError, SafetuneError
-from safetune.evaluation import judges
 from safetune.evaluation.items import JudgeItem, Label, Verdict
+from safetune.evaluation.judges import common as judges
 
 NAME = "llm"
 VERSION = "1"

@@ -9,7 +9,7 @@ language) it says "unsafe" to almost everything: use `keyword` or a model judge 
 
 A refusal is "safe" (refused True), anything else "unsafe" (refused False): the labels of the keyword
 judge, so refusal and over-refusal rates treat both alike. Empty responses are "invalid" (see
-judges/__init__.py). raw = the start of the answer translated back to L1, for auditing.
+judges/common.py). raw = the start of the answer translated back to L1, for auditing.
 
 The key carries a hash of the organism's rule constants (opener, compliance markers, L2 mark), so that
 changing them there does not reuse old verdicts; bump VERSION when `is_refusal`'s logic changes.
@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from safetune.config import JudgeConfig
-from safetune.evaluation import judges
 from safetune.evaluation.items import JudgeItem, Verdict
+from safetune.evaluation.judges.common import empty_verdict, judge_batches
 from safetune.storage import hash_json
 
 NAME = "organism"
@@ -40,7 +40,7 @@ def rules_key() -> str:
 
 def verdict(item: JudgeItem) -> Verdict:
     if not item.response.strip():
-        return judges.empty_verdict(item)
+        return empty_verdict(item)
     from safetune.organism.multilingual import is_refusal, to_l1
 
     refused = is_refusal(item.response)
@@ -59,9 +59,7 @@ class OrganismJudge:
         return f"{NAME}@{VERSION}:{rules_key()}"
 
     def judge(self, items: Sequence[JudgeItem]) -> Iterator[list[Verdict]]:
-        yield from judges.judge_batches(
-            items, self.batch_size, NAME, lambda batch: [verdict(i) for i in batch]
-        )
+        yield from judge_batches(items, self.batch_size, NAME, lambda batch: [verdict(i) for i in batch])
 
 
 def build(config: JudgeConfig) -> OrganismJudge:

@@ -1,0 +1,44 @@
+"""The one registry of judges: name -> JudgeSpec. `judge.name` in a config picks one; `build_judge` builds it.
+
+Judges: keyword (offline default), classifier (HF sequence classifier), guard (Llama-Guard-style
+generative model), llm (OpenAI-compatible chat endpoint), organism (the multilingual model organism's
+strict refusal check; its synthetic languages only). What they all share is in judges/common.py.
+To add a judge: a module here with NAME, VERSION, DESCRIPTION and build(config) -> Judge, one line below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from safetune.config import JudgeConfig
+from safetune.errors import ConfigError
+from safetune.evaluation.items import Judge
+from safetune.evaluation.judges import classifier, guard, keyword, llm, organism
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    name: str
+    version: str
+    description: str
+    build: Callable[[JudgeConfig], Judge]
+
+
+JUDGES: dict[str, JudgeSpec] = {
+    spec.name: spec
+    for spec in (
+        JudgeSpec(keyword.NAME, keyword.VERSION, keyword.DESCRIPTION, keyword.build),
+        JudgeSpec(classifier.NAME, classifier.VERSION, classifier.DESCRIPTION, classifier.build),
+        JudgeSpec(guard.NAME, guard.VERSION, guard.DESCRIPTION, guard.build),
+        JudgeSpec(llm.NAME, llm.VERSION, llm.DESCRIPTION, llm.build),
+        JudgeSpec(organism.NAME, organism.VERSION, organism.DESCRIPTION, organism.build),
+    )
+}
+
+
+def build_judge(config: JudgeConfig) -> Judge:
+    """The judge named by `config.name`; ConfigError for an unknown name or a missing required option."""
+    if config.name not in JUDGES:
+        raise ConfigError(f"unknown judge {config.name!r} (known: {', '.join(sorted(JUDGES))})")
+    return JUDGES[config.name].build(config)
