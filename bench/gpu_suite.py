@@ -225,12 +225,12 @@ def _sft_step(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     from datasets import Dataset
 
-    from safetune.training.baselines import get_baseline
+    from safetune.training.baselines import TRL_TRAINERS
     from safetune.training.common import wrap_lora
 
     plain = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
     dataset = Dataset.from_list(plain * config.train.max_steps)
-    trainer = get_baseline("sft-chosen").build(config, wrap_lora(model, config), None, tokenizer, dataset)
+    trainer = TRL_TRAINERS["sft-chosen"].build(config, wrap_lora(model, config), None, tokenizer, dataset)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
     record = _timed_train(trainer, args, device)
     del trainer
@@ -380,7 +380,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from safetune.data.chat import ChatRenderer
     from safetune.models.loading import default_device, resolve_dtype
     from safetune.provenance import base_provenance, machine_record
-    from safetune.training.run import _encode
+    from safetune.training.trainer import encode_roles
 
     hf_logging.set_verbosity_error()
     # transformers 5 deprecates a name TRL still calls, once per trainer
@@ -411,7 +411,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t = config.train
         n_flagged = max(1, round(FLAGGED * args.batch_size))
         flags = [i < n_flagged for i in range(args.batch_size)]
-        rows = _encode(renderer, _examples(args.batch_size, args.seq_len, "row"), flags)
+        rows = encode_roles(renderer, _examples(args.batch_size, args.seq_len, "row"), flags)
         result["model"] = {
             "architecture": "LlamaForCausalLM, random init",
             **SIZES[args.size]["dims"],

@@ -23,6 +23,7 @@ from typer.core import TyperGroup
 
 from safetune.config import MAX_SEED
 from safetune.errors import SafetuneError, one_line
+from safetune.methods.registry import METHODS, methods_by_data_kind
 from safetune.selection_variants import VARIANTS
 
 
@@ -203,7 +204,13 @@ def train(
     role: RoleOpt = None,
     profiles: ProfilesOpt = None,
     method: Annotated[
-        str | None, typer.Option(help="sarft | sft | mpo | dpo | ipo | ... (all: safetune list).")
+        str | None,
+        typer.Option(
+            help="; ".join(
+                f"{kind} data: {' | '.join(names)}" for kind, names in methods_by_data_kind().items()
+            )
+            + " (what each does: safetune list)."
+        ),
     ] = None,
     selection: Annotated[
         str | None, typer.Option(help=" | ".join(VARIANTS) + " (what each does: safetune list)")
@@ -447,11 +454,10 @@ def list_registered() -> None:
     from safetune.evaluation.backends import BACKENDS
     from safetune.evaluation.benchmarks import BENCHMARKS
     from safetune.evaluation.judges.registry import JUDGES
-    from safetune.methods.registry import METHODS
 
     print("methods:")
     for spec in METHODS.values():
-        print(f"  {spec.name:11s} {spec.summary}")
+        print(f"  {spec.name:11s} {spec.data_kind:11s} {spec.summary}")
     print("selection variants:")
     for variant in VARIANTS.values():
         uses = "RDS scores" if variant.needs_scores else "flags file" if variant.uses_flags_file else ""

@@ -1,4 +1,4 @@
-"""DPO-family baselines (training/baselines.py): every one trains 2 LoRA steps on a tiny model, TRL sees our
+"""DPO-family baselines (the registry's `recipe="trl"` methods, trained by training/baselines.py): every one trains 2 LoRA steps on a tiny model, TRL sees our
 ChatRenderer ids untouched (one BOS, end-of-turn token, no extra EOS), and R-DPO's loss is the paper's."""
 
 from __future__ import annotations
@@ -10,18 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 from safetune.config import RunConfig
 from safetune.data.chat import ChatRenderer
 from safetune.data.records import PreferencePair
+from safetune.methods.losses import rdpo_loss
+from safetune.methods.registry import METHODS
 from safetune.models.loading import load_causal_lm, load_tokenizer
-from safetune.training.baselines import (
-    BASELINES,
-    preference_dataset,
-    rdpo_loss,
-    train_baseline,
-)
-from safetune.training.run import wrap_lora
+from safetune.training.baselines import TRL_TRAINERS, preference_dataset
+from safetune.training.run import train, train_baseline, wrap_lora
+
+BASELINES = {name: spec for name, spec in METHODS.items() if spec.recipe == "trl"}
 
 _QUESTIONS = (
     (
@@ -150,10 +151,10 @@ def test_trl_trains_on_renderer_ids_with_one_bos(tiny_llama3, tmp_path, method):
     tokenizer = load_tokenizer(str(tiny_llama3))
     renderer = ChatRenderer.from_config(tokenizer, config.chat)
     pair = _pairs()[0]
-    spec = BASELINES[method]
-    dataset = preference_dataset(renderer, _pairs(), spec.data_kind, seed=0)
+    how = TRL_TRAINERS[method]
+    dataset = preference_dataset(renderer, _pairs(), how.rows, seed=0)
     model = wrap_lora(load_causal_lm(str(tiny_llama3)), config)
-    trainer = spec.build(config, model, None, tokenizer, dataset)
+    trainer = how.build(config, model, None, tokenizer, dataset)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     bos, eot = tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")
     prompt = renderer.prompt_ids(pair.prompt)
@@ -245,3 +246,43 @@ def test_full_finetuning_trains_against_a_frozen_copy(tiny_chatml, tmp_path):
     final = out / "final"
     assert (final / "model.safetensors").is_file() and not (final / "adapter_config.json").exists()
     assert not list(final.rglob("*.bin"))
+
+
+# --- --resume, as for every method ----------------------------------------------------------------------------
+
+
+class _Crash(TrainerCallback):
+    """Simulates a kill after optimizer step 3 (after the step-2 checkpoint was written)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_a_killed_baseline_resumes_to_the_same_weights(tiny_chatml, tmp_path, method):
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in _pairs()]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+    def config(out: Path) -> RunConfig:
+        cfg = _config(tiny_chatml, method)
+        cfg.data.path, cfg.train.output_dir = str(data), str(out)
+        cfg.train.max_steps, cfg.train.save_steps = 4, 2
+        return cfg
+
+    straight = train(config(tmp_path / "straight"))
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(killed), callbacks=[_Crash()])
+    assert (killed / "checkpoints" / "checkpoint-2").is_dir() and not (killed / "final").exists()
+    resumed = train(config(killed), resume=True)
+
+    a = load_file(straight / "final" / "adapter_model.safetensors")
+    b = load_file(resumed / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    whole, after = (json.loads((run / "run.json").read_text())["metrics"] for run in (straight, resumed))
+    assert after["global_step"] == 4 and after["losses"] == pytest.approx(whole["losses"])
+    assert after["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-5)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from safetune.data.batching import IGNORE_INDEX
@@ -272,3 +273,34 @@ def sft_loss(logits: Tensor, labels: Tensor, attention_mask: Tensor, **kwargs: A
     """Plain SFT with SaRFT's CE definition (beta = 0, no reference)."""
     flags = torch.zeros(labels.shape[0], dtype=torch.bool, device=labels.device)
     return sarft_loss(logits, labels, attention_mask, flags, None, beta=0.0, **kwargs)
+
+
+# --- R-DPO: the one preference loss TRL does not have (trained by training/baselines.py) -------------
+
+
+def rdpo_loss(
+    chosen_logratios: Tensor,
+    rejected_logratios: Tensor,
+    chosen_lengths: Tensor,
+    rejected_lengths: Tensor,
+    beta: float,
+    alpha: float,
+) -> Tensor:
+    """Per-pair length-regularised DPO loss (R-DPO; Park, Rafailov, Ermon & Finn, "Disentangling Length from
+    Quality in Direct Preference Optimization", Findings of ACL 2024, arXiv:2403.19159):
+
+        L_R-DPO = -log sigmoid( beta * log[pi(y_w|x) / ref(y_w|x)] - beta * log[pi(y_l|x) / ref(y_l|x)]
+                                + alpha * (|y_w| - |y_l|) )
+
+    The sign follows from the paper's objective, max r(x, y) - alpha * |y| under the KL constraint: its optimal
+    policy gives r(x, y) = beta * log[pi(y|x) / ref(y|x)] + alpha * |y| (+ a term that cancels in the
+    pair), and Bradley-Terry on r gives the line above. The length term credits part of a longer chosen
+    answer's preference to its length, so its log-ratio margin is pushed up less: with |y_w| > |y_l| the
+    loss and its gradient are smaller than DPO's, with |y_w| < |y_l| larger (the policy learns less length).
+
+    `*_logratios` are log pi(y|x) - log ref(y|x) summed over the response tokens, `*_lengths` the response
+    lengths |y| in tokens. alpha = 0 is DPO's sigmoid loss. Returns one loss per pair (no reduction).
+    """
+    length_margin = chosen_lengths.to(chosen_logratios.dtype) - rejected_lengths.to(chosen_logratios.dtype)
+    logits = beta * (chosen_logratios - rejected_logratios) + alpha * length_margin
+    return -F.logsigmoid(logits)

@@ -1,97 +1,166 @@
-"""The one registry of training methods: name -> MethodSpec. The CLI's choices come from here."""
+"""The one registry of training methods: name -> MethodSpec. `safetune list`, `train --help` and
+`safetune train` read it. It imports nothing heavy (no torch), so the CLI can read it at start-up, and
+nothing from `training/`: a spec names its trainer recipe, and `training/run.py` maps that name to code."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
-from safetune.methods.losses import sarft_loss
-from safetune.methods.preference import PREFERENCE_METHODS, rdpo_loss
-from safetune.methods.reward_gap import reward_gap_mpo_loss
+from safetune.errors import ConfigError
+
+# What a method trains on, in the one vocabulary of the data loaders: role-play examples (`RoleExample`,
+# data/sources.py), plain preference pairs (`PreferencePair`) or parallel preference pairs
+# (`ParallelPreferencePair`, data/preferences.py).
+DataKind = Literal["role", "preference", "parallel"]
+# Which Trainer runs a method (training/run.py: RECIPES): SafetuneTrainer (SaRFT's loss), MpoTrainer
+# (reward-gap MPO with the reference cache) or one of TRL's trainers (training/baselines.py).
+RecipeName = Literal["role", "mpo", "trl"]
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A training objective: its loss, whether it needs the frozen reference, which records it trains on."""
+    """A training method: what it is and where it comes from (`summary`, `source`: paper + official
+    code), what it trains on, its beta (`uses_beta` False: the method has none, and `method.beta` is
+    recorded as 0), whether it needs a frozen reference (a model copy under full fine-tuning, the
+    adapter-disabled base under LoRA, or the reference cache for MPO) and which recipe trains it."""
 
     name: str
     summary: str
-    loss: Callable[..., Any] | None  # None: the loss lives in a TRL trainer (training/baselines.py)
+    source: str
+    data_kind: DataKind
+    recipe: RecipeName
     needs_reference: bool
-    data_kind: (
-        str  # "role" (RoleExample) | "preference" (PreferencePair) | "parallel" (ParallelPreferencePair)
-    )
-    force_beta_zero: bool = False
-    source: str = ""
+    uses_beta: bool = True
     default_beta: float = 0.1
 
 
-METHODS: dict[str, MethodSpec] = {}
+_SPECS = (
+    MethodSpec(
+        name="sarft",
+        summary="SFT + beta * KL(ref || policy) on RDS-flagged rows (Zhao et al., ACL 2025)",
+        source="arXiv 2502.20968; yulinlp/SaRFT sarft/src/trainer.py",
+        data_kind="role",
+        recipe="role",
+        needs_reference=True,
+    ),
+    MethodSpec(
+        name="sft",
+        summary="plain supervised fine-tuning (SaRFT's CE with beta = 0; no reference model)",
+        source="SaRFT's loss with beta = 0 (arXiv 2502.20968)",
+        data_kind="role",
+        recipe="role",
+        needs_reference=False,
+        uses_beta=False,
+        default_beta=0.0,
+    ),
+    MethodSpec(
+        name="mpo",
+        summary="reward-gap MPO: pull the target language's reward gap to the dominant one's (Zhao et al., ACL 2025)",
+        source="arXiv 2505.16869; circle-hit/MPO (LLaMA-Factory fork)",
+        data_kind="parallel",
+        recipe="mpo",
+        needs_reference=True,  # through the on-disk reference cache: no reference model while training
+        default_beta=1.0,
+    ),
+    # The DPO-family baselines of the MPO paper, trained through TRL (training/baselines.py).
+    MethodSpec(
+        name="sft-chosen",
+        summary="supervised fine-tuning on the chosen responses (prompt tokens masked)",
+        source="SFT baseline; trl.SFTTrainer on pre-tokenised input_ids/labels",
+        data_kind="preference",
+        recipe="trl",
+        needs_reference=False,
+        uses_beta=False,
+        default_beta=0.0,
+    ),
+    MethodSpec(
+        name="dpo",
+        summary="DPO: -log sigmoid(beta * (chosen - rejected policy/reference log-ratio))",
+        source="Rafailov et al., NeurIPS 2023 (arXiv:2305.18290); trl.DPOTrainer loss_type ['sigmoid']",
+        data_kind="preference",
+        recipe="trl",
+        needs_reference=True,
+    ),
+    MethodSpec(
+        name="ipo",
+        summary="IPO: squared loss pulling the (per-token averaged) log-ratio margin to 1/(2*tau), tau = beta",
+        source="Azar et al., AISTATS 2024 (arXiv:2310.12036); trl.DPOTrainer loss_type ['ipo']",
+        data_kind="preference",
+        recipe="trl",
+        needs_reference=True,
+    ),
+    MethodSpec(
+        name="rdpo",
+        summary="robust DPO: unbiased DPO loss under label flips at rate method.label_smoothing",
+        source="Chowdhury et al., ICML 2024 (arXiv:2403.00409); trl.DPOTrainer loss_type ['robust']",
+        data_kind="preference",
+        recipe="trl",
+        needs_reference=True,
+    ),
+    MethodSpec(
+        name="cpo",
+        summary="CPO: reference-free sigmoid preference loss + method.cpo_alpha * NLL on chosen",
+        source="Xu et al., ICML 2024 (arXiv:2401.08417); trl.experimental.cpo.CPOTrainer loss_type 'sigmoid'",
+        data_kind="preference",
+        recipe="trl",
+        needs_reference=False,
+    ),
+    MethodSpec(
+        name="simpo",
+        summary="SimPO: -log sigmoid(beta * length-averaged log-prob margin - gamma), reference-free",
+        source=(
+            "Meng et al., NeurIPS 2024 (arXiv:2405.14734); trl.experimental.cpo.CPOTrainer loss_type 'simpo', "
+            "cpo_alpha 0, simpo_gamma = method.simpo_gamma"
+        ),
+        data_kind="preference",
+        recipe="trl",
+        needs_reference=False,
+        default_beta=2.0,
+    ),
+    MethodSpec(
+        name="orpo",
+        summary="ORPO: NLL on chosen + method.orpo_lambda * odds-ratio loss, reference-free (no beta)",
+        source="Hong et al., EMNLP 2024 (arXiv:2403.07691); trl.experimental.orpo.ORPOTrainer (beta = lambda)",
+        data_kind="preference",
+        recipe="trl",
+        needs_reference=False,
+        uses_beta=False,
+        default_beta=0.0,
+    ),
+    MethodSpec(
+        name="kto",
+        summary="KTO: prospect-theoretic loss on unpaired examples (each pair -> 1 desirable + 1 undesirable)",
+        source="Ethayarajh et al., ICML 2024 (arXiv:2402.01306); trl.KTOTrainer loss_type 'kto'",
+        data_kind="preference",
+        recipe="trl",
+        needs_reference=True,
+    ),
+    MethodSpec(
+        name="r-dpo",
+        summary="length-regularised DPO: -log sigmoid(beta * margin + alpha * (|y_w| - |y_l|))",
+        source=(
+            "Park et al., Findings of ACL 2024 (arXiv:2403.19159); trl.DPOTrainer subclass with "
+            "methods/losses.py rdpo_loss, alpha = method.length_alpha"
+        ),
+        data_kind="preference",
+        recipe="trl",
+        needs_reference=True,
+    ),
+)
 
-
-def register(spec: MethodSpec) -> MethodSpec:
-    if spec.name in METHODS:
-        raise ValueError(f"method {spec.name!r} is already registered")
-    METHODS[spec.name] = spec
-    return spec
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in _SPECS}
 
 
 def get_method(name: str) -> MethodSpec:
-    from safetune.errors import ConfigError
-
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
     return METHODS[name]
 
 
-register(
-    MethodSpec(
-        name="sarft",
-        summary="SFT + beta * KL(ref || policy) on RDS-flagged rows (Zhao et al., ACL 2025)",
-        loss=sarft_loss,
-        needs_reference=True,
-        data_kind="role",
-        source="arXiv 2502.20968; yulinlp/SaRFT sarft/src/trainer.py",
-    )
-)
-register(
-    MethodSpec(
-        name="sft",
-        summary="plain supervised fine-tuning (SaRFT's CE with beta = 0; no reference model)",
-        loss=sarft_loss,
-        needs_reference=False,
-        data_kind="role",
-        force_beta_zero=True,
-    )
-)
-register(
-    MethodSpec(
-        name="mpo",
-        summary="reward-gap MPO: pull the target language's reward gap to the dominant one's (Zhao et al., ACL 2025)",
-        loss=reward_gap_mpo_loss,
-        needs_reference=True,  # through the on-disk reference cache: no reference model while training
-        data_kind="parallel",
-        source="arXiv 2505.16869; circle-hit/MPO (LLaMA-Factory fork)",
-        default_beta=1.0,
-    )
-)
-
-
-def _register_baselines() -> None:
-    """The DPO-family baselines of the MPO paper, trained through TRL (training/baselines.py)."""
-    for spec in PREFERENCE_METHODS:
-        register(
-            MethodSpec(
-                name=spec.name,
-                summary=spec.summary,
-                loss=rdpo_loss if spec.name == "r-dpo" else None,
-                needs_reference=spec.needs_reference,
-                data_kind="preference",
-                source=spec.source,
-                default_beta=spec.default_beta,
-            )
-        )
-
-
-_register_baselines()
+def methods_by_data_kind() -> dict[str, list[str]]:
+    """Method names grouped by what they train on, in registry order (the `--method` help)."""
+    groups: dict[str, list[str]] = {}
+    for spec in METHODS.values():
+        groups.setdefault(spec.data_kind, []).append(spec.name)
+    return groups

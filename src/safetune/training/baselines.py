@@ -1,8 +1,10 @@
 """Preference-optimisation baselines of the reward-gap MPO paper, trained with TRL on `PreferencePair`s.
 
-Every baseline is a `BaselineSpec` in `BASELINES` (name -> spec); `train_baseline` renders the pairs with the
-model's chat template, loads the model (LoRA or full, as `safetune train` does), trains with the method's TRL
-trainer and our TrainingArguments settings, and saves `final/` (safetensors + tokenizer, no pickles).
+What each method is lives in the method registry (methods/registry.py, `recipe="trl"`); this module says how
+TRL trains it: `TRL_TRAINERS` (method name -> the row layout TRL's trainer reads and a builder of that
+trainer with our TrainingArguments settings), and `TrlRecipe`, the part of a `safetune train` run
+(training/run.py) that renders the pairs with the model's chat template and builds the trainer. Set-up,
+--resume, saving and run.json are the run's, as for every method.
 
 How TRL sees the data. TRL 1.x tokenizes string datasets itself: `tokenizer(text)` with the tokenizer's
 automatic special tokens (a second BOS after a template that already writes one, e.g. Llama-3), prompt and
@@ -23,49 +25,57 @@ token) stays in the paired datasets for inspection; only the ids are trained on.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import functools
 import logging
 import math
 import random
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from safetune import __version__
-from safetune.config import RunConfig, dump_config
+from safetune.config import RunConfig
 from safetune.data.batching import IGNORE_INDEX
 from safetune.data.chat import ChatRenderer
+from safetune.data.languages import LanguageCheck
+from safetune.data.preferences import load_preference_pairs
+from safetune.data.readers import InvalidRecords
 from safetune.data.records import PreferencePair
 from safetune.errors import ConfigError
-from safetune.methods.preference import PREFERENCE_METHODS, DataKind, PreferenceMethod, rdpo_loss
-from safetune.models.loading import load_causal_lm, load_tokenizer, resolve_dtype
-from safetune.provenance import git_commit
-from safetune.storage import atomic_open, hash_json, write_json
+from safetune.methods.losses import rdpo_loss
+from safetune.methods.registry import MethodSpec
+from safetune.storage import hash_json
+from safetune.training.common import StopOnNonFinite, pair_counts, training_arguments
+from safetune.training.recipe import Recipe, RecipeReport
 
 log = logging.getLogger(__name__)
 
+# How a TRL trainer reads the pairs: "sft" (prompt + chosen, prompt masked), "paired" (prompt/chosen/rejected
+# ids) or "unpaired" (each pair -> one desirable and one undesirable example, KTO).
+RowLayout = Literal["sft", "paired", "unpaired"]
 # build(config, model, ref_model_or_None, tokenizer, train_dataset) -> a transformers Trainer
-BaselineBuilder = Callable[[RunConfig, Any, Any, Any, Any], Any]
+TrlBuilder = Callable[[RunConfig, Any, Any, Any, Any], Any]
 
 
 @dataclass(frozen=True)
-class BaselineSpec(PreferenceMethod):
-    """A preference method (methods/preference.py) and how its trainer is built."""
+class TrlTrainer:
+    """How one registered method trains through TRL: the dataset layout its trainer reads and its builder."""
 
-    build: BaselineBuilder = field(kw_only=True)
+    rows: RowLayout
+    build: TrlBuilder
 
 
 # --- datasets: ChatRenderer ids, never text for TRL to tokenize ----------------------------------------------
 
 
 def preference_dataset(
-    renderer: ChatRenderer, pairs: Sequence[PreferencePair], kind: DataKind, seed: int = 0
+    renderer: ChatRenderer, pairs: Sequence[PreferencePair], kind: RowLayout, seed: int = 0
 ) -> Any:
     """The `datasets.Dataset` a baseline trains on, with ChatRenderer's ids (see the module docstring).
 
@@ -310,8 +320,6 @@ def _trl_args(config_cls: Any, config: RunConfig, **extra: Any) -> Any:
 
     max_length = prompt + response limits: ChatRenderer already truncated each side, so TRL truncates nothing.
     """
-    from safetune.training.common import training_arguments
-
     base = training_arguments(config, Path(config.train.output_dir)).to_dict()
     base["max_length"] = config.chat.max_prompt_tokens + config.chat.max_response_tokens
     base.update(extra)
@@ -338,7 +346,7 @@ def _build_sft(config: RunConfig, model: Any, ref_model: Any, tokenizer: Any, da
     return _trainer_classes().sft(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
-def _dpo_builder(loss_type: str) -> BaselineBuilder:
+def _dpo_builder(loss_type: str) -> TrlBuilder:
     def build(config: RunConfig, model: Any, ref_model: Any, tokenizer: Any, dataset: Any) -> Any:
         from trl import DPOConfig
 
@@ -394,7 +402,7 @@ def _build_kto(config: RunConfig, model: Any, ref_model: Any, tokenizer: Any, da
     return _drop_ref_adapter(trainer)
 
 
-def _cpo_builder(simpo: bool) -> BaselineBuilder:
+def _cpo_builder(simpo: bool) -> TrlBuilder:
     def build(config: RunConfig, model: Any, ref_model: Any, tokenizer: Any, dataset: Any) -> Any:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*trl.experimental.*")
@@ -422,44 +430,21 @@ def _build_orpo(config: RunConfig, model: Any, ref_model: Any, tokenizer: Any, d
     return _trainer_classes().orpo(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
-# How each preference method's trainer is built; what each method is lives in methods/preference.py.
-_BUILDERS: dict[str, BaselineBuilder] = {
-    "sft-chosen": _build_sft,
-    "dpo": _dpo_builder("sigmoid"),
-    "ipo": _dpo_builder("ipo"),
-    "rdpo": _dpo_builder("robust"),
-    "cpo": _cpo_builder(simpo=False),
-    "simpo": _cpo_builder(simpo=True),
-    "orpo": _build_orpo,
-    "kto": _build_kto,
-    "r-dpo": _build_length_dpo,
-}
-
-BASELINES: dict[str, BaselineSpec] = {
-    method.name: BaselineSpec(**asdict(method), build=_BUILDERS[method.name]) for method in PREFERENCE_METHODS
+# How each registered method with `recipe="trl"` trains (a test holds the two tables to the same names).
+TRL_TRAINERS: dict[str, TrlTrainer] = {
+    "sft-chosen": TrlTrainer("sft", _build_sft),
+    "dpo": TrlTrainer("paired", _dpo_builder("sigmoid")),
+    "ipo": TrlTrainer("paired", _dpo_builder("ipo")),
+    "rdpo": TrlTrainer("paired", _dpo_builder("robust")),
+    "cpo": TrlTrainer("paired", _cpo_builder(simpo=False)),
+    "simpo": TrlTrainer("paired", _cpo_builder(simpo=True)),
+    "orpo": TrlTrainer("paired", _build_orpo),
+    "kto": TrlTrainer("unpaired", _build_kto),
+    "r-dpo": TrlTrainer("paired", _build_length_dpo),
 }
 
 
-def get_baseline(name: str) -> BaselineSpec:
-    if name not in BASELINES:
-        raise ConfigError(f"unknown baseline {name!r} (known: {', '.join(BASELINES)})")
-    return BASELINES[name]
-
-
-# --- entry point ---------------------------------------------------------------------------------------------
-
-
-def _resolve_config(config: RunConfig, spec: BaselineSpec, out: Path) -> RunConfig:
-    """A copy of `config` with the run folder and the resolved beta (the caller's config is not changed)."""
-    resolved = copy.deepcopy(config)
-    resolved.train.output_dir = str(out)
-    if not spec.uses_beta:
-        if resolved.method.beta not in (None, 0.0):
-            log.warning("%s has no beta; method.beta = %s is ignored", spec.name, resolved.method.beta)
-        resolved.method.beta = 0.0
-    elif resolved.method.beta is None:
-        resolved.method.beta = spec.default_beta
-    return resolved
+# --- the recipe ----------------------------------------------------------------------------------------------
 
 
 def _last_logs(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -468,94 +453,78 @@ def _last_logs(history: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(steps[-1]) if steps else {}
 
 
-def train_baseline(
-    config: RunConfig,
-    pairs: list[PreferencePair],
-    out: Path,
-    *,
-    overwrite: bool = False,
-    callbacks: list[Any] | None = None,
-) -> dict[str, Any]:
-    """Train the baseline `config.method.name` on `pairs` into the run folder `out`; returns the metrics.
+class TrlRecipe(Recipe):
+    """A DPO-family baseline: plain preference pairs (or a parallel file's target side), rendered to
+    ChatRenderer ids, and the method's TRL trainer. `pairs` given: trains on them instead of reading
+    `data.path`. The reference is the adapter-disabled base under LoRA, a frozen copy under full
+    fine-tuning (methods whose spec needs one)."""
 
-    `out` gets config.yaml (resolved: beta filled in), final/ (LoRA adapter or full weights as safetensors +
-    tokenizer; training_args.bin removed), checkpoints/ when `train.save_steps` > 0, and run.json.
-    """
-    from transformers import set_seed
+    def __init__(self, config: RunConfig, spec: MethodSpec, pairs: list[PreferencePair] | None = None):
+        super().__init__(config, spec)
+        if spec.name not in TRL_TRAINERS:
+            raise ConfigError(
+                f"method {spec.name!r} has no TRL trainer (training/baselines.py: TRL_TRAINERS)"
+            )
+        self.how = TRL_TRAINERS[spec.name]
+        self.given = pairs
 
-    from safetune.training.common import (
-        StopOnNonFinite,
-        check_output,
-        pair_counts,
-        save_final,
-        start_output,
-        training_arguments,
-        wrap_lora,
-    )
+    def load(self, tokenizer: Any) -> str:
+        config = self.config
+        self.invalid, self.languages = InvalidRecords(config.data.invalid), LanguageCheck()
+        if self.given is not None:
+            pairs = self.given
+        else:
+            pairs = load_preference_pairs(
+                config.data.path, config.data.format, invalid=self.invalid, languages=self.languages
+            )
+            if config.data.max_examples:
+                pairs = pairs[: config.data.max_examples]
+            log.info("loaded %d preference pairs from %s", len(pairs), config.data.path)
+        if not pairs:
+            raise ConfigError("no preference pairs to train on")
+        self.pairs = pairs
+        self.renderer = ChatRenderer.from_config(tokenizer, config.chat)
+        self.dataset = preference_dataset(self.renderer, pairs, self.how.rows, seed=config.train.seed)
+        return hash_json([dataclasses.asdict(p) for p in pairs])
 
-    spec = get_baseline(config.method.name)
-    out = Path(out)
-    config = _resolve_config(config, spec, out)
-    t = config.train
-    if not t.model:
-        raise ConfigError("train.model is required (hub id or local folder)")
-    if not pairs:
-        raise ConfigError("no preference pairs to train on")
-    if t.num_threads:
-        torch.set_num_threads(t.num_threads)
-    set_seed(t.seed)  # before anything random is created (LoRA's A matrices)
-    # Everything is checked before the run's first file (as `safetune train` does): bad input leaves the
-    # folder as it was.
-    check_output(out, resume=False, overwrite=overwrite)
-    training_arguments(config, out)  # the settings every TRL config class shares (precision, report_to)
+    def trainer(
+        self,
+        args: TrainingArguments,
+        model: Any,
+        ref_model: Any,
+        tokenizer: Any,
+        callbacks: list[TrainerCallback] | None,
+    ) -> Trainer:
+        if ref_model is not None:
+            ref_model.requires_grad_(False).eval()
+        # The TRL config classes take our TrainingArguments settings themselves (_trl_args).
+        trainer = self.how.build(self.config, model, ref_model, tokenizer, self.dataset)
+        trainer.add_callback(StopOnNonFinite())
+        for callback in callbacks or []:
+            trainer.add_callback(callback)
+        return trainer
 
-    tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
-    renderer = ChatRenderer.from_config(tokenizer, config.chat)
-    dataset = preference_dataset(renderer, pairs, spec.data_kind, seed=t.seed)
-
-    # As `safetune train`: LoRA keeps the frozen base in the compute dtype, full fine-tuning fp32 master weights.
-    weights_dtype = resolve_dtype(t.precision) if t.finetune == "lora" else torch.float32
-    model = load_causal_lm(t.model, t.revision, weights_dtype, t.trust_remote_code)
-    ref_model = None
-    if t.finetune == "lora":
-        model = wrap_lora(model, config)  # reference = the adapter-disabled base (TRL)
-    elif spec.needs_reference:
-        ref_model = copy.deepcopy(model).requires_grad_(False).eval()
-
-    start_output(out, resume=False, overwrite=overwrite)
-    trainer = spec.build(config, model, ref_model, tokenizer, dataset)
-    with atomic_open(out / "config.yaml") as handle:
-        handle.write(dump_config(config))
-    trainer.add_callback(StopOnNonFinite())
-    for callback in callbacks or []:
-        trainer.add_callback(callback)
-    result = trainer.train()
-    save_final(trainer, tokenizer, out)
-
-    last = _last_logs(trainer.state.log_history)
-    losses = [float(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
-    metrics: dict[str, Any] = {
-        **result.metrics,
-        "global_step": result.global_step,
-        "losses": losses,
-        "last_log": last,
-        "examples": len(dataset),
-        "pairs": len(pairs),
-    }
-    if not all(math.isfinite(x) for x in losses):
-        log.warning("%s: non-finite training loss logged: %s", spec.name, losses)
-    run = {
-        "safetune_version": __version__,
-        "git_commit": git_commit(),
-        "method": spec.name,
-        "source": spec.source,
-        "beta": config.method.beta,
-        "base_model": t.model,
-        "finetune": t.finetune,
-        "config_hash": hash_json(config.to_dict()),
-        "renderer": renderer.fingerprint(),
-        "data": pair_counts(pairs),
-        "metrics": metrics,
-    }
-    write_json(out / "run.json", run)
-    return metrics
+    def report(self, trainer: Trainer, metrics: dict[str, Any]) -> RecipeReport:
+        config = self.config
+        losses = [float(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
+        if not all(math.isfinite(x) for x in losses):
+            log.warning("%s: non-finite training loss logged: %s", self.spec.name, losses)
+        data = pair_counts(self.pairs)
+        return RecipeReport(
+            details={
+                "renderer": self.renderer.fingerprint(),
+                "data": data,
+                "invalid_records": self.invalid.report(),
+                "language_disagreements": self.languages.report(),
+            },
+            metrics={
+                "losses": losses,
+                "last_log": _last_logs(trainer.state.log_history),
+                "examples": len(self.dataset),
+                "pairs": len(self.pairs),
+            },
+            card_rows=[
+                f"| data | `{config.data.path}`: {data['count']} preference pairs |",
+                f"| beta | {config.method.beta} |",
+            ],
+        )

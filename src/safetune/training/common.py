@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import shutil
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -375,3 +376,28 @@ class LossTotal(TrainerCallback):
             return session_loss
         session_steps = global_step - self.offset_steps
         return (self.offset + session_loss * session_steps) / global_step
+
+
+# --- per-step metrics of our own Trainers, averaged into each log ---------------------------------------------
+
+
+class AveragedMetrics(Trainer):
+    """A Trainer whose compute_loss records method metrics per micro-batch (`record`); each log gets their
+    mean since the previous log: under their plain name in a training log ("loss" in it), as
+    `eval_<name>` in an evaluation log. SafetuneTrainer and MpoTrainer share it."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    def record(self, training: bool, name: str, value: float) -> None:
+        self._metrics[f"{'train' if training else 'eval'}/{name}"].append(value)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if "loss" in logs else "eval"
+        for key, values in self._metrics.items():
+            if key.startswith(mode) and values:
+                name = key.split("/", 1)[1] if mode == "train" else key.replace("/", "_")
+                logs[name] = sum(values) / len(values)
+        self._metrics = defaultdict(list, {k: v for k, v in self._metrics.items() if not k.startswith(mode)})
+        super().log(logs, start_time)

@@ -1,4 +1,5 @@
-"""The reward-gap MPO Trainer: the loss of methods/reward_gap.py on collated parallel pairs.
+"""Reward-gap MPO: the Trainer (the loss of methods/reward_gap.py on collated parallel pairs) and the
+recipe that feeds it (parallel pairs, the reference cache filled once from the freshly loaded model).
 
 The reference side comes from the cache of one frozen-reference pass (reference/mpo.py), so training
 holds no reference model at all, and the policy's dominant-language pass stops at the decoder's hidden
@@ -8,21 +9,35 @@ way): the benchmark and an equivalence test use that.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import dataclasses
+import logging
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from safetune.config import MethodConfig
+from safetune.data.languages import LanguageCheck, language_counts
+from safetune.data.preferences import load_parallel_pairs
+from safetune.data.readers import InvalidRecords
 from safetune.methods.reward_gap import mean_token_logps, pool_hidden, reward_gap_mpo_loss
-from safetune.models.loading import decoder_of
-from safetune.reference.mpo import ReferenceCache, dominant_reference, target_reference_gap
-from safetune.training.common import StopOnNonFinite
+from safetune.models.loading import decoder_of, default_device
+from safetune.reference.mpo import (
+    ReferenceCache,
+    cached_reference,
+    dominant_reference,
+    target_reference_gap,
+)
+from safetune.reference.pairs import MpoCollator, encode_pairs, pair_renderer
+from safetune.storage import cache_root, hash_json
+from safetune.training.common import AveragedMetrics, StopOnNonFinite, pair_counts
+from safetune.training.recipe import Recipe, RecipeReport
+
+log = logging.getLogger(__name__)
 
 
-class MpoTrainer(Trainer):
+class MpoTrainer(AveragedMetrics):
     """transformers.Trainer with the reward-gap MPO loss (methods/reward_gap.py).
 
     Reference: the cache (default: no reference model in memory) or a live frozen model (`ref_model`,
@@ -46,7 +61,6 @@ class MpoTrainer(Trainer):
         self.ref_model = ref_model.eval().requires_grad_(False) if ref_model is not None else None
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
-        self._metrics: dict[str, list[float]] = defaultdict(list)
         self.add_callback(StopOnNonFinite())
 
     def _reference_side(
@@ -108,20 +122,84 @@ class MpoTrainer(Trainer):
         return (out.loss, {"logits": logits}) if return_outputs else out.loss
 
     def _log_step(self, training: bool, out: Any, ref_gap_d: Tensor, languages: list[str]) -> None:
-        mode = "train" if training else "eval"
         target_gap = out.target_gap.detach().float()
-        self._metrics[f"{mode}/target_gap"].append(target_gap.mean().item())
-        self._metrics[f"{mode}/dominant_gap"].append(ref_gap_d.float().mean().item())
-        self._metrics[f"{mode}/gap_difference"].append((ref_gap_d.float() - target_gap).mean().item())
-        self._metrics[f"{mode}/repr_loss"].append(float(out.repr_term))
+        self.record(training, "target_gap", target_gap.mean().item())
+        self.record(training, "dominant_gap", ref_gap_d.float().mean().item())
+        self.record(training, "gap_difference", (ref_gap_d.float() - target_gap).mean().item())
+        self.record(training, "repr_loss", float(out.repr_term))
         for language, gap in zip(languages, target_gap.tolist(), strict=True):
-            self._metrics[f"{mode}/target_gap_{language}"].append(gap)
+            self.record(training, f"target_gap_{language}", gap)
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if "loss" in logs else "eval"
-        for key, values in self._metrics.items():
-            if key.startswith(mode) and values:
-                name = key.split("/", 1)[1] if mode == "train" else key.replace("/", "_")
-                logs[name] = sum(values) / len(values)
-        self._metrics = defaultdict(list, {k: v for k, v in self._metrics.items() if not k.startswith(mode)})
-        super().log(logs, start_time)
+
+class MpoRecipe(Recipe):
+    """Reward-gap MPO: parallel pairs, and their reference side from the cache (computed once with the
+    freshly loaded model), so training holds no reference model."""
+
+    def load(self, tokenizer: Any) -> str:
+        config = self.config
+        self.renderer = pair_renderer(tokenizer, config)
+        self.invalid, self.languages = InvalidRecords(config.data.invalid), LanguageCheck()
+        pairs = load_parallel_pairs(
+            config.data.path, config.data.format, invalid=self.invalid, languages=self.languages
+        )
+        self.pairs = pairs[: config.data.max_examples] if config.data.max_examples else pairs
+        log.info(
+            "loaded %d parallel pairs from %s (target languages: %s)",
+            len(self.pairs),
+            config.data.path,
+            language_counts(self.pairs),
+        )
+        self.rows = encode_pairs(self.renderer, self.pairs, config.method)
+        return hash_json([dataclasses.asdict(p) for p in self.pairs])
+
+    def frozen_pass(self, model: Any, fingerprint: str) -> dict[str, str]:
+        config = self.config
+        self.reference, self.cache_path = cached_reference(
+            lambda: model.to(default_device()),
+            self.renderer,
+            self.rows,
+            config.method,
+            fingerprint,
+            cache_root(config.cache_dir),
+            config.selection.batch_size,
+        )
+        return {}
+
+    def needs_reference_copy(self) -> bool:
+        return False  # the cache holds the reference side
+
+    def trainer(
+        self,
+        args: TrainingArguments,
+        model: Any,
+        ref_model: Any,
+        tokenizer: Any,
+        callbacks: list[TrainerCallback] | None,
+    ) -> Trainer:
+        return MpoTrainer(
+            model=model,
+            args=args,
+            train_dataset=self.rows,
+            data_collator=MpoCollator(tokenizer.pad_token_id),
+            processing_class=tokenizer,
+            method=self.config.method,
+            reference=self.reference,
+            callbacks=callbacks,
+        )
+
+    def report(self, trainer: Trainer, metrics: dict[str, Any]) -> RecipeReport:
+        config, m = self.config, self.config.method
+        data = {**pair_counts(self.pairs), "reference_cache": str(self.cache_path)}
+        return RecipeReport(
+            details={
+                "data": data,
+                "invalid_records": self.invalid.report(),
+                "language_disagreements": self.languages.report(),
+            },
+            card_rows=[
+                f"| data | `{config.data.path}`: {data['count']} parallel pairs, target languages "
+                f"{data['languages']} |",
+                f"| beta / gap weight / repr weight | {m.beta} / {m.gap_weight} / {m.repr_weight} |",
+                f"| pooling | {m.pooling} |",
+            ],
+        )

@@ -1,19 +1,43 @@
-"""The one Trainer subclass: compute_loss = policy logits + the registered loss. No copied training loop."""
+"""SaRFT and SFT on role-play data: the Trainer (compute_loss = policy logits + methods/losses.py's
+sarft_loss; no copied training loop) and the recipe that feeds it (RDS selection, encoded rows)."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from safetune.config import MethodConfig
 from safetune.data.batching import pad_batch
+from safetune.data.chat import ChatRenderer
+from safetune.data.readers import InvalidRecords
+from safetune.data.records import RoleExample
+from safetune.data.sources import load_data
 from safetune.methods.losses import ReferenceOutputs, sarft_loss
-from safetune.models.loading import decoder_of, lm_head_fn
-from safetune.training.common import StopOnNonFinite
+from safetune.models.loading import decoder_of, default_device, lm_head_fn
+from safetune.selection import select, write_selection
+from safetune.storage import hash_json
+from safetune.training.common import AveragedMetrics, StopOnNonFinite
+from safetune.training.recipe import Recipe, RecipeReport
+
+log = logging.getLogger(__name__)
+
+
+def encode_roles(
+    renderer: ChatRenderer, examples: Sequence[RoleExample], flags: Sequence[bool]
+) -> list[dict[str, Any]]:
+    """Training rows: the plain chat with no system prompt (the role goes into the weights)."""
+    rows = []
+    for ex, flag in zip(examples, flags, strict=True):
+        enc = renderer.encode(ex.input, ex.output)
+        rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "flag": bool(flag)})
+    return rows
 
 
 class RoleCollator:
@@ -28,7 +52,7 @@ class RoleCollator:
         return batch
 
 
-class SafetuneTrainer(Trainer):
+class SafetuneTrainer(AveragedMetrics):
     """transformers.Trainer with the SaRFT/SFT loss.
 
     Reference model: with LoRA (`ref_model=None`) the policy with its adapter disabled (no second copy);
@@ -52,7 +76,6 @@ class SafetuneTrainer(Trainer):
                 self.ref_model = prepare_deepspeed(ref_model, self.accelerator)
             else:
                 self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
-        self._metrics: dict[str, list[float]] = defaultdict(list)
         self.reference_rows = 0  # rows the reference model has run on (tests and logs)
         self.add_callback(StopOnNonFinite())
 
@@ -110,18 +133,78 @@ class SafetuneTrainer(Trainer):
             # Nothing reads the logits after the loss during training: reuse them as the gradient buffer.
             inplace=model.training and not return_outputs,
         )
-        mode = "train" if model.training else "eval"
-        self._metrics[f"{mode}/role_loss"].append(out.role.item())
-        self._metrics[f"{mode}/safe_kl"].append(out.safe.item())
-        self._metrics[f"{mode}/flagged_fraction"].append(flags.float().mean().item())
+        self.record(model.training, "role_loss", out.role.item())
+        self.record(model.training, "safe_kl", out.safe.item())
+        self.record(model.training, "flagged_fraction", flags.float().mean().item())
         return (out.loss, outputs) if return_outputs else out.loss
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if "loss" in logs else "eval"
-        for key, values in self._metrics.items():
-            if key.startswith(mode) and values:
-                logs[key.split("/", 1)[1] if mode == "train" else key.replace("/", "_")] = sum(values) / len(
-                    values
-                )
-        self._metrics = defaultdict(list, {k: v for k, v in self._metrics.items() if not k.startswith(mode)})
-        super().log(logs, start_time)
+
+class RoleRecipe(Recipe):
+    """SaRFT/SFT: role-play examples, RDS selection on the freshly loaded model (selection.jsonl), and
+    SafetuneTrainer. Under full fine-tuning the frozen copy exists only when the KL term can run."""
+
+    def load(self, tokenizer: Any) -> str:
+        config = self.config
+        self.renderer = ChatRenderer.from_config(tokenizer, config.chat, authors_empty_system=True)
+        self.invalid = InvalidRecords(config.data.invalid)
+        self.examples, self.profiles = load_data(config, self.invalid)
+        log.info("loaded %d examples from %s", len(self.examples), config.data.path)
+        return hash_json([dataclasses.asdict(ex) for ex in self.examples])
+
+    def frozen_pass(self, model: Any, fingerprint: str) -> dict[str, str]:
+        def scoring_model() -> Any:
+            # RDS scores come from the model before fine-tuning: the freshly loaded weights.
+            return model.to(default_device())
+
+        self.flags, self.scores, self.stats = select(
+            self.config, self.renderer, self.examples, self.profiles, scoring_model
+        )
+        return {"selection": hash_json([bool(f) for f in self.flags])}
+
+    def write_files(self, out: Path) -> None:
+        write_selection(out, self.examples, self.flags, self.scores, self.stats)
+        log.info(
+            "selection %s: %d of %d rows flagged",
+            self.config.selection.variant,
+            sum(self.flags),
+            len(self.flags),
+        )
+
+    def needs_reference_copy(self) -> bool:
+        return self.config.method.beta != 0 and any(self.flags)
+
+    def trainer(
+        self,
+        args: TrainingArguments,
+        model: Any,
+        ref_model: Any,
+        tokenizer: Any,
+        callbacks: list[TrainerCallback] | None,
+    ) -> Trainer:
+        return SafetuneTrainer(
+            model=model,
+            args=args,
+            train_dataset=encode_roles(self.renderer, self.examples, self.flags),
+            data_collator=RoleCollator(tokenizer.pad_token_id),
+            processing_class=tokenizer,
+            method=self.config.method,
+            ref_model=ref_model,
+            callbacks=callbacks,
+        )
+
+    def report(self, trainer: Trainer, metrics: dict[str, Any]) -> RecipeReport:
+        config, stats, m = self.config, self.stats, self.config.method
+        assert isinstance(trainer, SafetuneTrainer)
+        selection = {k: stats[k] for k in ("variant", "count", "flagged", "flag_rate")}
+        return RecipeReport(
+            details={"selection": selection, "invalid_records": self.invalid.report()},
+            metrics={"reference_rows": trainer.reference_rows},
+            card_rows=[
+                f"| data | `{config.data.path}` (role: {config.data.role or 'all'}) |",
+                f"| examples | {stats['count']} |",
+                f"| selection | {config.selection.variant}: {stats['flagged']} flagged "
+                f"({100 * stats['flag_rate']:.1f}%) |",
+                f"| beta | {m.beta} |",
+                f"| KL | {m.kl_direction}, positions {m.kl_positions}; CE normalisation {m.ce_normalisation} |",
+            ],
+        )
