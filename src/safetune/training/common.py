@@ -1,6 +1,7 @@
 """What every trainer shares (SFT/SaRFT, MPO, the preference baselines): TrainingArguments from a
-RunConfig, LoRA wrapping, the run folder (prepare, find the last checkpoint, save `final/` atomically) and
-the pair counts run.json records."""
+RunConfig, LoRA wrapping, the run folder (prepare, find the last checkpoint, save `final/` atomically),
+the run identity --resume checks, the whole run's loss, the divergence stop, the per-step metrics our
+own Trainers log (AveragedMetrics) and the pair counts run.json records."""
 
 from __future__ import annotations
 
