@@ -9,9 +9,10 @@ Standard library only (urllib + json), `judge.max_workers` concurrent requests. 
 from the environment variable named by `judge.api_key_env` (an empty name sends no Authorization header,
 for local servers) and is never logged or stored: every string that leaves the HTTP layer (reply, error
 body, exception message) goes through `redact` first, since an endpoint may echo the request. Network
-errors, HTTP 429 and 5xx are retried `judge.max_retries` times with exponential backoff; an item that still fails is "invalid" with raw = the
-error (counted, not dropped). HTTP 401/403/404 stop the run (SafetuneError): a bad key, URL or model
-name would otherwise quietly turn every verdict into "invalid". Other HTTP 4xx make that item invalid.
+errors, HTTP 429 and 5xx are retried `judge.max_retries` times with exponential backoff; an item that
+still fails is "invalid" with raw = the error (counted, not dropped). HTTP 401/403/404 stop the run
+(SafetuneError): a bad key, URL or model name would otherwise quietly turn every verdict into "invalid".
+Other HTTP 4xx make that item invalid.
 The reply is read leniently (case, quotes, punctuation, a leading "label:", words after the first);
 anything but safe/unsafe/invalid is "invalid" with raw = the reply. refused is None.
 """
