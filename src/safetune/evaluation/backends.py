@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
+from safetune import console
 from safetune.config import GenerationConfig
 from safetune.data.batching import length_sorted_batches, pad_batch
 from safetune.data.chat import ChatRenderer
@@ -184,7 +184,9 @@ class HFBackend:
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[list[GenerationResult]]:
         prompts = [self.prompt_ids(r) for r in requests]
         batches = length_sorted_batches([len(p) for p in prompts], self.config.batch_size)
-        with tqdm(total=len(requests), desc="generating", unit="prompt", disable=not self.progress) as bar:
+        with console.progress(
+            total=len(requests), desc="generating", unit="prompt", enabled=self.progress
+        ) as bar:
             for batch in batches:
                 results = self._generate_batch([requests[i] for i in batch], [prompts[i] for i in batch])
                 bar.update(len(batch))

@@ -483,7 +483,7 @@ def train_baseline(
     """
     from transformers import set_seed
 
-    from safetune.training.common import StopOnNonFinite, pair_counts, prepare_output, save_final, wrap_lora
+    from safetune.training.common import add_callbacks, pair_counts, prepare_output, save_final, wrap_lora
 
     spec = get_baseline(config.method.name)
     out = Path(out)
@@ -514,7 +514,7 @@ def train_baseline(
         handle.write(dump_config(config))
 
     trainer = spec.build(config, model, ref_model, tokenizer, dataset)
-    trainer.add_callback(StopOnNonFinite())
+    add_callbacks(trainer)
     for callback in callbacks or []:
         trainer.add_callback(callback)
     result = trainer.train()

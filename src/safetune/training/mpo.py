@@ -21,9 +21,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 from transformers import Trainer
 
+from safetune import console
 from safetune.config import MethodConfig, RunConfig
 from safetune.data.batching import pad_batch
 from safetune.data.chat import ChatRenderer
@@ -32,7 +32,7 @@ from safetune.methods.losses import IGNORE_INDEX, sequence_logps
 from safetune.methods.reward_gap import PoolMode, mean_token_logps, pool_hidden, reward_gap_mpo_loss
 from safetune.models.loading import decoder_of, lm_head_fn
 from safetune.storage import cache_lock, hash_json
-from safetune.training.common import StopOnNonFinite
+from safetune.training.common import add_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ def compute_reference(
         with_target = method.normalise_target_gap
     gaps, pooled, target_gaps = [], [], []
     model.eval()
-    for start in tqdm(range(0, len(rows), size), desc="reference pass (cached)", unit="batch"):
+    for start in console.progress(range(0, len(rows), size), desc="reference pass (cached)", unit="batch"):
         batch = {
             k: v.to(device) if isinstance(v, Tensor) else v
             for k, v in collate(list(rows[start : start + size])).items()
@@ -368,7 +368,7 @@ class MpoTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
         self._metrics: dict[str, list[float]] = defaultdict(list)
-        self.add_callback(StopOnNonFinite())
+        add_callbacks(self)
 
     def _reference_side(
         self, inputs: dict[str, Any], device: torch.device
