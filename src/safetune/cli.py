@@ -2,7 +2,8 @@
 
 Every command that takes a config accepts `--config FILE.yaml` and any number of `--section.key=value`
 overrides (sections: data, chat, selection, method, train, generation, judge, eval); the named flags are shortcuts for the most
-used overrides. Bad input exits with code 2 and one line naming the file, record and field.
+used overrides. Bad input exits with code 2 and one line naming the file, record and field. Every command
+takes -v/--verbose and -q/--quiet (safetune/console.py); results go to stdout, progress and logs to stderr.
 """
 
 from __future__ import annotations
