@@ -19,8 +19,10 @@ import sys
 import warnings
 from collections.abc import Iterable
 from enum import IntEnum
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from rich.console import Console
+from rich.logging import RichHandler
 from tqdm.auto import tqdm
 
 T = TypeVar("T")
@@ -46,18 +48,17 @@ def verbosity(verbose: bool, quiet: bool) -> Verbosity:
     return Verbosity.VERBOSE if verbose else Verbosity.QUIET if quiet else Verbosity.NORMAL
 
 
+class _BarAwareHandler(RichHandler):
+    def emit(self, record: logging.LogRecord) -> None:
+        # Clears the progress bars, writes the line, redraws them: no line glued to a bar.
+        with tqdm.external_write_mode(file=sys.stderr):
+            super().emit(record)
+
+
 def setup(level: Verbosity) -> None:
     """Configure logging, warnings and every progress bar for a command run at `level`."""
     global _verbosity
     _verbosity = level
-    from rich.logging import RichHandler
-
-    class BarAwareHandler(RichHandler):
-        def emit(self, record: logging.LogRecord) -> None:
-            # Clears the progress bars, writes the line, redraws them: no line glued to a bar.
-            with tqdm.external_write_mode(file=sys.stderr):
-                super().emit(record)
-
     ours = {
         Verbosity.QUIET: logging.WARNING,
         Verbosity.NORMAL: logging.INFO,
@@ -67,7 +68,7 @@ def setup(level: Verbosity) -> None:
         level=ours[level],
         format="%(message)s",
         datefmt="[%X]",
-        handlers=[BarAwareHandler(show_path=False, console=stderr_console())],
+        handlers=[_BarAwareHandler(show_path=False, console=stderr_console())],
         force=True,
     )
     logging.captureWarnings(True)  # warnings become log lines through the handler above
@@ -132,16 +133,12 @@ def progress(
 
 
 @functools.cache
-def stderr_console() -> Any:
+def stderr_console() -> Console:
     """The rich console of the log lines (it looks up sys.stderr at each write)."""
-    from rich.console import Console
-
     return Console(stderr=True)
 
 
 @functools.cache
-def stdout_console() -> Any:
+def stdout_console() -> Console:
     """The rich console of a command's result (tables)."""
-    from rich.console import Console
-
     return Console()
