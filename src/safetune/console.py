@@ -72,18 +72,16 @@ def setup(level: Verbosity) -> None:
         force=True,
     )
     logging.captureWarnings(True)  # warnings become log lines through the handler above
-    warnings.filterwarnings(
-        "default" if level == Verbosity.VERBOSE else "ignore", category=DeprecationWarning
-    )
-    warnings.filterwarnings("default" if level == Verbosity.VERBOSE else "ignore", category=FutureWarning)
+    for category in (DeprecationWarning, FutureWarning):  # the libraries' notes to their developers
+        warnings.filterwarnings("default" if level == Verbosity.VERBOSE else "ignore", category=category)
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.WARNING)
     _quiet_libraries(level)
 
 
 def _quiet_libraries(level: Verbosity) -> None:
+    # Imported here, not on first use: both reset their logger's level when they are first imported.
     import datasets
-    import huggingface_hub.utils
     import transformers.utils.logging as hf_logging
 
     verbose = level == Verbosity.VERBOSE
@@ -100,11 +98,10 @@ def _quiet_libraries(level: Verbosity) -> None:
     for name in LIBRARIES:
         logging.getLogger(name).setLevel(library_level)
     if verbose:
-        hf_logging.enable_progress_bar()  # also huggingface_hub's
+        hf_logging.enable_progress_bar()  # and huggingface_hub's
         datasets.enable_progress_bars()
     else:
-        hf_logging.disable_progress_bar()
-        huggingface_hub.utils.disable_progress_bars()
+        hf_logging.disable_progress_bar()  # and huggingface_hub's
         datasets.disable_progress_bars()
 
 
