@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 T = TypeVar("T")
 
-LIBRARIES = ("transformers", "datasets", "huggingface_hub", "accelerate", "peft", "trl")
+# absl: rouge_score's logger (RoleBench scoring), which says "Using default tokenizer." at INFO.
+LIBRARIES = ("transformers", "datasets", "huggingface_hub", "accelerate", "peft", "trl", "absl")
 # Loggers that stay at WARNING even with -v: their INFO/DEBUG is per-request or per-lock chatter.
 CHATTY = ("httpx", "urllib3", "filelock", "fsspec")
 
@@ -48,9 +49,30 @@ def verbosity(verbose: bool, quiet: bool) -> Verbosity:
     return Verbosity.VERBOSE if verbose else Verbosity.QUIET if quiet else Verbosity.NORMAL
 
 
-class _BarAwareHandler(RichHandler):
+def _handler() -> logging.Handler:
+    """rich's lines on a terminal; plain ones in a log file or a pipe, where rich would wrap them at 80
+    columns (a metrics line split in two) and pad them with spaces."""
+    if sys.stderr.isatty():
+        handler: logging.Handler = _RichLines(
+            show_path=False, console=stderr_console(), log_time_format="[%X]"
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))  # rich adds the time and level
+    else:
+        handler = _PlainLines()
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(message)s", "%X"))
+    return handler
+
+
+class _RichLines(RichHandler):
     def emit(self, record: logging.LogRecord) -> None:
         # Clears the progress bars, writes the line, redraws them: no line glued to a bar.
+        with tqdm.external_write_mode(file=sys.stderr):
+            super().emit(record)
+
+
+class _PlainLines(logging.StreamHandler):  # type: ignore[type-arg]
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr  # the current one: a caller (a test runner) may have swapped it
         with tqdm.external_write_mode(file=sys.stderr):
             super().emit(record)
 
@@ -64,13 +86,7 @@ def setup(level: Verbosity) -> None:
         Verbosity.NORMAL: logging.INFO,
         Verbosity.VERBOSE: logging.DEBUG,
     }
-    logging.basicConfig(
-        level=ours[level],
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[_BarAwareHandler(show_path=False, console=stderr_console())],
-        force=True,
-    )
+    logging.basicConfig(level=ours[level], handlers=[_handler()], force=True)
     logging.captureWarnings(True)  # warnings become log lines through the handler above
     for category in (DeprecationWarning, FutureWarning):  # the libraries' notes to their developers
         warnings.filterwarnings("default" if level == Verbosity.VERBOSE else "ignore", category=category)
