@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from safetune.errors import DataError
-from safetune.evaluation.items import ModelSource
+from safetune.models.source import ModelSource
 from safetune.storage import write_json
 
 SCHEMA_VERSION = 1

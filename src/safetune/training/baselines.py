@@ -484,7 +484,7 @@ def train_baseline(
     from transformers import set_seed
 
     from safetune.training.common import (
-        StopOnNonFinite,
+        add_callbacks,
         check_output,
         pair_counts,
         save_final,
@@ -526,7 +526,7 @@ def train_baseline(
     trainer = spec.build(config, model, ref_model, tokenizer, dataset)
     with atomic_open(out / "config.yaml") as handle:
         handle.write(dump_config(config))
-    trainer.add_callback(StopOnNonFinite())
+    add_callbacks(trainer)
     for callback in callbacks or []:
         trainer.add_callback(callback)
     result = trainer.train()

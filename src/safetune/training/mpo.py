@@ -19,7 +19,7 @@ from safetune.config import MethodConfig
 from safetune.methods.reward_gap import mean_token_logps, pool_hidden, reward_gap_mpo_loss
 from safetune.models.loading import decoder_of
 from safetune.reference.mpo import ReferenceCache, dominant_reference, target_reference_gap
-from safetune.training.common import StopOnNonFinite
+from safetune.training.common import add_callbacks
 
 
 class MpoTrainer(Trainer):
@@ -47,7 +47,7 @@ class MpoTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
         self._metrics: dict[str, list[float]] = defaultdict(list)
-        self.add_callback(StopOnNonFinite())
+        add_callbacks(self)
 
     def _reference_side(
         self, inputs: dict[str, Any], device: torch.device

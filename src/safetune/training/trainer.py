@@ -13,7 +13,7 @@ from safetune.config import MethodConfig
 from safetune.data.batching import pad_batch
 from safetune.methods.losses import ReferenceOutputs, sarft_loss
 from safetune.models.loading import decoder_of, lm_head_fn
-from safetune.training.common import StopOnNonFinite
+from safetune.training.common import add_callbacks
 
 
 class RoleCollator:
@@ -54,7 +54,7 @@ class SafetuneTrainer(Trainer):
                 self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self.reference_rows = 0  # rows the reference model has run on (tests and logs)
-        self.add_callback(StopOnNonFinite())
+        add_callbacks(self)
 
     def _reference(self, model: nn.Module, inputs: dict[str, Tensor], flags: Tensor) -> ReferenceOutputs:
         rows = flags.nonzero().squeeze(1)
