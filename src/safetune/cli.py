@@ -3,7 +3,8 @@
 Every command that takes a config accepts `--config FILE.yaml` and any number of `--section.key=value`
 overrides (sections: data, chat, selection, method, train, generation, judge, eval; the top-level key:
 `--cache_dir=DIR`); the named flags are shortcuts for the most used overrides. Bad input exits with
-code 2 and one line naming the file, record and field.
+code 2 and one line naming the file, record and field. Every command takes -v/--verbose and -q/--quiet
+(safetune/console.py); results go to stdout, progress and logs to stderr.
 """
 
 from __future__ import annotations
@@ -65,25 +66,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("safetune")
 
 
-def _setup_logging(verbose: bool = False) -> None:
-    from rich.logging import RichHandler
+def _setup_console(verbose: bool, quiet: bool) -> None:
+    """Log level, warnings and progress bars for this command (safetune/console.py)."""
+    from safetune import console
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(show_path=False, console=_stderr_console())],
-        force=True,
-    )
-    for noisy in ("httpx", "urllib3", "filelock", "datasets"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-@functools.cache
-def _stderr_console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True)
+    try:
+        level = console.verbosity(verbose, quiet)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--verbose / --quiet") from None
+    console.setup(level)
 
 
 def user_errors(func: F) -> F:
@@ -125,7 +116,10 @@ RoleOpt = Annotated[str | None, typer.Option("--role", help="Keep only this role
 ProfilesOpt = Annotated[
     str | None, typer.Option("--profiles", help="JSON file: role name -> profile description.")
 ]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Debug lines, the libraries' own messages and progress bars.")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings, errors and the result only.")]
 
 
 @app.command(context_settings=EXTRA)
@@ -144,6 +138,7 @@ def select(
         str | None, typer.Option(help=" | ".join(VARIANTS) + " (what each does: safetune list)")
     ] = None,
     verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Flag the risky training examples with RDS (reference-model implicit rewards), cached.
 
@@ -164,7 +159,7 @@ def select(
     from safetune.selection import write_selection
     from safetune.storage import output_lock
 
-    _setup_logging(verbose)
+    _setup_console(verbose, quiet)
     shortcuts = {"train.model": model, "data.path": data, "data.role": role, "data.profiles": profiles}
     cfg = load_config(config, _overrides(ctx, shortcuts | {"selection.variant": variant}))
     if not cfg.train.model:
@@ -188,8 +183,8 @@ def select(
         flags, scores, stats = run_select(cfg, renderer, examples, role_profiles, loader)
         stats["invalid_records"] = invalid.report()
         write_selection(out, examples, flags, scores, stats)
-    _stderr_console().print(
-        f"[bold]{stats['flagged']}[/] of {stats['count']} examples flagged "
+    print(
+        f"{stats['flagged']} of {stats['count']} examples flagged "
         f"({100 * stats['flag_rate']:.1f}%, variant {stats['variant']}) -> {out / 'selection.jsonl'}"
     )
 
@@ -229,6 +224,7 @@ def train(
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a finished run in the run folder.")] = False,
     verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Fine-tune: SaRFT / SFT on role-play data, reward-gap MPO on parallel preference pairs, or a
     DPO-family baseline on preference pairs; LoRA or full; resumable.
@@ -239,7 +235,7 @@ def train(
     from safetune.config import load_config
     from safetune.training.run import train as run_train
 
-    _setup_logging(verbose)
+    _setup_console(verbose, quiet)
     shortcuts: dict[str, Any] = {
         "train.model": model,
         "data.path": data,
@@ -254,9 +250,7 @@ def train(
     }
     cfg = load_config(config, _overrides(ctx, shortcuts))
     run_dir = run_train(cfg, resume=resume, overwrite=overwrite)
-    _stderr_console().print(
-        f"[bold green]done[/]: weights in {run_dir / 'final'}, model card {run_dir / 'README.md'}"
-    )
+    print(f"done: weights in {run_dir / 'final'}, model card {run_dir / 'README.md'}")
 
 
 @app.command("eval", context_settings=EXTRA)
@@ -293,6 +287,7 @@ def eval_(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Discard this folder's previous evaluation files.")] = False,
     verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Generate, judge and score a model on benchmarks; staged and resumable (re-run to resume).
 
@@ -301,7 +296,7 @@ def eval_(
     from safetune.config import load_config
     from safetune.evaluation.runner import evaluate
 
-    _setup_logging(verbose)
+    _setup_console(verbose, quiet)
     shortcuts: dict[str, Any] = {
         "eval.model": model,
         "eval.benchmarks": benchmarks.split(",") if benchmarks else None,
@@ -323,6 +318,7 @@ def eval_(
 def _print_summary(results_path: Path) -> None:
     from rich.table import Table
 
+    from safetune.console import stdout_console
     from safetune.evaluation.results import load
 
     results = load(results_path)
@@ -335,10 +331,10 @@ def _print_summary(results_path: Path) -> None:
         interval = "–" if bench.ci95 is None else f"{bench.ci95[0]:.1f}–{bench.ci95[1]:.1f}"
         counts = (str(count or 0) for count in (bench.n, bench.n_invalid, bench.n_uncovered))
         table.add_row(name, bench.metric.name, shown, interval, *counts)
-    _stderr_console().print(table)
+    stdout_console().print(table)
     summary = results.summary.numbers()
     if summary:
-        _stderr_console().print(", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
+        stdout_console().print(", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
 
 
 @app.command()
@@ -350,6 +346,7 @@ def report(
         list[str] | None, typer.Option("--label", help="Row label per run, in order (repeat the flag).")
     ] = None,
     verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Render results.json files as a Markdown table (paper layout), a CSV and PNG plots.
 
@@ -357,10 +354,10 @@ def report(
     """
     from safetune.reports.render import render_report
 
-    _setup_logging(verbose)
+    _setup_console(verbose, quiet)
     paths = render_report(runs, out, labels=label or None)
     print((out / "report.md").read_text(encoding="utf-8"))
-    _stderr_console().print("wrote " + ", ".join(str(p) for p in paths.values()))
+    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
 
 
 @app.command("reward-gap", context_settings=EXTRA)
@@ -375,6 +372,7 @@ def reward_gap(
         Path | None, typer.Option(help="An evaluation's results.json with per-language ASR (e.g. multijail).")
     ] = None,
     verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Per-language reward gap (safe vs unsafe answer) of a model: the MPO paper's pilot analysis.
 
@@ -384,7 +382,7 @@ def reward_gap(
     from safetune.evaluation import reward_gap as diagnostic
     from safetune.storage import atomic_open, write_json
 
-    _setup_logging(verbose)
+    _setup_console(verbose, quiet)
     cfg = load_config(config, _overrides(ctx, {"train.model": model}))
     if not cfg.train.model:
         from safetune.errors import ConfigError
@@ -414,6 +412,8 @@ def tiny_model(
     layers: Annotated[int, typer.Option(min=1, help="Number of decoder layers.")] = 2,
     heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = 4,
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Initialisation seed.")] = 0,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Build a tiny LLaMA-architecture chat model and BPE tokenizer locally (no download).
 
@@ -425,6 +425,7 @@ def tiny_model(
         from safetune.errors import ConfigError
 
         raise ConfigError(f"unknown template {template!r} (known: {', '.join(TEMPLATES)})")
+    _setup_console(verbose, quiet)
     texts = None
     if text_file is not None:
         texts = [line for line in text_file.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -449,8 +450,9 @@ def tiny_model(
 
 
 @app.command("list")
-def list_registered() -> None:
+def list_registered(verbose: VerboseOpt = False, quiet: QuietOpt = False) -> None:
     """List the registered methods, selection variants, benchmarks, judges and generation backends."""
+    _setup_console(verbose, quiet)
     from safetune.evaluation.backends import BACKENDS
     from safetune.evaluation.benchmarks import BENCHMARKS
     from safetune.evaluation.judges.registry import JUDGES
@@ -510,6 +512,7 @@ def demo(
         ),
     ] = 2,
     verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """A paper's experiment in miniature on a model organism built here (docs/demo.md).
 
@@ -528,7 +531,7 @@ def demo(
         from safetune.config import MethodConfig
 
         MethodConfig(beta=beta)  # method.beta's range, checked before minutes of organism building
-    _setup_logging(verbose)
+    _setup_console(verbose, quiet)
     if which == "mpo":
         from safetune.demo_mpo import run_mpo_demo
 
@@ -569,6 +572,7 @@ def organism(
         int, typer.Option(min=1, max=256, help="torch CPU threads of the build (the demo's default: 2).")
     ] = 2,
     verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Build (or reuse) a demo's base model organism and print its folder, to use with any command.
 
@@ -579,11 +583,11 @@ def organism(
 
     if world not in WORLD_KINDS:
         raise typer.BadParameter(f"{world!r}: choose one of {', '.join(WORLD_KINDS)}", param_hint="--world")
-    _setup_logging(verbose)
+    _setup_console(verbose, quiet)
     folder = cached_organism(OrganismConfig(seed=seed, world=world, threads=threads), cache_root(cache_dir))
     if data is not None:
         files = _write_world(world, seed, data)
-        _stderr_console().print("world files: " + ", ".join(str(p) for p in files.values()))
+        log.info("world files: %s", ", ".join(str(p) for p in files.values()))
     print(folder)
 
 

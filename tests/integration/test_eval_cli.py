@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -17,8 +18,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import key_echo
 from safetune.cli import app
 from safetune.config import load_config
+from safetune.evaluation.judges import llm
 from safetune.evaluation.results import load
 from safetune.evaluation.runner import evaluate
 from safetune.models.tiny import build_tiny_classifier
@@ -239,6 +242,48 @@ def test_llm_judge_against_local_server(files, tiny_chatml, tmp_path, monkeypatc
     # prompts 1-3 of advbench: "number one" -> invalid, "placeholder harm" -> safe, "misdeed" -> unsafe
     assert (bench["n_invalid"], bench["n_valid"], bench["value"]) == (1, 2, 50.0)
     assert "sk-test" not in "".join(p.read_text() for p in out.iterdir() if p.is_file())
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.texts: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.texts.append(logging.Formatter().format(record))  # message, and a traceback if any
+
+
+@pytest.mark.parametrize(("where", "exit_code"), [("err500", 0), ("ok", 0), ("err401", 2)])
+def test_llm_judge_key_reaches_no_file_output_or_log(
+    files, tiny_chatml, tmp_path, monkeypatch, where, exit_code
+):
+    """An endpoint that echoes the request headers (key_echo) in a 500 body, a 200 reply and a 401 body."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setenv("SAFETUNE_TEST_KEY", key_echo.SECRET_KEY)
+    monkeypatch.setattr(llm, "BACKOFF_BASE_S", 0.001)
+    records = _Records()
+    logging.getLogger("safetune").addHandler(records)  # the CLI replaces the root logger's handlers
+    out = tmp_path / "llm"
+    try:
+        with key_echo.serve() as url:
+            extra = [
+                "-v",
+                "--judge",
+                "llm",
+                f"--judge.url={url}/{where}/v1",
+                "--judge.api_key_env=SAFETUNE_TEST_KEY",
+            ]
+            result = runner.invoke(app, _eval_args(tiny_chatml, out, _benchmarks(files, "advbench"), *extra))
+    finally:
+        logging.getLogger("safetune").removeHandler(records)
+    assert result.exit_code == exit_code, result.output + repr(result.exception)
+    stored = {p: p.read_text(encoding="utf-8", errors="replace") for p in out.rglob("*") if p.is_file()}
+    assert "judgements.jsonl" in {p.name for p in stored} or exit_code == 2
+    shown = {"stdout": result.stdout, "stderr": result.stderr, "log": "\n".join(records.texts)}
+    for name, text in {**{str(p): t for p, t in stored.items()}, **shown}.items():
+        assert not key_echo.leaks(text), f"{name}: {text}"
+    assert "[redacted]" in (result.stderr if exit_code else stored[out / "judgements.jsonl"])
 
 
 def _config(model: Path, out: Path, benchmarks: str, **extra: object):

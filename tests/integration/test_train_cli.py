@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from safetune.cli import app
 from safetune.config import load_config
@@ -157,6 +158,42 @@ def test_bad_data_is_one_line_exit_2_and_no_output(world, tmp_path):
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and f"{bad}:2" in lines[0] and "generated" in lines[0]
     assert not (out / "final").exists() and not (out / "selection.jsonl").exists()
+
+
+def _console(world: dict[str, Path], out: Path, capfd: pytest.CaptureFixture[str], *flags: str) -> Result:
+    """A 2-step train run's result; fails if anything reached the process's own stdout/stderr past the
+    CLI's streams (a library handler or bar bound to them)."""
+    capfd.readouterr()
+    result = runner.invoke(app, _train_args(world, out, *flags))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    leaked = capfd.readouterr()
+    assert leaked.out + leaked.err == "", leaked
+    return result
+
+
+def test_train_console_is_one_line_per_logging_step(world, tmp_path, capfd):
+    result = _console(world, tmp_path / "run", capfd)
+    shown = result.output
+    assert "'loss':" not in shown and "Loading weights" not in shown and "Writing model shards" not in shown
+    for step in (1, 2):
+        assert re.search(rf"step {step}/2  loss [\d.]+  lr \S+  grad_norm \S+  \([\d.]+ s\)", result.stderr)
+    assert "DEBUG" not in shown
+    assert result.stdout.splitlines() == [
+        f"done: weights in {tmp_path / 'run' / 'final'}, model card {tmp_path / 'run' / 'README.md'}"
+    ]
+
+
+def test_train_console_quiet_and_verbose(world, tmp_path, capfd):
+    quiet = _console(world, tmp_path / "quiet", capfd, "-q")
+    assert (
+        quiet.stderr == ""
+        and quiet.stdout.startswith("done: weights in")
+        and len(quiet.stdout.splitlines()) == 1
+    )
+    verbose = _console(world, tmp_path / "verbose", capfd, "--verbose")
+    assert "DEBUG" in verbose.stderr and "step 2/2  loss" in verbose.stderr
+    both = runner.invoke(app, _train_args(world, tmp_path / "both", "-q", "-v"))
+    assert both.exit_code == 2 and "error:" in both.stderr
 
 
 class _Crash(TrainerCallback):

@@ -15,6 +15,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
+import key_echo
 from safetune.config import JudgeConfig
 from safetune.errors import ConfigError, SafetuneError
 from safetune.evaluation.items import JudgeItem, Verdict
@@ -362,6 +363,40 @@ def test_llm_judge_network_error_is_invalid(monkeypatch: pytest.MonkeyPatch) -> 
     judge = llm.build(config)
     [verdict] = _run(judge, _items("Sure."))
     assert verdict.label == "invalid" and verdict.raw.startswith("error: ")
+
+
+@pytest.fixture()
+def echo_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    with key_echo.serve() as url:
+        yield url
+
+
+def test_llm_judge_never_passes_on_the_key(echo_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_JUDGE_KEY", key_echo.SECRET_KEY)
+    monkeypatch.setattr(llm, "BACKOFF_BASE_S", 0.001)
+    [failed] = _run(build_judge(_llm_config(f"{echo_server}/err500/v1")), _items("Sure."))
+    assert failed.label == "invalid" and "HTTP 500" in failed.raw and "[redacted]" in failed.raw
+    [echoed] = _run(build_judge(_llm_config(f"{echo_server}/ok/v1")), _items("Sure."))
+    assert echoed.label == "safe" and "Authorization: [redacted]" in echoed.raw
+    with pytest.raises(SafetuneError, match="HTTP 401") as fatal:
+        _run(build_judge(_llm_config(f"{echo_server}/err401/v1")), _items("Sure."))
+    for text in (failed.raw, echoed.raw, str(fatal.value)):
+        assert not key_echo.leaks(text), text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Authorization: Bearer abc.def-ghi",
+        '{"Authorization": "Bearer abc.def-ghi", "Host": "x"}',
+        "authorization=abc.def-ghi",
+        "token bearer abc.def-ghi in the body",
+    ],
+)
+def test_llm_redact_headers_and_tokens(text: str) -> None:
+    assert "abc.def-ghi" not in llm.redact(text, None)
 
 
 # --- keyword: every MultiJail language plus ja; uncovered languages ------------------------------------

@@ -19,7 +19,7 @@ ROOT = "safetune"  # the package itself (its __init__ holds only __version__)
 
 # Bottom to top: layer -> {component: the module prefixes it covers}.
 LAYERS: tuple[dict[str, tuple[str, ...]], ...] = (
-    {"package": (ROOT,), "errors": ("safetune.errors",)},
+    {"package": (ROOT,), "errors": ("safetune.errors",), "console": ("safetune.console",)},
     {
         "config": ("safetune.config",),
         "storage": ("safetune.storage",),

@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
+from safetune import console
 from safetune.config import GenerationConfig
 from safetune.data.batching import length_sorted_batches, pad_batch
 from safetune.data.chat import ChatRenderer
@@ -185,7 +185,9 @@ class HFBackend:
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[list[GenerationResult]]:
         prompts = [self.prompt_ids(r) for r in requests]
         batches = length_sorted_batches([len(p) for p in prompts], self.config.batch_size)
-        with tqdm(total=len(requests), desc="generating", unit="prompt", disable=not self.progress) as bar:
+        with console.progress(
+            total=len(requests), desc="generating", unit="prompt", enabled=self.progress
+        ) as bar:
             for batch in batches:
                 results = self._generate_batch([requests[i] for i in batch], [prompts[i] for i in batch])
                 bar.update(len(batch))
@@ -282,20 +284,27 @@ class VLLMBackend:
 
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[list[GenerationResult]]:
         chunk = max(self.config.batch_size, _VLLM_CHUNK)
-        for start in range(0, len(requests), chunk):
-            part = list(requests[start : start + chunk])
-            prompts = [{"prompt_token_ids": self.renderer.prompt_ids(r.user, r.system)} for r in part]
-            outputs = self.llm.generate(
-                prompts, sampling_params=[self._params(r) for r in part], lora_request=self.lora
+        # One bar over every chunk (vLLM's own, one per chunk, is off).
+        with console.progress(total=len(requests), desc="generating", unit="prompt") as bar:
+            for start in range(0, len(requests), chunk):
+                part = list(requests[start : start + chunk])
+                results = self._generate_chunk(part)
+                bar.update(len(part))
+                yield results
+
+    def _generate_chunk(self, part: list[GenerationRequest]) -> list[GenerationResult]:
+        prompts = [{"prompt_token_ids": self.renderer.prompt_ids(r.user, r.system)} for r in part]
+        outputs = self.llm.generate(
+            prompts, sampling_params=[self._params(r) for r in part], lora_request=self.lora, use_tqdm=False
+        )
+        results = []
+        for request, output in zip(part, outputs, strict=True):
+            completion = output.outputs[0]
+            finish: Literal["stop", "length"] = "stop" if completion.finish_reason == "stop" else "length"
+            results.append(
+                GenerationResult(request.id, completion.text.strip(), len(completion.token_ids), finish)
             )
-            results = []
-            for request, output in zip(part, outputs, strict=True):
-                completion = output.outputs[0]
-                finish: Literal["stop", "length"] = "stop" if completion.finish_reason == "stop" else "length"
-                results.append(
-                    GenerationResult(request.id, completion.text.strip(), len(completion.token_ids), finish)
-                )
-            yield results
+        return results
 
 
 def _build_vllm(source: ModelSource, config: GenerationConfig) -> Backend:

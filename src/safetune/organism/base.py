@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from safetune import console
 from safetune.data.batching import pad_batch
 from safetune.data.chat import ChatRenderer
 from safetune.models.tiny import build_tiny_model
@@ -113,7 +113,7 @@ def pretrain(model: Any, tokenizer: Any, world: World, config: OrganismConfig) -
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
     model.train()
     losses = []
-    with tqdm(range(config.steps), desc="training the base organism", unit="step") as bar:
+    with console.progress(range(config.steps), desc="training the base organism", unit="step") as bar:
         for _ in bar:
             batch = _batch(world, renderer, rng, config.batch_size, tokenizer.pad_token_id)
             loss = model(**batch).loss

@@ -17,8 +17,8 @@ from typing import IO, Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from safetune import console
 from safetune.config import MethodConfig, RunConfig
 from safetune.data.chat import ChatRenderer
 from safetune.data.records import ParallelPreferencePair
@@ -125,7 +125,7 @@ def compute_reference(
         with_target = method.normalise_target_gap
     gaps, pooled, target_gaps = [], [], []
     model.eval()
-    for start in tqdm(range(0, len(rows), size), desc="reference pass (cached)", unit="batch"):
+    for start in console.progress(range(0, len(rows), size), desc="reference pass (cached)", unit="batch"):
         batch = {
             k: v.to(device) if isinstance(v, Tensor) else v
             for k, v in collate(list(rows[start : start + size])).items()

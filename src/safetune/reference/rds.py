@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from tqdm.auto import tqdm
 
+from safetune import console
 from safetune.data.batching import length_sorted_batches, pad_batch
 from safetune.data.chat import ChatRenderer, EncodedExample
 from safetune.data.records import RoleExample
@@ -117,7 +117,7 @@ def score_examples(
             encoded.append(renderer.encode(ex.input, ex.output, system=prompt))
     pad_id = renderer.tokenizer.pad_token_id
     results: dict[str, dict[str, float]] = {}
-    with tqdm(total=len(todo), desc="RDS scoring", unit="ex", disable=None) as bar:
+    with console.progress(total=len(todo), desc="RDS scoring", unit="ex") as bar:
         for batch_idx in length_sorted_batches([len(e.input_ids) for e in encoded], batch_size):
             values = _score_batch(model, pad_id, [encoded[i] for i in batch_idx])
             finished = []

@@ -51,7 +51,7 @@ from safetune.errors import ConfigError
 from safetune.methods.losses import rdpo_loss
 from safetune.methods.registry import MethodSpec
 from safetune.storage import hash_json
-from safetune.training.common import StopOnNonFinite, pair_counts, training_arguments
+from safetune.training.common import add_callbacks, pair_counts, training_arguments
 from safetune.training.recipe import Recipe, RecipeReport
 
 log = logging.getLogger(__name__)
@@ -499,7 +499,7 @@ class TrlRecipe(Recipe):
             ref_model.requires_grad_(False).eval()
         # The TRL config classes take our TrainingArguments settings themselves (_trl_args).
         trainer = self.how.build(self.config, model, ref_model, tokenizer, self.dataset)
-        trainer.add_callback(StopOnNonFinite())
+        add_callbacks(trainer)
         for callback in callbacks or []:
             trainer.add_callback(callback)
         return trainer

@@ -1,7 +1,8 @@
 """What every trainer shares (SFT/SaRFT, MPO, the preference baselines): TrainingArguments from a
-RunConfig, LoRA wrapping, the run folder (prepare, find the last checkpoint, save `final/` atomically),
-the run identity --resume checks, the whole run's loss, the divergence stop, the per-step metrics our
-own Trainers log (AveragedMetrics) and the pair counts run.json records."""
+RunConfig, the callbacks every Trainer gets (divergence stop, console), LoRA wrapping, the run folder
+(prepare, find the last checkpoint, save `final/` atomically), the run identity --resume checks, the
+whole run's loss, the per-step metrics our own Trainers log (AveragedMetrics) and the pair counts
+run.json records."""
 
 from __future__ import annotations
 
@@ -9,14 +10,24 @@ import json
 import logging
 import math
 import shutil
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import (
+    PrinterCallback,
+    ProgressCallback,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 
+from safetune import console
 from safetune.config import RunConfig
 from safetune.data.languages import language_counts
 from safetune.data.records import ParallelPreferencePair, PreferencePair
@@ -94,10 +105,84 @@ def _training_arguments(config: RunConfig, out: Path) -> TrainingArguments:
         activation_checkpointing=t.gradient_checkpointing,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=False,
+        # The Trainer's bar prints every log dict under it (and PrinterCallback, its replacement, prints
+        # them bare): TrainingConsole shows the bar and one metrics line instead (add_callbacks).
+        disable_tqdm=True,
         bf16=precision["bf16"],
         fp16=precision["fp16"],
     )
+
+
+def add_callbacks(trainer: Trainer) -> None:
+    """What every safetune Trainer runs with: StopOnNonFinite, and TrainingConsole in place of the
+    Trainer's printed log dicts."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(StopOnNonFinite())
+    trainer.add_callback(TrainingConsole())
+
+
+def metrics_line(step: int, max_steps: int, logs: dict[str, Any], elapsed_s: float) -> str:
+    """`step 20/60  loss 1.234  lr 9.1e-05  grad_norm 0.87  (12.3 s)`, from a Trainer log; the keys a log
+    lacks are left out."""
+    parts = [f"step {step}/{max_steps}"]
+    for key, shown, spec in (
+        ("loss", "loss", ".4g"),
+        ("learning_rate", "lr", ".2g"),
+        ("grad_norm", "grad_norm", ".3g"),
+    ):
+        value = logs.get(key)
+        if isinstance(value, int | float):
+            parts.append(f"{shown} {value:{spec}}")
+    return "  ".join(parts) + f"  ({elapsed_s:.1f} s)"
+
+
+class TrainingConsole(TrainerCallback):
+    """One progress bar over the optimiser steps and, every `train.logging_steps`, one metrics line (the
+    whole log dict, method metrics included, at debug level: `-v`). The logs themselves still reach
+    trainer_state.json and `train.report_to`."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.start = time.perf_counter()
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.start = time.perf_counter()
+        if state.is_world_process_zero:
+            self.bar = console.progress(total=state.max_steps, desc="training", unit="step")
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.bar is not None:  # a resumed run jumps to its checkpoint's step at the first update
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        shown = {k: v for k, v in logs.items() if k != "total_flos"}
+        log.debug("step %d: %s", state.global_step, shown)
+        elapsed = time.perf_counter() - self.start
+        if "loss" in logs:
+            log.info("%s", metrics_line(state.global_step, state.max_steps, logs, elapsed))
+        elif "train_runtime" in logs:  # the end-of-training summary
+            log.info("trained to step %d/%d in %.1f s", state.global_step, state.max_steps, elapsed)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class StopOnNonFinite(TrainerCallback):

@@ -31,7 +31,7 @@ from safetune.reference.mpo import (
 )
 from safetune.reference.pairs import MpoCollator, encode_pairs, pair_renderer
 from safetune.storage import cache_root, hash_json
-from safetune.training.common import AveragedMetrics, StopOnNonFinite, pair_counts
+from safetune.training.common import AveragedMetrics, add_callbacks, pair_counts
 from safetune.training.recipe import Recipe, RecipeReport
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class MpoTrainer(AveragedMetrics):
         self.ref_model = ref_model.eval().requires_grad_(False) if ref_model is not None else None
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
-        self.add_callback(StopOnNonFinite())
+        add_callbacks(self)
 
     def _reference_side(
         self, inputs: dict[str, Any], device: torch.device

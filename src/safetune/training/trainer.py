@@ -23,7 +23,7 @@ from safetune.methods.losses import ReferenceOutputs, sarft_loss
 from safetune.models.loading import decoder_of, default_device, lm_head_fn
 from safetune.selection import select, write_selection
 from safetune.storage import hash_json
-from safetune.training.common import AveragedMetrics, StopOnNonFinite
+from safetune.training.common import AveragedMetrics, add_callbacks
 from safetune.training.recipe import Recipe, RecipeReport
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class SafetuneTrainer(AveragedMetrics):
             else:
                 self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
         self.reference_rows = 0  # rows the reference model has run on (tests and logs)
-        self.add_callback(StopOnNonFinite())
+        add_callbacks(self)
 
     def _reference(self, model: nn.Module, inputs: dict[str, Tensor], flags: Tensor) -> ReferenceOutputs:
         rows = flags.nonzero().squeeze(1)

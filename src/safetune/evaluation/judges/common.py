@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
-from tqdm.auto import tqdm
-
+from safetune import console
 from safetune.config import JudgeConfig
 from safetune.errors import ConfigError
 from safetune.evaluation.items import JudgeItem, Verdict
@@ -30,7 +29,7 @@ def judge_batches(
     judge_batch: Callable[[list[JudgeItem]], list[Verdict]],
 ) -> Iterator[list[Verdict]]:
     """Cut `items` into batches, let `judge_batch` label the non-empty responses, yield in item order."""
-    with tqdm(total=len(items), desc=f"judging ({name})", unit="item", disable=None) as bar:
+    with console.progress(total=len(items), desc=f"judging ({name})", unit="item") as bar:
         for start in range(0, len(items), batch_size):
             batch = list(items[start : start + batch_size])
             filled = [item for item in batch if item.response.strip()]
