@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from safetune.config import MethodConfig
 from safetune.demos.common import DEMO_THREADS
@@ -46,6 +46,11 @@ class DemoSpec:
     def load(self) -> Demo:
         return cast(Demo, importlib.import_module(self.module))
 
+
+if TYPE_CHECKING:  # mypy holds each demo's module to Demo; at run time a module loads when its demo runs
+    from safetune.demos import mpo, sarft
+
+    _MODULES: tuple[Demo, ...] = (sarft, mpo)
 
 DEMOS: dict[str, DemoSpec] = {
     spec.name: spec
