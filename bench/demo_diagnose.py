@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from safetune.demo import DemoPlan, train_config, write_world_files
+from safetune.demos.sarft import DemoPlan, train_config, write_world_files
 from safetune.organism.base import cached_organism
 from safetune.organism.world import COMPLY_OPENERS, PERSONAS, REFUSALS, World
 

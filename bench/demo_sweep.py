@@ -22,9 +22,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from safetune.demo import LABELS, DemoPlan, distribution_markdown
-from safetune.demo_mpo import LABELS as MPO_LABELS
-from safetune.demo_mpo import MpoDemoPlan
+from safetune.demos.distribution import distribution_markdown
+from safetune.demos.mpo import LABELS as MPO_LABELS
+from safetune.demos.mpo import MpoDemoPlan
+from safetune.demos.sarft import LABELS, DemoPlan
 from safetune.organism.base import OrganismConfig
 
 FIELDS = {

@@ -23,6 +23,8 @@ from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 
 from safetune.config import MAX_SEED
+from safetune.demos.common import DEMO_THREADS
+from safetune.demos.registry import DEFAULT_DEMO, DEMOS
 from safetune.errors import SafetuneError, one_line
 from safetune.methods.registry import METHODS, methods_by_data_kind
 from safetune.selection_variants import VARIANTS
@@ -145,44 +147,12 @@ def select(
     Run as: safetune select -m MODEL --data roles/ --role "Freddy Krueger" --profiles profiles.json -o runs/sel
     """
     from safetune.config import load_config
-    from safetune.data.chat import ChatRenderer
-    from safetune.data.readers import InvalidRecords
-    from safetune.data.sources import load_data
-    from safetune.models.loading import (
-        check_model_folder,
-        default_device,
-        load_causal_lm,
-        load_tokenizer,
-        resolve_dtype,
-    )
-    from safetune.selection import select as run_select
-    from safetune.selection import write_selection
-    from safetune.storage import output_lock
+    from safetune.selection import run_selection
 
     _setup_console(verbose, quiet)
     shortcuts = {"train.model": model, "data.path": data, "data.role": role, "data.profiles": profiles}
     cfg = load_config(config, _overrides(ctx, shortcuts | {"selection.variant": variant}))
-    if not cfg.train.model:
-        from safetune.errors import ConfigError
-
-        raise ConfigError("--model (train.model) is required")
-    t, c = cfg.train, cfg.chat
-    check_model_folder(t.model)  # even when the scores come from the cache and the model stays unloaded
-    tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
-    renderer = ChatRenderer.from_config(tokenizer, c, authors_empty_system=True)
-    invalid = InvalidRecords(cfg.data.invalid)
-    examples, role_profiles = load_data(cfg, invalid)
-
-    def loader() -> Any:
-        log.info("loading %s to score %d examples", t.model, len(examples))
-        model_ = load_causal_lm(t.model, t.revision, resolve_dtype(t.precision), t.trust_remote_code)
-        return model_.to(default_device()).eval()
-
-    # Two selections into one folder: the second stops at once (busy) instead of redoing the work.
-    with output_lock(out):
-        flags, scores, stats = run_select(cfg, renderer, examples, role_profiles, loader)
-        stats["invalid_records"] = invalid.report()
-        write_selection(out, examples, flags, scores, stats)
+    stats = run_selection(cfg, out)
     print(
         f"{stats['flagged']} of {stats['count']} examples flagged "
         f"({100 * stats['flag_rate']:.1f}%, variant {stats['variant']}) -> {out / 'selection.jsonl'}"
@@ -379,23 +349,11 @@ def reward_gap(
     Run as: safetune reward-gap -m MODEL --data heldout.json --results runs/ev/results.json -o runs/gap
     """
     from safetune.config import load_config
-    from safetune.evaluation import reward_gap as diagnostic
-    from safetune.storage import atomic_open, write_json
+    from safetune.evaluation.reward_gap import run_reward_gap
 
     _setup_console(verbose, quiet)
     cfg = load_config(config, _overrides(ctx, {"train.model": model}))
-    if not cfg.train.model:
-        from safetune.errors import ConfigError
-
-        raise ConfigError("--model is required")
-    asr = diagnostic.asr_by_language(results) if results else None
-    gaps = diagnostic.measure(cfg, data)
-    write_json(out / "reward_gap.json", {**gaps, "asr": asr})
-    text = diagnostic.markdown(gaps, asr)
-    with atomic_open(out / "reward_gap.md") as handle:
-        handle.write(text)
-    if asr:
-        diagnostic.plot_gap_vs_asr(gaps, asr, out / "gap_vs_asr.png")
+    text = run_reward_gap(cfg, data, out, results)
     print(text)
 
 
@@ -475,17 +433,27 @@ def list_registered(verbose: VerboseOpt = False, quiet: QuietOpt = False) -> Non
         print(f"  {backend.name:6s} {backend.description}")
 
 
-DEMOS = ("sarft", "mpo")
+def _demo_names() -> str:
+    """The registry's demos for the help: "sarft (role-play safety, the default) or mpo (...)"."""
+    return " or ".join(
+        f"{spec.name} ({spec.summary}{', the default' if spec.name == DEFAULT_DEMO else ''})"
+        for spec in DEMOS.values()
+    )
 
 
 @app.command()
 @user_errors
 def demo(
-    which: Annotated[
-        str, typer.Argument(help="sarft (role-play safety, the default) or mpo (multilingual safety).")
-    ] = "sarft",
+    which: Annotated[str, typer.Argument(help=f"{_demo_names()}.")] = DEFAULT_DEMO,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output folder (default demo-out or demo-mpo).")
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output folder (default "
+            + " or ".join(str(spec.default_out) for spec in DEMOS.values())
+            + ").",
+        ),
     ] = None,
     quick: Annotated[bool, typer.Option(help="A smaller, faster run (used by the tests).")] = False,
     seed: Annotated[
@@ -510,7 +478,7 @@ def demo(
             max=256,
             help="torch CPU threads, pinned for the whole demo (float results depend on it; default 2).",
         ),
-    ] = 2,
+    ] = DEMO_THREADS,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -525,34 +493,12 @@ def demo(
 
     Run as: safetune demo --out demo-out   |   safetune demo mpo --out demo-mpo
     """
+    from safetune.demos.registry import run_demo
+
     if which not in DEMOS:
         raise typer.BadParameter(f"{which!r}: choose one of {', '.join(DEMOS)}", param_hint="WHICH")
-    if beta is not None:
-        from safetune.config import MethodConfig
-
-        MethodConfig(beta=beta)  # method.beta's range, checked before minutes of organism building
     _setup_console(verbose, quiet)
-    if which == "mpo":
-        from safetune.demo_mpo import run_mpo_demo
-
-        print(
-            run_mpo_demo(
-                out or Path("demo-mpo"),
-                quick=quick,
-                seed=seed,
-                beta=beta,
-                cache_dir=cache_dir,
-                threads=threads,
-            )
-        )
-        return
-    from safetune.demo import run_demo
-
-    print(
-        run_demo(
-            out or Path("demo-out"), quick=quick, seed=seed, beta=beta, cache_dir=cache_dir, threads=threads
-        )
-    )
+    print(run_demo(which, out, quick=quick, seed=seed, beta=beta, cache_dir=cache_dir, threads=threads))
 
 
 @app.command()
@@ -562,15 +508,18 @@ def organism(
         Path | None, typer.Option(help="Also write the world's data files (training sets, tests) here.")
     ] = None,
     world: Annotated[
-        str, typer.Option(help="roleplay (safetune demo) or multilingual (safetune demo mpo).")
-    ] = "roleplay",
+        str,
+        typer.Option(
+            help=" or ".join(f"{spec.world} (safetune demo {spec.name})" for spec in DEMOS.values()) + "."
+        ),
+    ] = DEMOS[DEFAULT_DEMO].world,
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the world and the organism.")] = 0,
     cache_dir: Annotated[
         Path | None, typer.Option(help="Cache for the organism (default ~/.cache/safetune).")
     ] = None,
     threads: Annotated[
         int, typer.Option(min=1, max=256, help="torch CPU threads of the build (the demo's default: 2).")
-    ] = 2,
+    ] = DEMO_THREADS,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -578,30 +527,16 @@ def organism(
 
     Run as: safetune organism --data world/ && safetune select -m "$(safetune organism)" --data world/roles ...
     """
-    from safetune.organism.base import WORLD_KINDS, OrganismConfig, cached_organism
-    from safetune.storage import cache_root
+    from safetune.demos.registry import demo_organism
 
-    if world not in WORLD_KINDS:
-        raise typer.BadParameter(f"{world!r}: choose one of {', '.join(WORLD_KINDS)}", param_hint="--world")
+    worlds = [spec.world for spec in DEMOS.values()]
+    if world not in worlds:
+        raise typer.BadParameter(f"{world!r}: choose one of {', '.join(worlds)}", param_hint="--world")
     _setup_console(verbose, quiet)
-    folder = cached_organism(OrganismConfig(seed=seed, world=world, threads=threads), cache_root(cache_dir))
-    if data is not None:
-        files = _write_world(world, seed, data)
+    folder, files = demo_organism(world, seed, data, cache_dir, threads)
+    if files:
         log.info("world files: %s", ", ".join(str(p) for p in files.values()))
     print(folder)
-
-
-def _write_world(world: str, seed: int, data: Path) -> dict[str, Path]:
-    if world == "multilingual":
-        from safetune.demo_mpo import MpoDemoPlan
-        from safetune.demo_mpo import write_world_files as write_multilingual
-        from safetune.organism.multilingual import MultilingualWorld
-
-        return write_multilingual(MultilingualWorld(seed), MpoDemoPlan.for_seed(seed), data)
-    from safetune.demo import DemoPlan, write_world_files
-    from safetune.organism.world import World
-
-    return write_world_files(World(seed), DemoPlan.for_seed(seed), data)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -26,7 +26,7 @@ from safetune.data.role_prompts import prompts_by_role
 from safetune.errors import ConfigError, DataError
 from safetune.reference.rds import Score, cached_scores
 from safetune.selection_variants import VARIANTS
-from safetune.storage import cache_root, write_json, write_jsonl
+from safetune.storage import cache_root, output_lock, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -175,3 +175,38 @@ def select(
     if scores is not None:
         stats["cache_key"] = key
     return flags, scores, stats
+
+
+def run_selection(config: RunConfig, out: Path) -> dict[str, Any]:
+    """`safetune select`: flag the config's training examples and write selection.jsonl and
+    selection_stats.json into `out`; returns the stats."""
+    from safetune.data.readers import InvalidRecords
+    from safetune.data.sources import load_data
+    from safetune.models.loading import (
+        check_model_folder,
+        default_device,
+        load_causal_lm,
+        load_tokenizer,
+        resolve_dtype,
+    )
+
+    if not config.train.model:
+        raise ConfigError("--model (train.model) is required")
+    t = config.train
+    check_model_folder(t.model)  # even when the scores come from the cache and the model stays unloaded
+    tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
+    renderer = ChatRenderer.from_config(tokenizer, config.chat, authors_empty_system=True)
+    invalid = InvalidRecords(config.data.invalid)
+    examples, role_profiles = load_data(config, invalid)
+
+    def loader() -> Any:
+        log.info("loading %s to score %d examples", t.model, len(examples))
+        model = load_causal_lm(t.model, t.revision, resolve_dtype(t.precision), t.trust_remote_code)
+        return model.to(default_device()).eval()
+
+    # Two selections into one folder: the second stops at once (busy) instead of redoing the work.
+    with output_lock(out):
+        flags, scores, stats = select(config, renderer, examples, role_profiles, loader)
+        stats["invalid_records"] = invalid.report()
+        write_selection(out, examples, flags, scores, stats)
+    return stats

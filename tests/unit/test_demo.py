@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from safetune.demo import DemoPlan, distribution_markdown, machine_line
+from safetune.demos.common import machine_line
+from safetune.demos.distribution import distribution_markdown
+from safetune.demos.sarft import DemoPlan
 from safetune.provenance import machine_record, pinned_threads
 
 

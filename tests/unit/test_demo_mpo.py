@@ -6,7 +6,7 @@ import pytest
 
 from safetune.config import load_config
 from safetune.data.preferences import load_parallel_pairs
-from safetune.demo_mpo import MpoDemoPlan, checks, summary_markdown, write_world_files
+from safetune.demos.mpo import MpoDemoPlan, checks, summary_markdown, write_world_files
 from safetune.evaluation.benchmarks import load_benchmark
 from safetune.organism.multilingual import L1, L2, MultilingualWorld, is_flipped
 

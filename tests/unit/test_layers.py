@@ -32,7 +32,7 @@ LAYERS: tuple[dict[str, tuple[str, ...]], ...] = (
     {"selection": ("safetune.selection", "safetune.selection_variants"), "organism": ("safetune.organism",)},
     {"training": ("safetune.training",), "evaluation": ("safetune.evaluation",)},
     {"reports": ("safetune.reports",)},
-    {"demos": ("safetune.demo", "safetune.demo_mpo")},
+    {"demos": ("safetune.demos",)},
     {"cli": ("safetune.cli",)},
 )
 

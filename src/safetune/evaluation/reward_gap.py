@@ -18,10 +18,29 @@ from statistics import fmean
 from typing import Any
 
 from safetune.config import RunConfig
-from safetune.errors import DataError
+from safetune.errors import ConfigError, DataError
 from safetune.evaluation.results import load
 
 log = logging.getLogger(__name__)
+
+
+def run_reward_gap(config: RunConfig, data: str, out: Path, results: Path | None = None) -> str:
+    """`safetune reward-gap`: measure the gaps of `config.train.model` on the pairs in `data`, with the
+    per-language ASR of an evaluation's `results` when given; writes reward_gap.json, reward_gap.md
+    and (with `results`) gap_vs_asr.png into `out`. Returns the Markdown table."""
+    from safetune.storage import atomic_open, write_json
+
+    if not config.train.model:
+        raise ConfigError("--model is required")
+    asr = asr_by_language(results) if results else None
+    gaps = measure(config, data)
+    write_json(out / "reward_gap.json", {**gaps, "asr": asr})
+    text = markdown(gaps, asr)
+    with atomic_open(out / "reward_gap.md") as handle:
+        handle.write(text)
+    if asr:
+        plot_gap_vs_asr(gaps, asr, out / "gap_vs_asr.png")
+    return text
 
 
 def measure(config: RunConfig, data: str, fmt: str = "auto") -> dict[str, Any]:

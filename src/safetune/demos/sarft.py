@@ -1,4 +1,4 @@
-"""`safetune demo`: the SaRFT experiment in miniature, on a model organism built on this machine.
+"""`safetune demo` (sarft, the default): the SaRFT experiment in miniature, on an organism built here.
 
 1. Build (or reuse from the cache) the base organism: a tiny chat model trained from scratch on the
    synthetic world (organism/world.py) to answer, to refuse harmful requests, to play personas under a
@@ -17,28 +17,31 @@ Run as: safetune demo --out demo-out
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from safetune.config import RunConfig, load_config
+from safetune.demos.common import (
+    DEMO_THREADS,
+    Check,
+    checks_markdown,
+    fmt,
+    json_override,
+    machine_line,
+    timed,
+    write_summary,
+)
 from safetune.evaluation.results import load as load_results
 from safetune.organism.base import OrganismConfig, cached_organism
 from safetune.organism.world import PERSONAS, SELECTION, Persona, World
 from safetune.provenance import machine_record, pinned_threads
 from safetune.storage import atomic_open, write_json, write_jsonl
 
-log = logging.getLogger(__name__)
-
 # variant -> (method, selection variant)
 VARIANTS = {"sft": ("sft", "none"), "sarft": ("sarft", "rds"), "random": ("sarft", "random")}
 LABELS = {"base": "base", "sft": "SFT", "sarft": "SaRFT", "random": "random + KL"}
-
-
-# The demos pin torch's CPU thread count: float reductions, and so every number of a run, depend on it.
-DEMO_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,11 @@ def write_world_files(world: World, plan: DemoPlan, root: Path) -> dict[str, Pat
     return {"roles": roles, "profiles": profiles, "harmful": harmful, "config": config}
 
 
+def write_world(seed: int, root: Path) -> dict[str, Path]:
+    """The world of `seed` as files, at the demo's plan (`safetune organism --data`)."""
+    return write_world_files(World(seed), DemoPlan.for_seed(seed), root)
+
+
 def _cli_config(plan: DemoPlan, roles: Path, profiles: Path) -> str:
     """A config for running the CLI on the organism by hand (the demo's own settings)."""
     import yaml
@@ -128,10 +136,6 @@ def _cli_config(plan: DemoPlan, roles: Path, profiles: Path) -> str:
     }
     header = "# The demo's settings for the model organism: safetune select/train/eval --config this-file\n"
     return header + yaml.safe_dump(settings, sort_keys=False)
-
-
-def json_override(key: str, value: Any) -> str:
-    return f"{key}={json.dumps(value)}"
 
 
 def train_config(
@@ -195,13 +199,6 @@ def eval_config(
     return load_config(None, overrides)
 
 
-def timed(label: str, func: Any, *args: Any, **kwargs: Any) -> Any:
-    start = time.perf_counter()
-    result = func(*args, **kwargs)
-    log.info("%s: %.1f s", label, time.perf_counter() - start)
-    return result
-
-
 def run_persona(
     plan: DemoPlan,
     organism: Path,
@@ -252,12 +249,6 @@ def _row(persona: Persona, variant: str, results_path: Path, run_dir: Path | Non
     return row
 
 
-# A check whose outcome is None is a direction the demo reports but cannot decide in miniature (the
-# methods tie at the ceiling on this organism); docs/demo.md says why.
-Check = tuple[str, str, bool | None]
-NOT_DECIDABLE = "not decidable here (docs/demo.md)"
-
-
 def _find(rows: list[dict[str, Any]], villain: bool, variant: str) -> dict[str, Any]:
     return next(r for r in rows if r["villain"] == villain and r["variant"] == variant)
 
@@ -303,20 +294,6 @@ def checks(rows: list[dict[str, Any]]) -> list[Check]:
     ]
 
 
-def checks_markdown(source: str, results: list[Check]) -> list[str]:
-    """The "expected / measured / holds" table of a demo summary (preceded by a blank line)."""
-    lines = ["", f"| expected ({source}) | measured | holds |", "|---|---|---|"]
-    return lines + [
-        f"| {claim} | {value} | {NOT_DECIDABLE if ok is None else 'yes' if ok else '**no**'} |"
-        for claim, value, ok in results
-    ]
-
-
-def fmt(value: float | None, digits: int = 1) -> str:
-    """A table cell: the value with `digits` decimals, or a dash when there is none."""
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
 def summary_markdown(
     rows: list[dict[str, Any]], plan: DemoPlan, organism: dict[str, Any], machine: dict[str, Any]
 ) -> str:
@@ -344,7 +321,7 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
-def run_demo(
+def run(
     out: Path,
     quick: bool = False,
     seed: int = 0,
@@ -376,96 +353,3 @@ def run_demo(
     summary = summary_markdown(rows, plan, organism_info(organism), machine)
     write_summary(out, summary, asdict(plan), organism, rows, checks(rows), start, machine)
     return summary
-
-
-def machine_line(machine: dict[str, Any]) -> str:
-    """One summary line: what a seed's numbers depend on besides the seed (docs/demo.md)."""
-    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
-    return (
-        f"Machine: {machine['threads']} torch thread(s), {machine['cpu']} "
-        f"({machine['cpu_capability']}), Python {machine['python']}, {versions}. The same seed gives the "
-        "same table on a machine with the same record; elsewhere float-level differences can move "
-        "single prompts (the distribution over seeds is in docs/demo.md)."
-    )
-
-
-def write_summary(
-    out: Path,
-    markdown: str,
-    plan: dict[str, Any],
-    organism: Path,
-    rows: list[dict[str, Any]],
-    results: list[Check],
-    start: float,
-    machine: dict[str, Any],
-) -> None:
-    """out/summary.json (plan, organism, machine, rows, checks, seconds since `start`) and summary.md."""
-    write_json(
-        out / "summary.json",
-        {
-            "plan": plan,
-            "organism": str(organism),
-            "machine": machine,
-            "rows": rows,
-            "checks": [list(c) for c in results],
-            "seconds": round(time.perf_counter() - start, 1),
-        },
-    )
-    with atomic_open(out / "summary.md") as handle:
-        handle.write(markdown)
-
-
-# ---- distributions over seeds and thread counts (bench/demo_sweep.py, bench/demo_mpo_sweep.py) ----
-
-
-def _spread(values: list[float], digits: int = 1) -> str:
-    """median [min–max] of `values`."""
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    return f"{median:.{digits}f} [{ordered[0]:.{digits}f}–{ordered[-1]:.{digits}f}]"
-
-
-def distribution_markdown(
-    summaries: dict[int, list[dict[str, Any]]],
-    row_key: Any,
-    fields: dict[str, tuple[str, int]],
-    effects: dict[str, Any] | None = None,
-) -> list[str]:
-    """Markdown tables over many demo runs, one column per thread count: how often each check held
-    (k/n) and median [min–max] of every figure. `summaries` maps a thread count to that count's
-    summary.json contents (one per seed); `row_key(row)` names a row (e.g. "Grim Vex SaRFT"); `fields`
-    maps a row field to (column title, decimals); `effects` maps a headline effect's title to a function
-    of one summary's rows (e.g. base minus SaRFT refusal), tabulated the same way."""
-    threads = sorted(summaries)
-    head = "| " + " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in threads) + " |"
-    lines = ["| check | " + head[2:], "|---|" + "---:|" * len(threads)]
-    claims = [c[0] for c in next(iter(summaries.values()))[0]["checks"]]
-    for i, claim in enumerate(claims):
-        cells = []
-        for t in threads:
-            outcomes = [s["checks"][i][2] for s in summaries[t]]
-            held = sum(bool(ok) for ok in outcomes)
-            cells.append("reported" if all(ok is None for ok in outcomes) else f"{held}/{len(outcomes)}")
-        lines.append(f"| {claim} | " + " | ".join(cells) + " |")
-    if effects:
-        lines += ["", "| headline effect | " + head[2:], "|---|" + "---:|" * len(threads)]
-        for title, effect in effects.items():
-            cells = [_spread([float(effect(s["rows"])) for s in summaries[t]]) for t in threads]
-            lines.append(f"| {title} | " + " | ".join(cells) + " |")
-    lines += ["", "| model | figure | " + head[2:], "|---|---|" + "---:|" * len(threads)]
-    names = list(dict.fromkeys(row_key(r) for r in next(iter(summaries.values()))[0]["rows"]))
-    for name in names:
-        for field_name, (title, digits) in fields.items():
-            cells = []
-            for t in threads:
-                values = [
-                    r[field_name]
-                    for s in summaries[t]
-                    for r in s["rows"]
-                    if row_key(r) == name and r.get(field_name) is not None
-                ]
-                cells.append(_spread(values, digits) if values else "–")
-            if any(c != "–" for c in cells):
-                lines.append(f"| {name} | {title} | " + " | ".join(cells) + " |")
-    return lines

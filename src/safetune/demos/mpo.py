@@ -26,7 +26,7 @@ from typing import Any
 
 from safetune.config import RunConfig, load_config
 from safetune.data.records import ParallelPreferencePair
-from safetune.demo import (
+from safetune.demos.common import (
     DEMO_THREADS,
     Check,
     checks_markdown,
@@ -131,6 +131,11 @@ def write_world_files(world: MultilingualWorld, plan: MpoDemoPlan, root: Path) -
         sum(map(is_flipped, train)),
     )
     return files
+
+
+def write_world(seed: int, root: Path) -> dict[str, Path]:
+    """The world of `seed` as files, at the demo's plan (`safetune organism --world multilingual --data`)."""
+    return write_world_files(MultilingualWorld(seed), MpoDemoPlan.for_seed(seed), root)
 
 
 def _cli_config(plan: MpoDemoPlan, files: dict[str, Path]) -> str:
@@ -340,7 +345,7 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
-def run_mpo_demo(
+def run(
     out: Path,
     quick: bool = False,
     seed: int = 0,
