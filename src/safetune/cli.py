@@ -357,6 +357,59 @@ def reward_gap(
     print(text)
 
 
+@app.command("safelora", context_settings=EXTRA)
+@user_errors
+def safelora(
+    ctx: typer.Context,
+    run: Annotated[
+        Path, typer.Argument(help="A LoRA run folder (or its final/, or an adapter folder); only read.")
+    ],
+    unaligned: Annotated[
+        str, typer.Option(help="The pretrained model the aligned model was aligned from (hub id or folder).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The new run folder for the projected adapter.")],
+    aligned: Annotated[
+        str | None,
+        typer.Option(help="The aligned (chat) model; default: the run's base model (train.model)."),
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help="number (default) | threshold")] = None,
+    k: Annotated[
+        int | None, typer.Option(help="number mode: project the k lowest cosines (default 10).")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="threshold mode: project where cosine <= this (default 0.5).")
+    ] = None,
+    projector: Annotated[
+        str | None, typer.Option(help="official (V V^T / ||V||_F, default) | exact (V (V^T V)^+ V^T)")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a run already in the output folder.")] = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """SafeLoRA after the fact: project an existing LoRA run's adapter onto the alignment subspace into a
+    new run folder (the input is never written). Options as `--method.safelora_*=value` work too.
+
+    Run as: safetune safelora runs/villain-sft --unaligned meta-llama/Llama-2-7b-hf -o runs/villain-safelora
+    """
+    from safetune.config import load_config
+    from safetune.training.safelora import project_run
+
+    _setup_console(verbose, quiet)
+    shortcuts: dict[str, Any] = {
+        "method.unaligned_model": unaligned,
+        "method.safelora_mode": mode,
+        "method.safelora_k": k,
+        "method.safelora_threshold": threshold,
+        "method.safelora_projector": projector,
+    }
+    cfg = load_config(None, _overrides(ctx, shortcuts))
+    report = project_run(run, out, cfg.method, aligned=aligned, overwrite=overwrite)
+    print(
+        f"{report['modules_projected']} of {report['modules_total']} modules projected "
+        f"(cosine <= {report['threshold']:g}) -> {out / 'final'}, report {out / 'safelora.json'}"
+    )
+
+
 @app.command("tiny-model")
 @user_errors
 def tiny_model(

@@ -193,6 +193,14 @@ class MethodConfig(Section):
     simpo_gamma: float = number(0.5)  # simpo: the target reward margin gamma (TRL's simpo_gamma)
     cpo_alpha: float = number(1.0, ge=0)  # cpo: weight of the NLL term on chosen
     orpo_lambda: float = number(0.1, ge=0)  # orpo: weight of the odds-ratio term (TRL's beta for ORPO)
+    # SafeLoRA (docs/methods/safelora.md): after LoRA training, project the update of each module whose
+    # cosine with the alignment subspace is low onto that subspace (V = W_aligned - W_unaligned)
+    aligned_model: str | None = None  # the aligned (chat) model; None: train.model, the model fine-tuned
+    unaligned_model: str | None = None  # the pretrained model it was aligned from (required by safelora)
+    safelora_mode: Literal["number", "threshold"] = "number"  # the authors' select_layers_type default
+    safelora_k: int = number(10, ge=1)  # number mode: project the k lowest cosines (num_proj_layers)
+    safelora_threshold: float = number(0.5, ge=-1, le=1)  # threshold mode: project where cos <= this
+    safelora_projector: Literal["official", "exact"] = "official"  # V V^T / ||V||_F, or V (V^T V)^+ V^T
 
     def resolved_beta(self) -> float:
         if self.beta is None:

@@ -14,8 +14,9 @@ from safetune.errors import ConfigError
 # (`ParallelPreferencePair`, data/preferences.py).
 DataKind = Literal["role", "preference", "parallel"]
 # Which Trainer runs a method (training/run.py: RECIPES): SafetuneTrainer (SaRFT's loss), MpoTrainer
-# (reward-gap MPO with the reference cache) or one of TRL's trainers (training/baselines.py).
-RecipeName = Literal["role", "mpo", "trl"]
+# (reward-gap MPO with the reference cache), one of TRL's trainers (training/baselines.py), or
+# SafetuneTrainer followed by SafeLoRA's projection (training/safelora.py).
+RecipeName = Literal["role", "mpo", "trl", "safelora"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,20 @@ _SPECS = (
         data_kind="preference",
         recipe="trl",
         needs_reference=True,
+    ),
+    # SafeLoRA: LoRA SFT on the role data, then the trained update projected onto the alignment subspace.
+    MethodSpec(
+        name="safelora",
+        summary="LoRA SFT, then each low-cosine module's update projected onto the alignment subspace",
+        source=(
+            "Hsu et al., NeurIPS 2024 (arXiv:2405.16833); IBM/SafeLoRA model.py (SafeLoRA.get_aligned_matrix, "
+            "projected_weighted) and config.py"
+        ),
+        data_kind="role",
+        recipe="safelora",
+        needs_reference=False,
+        uses_beta=False,
+        default_beta=0.0,
     ),
 )
 

@@ -270,6 +270,20 @@ def check_lora_targets(model: Any, config: RunConfig) -> None:
     )
 
 
+def adapted_modules(model: Any, config: RunConfig) -> list[tuple[str, Any]]:
+    """(name, module) of every module LoRA adapts under `train.lora_targets`, by peft's rule for a list of
+    names (see check_lora_targets), for the linear layers among them (SafeLoRA reads their weights)."""
+    targets = list(config.train.lora_targets)
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if name
+        and (name in targets or any(name.endswith(f".{target}") for target in targets))
+        and isinstance(getattr(module, "weight", None), torch.Tensor)
+        and module.weight.dim() == 2
+    ]
+
+
 def last_checkpoint(folder: Path) -> str | None:
     if not folder.is_dir():
         return None

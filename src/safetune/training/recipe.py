@@ -4,7 +4,8 @@
 reference copy, config.yaml) and the epilogue once (train with --resume, save `final/`, run.json, the
 model card). A `Recipe` holds only what differs between trainer kinds: which records it loads and how it
 encodes them, the frozen pass over them before the work starts (RDS scoring, the MPO reference cache),
-which Trainer it builds and what it adds to run.json and the card. One recipe object serves one run, so
+which Trainer it builds, any work on the saved weights (SafeLoRA's projection) and what it adds to
+run.json and the card. One recipe object serves one run, so
 what `load` read stays on it for the later steps.
 """
 
@@ -33,7 +34,7 @@ class RecipeReport:
 
 class Recipe(ABC):
     """One trainer kind's part of a run, called by `training/run.py` in this order: `load`, `frozen_pass`
-    (model loaded, nothing written yet), `write_files` (the run folder is started), `trainer`, `report`."""
+    (model loaded, nothing written yet), `write_files` (the run folder is started), `trainer`, `after_training` (`final/` is saved), `report`."""
 
     def __init__(self, config: RunConfig, spec: MethodSpec):
         self.config = config
@@ -68,6 +69,11 @@ class Recipe(ABC):
         callbacks: list[TrainerCallback] | None,
     ) -> Trainer:
         """The Trainer for this run, with `callbacks` and StopOnNonFinite (training/common.py)."""
+
+    def after_training(self, trainer: Trainer, out: Path) -> None:
+        """Work on the saved run once `final/` is written and before run.json (SafeLoRA's projection of
+        the trained adapter). Default: none."""
+        return None
 
     @abstractmethod
     def report(self, trainer: Trainer, metrics: dict[str, Any]) -> RecipeReport:

@@ -5,10 +5,12 @@
               checkpoints before any scoring or reference work), the model, the recipe's frozen pass
     start     the run folder (--overwrite clears it only here), identity.json, the recipe's files,
               config.yaml, LoRA or a frozen reference copy, the recipe's Trainer
-    epilogue  train (resumed from the last checkpoint with --resume), `final/`, run.json, README.md
+    epilogue  train (resumed from the last checkpoint with --resume), `final/`, the recipe's work on it,
+              run.json, README.md
 
 The recipes (training/recipe.py) hold only what differs: RoleRecipe (SaRFT/SFT, training/trainer.py),
-MpoRecipe (training/mpo.py), TrlRecipe (the DPO family through TRL, training/baselines.py).
+MpoRecipe (training/mpo.py), TrlRecipe (the DPO family through TRL, training/baselines.py),
+SafeLoraRecipe (SFT, then SafeLoRA's projection of the adapter, training/safelora.py).
 
 Run folder layout (`train.output_dir`):
     config.yaml            the resolved configuration
@@ -17,6 +19,7 @@ Run folder layout (`train.output_dir`):
     selection_stats.json
     checkpoints/           Trainer checkpoints every `train.save_steps` (resume with --resume)
     final/                 LoRA adapter or full model (safetensors) + tokenizer
+    trained/, safelora.json   SafeLoRA only: the adapter before its projection, the per-module report
     run.json               provenance and final metrics
     README.md              a short model card
 
@@ -65,12 +68,15 @@ from safetune.training.common import (
 )
 from safetune.training.mpo import MpoRecipe
 from safetune.training.recipe import Recipe, RecipeReport
+from safetune.training.safelora import SafeLoraRecipe
 from safetune.training.trainer import RoleRecipe
 
 log = logging.getLogger(__name__)
 
 # The recipe each registry entry names (MethodSpec.recipe).
 RECIPES: dict[RecipeName, type[Recipe]] = {"role": RoleRecipe, "mpo": MpoRecipe, "trl": TrlRecipe}
+# SafeLoRA: role-data SFT, then the projection of the trained adapter (training/safelora.py)
+RECIPES["safelora"] = SafeLoraRecipe
 
 
 def train(
@@ -185,6 +191,7 @@ def _run(
         log.warning("--resume: no checkpoint in %s, starting from scratch", out / "checkpoints")
     result = _train_whole_run(trainer, checkpoint)
     save_final(trainer, tokenizer, out)
+    recipe.after_training(trainer, out)
 
     metrics = {**result.metrics, "global_step": result.global_step}
     report = recipe.report(trainer, metrics)
