@@ -259,6 +259,55 @@ CASES: dict[str, Case] = {
         _eval("-m", "{pickled}", "--backend", "hf"), ("pickled/pytorch_model.bin", "safetensors only")
     ),
 }
+# SafeLoRA (docs/methods/safelora.md): `train --method safelora` and the post-hoc `safetune safelora`
+_SAFELORA = ("--method", "safelora")
+_UNALIGNED = "--method.unaligned_model={unaligned}"
+CASES |= {
+    "safelora without unaligned model": Case(
+        _train(*_SAFELORA), ("method.unaligned_model is required by safelora",)
+    ),
+    "safelora full fine-tuning": Case(
+        _train(*_SAFELORA, _UNALIGNED, "--finetune", "full"), ("method safelora projects a LoRA update",)
+    ),
+    "safelora k 0": Case(
+        _train(*_SAFELORA, _UNALIGNED, "--method.safelora_k=0"), ("method.safelora_k", ">= 1, got 0")
+    ),
+    "safelora threshold 2": Case(
+        _train(*_SAFELORA, _UNALIGNED, "--method.safelora_threshold=2"),
+        ("method.safelora_threshold", "<= 1, got 2"),
+    ),
+    "safelora mode bogus": Case(
+        _train(*_SAFELORA, _UNALIGNED, "--method.safelora_mode=bogus"),
+        ("method.safelora_mode: 'bogus' is not one of",),
+    ),
+    "safelora projector bogus": Case(
+        _train(*_SAFELORA, _UNALIGNED, "--method.safelora_projector=bogus"), ("method.safelora_projector",)
+    ),
+    "safelora unaligned missing": Case(
+        _train(*_SAFELORA, "--method.unaligned_model={tmp}/nope"),
+        ("method.unaligned_model folder", "not found"),
+    ),
+    "safelora unaligned is the aligned model": Case(
+        _train(*_SAFELORA, "--method.unaligned_model={model}"), ("is the aligned model itself",)
+    ),
+    "safelora unaligned other shapes": Case(
+        _train(*_SAFELORA, "--method.unaligned_model={narrow}"),
+        ("has shape", "same architecture"),
+        caches=True,
+    ),
+    "safelora posthoc not a lora run": Case(
+        ("safelora", "{model}", "--unaligned", "{unaligned}", "-o", "{out}"), ("holds no LoRA adapter",)
+    ),
+    "safelora posthoc output inside input": Case(
+        ("safelora", "{tmp}", "--unaligned", "{unaligned}", "-o", "{tmp}/out"),
+        ("must be outside the input run",),
+    ),
+    "safelora posthoc without unaligned": Case(("safelora", "{model}", "-o", "{out}"), ("--unaligned",)),
+    "safelora posthoc k 0": Case(
+        ("safelora", "{model}", "--unaligned", "{unaligned}", "-o", "{out}", "--k", "0"),
+        ("method.safelora_k",),
+    ),
+}
 for _command, _args in (("select", _select), ("train", _train), ("eval", _eval), ("report", _report)):
     CASES[f"read-only parent {_command}"] = Case(
         _args("-o", "{tmp}/ro/out"),
@@ -286,6 +335,19 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_llama3: Path) -> dict[s
     shutil.copytree(tiny_llama3, pickled)
     torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
     (pickled / "model.safetensors").unlink()
+    # SafeLoRA's unaligned models: the same shapes with other weights, and a narrower architecture
+    from transformers import AutoTokenizer
+
+    from safetune.models.tiny import random_llama
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama3)
+    unaligned, narrow = root / "unaligned", root / "narrow"
+    random_llama(tokenizer, "llama3", hidden_size=32, num_layers=2, num_heads=4, seed=1).save_pretrained(
+        unaligned
+    )
+    random_llama(tokenizer, "llama3", hidden_size=16, num_layers=2, num_heads=4, seed=1).save_pretrained(
+        narrow
+    )
     evaluation = root / "evaluation"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SAFETUNE_CACHE", str(root / "cache"))
@@ -300,6 +362,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_llama3: Path) -> dict[s
         "truncated": truncated,
         "pickled": pickled,
         "evaluation": evaluation,
+        "unaligned": unaligned,
+        "narrow": narrow,
     }
 
 

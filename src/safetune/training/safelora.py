@@ -62,6 +62,16 @@ def check_settings(method: MethodConfig, finetune: str) -> None:
         check_model_folder(method.aligned_model, "method.aligned_model")
 
 
+def check_distinct(aligned: str, unaligned: str) -> None:
+    """The aligned and unaligned models must differ (V = 0 has no direction to project onto)."""
+    same = Path(aligned).expanduser().resolve() == Path(unaligned).expanduser().resolve()
+    if aligned == unaligned or (Path(aligned).expanduser().is_dir() and same):
+        raise ConfigError(
+            f"method.unaligned_model {unaligned!r} is the aligned model itself: SafeLoRA needs the "
+            "pretrained model the aligned one was aligned from"
+        )
+
+
 def check_shapes(
     modules: Sequence[tuple[str, tuple[int, ...]]], aligned: WeightFiles, unaligned: WeightFiles
 ) -> None:
@@ -166,6 +176,8 @@ class SafeLoraRecipe(RoleRecipe):
     def __init__(self, config: RunConfig, spec: MethodSpec):
         super().__init__(config, spec)
         check_settings(config.method, config.train.finetune)
+        if config.train.model:
+            check_distinct(self.aligned, str(config.method.unaligned_model))
 
     @property
     def aligned(self) -> str:
@@ -221,15 +233,18 @@ def project_run(
         raise ConfigError(
             f"-o {out}: the output must be outside the input run {run} (which is never written)"
         )
-    adapter_dir = run / TRAINED if (run / TRAINED).is_dir() else run
-    source = resolve_model(str(adapter_dir))
-    if source.adapter is None:
+    folders = (run / TRAINED, run / "final", run)
+    adapter_dir = next((d for d in folders if (d / "adapter_config.json").is_file()), None)
+    if adapter_dir is None:
         raise ConfigError(
             f"{run} holds no LoRA adapter (adapter_config.json): SafeLoRA projects LoRA runs only"
         )
+    source = resolve_model(str(adapter_dir))
+    assert source.adapter is not None  # a folder with adapter_config.json
     adapter = Path(source.adapter)
     run_dir = run if (run / "config.yaml").is_file() else adapter.parent
     base = aligned or source.base
+    check_distinct(base, str(method.unaligned_model))
     if (out / "final").exists() and not overwrite:
         raise ConfigError(f"{out} already holds a run; pass --overwrite to replace it")
     projection, report = project_folder(adapter, method, base, None if aligned else source.revision)
