@@ -64,7 +64,8 @@ def lora_cosine(
     """cosine(vec(C B A), vec(B A)), in the projector's dtype, rounded to `decimals` (None: not rounded).
 
     Through Gram matrices (<CBA, BA> = tr((CB)^T B (A A^T))) so that no d_out x d_in product is formed."""
-    b, a = lora_b.to(projector.dtype), lora_a.to(projector.dtype)
+    b = lora_b.to(device=projector.device, dtype=projector.dtype)
+    a = lora_a.to(device=projector.device, dtype=projector.dtype)
     cb = projector @ b
     gram_a = a @ a.T  # r x r
     inner = torch.trace(cb.T @ b @ gram_a)
@@ -145,7 +146,8 @@ def project_adapter(
     decimals: int | None = COSINE_DECIMALS,
 ) -> Projection:
     """SafeLoRA on a saved adapter's tensors. `projector_of(module)` returns that module's C (the caller
-    decides the form and dtype, and may read weights lazily: it is called once per module, in name order).
+    decides the form, dtype and device, and may read weights lazily: it is called once per module, in name
+    order).
 
     Every cosine comes from `adapter` as given, and `adapter` is left unchanged: two calls give the same
     result. C B is kept for every module (d_out x r, small) so that each C is built only once."""
@@ -160,7 +162,7 @@ def project_adapter(
                 f"{name}: the alignment matrix is {c.shape[0]} x {c.shape[0]} but lora_B has {b.shape[0]} rows"
             )
         cosines.append(lora_cosine(c, b, a, decimals))
-        candidates[name] = c @ b.to(c.dtype)
+        candidates[name] = (c @ b.to(device=c.device, dtype=c.dtype)).cpu()
         del c
     used, chosen = select_modules(cosines, mode, k, threshold)
     weights = {key: tensor.clone() for key, tensor in adapter.items()}

@@ -27,7 +27,7 @@ from safetune.config import MethodConfig, RunConfig, dump_config, load_config
 from safetune.errors import ConfigError
 from safetune.methods.registry import MethodSpec, get_method
 from safetune.methods.safelora import Projection, alignment_projector, lora_modules, project_adapter
-from safetune.models.loading import check_model_folder, resolve_model
+from safetune.models.loading import check_model_folder, default_device, resolve_model
 from safetune.models.weights import WeightFiles
 from safetune.provenance import git_commit
 from safetune.storage import atomic_open, follow_umask, hash_json, output_lock, write_json
@@ -105,12 +105,14 @@ def project_folder(
     shapes = [(name, (adapter[b].shape[0], adapter[a].shape[1])) for name, (a, b) in modules.items()]
     check_shapes(shapes, aligned_files, unaligned_files)
 
+    device = default_device()  # an MLP module's C is d_out^2 (14336^2 in an 8B model): a GPU's work
+
     def projector_of(name: str) -> torch.Tensor:
         key = f"{name}.weight"
         try:
             return alignment_projector(
-                aligned_files.tensor(key),
-                unaligned_files.tensor(key),
+                aligned_files.tensor(key).to(device),
+                unaligned_files.tensor(key).to(device),
                 method.safelora_projector,
                 COMPUTE_DTYPE,
             )
@@ -210,7 +212,9 @@ class SafeLoraRecipe(RoleRecipe):
 
     def report(self, trainer: Trainer, metrics: dict[str, Any]) -> RecipeReport:
         report = super().report(trainer, metrics)
-        s = self.safelora
+        s = getattr(self, "safelora", None)
+        if s is None:  # a process other than the main one, which projected
+            return report
         report.details["safelora"] = {k: v for k, v in s.items() if k != "modules"}
         report.metrics["safelora_modules_projected"] = s["modules_projected"]
         report.card_rows.append(f"| SafeLoRA | {_summary(s)}; unaligned model `{s['unaligned_model']}` |")
