@@ -14,8 +14,9 @@ from safetune.errors import ConfigError
 # (`ParallelPreferencePair`, data/preferences.py).
 DataKind = Literal["role", "preference", "parallel"]
 # Which Trainer runs a method (training/run.py: RECIPES): SafetuneTrainer (SaRFT's loss), MpoTrainer
-# (reward-gap MPO with the reference cache) or one of TRL's trainers (training/baselines.py).
-RecipeName = Literal["role", "mpo", "trl"]
+# (reward-gap MPO with the reference cache) or one of TRL's trainers (training/baselines.py); tokenwise
+# (training/tokenwise.py) and safeinstr (training/safeinstr.py) are role-data recipes without RDS.
+RecipeName = Literal["role", "mpo", "trl", "tokenwise", "safeinstr"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class MethodSpec:
     default_beta: float = 0.1
 
 
-_SPECS = (
+_SPECS: tuple[MethodSpec, ...] = (
     MethodSpec(
         name="sarft",
         summary="SFT + beta * KL(ref || policy) on RDS-flagged rows (Zhao et al., ACL 2025)",
@@ -146,6 +147,32 @@ _SPECS = (
         data_kind="preference",
         recipe="trl",
         needs_reference=True,
+    ),
+)
+
+# Safety-preserving fine-tuning baselines on role data (issue 13, part 2).
+_SPECS += (
+    MethodSpec(
+        name="tokenwise-sft",
+        summary="token-wise constrained SFT: (2/beta_t) softplus(beta_t (log pi_aligned - log pi)) per token, "
+        "beta_t large on the first response tokens (Qi et al., ICLR 2025)",
+        source=(
+            "arXiv 2406.05946; Unispac/shallow-vs-deep-alignment "
+            "finetuning_buckets/trainer/trainer.py (soft_sft_loss, get_beta_list), finetune.py"
+        ),
+        data_kind="role",
+        recipe="tokenwise",
+        needs_reference=True,  # the aligned model's token log-probs, computed once before training
+    ),
+    MethodSpec(
+        name="safeinstr",
+        summary="SafeInstr: SFT on the role data mixed with safety demonstrations (Bianchi et al., ICLR 2024)",
+        source="arXiv 2309.07875; vinid/safety-tuned-llamas (data/training, training/finetuning.py)",
+        data_kind="role",
+        recipe="safeinstr",
+        needs_reference=False,
+        uses_beta=False,
+        default_beta=0.0,
     ),
 )
 

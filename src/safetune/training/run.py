@@ -65,12 +65,16 @@ from safetune.training.common import (
 )
 from safetune.training.mpo import MpoRecipe
 from safetune.training.recipe import Recipe, RecipeReport
+from safetune.training.safeinstr import SafeInstrRecipe
+from safetune.training.tokenwise import TokenwiseRecipe
 from safetune.training.trainer import RoleRecipe
 
 log = logging.getLogger(__name__)
 
 # The recipe each registry entry names (MethodSpec.recipe).
 RECIPES: dict[RecipeName, type[Recipe]] = {"role": RoleRecipe, "mpo": MpoRecipe, "trl": TrlRecipe}
+# Role-data baselines without RDS (issue 13, part 2).
+RECIPES.update({"tokenwise": TokenwiseRecipe, "safeinstr": SafeInstrRecipe})
 
 
 def train(
