@@ -154,8 +154,8 @@ _SPECS: tuple[MethodSpec, ...] = (
 _SPECS += (
     MethodSpec(
         name="tokenwise-sft",
-        summary="token-wise constrained SFT: (2/beta_t) softplus(beta_t (log pi_aligned - log pi)) per token, "
-        "beta_t large on the first response tokens (Qi et al., ICLR 2025)",
+        summary="token-wise constrained SFT: per-token softplus constraint to the initial model, tightest on "
+        "the first response tokens (Qi et al., ICLR 2025)",
         source=(
             "arXiv 2406.05946; Unispac/shallow-vs-deep-alignment "
             "finetuning_buckets/trainer/trainer.py (soft_sft_loss, get_beta_list), finetune.py"
