@@ -201,6 +201,22 @@ class MethodConfig(Section):
     safelora_k: int = number(10, ge=1)  # number mode: project the k lowest cosines (num_proj_layers)
     safelora_threshold: float = number(0.5, ge=-1, le=1)  # threshold mode: project where cos <= this
     safelora_projector: Literal["official", "exact"] = "official"  # V V^T / ||V||_F, or V (V^T V)^+ V^T
+    # --- token-wise constrained SFT (docs/methods/tokenwise.md); beta = method.beta (default 0.1) -------
+    # beta_t = beta * first_token_factor for the first response token, beta * bias_factor for the next
+    # tokens up to bias_length, beta after (the authors' finetune.py defaults 5, 20, 5)
+    bias_factor: float = number(20.0, gt=0)
+    first_token_factor: float = number(5.0, gt=0)
+    bias_length: int = number(5, ge=0)
+    tokenwise_min_weight: float = number(1e-3, ge=0, lt=2)  # the authors' clamp on 2 sigmoid(beta Delta)
+    tokenwise_adam_beta1: float = number(0.5, ge=0, lt=1)  # the authors' AdamW beta1 (other methods: 0.9)
+    tokenwise_warmup_steps: int = number(
+        10, ge=0
+    )  # the authors' use_warmup; used when train.warmup_ratio is 0
+    # --- SafeInstr (docs/methods/safeinstr.md): safety demonstrations mixed into the role data ----------
+    safety_data: str | None = None  # data/safety.py: a .json/.jsonl/.csv file; None: the built-in set
+    safety_count: int | None = number(None, ge=0)  # N safety rows; None: safety_fraction of the role rows
+    safety_fraction: float = number(0.03, ge=0, le=1)  # Bianchi et al.: "3% safety examples"
+    safety_system: Literal["none", "role"] = "none"  # none: rendered as the role rows (no system prompt)
 
     def resolved_beta(self) -> float:
         if self.beta is None:

@@ -308,6 +308,39 @@ CASES |= {
         ("method.safelora_k",),
     ),
 }
+# Role-data baselines (issue 13, part 2): tokenwise-sft and safeinstr settings.
+_TW, _SI = ("--method", "tokenwise-sft"), ("--method", "safeinstr")
+CASES.update(
+    {
+        "tokenwise beta 0": Case(_train(*_TW, "--beta", "0"), ("method.beta must be > 0 for tokenwise-sft",)),
+        "tokenwise bias_length -1": Case(
+            _train(*_TW, "--method.bias_length=-1"), ("method.bias_length", ">= 0")
+        ),
+        "tokenwise bias_factor 0": Case(
+            _train(*_TW, "--method.bias_factor=0"), ("method.bias_factor", "> 0")
+        ),
+        "tokenwise min_weight 2": Case(
+            _train(*_TW, "--method.tokenwise_min_weight=2"), ("method.tokenwise_min_weight", "< 2")
+        ),
+        "tokenwise beta1 1": Case(
+            _train(*_TW, "--method.tokenwise_adam_beta1=1"), ("tokenwise_adam_beta1", "< 1")
+        ),
+        "safeinstr fraction 1.5": Case(
+            _train(*_SI, "--method.safety_fraction=1.5"), ("method.safety_fraction",)
+        ),
+        "safeinstr count -1": Case(_train(*_SI, "--method.safety_count=-1"), ("method.safety_count", ">= 0")),
+        "safeinstr too many rows": Case(
+            _train(*_SI, "--method.safety_count=100"),
+            ("asks for 100 safety rows but the safety data has 32",),
+        ),
+        "safeinstr missing file": Case(
+            _train(*_SI, "--method.safety_data={tmp}/nope.jsonl"), ("nope.jsonl: no such file",)
+        ),
+        "safeinstr system bogus": Case(
+            _train(*_SI, "--method.safety_system=bogus"), ("method.safety_system",)
+        ),
+    }
+)
 for _command, _args in (("select", _select), ("train", _train), ("eval", _eval), ("report", _report)):
     CASES[f"read-only parent {_command}"] = Case(
         _args("-o", "{tmp}/ro/out"),

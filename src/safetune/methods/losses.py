@@ -304,3 +304,113 @@ def rdpo_loss(
     length_margin = chosen_lengths.to(chosen_logratios.dtype) - rejected_lengths.to(chosen_logratios.dtype)
     logits = beta * (chosen_logratios - rejected_logratios) + alpha * length_margin
     return -F.logsigmoid(logits)
+
+
+# --- Token-wise constrained SFT (Qi et al., ICLR 2025; docs/methods/tokenwise.md) ---------------------------
+
+
+def tokenwise_betas(
+    targets: Tensor,
+    beta: float,
+    bias_factor: float = 20.0,
+    bias_length: int = 5,
+    first_token_factor: float = 5.0,
+) -> Tensor:
+    """beta_t per position of `targets` (shifted labels): the k-th supervised token of a row (k = 0, 1, ...,
+    counted in order over the row, whatever the prompt length) gets beta * first_token_factor at k = 0,
+    beta * bias_factor for 0 < k < bias_length, beta after; 0 where there is no target. The authors'
+    get_beta_list, with bias_length 0 meaning a flat beta."""
+    supervised = targets != IGNORE_INDEX
+    k = supervised.long().cumsum(dim=1) - 1
+    betas = torch.full(targets.shape, float(beta), dtype=torch.float32, device=targets.device)
+    betas = torch.where(k < bias_length, betas * bias_factor, betas)
+    if bias_length > 0:
+        betas = torch.where(k == 0, torch.full_like(betas, beta * first_token_factor), betas)
+    return torch.where(supervised, betas, torch.zeros_like(betas))
+
+
+@torch.no_grad()
+def target_logps(logits: Tensor, targets: Tensor, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> Tensor:
+    """log p(target) per position in fp32, 0 where there is no target; no gradient. Chunked over the
+    positions that have a target, so only a [chunk, vocab] fp32 block exists at a time."""
+    vocab = logits.shape[-1]
+    flat_logits = logits.reshape(-1, vocab)
+    flat_targets = targets.reshape(-1)
+    out = torch.zeros(flat_targets.shape, dtype=torch.float32, device=logits.device)
+    positions = (flat_targets != IGNORE_INDEX).nonzero().squeeze(1)
+    step = chunk_positions(vocab, chunk_elements)
+    for start in range(0, positions.numel(), step):
+        rows = positions[start : start + step]
+        block = flat_logits[rows].float()
+        chosen = block.gather(1, flat_targets[rows].unsqueeze(1)).squeeze(1)
+        out[rows] = chosen - torch.logsumexp(block, dim=-1)
+    return out.view(targets.shape)
+
+
+@dataclass
+class TokenwiseLossOutput:
+    """`loss` has the value of `objective` and the gradient of the authors' surrogate (`surrogate`);
+    `objective`, `surrogate` and `delta` (mean log pi_aligned - log pi_theta) are detached, for logging."""
+
+    loss: Tensor
+    objective: Tensor
+    surrogate: Tensor
+    delta: Tensor
+
+
+def tokenwise_loss(
+    logits: Tensor,
+    labels: Tensor,
+    ref_logps: Tensor,
+    beta: float = 0.1,
+    bias_factor: float = 20.0,
+    bias_length: int = 5,
+    first_token_factor: float = 5.0,
+    min_weight: float = 1e-3,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    inplace: bool = False,
+) -> TokenwiseLossOutput:
+    """Token-wise constrained SFT (Qi et al., "Safety Alignment Should Be Made More Than Just a Few Tokens
+    Deep", ICLR 2025), averaged over the supervised tokens of the batch:
+
+        l_t = (2 / beta_t) * softplus(beta_t * Delta_t),   Delta_t = log pi_aligned(y_t) - log pi_theta(y_t)
+
+    Its gradient is w_t * (-grad log pi_theta(y_t)) with w_t = 2 * sigmoid(beta_t * Delta_t): SFT's token
+    gradient, damped where the policy already exceeds the aligned model. The authors back-propagate the
+    surrogate mean_t(-stopgrad(max(w_t, 1e-3)) * log pi_theta(y_t)); so do we (`min_weight` = their clamp;
+    0 gives the objective's exact gradient), through the fused chunked CE, so no full-vocabulary fp32
+    tensor exists. `ref_logps[b, t]` is log pi_aligned of `shift_targets(labels)[b, t]` (0 elsewhere).
+    As beta -> 0, w_t -> 1 and the gradient is the token-mean SFT gradient.
+    """
+    if beta <= 0:
+        raise ValueError(f"tokenwise_loss needs beta > 0 (beta -> 0 is SFT), got {beta}")
+    targets = shift_targets(labels)
+    supervised = targets != IGNORE_INDEX
+    count = supervised.sum().clamp(min=1).float()
+    betas = tokenwise_betas(targets, beta, bias_factor, bias_length, first_token_factor)
+    policy = target_logps(logits.detach(), targets, chunk_elements)
+    delta = torch.where(supervised, ref_logps.float().to(policy.device) - policy, torch.zeros_like(policy))
+    safe_betas = torch.where(supervised, betas, torch.ones_like(betas))
+    weight = (2 * torch.sigmoid(safe_betas * delta)).clamp(min=min_weight) * supervised
+    objective = (2 / safe_betas * F.softplus(safe_betas * delta) * supervised).sum() / count
+    if not logits.requires_grad:
+        inplace = False
+    surrogate, _, _ = _FusedCeKl.apply(
+        logits,
+        targets,
+        weight / count,
+        torch.zeros_like(weight),
+        0.0,
+        None,
+        "forward",
+        chunk_elements,
+        inplace,
+    )
+    # The value the Trainer logs is the objective; the gradient is the surrogate's.
+    loss = surrogate + (objective - surrogate).detach()
+    return TokenwiseLossOutput(
+        loss=loss,
+        objective=objective.detach(),
+        surrogate=surrogate.detach(),
+        delta=(delta.sum() / count).detach(),
+    )

@@ -15,8 +15,9 @@ from safetune.errors import ConfigError
 DataKind = Literal["role", "preference", "parallel"]
 # Which Trainer runs a method (training/run.py: RECIPES): SafetuneTrainer (SaRFT's loss), MpoTrainer
 # (reward-gap MPO with the reference cache), one of TRL's trainers (training/baselines.py), or
-# SafetuneTrainer followed by SafeLoRA's projection (training/safelora.py).
-RecipeName = Literal["role", "mpo", "trl", "safelora"]
+# SafetuneTrainer followed by SafeLoRA's projection (training/safelora.py); tokenwise
+# (training/tokenwise.py) and safeinstr (training/safeinstr.py) are role-data recipes without RDS.
+RecipeName = Literal["role", "mpo", "trl", "safelora", "tokenwise", "safeinstr"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class MethodSpec:
     default_beta: float = 0.1
 
 
-_SPECS = (
+_SPECS: tuple[MethodSpec, ...] = (
     MethodSpec(
         name="sarft",
         summary="SFT + beta * KL(ref || policy) on RDS-flagged rows (Zhao et al., ACL 2025)",
@@ -158,6 +159,32 @@ _SPECS = (
         ),
         data_kind="role",
         recipe="safelora",
+        needs_reference=False,
+        uses_beta=False,
+        default_beta=0.0,
+    ),
+)
+
+# Safety-preserving fine-tuning baselines on role data (issue 13, part 2).
+_SPECS += (
+    MethodSpec(
+        name="tokenwise-sft",
+        summary="token-wise constrained SFT: per-token softplus constraint to the initial model, tightest on "
+        "the first response tokens (Qi et al., ICLR 2025)",
+        source=(
+            "arXiv 2406.05946; Unispac/shallow-vs-deep-alignment "
+            "finetuning_buckets/trainer/trainer.py (soft_sft_loss, get_beta_list), finetune.py"
+        ),
+        data_kind="role",
+        recipe="tokenwise",
+        needs_reference=True,  # the aligned model's token log-probs, computed once before training
+    ),
+    MethodSpec(
+        name="safeinstr",
+        summary="SafeInstr: SFT on the role data mixed with safety demonstrations (Bianchi et al., ICLR 2024)",
+        source="arXiv 2309.07875; vinid/safety-tuned-llamas (data/training, training/finetuning.py)",
+        data_kind="role",
+        recipe="safeinstr",
         needs_reference=False,
         uses_beta=False,
         default_beta=0.0,

@@ -10,7 +10,8 @@
 
 The recipes (training/recipe.py) hold only what differs: RoleRecipe (SaRFT/SFT, training/trainer.py),
 MpoRecipe (training/mpo.py), TrlRecipe (the DPO family through TRL, training/baselines.py),
-SafeLoraRecipe (SFT, then SafeLoRA's projection of the adapter, training/safelora.py).
+SafeLoraRecipe (SFT, then SafeLoRA's projection of the adapter, training/safelora.py), and the
+role-data baselines TokenwiseRecipe (training/tokenwise.py) and SafeInstrRecipe (training/safeinstr.py).
 
 Run folder layout (`train.output_dir`):
     config.yaml            the resolved configuration
@@ -68,7 +69,9 @@ from safetune.training.common import (
 )
 from safetune.training.mpo import MpoRecipe
 from safetune.training.recipe import Recipe, RecipeReport
+from safetune.training.safeinstr import SafeInstrRecipe
 from safetune.training.safelora import SafeLoraRecipe
+from safetune.training.tokenwise import TokenwiseRecipe
 from safetune.training.trainer import RoleRecipe
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,8 @@ log = logging.getLogger(__name__)
 RECIPES: dict[RecipeName, type[Recipe]] = {"role": RoleRecipe, "mpo": MpoRecipe, "trl": TrlRecipe}
 # SafeLoRA: role-data SFT, then the projection of the trained adapter (training/safelora.py)
 RECIPES["safelora"] = SafeLoraRecipe
+# Role-data baselines without RDS (issue 13, part 2).
+RECIPES.update({"tokenwise": TokenwiseRecipe, "safeinstr": SafeInstrRecipe})
 
 
 def train(
