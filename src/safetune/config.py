@@ -165,6 +165,17 @@ class SelectionConfig(Section):
             raise ConfigError(f"selection.role_prompt: unknown placeholder {{{unknown[0]}}} (known: {known})")
 
 
+def parse_layer_band(text: object) -> tuple[int, int]:
+    """`method.layers`: "a-b" (or "a") -> (a, b), 0-based decoder layers, both ends included (SPPFT)."""
+    parts = str(text).replace(" ", "").split("-")
+    if len(parts) in (1, 2) and all(p.isdigit() for p in parts):
+        first, last = int(parts[0]), int(parts[-1])
+        if first > last:
+            raise ConfigError(f"method.layers {text!r}: the first layer {first} is after the last {last}")
+        return first, last
+    raise ConfigError(f"method.layers {text!r}: expected 'a-b' (0-based layers, both included) or 'a'")
+
+
 @dataclass
 class MethodConfig(Section):
     """The training objective (methods registry) and its options."""
@@ -193,6 +204,33 @@ class MethodConfig(Section):
     simpo_gamma: float = number(0.5)  # simpo: the target reward margin gamma (TRL's simpo_gamma)
     cpo_alpha: float = number(1.0, ge=0)  # cpo: weight of the NLL term on chosen
     orpo_lambda: float = number(0.1, ge=0)  # orpo: weight of the odds-ratio term (TRL's beta for ORPO)
+    # --- SPPFT: safety layers (docs/methods/sppft.md; reference/safety_layers.py, training/sppft.py) ---
+    # The frozen band, 0-based decoder layers with inclusive bounds: "a-b" (or "a"); None: the published
+    # band when the model matches one (and published_bands), else the band located on this model.
+    layers: str | None = None
+    published_bands: bool = True
+    layer_search: Literal["cosine", "full"] = "full"  # full: cosine band refined by over-rejection (paper)
+    gap_mode: Literal["mean_cosine", "mean_angle"] = "mean_cosine"  # mean_cosine = the authors' code
+    cosine_pairs: int = number(500, ge=1)  # r pairs per pair type (the paper's r)
+    normal_prompts: int = number(100, ge=2)  # benign prompts taken from the role data's inputs
+    gap_onset: float = number(0.1, gt=0, le=1)  # ours: the gap appears at this fraction of its maximum
+    gap_flat: float = number(0.2, ge=0, lt=1)  # ours: it flattens when a rise < this x the largest rise
+    scale_alpha: float = number(1.1, gt=0)  # the weight scale of the refinement (scaling.py default 1.1)
+    search_radius: int = number(2, ge=0)  # bounds tried on each side of the cosine band's bounds
+    overrejection_tokens: int = number(16, ge=1)  # new tokens per answer (scaling.py max_new_tokens)
+    layer_batch_size: int = number(8, ge=1)  # prompts per forward / generate batch of the analysis
+    freeze_scope: Literal["attn_mlp", "layer"] = "attn_mlp"  # attn_mlp = the authors' SPPFT.py
+    # Alignment/safety demonstrations (data/safety.py; None: the built-in set): their prompts are SPPFT's
+    # malicious prompts.
+    safety_data: str | None = None
+    # --- end SPPFT ---
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.layers is not None:
+            parse_layer_band(self.layers)  # SPPFT: the format and order now; the layer count once loaded
+        if self.scale_alpha == 1:
+            raise ConfigError("method.scale_alpha must differ from 1 (1 leaves the weights unchanged)")
 
     def resolved_beta(self) -> float:
         if self.beta is None:

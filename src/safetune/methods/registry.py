@@ -15,7 +15,7 @@ from safetune.errors import ConfigError
 DataKind = Literal["role", "preference", "parallel"]
 # Which Trainer runs a method (training/run.py: RECIPES): SafetuneTrainer (SaRFT's loss), MpoTrainer
 # (reward-gap MPO with the reference cache) or one of TRL's trainers (training/baselines.py).
-RecipeName = Literal["role", "mpo", "trl"]
+RecipeName = Literal["role", "mpo", "trl", "sppft"]  # sppft: role SFT with the safety layers frozen
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,17 @@ _SPECS = (
         data_kind="preference",
         recipe="trl",
         needs_reference=True,
+    ),
+    # --- SPPFT (docs/methods/sppft.md) ---
+    MethodSpec(
+        name="sppft",
+        summary="SFT with the safety layers frozen (located by the N-N / N-M cosine gap + over-rejection)",
+        source="Li et al., ICLR 2025 (arXiv:2408.17003); listen0425/Safety-Layers",
+        data_kind="role",
+        recipe="sppft",
+        needs_reference=False,
+        uses_beta=False,
+        default_beta=0.0,
     ),
 )
 

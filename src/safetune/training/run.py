@@ -65,12 +65,15 @@ from safetune.training.common import (
 )
 from safetune.training.mpo import MpoRecipe
 from safetune.training.recipe import Recipe, RecipeReport
+from safetune.training.sppft import SppftRecipe
 from safetune.training.trainer import RoleRecipe
 
 log = logging.getLogger(__name__)
 
 # The recipe each registry entry names (MethodSpec.recipe).
 RECIPES: dict[RecipeName, type[Recipe]] = {"role": RoleRecipe, "mpo": MpoRecipe, "trl": TrlRecipe}
+# --- SPPFT (training/sppft.py) ---
+RECIPES["sppft"] = SppftRecipe
 
 
 def train(
@@ -177,7 +180,9 @@ def _run(
         handle.write(dump_config(config))
     ref_model = None
     if t.finetune == "lora":
-        model = wrap_lora(model, config)  # the reference is the adapter-disabled base
+        model = wrap_lora(
+            model, config, recipe.lora_exclude_modules()
+        )  # the reference is the adapter-disabled base
     elif spec.needs_reference and recipe.needs_reference_copy():
         ref_model = copy.deepcopy(model)
     trainer = recipe.trainer(args, model, ref_model, tokenizer, callbacks)
