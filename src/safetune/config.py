@@ -165,6 +165,17 @@ class SelectionConfig(Section):
             raise ConfigError(f"selection.role_prompt: unknown placeholder {{{unknown[0]}}} (known: {known})")
 
 
+def parse_layer_band(text: object) -> tuple[int, int]:
+    """`method.layers`: "a-b" (or "a") -> (a, b), 0-based decoder layers, both ends included (SPPFT)."""
+    parts = str(text).replace(" ", "").split("-")
+    if len(parts) in (1, 2) and all(p.isdigit() for p in parts):
+        first, last = int(parts[0]), int(parts[-1])
+        if first > last:
+            raise ConfigError(f"method.layers {text!r}: the first layer {first} is after the last {last}")
+        return first, last
+    raise ConfigError(f"method.layers {text!r}: expected 'a-b' (0-based layers, both included) or 'a'")
+
+
 @dataclass
 class MethodConfig(Section):
     """The training objective (methods registry) and its options."""
@@ -217,6 +228,31 @@ class MethodConfig(Section):
     safety_count: int | None = number(None, ge=0)  # N safety rows; None: safety_fraction of the role rows
     safety_fraction: float = number(0.03, ge=0, le=1)  # Bianchi et al.: "3% safety examples"
     safety_system: Literal["none", "role"] = "none"  # none: rendered as the role rows (no system prompt)
+    # --- SPPFT: safety layers (docs/methods/sppft.md; reference/safety_layers.py, training/sppft.py) ---
+    # The frozen band, 0-based decoder layers with inclusive bounds: "a-b" (or "a"); None: the published
+    # band when the model matches one (and published_bands), else the band located on this model.
+    layers: str | None = None
+    published_bands: bool = True
+    layer_search: Literal["cosine", "full"] = "full"  # full: cosine band refined by over-rejection (paper)
+    gap_mode: Literal["mean_cosine", "mean_angle"] = "mean_cosine"  # mean_cosine = the authors' code
+    cosine_pairs: int = number(500, ge=1)  # r pairs per pair type (the paper's r)
+    normal_prompts: int = number(100, ge=2)  # benign prompts taken from the role data's inputs
+    gap_onset: float = number(0.1, gt=0, le=1)  # ours: the gap appears at this fraction of its maximum
+    gap_flat: float = number(0.2, ge=0, lt=1)  # ours: it flattens when a rise < this x the largest rise
+    scale_alpha: float = number(1.1, gt=0)  # the weight scale of the refinement (scaling.py default 1.1)
+    search_radius: int = number(2, ge=0)  # bounds tried on each side of the cosine band's bounds
+    overrejection_tokens: int = number(16, ge=1)  # new tokens per answer (scaling.py max_new_tokens)
+    layer_batch_size: int = number(8, ge=1)  # prompts per forward / generate batch of the analysis
+    freeze_scope: Literal["attn_mlp", "layer"] = "attn_mlp"  # attn_mlp = the authors' SPPFT.py
+    # SPPFT's malicious prompts are the prompts of method.safety_data (data/safety.py; above).
+    # --- end SPPFT ---
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.layers is not None:
+            parse_layer_band(self.layers)  # SPPFT: the format and order now; the layer count once loaded
+        if self.scale_alpha == 1:
+            raise ConfigError("method.scale_alpha must differ from 1 (1 leaves the weights unchanged)")
 
     def resolved_beta(self) -> float:
         if self.beta is None:

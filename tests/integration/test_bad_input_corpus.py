@@ -258,6 +258,31 @@ CASES: dict[str, Case] = {
     "pickle model eval": Case(
         _eval("-m", "{pickled}", "--backend", "hf"), ("pickled/pytorch_model.bin", "safetensors only")
     ),
+    # --- SPPFT's settings (docs/methods/sppft.md) ---
+    "sppft layers reversed": Case(
+        _train("--method", "sppft", "--method.layers=5-3"), ("method.layers", "5 is after the last 3")
+    ),
+    "sppft layers not a range": Case(
+        _train("--method", "sppft", "--method.layers=six"), ("method.layers", "'a-b'")
+    ),
+    "sppft layers beyond the model": Case(
+        _train("--method", "sppft", "--method.layers=1-9"),
+        ("method.layers 1-9", "the model has 2 decoder layers"),
+        caches=True,
+    ),
+    "sppft lora band holds every target": Case(
+        _train(
+            "--method",
+            "sppft",
+            "--method.layers=0-1",
+            "--method.cosine_pairs=5",
+            "--method.layer_search=cosine",
+        ),
+        ("SPPFT with LoRA", "0-1", "nothing would train"),
+        caches=True,
+    ),
+    "sppft alpha 1": Case(_train("--method", "sppft", "--method.scale_alpha=1"), ("method.scale_alpha",)),
+    "sppft pairs 0": Case(_train("--method", "sppft", "--method.cosine_pairs=0"), ("method.cosine_pairs",)),
 }
 # SafeLoRA (docs/methods/safelora.md): `train --method safelora` and the post-hoc `safetune safelora`
 _SAFELORA = ("--method", "safelora")

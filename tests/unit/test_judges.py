@@ -17,6 +17,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassificat
 
 import key_echo
 from safetune.config import JudgeConfig
+from safetune.data import refusals
 from safetune.errors import ConfigError, SafetuneError
 from safetune.evaluation.items import JudgeItem, Verdict
 from safetune.evaluation.judges import classifier, guard, keyword, llm
@@ -467,7 +468,7 @@ def test_keyword_refusals_and_compliances_in_every_listed_language(
 
 
 def test_keyword_covers_multijail_languages_and_ja() -> None:
-    assert set(keyword.COVERED_LANGUAGES) == {
+    assert set(refusals.COVERED_LANGUAGES) == {
         "en",
         "zh",
         "it",

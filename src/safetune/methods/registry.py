@@ -16,8 +16,9 @@ DataKind = Literal["role", "preference", "parallel"]
 # Which Trainer runs a method (training/run.py: RECIPES): SafetuneTrainer (SaRFT's loss), MpoTrainer
 # (reward-gap MPO with the reference cache), one of TRL's trainers (training/baselines.py), or
 # SafetuneTrainer followed by SafeLoRA's projection (training/safelora.py); tokenwise
-# (training/tokenwise.py) and safeinstr (training/safeinstr.py) are role-data recipes without RDS.
-RecipeName = Literal["role", "mpo", "trl", "safelora", "tokenwise", "safeinstr"]
+# (training/tokenwise.py), safeinstr (training/safeinstr.py) and sppft (training/sppft.py: the safety
+# layers frozen) are role-data recipes without RDS.
+RecipeName = Literal["role", "mpo", "trl", "safelora", "tokenwise", "safeinstr", "sppft"]
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,17 @@ _SPECS += (
         source="arXiv 2309.07875; vinid/safety-tuned-llamas (data/training, training/finetuning.py)",
         data_kind="role",
         recipe="safeinstr",
+        needs_reference=False,
+        uses_beta=False,
+        default_beta=0.0,
+    ),
+    # --- SPPFT (docs/methods/sppft.md) ---
+    MethodSpec(
+        name="sppft",
+        summary="SFT with the safety layers frozen (located by the N-N / N-M cosine gap + over-rejection)",
+        source="Li et al., ICLR 2025 (arXiv:2408.17003); listen0425/Safety-Layers",
+        data_kind="role",
+        recipe="sppft",
         needs_reference=False,
         uses_beta=False,
         default_beta=0.0,

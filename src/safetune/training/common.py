@@ -234,7 +234,7 @@ def _diverged(args: TrainingArguments, state: TrainerState, what: str) -> str:
     )
 
 
-def wrap_lora(model: Any, config: RunConfig) -> Any:
+def wrap_lora(model: Any, config: RunConfig, exclude_modules: str | None = None) -> Any:
     from peft import LoraConfig, get_peft_model
 
     t = config.train
@@ -244,6 +244,7 @@ def wrap_lora(model: Any, config: RunConfig) -> Any:
         lora_alpha=t.lora_alpha,
         lora_dropout=t.lora_dropout,
         target_modules=list(t.lora_targets),
+        exclude_modules=exclude_modules,
         task_type="CAUSAL_LM",
     )
     try:

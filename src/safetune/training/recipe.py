@@ -59,6 +59,11 @@ class Recipe(ABC):
         base instead); only asked for methods whose spec needs a reference."""
         return True
 
+    def lora_exclude_modules(self) -> str | None:
+        """Modules (a regex of full module names, peft's exclude_modules) that get no LoRA adapter; asked
+        after `frozen_pass`. Default: none (SPPFT: its frozen safety layers)."""
+        return None
+
     @abstractmethod
     def trainer(
         self,

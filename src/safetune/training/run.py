@@ -11,7 +11,8 @@
 The recipes (training/recipe.py) hold only what differs: RoleRecipe (SaRFT/SFT, training/trainer.py),
 MpoRecipe (training/mpo.py), TrlRecipe (the DPO family through TRL, training/baselines.py),
 SafeLoraRecipe (SFT, then SafeLoRA's projection of the adapter, training/safelora.py), and the
-role-data baselines TokenwiseRecipe (training/tokenwise.py) and SafeInstrRecipe (training/safeinstr.py).
+role-data baselines TokenwiseRecipe (training/tokenwise.py), SafeInstrRecipe (training/safeinstr.py) and
+SppftRecipe (training/sppft.py).
 
 Run folder layout (`train.output_dir`):
     config.yaml            the resolved configuration
@@ -71,6 +72,7 @@ from safetune.training.mpo import MpoRecipe
 from safetune.training.recipe import Recipe, RecipeReport
 from safetune.training.safeinstr import SafeInstrRecipe
 from safetune.training.safelora import SafeLoraRecipe
+from safetune.training.sppft import SppftRecipe
 from safetune.training.tokenwise import TokenwiseRecipe
 from safetune.training.trainer import RoleRecipe
 
@@ -81,7 +83,7 @@ RECIPES: dict[RecipeName, type[Recipe]] = {"role": RoleRecipe, "mpo": MpoRecipe,
 # SafeLoRA: role-data SFT, then the projection of the trained adapter (training/safelora.py)
 RECIPES["safelora"] = SafeLoraRecipe
 # Role-data baselines without RDS (issue 13, part 2).
-RECIPES.update({"tokenwise": TokenwiseRecipe, "safeinstr": SafeInstrRecipe})
+RECIPES.update({"tokenwise": TokenwiseRecipe, "safeinstr": SafeInstrRecipe, "sppft": SppftRecipe})
 
 
 def train(
@@ -188,7 +190,9 @@ def _run(
         handle.write(dump_config(config))
     ref_model = None
     if t.finetune == "lora":
-        model = wrap_lora(model, config)  # the reference is the adapter-disabled base
+        model = wrap_lora(
+            model, config, recipe.lora_exclude_modules()
+        )  # the reference is the adapter-disabled base
     elif spec.needs_reference and recipe.needs_reference_copy():
         ref_model = copy.deepcopy(model)
     trainer = recipe.trainer(args, model, ref_model, tokenizer, callbacks)
