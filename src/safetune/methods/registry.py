@@ -11,11 +11,13 @@ from safetune.errors import ConfigError
 
 # What a method trains on, in the one vocabulary of the data loaders: role-play examples (`RoleExample`,
 # data/sources.py), plain preference pairs (`PreferencePair`) or parallel preference pairs
-# (`ParallelPreferencePair`, data/preferences.py).
-DataKind = Literal["role", "preference", "parallel"]
+# (`ParallelPreferencePair`, data/preferences.py), or safety demonstrations (`SafetyDemo`, data/safety.py:
+# an alignment stage such as Vaccine's).
+DataKind = Literal["role", "preference", "parallel", "safety"]
 # Which Trainer runs a method (training/run.py: RECIPES): SafetuneTrainer (SaRFT's loss), MpoTrainer
-# (reward-gap MPO with the reference cache) or one of TRL's trainers (training/baselines.py).
-RecipeName = Literal["role", "mpo", "trl"]
+# (reward-gap MPO with the reference cache) or one of TRL's trainers (training/baselines.py); Lisa's and
+# Vaccine's own Trainers (training/lisa.py, training/vaccine.py).
+RecipeName = Literal["role", "mpo", "trl", "lisa", "vaccine"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,27 @@ _SPECS = (
         data_kind="preference",
         recipe="trl",
         needs_reference=True,
+    ),
+    # Safety-preserving fine-tuning baselines of Huang et al. (docs/methods/lisa.md, vaccine.md).
+    MethodSpec(
+        name="lisa",
+        summary="Lisa: user fine-tune alternating with safety-alignment steps, proximal term to the last switch",
+        source="Huang et al., NeurIPS 2024 (arXiv:2405.18641); git-disl/Lisa trainer.py ADMMTrainer",
+        data_kind="role",
+        recipe="lisa",
+        needs_reference=False,
+        uses_beta=False,
+        default_beta=0.0,
+    ),
+    MethodSpec(
+        name="vaccine",
+        summary="Vaccine: alignment on safety demos under worst-case attention-output perturbation (rho)",
+        source="Huang et al., NeurIPS 2024 (arXiv:2402.01109); git-disl/Vaccine trainer.py BaseTrainer",
+        data_kind="safety",
+        recipe="vaccine",
+        needs_reference=False,
+        uses_beta=False,
+        default_beta=0.0,
     ),
 )
 

@@ -33,7 +33,8 @@ class RecipeReport:
 
 class Recipe(ABC):
     """One trainer kind's part of a run, called by `training/run.py` in this order: `load`, `frozen_pass`
-    (model loaded, nothing written yet), `write_files` (the run folder is started), `trainer`, `report`."""
+    (model loaded, nothing written yet), `write_files` (the run folder is started), `trainer`, `finish`
+    (`final/` is saved), `report`."""
 
     def __init__(self, config: RunConfig, spec: MethodSpec):
         self.config = config
@@ -68,6 +69,10 @@ class Recipe(ABC):
         callbacks: list[TrainerCallback] | None,
     ) -> Trainer:
         """The Trainer for this run, with `callbacks` and StopOnNonFinite (training/common.py)."""
+
+    def finish(self, trainer: Trainer, out: Path) -> None:
+        """The recipe's own files once `final/` is saved (e.g. a merged model). Default: none."""
+        return None
 
     @abstractmethod
     def report(self, trainer: Trainer, metrics: dict[str, Any]) -> RecipeReport:

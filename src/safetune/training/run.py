@@ -8,7 +8,8 @@
     epilogue  train (resumed from the last checkpoint with --resume), `final/`, run.json, README.md
 
 The recipes (training/recipe.py) hold only what differs: RoleRecipe (SaRFT/SFT, training/trainer.py),
-MpoRecipe (training/mpo.py), TrlRecipe (the DPO family through TRL, training/baselines.py).
+MpoRecipe (training/mpo.py), TrlRecipe (the DPO family through TRL, training/baselines.py), LisaRecipe
+(training/lisa.py) and VaccineRecipe (training/vaccine.py).
 
 Run folder layout (`train.output_dir`):
     config.yaml            the resolved configuration
@@ -17,6 +18,7 @@ Run folder layout (`train.output_dir`):
     selection_stats.json
     checkpoints/           Trainer checkpoints every `train.save_steps` (resume with --resume)
     final/                 LoRA adapter or full model (safetensors) + tokenizer
+    merged/                vaccine under LoRA: the base with the adapter merged in (the next stage's model)
     run.json               provenance and final metrics
     README.md              a short model card
 
@@ -63,14 +65,18 @@ from safetune.training.common import (
     training_arguments,
     wrap_lora,
 )
+from safetune.training.lisa import LisaRecipe
 from safetune.training.mpo import MpoRecipe
 from safetune.training.recipe import Recipe, RecipeReport
 from safetune.training.trainer import RoleRecipe
+from safetune.training.vaccine import VaccineRecipe
 
 log = logging.getLogger(__name__)
 
 # The recipe each registry entry names (MethodSpec.recipe).
 RECIPES: dict[RecipeName, type[Recipe]] = {"role": RoleRecipe, "mpo": MpoRecipe, "trl": TrlRecipe}
+# Lisa and Vaccine (training/lisa.py, training/vaccine.py).
+RECIPES.update({"lisa": LisaRecipe, "vaccine": VaccineRecipe})
 
 
 def train(
@@ -185,6 +191,7 @@ def _run(
         log.warning("--resume: no checkpoint in %s, starting from scratch", out / "checkpoints")
     result = _train_whole_run(trainer, checkpoint)
     save_final(trainer, tokenizer, out)
+    recipe.finish(trainer, out)
 
     metrics = {**result.metrics, "global_step": result.global_step}
     report = recipe.report(trainer, metrics)
