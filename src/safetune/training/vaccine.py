@@ -27,7 +27,7 @@ from safetune.data.chat import ChatRenderer
 from safetune.data.readers import InvalidRecords
 from safetune.data.safety import BUILTIN, load_safety_demos
 from safetune.errors import ConfigError
-from safetune.methods.vaccine import adversarial_perturbation, random_perturbation
+from safetune.methods.vaccine import adversarial_perturbation, global_norm, random_perturbation
 from safetune.storage import follow_umask, hash_json
 from safetune.training.lisa import encode_demos
 from safetune.training.recipe import Recipe, RecipeReport
@@ -90,6 +90,7 @@ class VaccineTrainer(SafetuneTrainer):
         assert self.model is not None
         self.attention = attention_modules(self.model)
         self._clean_pass = False
+        self.last_perturbation_norm: float | None = None  # run.json: the norm the last step trained under
 
     def record(self, training: bool, name: str, value: float) -> None:
         if not self._clean_pass:  # the logged loss is the perturbed pass's, the one trained on
@@ -141,9 +142,9 @@ class VaccineTrainer(SafetuneTrainer):
             perturbation = adversarial_perturbation(
                 self.attention_gradients(model, inputs), self.method.vaccine_rho
             )
-            norm = torch.stack([p.float().norm() for p in perturbation]).norm() if perturbation else None
-            if norm is not None:
-                self.record(True, "perturbation_norm", norm.item())
+            if perturbation:
+                self.last_perturbation_norm = global_norm(perturbation).item()
+                self.record(True, "perturbation_norm", self.last_perturbation_norm)
         hook = self._perturb(perturbation)
         hooks = [m.register_forward_hook(hook) for m in self.attention]
         try:
@@ -211,7 +212,9 @@ class VaccineRecipe(Recipe):
     def report(self, trainer: Trainer, metrics: dict[str, Any]) -> RecipeReport:
         m, config = self.config.method, self.config
         merged = config.train.finetune == "lora" and m.vaccine_merge
+        norm = getattr(trainer, "last_perturbation_norm", None)
         return RecipeReport(
+            metrics={} if norm is None else {"perturbation_norm": norm},
             details={
                 "data": {"count": len(self.demos), "path": config.data.path},
                 "invalid_records": self.invalid.report(),
