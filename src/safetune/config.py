@@ -246,6 +246,19 @@ class MethodConfig(Section):
     freeze_scope: Literal["attn_mlp", "layer"] = "attn_mlp"  # attn_mlp = the authors' SPPFT.py
     # SPPFT's malicious prompts are the prompts of method.safety_data (data/safety.py; above).
     # --- end SPPFT ---
+    # --- Lisa and Vaccine (docs/methods/lisa.md, docs/methods/vaccine.md) ---
+    # The safety demonstrations a method aligns on (data/safety.py): a file, or None / "builtin" for
+    # safetune's small built-in set (method.safety_data, above). Lisa's alignment state reads it; Vaccine
+    # trains on data.path instead.
+    lisa_align_steps: int = number(100, ge=0)  # K1: steps per alignment state (paper and scripts: 100)
+    lisa_user_steps: int = number(900, ge=0)  # K2: steps per user state (paper and scripts: 900)
+    lisa_rho: float = number(1.0, ge=0)  # proximal weight (scripts: RHO=1; train.py's default 0.1)
+    # what a schedule step is: micro (the official counter: one per micro-batch) or optimizer
+    lisa_step_unit: Literal["micro", "optimizer"] = "micro"
+    lisa_warmup_fraction: float = number(0.1, ge=0, lt=1)  # no proximal term for this part of the run (code)
+    vaccine_rho: float = number(2.0, ge=0)  # perturbation norm (README: "perturbation intensity=2")
+    vaccine_noise: Literal["adversarial", "random"] = "adversarial"  # random: the RandomVaccine ablation
+    vaccine_merge: bool = True  # LoRA: also write RUN/merged/ (base + adapter) for the next fine-tune
 
     def __post_init__(self) -> None:
         super().__post_init__()

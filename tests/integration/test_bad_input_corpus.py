@@ -366,6 +366,72 @@ CASES.update(
         ),
     }
 )
+# Lisa and Vaccine settings (docs/methods/lisa.md, vaccine.md)
+CASES.update(
+    {
+        "lisa rho negative": Case(
+            _train("--method", "lisa", "--method.lisa_rho=-1"),
+            ("method.lisa_rho must be a finite number >= 0",),
+        ),
+        "lisa steps negative": Case(
+            _train("--method", "lisa", "--method.lisa_align_steps=-1"), ("method.lisa_align_steps", ">= 0")
+        ),
+        "lisa step unit": Case(
+            _train("--method", "lisa", "--method.lisa_step_unit=epoch"),
+            ("method.lisa_step_unit: 'epoch' is not one of micro, optimizer",),
+        ),
+        "lisa warmup 1": Case(
+            _train("--method", "lisa", "--method.lisa_warmup_fraction=1"),
+            ("method.lisa_warmup_fraction", "< 1"),
+        ),
+        "lisa safety data missing": Case(
+            _train("--method", "lisa", "--method.safety_data={tmp}/nope.jsonl"), ("nope.jsonl: no such file",)
+        ),
+        "vaccine rho nan": Case(
+            (
+                "train",
+                "-m",
+                "{model}",
+                "--method",
+                "vaccine",
+                "--data",
+                "builtin",
+                "-o",
+                "{out}",
+                "--method.vaccine_rho=nan",
+            ),
+            ("method.vaccine_rho", "got nan"),
+        ),
+        "vaccine noise": Case(
+            (
+                "train",
+                "-m",
+                "{model}",
+                "--method",
+                "vaccine",
+                "--data",
+                "builtin",
+                "-o",
+                "{out}",
+                "--method.vaccine_noise=bogus",
+            ),
+            ("method.vaccine_noise: 'bogus' is not one of adversarial, random",),
+        ),
+        "vaccine data missing": Case(
+            ("train", "-m", "{model}", "--method", "vaccine", "--data", "{tmp}/nope.jsonl", "-o", "{out}"),
+            ("nope.jsonl: no such file",),
+        ),
+        "vaccine without data": Case(
+            ("train", "-m", "{model}", "--method", "vaccine", "-o", "{out}"),
+            ("--data FILE or --data builtin",),
+        ),
+        "vaccine demo without answer": Case(
+            ("train", "-m", "{model}", "--method", "vaccine", "--data", "{tmp}/demos.jsonl", "-o", "{out}"),
+            ("demos.jsonl:1: field 'response'", "no answer field"),
+            _write("demos.jsonl", json.dumps({"prompt": "How do I pick a lock?"}) + "\n"),
+        ),
+    }
+)
 for _command, _args in (("select", _select), ("train", _train), ("eval", _eval), ("report", _report)):
     CASES[f"read-only parent {_command}"] = Case(
         _args("-o", "{tmp}/ro/out"),

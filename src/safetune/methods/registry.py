@@ -11,14 +11,16 @@ from safetune.errors import ConfigError
 
 # What a method trains on, in the one vocabulary of the data loaders: role-play examples (`RoleExample`,
 # data/sources.py), plain preference pairs (`PreferencePair`) or parallel preference pairs
-# (`ParallelPreferencePair`, data/preferences.py).
-DataKind = Literal["role", "preference", "parallel"]
+# (`ParallelPreferencePair`, data/preferences.py), or safety demonstrations (`SafetyDemo`, data/safety.py:
+# an alignment stage such as Vaccine's).
+DataKind = Literal["role", "preference", "parallel", "safety"]
 # Which Trainer runs a method (training/run.py: RECIPES): SafetuneTrainer (SaRFT's loss), MpoTrainer
 # (reward-gap MPO with the reference cache), one of TRL's trainers (training/baselines.py), or
 # SafetuneTrainer followed by SafeLoRA's projection (training/safelora.py); tokenwise
 # (training/tokenwise.py), safeinstr (training/safeinstr.py) and sppft (training/sppft.py: the safety
-# layers frozen) are role-data recipes without RDS.
-RecipeName = Literal["role", "mpo", "trl", "safelora", "tokenwise", "safeinstr", "sppft"]
+# layers frozen) are role-data recipes without RDS; Lisa's and Vaccine's own Trainers (training/lisa.py,
+# training/vaccine.py).
+RecipeName = Literal["role", "mpo", "trl", "safelora", "tokenwise", "safeinstr", "sppft", "lisa", "vaccine"]
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,27 @@ _SPECS += (
         source="Li et al., ICLR 2025 (arXiv:2408.17003); listen0425/Safety-Layers",
         data_kind="role",
         recipe="sppft",
+        needs_reference=False,
+        uses_beta=False,
+        default_beta=0.0,
+    ),
+    # Safety-preserving fine-tuning baselines of Huang et al. (docs/methods/lisa.md, vaccine.md).
+    MethodSpec(
+        name="lisa",
+        summary="Lisa: user fine-tune alternating with safety-alignment steps, proximal term to the last switch",
+        source="Huang et al., NeurIPS 2024 (arXiv:2405.18641); git-disl/Lisa trainer.py ADMMTrainer",
+        data_kind="role",
+        recipe="lisa",
+        needs_reference=False,
+        uses_beta=False,
+        default_beta=0.0,
+    ),
+    MethodSpec(
+        name="vaccine",
+        summary="Vaccine: alignment on safety demos under worst-case attention-output perturbation (rho)",
+        source="Huang et al., NeurIPS 2024 (arXiv:2402.01109); git-disl/Vaccine trainer.py BaseTrainer",
+        data_kind="safety",
+        recipe="vaccine",
         needs_reference=False,
         uses_beta=False,
         default_beta=0.0,

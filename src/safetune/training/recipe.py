@@ -77,7 +77,7 @@ class Recipe(ABC):
 
     def after_training(self, trainer: Trainer, out: Path) -> None:
         """Work on the saved run once `final/` is written and before run.json (SafeLoRA's projection of
-        the trained adapter). Default: none."""
+        the trained adapter, Vaccine's merged model for the next stage). Default: none."""
         return None
 
     @abstractmethod

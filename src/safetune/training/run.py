@@ -10,9 +10,9 @@
 
 The recipes (training/recipe.py) hold only what differs: RoleRecipe (SaRFT/SFT, training/trainer.py),
 MpoRecipe (training/mpo.py), TrlRecipe (the DPO family through TRL, training/baselines.py),
-SafeLoraRecipe (SFT, then SafeLoRA's projection of the adapter, training/safelora.py), and the
-role-data baselines TokenwiseRecipe (training/tokenwise.py), SafeInstrRecipe (training/safeinstr.py) and
-SppftRecipe (training/sppft.py).
+SafeLoraRecipe (SFT, then SafeLoRA's projection of the adapter, training/safelora.py), the role-data
+baselines TokenwiseRecipe (training/tokenwise.py), SafeInstrRecipe (training/safeinstr.py) and
+SppftRecipe (training/sppft.py), LisaRecipe (training/lisa.py) and VaccineRecipe (training/vaccine.py).
 
 Run folder layout (`train.output_dir`):
     config.yaml            the resolved configuration
@@ -22,6 +22,7 @@ Run folder layout (`train.output_dir`):
     checkpoints/           Trainer checkpoints every `train.save_steps` (resume with --resume)
     final/                 LoRA adapter or full model (safetensors) + tokenizer
     trained/, safelora.json   SafeLoRA only: the adapter before its projection, the per-module report
+    merged/                vaccine under LoRA: the base with the adapter merged in (the next stage's model)
     run.json               provenance and final metrics
     README.md              a short model card
 
@@ -68,6 +69,7 @@ from safetune.training.common import (
     training_arguments,
     wrap_lora,
 )
+from safetune.training.lisa import LisaRecipe
 from safetune.training.mpo import MpoRecipe
 from safetune.training.recipe import Recipe, RecipeReport
 from safetune.training.safeinstr import SafeInstrRecipe
@@ -75,6 +77,7 @@ from safetune.training.safelora import SafeLoraRecipe
 from safetune.training.sppft import SppftRecipe
 from safetune.training.tokenwise import TokenwiseRecipe
 from safetune.training.trainer import RoleRecipe
+from safetune.training.vaccine import VaccineRecipe
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,8 @@ RECIPES: dict[RecipeName, type[Recipe]] = {"role": RoleRecipe, "mpo": MpoRecipe,
 RECIPES["safelora"] = SafeLoraRecipe
 # Role-data baselines without RDS (issue 13, part 2).
 RECIPES.update({"tokenwise": TokenwiseRecipe, "safeinstr": SafeInstrRecipe, "sppft": SppftRecipe})
+# Lisa and Vaccine (training/lisa.py, training/vaccine.py).
+RECIPES.update({"lisa": LisaRecipe, "vaccine": VaccineRecipe})
 
 
 def train(
