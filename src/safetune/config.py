@@ -193,6 +193,16 @@ class MethodConfig(Section):
     simpo_gamma: float = number(0.5)  # simpo: the target reward margin gamma (TRL's simpo_gamma)
     cpo_alpha: float = number(1.0, ge=0)  # cpo: weight of the NLL term on chosen
     orpo_lambda: float = number(0.1, ge=0)  # orpo: weight of the odds-ratio term (TRL's beta for ORPO)
+    # SEAL (docs/methods/seal.md): the bilevel data ranker, then SFT on the kept rows. Defaults: the
+    # authors' Llama-3 scripts (train_selector_llama3.sh, train_seal_sft_llama3.sh)
+    safety_data: str | None = None  # the safe set (data/safety.py); None: the built-in demonstrations
+    seal_keep: float = number(0.8, gt=0, le=1)  # fraction of the user's rows kept (--topp 0.8)
+    seal_epochs: int = number(3, ge=1)  # ranker epochs (--max_epochs 3)
+    seal_model_lr: float = number(1e-5, gt=0)  # the ranker stage's model learning rate (--learning_rate)
+    seal_selector_lr: float = number(5e-3, gt=0)  # --selector_learning_rate
+    seal_gamma: float = number(0.0, ge=0, le=1)  # penalty weight in epoch 1 (1 - --upperlevel_weight 1.0)
+    seal_gamma_step: float = number(0.03, ge=0, le=1)  # added per epoch (--upperlevel_weight_decay)
+    seal_activation: Literal["softmax", "sigmoid"] = "softmax"  # --selector_activation
 
     def resolved_beta(self) -> float:
         if self.beta is None:

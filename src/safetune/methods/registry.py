@@ -15,7 +15,8 @@ from safetune.errors import ConfigError
 DataKind = Literal["role", "preference", "parallel"]
 # Which Trainer runs a method (training/run.py: RECIPES): SafetuneTrainer (SaRFT's loss), MpoTrainer
 # (reward-gap MPO with the reference cache) or one of TRL's trainers (training/baselines.py).
-RecipeName = Literal["role", "mpo", "trl"]
+# SEAL's recipe (training/seal.py) adds the bilevel data ranker before the SFT.
+RecipeName = Literal["role", "mpo", "trl", "seal"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,20 @@ _SPECS = (
         data_kind="preference",
         recipe="trl",
         needs_reference=True,
+    ),
+    # SEAL: a data ranker trained by bilevel selection against a safe set, then SFT on the top rows.
+    MethodSpec(
+        name="seal",
+        summary="bilevel data ranker against a safe set (method.safety_data), then SFT on the top method.seal_keep",
+        source=(
+            "Shen et al., ICLR 2025 (arXiv 2410.07471) Algorithm 2; hanshen95/SEAL "
+            "seal/trainer/sft_selector_trainer.py, examples/train_sft.py"
+        ),
+        data_kind="role",
+        recipe="seal",
+        needs_reference=False,
+        uses_beta=False,
+        default_beta=0.0,
     ),
 )
 

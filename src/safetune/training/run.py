@@ -65,12 +65,14 @@ from safetune.training.common import (
 )
 from safetune.training.mpo import MpoRecipe
 from safetune.training.recipe import Recipe, RecipeReport
+from safetune.training.seal import SealRecipe
 from safetune.training.trainer import RoleRecipe
 
 log = logging.getLogger(__name__)
 
 # The recipe each registry entry names (MethodSpec.recipe).
 RECIPES: dict[RecipeName, type[Recipe]] = {"role": RoleRecipe, "mpo": MpoRecipe, "trl": TrlRecipe}
+RECIPES["seal"] = SealRecipe  # SEAL: the bilevel data ranker, then SFT on the kept rows
 
 
 def train(
