@@ -258,6 +258,19 @@ CASES: dict[str, Case] = {
     "pickle model eval": Case(
         _eval("-m", "{pickled}", "--backend", "hf"), ("pickled/pytorch_model.bin", "safetensors only")
     ),
+    # SEAL's settings (docs/methods/seal.md)
+    "seal keep zero": Case(_train("--method", "seal", "--method.seal_keep=0"), ("method.seal_keep", "> 0")),
+    "seal keeps no row": Case(
+        _train("--method", "seal", "--method.seal_keep=0.2"), ("method.seal_keep=0.2 keeps no row of 4",)
+    ),
+    "seal gamma above one": Case(
+        _train("--method", "seal", "--method.seal_gamma=0.9", "--method.seal_gamma_step=0.1"),
+        ("penalty weight gamma", "at most 1"),
+    ),
+    "seal safety data missing": Case(
+        _train("--method", "seal", "--method.safety_data={tmp}/nope-safe.jsonl"),
+        ("nope-safe.jsonl: no such file",),
+    ),
 }
 for _command, _args in (("select", _select), ("train", _train), ("eval", _eval), ("report", _report)):
     CASES[f"read-only parent {_command}"] = Case(

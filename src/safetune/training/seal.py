@@ -246,19 +246,19 @@ class SealRecipe(RoleRecipe):
             for ident, score in zip(ids, scores, strict=True):
                 handle.write((json.dumps({"id": ident, "score": score}) + "\n").encode("utf-8"))
 
-        self.scores = entry.read_or_compute(
+        self.ranking = entry.read_or_compute(
             lambda path: _read_ranking(path, ids),
             lambda: rank(model, user, safe, self.config, self.pad_id),
             write,
         )
-        self.kept = top_fraction(self.scores, self.config.method.seal_keep)
+        self.kept = top_fraction(self.ranking, self.config.method.seal_keep)
         # The fine-tune's rows carry no KL flag (beta 0); `flags` is what SaRFT's external variant reads.
         self.flags = [False] * len(self.examples)
         return {"selection": hash_json(self.kept)}
 
     def write_files(self, out: Path) -> None:
-        weights = selector_weights(torch.tensor(self.scores), self.config.method.seal_activation).tolist()
-        order = sorted(range(len(self.scores)), key=lambda i: (-self.scores[i], i))
+        weights = selector_weights(torch.tensor(self.ranking), self.config.method.seal_activation).tolist()
+        order = sorted(range(len(self.ranking)), key=lambda i: (-self.ranking[i], i))
         ranks = {row: place + 1 for place, row in enumerate(order)}
         write_jsonl(
             out / "seal_scores.jsonl",
@@ -266,7 +266,7 @@ class SealRecipe(RoleRecipe):
                 {
                     "id": ex.id,
                     "role": ex.role,
-                    "score": self.scores[i],
+                    "score": self.ranking[i],
                     "weight": weights[i],
                     "rank": ranks[i],
                     "kept": self.kept[i],
