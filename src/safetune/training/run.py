@@ -8,7 +8,8 @@
     epilogue  train (resumed from the last checkpoint with --resume), `final/`, run.json, README.md
 
 The recipes (training/recipe.py) hold only what differs: RoleRecipe (SaRFT/SFT, training/trainer.py),
-MpoRecipe (training/mpo.py), TrlRecipe (the DPO family through TRL, training/baselines.py).
+MpoRecipe (training/mpo.py), TrlRecipe (the DPO family through TRL, training/baselines.py), and
+SealRecipe (SEAL's ranker, then SFT on the rows it keeps, training/seal.py).
 
 Run folder layout (`train.output_dir`):
     config.yaml            the resolved configuration
