@@ -259,6 +259,16 @@ class MethodConfig(Section):
     vaccine_rho: float = number(2.0, ge=0)  # perturbation norm (README: "perturbation intensity=2")
     vaccine_noise: Literal["adversarial", "random"] = "adversarial"  # random: the RandomVaccine ablation
     vaccine_merge: bool = True  # LoRA: also write RUN/merged/ (base + adapter) for the next fine-tune
+    # SEAL (docs/methods/seal.md): the bilevel data ranker, then SFT on the kept rows. Defaults: the
+    # authors' Llama-3 scripts (train_selector_llama3.sh, train_seal_sft_llama3.sh)
+    # the safe set: method.safety_data (data/safety.py; above)
+    seal_keep: float = number(0.8, gt=0, le=1)  # fraction of the user's rows kept (--topp 0.8)
+    seal_epochs: int = number(3, ge=1)  # ranker epochs (--max_epochs 3)
+    seal_model_lr: float = number(1e-5, gt=0)  # the ranker stage's model learning rate (--learning_rate)
+    seal_selector_lr: float = number(5e-3, gt=0)  # --selector_learning_rate
+    seal_gamma: float = number(0.0, ge=0, le=1)  # penalty weight in epoch 1 (1 - --upperlevel_weight 1.0)
+    seal_gamma_step: float = number(0.03, ge=0, le=1)  # added per epoch (--upperlevel_weight_decay)
+    seal_activation: Literal["softmax", "sigmoid"] = "softmax"  # --selector_activation
 
     def __post_init__(self) -> None:
         super().__post_init__()

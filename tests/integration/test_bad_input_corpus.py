@@ -283,6 +283,19 @@ CASES: dict[str, Case] = {
     ),
     "sppft alpha 1": Case(_train("--method", "sppft", "--method.scale_alpha=1"), ("method.scale_alpha",)),
     "sppft pairs 0": Case(_train("--method", "sppft", "--method.cosine_pairs=0"), ("method.cosine_pairs",)),
+    # SEAL's settings (docs/methods/seal.md)
+    "seal keep zero": Case(_train("--method", "seal", "--method.seal_keep=0"), ("method.seal_keep", "> 0")),
+    "seal keeps no row": Case(
+        _train("--method", "seal", "--method.seal_keep=0.2"), ("method.seal_keep=0.2 keeps no row of 4",)
+    ),
+    "seal gamma above one": Case(
+        _train("--method", "seal", "--method.seal_gamma=0.9", "--method.seal_gamma_step=0.1"),
+        ("penalty weight gamma", "at most 1"),
+    ),
+    "seal safety data missing": Case(
+        _train("--method", "seal", "--method.safety_data={tmp}/nope-safe.jsonl"),
+        ("nope-safe.jsonl: no such file",),
+    ),
 }
 # SafeLoRA (docs/methods/safelora.md): `train --method safelora` and the post-hoc `safetune safelora`
 _SAFELORA = ("--method", "safelora")

@@ -19,8 +19,10 @@ DataKind = Literal["role", "preference", "parallel", "safety"]
 # SafetuneTrainer followed by SafeLoRA's projection (training/safelora.py); tokenwise
 # (training/tokenwise.py), safeinstr (training/safeinstr.py) and sppft (training/sppft.py: the safety
 # layers frozen) are role-data recipes without RDS; Lisa's and Vaccine's own Trainers (training/lisa.py,
-# training/vaccine.py).
-RecipeName = Literal["role", "mpo", "trl", "safelora", "tokenwise", "safeinstr", "sppft", "lisa", "vaccine"]
+# training/vaccine.py); SEAL's recipe (training/seal.py) adds the bilevel data ranker before the SFT.
+RecipeName = Literal[
+    "role", "mpo", "trl", "safelora", "tokenwise", "safeinstr", "sppft", "lisa", "vaccine", "seal"
+]
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,20 @@ _SPECS += (
         source="Huang et al., NeurIPS 2024 (arXiv:2402.01109); git-disl/Vaccine trainer.py BaseTrainer",
         data_kind="safety",
         recipe="vaccine",
+        needs_reference=False,
+        uses_beta=False,
+        default_beta=0.0,
+    ),
+    # SEAL: a data ranker trained by bilevel selection against a safe set, then SFT on the top rows.
+    MethodSpec(
+        name="seal",
+        summary="bilevel data ranker against a safe set (method.safety_data), then SFT on the top method.seal_keep",
+        source=(
+            "Shen et al., ICLR 2025 (arXiv 2410.07471) Algorithm 2; hanshen95/SEAL "
+            "seal/trainer/sft_selector_trainer.py, examples/train_sft.py"
+        ),
+        data_kind="role",
+        recipe="seal",
         needs_reference=False,
         uses_beta=False,
         default_beta=0.0,

@@ -12,7 +12,8 @@ The recipes (training/recipe.py) hold only what differs: RoleRecipe (SaRFT/SFT, 
 MpoRecipe (training/mpo.py), TrlRecipe (the DPO family through TRL, training/baselines.py),
 SafeLoraRecipe (SFT, then SafeLoRA's projection of the adapter, training/safelora.py), the role-data
 baselines TokenwiseRecipe (training/tokenwise.py), SafeInstrRecipe (training/safeinstr.py) and
-SppftRecipe (training/sppft.py), LisaRecipe (training/lisa.py) and VaccineRecipe (training/vaccine.py).
+SppftRecipe (training/sppft.py), LisaRecipe (training/lisa.py), VaccineRecipe (training/vaccine.py)
+and SealRecipe (SEAL's ranker, then SFT on the rows it keeps, training/seal.py).
 
 Run folder layout (`train.output_dir`):
     config.yaml            the resolved configuration
@@ -74,6 +75,7 @@ from safetune.training.mpo import MpoRecipe
 from safetune.training.recipe import Recipe, RecipeReport
 from safetune.training.safeinstr import SafeInstrRecipe
 from safetune.training.safelora import SafeLoraRecipe
+from safetune.training.seal import SealRecipe
 from safetune.training.sppft import SppftRecipe
 from safetune.training.tokenwise import TokenwiseRecipe
 from safetune.training.trainer import RoleRecipe
@@ -89,6 +91,7 @@ RECIPES["safelora"] = SafeLoraRecipe
 RECIPES.update({"tokenwise": TokenwiseRecipe, "safeinstr": SafeInstrRecipe, "sppft": SppftRecipe})
 # Lisa and Vaccine (training/lisa.py, training/vaccine.py).
 RECIPES.update({"lisa": LisaRecipe, "vaccine": VaccineRecipe})
+RECIPES["seal"] = SealRecipe  # SEAL: the bilevel data ranker, then SFT on the kept rows
 
 
 def train(
