@@ -470,7 +470,7 @@ def list_registered(verbose: VerboseOpt = False, quiet: QuietOpt = False) -> Non
 
     print("methods:")
     for spec in METHODS.values():
-        print(f"  {spec.name:11s} {spec.data_kind:11s} {spec.summary}")
+        print(f"  {spec.name:14s} {spec.data_kind:11s} {spec.summary}")
     print("selection variants:")
     for variant in VARIANTS.values():
         uses = "RDS scores" if variant.needs_scores else "flags file" if variant.uses_flags_file else ""
