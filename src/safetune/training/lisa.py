@@ -19,14 +19,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer
 
 from safetune.data.safety import SafetyDemo, load_safety_demos
 from safetune.errors import ConfigError
 from safetune.methods.lisa import Phase, lisa_phase, proximal_active, proximal_term, snapshot
 from safetune.storage import hash_json, write_json
 from safetune.training.recipe import RecipeReport
-from safetune.training.trainer import RoleCollator, RoleRecipe, SafetuneTrainer, encode_roles
+from safetune.training.trainer import RoleRecipe, SafetuneTrainer
 
 log = logging.getLogger(__name__)
 
@@ -182,24 +182,10 @@ class LisaRecipe(RoleRecipe):
     def needs_reference_copy(self) -> bool:
         return False
 
-    def trainer(
-        self,
-        args: TrainingArguments,
-        model: Any,
-        ref_model: Any,
-        tokenizer: Any,
-        callbacks: list[TrainerCallback] | None,
-    ) -> Trainer:
-        return LisaTrainer(
-            model=model,
-            args=args,
-            train_dataset=encode_roles(self.renderer, self.examples, self.flags),
-            data_collator=RoleCollator(tokenizer.pad_token_id),
-            processing_class=tokenizer,
-            method=self.config.method,
-            callbacks=callbacks,
-            alignment_rows=encode_demos(self.renderer, self.demos),
-        )
+    trainer_class = LisaTrainer
+
+    def trainer_options(self) -> dict[str, Any]:
+        return {"alignment_rows": encode_demos(self.renderer, self.demos)}
 
     def report(self, trainer: Trainer, metrics: dict[str, Any]) -> RecipeReport:
         assert isinstance(trainer, LisaTrainer)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer
 
 from safetune.config import MethodConfig
 from safetune.data.chat import ChatRenderer
@@ -22,7 +22,7 @@ from safetune.data.safety import BUILTIN, SafetyDemo, builtin_path, load_safety_
 from safetune.errors import ConfigError
 from safetune.storage import hash_json
 from safetune.training.recipe import RecipeReport
-from safetune.training.trainer import RoleCollator, RoleRecipe, SafetuneTrainer, encode_roles
+from safetune.training.trainer import RoleRecipe
 
 # The id prefix of a mixed-in safety row: its ids never collide with a role row's (checked).
 SAFETY_ID_PREFIX = "safety:"
@@ -116,26 +116,8 @@ class SafeInstrRecipe(RoleRecipe):
     def needs_reference_copy(self) -> bool:
         return False
 
-    def trainer(
-        self,
-        args: TrainingArguments,
-        model: Any,
-        ref_model: Any,
-        tokenizer: Any,
-        callbacks: list[TrainerCallback] | None,
-    ) -> Trainer:
-        rows = encode_roles(self.renderer, self.examples, self.flags)
-        rows += encode_safety(self.renderer, self.safety, self.role_prompts)
-        return SafetuneTrainer(
-            model=model,
-            args=args,
-            train_dataset=rows,
-            data_collator=RoleCollator(tokenizer.pad_token_id),
-            processing_class=tokenizer,
-            method=self.config.method,
-            ref_model=None,
-            callbacks=callbacks,
-        )
+    def train_rows(self) -> list[dict[str, Any]]:
+        return super().train_rows() + encode_safety(self.renderer, self.safety, self.role_prompts)
 
     def report(self, trainer: Trainer, metrics: dict[str, Any]) -> RecipeReport:
         config, m = self.config, self.config.method

@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import torch
 from torch import Tensor
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer
 
 from safetune import console
 from safetune.config import RunConfig
@@ -54,7 +54,7 @@ from safetune.reference.cache import CacheEntry, cache_key
 from safetune.storage import cache_root, hash_json, write_json, write_jsonl
 from safetune.training.common import wrap_lora
 from safetune.training.recipe import RecipeReport
-from safetune.training.trainer import RoleCollator, RoleRecipe, SafetuneTrainer, encode_roles
+from safetune.training.trainer import RoleRecipe, encode_roles
 
 log = logging.getLogger(__name__)
 
@@ -300,25 +300,9 @@ class SealRecipe(RoleRecipe):
     def needs_reference_copy(self) -> bool:
         return False
 
-    def trainer(
-        self,
-        args: TrainingArguments,
-        model: Any,
-        ref_model: Any,
-        tokenizer: Any,
-        callbacks: list[TrainerCallback] | None,
-    ) -> Trainer:
+    def train_rows(self) -> list[dict[str, Any]]:
         rows = [ex for ex, keep in zip(self.examples, self.kept, strict=True) if keep]
-        return SafetuneTrainer(
-            model=model,
-            args=args,
-            train_dataset=encode_roles(self.renderer, rows, [False] * len(rows)),
-            data_collator=RoleCollator(tokenizer.pad_token_id),
-            processing_class=tokenizer,
-            method=self.config.method,
-            ref_model=None,
-            callbacks=callbacks,
-        )
+        return encode_roles(self.renderer, rows, [False] * len(rows))
 
     def report(self, trainer: Trainer, metrics: dict[str, Any]) -> RecipeReport:
         config, m = self.config, self.config.method

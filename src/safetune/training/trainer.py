@@ -173,6 +173,18 @@ class RoleRecipe(Recipe):
     def needs_reference_copy(self) -> bool:
         return self.config.method.beta != 0 and any(self.flags)
 
+    # The role-data baselines reuse this recipe's Trainer through these three hooks: which Trainer class,
+    # which encoded rows, and which extra keyword arguments their Trainer takes.
+    trainer_class: type[SafetuneTrainer] = SafetuneTrainer
+
+    def train_rows(self) -> list[dict[str, Any]]:
+        """The encoded rows the Trainer trains on (SaRFT/SFT: every example with its RDS flag)."""
+        return encode_roles(self.renderer, self.examples, self.flags)
+
+    def trainer_options(self) -> dict[str, Any]:
+        """Keyword arguments the recipe's Trainer class adds to SafetuneTrainer's. Default: none."""
+        return {}
+
     def trainer(
         self,
         args: TrainingArguments,
@@ -181,15 +193,16 @@ class RoleRecipe(Recipe):
         tokenizer: Any,
         callbacks: list[TrainerCallback] | None,
     ) -> Trainer:
-        return SafetuneTrainer(
+        return self.trainer_class(
             model=model,
             args=args,
-            train_dataset=encode_roles(self.renderer, self.examples, self.flags),
+            train_dataset=self.train_rows(),
             data_collator=RoleCollator(tokenizer.pad_token_id),
             processing_class=tokenizer,
             method=self.config.method,
             ref_model=ref_model,
             callbacks=callbacks,
+            **self.trainer_options(),
         )
 
     def report(self, trainer: Trainer, metrics: dict[str, Any]) -> RecipeReport:
