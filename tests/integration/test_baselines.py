@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import TrainerCallback
 
+from killing import Crash
 from safetune.config import RunConfig
 from safetune.data.chat import ChatRenderer
 from safetune.data.records import PreferencePair
@@ -251,14 +251,6 @@ def test_full_finetuning_trains_against_a_frozen_copy(tiny_chatml, tmp_path):
 # --- --resume, as for every method ----------------------------------------------------------------------------
 
 
-class _Crash(TrainerCallback):
-    """Simulates a kill after optimizer step 3 (after the step-2 checkpoint was written)."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 3:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("method", ["dpo", "kto"])
 def test_a_killed_baseline_resumes_to_the_same_weights(tiny_chatml, tmp_path, method):
     data = tmp_path / "pairs.jsonl"
@@ -274,7 +266,7 @@ def test_a_killed_baseline_resumes_to_the_same_weights(tiny_chatml, tmp_path, me
     straight = train(config(tmp_path / "straight"))
     killed = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        train(config(killed), callbacks=[_Crash()])
+        train(config(killed), callbacks=[Crash()])
     assert (killed / "checkpoints" / "checkpoint-2").is_dir() and not (killed / "final").exists()
     resumed = train(config(killed), resume=True)
 

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 from typer.testing import CliRunner
 
+from killing import Crash
 from safetune.cli import app
 from safetune.config import load_config
 from safetune.organism import roleplay
@@ -106,14 +107,6 @@ def test_lisa_anchor_is_the_weights_at_the_last_switch(world, tmp_path):
         )
 
 
-class _Crash(TrainerCallback):
-    """A kill after optimizer step 3 (after the step-2 checkpoint)."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 3:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -126,7 +119,7 @@ class _Crash(TrainerCallback):
 def test_a_killed_run_resumes_to_the_same_weights(world, tmp_path, overrides):
     straight = train(_config(world, tmp_path / "straight", *overrides))
     with pytest.raises(KeyboardInterrupt):
-        train(_config(world, tmp_path / "killed", *overrides), callbacks=[_Crash()])
+        train(_config(world, tmp_path / "killed", *overrides), callbacks=[Crash()])
     assert not (tmp_path / "killed" / "final").exists()
     resumed = train(_config(world, tmp_path / "killed", *overrides), resume=True)
     full = "train.finetune=full" in overrides

@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import TrainerCallback
 from typer.testing import CliRunner
 
+from killing import straight_and_resumed
 from safetune.cli import app
 from safetune.config import load_config
 from safetune.data.safety import builtin_path
 from safetune.organism import roleplay
-from safetune.training.run import train
 
 runner = CliRunner()
 
@@ -103,14 +102,6 @@ def test_safeinstr_default_fraction_and_role_prompts(world, tmp_path):
     assert run["safeinstr"]["safety_rows"] == 6 and run["safeinstr"]["safety_fraction"] == 0.5
 
 
-class _Crash(TrainerCallback):
-    """A kill after optimizer step 3 (the step-2 checkpoint is written)."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 3:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize(
     ("method", "finetune", "extra"),
     [("tokenwise-sft", "full", []), ("safeinstr", "lora", ["method.safety_count=4"])],
@@ -137,10 +128,7 @@ def test_a_killed_run_resumes_to_the_same_weights(world, tmp_path, method, finet
             ],
         )
 
-    straight = train(config(tmp_path / "straight"))
-    with pytest.raises(KeyboardInterrupt):
-        train(config(tmp_path / "killed"), callbacks=[_Crash()])
-    resumed = train(config(tmp_path / "killed"), resume=True)
+    straight, resumed = straight_and_resumed(config, tmp_path)
     name = "adapter_model.safetensors" if finetune == "lora" else "model.safetensors"
     a, b = load_file(straight / "final" / name), load_file(resumed / "final" / name)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

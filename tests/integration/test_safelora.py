@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, TrainerCallback
+from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
+from killing import Crash
 from safetune.cli import app
 from safetune.config import load_config
 from safetune.models.loading import resolve_model
@@ -165,14 +166,6 @@ def test_train_projects_final_and_the_posthoc_command_repeats_it(world, tmp_path
     assert [m["projected"] for m in exact["modules"]] == [m["cosine"] <= 0.99 for m in exact["modules"]]
 
 
-class _Crash(TrainerCallback):
-    """Simulates a kill after optimizer step 3 (after the step-2 checkpoint was written)."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 3:
-            raise KeyboardInterrupt
-
-
 def test_resume_after_kill_gives_the_same_projected_adapter(world, tmp_path):
     def config(out: Path):
         return load_config(
@@ -181,7 +174,7 @@ def test_resume_after_kill_gives_the_same_projected_adapter(world, tmp_path):
 
     straight = train(config(tmp_path / "straight"))
     with pytest.raises(KeyboardInterrupt):
-        train(config(tmp_path / "killed"), callbacks=[_Crash()])
+        train(config(tmp_path / "killed"), callbacks=[Crash()])
     assert (
         not (tmp_path / "killed" / "final").exists() and not (tmp_path / "killed" / "safelora.json").exists()
     )

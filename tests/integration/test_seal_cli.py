@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import TrainerCallback
 from typer.testing import CliRunner
 
+from killing import Crash
 from safetune.cli import app
 from safetune.config import load_config
 from safetune.data.readers import InvalidRecords
@@ -104,12 +104,6 @@ def test_seal_ranks_keeps_the_top_fraction_and_fine_tunes_on_it(world, tmp_path,
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-class _Crash(TrainerCallback):
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 3:
-            raise KeyboardInterrupt
-
-
 def test_resume_after_kill_recomputes_the_same_ranking_and_gives_the_same_weights(world, tmp_path):
     def config(out: Path, cache: Path):
         argv = _args(world, out, cache, "--train.max_steps=4", "--train.save_steps=2")
@@ -129,7 +123,7 @@ def test_resume_after_kill_recomputes_the_same_ranking_and_gives_the_same_weight
 
     straight = train(config(tmp_path / "straight", tmp_path / "cache1"))
     with pytest.raises(KeyboardInterrupt):
-        train(config(tmp_path / "killed", tmp_path / "cache2"), callbacks=[_Crash()])
+        train(config(tmp_path / "killed", tmp_path / "cache2"), callbacks=[Crash()])
     # the ranking is gone as well: the resumed run trains the ranker again from scratch
     shutil.rmtree(tmp_path / "cache2" / "seal")
     resumed = train(config(tmp_path / "killed", tmp_path / "cache2"), resume=True)

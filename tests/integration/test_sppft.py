@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import TrainerCallback
 from typer.testing import CliRunner
 
+from killing import straight_and_resumed
 from safetune.cli import app
 from safetune.config import load_config
 from safetune.organism import roleplay
-from safetune.training.run import train
 
 runner = CliRunner()
 # Small analysis settings: the tiny model has 2 decoder layers.
@@ -85,12 +84,6 @@ def test_lora_puts_no_adapter_on_the_band(world, tmp_path):
     assert run["safety_layers"]["lora_modules"] == 2  # q_proj and v_proj of layer 1
 
 
-class _Crash(TrainerCallback):
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 3:
-            raise KeyboardInterrupt
-
-
 def test_resume_after_kill_gives_same_weights(world, tmp_path):
     def config(out: Path):
         return load_config(
@@ -113,10 +106,7 @@ def test_resume_after_kill_gives_same_weights(world, tmp_path):
             ],
         )
 
-    straight = train(config(tmp_path / "straight"))
-    with pytest.raises(KeyboardInterrupt):
-        train(config(tmp_path / "killed"), callbacks=[_Crash()])
-    resumed = train(config(tmp_path / "killed"), resume=True)
+    straight, resumed = straight_and_resumed(config, tmp_path)
     a = load_file(straight / "final/model.safetensors")
     b = load_file(resumed / "final/model.safetensors")
     assert a.keys() == b.keys()

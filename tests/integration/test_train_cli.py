@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 from typer.testing import CliRunner, Result
 
+from killing import Crash
 from safetune.cli import app
 from safetune.config import load_config
 from safetune.organism import roleplay
@@ -196,14 +197,6 @@ def test_train_console_quiet_and_verbose(world, tmp_path, capfd):
     assert both.exit_code == 2 and "error:" in both.stderr
 
 
-class _Crash(TrainerCallback):
-    """Simulates a kill after a given optimizer step (after the step-2 checkpoint was written)."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 3:
-            raise KeyboardInterrupt
-
-
 def _world_config(world: dict[str, Path], out: Path, *overrides: str):
     """A training config on the module's world (the villain's data and profile) writing to `out`."""
     base = [
@@ -235,7 +228,7 @@ def test_resume_after_kill_gives_same_weights(world, tmp_path, finetune):
 
     straight = train(config(tmp_path / "straight"))
     with pytest.raises(KeyboardInterrupt):
-        train(config(tmp_path / "killed"), callbacks=[_Crash()])
+        train(config(tmp_path / "killed"), callbacks=[Crash()])
     assert not (tmp_path / "killed" / "final").exists()
     resumed = train(config(tmp_path / "killed"), resume=True)
     name = "adapter_model.safetensors" if finetune == "lora" else "model.safetensors"
@@ -278,7 +271,7 @@ def _killed_run(world: dict[str, Path], out: Path, *extra: str) -> list[str]:
         ],
     )
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, callbacks=[_Crash()])
+        train(cfg, callbacks=[Crash()])
     assert (out / "checkpoints" / "checkpoint-2").is_dir() and (out / "identity.json").is_file()
     return args
 
