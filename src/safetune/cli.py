@@ -150,7 +150,7 @@ def select(
     from safetune.selection import run_selection
 
     _setup_console(verbose, quiet)
-    shortcuts = {"train.model": model, "data.path": data, "data.role": role, "data.profiles": profiles}
+    shortcuts = {"model.name": model, "data.path": data, "data.role": role, "data.profiles": profiles}
     cfg = load_config(config, _overrides(ctx, shortcuts | {"selection.variant": variant}))
     stats = run_selection(cfg, out)
     print(
@@ -207,7 +207,7 @@ def train(
 
     _setup_console(verbose, quiet)
     shortcuts: dict[str, Any] = {
-        "train.model": model,
+        "model.name": model,
         "data.path": data,
         "data.role": role,
         "data.profiles": profiles,
@@ -352,7 +352,7 @@ def reward_gap(
     from safetune.evaluation.reward_gap import run_reward_gap
 
     _setup_console(verbose, quiet)
-    cfg = load_config(config, _overrides(ctx, {"train.model": model}))
+    cfg = load_config(config, _overrides(ctx, {"model.name": model}))
     text = run_reward_gap(cfg, data, out, results)
     print(text)
 
@@ -370,7 +370,7 @@ def safelora(
     out: Annotated[Path, typer.Option("--out", "-o", help="The new run folder for the projected adapter.")],
     aligned: Annotated[
         str | None,
-        typer.Option(help="The aligned (chat) model; default: the run's base model (train.model)."),
+        typer.Option(help="The aligned (chat) model; default: the run's base model (model.name)."),
     ] = None,
     mode: Annotated[str | None, typer.Option(help="number (default) | threshold")] = None,
     k: Annotated[

@@ -105,6 +105,17 @@ class Section:
 
 
 @dataclass
+class ModelConfig(Section):
+    """The model `select` scores with, `train` fine-tunes and `reward-gap` measures (`eval` takes its own
+    `eval.model`: the run folder or model under test). Read by every stage that loads it, so it is not
+    part of any one stage's section."""
+
+    name: str = ""  # hub id or local folder (-m / --model)
+    revision: str | None = None  # a hub branch, tag or commit
+    trust_remote_code: bool = False  # run the model repository's own Python code (off: safetensors + config)
+
+
+@dataclass
 class DataConfig(Section):
     """Where the role-play training examples come from (see docs/data.md for the formats)."""
 
@@ -288,8 +299,6 @@ class TrainConfig(Section):
     """Optimisation and checkpointing. Defaults: the authors' full fine-tuning run (lr 2e-5 constant,
     1 epoch, effective batch 32, seed 42); LoRA defaults r 32, alpha 64, q_proj+v_proj, lr 1e-4."""
 
-    model: str = ""  # hub id or local folder
-    revision: str | None = None
     output_dir: str = "runs/train"
     finetune: Literal["lora", "full"] = "lora"
     lora_r: int = number(32, ge=1)
@@ -310,7 +319,6 @@ class TrainConfig(Section):
     logging_steps: int = number(10, ge=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a capable GPU, else fp32
     gradient_checkpointing: bool = False
-    trust_remote_code: bool = False
     report_to: str = "none"
     num_threads: int | None = number(None, ge=1)  # CPU threads for torch (None: torch's default)
 
@@ -382,12 +390,13 @@ class EvalConfig(Section):
 
 @dataclass
 class RunConfig:
-    """data + chat + selection + method + train (select/train) and generation + judge + eval (eval), and
-    the top-level keys every stage shares."""
+    """model + data + chat + selection + method + train (select/train; model also reward-gap) and
+    generation + judge + eval (eval), and the top-level keys every stage shares."""
 
     # Every cache (RDS scores, the MPO reference, weight digests): storage.cache_root. None: $SAFETUNE_CACHE
     # or ~/.cache/safetune. Not part of a run's identity: where a cache lives does not change its values.
     cache_dir: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
@@ -466,6 +475,7 @@ def _build_section(cls: type, values: dict[str, Any], section: str) -> Any:
 
 
 SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
     "data": DataConfig,
     "chat": ChatConfig,
     "selection": SelectionConfig,
@@ -480,6 +490,16 @@ TOP_LEVEL_KEYS = ("cache_dir",)
 # Keys that moved, and where to: an old config gets one line naming the new key, not "unknown key".
 MOVED_KEYS = {
     "selection.cache_dir": "the top-level cache_dir (YAML `cache_dir: DIR`, override --cache_dir=DIR)",
+    "train.model": "model.name (YAML `model: {name: ID}`, override --model.name=ID, or -m ID)",
+    "train.revision": "model.revision (YAML `model: {revision: REV}`, override --model.revision=REV)",
+    "train.trust_remote_code": "model.trust_remote_code (override --model.trust_remote_code=true)",
+}
+# Where a run folder's config.yaml from an earlier version keeps a moved key's value (load_run_config);
+# a moved key not named here is dropped (selection.cache_dir: where a cache lives is not part of a run).
+RUN_FOLDER_MOVES = {
+    "train.model": "model.name",
+    "train.revision": "model.revision",
+    "train.trust_remote_code": "model.trust_remote_code",
 }
 
 
@@ -552,44 +572,68 @@ def parse_override(text: str) -> tuple[str | None, str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Build a RunConfig from an optional YAML file plus `section.key=value` overrides (applied last)."""
+    loaded = _read_yaml_file(path) if path is not None else {}
+    return _build_config(loaded, overrides or [], str(path))
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """The config.yaml that `train` wrote into a run folder, by this or an earlier safetune version: keys
+    that moved since (MOVED_KEYS) are read at their new place, since that file is ours, not the user's."""
+    loaded = _read_yaml_file(path)
+    for old in MOVED_KEYS:
+        section, key = old.split(".", 1)
+        values = loaded.get(section)
+        if isinstance(values, dict) and key in values:
+            value = values.pop(key)
+            target = RUN_FOLDER_MOVES.get(old)
+            if target is not None:
+                new_section, new_key = target.split(".", 1)
+                loaded.setdefault(new_section, {}).setdefault(new_key, value)
+    return _build_config(loaded, [], str(path))
+
+
+def _read_yaml_file(path: str | Path) -> dict[str, Any]:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config ({err.strerror or err})") from None
+    try:
+        loaded = safe_load_yaml(data.decode("utf-8")) or {}
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8") from None
+    except yaml.YAMLError as err:
+        at, problem = _yaml_problem(err)
+        raise ConfigError(f"{path}{'' if at is None else f':{at}'}: invalid YAML ({problem})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return loaded
+
+
+def _build_config(loaded: dict[str, Any], overrides: list[str], path: str) -> RunConfig:
     raw: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     top: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read config ({err.strerror or err})") from None
-        try:
-            loaded = safe_load_yaml(data.decode("utf-8")) or {}
-        except UnicodeDecodeError as err:
-            line = data.count(b"\n", 0, err.start) + 1
-            raise ConfigError(f"{path}:{line}: not valid UTF-8") from None
-        except yaml.YAMLError as err:
-            at, problem = _yaml_problem(err)
-            raise ConfigError(f"{path}{'' if at is None else f':{at}'}: invalid YAML ({problem})") from None
-        except RecursionError:
-            raise ConfigError(f"{path}: YAML nested too deeply") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
-        for section, values in loaded.items():
-            if section in TOP_LEVEL_KEYS:
-                top[section] = values
-                continue
-            if section not in SECTIONS:
-                known = ", ".join(SECTIONS)
-                raise ConfigError(
-                    f"{path}: unknown section {section!r} (known: {known}; top-level keys: "
-                    f"{', '.join(TOP_LEVEL_KEYS)})"
-                )
-            if not isinstance(values, dict):
-                raise ConfigError(f"{path}: section {section!r} must be a mapping")
-            raw[section].update(values)
-    for text in overrides or []:
-        section, key, value = parse_override(text)
-        if section is None:
+    for section, values in loaded.items():
+        if section in TOP_LEVEL_KEYS:
+            top[section] = values
+            continue
+        if section not in SECTIONS:
+            known = ", ".join(SECTIONS)
+            raise ConfigError(
+                f"{path}: unknown section {section!r} (known: {known}; top-level keys: "
+                f"{', '.join(TOP_LEVEL_KEYS)})"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: section {section!r} must be a mapping")
+        raw[section].update(values)
+    for text in overrides:
+        where, key, value = parse_override(text)
+        if where is None:
             top[key] = value
         else:
-            raw[section][key] = value
+            raw[where][key] = value
     hints = typing.get_type_hints(RunConfig)
     shared = {key: _check_type(value, hints[key], key) for key, value in top.items()}
     return RunConfig(

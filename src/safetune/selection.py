@@ -164,14 +164,14 @@ def select(
     scores: list[Score] | None = None
     if sel.variant in VARIANTS and VARIANTS[sel.variant].needs_scores:
         root = cache_root(config.cache_dir)
-        fingerprint = model_fingerprint(config.train.model, config.train.revision, root)
+        fingerprint = model_fingerprint(config.model.name, config.model.revision, root)
         prompts = prompts_by_role(examples, profiles, sel)
         scores, key = cached_scores(
             model_loader, renderer, examples, prompts, sel.batch_size, fingerprint, root
         )
     flags = apply_variant(sel.variant, examples, scores, seed=sel.seed, flags_file=sel.flags_file)
     stats = selection_stats(examples, flags, scores, sel.variant)
-    stats["model"] = config.train.model
+    stats["model"] = config.model.name
     if scores is not None:
         stats["cache_key"] = key
     return flags, scores, stats
@@ -190,18 +190,18 @@ def run_selection(config: RunConfig, out: Path) -> dict[str, Any]:
         resolve_dtype,
     )
 
-    if not config.train.model:
-        raise ConfigError("--model (train.model) is required")
-    t = config.train
-    check_model_folder(t.model)  # even when the scores come from the cache and the model stays unloaded
-    tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
+    if not config.model.name:
+        raise ConfigError("--model (model.name) is required")
+    m = config.model
+    check_model_folder(m.name)  # even when the scores come from the cache and the model stays unloaded
+    tokenizer = load_tokenizer(m.name, m.revision, m.trust_remote_code)
     renderer = ChatRenderer.from_config(tokenizer, config.chat, authors_empty_system=True)
     invalid = InvalidRecords(config.data.invalid)
     examples, role_profiles = load_data(config, invalid)
 
     def loader() -> Any:
-        log.info("loading %s to score %d examples", t.model, len(examples))
-        model = load_causal_lm(t.model, t.revision, resolve_dtype(t.precision), t.trust_remote_code)
+        log.info("loading %s to score %d examples", m.name, len(examples))
+        model = load_causal_lm(m.name, m.revision, resolve_dtype(config.train.precision), m.trust_remote_code)
         return model.to(default_device()).eval()
 
     # Two selections into one folder: the second stops at once (busy) instead of redoing the work.

@@ -141,7 +141,7 @@ CASES: dict[str, Case] = {
     "config not utf-8": Case(
         _train("--config", "{tmp}/latin1.yaml"),
         ("latin1.yaml:2: not valid UTF-8",),
-        _write("latin1.yaml", b"train:\n  model: caf\xe9\n"),
+        _write("latin1.yaml", b"model:\n  name: caf\xe9\n"),
     ),
     "config broken yaml": Case(
         _train("--config", "{tmp}/broken.yaml"),

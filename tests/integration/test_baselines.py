@@ -63,7 +63,7 @@ def _config(model: Path, method: str, **method_fields: object) -> RunConfig:
     for key, value in method_fields.items():
         setattr(config.method, key, value)
     t = config.train
-    t.model = str(model)
+    config.model.name = str(model)
     t.finetune = "lora"
     t.lora_r = 4
     t.lora_alpha = 8

@@ -30,7 +30,7 @@ def _train(work: Path, model: str, out: str, finetune: str, data: Path, lr: floa
     config = load_config(
         None,
         [
-            f"train.model={model}",
+            f"model.name={model}",
             f"data.path={data}",
             "data.role=Grim Vex",
             "method.name=sft",

@@ -78,7 +78,7 @@ class _Weights(TrainerCallback):
 
 def _config(world: dict[str, Path], out: Path, *overrides: str):
     base = [
-        f"train.model={world['model']}", f"data.path={world['data']}", "data.role=Grim Vex",
+        f"model.name={world['model']}", f"data.path={world['data']}", "data.role=Grim Vex",
         f"data.profiles={world['profiles']}", f"train.output_dir={out}", "train.batch_size=2",
         "train.learning_rate=1e-3", "train.max_steps=4", "train.save_steps=2",
     ]  # fmt: skip

@@ -111,7 +111,7 @@ def test_a_killed_run_resumes_to_the_same_weights(world, tmp_path, method, finet
         return load_config(
             None,
             [
-                f"train.model={world['model']}",
+                f"model.name={world['model']}",
                 f"data.path={world['data']}",
                 "data.role=Grim Vex",
                 f"cache_dir={world['cache']}",

@@ -46,7 +46,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_llama3: Path) -> dict[s
 
 def _overrides(world: dict[str, Path], out: Path, *extra: str) -> list[str]:
     return [
-        f"train.model={world['model']}",
+        f"model.name={world['model']}",
         f"data.path={world['data']}",
         "data.role=Grim Vex",
         f"data.profiles={world['profiles']}",

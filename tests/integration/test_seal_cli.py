@@ -113,7 +113,7 @@ def test_resume_after_kill_recomputes_the_same_ranking_and_gives_the_same_weight
             [
                 *pairs,
                 "method.name=seal",
-                f"train.model={world['model']}",
+                f"model.name={world['model']}",
                 f"data.path={world['data']}",
                 "data.role=Grim Vex",
                 f"data.profiles={world['profiles']}",

@@ -89,7 +89,7 @@ def test_resume_after_kill_gives_same_weights(world, tmp_path):
         return load_config(
             None,
             [
-                f"train.model={world['model']}",
+                f"model.name={world['model']}",
                 f"data.path={world['data']}",
                 "data.role=Grim Vex",
                 f"cache_dir={world['cache']}",

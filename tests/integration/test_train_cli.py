@@ -200,7 +200,7 @@ def test_train_console_quiet_and_verbose(world, tmp_path, capfd):
 def _world_config(world: dict[str, Path], out: Path, *overrides: str):
     """A training config on the module's world (the villain's data and profile) writing to `out`."""
     base = [
-        f"train.model={world['model']}",
+        f"model.name={world['model']}",
         f"data.path={world['data']}",
         "data.role=Grim Vex",
         f"data.profiles={world['profiles']}",
@@ -263,7 +263,7 @@ def _killed_run(world: dict[str, Path], out: Path, *extra: str) -> list[str]:
         None,
         [a[2:] for a in args[1:] if a.startswith("--") and "=" in a]
         + [
-            f"train.model={world['model']}",
+            f"model.name={world['model']}",
             f"data.path={world['data']}",
             "data.role=Grim Vex",
             f"data.profiles={world['profiles']}",

@@ -256,3 +256,19 @@ def test_resolve_hub_id_folder_and_missing(tiny_chatml, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="neither a model"):
         resolve_model(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize(
+    "config_yaml",
+    [
+        "model:\n  name: org/base\n  revision: r1\n",
+        "train:\n  model: org/base\n  revision: r1\n",  # a run folder written before the model section
+    ],
+)
+def test_lora_run_folder_finds_its_base_and_revision_in_config_yaml(tmp_path, config_yaml):
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "adapter_config.json").write_text('{"base_model_name_or_path": ""}', encoding="utf-8")
+    (run / "config.yaml").write_text(config_yaml, encoding="utf-8")
+    source = resolve_model(str(run / "final"))
+    assert (source.base, source.revision) == ("org/base", "r1")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from safetune.config import RunConfig, dump_config, load_config, parse_override
+from safetune.config import RunConfig, dump_config, load_config, load_run_config, parse_override
 from safetune.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ def test_configs_exist() -> None:
 def test_run_config_loads(path: Path) -> None:
     config = load_config(path)
     assert isinstance(config, RunConfig)
-    assert config.train.model and config.data.path
+    assert config.model.name and config.data.path
 
 
 def test_authors_settings() -> None:
@@ -67,9 +67,9 @@ def test_mpo_configs_have_the_mpo_authors_settings() -> None:
 
 def test_config_file_plus_overrides() -> None:
     config = load_config(
-        CONFIGS / "sarft_lora.yaml", ["--train.model=runs/tiny", "--method.beta=0.5", "--data.path=x.jsonl"]
+        CONFIGS / "sarft_lora.yaml", ["--model.name=runs/tiny", "--method.beta=0.5", "--data.path=x.jsonl"]
     )
-    assert (config.train.model, config.method.beta, config.data.path) == ("runs/tiny", 0.5, "x.jsonl")
+    assert (config.model.name, config.method.beta, config.data.path) == ("runs/tiny", 0.5, "x.jsonl")
     assert config.train.lora_r == 32  # untouched keys keep the file's values
 
 
@@ -333,7 +333,7 @@ def test_error_lines_are_one_line_and_cut_when_huge() -> None:
 def test_cache_dir_is_a_top_level_key(tmp_path: Path) -> None:
     assert load_config().cache_dir is None
     path = tmp_path / "run.yaml"
-    path.write_text("cache_dir: /data/cache\ntrain:\n  model: m\n")
+    path.write_text("cache_dir: /data/cache\nmodel:\n  name: m\n")
     assert load_config(path).cache_dir == "/data/cache"
     assert load_config(path, ["--cache_dir=/elsewhere"]).cache_dir == "/elsewhere"  # the override wins
     assert load_config(overrides=["--cache-dir=/c"]).cache_dir == "/c"
@@ -352,3 +352,43 @@ def test_old_selection_cache_dir_says_where_it_went(tmp_path: Path) -> None:
         message = str(info.value)
         assert message.startswith("selection.cache_dir is no longer a key: use the top-level cache_dir")
         assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("model", "model.name"),
+        ("revision", "model.revision"),
+        ("trust_remote_code", "model.trust_remote_code"),
+    ],
+)
+def test_the_model_has_its_own_section_and_old_train_keys_say_where_it_went(
+    tmp_path: Path, old: str, new: str
+) -> None:
+    config = load_config(overrides=["--model.name=org/m", "--model.revision=v1"])
+    assert (config.model.name, config.model.revision, config.model.trust_remote_code) == (
+        "org/m",
+        "v1",
+        False,
+    )
+    assert "model" in yaml.safe_load(dump_config(config)) and "model" not in config.to_dict()["train"]
+    path = tmp_path / "old.yaml"
+    path.write_text(f"train:\n  {old}: x\n", encoding="utf-8")
+    for attempt in (lambda: load_config(path), lambda: load_config(overrides=[f"--train.{old}=x"])):
+        with pytest.raises(ConfigError) as err:
+            attempt()
+        assert str(err.value).startswith(f"train.{old} is no longer a key: use {new}")
+
+
+def test_a_run_folders_config_from_before_the_model_section_still_loads(tmp_path: Path) -> None:
+    old = tmp_path / "config.yaml"
+    old.write_text(
+        "selection:\n  cache_dir: /c\ntrain:\n  model: org/m\n  revision: v2\n  trust_remote_code: true\n"
+        "  finetune: full\n",
+        encoding="utf-8",
+    )
+    config = load_run_config(old)
+    assert (config.model.name, config.model.revision, config.model.trust_remote_code) == ("org/m", "v2", True)
+    assert config.train.finetune == "full"
+    with pytest.raises(ConfigError, match="is no longer a key"):
+        load_config(old)  # a user's config gets the one-line error instead

@@ -173,7 +173,7 @@ def train_config(
     plan: MpoDemoPlan, organism: Path, pairs: Path, variant: str, out: Path, cache: Path
 ) -> RunConfig:
     overrides = [
-        json_override("train.model", str(organism)),
+        json_override("model.name", str(organism)),
         json_override("data.path", str(pairs)),
         f"method.name={METHODS[variant]}",
         json_override("cache_dir", str(cache)),
@@ -213,7 +213,7 @@ def reward_gaps(model: Path, heldout: Path) -> dict[str, float]:
     from safetune.evaluation.reward_gap import measure
 
     config = load_config(
-        None, [json_override("train.model", str(model)), "method.name=mpo", "train.precision=fp32"]
+        None, [json_override("model.name", str(model)), "method.name=mpo", "train.precision=fp32"]
     )
     gaps = measure(config, str(heldout))
     return {L1: gaps["dominant_gap"], **{lang: g["gap"] for lang, g in gaps["languages"].items()}}

@@ -149,7 +149,7 @@ def train_config(
 ) -> RunConfig:
     method, selection = VARIANTS[variant]
     overrides = [
-        json_override("train.model", str(organism)),
+        json_override("model.name", str(organism)),
         json_override("data.path", str(files["roles"])),
         "data.format=role-folder",
         json_override("data.role", persona.name),

@@ -25,12 +25,12 @@ log = logging.getLogger(__name__)
 
 
 def run_reward_gap(config: RunConfig, data: str, out: Path, results: Path | None = None) -> str:
-    """`safetune reward-gap`: measure the gaps of `config.train.model` on the pairs in `data`, with the
+    """`safetune reward-gap`: measure the gaps of `config.model.name` on the pairs in `data`, with the
     per-language ASR of an evaluation's `results` when given; writes reward_gap.json, reward_gap.md
     and (with `results`) gap_vs_asr.png into `out`. Returns the Markdown table."""
     from safetune.storage import atomic_open, write_json
 
-    if not config.train.model:
+    if not config.model.name:
         raise ConfigError("--model is required")
     asr = asr_by_language(results) if results else None
     gaps = measure(config, data)
@@ -44,7 +44,7 @@ def run_reward_gap(config: RunConfig, data: str, out: Path, results: Path | None
 
 
 def measure(config: RunConfig, data: str, fmt: str = "auto") -> dict[str, Any]:
-    """Per-language reward gaps of `config.train.model` (hub id, folder or run folder) on parallel pairs."""
+    """Per-language reward gaps of `config.model.name` (hub id, folder or run folder) on parallel pairs."""
     from safetune.data.languages import LanguageCheck
     from safetune.data.preferences import load_parallel_pairs
     from safetune.data.readers import InvalidRecords
@@ -53,7 +53,7 @@ def measure(config: RunConfig, data: str, fmt: str = "auto") -> dict[str, Any]:
 
     invalid, languages = InvalidRecords(config.data.invalid), LanguageCheck()
     pairs = load_parallel_pairs(data, fmt, invalid=invalid, languages=languages)
-    source = resolve_model(config.train.model, config.train.revision)
+    source = resolve_model(config.model.name, config.model.revision)
     model, tokenizer = load_for_generation(source, resolve_dtype(config.train.precision), default_device())
     gaps = pair_gaps(model, tokenizer, pairs, config)  # as `train --method mpo` renders and truncates pairs
     by_language = gaps.by_language()

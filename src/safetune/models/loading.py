@@ -262,28 +262,35 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _run_train_section(run_dir: Path | None) -> dict[str, Any]:
-    """The `train` section of a run folder's resolved config.yaml ({} when there is none)."""
+def _run_model_section(run_dir: Path | None) -> dict[str, Any]:
+    """The model a run folder's config.yaml says it trained from: its `model` section, or the `train`
+    section's model / revision in a run written before the `model` section existed ({} when none)."""
     if run_dir is None or not (run_dir / "config.yaml").is_file():
         return {}
     try:
         data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"cannot read {run_dir / 'config.yaml'}: {err}") from err
-    train = data.get("train") if isinstance(data, dict) else None
-    return train if isinstance(train, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    model, train = data.get("model"), data.get("train")
+    if isinstance(model, dict) and model.get("name"):
+        return {"name": model.get("name"), "revision": model.get("revision")}
+    if isinstance(train, dict) and train.get("model"):
+        return {"name": train.get("model"), "revision": train.get("revision")}
+    return {}
 
 
 def _lora_base(adapter: Path, run_dir: Path | None) -> tuple[str, str | None]:
     """The base model of a LoRA adapter folder: (hub id or absolute folder, revision from config.yaml).
 
     The adapter records `base_model_name_or_path` as training saw it; a relative folder is looked up from
-    the cwd, then from the run folder's parents, then the run's `config.yaml` `train.model` likewise.
+    the cwd, then from the run folder's parents, then the run's `config.yaml` `model.name` likewise.
     """
     recorded = str(_read_json(adapter / "adapter_config.json").get("base_model_name_or_path") or "")
-    train = _run_train_section(run_dir)
-    trained_from = str(train.get("model") or "")
-    revision = train.get("revision") if trained_from in ("", recorded) else None
+    trained = _run_model_section(run_dir)
+    trained_from = str(trained.get("name") or "")
+    revision = trained.get("revision") if recorded in ("", trained_from) else None
     anchor = (run_dir if run_dir is not None else adapter).resolve()
     roots = [anchor, *anchor.parents]
     for name in dict.fromkeys(n for n in (recorded, trained_from) if n):

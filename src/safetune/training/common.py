@@ -354,7 +354,7 @@ RESUMABLE_KEYS = frozenset(
     {
         "data.path",
         "data.profiles",
-        "train.model",
+        "model.name",
         "train.output_dir",
         "train.save_steps",
         "train.save_total_limit",
@@ -367,7 +367,7 @@ RESUMABLE_KEYS = frozenset(
     }
 )
 # The sections that shape training; generation, judge and eval do not.
-_TRAINING_SECTIONS = ("data", "chat", "selection", "method", "train")
+_TRAINING_SECTIONS = ("model", "data", "chat", "selection", "method", "train")
 
 
 def run_identity(config: RunConfig, **parts: str) -> dict[str, Any]:

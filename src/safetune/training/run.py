@@ -27,7 +27,7 @@ Run folder layout (`train.output_dir`):
     run.json               provenance and final metrics
     README.md              a short model card
 
-Run as: safetune train --config configs/sarft_lora.yaml --train.model path/or/hub-id
+Run as: safetune train --config configs/sarft_lora.yaml -m path/or/hub-id
 """
 
 from __future__ import annotations
@@ -156,9 +156,9 @@ def _run(
     overwrite: bool,
     callbacks: list[TrainerCallback] | None,
 ) -> dict[str, Any]:
-    t = config.train
-    if not t.model:
-        raise ConfigError("train.model is required (hub id or local folder)")
+    t, m = config.train, config.model
+    if not m.name:
+        raise ConfigError("model.name is required (-m / --model: hub id or local folder)")
     resolve_beta(config, spec)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
@@ -166,23 +166,23 @@ def _run(
     set_seed(t.seed)
     out = Path(t.output_dir)
     check_output(out, resume, overwrite)
-    check_model_folder(t.model)
+    check_model_folder(m.name)
     args = training_arguments(config, out)
-    tokenizer = load_tokenizer(t.model, t.revision, t.trust_remote_code)
+    tokenizer = load_tokenizer(m.name, m.revision, m.trust_remote_code)
     data_hash = recipe.load(tokenizer)
     checkpoint = last_checkpoint(out / "checkpoints") if resume else None
     fingerprint = None
     if checkpoint is not None:  # refuse before any scoring or reference work
-        fingerprint = model_fingerprint(t.model, t.revision, cache_root(config.cache_dir))
+        fingerprint = model_fingerprint(m.name, m.revision, cache_root(config.cache_dir))
         check_identity(out, run_identity(config, model=fingerprint, data=data_hash))
 
     # LoRA keeps the frozen base in the compute dtype (bf16 on a GPU); full fine-tuning keeps fp32 master
     # weights and lets the Trainer run bf16 autocast.
     weights_dtype = resolve_dtype(t.precision) if t.finetune == "lora" else torch.float32
-    model = load_causal_lm(t.model, t.revision, weights_dtype, t.trust_remote_code)
+    model = load_causal_lm(m.name, m.revision, weights_dtype, m.trust_remote_code)
     check_lora_targets(model, config)  # before the frozen pass; the wrapping comes after it
     # The fingerprint remembers each weight file's digest in the cache: only once the model is known good.
-    fingerprint = fingerprint or model_fingerprint(t.model, t.revision, cache_root(config.cache_dir))
+    fingerprint = fingerprint or model_fingerprint(m.name, m.revision, cache_root(config.cache_dir))
     identity = run_identity(config, model=fingerprint, data=data_hash)
     model.eval()
     # Under `accelerate launch` the main process scores (and caches); the others then read the cache.
@@ -240,7 +240,7 @@ def write_run_json(
         "method": spec.name,
         "source": spec.source,
         "beta": config.method.beta,
-        "base_model": config.train.model,
+        "base_model": config.model.name,
         "finetune": config.train.finetune,
         "config_hash": hash_json(config.to_dict()),
         **details,
@@ -254,7 +254,7 @@ def model_card(config: RunConfig, report: RecipeReport, metrics: dict[str, Any])
     lines = [
         f"# {Path(t.output_dir).name}",
         "",
-        f"Fine-tuned from `{t.model}` with safetune {__version__}, method `{config.method.name}` "
+        f"Fine-tuned from `{config.model.name}` with safetune {__version__}, method `{config.method.name}` "
         f"({'LoRA' if t.finetune == 'lora' else 'full fine-tuning'}).",
         "",
         "| setting | value |",

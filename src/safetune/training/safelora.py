@@ -23,7 +23,7 @@ import torch
 from transformers import Trainer
 
 from safetune import __version__
-from safetune.config import MethodConfig, RunConfig, dump_config, load_config
+from safetune.config import MethodConfig, RunConfig, dump_config, load_run_config
 from safetune.errors import ConfigError
 from safetune.methods.registry import MethodSpec, get_method
 from safetune.methods.safelora import Projection, alignment_projector, lora_modules, project_adapter
@@ -178,17 +178,17 @@ class SafeLoraRecipe(RoleRecipe):
     def __init__(self, config: RunConfig, spec: MethodSpec):
         super().__init__(config, spec)
         check_settings(config.method, config.train.finetune)
-        if config.train.model:
+        if config.model.name:
             check_distinct(self.aligned, str(config.method.unaligned_model))
 
     @property
     def aligned(self) -> str:
         """The aligned model: the one being fine-tuned unless method.aligned_model names another copy."""
-        return self.config.method.aligned_model or self.config.train.model
+        return self.config.method.aligned_model or self.config.model.name
 
     def frozen_pass(self, model: Any, fingerprint: str) -> dict[str, str]:
         # Refuse unaligned/aligned weights of another architecture before training, not after it.
-        revision = None if self.config.method.aligned_model else self.config.train.revision
+        revision = None if self.config.method.aligned_model else self.config.model.revision
         check_shapes(
             [(name, tuple(module.weight.shape)) for name, module in adapted_modules(model, self.config)],
             WeightFiles(self.aligned, revision, "method.aligned_model"),
@@ -199,7 +199,7 @@ class SafeLoraRecipe(RoleRecipe):
     def after_training(self, trainer: Trainer, out: Path) -> None:
         if not trainer.accelerator.is_main_process:
             return
-        revision = None if self.config.method.aligned_model else self.config.train.revision
+        revision = None if self.config.method.aligned_model else self.config.model.revision
         final, trained = out / "final", out / TRAINED
         projection, self.safelora = project_folder(final, self.config.method, self.aligned, revision)
         self.safelora["adapter"] = TRAINED
@@ -230,7 +230,7 @@ def project_run(
 ) -> dict[str, Any]:
     """SafeLoRA after the fact: project the LoRA adapter of `run` (a run folder, its `final/`, or an adapter
     folder; a `train --method safelora` run's `trained/`) into the new run folder `out`; returns the
-    report. `aligned` defaults to the adapter's base model (the run's train.model). `run` is only read."""
+    report. `aligned` defaults to the adapter's base model (the run's model.name). `run` is only read."""
     check_settings(method, "lora")
     run, out = run.resolve(), out.resolve()
     if out == run or out.is_relative_to(run) or run.is_relative_to(out):
@@ -252,9 +252,9 @@ def project_run(
     if (out / "final").exists() and not overwrite:
         raise ConfigError(f"{out} already holds a run; pass --overwrite to replace it")
     projection, report = project_folder(adapter, method, base, None if aligned else source.revision)
-    config = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else RunConfig()
+    config = load_run_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else RunConfig()
     config.method = MethodConfig(**{**asdict(method), "name": "safelora", "aligned_model": base, "beta": 0.0})
-    config.train.model, config.train.output_dir = source.base, str(out)
+    config.model.name, config.train.output_dir = source.base, str(out)
     with output_lock(out):
         write_adapter(adapter, out / "final", projection, base=source.base)
         write_json(out / REPORT_FILE, report)

@@ -92,7 +92,7 @@ class SppftRecipe(RoleRecipe):
         override = parse_layer_band(m.layers) if m.layers is not None else None
         if override is not None:
             check_band(override, num_layers, "method.layers")
-        published = published_band(config.train.model, num_layers) if m.published_bands else None
+        published = published_band(config.model.name, num_layers) if m.published_bands else None
         # A band given or published needs no refinement: the cosine analysis is still run, as evidence.
         search = m.layer_search if override is None and published is None else "cosine"
         settings = AnalysisSettings(
@@ -128,7 +128,7 @@ class SppftRecipe(RoleRecipe):
         self.band: tuple[int, int] = (chosen["band"][0], chosen["band"][1])
         self.evidence = {
             "method": "sppft",
-            "model": config.train.model,
+            "model": config.model.name,
             "indexing": INDEXING,
             "band": chosen["band"],
             "band_source": chosen["source"],
