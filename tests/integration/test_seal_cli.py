@@ -131,3 +131,40 @@ def test_resume_after_kill_recomputes_the_same_ranking_and_gives_the_same_weight
     b = load_file(resumed / "final" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _rows(straight / "seal_scores.jsonl") == _rows(resumed / "seal_scores.jsonl")
+
+
+def test_a_killed_ranker_resumes_from_its_checkpoint_to_the_same_ranking(world, tmp_path, monkeypatch):
+    """The ranker stage checkpoints itself: killed after its third step, a rerun continues from there (it
+    does only the remaining steps) and ends with the straight run's ranking and weights, bit for bit."""
+    from safetune.training.seal_checkpoint import RankerCheckpoint
+
+    saves: list[tuple[int, int]] = []
+    original = RankerCheckpoint.save
+
+    def counting_save(self, position, state):
+        saves.append((position.epoch, position.step))
+        original(self, position, state)
+        if kill_after is not None and len(saves) == kill_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RankerCheckpoint, "save", counting_save)
+    kill_after = None
+    straight = tmp_path / "straight"
+    _run(_args(world, straight, tmp_path / "cache1", "--train.save_steps=1", "--train.max_steps=2"))
+    straight_saves, saves[:] = list(saves), []
+    assert len(straight_saves) >= 4 and not list((tmp_path / "cache1" / "seal").glob("*.ranker*"))
+
+    kill_after = 3
+    killed = _args(
+        world, tmp_path / "killed", tmp_path / "cache2", "--train.save_steps=1", "--train.max_steps=2"
+    )
+    result = runner.invoke(app, killed)
+    assert result.exit_code != 0 and len(list((tmp_path / "cache2" / "seal").glob("*.ranker"))) == 1
+    kill_after, saves[:] = None, []
+    _run([*killed, "--overwrite"])
+    assert saves == straight_saves[3:]  # only the steps after the checkpoint were trained again
+    assert _rows(straight / "seal_scores.jsonl") == _rows(tmp_path / "killed" / "seal_scores.jsonl")
+    a = load_file(straight / "final" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "killed" / "final" / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((tmp_path / "cache2" / "seal").glob("*.ranker*"))  # gone once the ranking is cached

@@ -194,3 +194,48 @@ def test_gamma_schedule_and_its_check():
     with pytest.raises(ConfigError, match="at most 1"):
         check_seal_settings(load_config(None, ["method.seal_gamma=0.95", "method.seal_gamma_step=0.03"]))
     assert math.isclose(gamma_at(2, 0.94, 0.03), 1.0)
+
+
+def _ranker_state(seed: int):
+    from safetune.training.seal_checkpoint import RankerState, SafeCycle
+
+    torch.manual_seed(seed)
+    layer = torch.nn.Linear(3, 2)
+    logits = torch.nn.Parameter(torch.randn(5))
+    model_opt = torch.optim.AdamW(layer.parameters(), lr=0.1)
+    selector_opt = torch.optim.Adam([logits], lr=0.1)
+    (layer(torch.ones(1, 3)).sum() + logits.sum()).backward()
+    model_opt.step()
+    selector_opt.step()
+    generator = torch.Generator().manual_seed(seed)
+    cycle = SafeCycle(4, generator)
+    next(cycle)
+    return RankerState(cycle, generator, logits, list(layer.named_parameters()), model_opt, selector_opt)
+
+
+def test_ranker_checkpoint_round_trip_old_fallback_and_other_keys(tmp_path):
+    from safetune.training.seal_checkpoint import RankerCheckpoint, RankerPosition
+
+    saved = _ranker_state(0)
+    cycle, generator, logits, params = saved.cycle, saved.generator, saved.logits, saved.params
+    model_opt, selector_opt = saved.model_opt, saved.selector_opt
+    folder = tmp_path / "k.ranker"
+    RankerCheckpoint(folder, "k").save(RankerPosition(1, 2, [4, 3, 2, 1, 0]), saved)
+    fresh = _ranker_state(1)
+    assert RankerCheckpoint(folder, "other").restore(fresh) is None  # another ranking's: untouched
+    assert not torch.equal(fresh.logits, logits)
+    folder.rename(tmp_path / "k.ranker.old")  # a kill between the two renames of the next save
+    position = RankerCheckpoint(folder, "k").restore(fresh)
+    assert position == RankerPosition(1, 2, [4, 3, 2, 1, 0])
+    c, g, lg, ps = fresh.cycle, fresh.generator, fresh.logits, fresh.params
+    mo, so = fresh.model_opt, fresh.selector_opt
+    assert torch.equal(lg, logits) and all(
+        torch.equal(a, b) for (_, a), (_, b) in zip(ps, params, strict=True)
+    )
+    assert (c.perm, c.pos) == (cycle.perm, cycle.pos) and torch.equal(g.get_state(), generator.get_state())
+    for mine, theirs in ((mo, model_opt), (so, selector_opt)):
+        a, b = mine.state_dict()["state"], theirs.state_dict()["state"]
+        assert all(torch.equal(a[i][k], b[i][k]) for i in b for k in b[i])
+    assert [next(c) for _ in range(6)] == [next(cycle) for _ in range(6)]
+    RankerCheckpoint(folder, "k").remove()
+    assert not list(tmp_path.iterdir())

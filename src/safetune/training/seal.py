@@ -8,9 +8,10 @@ fine-tune starts from is never changed by it: the adapter is removed again (`unl
 dropped, and the random state restored, so a run is the same whether the ranking came from the cache or
 was computed. The ranking is cached (`<cache>/seal/<key>.jsonl`, keyed by model fingerprint, the
 encoded rows of both data sets and every setting that moves it), so a re-run or a `--resume` reuses it.
-A ranker stage that is killed starts again from scratch; being seeded, it gives the same ranking on the
-same machine, and `--resume` refuses a run whose kept rows differ from the ones its checkpoints trained
-on (the identity's `selection`), so two rankings never mix in one run.
+The ranker checkpoints itself (training/seal_checkpoint.py: at every epoch end and every
+`train.save_steps` steps), so a killed ranker resumes where it stopped; `--resume` refuses a run whose
+kept rows differ from the ones its checkpoints trained on (the identity's `selection`), so two rankings
+never mix in one run.
 
 Run folder files: `seal_scores.jsonl` (id, role, score = selector logit, weight, rank, kept) and
 `seal_selection.jsonl` ({id, flag}: 1 = ranked below the kept fraction, the rows SEAL drops), which
@@ -25,7 +26,7 @@ import dataclasses
 import json
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -54,6 +55,7 @@ from safetune.reference.cache import CacheEntry, cache_key
 from safetune.storage import cache_root, hash_json, write_json, write_jsonl
 from safetune.training.common import wrap_lora
 from safetune.training.recipe import RecipeReport
+from safetune.training.seal_checkpoint import RankerCheckpoint, RankerPosition, RankerState, SafeCycle
 from safetune.training.trainer import RoleRecipe, encode_roles
 
 log = logging.getLogger(__name__)
@@ -90,27 +92,25 @@ def _losses(model: Any, batch: dict[str, Tensor]) -> Tensor:
     return example_losses(logits, batch["labels"])
 
 
-def _cycle(count: int, generator: torch.Generator) -> Iterator[int]:
-    """Indices of the safe set, a fresh permutation each pass: the authors pair the two data loaders with
-    zip over sets of equal size; a safe set smaller than the user's data is cycled instead."""
-    while True:
-        yield from torch.randperm(count, generator=generator).tolist()
-
-
 def train_ranker(
     model: Any,
     user: Sequence[EncodedExample],
     safe: Sequence[EncodedExample],
     config: RunConfig,
     pad_id: int,
+    checkpoint: RankerCheckpoint | None = None,
 ) -> list[float]:
     """The selector's final logits, one per `user` row, from SEAL's Algorithm 2 (methods/seal.py). Trains
-    `model`'s trainable parameters in place (the caller passes an adapter-wrapped model or a copy)."""
+    `model`'s trainable parameters in place (the caller passes an adapter-wrapped model or a copy).
+
+    With a `checkpoint`, the ranker starts from it when one is there and saves its state at the end of
+    every epoch and every `train.save_steps` optimizer steps (when that is above 0)."""
     m, t = config.method, config.train
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(t.seed)
     logits = torch.nn.Parameter(selector_init(len(user), m.seal_activation).to(device))
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     model_opt = torch.optim.AdamW(params, lr=m.seal_model_lr, betas=ADAM_BETAS, weight_decay=0.0)
     selector_opt = torch.optim.Adam([logits], lr=m.seal_selector_lr, betas=ADAM_BETAS, weight_decay=0.0)
     dtype = resolve_dtype(t.precision)
@@ -119,15 +119,27 @@ def train_ranker(
         if device.type == "cuda" and dtype != torch.float32
         else contextlib.nullcontext()
     )
-    safe_order = _cycle(len(safe), generator)
+    safe_order = SafeCycle(len(safe), generator)
+    state = RankerState(safe_order, generator, logits, named, model_opt, selector_opt)
     steps_per_epoch = -(-len(user) // (t.batch_size * t.grad_accum))
-    bar = console.progress(total=m.seal_epochs * steps_per_epoch, desc="SEAL ranker", unit="step")
+    position = checkpoint.restore(state) if checkpoint is not None else None
+    first_epoch = position.epoch if position is not None else 0
+    done = first_epoch * steps_per_epoch + (position.step if position is not None else 0)
+    bar = console.progress(
+        total=m.seal_epochs * steps_per_epoch, desc="SEAL ranker", unit="step", initial=done
+    )
     model.train()
-    for epoch in range(m.seal_epochs):
+    for epoch in range(first_epoch, m.seal_epochs):
         gamma = gamma_at(epoch, m.seal_gamma, m.seal_gamma_step)
-        order = torch.randperm(len(user), generator=generator).tolist()
+        if position is not None and epoch == position.epoch:
+            order, first_step = position.order, position.step  # the epoch the checkpoint stopped in
+        else:
+            order, first_step = torch.randperm(len(user), generator=generator).tolist(), 0
         micro = [order[i : i + t.batch_size] for i in range(0, len(order), t.batch_size)]
-        for start in range(0, len(micro), t.grad_accum):
+        starts = range(0, len(micro), t.grad_accum)
+        for step, start in enumerate(starts):
+            if step < first_step:
+                continue
             group = micro[start : start + t.grad_accum]
             for rows in group:
                 safe_rows = [safe[next(safe_order)] for _ in rows]
@@ -148,13 +160,22 @@ def train_ranker(
             selector_opt.step()
             selector_opt.zero_grad(set_to_none=True)
             bar.update(1)
+            done += 1
+            end_of_epoch = step + 1 == len(starts)
+            if checkpoint is not None and (end_of_epoch or (t.save_steps and done % t.save_steps == 0)):
+                checkpoint.save(RankerPosition(epoch, step + 1, order), state)
         log.info("SEAL ranker epoch %d/%d done (gamma %.3g)", epoch + 1, m.seal_epochs, gamma)
     bar.close()
     return [float(v) for v in logits.detach().float().cpu()]
 
 
 def rank(
-    model: Any, user: Sequence[EncodedExample], safe: Sequence[EncodedExample], config: RunConfig, pad_id: int
+    model: Any,
+    user: Sequence[EncodedExample],
+    safe: Sequence[EncodedExample],
+    config: RunConfig,
+    pad_id: int,
+    checkpoint: RankerCheckpoint | None = None,
 ) -> list[float]:
     """Run the ranker on a trainable view of `model` and leave `model` as it was: its weights (LoRA: an
     adapter added and removed again; full: a copy), its device and mode, and the random state."""
@@ -166,14 +187,14 @@ def rank(
         if config.train.finetune == "lora":
             wrapped = wrap_lora(model.to(device), config)
             try:
-                return train_ranker(wrapped, user, safe, config, pad_id)
+                return train_ranker(wrapped, user, safe, config, pad_id, checkpoint)
             finally:
                 wrapped.unload()  # the base model without the adapter, as it was loaded
                 model.eval()
         trained = copy.deepcopy(model).to(device)
         trained.requires_grad_(True)
         try:
-            return train_ranker(trained, user, safe, config, pad_id)
+            return train_ranker(trained, user, safe, config, pad_id, checkpoint)
         finally:
             del trained
 
@@ -246,11 +267,13 @@ class SealRecipe(RoleRecipe):
             for ident, score in zip(ids, scores, strict=True):
                 handle.write((json.dumps({"id": ident, "score": score}) + "\n").encode("utf-8"))
 
+        checkpoint = RankerCheckpoint(entry.path.with_name(f"{self.key}.ranker"), self.key)
         self.ranking = entry.read_or_compute(
             lambda path: _read_ranking(path, ids),
-            lambda: rank(model, user, safe, self.config, self.pad_id),
+            lambda: rank(model, user, safe, self.config, self.pad_id, checkpoint),
             write,
         )
+        checkpoint.remove()  # the ranking is in the cache: its checkpoint has done its work
         self.kept = top_fraction(self.ranking, self.config.method.seal_keep)
         # The fine-tune's rows carry no KL flag (beta 0); `flags` is what SaRFT's external variant reads.
         self.flags = [False] * len(self.examples)
