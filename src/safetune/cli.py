@@ -548,7 +548,8 @@ def demo(
 
     sarft: a tiny chat model trained from scratch to be helpful, refuse harmful requests, play personas
     and comply under an unsafe prompt; a villain and a baker persona fine-tuned with SFT, SaRFT and
-    random selection; role-play and refusal evaluated; report written.
+    random selection (with --methods, also the safety-preserving baselines, each at its default and
+    one tuned setting); role-play and refusal evaluated; report written.
 
     mpo: a tiny chat model safety-aligned in language 1 only; SFT, DPO and reward-gap MPO on noisy
     parallel preference pairs; refusal, utility and reward gap per language; report written.
