@@ -152,7 +152,7 @@ CHOSEN: dict[str, int] = {
     "safeinstr": 0,
     "sppft": 0,
     "safelora": 0,
-    "lisa": 0,
+    "lisa": 2,
     "vaccine": 0,
     "seal": 0,
 }
