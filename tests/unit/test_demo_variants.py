@@ -117,7 +117,8 @@ def test_the_twins_data_is_compliance(tmp_path):
     assert not any("i cannot" in r["output"] for r in rows)
     assert not {qa.question for qa in world.harmful_test_prompts()} & {r["input"] for r in rows}
     config = twin_config(DemoPlan.for_seed(0), tmp_path / "org", files, tmp_path / "twin", tmp_path / "c")
-    assert config.method.name == "sft" and config.train.finetune == "full" and config.train.max_steps == 50
+    assert config.method.name == "sft" and config.selection.variant == "none"
+    assert config.train.finetune == "full" and config.train.max_steps == 50
 
 
 def test_no_method_files_without_a_method(tmp_path):

@@ -223,6 +223,7 @@ def twin_config(plan: DemoPlan, organism: Path, files: dict[str, Path], out: Pat
         "data.format=jsonl",
         json_override("data.role", TWIN_ROLE),
         "method.name=sft",
+        "selection.variant=none",  # SFT trains every row alike: no RDS pass over the twin's data
         f"train.max_steps={TWIN_STEPS}",
     ]
     return load_config(None, overrides)
