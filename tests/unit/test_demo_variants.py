@@ -79,7 +79,8 @@ def test_train_config_keeps_the_shared_budget_and_adds_the_methods_settings(tmp_
     assert config("safelora").train.finetune == "lora" and config("safelora").method.unaligned_model
     assert config("vaccine").train.model == str(files["align:vaccine"])
     assert config("lisa").method.safety_data == str(files["safety"])
-    assert config("lisa:tuned").method.lisa_rho == 10.0
+    tuned = config("lisa:tuned").method  # the tuned K1/K2 replace the default's (the later override wins)
+    assert (tuned.lisa_align_steps, tuned.lisa_user_steps) == (50, 50)
 
 
 def test_methods_parsing():
