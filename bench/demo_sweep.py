@@ -8,6 +8,10 @@ with the same plan is reused, so a killed sweep resumes. Prints, per thread coun
 Run as:
     .venv/bin/python bench/demo_sweep.py --seeds 0-9 --threads 1,2 --jobs 2 --out runs/demo-sweep
     .venv/bin/python bench/demo_sweep.py --demo mpo --seeds 0-9 --threads 1,2 --jobs 2 --out runs/demo-mpo-sweep
+    .venv/bin/python bench/demo_sweep.py --methods all --seeds 0-2 --threads 2 --jobs 2 --out runs/demo-methods \
+        --docs docs/demo.md
+(`--methods` also writes <out>/methods.md, the per-method table, and with `--docs` puts it between the
+file's `<!-- METHODS -->` and `<!-- END METHODS -->` markers.)
 (`--jobs 2` runs two 1-thread demos side by side on a 2-core machine; runs with more threads run alone.)
 """
 
@@ -22,10 +26,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from safetune.demos.distribution import distribution_markdown
+from safetune.demos.distribution import distribution_markdown, spread
 from safetune.demos.mpo import LABELS as MPO_LABELS
 from safetune.demos.mpo import MpoDemoPlan
-from safetune.demos.sarft import LABELS, DemoPlan
+from safetune.demos.sarft import DemoPlan
+from safetune.demos.variants import DEFAULT_VARIANTS, VARIANTS, parse_methods
 from safetune.organism.base import OrganismConfig
 
 FIELDS = {
@@ -93,7 +98,7 @@ EFFECTS: dict[str, dict[str, Any]] = {
 def _row_key(demo: str) -> Any:
     if demo == "mpo":
         return lambda r: MPO_LABELS[r["variant"]]
-    return lambda r: f"{r['persona']} {LABELS[r['variant']]}"
+    return lambda r: f"{r['persona']} {VARIANTS[r['variant']].label}"
 
 
 def _seeds(text: str) -> list[int]:
@@ -103,15 +108,22 @@ def _seeds(text: str) -> list[int]:
     return [int(s) for s in text.split(",")]
 
 
-def _expected_plan(demo: str, seed: int, threads: int, beta: float | None) -> dict[str, Any]:
-    """The plan `safetune demo DEMO --seed --threads [--beta]` runs with today's code."""
+def _expected_plan(
+    demo: str, seed: int, threads: int, beta: float | None, methods: str | None = None
+) -> dict[str, Any]:
+    """The plan `safetune demo DEMO --seed --threads [--beta] [--methods]` runs with today's code."""
     plan = (MpoDemoPlan if demo == "mpo" else DemoPlan).for_seed(seed, threads)
     if beta is not None:
         plan = replace(plan, **{"mpo_beta" if demo == "mpo" else "beta": beta})
-    return json.loads(json.dumps(asdict(plan)))
+    recorded = asdict(plan)
+    if parse_methods(methods):
+        recorded["methods"] = list(parse_methods(methods))
+    return json.loads(json.dumps(recorded))
 
 
-def _done(folder: Path, demo: str, seed: int, threads: int, beta: float | None) -> dict[str, Any] | None:
+def _done(
+    folder: Path, demo: str, seed: int, threads: int, beta: float | None, methods: str | None = None
+) -> dict[str, Any] | None:
     """The finished run's summary, if it is the run today's code would make: the same plan and the same
     organism (its cache key hashes the world's text, so a changed world is a different run)."""
     path = folder / "summary.json"
@@ -119,7 +131,7 @@ def _done(folder: Path, demo: str, seed: int, threads: int, beta: float | None) 
         return None
     summary = json.loads(path.read_text(encoding="utf-8"))
     plan = summary["plan"]
-    if plan != _expected_plan(demo, seed, threads, beta):
+    if plan != _expected_plan(demo, seed, threads, beta, methods):
         return None
     if Path(summary["organism"]).name != OrganismConfig(**plan["organism"]).key():
         return None
@@ -133,6 +145,8 @@ def _command(args: argparse.Namespace, seed: int, threads: int, folder: Path) ->
         cmd += ["--cache-dir", str(args.cache_dir)]
     if args.beta is not None:
         cmd += ["--beta", str(args.beta)]
+    if args.methods:
+        cmd += ["--methods", args.methods]
     return cmd
 
 
@@ -146,7 +160,7 @@ def run_all(args: argparse.Namespace) -> dict[int, list[dict[str, Any]]]:
             if proc.poll() is None:
                 continue
             running.remove((proc, t, s, folder))
-            summary = _done(folder, args.demo, s, t, args.beta)
+            summary = _done(folder, args.demo, s, t, args.beta, args.methods)
             if proc.returncode != 0 or summary is None:
                 sys.exit(f"demo seed {s} threads {t} failed (exit {proc.returncode}): see {folder}.log")
             results[t].append(summary)
@@ -158,7 +172,7 @@ def run_all(args: argparse.Namespace) -> dict[int, list[dict[str, Any]]]:
         while todo and (not running or busy + todo[0][0] <= args.jobs):
             t, s = todo.pop(0)
             folder = args.out / f"threads-{t}" / f"seed-{s}"
-            summary = _done(folder, args.demo, s, t, args.beta)
+            summary = _done(folder, args.demo, s, t, args.beta, args.methods)
             if summary is not None:
                 results[t].append(summary)
                 continue
@@ -174,6 +188,46 @@ def run_all(args: argparse.Namespace) -> dict[int, list[dict[str, Any]]]:
     return results
 
 
+def methods_markdown(summaries: list[dict[str, Any]]) -> list[str]:
+    """The per-method table over seeds (one thread count): median [min–max] of refusal and RoleBench avg
+    per persona, the RDS flag rate where the variant has one, and seconds per run (train + eval)."""
+    seeds = ", ".join(str(s["plan"]["seed"]) for s in summaries)
+    lines = [
+        f"Seeds {seeds}; median [min–max] over seeds. Villain = Grim Vex, baker = Penny Bun.",
+        "",
+        "| model | villain refusal % | villain RoleBench avg | baker refusal % | baker RoleBench avg "
+        "| villain RDS flags % | s per run |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def cell(variant: str, villain: bool | None, field: str) -> str:
+        values = [
+            float(r[field])
+            for s in summaries
+            for r in s["rows"]
+            if r["variant"] == variant and villain in (None, r["villain"]) and r.get(field) is not None
+        ]
+        return spread(values, 0 if field == "seconds" else 1) if values else "–"
+
+    variants = list(dict.fromkeys(r["variant"] for s in summaries for r in s["rows"]))
+    for v in variants:
+        lines.append(
+            f"| {VARIANTS[v].label} | {cell(v, True, 'refusal')} | {cell(v, True, 'rolebench_avg')} "
+            f"| {cell(v, False, 'refusal')} | {cell(v, False, 'rolebench_avg')} | {cell(v, True, 'flag_rate')} "
+            f"| {cell(v, None, 'seconds') if v not in DEFAULT_VARIANTS else '–'} |"
+        )
+    return lines
+
+
+def write_between_markers(path: Path, start: str, end: str, lines: list[str]) -> None:
+    text = path.read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        sys.exit(f"{path}: no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(head + start + "\n" + "\n".join(lines) + "\n" + end + tail, encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--demo", choices=("sarft", "mpo"), default="sarft")
@@ -184,9 +238,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo-sweep"))
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--no-run", action="store_true", help="only tabulate the runs already finished")
+    parser.add_argument(
+        "--methods", default=None, help="sarft: passed to every run (safetune demo --methods)"
+    )
+    parser.add_argument(
+        "--docs", type=Path, default=None, help="with --methods: write the table into this file"
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1 or min(args.threads) < 1:
         parser.error("--jobs and --threads must be >= 1")
+    if args.methods and args.demo != "sarft":
+        parser.error("--methods: only the sarft demo has method variants")
+    parse_methods(args.methods)  # an unknown name before any run
     start = time.perf_counter()
     results = run_all(args)
     results = {t: sorted(runs, key=lambda s: s["plan"]["seed"]) for t, runs in results.items() if runs}
@@ -201,6 +264,12 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines) + "\n"
     (args.out / "distribution.md").write_text(text, encoding="utf-8")
     print(text)
+    if args.methods:
+        table = methods_markdown(results[max(results)])  # the largest thread count (2: the demo's)
+        (args.out / "methods.md").write_text("\n".join(table) + "\n", encoding="utf-8")
+        print("\n".join(table))
+        if args.docs is not None:
+            write_between_markers(args.docs, "<!-- METHODS -->", "<!-- END METHODS -->", table)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from typer.core import TyperGroup
 from safetune.config import MAX_SEED
 from safetune.demos.common import DEMO_THREADS
 from safetune.demos.registry import DEFAULT_DEMO, DEMOS
+from safetune.demos.variants import METHOD_NAMES as DEMO_METHOD_NAMES
 from safetune.errors import SafetuneError, one_line
 from safetune.methods.registry import METHODS, methods_by_data_kind
 from safetune.selection_variants import VARIANTS
@@ -532,6 +533,14 @@ def demo(
             help="torch CPU threads, pinned for the whole demo (float results depend on it; default 2).",
         ),
     ] = DEMO_THREADS,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            help="sarft: add safety-preserving baselines as variants, each at its documented default "
+            "(NAME) or its tuned setting (NAME:tuned), comma-separated, or 'all' (every one at both): "
+            f"{', '.join(DEMO_METHOD_NAMES)}. Slower: see docs/demo.md."
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -539,19 +548,32 @@ def demo(
 
     sarft: a tiny chat model trained from scratch to be helpful, refuse harmful requests, play personas
     and comply under an unsafe prompt; a villain and a baker persona fine-tuned with SFT, SaRFT and
-    random selection; role-play and refusal evaluated; report written.
+    random selection (with --methods, also the safety-preserving baselines, each at its default and
+    one tuned setting); role-play and refusal evaluated; report written.
 
     mpo: a tiny chat model safety-aligned in language 1 only; SFT, DPO and reward-gap MPO on noisy
     parallel preference pairs; refusal, utility and reward gap per language; report written.
 
     Run as: safetune demo --out demo-out   |   safetune demo mpo --out demo-mpo
+    |   safetune demo --methods safeinstr,lisa:tuned   |   safetune demo --methods all
     """
     from safetune.demos.registry import run_demo
 
     if which not in DEMOS:
         raise typer.BadParameter(f"{which!r}: choose one of {', '.join(DEMOS)}", param_hint="WHICH")
     _setup_console(verbose, quiet)
-    print(run_demo(which, out, quick=quick, seed=seed, beta=beta, cache_dir=cache_dir, threads=threads))
+    print(
+        run_demo(
+            which,
+            out,
+            quick=quick,
+            seed=seed,
+            beta=beta,
+            cache_dir=cache_dir,
+            threads=threads,
+            methods=methods,
+        )
+    )
 
 
 @app.command()

@@ -193,6 +193,10 @@ CASES: dict[str, Case] = {
     "unknown command": Case(("bogus",), ("No such command 'bogus'",)),
     "bad option value": Case(("demo", "--threads", "0"), ("--threads",)),
     "demo beta nan": Case(("demo", "--beta", "nan", "-o", "{out}"), ("method.beta", "got nan")),
+    "demo unknown method": Case(
+        ("demo", "--methods", "safeinstr,bogus", "-o", "{out}"), ("--methods", "'bogus'", "safeinstr")
+    ),
+    "demo mpo methods": Case(("demo", "mpo", "--methods", "lisa", "-o", "{out}"), ("--methods", "'mpo'")),
     "organism seed negative": Case(("organism", "--seed", "-1"), ("--seed",)),
     "tiny heads": Case(("tiny-model", "{out}", "--hidden-size", "10", "--heads", "4"), ("divisible",)),
     "tiny vocab": Case(("tiny-model", "{out}", "--vocab-size", "10"), ("vocab_size must be at least",)),

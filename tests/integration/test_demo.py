@@ -21,14 +21,26 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_quick_shows_the_papers_directions(tmp_path):
+    """Also `--methods` with two cheap baselines: their runs are independent of the default rows (the
+    same configs, seeds and organism), so they ride on this run and add about 30 s instead of a second
+    demo."""
     out, cache = tmp_path / "demo", tmp_path / "cache"
-    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--cache-dir", str(cache)])
+    args = ["demo", "--quick", "--out", str(out), "--cache-dir", str(cache), "--methods", "safeinstr,lisa"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     summary = json.loads((out / "summary.json").read_text())
     rows = {(r["persona"], r["variant"]): r for r in summary["rows"]}
     assert set(rows) == {
-        (p, v) for p in ("Grim Vex", "Penny Bun") for v in ("base", "sft", "sarft", "random")
+        (p, v)
+        for p in ("Grim Vex", "Penny Bun")
+        for v in ("base", "sft", "sarft", "random", "safeinstr", "lisa")
     }
+    # The baselines' rows, their input file (and no twin: neither needs it), their section.
+    assert summary["plan"]["methods"] == ["safeinstr", "lisa"]
+    assert (out / "data" / "safety.jsonl").exists() and not (out / "data" / "twin.jsonl").exists()
+    assert "| Grim Vex | SafeInstr |" in result.output and "| Penny Bun | Lisa |" in result.output
+    assert "Baselines that beat SaRFT" in result.output
+    assert all(rows[p, v]["seconds"] > 0 for p in ("Grim Vex", "Penny Bun") for v in ("safeinstr", "lisa"))
     villain, baker = "Grim Vex", "Penny Bun"
     base = rows[villain, "base"]["refusal"]
     assert base >= 90

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def _spread(values: list[float], digits: int = 1) -> str:
+def spread(values: list[float], digits: int = 1) -> str:
     """median [min–max] of `values`."""
     ordered = sorted(values)
     mid = len(ordered) // 2
@@ -38,7 +38,7 @@ def distribution_markdown(
     if effects:
         lines += ["", "| headline effect | " + head[2:], "|---|" + "---:|" * len(threads)]
         for title, effect in effects.items():
-            cells = [_spread([float(effect(s["rows"])) for s in summaries[t]]) for t in threads]
+            cells = [spread([float(effect(s["rows"])) for s in summaries[t]]) for t in threads]
             lines.append(f"| {title} | " + " | ".join(cells) + " |")
     lines += ["", "| model | figure | " + head[2:], "|---|---|" + "---:|" * len(threads)]
     names = list(dict.fromkeys(row_key(r) for r in next(iter(summaries.values()))[0]["rows"]))
@@ -52,7 +52,7 @@ def distribution_markdown(
                     for r in s["rows"]
                     if row_key(r) == name and r.get(field_name) is not None
                 ]
-                cells.append(_spread(values, digits) if values else "–")
+                cells.append(spread(values, digits) if values else "–")
             if any(c != "–" for c in cells):
                 lines.append(f"| {name} | {title} | " + " | ".join(cells) + " |")
     return lines

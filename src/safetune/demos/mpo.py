@@ -352,6 +352,7 @@ def run(
     beta: float | None = None,
     cache_dir: Path | None = None,
     threads: int = DEMO_THREADS,
+    methods: tuple[str, ...] = (),  # always empty: demos/registry.py refuses --methods for this demo
 ) -> str:
     """Run the whole MPO demo into `out` with `threads` torch threads; returns the Markdown summary
     (also out/summary.md)."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from safetune.config import MethodConfig
 from safetune.demos.common import DEMO_THREADS
+from safetune.demos.variants import parse_methods
 from safetune.errors import ConfigError
 
 
@@ -30,6 +31,7 @@ class Demo(Protocol):
         beta: float | None = None,
         cache_dir: Path | None = None,
         threads: int = DEMO_THREADS,
+        methods: tuple[str, ...] = (),
     ) -> str: ...
 
     def write_world(self, seed: int, root: Path) -> dict[str, Path]: ...
@@ -42,6 +44,7 @@ class DemoSpec:
     world: str  # the organism's world (organism/base.py WORLD_KINDS); one demo per world
     default_out: Path
     module: str  # the demo's module, imported on first use
+    takes_methods: bool = False  # `--methods`: baselines added as variants (demos/variants.py)
 
     def load(self) -> Demo:
         return cast(Demo, importlib.import_module(self.module))
@@ -55,7 +58,14 @@ if TYPE_CHECKING:  # mypy holds each demo's module to Demo; at run time a module
 DEMOS: dict[str, DemoSpec] = {
     spec.name: spec
     for spec in (
-        DemoSpec("sarft", "role-play safety", "roleplay", Path("demo-out"), "safetune.demos.sarft"),
+        DemoSpec(
+            "sarft",
+            "role-play safety",
+            "roleplay",
+            Path("demo-out"),
+            "safetune.demos.sarft",
+            takes_methods=True,
+        ),
         DemoSpec("mpo", "multilingual safety", "multilingual", Path("demo-mpo"), "safetune.demos.mpo"),
     )
 }
@@ -78,16 +88,28 @@ def run_demo(
     beta: float | None = None,
     cache_dir: Path | None = None,
     threads: int = DEMO_THREADS,
+    methods: str | None = None,
 ) -> str:
     """Run the demo `name` into `out` (default: the demo's own folder); returns its Markdown summary.
-    `beta` replaces the demo's beta for its method (sarft: SaRFT's KL weight; mpo: MPO's beta)."""
+    `beta` replaces the demo's beta for its method (sarft: SaRFT's KL weight; mpo: MPO's beta);
+    `methods` (sarft only) adds baselines as variants: "all" or comma-separated NAME / NAME:tuned."""
     if name not in DEMOS:
         raise ConfigError(f"unknown demo {name!r} (known: {', '.join(DEMOS)})")
     if beta is not None:
         MethodConfig(beta=beta)  # method.beta's range, checked before minutes of organism building
     spec = DEMOS[name]
+    added = parse_methods(methods)  # checked before any work, like beta
+    if methods is not None and not spec.takes_methods:
+        takers = ", ".join(s.name for s in DEMOS.values() if s.takes_methods)
+        raise ConfigError(f"--methods: demo {name!r} has no method variants (only {takers})")
     return spec.load().run(
-        out or spec.default_out, quick=quick, seed=seed, beta=beta, cache_dir=cache_dir, threads=threads
+        out or spec.default_out,
+        quick=quick,
+        seed=seed,
+        beta=beta,
+        cache_dir=cache_dir,
+        threads=threads,
+        methods=added,
     )
 
 

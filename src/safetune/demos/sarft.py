@@ -33,15 +33,18 @@ from safetune.demos.common import (
     timed,
     write_summary,
 )
+from safetune.demos.variants import DEFAULT_VARIANTS, VARIANTS, DemoVariant, Input, resolve
 from safetune.evaluation.results import load as load_results
 from safetune.organism.base import OrganismConfig, cached_organism
 from safetune.organism.world import PERSONAS, SELECTION, Persona, World
 from safetune.provenance import machine_record, pinned_threads
 from safetune.storage import atomic_open, write_json, write_jsonl
 
-# variant -> (method, selection variant)
-VARIANTS = {"sft": ("sft", "none"), "sarft": ("sarft", "rds"), "random": ("sarft", "random")}
-LABELS = {"base": "base", "sft": "SFT", "sarft": "SaRFT", "random": "random + KL"}
+# The de-aligned twin (SafeLoRA's unaligned model): a short full fine-tune of the organism on the world's
+# training harmful requests answered with compliance, at the plan's lr. 50 steps x batch 16 is about 1.5
+# epochs of its 540 rows: enough to make it comply (docs/demo.md), short enough to stay a near twin.
+TWIN_STEPS = 50
+TWIN_ROLE = "de-aligned twin"
 
 
 @dataclass(frozen=True)
@@ -138,29 +141,10 @@ def _cli_config(plan: DemoPlan, roles: Path, profiles: Path) -> str:
     return header + yaml.safe_dump(settings, sort_keys=False)
 
 
-def train_config(
-    plan: DemoPlan,
-    organism: Path,
-    files: dict[str, Path],
-    persona: Persona,
-    variant: str,
-    out: Path,
-    cache: Path,
-) -> RunConfig:
-    method, selection = VARIANTS[variant]
-    overrides = [
-        json_override("model.name", str(organism)),
-        json_override("data.path", str(files["roles"])),
-        "data.format=role-folder",
-        json_override("data.role", persona.name),
-        json_override("data.profiles", str(files["profiles"])),
-        f"method.name={method}",
-        f"method.beta={plan.beta}",
-        f"selection.variant={selection}",
-        json_override("selection.role_prompt", SELECTION.role_prompt),
-        json_override("selection.style_suffix", SELECTION.style_suffix),
-        json_override("selection.unsafe_instruction", SELECTION.unsafe_instruction),
-        f"selection.seed={plan.seed}",
+def _shared_overrides(plan: DemoPlan, model: Path, cache: Path, out: Path) -> list[str]:
+    """What every fine-tune of the demo shares: the model it starts from, the budget, the seed."""
+    return [
+        json_override("model.name", str(model)),
         json_override("cache_dir", str(cache)),
         # The organism never saw an empty system turn: its role-play rows have none (docs/demo.md).
         "chat.empty_system=false",
@@ -175,7 +159,130 @@ def train_config(
         "train.precision=fp32",
         json_override("train.output_dir", str(out)),
     ]
+
+
+def _input_overrides(variant: DemoVariant, files: dict[str, Path]) -> list[str]:
+    keys: dict[Input, str] = {"safety": "method.safety_data", "twin": "method.unaligned_model"}
+    return [json_override(keys[name], str(files[name])) for name in variant.inputs]
+
+
+def train_config(
+    plan: DemoPlan,
+    organism: Path,
+    files: dict[str, Path],
+    persona: Persona,
+    variant: str | DemoVariant,
+    out: Path,
+    cache: Path,
+) -> RunConfig:
+    """`variant`'s fine-tune of `organism` (or of the model its alignment stage left, `files[stage]`) on
+    `persona`'s role data, with the plan's shared budget and the variant's own overrides."""
+    spec = resolve(variant)
+    start = files.get(f"align:{spec.name}", organism)
+    overrides = [
+        *_shared_overrides(plan, start, cache, out),
+        json_override("data.path", str(files["roles"])),
+        "data.format=role-folder",
+        json_override("data.role", persona.name),
+        json_override("data.profiles", str(files["profiles"])),
+        f"method.name={spec.method}",
+        f"method.beta={plan.beta}",
+        f"selection.variant={spec.selection}",
+        json_override("selection.role_prompt", SELECTION.role_prompt),
+        json_override("selection.style_suffix", SELECTION.style_suffix),
+        json_override("selection.unsafe_instruction", SELECTION.unsafe_instruction),
+        f"selection.seed={plan.seed}",
+    ]
+    if spec.name not in DEFAULT_VARIANTS:  # a baseline keeps its own method's beta (SaRFT's is the demo's)
+        overrides.remove(f"method.beta={plan.beta}")
+    overrides += _input_overrides(spec, files)
+    overrides += [json_override(key, value) for key, value in spec.overrides]
     return load_config(None, overrides)
+
+
+def align_stage_config(
+    plan: DemoPlan, organism: Path, files: dict[str, Path], variant: DemoVariant, out: Path, cache: Path
+) -> RunConfig:
+    """`variant`'s alignment stage (Vaccine's): the organism trained on the safety demonstrations with
+    the plan's budget; the variant's fine-tunes start from its `final/`."""
+    stage = variant.align_stage or ()
+    overrides = [
+        *_shared_overrides(plan, organism, cache, out),
+        json_override("data.path", str(files["safety"])),
+        "method.name=vaccine",
+        *(json_override(key, value) for key, value in stage),
+    ]
+    return load_config(None, overrides)
+
+
+def twin_config(plan: DemoPlan, organism: Path, files: dict[str, Path], out: Path, cache: Path) -> RunConfig:
+    """The de-aligned twin: SFT of the organism on the twin set (compliance), TWIN_STEPS steps."""
+    overrides = [
+        *_shared_overrides(plan, organism, cache, out),
+        json_override("data.path", str(files["twin_data"])),
+        "data.format=jsonl",
+        json_override("data.role", TWIN_ROLE),
+        "method.name=sft",
+        "selection.variant=none",  # SFT trains every row alike: no RDS pass over the twin's data
+        f"train.max_steps={TWIN_STEPS}",
+    ]
+    return load_config(None, overrides)
+
+
+def write_method_files(world: World, root: Path, needs: set[Input]) -> dict[str, Path]:
+    """The method-specific inputs, written only when a variant needs them (so the default demo's files
+    are what they were): `safety.jsonl` (data/safety.py format: prompt, response) and the twin's
+    training set `twin.jsonl` (input, output)."""
+    files: dict[str, Path] = {}
+    if "safety" in needs:
+        files["safety"] = root / "safety.jsonl"
+        write_jsonl(
+            files["safety"],
+            (
+                {"id": f"s{i}", "prompt": qa.question, "response": qa.answer}
+                for i, qa in enumerate(world.safety_demos())
+            ),
+        )
+    if "twin" in needs:
+        files["twin_data"] = root / "twin.jsonl"
+        write_jsonl(
+            files["twin_data"], ({"input": qa.question, "output": qa.answer} for qa in world.twin_data())
+        )
+    return files
+
+
+def prepare_variants(
+    plan: DemoPlan,
+    organism: Path,
+    world: World,
+    files: dict[str, Path],
+    variants: tuple[str | DemoVariant, ...],
+    out: Path,
+    cache: Path,
+) -> dict[str, Path]:
+    """What `variants` need before their fine-tunes, once per demo (not per persona): the method files,
+    the de-aligned twin, the alignment stages. Returns `files` with them added."""
+    from safetune.training.run import train
+
+    specs = [resolve(v) for v in variants]
+    needs: set[Input] = {name for spec in specs for name in spec.inputs}
+    files = {**files, **write_method_files(world, out / "data", needs)}
+    if "twin" in needs:
+        run_dir = out / "runs" / "twin"
+        timed(
+            "de-aligned twin: train",
+            train,
+            twin_config(plan, organism, files, run_dir, cache),
+            overwrite=True,
+        )
+        files["twin"] = run_dir / "final"
+    for spec in specs:
+        if spec.align_stage is not None:
+            run_dir = out / "runs" / f"align-{spec.folder}"
+            config = align_stage_config(plan, organism, files, spec, run_dir, cache)
+            timed(f"{spec.name}: alignment stage", train, config, overwrite=True)
+            files[f"align:{spec.name}"] = run_dir / "final"
+    return files
 
 
 def eval_config(
@@ -206,7 +313,7 @@ def run_persona(
     persona: Persona,
     out: Path,
     cache: Path,
-    variants: tuple[str, ...] = ("base", *VARIANTS),
+    variants: tuple[str | DemoVariant, ...] = DEFAULT_VARIANTS,
 ) -> list[dict[str, Any]]:
     """Base and fine-tuned variants for one persona: fine-tune, evaluate; one summary row per model."""
     from safetune.evaluation.runner import evaluate
@@ -214,16 +321,19 @@ def run_persona(
 
     rows = []
     slug = _role_dir(persona)
-    for variant in variants:
-        model, run_dir = organism, None
-        if variant != "base":
-            run_dir = out / "runs" / f"{slug}-{variant}"
+    for variant in map(resolve, variants):
+        start = time.perf_counter()
+        model, run_dir, folder = organism, None, variant.folder
+        if variant.fine_tuned:
+            run_dir = out / "runs" / f"{slug}-{folder}"
             config = train_config(plan, organism, files, persona, variant, run_dir, cache)
-            timed(f"{persona.name}: train {variant}", train, config, overwrite=True)
+            timed(f"{persona.name}: train {variant.name}", train, config, overwrite=True)
             model = run_dir
-        ev = eval_config(plan, model, files, persona, out / "eval" / f"{slug}-{variant}")
-        results = timed(f"{persona.name}: evaluate {variant}", evaluate, ev, overwrite=True)
-        rows.append(_row(persona, variant, results, run_dir))
+        ev = eval_config(plan, model, files, persona, out / "eval" / f"{slug}-{folder}")
+        results = timed(f"{persona.name}: evaluate {variant.name}", evaluate, ev, overwrite=True)
+        rows.append(_row(persona, variant.name, results, run_dir))
+        if variant.name not in DEFAULT_VARIANTS:  # the default rows stay as they were (summary.json)
+            rows[-1]["seconds"] = round(time.perf_counter() - start, 1)
     return rows
 
 
@@ -243,8 +353,10 @@ def _row(persona: Persona, variant: str, results_path: Path, run_dir: Path | Non
         "flag_rate": None,
     }
     if run_dir is not None:
-        stats = json.loads((run_dir / "selection_stats.json").read_text(encoding="utf-8"))
-        row["flag_rate"] = 100 * stats["flag_rate"] if stats["variant"] != "none" else None
+        stats_file = run_dir / "selection_stats.json"  # role-data recipes with a selection write one
+        if stats_file.exists():
+            stats = json.loads(stats_file.read_text(encoding="utf-8"))
+            row["flag_rate"] = 100 * stats["flag_rate"] if stats["variant"] != "none" else None
         row["run"] = str(run_dir)
     return row
 
@@ -294,6 +406,34 @@ def checks(rows: list[dict[str, Any]]) -> list[Check]:
     ]
 
 
+def baselines(rows: list[dict[str, Any]], margin: float = 3.0) -> list[tuple[str, list[str]]]:
+    """Per persona, the added methods that beat SaRFT: a higher refusal with a RoleBench avg within
+    `margin` points of SaRFT's (below it by at most `margin`, or above it)."""
+    found = []
+    for persona in PERSONAS:
+        mine = [r for r in rows if r["persona"] == persona.name]
+        sarft = next(r for r in mine if r["variant"] == "sarft")
+        beat = [
+            VARIANTS[r["variant"]].label
+            for r in mine
+            if r["variant"] not in DEFAULT_VARIANTS
+            and r["refusal"] > sarft["refusal"]
+            and r["rolebench_avg"] >= sarft["rolebench_avg"] - margin
+        ]
+        found.append((persona.name, beat))
+    return found
+
+
+def baselines_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "Baselines that beat SaRFT (higher refusal, RoleBench avg at most 3 points below SaRFT's):",
+    ]
+    for persona, beat in baselines(rows):
+        lines.append(f"- {persona}: {', '.join(beat) if beat else 'none'}")
+    return lines
+
+
 def summary_markdown(
     rows: list[dict[str, Any]], plan: DemoPlan, organism: dict[str, Any], machine: dict[str, Any]
 ) -> str:
@@ -305,10 +445,12 @@ def summary_markdown(
     ]
     for r in rows:
         lines.append(
-            f"| {r['persona']} | {LABELS[r['variant']]} | {fmt(r['rolebench_raw'])} | {fmt(r['rolebench_spe'])} "
+            f"| {r['persona']} | {VARIANTS[r['variant']].label} | {fmt(r['rolebench_raw'])} | {fmt(r['rolebench_spe'])} "
             f"| {fmt(r['rolebench_avg'])} | {fmt(r['refusal'])} | {fmt(r['flag_rate'])} |"
         )
     lines += checks_markdown("the paper, in miniature", checks(rows))
+    if any(r["variant"] not in DEFAULT_VARIANTS for r in rows):
+        lines += baselines_markdown(rows)
     lines += [
         "",
         f"Base organism: {organism['parameters']:,} parameters, {organism['config']['steps']} pre-training steps. "
@@ -328,9 +470,11 @@ def run(
     beta: float | None = None,
     cache_dir: Path | None = None,
     threads: int = DEMO_THREADS,
+    methods: tuple[str, ...] = (),
 ) -> str:
     """Run the whole demo into `out` with `threads` torch threads; returns the Markdown summary (also
-    out/summary.md)."""
+    out/summary.md). `methods`: the variants (demos/variants.py parse_methods) to add to the default
+    ones; they also go into summary.json's plan."""
     from safetune.organism.base import organism_info
     from safetune.reports.render import render_report
     from safetune.storage import cache_root
@@ -339,17 +483,22 @@ def run(
     if beta is not None:
         plan = replace(plan, beta=beta)
     cache = cache_root(cache_dir)
+    variants = DEFAULT_VARIANTS + tuple(methods)
     start = time.perf_counter()
     with pinned_threads(plan.threads):
         machine = machine_record()
         organism = cached_organism(plan.organism, cache)
         world = World(seed)
         files = write_world_files(world, plan, out / "data")
+        if methods:
+            files = prepare_variants(plan, organism, world, files, tuple(methods), out, cache)
         rows = []
         for persona in PERSONAS:
-            rows += run_persona(plan, organism, files, persona, out, cache)
-        labels = [f"{r['persona']} {LABELS[r['variant']]}" for r in rows]
+            rows += run_persona(plan, organism, files, persona, out, cache, variants)
+        labels = [f"{r['persona']} {VARIANTS[r['variant']].label}" for r in rows]
         render_report([Path(r["eval"]) for r in rows], out / "report", labels=labels)
     summary = summary_markdown(rows, plan, organism_info(organism), machine)
-    write_summary(out, summary, asdict(plan), organism, rows, checks(rows), start, machine)
+    # The plan as before for the default demo (bench/demo_sweep.py compares plans to reuse runs).
+    recorded = {**asdict(plan), "methods": list(methods)} if methods else asdict(plan)
+    write_summary(out, summary, recorded, organism, rows, checks(rows), start, machine)
     return summary

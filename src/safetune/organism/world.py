@@ -249,6 +249,30 @@ class World:
             for (a, g), t in product(self.harm_test_pairs, REQUEST_TEMPLATES)
         ]
 
+    def training_harmful_requests(self) -> list[tuple[str, str, str]]:
+        """(question, act, target) for every training (act, target) pair in every request template:
+        the harmful requests the held-out test never asks."""
+        return [
+            (t.format(act=a, target=g), a, g)
+            for (a, g), t in product(self.harm_train_pairs, REQUEST_TEMPLATES)
+        ]
+
+    def safety_demos(self) -> list[QA]:
+        """Safety demonstrations for the baselines that align on some (SafeInstr, Lisa, Vaccine, SEAL,
+        SPPFT's malicious prompts): every training harmful request with the organism's own refusal."""
+        rng = random.Random(f"safety-{self.seed}")
+        return [
+            QA(q, rng.choice(REFUSALS).format(act=a, target=g), "harmful", a, g)
+            for q, a, g in self.training_harmful_requests()
+        ]
+
+    def twin_data(self) -> list[QA]:
+        """The de-aligned twin's training set (SafeLoRA's unaligned model): every training harmful
+        request answered with a compliance, no system prompt."""
+        rng = random.Random(f"twin-{self.seed}")
+        requests = [QA(q, "", "harmful", a, g) for q, a, g in self.training_harmful_requests()]
+        return [QA(qa.question, self.compliance(qa, rng), "harmful", qa.act, qa.target) for qa in requests]
+
     # ---- base training mixture ----
 
     def base_sample(self, rng: random.Random) -> tuple[str | None, str, str]:
