@@ -24,6 +24,7 @@ LAYERS: tuple[dict[str, tuple[str, ...]], ...] = (
         "config": ("safetune.config",),
         "storage": ("safetune.storage",),
         "provenance": ("safetune.provenance",),
+        "launch": ("safetune.launch",),
     },
     {"data": ("safetune.data",)},
     {"models": ("safetune.models",)},

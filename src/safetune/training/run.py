@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import copy
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from transformers import Trainer, TrainerCallback, set_seed
 from transformers.trainer_utils import TrainOutput
 
@@ -46,6 +46,7 @@ from safetune import __version__
 from safetune.config import RunConfig, dump_config
 from safetune.data.records import PreferencePair
 from safetune.errors import ConfigError
+from safetune.launch import barrier, init_process_group, is_main_process, main_process_first
 from safetune.methods.registry import MethodSpec, RecipeName, get_method
 from safetune.models.loading import (
     check_model_folder,
@@ -113,7 +114,7 @@ def train(
     """
     spec = get_method(config.method.name)
     recipe = RECIPES[spec.recipe](config, spec)
-    with output_lock(Path(config.train.output_dir)):
+    with _run_folder_lock(Path(config.train.output_dir)):
         _run(config, spec, recipe, resume, overwrite, callbacks)
     return Path(config.train.output_dir)
 
@@ -132,8 +133,14 @@ def train_baseline(
     config.train.output_dir = str(out)
     spec = get_method(config.method.name)
     recipe = TrlRecipe(config, spec, pairs=pairs)
-    with output_lock(Path(out)):
+    with _run_folder_lock(Path(out)):
         return _run(config, spec, recipe, False, overwrite, callbacks)
+
+
+def _run_folder_lock(out: Path) -> AbstractContextManager[object]:
+    """The run folder's lock, held by the main process of a launch: the only one that writes in the
+    folder (the other ranks of a multi-process launch would find it busy)."""
+    return output_lock(out) if is_main_process() else nullcontext()
 
 
 def resolve_beta(config: RunConfig, spec: MethodSpec) -> None:
@@ -162,6 +169,7 @@ def _run(
     resolve_beta(config, spec)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
+    init_process_group()  # a multi-process launch: its barriers come before the Trainer's
     # Seed before anything random is created (LoRA's A matrices), so a run is a function of its config.
     set_seed(t.seed)
     out = Path(t.output_dir)
@@ -185,17 +193,21 @@ def _run(
     fingerprint = fingerprint or model_fingerprint(m.name, m.revision, cache_root(config.cache_dir))
     identity = run_identity(config, model=fingerprint, data=data_hash)
     model.eval()
-    # Under `accelerate launch` the main process scores (and caches); the others then read the cache.
-    with PartialState().main_process_first():
+    # Under a multi-process launch the main process scores (and caches); the others then read the cache.
+    with main_process_first():
         identity.update(recipe.frozen_pass(model, fingerprint))
     model.train()
 
-    # Everything is checked: the work (and the run's files) starts here.
-    start_output(out, resume, overwrite)
-    start_or_resume(out, identity, checkpoint)
-    recipe.write_files(out)
-    with atomic_open(out / "config.yaml") as handle:
-        handle.write(dump_config(config))
+    # Everything is checked: the work (and the run's files) starts here, written by the main process.
+    if is_main_process():
+        start_output(out, resume, overwrite)
+        start_or_resume(out, identity, checkpoint)
+        recipe.write_files(out)
+        with atomic_open(out / "config.yaml") as handle:
+            handle.write(dump_config(config))
+    elif checkpoint is not None:
+        check_identity(out, identity)  # the main process's check, so that every rank stops alike
+    barrier()  # the run folder is ready (--overwrite has cleared it) before any rank trains into it
     ref_model = None
     if t.finetune == "lora":
         model = wrap_lora(
@@ -208,14 +220,16 @@ def _run(
         log.warning("--resume: no checkpoint in %s, starting from scratch", out / "checkpoints")
     result = _train_whole_run(trainer, checkpoint)
     save_final(trainer, tokenizer, out)
-    recipe.after_training(trainer, out)
 
     metrics = {**result.metrics, "global_step": result.global_step}
-    report = recipe.report(trainer, metrics)
-    metrics.update(report.metrics)
-    write_run_json(config, spec, out, report.details, metrics)
-    with atomic_open(out / "README.md") as handle:
-        handle.write(model_card(config, report, metrics))
+    if is_main_process():
+        recipe.after_training(trainer, out)
+        report = recipe.report(trainer, metrics)
+        metrics.update(report.metrics)
+        write_run_json(config, spec, out, report.details, metrics)
+        with atomic_open(out / "README.md") as handle:
+            handle.write(model_card(config, report, metrics))
+    barrier()  # every rank returns once the run folder is complete
     return metrics
 
 
