@@ -84,7 +84,7 @@ def _setup_console(verbose: bool, quiet: bool) -> None:
 
 
 # The commands a multi-process launch (torchrun, accelerate launch) may run; the others refuse it.
-MULTI_PROCESS_COMMANDS = frozenset({"train"})
+MULTI_PROCESS_COMMANDS = frozenset({"train", "eval"})
 
 
 def user_errors(func: F) -> F:
@@ -284,6 +284,7 @@ def eval_(
     """
     from safetune.config import load_config
     from safetune.evaluation.runner import evaluate
+    from safetune.launch import is_main_process
 
     _setup_console(verbose, quiet)
     shortcuts: dict[str, Any] = {
@@ -301,7 +302,8 @@ def eval_(
     }
     cfg = load_config(config, _overrides(ctx, shortcuts))
     results_path = evaluate(cfg, overwrite=overwrite)
-    _print_summary(results_path)
+    if is_main_process():  # the other ranks of a launch generated their share; the main one scored
+        _print_summary(results_path)
 
 
 def _print_summary(results_path: Path) -> None:

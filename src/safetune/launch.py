@@ -16,10 +16,12 @@ from __future__ import annotations
 import atexit
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 from typing import TypeVar
 
 from safetune.errors import ConfigError
+from safetune.storage import output_lock
 
 T = TypeVar("T")
 
@@ -69,7 +71,17 @@ def uses_cpu_processes() -> bool:
     runs each process as a single one: no gradient sync, each rank on all the data."""
     import torch
 
-    return is_multi_process() and not torch.cuda.is_available()
+    if not is_multi_process() or torch.cuda.is_available():
+        return False
+    # accelerate shards a model only across GPUs: on CPU processes an FSDP or DeepSpeed launch would
+    # quietly train plain DDP (FSDP) or not start (DeepSpeed), so it stops here instead.
+    for variable, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(variable, "").lower() in ("1", "true", "yes"):
+            raise ConfigError(
+                f"{name} shards the model across CUDA GPUs and this machine has none; for data-parallel "
+                "CPU processes launch with configs/accelerate/cpu_2proc.yaml"
+            )
+    return True
 
 
 def _process_group() -> bool:
@@ -116,6 +128,12 @@ def main_process_first() -> Iterator[None]:
     yield
     if is_main_process():
         barrier()
+
+
+def main_process_lock(folder: Path) -> AbstractContextManager[object]:
+    """An output folder's lock (storage.output_lock), held by the main process of a launch: the one
+    that writes the folder's own files; the other ranks would find it busy."""
+    return output_lock(folder) if is_main_process() else nullcontext()
 
 
 def shard(items: Sequence[T]) -> list[T]:

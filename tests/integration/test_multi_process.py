@@ -33,6 +33,7 @@ pytestmark = pytest.mark.slow
 runner = CliRunner()
 METHODS = ("sarft", "sft", "mpo")
 EXAMPLES = 32  # at 2 per device x 2 processes: 8 global steps in the epoch
+PROMPTS = 10  # evaluated
 LOSS_RTOL, LOSS_ATOL = 1e-5, 1e-7
 WEIGHT_ATOL = 1e-6
 
@@ -89,11 +90,18 @@ def _train(world: dict[str, Path], method: str, out: Path, batch_size: int, *ext
     ]
 
 
+def _eval(world: dict[str, Path], out: Path) -> list[str]:
+    args = ["eval", "-m", str(world["model"]), "--benchmarks", "overrefusal", "--limit", str(PROMPTS)]
+    return [*args, "--backend", "hf", "--judge", "keyword", "-o", str(out), "--generation.max_new_tokens=8"]
+
+
 @pytest.fixture(scope="module")
 def two_processes(world: dict[str, Path]) -> tuple[dict[str, Path], Launch]:
-    """sarft, sft and mpo at 2 per device in one torchrun launch of two processes."""
+    """sarft, sft and mpo at 2 per device, and an evaluation, in one torchrun launch of two processes."""
     outs = {method: world["root"] / "two" / method for method in METHODS}
-    result = launch([_train(world, m, outs[m], 2) for m in METHODS], world["root"])
+    outs["eval"] = world["root"] / "two" / "eval"
+    commands = [*(_train(world, m, outs[m], 2) for m in METHODS), _eval(world, outs["eval"])]
+    result = launch(commands, world["root"])
     assert result.returncode == 0, result.stderr[-3000:]
     return outs, result
 
@@ -103,9 +111,12 @@ def one_process(world: dict[str, Path], two_processes: object) -> dict[str, Path
     """The same runs at 4 per device in this process (after the launch: its main process fills the
     caches, which these runs then read)."""
     outs = {method: world["root"] / "one" / method for method in METHODS}
-    for method, out in outs.items():
-        result = runner.invoke(app, _train(world, method, out, 4))
+    outs["eval"] = world["root"] / "one" / "eval"
+    for method in METHODS:
+        result = runner.invoke(app, _train(world, method, outs[method], 4))
         assert result.exit_code == 0, result.output + repr(result.exception)
+    result = runner.invoke(app, _eval(world, outs["eval"]))
+    assert result.exit_code == 0, result.output + repr(result.exception)
     return outs
 
 
@@ -140,7 +151,7 @@ def test_the_main_process_alone_writes_the_run_and_the_caches(world, two_process
     assert "Traceback" not in result.stderr
     # Each command's result line comes from the main process only.
     assert result.stdout.count("done: weights in") == len(METHODS)
-    for out in outs.values():
+    for out in (outs[method] for method in METHODS):
         assert (out / "final").is_dir() and not (out / "final.tmp").exists()
         assert {"config.yaml", "identity.json", "run.json", "README.md"} <= {p.name for p in out.iterdir()}
     # One RDS score file (sarft and sft share it) and one MPO reference: computed once, by rank 0.
@@ -167,3 +178,23 @@ def test_a_killed_rank_leaves_a_run_that_resumes_under_two_processes(world, two_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((out / "run.json").read_text())["metrics"]["global_step"] == 8
     assert _max_difference(out, two_processes[0]["sarft"]) <= WEIGHT_ATOL
+
+
+def test_eval_generation_is_split_across_two_processes(two_processes, one_process):
+    two, one = two_processes[0]["eval"], one_process["eval"]
+    # Each rank answered every other request into its own shard; the main process appended the shards
+    # in rank order and removed them: rank 0's requests (1st, 3rd, ...), then rank 1's.
+    rows = [json.loads(line) for line in (two / "completions.jsonl").read_text().splitlines()]
+    requests = [json.loads(line)["id"] for line in (two / "requests.jsonl").read_text().splitlines()]
+    half = PROMPTS // 2
+    assert {row["id"] for row in rows[:half]} == set(requests[0::2])
+    assert {row["id"] for row in rows[half:]} == set(requests[1::2])
+    assert not list(two.glob("completions.rank-*.jsonl"))
+    texts = {row["id"]: row["text"] for row in rows}
+    alone = [json.loads(line) for line in (one / "completions.jsonl").read_text().splitlines()]
+    assert texts == {row["id"]: row["text"] for row in alone}  # greedy: the same answers
+    results = [json.loads((folder / "results.json").read_text()) for folder in (two, one)]
+    assert results[0]["benchmarks"] == results[1]["benchmarks"]
+    assert results[0]["provenance"]["counts"]["generated_now"] == PROMPTS
+    # One results table on stdout: the main process's.
+    assert two_processes[1].stdout.count("results:") == 1

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,13 @@ from safetune import __version__
 from safetune.config import RunConfig, dump_config
 from safetune.data.records import PreferencePair
 from safetune.errors import ConfigError
-from safetune.launch import barrier, init_process_group, is_main_process, main_process_first
+from safetune.launch import (
+    barrier,
+    init_process_group,
+    is_main_process,
+    main_process_first,
+    main_process_lock,
+)
 from safetune.methods.registry import MethodSpec, RecipeName, get_method
 from safetune.models.loading import (
     check_model_folder,
@@ -56,7 +61,7 @@ from safetune.models.loading import (
     resolve_dtype,
 )
 from safetune.provenance import git_commit
-from safetune.storage import atomic_open, cache_root, hash_json, output_lock, write_json
+from safetune.storage import atomic_open, cache_root, hash_json, write_json
 from safetune.training.baselines import TrlRecipe
 from safetune.training.common import (
     LossTotal,
@@ -114,7 +119,7 @@ def train(
     """
     spec = get_method(config.method.name)
     recipe = RECIPES[spec.recipe](config, spec)
-    with _run_folder_lock(Path(config.train.output_dir)):
+    with main_process_lock(Path(config.train.output_dir)):
         _run(config, spec, recipe, resume, overwrite, callbacks)
     return Path(config.train.output_dir)
 
@@ -133,14 +138,8 @@ def train_baseline(
     config.train.output_dir = str(out)
     spec = get_method(config.method.name)
     recipe = TrlRecipe(config, spec, pairs=pairs)
-    with _run_folder_lock(Path(out)):
+    with main_process_lock(Path(out)):
         return _run(config, spec, recipe, False, overwrite, callbacks)
-
-
-def _run_folder_lock(out: Path) -> AbstractContextManager[object]:
-    """The run folder's lock, held by the main process of a launch: the only one that writes in the
-    folder (the other ranks of a multi-process launch would find it busy)."""
-    return output_lock(out) if is_main_process() else nullcontext()
 
 
 def resolve_beta(config: RunConfig, spec: MethodSpec) -> None:
