@@ -28,7 +28,9 @@ def test_configs_exist() -> None:
         "deepspeed_zero2.yaml",
         "deepspeed_zero3.yaml",
     }
-    assert (CONFIGS / "deepspeed" / "zero2.json").is_file() and (CONFIGS / "deepspeed" / "zero3.json").is_file()
+    assert (CONFIGS / "deepspeed" / "zero2.json").is_file() and (
+        CONFIGS / "deepspeed" / "zero3.json"
+    ).is_file()
 
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
@@ -439,3 +441,16 @@ def test_a_run_folders_config_from_before_the_model_section_still_loads(tmp_path
     assert config.train.finetune == "full"
     with pytest.raises(ConfigError, match="is no longer a key"):
         load_config(old)  # a user's config gets the one-line error instead
+
+
+def test_the_readme_multi_gpu_commands_are_the_documented_ones() -> None:
+    """Each launch line of the README (accelerate launch / torchrun) is one docs/scaling.md gives, and
+    names a shipped config."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    scaling = (ROOT / "docs" / "scaling.md").read_text(encoding="utf-8")
+    lines = [line.strip() for line in readme.splitlines() if line.strip().startswith("accelerate launch --")]
+    assert len(lines) >= 3
+    for line in lines:
+        assert line in scaling, line
+        config = line.split("--config_file ", 1)[1].split()[0]
+        assert (ROOT / config).is_file(), config
