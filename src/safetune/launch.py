@@ -17,6 +17,7 @@ import atexit
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,6 +25,12 @@ from safetune.errors import ConfigError
 from safetune.storage import output_lock
 
 T = TypeVar("T")
+
+# How long a rank waits at a barrier: the others wait there while the main process runs a frozen pass
+# (RDS scoring, the MPO reference over a whole data set), or for the slowest rank's share of an
+# evaluation's generation, which can take hours; torch's default (10-30 minutes) would end a healthy
+# run. A rank that dies does not leave the rest waiting this long: the launcher stops them all.
+WAIT_S = 12 * 3600
 
 
 def world_size() -> int:
@@ -97,7 +104,7 @@ def init_process_group() -> None:
         return
     from accelerate import PartialState
 
-    PartialState(cpu=uses_cpu_processes())
+    PartialState(cpu=uses_cpu_processes(), timeout=timedelta(seconds=WAIT_S))
     # Left to the interpreter's exit, gloo's threads can abort the process ("terminate called without
     # an active exception") after the work succeeded: leave the group first.
     atexit.register(_leave_process_group)
