@@ -8,6 +8,10 @@
     epilogue  train (resumed from the last checkpoint with --resume), `final/`, the recipe's work on it,
               run.json, README.md
 
+Under a multi-process launch (torchrun, accelerate launch; docs/scaling.md) every rank runs this
+skeleton: the frozen pass on the main process first (the others read its cache), the Trainer
+data-parallel, and every file of the run folder written by the main process alone, between barriers.
+
 The recipes (training/recipe.py) hold only what differs: RoleRecipe (SaRFT/SFT, training/trainer.py),
 MpoRecipe (training/mpo.py), TrlRecipe (the DPO family through TRL, training/baselines.py),
 SafeLoraRecipe (SFT, then SafeLoRA's projection of the adapter, training/safelora.py), the role-data
