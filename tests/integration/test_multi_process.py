@@ -139,8 +139,10 @@ def _max_difference(a: Path, b: Path) -> float:
 @pytest.mark.parametrize("method", METHODS)
 def test_two_processes_train_like_one_at_the_same_global_batch(two_processes, one_process, method):
     two, one = two_processes[0][method], one_process[method]
-    for out in (two, one):
-        assert json.loads((out / "run.json").read_text())["metrics"]["global_step"] == 8
+    metrics = [json.loads((out / "run.json").read_text())["metrics"] for out in (two, one)]
+    assert metrics[0]["global_step"] == metrics[1]["global_step"] == 8
+    if method == "sarft":  # the rows the reference ran on, counted over both ranks
+        assert metrics[0]["reference_rows"] == metrics[1]["reference_rows"] > 0
     assert len(_losses(two)) == 8
     assert _losses(two) == pytest.approx(_losses(one), rel=LOSS_RTOL, abs=LOSS_ATOL)
     assert _max_difference(two, one) <= WEIGHT_ATOL
