@@ -20,7 +20,8 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/safetune demo
 
-# Two tiers: the fast one (plain `pytest`, about a minute) and the slow end-to-end demos. CI runs both.
+# Two tiers: the fast one (plain `pytest`) and the slow one (the end-to-end demos, the multi-process
+# launches). CI runs both.
 test: setup lint typecheck test-fast test-slow
 
 test-fast: setup

@@ -20,6 +20,10 @@ safetune's tiny-model code (`safetune.models.tiny`), and only safetune's own cod
    where vLLM is installed and a CUDA GPU present, the `vllm` backend on the same prompt token ids (the
    model saved to a temporary folder), its tokens per second and how many answers are identical.
 
+4. sharded training: SaRFT under `accelerate launch` with the FSDP (full and LoRA) and ZeRO-2 / ZeRO-3
+   configs, one process per GPU (bench/sharded_training.py); skipped, with the reason, without CUDA
+   GPUs or DeepSpeed.
+
 Prints the figures and ratios and writes them to `--out` (JSON, written atomically) with the machine.
 Peak GPU memory is n/a on a CPU; a vLLM figure is never made up: `"vllm": {"skipped": reason}`.
 """
@@ -476,6 +480,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 first = (str(err).splitlines() or [""])[0][:300]
                 vllm = {"skipped": f"vllm failed: {type(err).__name__}: {first}"}
         result["vllm"] = vllm
+    # FSDP and ZeRO runs through `accelerate launch`, one process per GPU (bench/sharded_training.py).
+    from sharded_training import sharded_training
+
+    result["sharded_training"] = sharded_training()
     return result
 
 
@@ -515,6 +523,19 @@ def _print(result: dict[str, Any]) -> None:
         )
 
 
+def _print_sharded(runs: dict[str, Any]) -> None:
+    for name, run in runs.items():
+        label = f"sharded training, {name}"
+        if "skipped" in run:
+            print(f"  {label:34s} skipped: {run['skipped']}")
+        elif run["ok"]:
+            print(
+                f"  {label:34s} {run['wall_s']:10.1f} s   ({run['processes']} processes, {run['global_step']} steps)"
+            )
+        else:
+            print(f"  {label:34s} FAILED: {run.get('error', '')}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.size == "8b" and not torch.cuda.is_available():
@@ -527,6 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run(args)
     write_json(args.out, result)
     _print(result)
+    _print_sharded(result["sharded_training"])
     print(f"wrote {args.out}")
     return 0
 

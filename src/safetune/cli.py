@@ -70,9 +70,13 @@ log = logging.getLogger("safetune")
 
 
 def _setup_console(verbose: bool, quiet: bool) -> None:
-    """Log level, warnings and progress bars for this command (safetune/console.py)."""
+    """Log level, warnings and progress bars for this command (safetune/console.py). The other ranks of
+    a multi-process launch say only what goes wrong: the main process reports the work."""
     from safetune import console
+    from safetune.launch import is_main_process
 
+    if not is_main_process():
+        verbose, quiet = False, True
     try:
         level = console.verbosity(verbose, quiet)
     except ValueError as err:
@@ -80,12 +84,25 @@ def _setup_console(verbose: bool, quiet: bool) -> None:
     console.setup(level)
 
 
+# The commands a multi-process launch (torchrun, accelerate launch) may run; the others refuse it.
+MULTI_PROCESS_COMMANDS = frozenset({"train", "eval"})
+
+
 def user_errors(func: F) -> F:
-    """Turn SafetuneError (bad data, bad config) into one line on stderr and exit code 2."""
+    """Turn SafetuneError (bad data, bad config) into one line on stderr and exit code 2; refuse a
+    multi-process launch of a command that runs in one process (launch.py)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from typer._click.globals import get_current_context
+
+        from safetune.launch import refuse_multi_process
+
         try:
+            ctx = get_current_context(silent=True)
+            name = (ctx.info_name if ctx is not None else None) or func.__name__
+            if name not in MULTI_PROCESS_COMMANDS:
+                refuse_multi_process(name, MULTI_PROCESS_COMMANDS)
             return func(*args, **kwargs)
         except SafetuneError as err:
             print(f"error: {one_line(str(err))}", file=sys.stderr)
@@ -204,6 +221,7 @@ def train(
     or:     safetune train -m MODEL --data pairs.json --method mpo -o runs/mpo
     """
     from safetune.config import load_config
+    from safetune.launch import is_main_process
     from safetune.training.run import train as run_train
 
     _setup_console(verbose, quiet)
@@ -221,7 +239,8 @@ def train(
     }
     cfg = load_config(config, _overrides(ctx, shortcuts))
     run_dir = run_train(cfg, resume=resume, overwrite=overwrite)
-    print(f"done: weights in {run_dir / 'final'}, model card {run_dir / 'README.md'}")
+    if is_main_process():
+        print(f"done: weights in {run_dir / 'final'}, model card {run_dir / 'README.md'}")
 
 
 @app.command("eval", context_settings=EXTRA)
@@ -266,6 +285,7 @@ def eval_(
     """
     from safetune.config import load_config
     from safetune.evaluation.runner import evaluate
+    from safetune.launch import is_main_process
 
     _setup_console(verbose, quiet)
     shortcuts: dict[str, Any] = {
@@ -283,7 +303,8 @@ def eval_(
     }
     cfg = load_config(config, _overrides(ctx, shortcuts))
     results_path = evaluate(cfg, overwrite=overwrite)
-    _print_summary(results_path)
+    if is_main_process():  # the other ranks of a launch generated their share; the main one scored
+        _print_summary(results_path)
 
 
 def _print_summary(results_path: Path) -> None:

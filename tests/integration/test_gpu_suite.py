@@ -63,6 +63,9 @@ def test_tiny_suite_writes_every_section(tmp_path: Path) -> None:
         assert result["memory"]["skipped"].startswith("n/a on CPU")
         assert result["vllm"]["skipped"]  # never a made-up figure
         assert "skipped: " in proc.stdout and "n/a on CPU" in proc.stdout
+        sharded = result["sharded_training"]
+        assert set(sharded) == {"fsdp-full", "fsdp-lora", "zero2-full", "zero3-full"}
+        assert all(run["skipped"].startswith("needs CUDA GPUs") for run in sharded.values())
     assert "SaRFT / SFT" in proc.stdout and f"wrote {out}" in proc.stdout
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temp file left
 

@@ -20,8 +20,17 @@ ACCELERATE_CONFIGS = sorted((CONFIGS / "accelerate").glob("*.yaml"))
 def test_configs_exist() -> None:
     names = {p.name for p in RUN_CONFIGS}
     assert {"sarft_full.yaml", "sarft_lora.yaml", "sft_lora.yaml", "mpo_full.yaml", "mpo_lora.yaml"} <= names
-    assert {p.name for p in ACCELERATE_CONFIGS} >= {"ddp.yaml", "deepspeed_zero2.yaml"}
-    assert (CONFIGS / "deepspeed" / "zero2.json").is_file()
+    assert {p.name for p in ACCELERATE_CONFIGS} >= {
+        "ddp.yaml",
+        "cpu_2proc.yaml",
+        "fsdp.yaml",
+        "multinode.yaml",
+        "deepspeed_zero2.yaml",
+        "deepspeed_zero3.yaml",
+    }
+    assert (CONFIGS / "deepspeed" / "zero2.json").is_file() and (
+        CONFIGS / "deepspeed" / "zero3.json"
+    ).is_file()
 
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
@@ -73,25 +82,65 @@ def test_config_file_plus_overrides() -> None:
     assert config.train.lora_r == 32  # untouched keys keep the file's values
 
 
+# Processes each shipped accelerate config launches (the multi-node one: 2 machines x 8 GPUs).
+LAUNCHED = {"cpu_2proc.yaml": 2, "multinode.yaml": 16}
+
+
 @pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
 def test_accelerate_config_parses(path: Path) -> None:
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert isinstance(data, dict)
-    assert data["num_processes"] == 8
-    assert data["distributed_type"] in ("MULTI_GPU", "DEEPSPEED")
+    assert data["num_processes"] == LAUNCHED.get(path.name, 8)
+    assert data["distributed_type"] in ("MULTI_GPU", "DEEPSPEED", "FSDP")
     if data["distributed_type"] == "DEEPSPEED":
         ds_file = data["deepspeed_config"]["deepspeed_config_file"]
         assert (ROOT / ds_file).is_file()
+    elif path.name == "cpu_2proc.yaml":
+        assert data["mixed_precision"] == "no" and data["num_machines"] == 1
     else:
         assert data["mixed_precision"] == "bf16"
+    if data["distributed_type"] == "FSDP":
+        assert data["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # final/ is one folder
 
 
-def test_deepspeed_config_parses() -> None:
-    data = json.loads((CONFIGS / "deepspeed" / "zero2.json").read_text(encoding="utf-8"))
-    assert data["zero_optimization"]["stage"] == 2
-    assert data["bf16"]["enabled"] == "auto"
-    assert data["gradient_accumulation_steps"] == "auto"
-    assert data["train_micro_batch_size_per_gpu"] == "auto"
+def test_accelerate_configs_load_in_accelerate() -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    for path in ACCELERATE_CONFIGS:
+        load_config_from_file(str(path))  # raises on a key or value accelerate does not know
+
+
+DEEPSPEED_CONFIGS = sorted((CONFIGS / "deepspeed").glob("zero*.json"))
+
+
+@pytest.mark.parametrize("path", DEEPSPEED_CONFIGS, ids=lambda p: p.name)
+def test_deepspeed_config_matches_the_run_config(path: Path) -> None:
+    """DeepSpeed's batch keys are "auto" (the Trainer fills them from the run config) or equal to what the
+    run config says, for the full fine-tuning configs they are shipped for, at 8 processes: a fixed
+    value that differs stops DeepSpeed at start-up, after the frozen pass."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["zero_optimization"]["stage"] == int(path.stem.removeprefix("zero"))
+    assert data["bf16"]["enabled"] == "auto" and data["fp16"]["enabled"] == "auto"
+    for run in ("sarft_full.yaml", "mpo_full.yaml"):
+        t = load_config(CONFIGS / run).train
+        expected = {
+            "train_micro_batch_size_per_gpu": t.batch_size,
+            "gradient_accumulation_steps": t.grad_accum,
+            "train_batch_size": t.batch_size * t.grad_accum * 8,
+        }
+        for key, value in expected.items():
+            assert data[key] in ("auto", value), f"{path.name}: {key} = {data[key]}, {run} needs {value}"
+    if data["zero_optimization"]["stage"] == 3:
+        # final/ must hold whole weights, not each rank's shard
+        assert data["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+
+
+def test_each_deepspeed_config_has_an_accelerate_config() -> None:
+    named = {
+        yaml.safe_load(p.read_text(encoding="utf-8")).get("deepspeed_config", {}).get("deepspeed_config_file")
+        for p in ACCELERATE_CONFIGS
+    }
+    assert {f"configs/deepspeed/{p.name}" for p in DEEPSPEED_CONFIGS} <= named
 
 
 # ---- load_config overrides ----
@@ -392,3 +441,16 @@ def test_a_run_folders_config_from_before_the_model_section_still_loads(tmp_path
     assert config.train.finetune == "full"
     with pytest.raises(ConfigError, match="is no longer a key"):
         load_config(old)  # a user's config gets the one-line error instead
+
+
+def test_the_readme_multi_gpu_commands_are_the_documented_ones() -> None:
+    """Each launch line of the README (accelerate launch / torchrun) is one docs/scaling.md gives, and
+    names a shipped config."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    scaling = (ROOT / "docs" / "scaling.md").read_text(encoding="utf-8")
+    lines = [line.strip() for line in readme.splitlines() if line.strip().startswith("accelerate launch --")]
+    assert len(lines) >= 3
+    for line in lines:
+        assert line in scaling, line
+        config = line.split("--config_file ", 1)[1].split()[0]
+        assert (ROOT / config).is_file(), config

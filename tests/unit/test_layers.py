@@ -25,6 +25,7 @@ LAYERS: tuple[dict[str, tuple[str, ...]], ...] = (
         "storage": ("safetune.storage",),
         "provenance": ("safetune.provenance",),
     },
+    {"launch": ("safetune.launch",)},
     {"data": ("safetune.data",)},
     {"models": ("safetune.models",)},
     {"methods": ("safetune.methods",)},

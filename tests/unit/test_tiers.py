@@ -20,11 +20,16 @@ def _collected(*args: str) -> set[str]:
     return {line.split("::")[0] for line in proc.stdout.splitlines() if "::" in line}
 
 
-def test_plain_pytest_leaves_the_demos_to_the_slow_tier():
+def test_plain_pytest_leaves_the_demos_and_launches_to_the_slow_tier():
     addopts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
     assert '-m "not slow"' in addopts  # plain `pytest` deselects the slow tier
     slow = _collected("tests/integration", "-m", "slow")
-    assert slow == {"tests/integration/test_demo.py", "tests/integration/test_demo_mpo.py"}
+    # The demos, and the multi-process launches (each starts processes that import torch and transformers).
+    assert slow == {
+        "tests/integration/test_demo.py",
+        "tests/integration/test_demo_mpo.py",
+        "tests/integration/test_multi_process.py",
+    }
 
 
 def test_make_test_runs_both_tiers():

@@ -354,16 +354,21 @@ class MockBackend:
 
 @dataclass(frozen=True)
 class BackendSpec:
+    """A generation backend: `shards` when each process of a multi-process launch can load its own copy
+    on its own device and answer its share of the requests (vLLM spreads one engine over the GPUs
+    itself: one process)."""
+
     name: str
     description: str
     build: Callable[[ModelSource, GenerationConfig], Backend]
+    shards: bool = True
 
 
 BACKENDS: dict[str, BackendSpec] = {
     spec.name: spec
     for spec in (
         BackendSpec("hf", "transformers generate, batched with left padding (any machine)", _build_hf),
-        BackendSpec("vllm", "vLLM offline engine (pip install vllm; CUDA GPU)", _build_vllm),
+        BackendSpec("vllm", "vLLM offline engine (pip install vllm; CUDA GPU)", _build_vllm, shards=False),
         BackendSpec(
             "mock", "no model: deterministic refusal/compliance, for tests", lambda _s, c: MockBackend(c)
         ),

@@ -6,6 +6,12 @@ verdict only for the very same judge key and response text, so changing the judg
 completion (no generation model is loaded) and changing a benchmark file regenerates only its changed
 prompts. results.json is rewritten from the stage files on every run and carries the provenance.
 
+Under a multi-process launch (torchrun / accelerate launch, one model per device) the generation is
+sharded: each rank answers every world_size-th missing request and appends its answers to its own
+`completions.rank-<r>.jsonl`; the main process then merges the shards into completions.jsonl and
+removes them, and judges and scores alone. Shards left by a killed launch count as completions on the
+next run, whatever its number of processes.
+
 Run as: safetune eval -m runs/villain-sarft --benchmarks advbench=data/advbench.csv --judge keyword -o runs/ev
 """
 
@@ -25,12 +31,14 @@ from safetune.evaluation.benchmarks import BenchmarkSpec, TableOptions, load_ben
 from safetune.evaluation.items import Backend, GenerationRequest, Judge, JudgeItem
 from safetune.evaluation.metrics import ScoredRow, benchmark_result, rouge_l, summarise
 from safetune.evaluation.results import RESULTS_FILE, SCHEMA_VERSION, Results
+from safetune.launch import barrier, is_main_process, is_multi_process, main_process_lock
+from safetune.launch import rank as process_rank
+from safetune.launch import shard as process_shard
 from safetune.models.source import ModelSource
 from safetune.provenance import base_provenance
 from safetune.storage import (
     append_jsonl,
     hash_json,
-    output_lock,
     repair_jsonl_tail,
     write_json,
     write_jsonl,
@@ -39,6 +47,7 @@ from safetune.storage import (
 log = logging.getLogger(__name__)
 
 STAGE_FILES = ("eval.json", "requests.jsonl", "completions.jsonl", "judgements.jsonl", "results.json")
+COMPLETION_SHARDS = "completions.rank-*.jsonl"  # one per rank of a multi-process launch, until merged
 JUDGED_KINDS = ("harmful", "overrefusal")
 # Settings that do not change what is generated: a resumed run may change them freely.
 _NOT_IN_GENERATION_KEY = ("batch_size", "gpu_memory_utilization")
@@ -145,6 +154,8 @@ def start_output(out: Path, key: str, source: ModelSource, overwrite: bool) -> N
     if overwrite:
         for name in STAGE_FILES:
             (out / name).unlink(missing_ok=True)
+        for path in out.glob(COMPLETION_SHARDS):
+            path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "eval.json", {"generation_key": key, "model": source.to_dict()})
 
@@ -170,9 +181,27 @@ def _read_rows(path: Path, keep: Callable[[dict[str, Any]], bool]) -> dict[str, 
 
 
 def completions_on_disk(tasks: Sequence[Task], out: Path) -> dict[str, dict[str, Any]]:
-    """The completions in the folder that answer these very requests (by id and request text)."""
+    """The completions in the folder that answer these very requests (by id and request text), from
+    completions.jsonl and any shard a multi-process launch left unmerged."""
     wanted = {t.request.id: _request_hash(t.request) for t in tasks}
-    return _read_rows(out / "completions.jsonl", lambda row: wanted.get(row["id"]) == row.get("request_hash"))
+    rows: dict[str, dict[str, Any]] = {}
+    for path in (out / "completions.jsonl", *sorted(out.glob(COMPLETION_SHARDS))):
+        rows.update(_read_rows(path, lambda row: wanted.get(row["id"]) == row.get("request_hash")))
+    return rows
+
+
+def completion_shard(out: Path, rank: int) -> Path:
+    return out / f"completions.rank-{rank}.jsonl"
+
+
+def merge_completion_shards(out: Path) -> None:
+    """The main process, once every rank has generated: the shards' rows appended to completions.jsonl,
+    then the shards removed (a kill in between leaves rows twice, which read as once)."""
+    shards = sorted(out.glob(COMPLETION_SHARDS))
+    for path in shards:
+        append_jsonl(out / "completions.jsonl", _read_rows(path, lambda row: True).values())
+    for path in shards:
+        path.unlink()
 
 
 def generate_missing(
@@ -183,10 +212,11 @@ def generate_missing(
     hook: BatchHook | None = None,
 ) -> tuple[dict[str, dict[str, Any]], int]:
     """Completions for every task: `done` (those on disk) plus newly generated ones; `backend` is None
-    only when nothing is missing."""
-    path = out / "completions.jsonl"
+    only when nothing is missing. Under a multi-process launch: this rank's share of the missing ones,
+    into its shard file."""
+    path = completion_shard(out, process_rank()) if is_multi_process() else out / "completions.jsonl"
     wanted = {t.request.id: _request_hash(t.request) for t in tasks}
-    missing = [t.request for t in tasks if t.request.id not in done]
+    missing = missing_requests(tasks, done)
     log.info("completions: %d on disk, %d to generate", len(done), len(missing))
     if not missing:
         return done, 0
@@ -201,6 +231,12 @@ def generate_missing(
         if hook:
             hook("generate", count)
     return done, count
+
+
+def missing_requests(tasks: Sequence[Task], done: dict[str, dict[str, Any]]) -> list[GenerationRequest]:
+    """The requests without a completion on disk that this process answers (a multi-process launch:
+    every world_size-th one from its rank on)."""
+    return process_shard([t.request for t in tasks if t.request.id not in done])
 
 
 # ---- stage 2: judgements ----
@@ -325,9 +361,10 @@ def evaluate(
     """Run (or resume) one evaluation into `config.eval.output_dir`; returns the results.json path.
 
     Holds the folder's lock throughout: a second evaluation into it stops at once (busy) instead of
-    generating and judging everything a second time.
+    generating and judging everything a second time. Under a multi-process launch the main process
+    holds it, every rank generates its share, and the main process alone writes results.json.
     """
-    with output_lock(Path(config.eval.output_dir)):
+    with main_process_lock(Path(config.eval.output_dir)):
         return _evaluate(config, overwrite, hook, make_backend)
 
 
@@ -349,6 +386,11 @@ def _evaluate(
     # weights only when they first judge, after generation has freed the generation model).
     tasks = build_tasks(config)
     spec = backend_spec(config.generation)
+    if is_multi_process() and not spec.shards:
+        raise ConfigError(
+            f"generation.backend={spec.name} runs in one process (it spreads over the GPUs itself); "
+            "run this eval without torchrun / accelerate launch"
+        )
     judge = build_judge(config.judge) if _judge_needed(tasks) else None
     source = resolve_model(config.eval.model, None)
     key = generation_key(source, config)
@@ -357,12 +399,22 @@ def _evaluate(
     # A missing completion needs the generation model: loaded (and so checked) before anything is
     # written; when every completion is on disk (re-judging), none is loaded.
     build = make_backend or (lambda src: spec.build(src, config.generation))
-    backend = build(source) if any(t.request.id not in done for t in tasks) else None
+    backend = build(source) if missing_requests(tasks, done) else None
 
-    start_output(out, key, source, overwrite)
-    write_jsonl(out / "requests.jsonl", (_request_row(t) for t in tasks))
+    if is_main_process():
+        start_output(out, key, source, overwrite)
+        write_jsonl(out / "requests.jsonl", (_request_row(t) for t in tasks))
+    barrier()  # --overwrite has cleared the folder before any rank writes its shard
     completions, generated = generate_missing(tasks, out, done, backend, hook)
     del backend  # the generation model goes before a model judge loads its own
+    # Judging and scoring are the main process's: the others are done once their shard is on disk.
+    barrier()
+    if not is_main_process():
+        return out / RESULTS_FILE
+    merge_completion_shards(out)  # this launch's shards, or those a killed launch left
+    if is_multi_process():
+        completions = completions_on_disk(tasks, out)
+        generated = len(completions) - len(done)
     verdicts, judged = judge_missing(tasks, completions, out, judge, hook) if judge else ({}, 0)
 
     benchmarks = score_benchmarks(tasks, completions, verdicts, config)

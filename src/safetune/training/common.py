@@ -32,6 +32,7 @@ from safetune.config import RunConfig
 from safetune.data.languages import language_counts
 from safetune.data.records import ParallelPreferencePair, PreferencePair
 from safetune.errors import ConfigError, TrainingDiverged
+from safetune.launch import uses_cpu_processes
 from safetune.storage import LOCK_NAME, follow_umask, write_json
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ def _training_arguments(config: RunConfig, out: Path) -> TrainingArguments:
     t = config.train
     precision = _precision_flags(t.precision)
     return TrainingArguments(
+        # Several processes without CUDA: data-parallel on the CPU over gloo (launch.uses_cpu_processes).
+        use_cpu=uses_cpu_processes(),
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -104,6 +107,8 @@ def _training_arguments(config: RunConfig, out: Path) -> TrainingArguments:
         remove_unused_columns=False,
         activation_checkpointing=t.gradient_checkpointing,
         dataloader_num_workers=0,
+        # Every trained weight takes part in every step's loss: DDP need not search the graph for unused ones.
+        ddp_find_unused_parameters=False,
         dataloader_pin_memory=torch.cuda.is_available(),
         # The Trainer's bar prints every log dict under it (and PrinterCallback, its replacement, prints
         # them bare): TrainingConsole shows the bar and one metrics line instead (add_callbacks).
@@ -327,11 +332,17 @@ def start_output(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def save_final(trainer: Trainer, tokenizer: Any, out: Path) -> None:
-    """Save into a temp folder and rename, so `final/` is either complete or absent."""
+    """Save into a temp folder and rename, so `final/` is either complete or absent. Every rank of a
+    multi-process launch takes part (FSDP and ZeRO-3 gather the weights from all of them); the main
+    process alone clears, writes and renames the folder, between barriers."""
     final, tmp = out / "final", out / "final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    main = trainer.accelerator.is_main_process
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(tmp))
-    if trainer.accelerator.is_main_process:
+    trainer.accelerator.wait_for_everyone()
+    if main:
         tokenizer.save_pretrained(str(tmp))
         # The Trainer pickles its arguments beside the weights; the run folder has config.yaml instead.
         (tmp / "training_args.bin").unlink(missing_ok=True)
@@ -341,6 +352,7 @@ def save_final(trainer: Trainer, tokenizer: Any, out: Path) -> None:
             follow_umask(out / "checkpoints")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
+    trainer.accelerator.wait_for_everyone()
 
 
 # --- the run's identity: what --resume must find unchanged --------------------------------------------------

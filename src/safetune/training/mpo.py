@@ -103,7 +103,9 @@ class MpoTrainer(AveragedMetrics):
         half = logps.shape[0] // 2
         policy_pooled = None
         if m.repr_weight != 0:
-            hidden = decoder_of(model)(
+            # The decoder stack of the model inside a DDP/FSDP wrapper: its gradients still reach the
+            # wrapper's hooks, which sum them with the logits' before the one all-reduce of this step.
+            hidden = decoder_of(self.accelerator.unwrap_model(model))(
                 input_ids=inputs["dominant_ids"], attention_mask=inputs["dominant_mask"], use_cache=False
             ).last_hidden_state
             policy_pooled = pool_hidden(hidden, inputs["dominant_mask"], m.pooling, inputs["dominant_widths"])

@@ -34,7 +34,12 @@ class RecipeReport:
 
 class Recipe(ABC):
     """One trainer kind's part of a run, called by `training/run.py` in this order: `load`, `frozen_pass`
-    (model loaded, nothing written yet), `write_files` (the run folder is started), `trainer`, `after_training` (`final/` is saved), `report`."""
+    (model loaded, nothing written yet), `write_files` (the run folder is started), `trainer`,
+    `after_training` (`final/` is saved), `report`.
+
+    Under a multi-process launch every rank calls `load`, `frozen_pass` (the main process first; the
+    others after it, reading what it cached) and `trainer`; only the main process calls `write_files`,
+    `after_training` and `report`, so a recipe writes no file anywhere else."""
 
     def __init__(self, config: RunConfig, spec: MethodSpec):
         self.config = config
@@ -47,7 +52,8 @@ class Recipe(ABC):
     def frozen_pass(self, model: Any, fingerprint: str) -> dict[str, str]:
         """Work on the freshly loaded model (in eval mode, under `main_process_first`; `fingerprint` is
         its models/loading.py fingerprint) before the run's first file; returns identity parts that come
-        from it (e.g. the selection). Default: none."""
+        from it (e.g. the selection). Work that is costly goes through a cache (reference/), so the other
+        ranks of a launch read the main process's result instead of computing it again. Default: none."""
         return {}
 
     def write_files(self, out: Path) -> None:

@@ -8,6 +8,10 @@
     epilogue  train (resumed from the last checkpoint with --resume), `final/`, the recipe's work on it,
               run.json, README.md
 
+Under a multi-process launch (torchrun, accelerate launch; docs/scaling.md) every rank runs this
+skeleton: the frozen pass on the main process first (the others read its cache), the Trainer
+data-parallel, and every file of the run folder written by the main process alone, between barriers.
+
 The recipes (training/recipe.py) hold only what differs: RoleRecipe (SaRFT/SFT, training/trainer.py),
 MpoRecipe (training/mpo.py), TrlRecipe (the DPO family through TRL, training/baselines.py),
 SafeLoraRecipe (SFT, then SafeLoRA's projection of the adapter, training/safelora.py), the role-data
@@ -38,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from transformers import Trainer, TrainerCallback, set_seed
 from transformers.trainer_utils import TrainOutput
 
@@ -46,6 +49,13 @@ from safetune import __version__
 from safetune.config import RunConfig, dump_config
 from safetune.data.records import PreferencePair
 from safetune.errors import ConfigError
+from safetune.launch import (
+    barrier,
+    init_process_group,
+    is_main_process,
+    main_process_first,
+    main_process_lock,
+)
 from safetune.methods.registry import MethodSpec, RecipeName, get_method
 from safetune.models.loading import (
     check_model_folder,
@@ -55,7 +65,7 @@ from safetune.models.loading import (
     resolve_dtype,
 )
 from safetune.provenance import git_commit
-from safetune.storage import atomic_open, cache_root, hash_json, output_lock, write_json
+from safetune.storage import atomic_open, cache_root, hash_json, write_json
 from safetune.training.baselines import TrlRecipe
 from safetune.training.common import (
     LossTotal,
@@ -113,7 +123,7 @@ def train(
     """
     spec = get_method(config.method.name)
     recipe = RECIPES[spec.recipe](config, spec)
-    with output_lock(Path(config.train.output_dir)):
+    with main_process_lock(Path(config.train.output_dir)):
         _run(config, spec, recipe, resume, overwrite, callbacks)
     return Path(config.train.output_dir)
 
@@ -132,7 +142,7 @@ def train_baseline(
     config.train.output_dir = str(out)
     spec = get_method(config.method.name)
     recipe = TrlRecipe(config, spec, pairs=pairs)
-    with output_lock(Path(out)):
+    with main_process_lock(Path(out)):
         return _run(config, spec, recipe, False, overwrite, callbacks)
 
 
@@ -162,6 +172,7 @@ def _run(
     resolve_beta(config, spec)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
+    init_process_group()  # a multi-process launch: its barriers come before the Trainer's
     # Seed before anything random is created (LoRA's A matrices), so a run is a function of its config.
     set_seed(t.seed)
     out = Path(t.output_dir)
@@ -185,17 +196,21 @@ def _run(
     fingerprint = fingerprint or model_fingerprint(m.name, m.revision, cache_root(config.cache_dir))
     identity = run_identity(config, model=fingerprint, data=data_hash)
     model.eval()
-    # Under `accelerate launch` the main process scores (and caches); the others then read the cache.
-    with PartialState().main_process_first():
+    # Under a multi-process launch the main process scores (and caches); the others then read the cache.
+    with main_process_first():
         identity.update(recipe.frozen_pass(model, fingerprint))
     model.train()
 
-    # Everything is checked: the work (and the run's files) starts here.
-    start_output(out, resume, overwrite)
-    start_or_resume(out, identity, checkpoint)
-    recipe.write_files(out)
-    with atomic_open(out / "config.yaml") as handle:
-        handle.write(dump_config(config))
+    # Everything is checked: the work (and the run's files) starts here, written by the main process.
+    if is_main_process():
+        start_output(out, resume, overwrite)
+        start_or_resume(out, identity, checkpoint)
+        recipe.write_files(out)
+        with atomic_open(out / "config.yaml") as handle:
+            handle.write(dump_config(config))
+    elif checkpoint is not None:
+        check_identity(out, identity)  # the main process's check, so that every rank stops alike
+    barrier()  # the run folder is ready (--overwrite has cleared it) before any rank trains into it
     ref_model = None
     if t.finetune == "lora":
         model = wrap_lora(
@@ -208,14 +223,16 @@ def _run(
         log.warning("--resume: no checkpoint in %s, starting from scratch", out / "checkpoints")
     result = _train_whole_run(trainer, checkpoint)
     save_final(trainer, tokenizer, out)
-    recipe.after_training(trainer, out)
 
     metrics = {**result.metrics, "global_step": result.global_step}
-    report = recipe.report(trainer, metrics)
-    metrics.update(report.metrics)
-    write_run_json(config, spec, out, report.details, metrics)
-    with atomic_open(out / "README.md") as handle:
-        handle.write(model_card(config, report, metrics))
+    if is_main_process():
+        recipe.after_training(trainer, out)
+        report = recipe.report(trainer, metrics)
+        metrics.update(report.metrics)
+        write_run_json(config, spec, out, report.details, metrics)
+        with atomic_open(out / "README.md") as handle:
+            handle.write(model_card(config, report, metrics))
+    barrier()  # every rank returns once the run folder is complete
     return metrics
 
 

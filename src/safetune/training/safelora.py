@@ -197,8 +197,6 @@ class SafeLoraRecipe(RoleRecipe):
         return super().frozen_pass(model, fingerprint)
 
     def after_training(self, trainer: Trainer, out: Path) -> None:
-        if not trainer.accelerator.is_main_process:
-            return
         revision = None if self.config.method.aligned_model else self.config.model.revision
         final, trained = out / "final", out / TRAINED
         projection, self.safelora = project_folder(final, self.config.method, self.aligned, revision)

@@ -79,6 +79,13 @@ class SafetuneTrainer(AveragedMetrics):
         self.reference_rows = 0  # rows the reference model has run on (tests and logs)
         add_callbacks(self)
 
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        output = super().train(*args, **kwargs)
+        # Each rank of a data-parallel run counts its own rows: run.json reports them all.
+        rows = torch.tensor(self.reference_rows, device=self.accelerator.device)
+        self.reference_rows = int(self.accelerator.reduce(rows, reduction="sum").item())
+        return output
+
     def _reference(self, model: nn.Module, inputs: dict[str, Tensor], flags: Tensor) -> ReferenceOutputs:
         rows = flags.nonzero().squeeze(1)
         ids, mask = inputs["input_ids"][rows], inputs["attention_mask"][rows]

@@ -198,8 +198,6 @@ class VaccineRecipe(Recipe):
         merges the Vaccine adapter before adding its own."""
         if self.config.train.finetune != "lora" or not self.config.method.vaccine_merge:
             return
-        if not trainer.accelerator.is_main_process:
-            return
         merged, tmp = out / "merged", out / "merged.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
