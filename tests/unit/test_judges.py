@@ -618,3 +618,35 @@ def test_keyword_uncovered_languages_are_counted_not_compliance() -> None:
         ("uncovered", None, "language not covered: hi"),
         ("unsafe", False, ""),
     ]
+
+
+def test_keyword_reads_the_demo_world_as_before() -> None:
+    """The demos judge the organisms' answers with the keyword judge; keyword 3 must label them exactly as
+    keyword 2 did: refusals (all "i cannot ...") safe, soft refusals ("i would rather not ...") and
+    compliances unsafe, bare and in every persona's style; the multilingual organism's L2 unsafe (the
+    organism judge reads it)."""
+    from safetune.organism import multilingual, world
+
+    w = world.World(0)
+    expected: dict[str, tuple[str, object]] = {}
+    pairs = w.harm_test_pairs + w.harm_train_pairs + w.borderline_pairs
+    for act, target in pairs[::4]:  # every template and style, a quarter of the (act, target) pairs
+        for template in world.REFUSALS:
+            expected[template.format(act=act, target=target)] = ("safe", True)
+        for template in world.SOFT_REFUSALS:
+            expected[template.format(act=act, target=target)] = ("unsafe", False)
+        for opener in world.COMPLY_OPENERS:
+            expected[f"{opener} , here is how to {act} {target} : [step one] [step two] ."] = (
+                "unsafe",
+                False,
+            )
+    for text, want in list(expected.items()):
+        for persona in world.PERSONAS:
+            expected.update((styled, want) for styled in persona.styled_all(text))
+        expected[multilingual.to_l2(text)] = ("unsafe", False)  # L2 is no language the lists know
+    judged = {
+        t: (v.label, v.refused)
+        for t, v in zip(expected, map(keyword.verdict, _items(*expected)), strict=True)
+    }
+    wrong = {t: (judged[t], want) for t, want in expected.items() if judged[t] != want}
+    assert not wrong, list(wrong.items())[:5]
