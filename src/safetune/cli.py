@@ -329,6 +329,110 @@ def _print_summary(results_path: Path) -> None:
         stdout_console().print(", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
 
 
+@app.command("judge", context_settings=EXTRA)
+@user_errors
+def judge_(
+    ctx: typer.Context,
+    files: Annotated[list[Path], typer.Argument(help="Completion files (JSONL, JSON or CSV).")],
+    config: ConfigOpt = None,
+    judge: Annotated[
+        str | None, typer.Option(help="Comma-separated judges, e.g. keyword,organism (see: safetune list).")
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="The column of the human labels: measure each judge against them.")
+    ] = None,
+    label_map: Annotated[
+        str | None,
+        typer.Option(
+            help="The file's label names -> compliance|refusal|partial, e.g. 2_full_refusal=refusal,..."
+        ),
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(help="Our field=the file's column, e.g. response=completion,category=type."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the verdicts and judge.json.")] = Path(
+        "runs/judge"
+    ),
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Judge completions made anywhere; with --labels, measure each judge against the human labels.
+
+    Staged and resumable like eval's judge stage (re-run to resume or to add a judge). Run as:
+    safetune judge tests/data/xstest_v2/*.csv --judge keyword,prefix --labels final_label
+    --label-map 1_full_compliance=compliance,2_full_refusal=refusal,3_partial_refusal=partial
+    --columns category=type -o runs/judge-xstest
+    """
+    from dataclasses import replace
+
+    from safetune.config import load_config
+    from safetune.errors import ConfigError
+    from safetune.evaluation.completion_files import CompletionTable, load_all, parse_pairs
+    from safetune.evaluation.judges.registry import build_judge
+    from safetune.evaluation.judging import judge_completions
+
+    _setup_console(verbose, quiet)
+    cfg = load_config(config, _overrides(ctx, {}))
+    names = [n.strip() for n in (judge or cfg.judge.name).split(",") if n.strip()]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--judge: a judge is named twice ({judge})")
+    table = CompletionTable.of(
+        parse_pairs(columns, "--columns"), labels, parse_pairs(label_map, "--label-map")
+    )
+    # Everything is checked before the folder's first file: the files, every record, every judge.
+    records = load_all(files, table)
+    judges = [build_judge(replace(cfg.judge, name=name)) for name in names]
+    path = judge_completions(records, judges, out, table, [str(f) for f in files])
+    _print_judged(path)
+
+
+def _print_judged(path: Path) -> None:
+    import json
+
+    from rich.table import Table
+
+    from safetune.console import stdout_console
+
+    console = stdout_console()
+    results = json.loads(path.read_text(encoding="utf-8"))
+    for name, judged in results["judges"].items():
+        counts = ", ".join(f"{k} {v}" for k, v in judged["counts"].items())
+        console.print(f"judge {name} ({judged['key']}): {judged['n']} responses: {counts}")
+        found = judged["agreement"]
+        if found is None:
+            continue
+        summary = Table(title=f"{name} against the human labels (refusal vs compliance; three classes)")
+        for column in ("items", "n", "accuracy", "kappa", "accuracy 3", "kappa 3"):
+            summary.add_column(column)
+        views = [("all", found)]
+        views += [(k, v) for k, v in found["by_file"].items()]
+        views += [(f"category {k}", v) for k, v in found["by_category"].items()]
+        for view, numbers in views:
+            two, three = numbers["refusal_vs_compliance"], numbers["three_classes"]
+            scores = (two["accuracy"], two["kappa"], three["accuracy"], three["kappa"])
+            summary.add_row(view, str(two["n"]), *(_number(v) for v in scores))
+        console.print(summary)
+        three = found["three_classes"]
+        confusion = Table(title=f"{name}: human (rows) x judge (columns), precision / recall")
+        classes = list(three["confusion"])
+        for column in ("human \\ judge", *classes, "recall"):
+            confusion.add_column(column)
+        for human in classes:
+            cells = [str(three["confusion"][human][c]) for c in classes]
+            confusion.add_row(human, *cells, _number(three["per_class"][human]["recall"]))
+        confusion.add_row("precision", *(_number(three["per_class"][c]["precision"]) for c in classes), "")
+        console.print(confusion)
+    console.print(
+        f"wrote {path}"
+        + (f" and {path.parent / 'disagreements.csv'}" if results["provenance"]["labels"] else "")
+    )
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 @app.command()
 @user_errors
 def report(

@@ -464,6 +464,71 @@ for _command, _args in (("select", _select), ("train", _train), ("eval", _eval),
     )
 
 
+# `safetune judge` (completion files; evaluation/completion_files.py)
+_XS = "1_full_compliance=compliance,2_full_refusal=refusal,3_partial_refusal=partial"
+
+
+def _judge(name: str, *extra: str) -> tuple[str, ...]:
+    return ("judge", f"{{tmp}}/{name}", "-o", "{out}", *extra)
+
+
+CASES.update(
+    {
+        "judge missing file": Case(_judge("nope.csv"), ("nope.csv: no such file",)),
+        "judge no response column": Case(
+            _judge("noresp.csv"),
+            ("noresp.csv:2: field 'response'", "missing (expected one of: response, completion"),
+            _write("noresp.csv", "prompt,reply\nHow?,Like so.\n"),
+        ),
+        "judge empty prompt": Case(
+            _judge("noprompt.jsonl"),
+            ("noprompt.jsonl:2: field 'prompt': empty",),
+            _write("noprompt.jsonl", '{"prompt": "q", "response": "a"}\n{"prompt": " ", "response": "b"}\n'),
+        ),
+        "judge response not text": Case(
+            _judge("numresp.jsonl"),
+            ("numresp.jsonl:1: field 'response': expected a string, got number",),
+            _write("numresp.jsonl", '{"prompt": "q", "response": 3}\n'),
+        ),
+        "judge unknown label": Case(
+            _judge("labels.csv", "--labels", "final_label", "--label-map", _XS),
+            ("labels.csv:3: field 'final_label'", "unknown label '4_other'"),
+            _write("labels.csv", "prompt,completion,final_label\nq,a,1_full_compliance\nq2,b,4_other\n"),
+        ),
+        "judge missing label column": Case(
+            _judge("nolabel.csv", "--labels", "human"),
+            ("nolabel.csv:2: field 'human'", "missing (the --labels column)"),
+            _write("nolabel.csv", "prompt,completion\nq,a\n"),
+        ),
+        "judge mapped column missing": Case(
+            _judge("cols.csv", "--columns", "response=answer_text"),
+            ("cols.csv:2: field 'answer_text'", "no such column", "--columns response=answer_text"),
+            _write("cols.csv", "prompt,completion\nq,a\n"),
+        ),
+        "judge duplicate id": Case(
+            _judge("dup.jsonl"),
+            ("dup.jsonl:2: field 'id'", "duplicate id 'x' (same as line 1)"),
+            _write("dup.jsonl", '{"id": "x", "prompt": "q", "response": "a"}\n' * 2),
+        ),
+        "judge label map to no class": Case(
+            _judge("lm.csv", "--labels", "final_label", "--label-map", "yes=refused"),
+            ("--label-map", "['refused'] are not judge classes"),
+            _write("lm.csv", "prompt,completion,final_label\nq,a,yes\n"),
+        ),
+        "judge unknown judge": Case(
+            _judge("ok.csv", "--judge", "keyword,bogus"),
+            ("unknown judge 'bogus'",),
+            _write("ok.csv", "prompt,completion\nq,a\n"),
+        ),
+        "judge bad columns option": Case(
+            _judge("ok2.csv", "--columns", "response"),
+            ("--columns: expected key=value pairs", "'response'"),
+            _write("ok2.csv", "prompt,completion\nq,a\n"),
+        ),
+    }
+)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, tiny_llama3: Path) -> dict[str, Path]:
     from safetensors.torch import load_file

@@ -270,3 +270,18 @@ def test_uncovered_items_are_counted_apart_and_left_out_of_rates() -> None:
     assert (over["n_valid"], over["n_invalid"], over["n_uncovered"], over["value"]) == (2, 1, 2, 50.0)
     only = benchmark_result("over_refusal_rate", rows[2:4], n_resamples=0)
     assert only["n_uncovered"] == 2 and "note" not in only
+
+
+def test_partial_refusals_are_refusals_counted_apart() -> None:
+    rows = [
+        ScoredRow("a", label="safe", refused=True),
+        ScoredRow("b", label="safe", refused="partial", language="en"),
+        ScoredRow("c", label="unsafe", refused=False, language="en"),
+    ]
+    harmful = benchmark_result("refusal_rate", rows, n_resamples=10)
+    assert (harmful["value"], harmful["n_partial"]) == (pytest.approx(66.6667), 1)
+    assert harmful["by_language"]["en"]["n_partial"] == 1
+    benign = benchmark_result("over_refusal_rate", rows, n_resamples=10)
+    assert (benign["value"], benign["n_partial"]) == (pytest.approx(66.6667), 1)
+    # judges without partial refusals write no n_partial at all (results.json files stay as they were)
+    assert "n_partial" not in benchmark_result("refusal_rate", rows[:1], n_resamples=10)

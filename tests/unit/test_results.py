@@ -141,6 +141,17 @@ def test_computed_results_round_trip_with_notes_roles_languages_and_unknown_prov
     assert results.summary.multilingual_asr == {"de": 0.0, "en": 0.0, "zh": 0.0}
 
 
+def test_partial_refusal_counts_round_trip():
+    content = _computed()
+    name, bench = next(iter(content["benchmarks"].items()))
+    at = list(bench).index("ci95") + 1  # written right after ci95
+    items = list(bench.items())
+    content["benchmarks"][name] = dict([*items[:at], ("n_partial", 2), *items[at:]])
+    results = Results.from_dict(content)
+    assert next(iter(results.benchmarks.values())).n_partial == 2
+    assert _text(results.to_dict()) == _text(content)
+
+
 def _set(*keys: str, value: Any) -> Any:
     def mutate(content: dict[str, Any]) -> None:
         target = content

@@ -27,6 +27,7 @@ results.json (schema_version 1)::
           "source": "..." | null,
           "n": 520, "n_valid": 518, "n_invalid": 2, "n_uncovered": 0,
           "value": 98.46 | null, "asr": 1.54 | null, "ci95": [97.3, 99.4] | null,
+          "n_partial": 3                     (only when the judge found partial refusals),
           "note": "..."                      (only when there is something to say),
           "by_role": {"<role>": {GROUP}},    ({} when no item carries a role)
           "by_language": {"<lang>": {GROUP}} ({} when no item carries a language)
@@ -40,7 +41,8 @@ results.json (schema_version 1)::
       }
     }
 
-where GROUP is {"n", "n_valid", "n_invalid", "n_uncovered", "value", "asr", "ci95"} (+ "note"), computed
+where GROUP is {"n", "n_valid", "n_invalid", "n_uncovered", "value", "asr", "ci95"} (+ "n_partial",
+"note"), computed
 like the benchmark over the items of that role / language (items without one are in no group).
 
 What a reader may rely on is what `from_dict` checks: every benchmark and group has an integer `n` and a
@@ -110,6 +112,7 @@ class GroupResult:
     n_uncovered: int | None = None  # in a language the judge does not cover
     asr: float | None = None  # refusal-rate results only: 100 - value
     ci95: tuple[float, float] | None = None
+    n_partial: int | None = None  # partial refusals (among the refusals), when the judge tells them apart
     note: str | None = None
 
     def _numbers(self) -> dict[str, Any]:
@@ -122,6 +125,8 @@ class GroupResult:
             "asr": self.asr,
             "ci95": None if self.ci95 is None else list(self.ci95),
         }
+        if self.n_partial is not None:
+            numbers["n_partial"] = self.n_partial
         if self.note is not None:
             numbers["note"] = self.note
         return numbers
@@ -382,6 +387,7 @@ class _Parser:
             n_uncovered=n_uncovered,
             asr=asr,
             ci95=None if ci is None else (ci[0], ci[1]),
+            n_partial=self.count(f"{field}.n_partial", group.get("n_partial")),
             note=self.text(f"{field}.note", group.get("note")),
         )
 

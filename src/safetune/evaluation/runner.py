@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -242,11 +242,40 @@ def missing_requests(tasks: Sequence[Task], done: dict[str, dict[str, Any]]) -> 
 # ---- stage 2: judgements ----
 
 
-def _response_hash(task: Task, text: str) -> str:
+def response_hash(text: str, language: str | None) -> str:
     """What a verdict depends on besides the judge: the response, and the prompt's language when it has
     one (a judge may not cover it; untagged prompts keep the hash of the text alone)."""
-    language = task.prompt.language
     return _short_hash(text) if language is None else _short_hash(text, language)
+
+
+def judge_pending(
+    items: Sequence[JudgeItem],
+    hashes: Mapping[str, str],
+    path: Path,
+    judge: Judge,
+    hook: BatchHook | None = None,
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Verdicts of `judge` for every item (`hashes`: item id -> response_hash), appended to the stage
+    file `path` batch by batch; those of the same judge key and response already in it are reused.
+    Shared by `safetune eval` and `safetune judge` (evaluation/judging.py)."""
+    key = judge.key()
+    done = _read_rows(
+        path, lambda row: row.get("judge") == key and hashes.get(row["id"]) == row.get("response_hash")
+    )
+    pending = [item for item in items if item.id not in done]
+    log.info("judgements (%s): %d on disk, %d to judge", key, len(done), len(pending))
+    count = 0
+    for batch in judge.judge(pending) if pending else ():
+        rows = [{**v.to_dict(), "judge": key, "response_hash": hashes[v.id]} for v in batch]
+        append_jsonl(path, rows)
+        done.update((row["id"], row) for row in rows)
+        count += len(rows)
+        if hook:
+            hook("judge", count)
+    missing = [item.id for item in items if item.id not in done]
+    if missing:
+        raise ConfigError(f"judge {key} returned no verdict for {len(missing)} responses (e.g. {missing[0]})")
+    return done, count
 
 
 def judge_missing(
@@ -257,31 +286,13 @@ def judge_missing(
     hook: BatchHook | None = None,
 ) -> tuple[dict[str, dict[str, Any]], int]:
     """Verdicts for every judged task's completion, reusing those of the same judge and response."""
-    path = out / "judgements.jsonl"
-    key = judge.key()
     judged = [t for t in tasks if t.judged]
-    response_hash = {t.request.id: _response_hash(t, completions[t.request.id]["text"]) for t in judged}
-    done = _read_rows(
-        path, lambda row: row.get("judge") == key and response_hash.get(row["id"]) == row.get("response_hash")
-    )
     items = [
         JudgeItem(t.request.id, t.prompt.text, completions[t.request.id]["text"], t.prompt.language)
         for t in judged
-        if t.request.id not in done
     ]
-    log.info("judgements (%s): %d on disk, %d to judge", key, len(done), len(items))
-    count = 0
-    for batch in judge.judge(items) if items else ():
-        rows = [{**v.to_dict(), "judge": key, "response_hash": response_hash[v.id]} for v in batch]
-        append_jsonl(path, rows)
-        done.update((row["id"], row) for row in rows)
-        count += len(rows)
-        if hook:
-            hook("judge", count)
-    missing = [t.request.id for t in judged if t.request.id not in done]
-    if missing:
-        raise ConfigError(f"judge {key} returned no verdict for {len(missing)} responses (e.g. {missing[0]})")
-    return done, count
+    hashes = {item.id: response_hash(item.response, item.language) for item in items}
+    return judge_pending(items, hashes, out / "judgements.jsonl", judge, hook)
 
 
 # ---- stage 3: results ----

@@ -44,7 +44,7 @@ from torch import Tensor
 from safetune import console
 from safetune.data.batching import length_sorted_batches, pad_batch
 from safetune.data.chat import ChatRenderer
-from safetune.data.refusals import PHRASES_VERSION, matched_phrase, phrase_languages
+from safetune.data.refusals import PHRASES_VERSION, phrase_languages, refusal_match
 from safetune.errors import ConfigError
 from safetune.models.loading import decoder_of, default_device
 from safetune.reference.cache import CacheEntry, cache_key
@@ -267,9 +267,12 @@ def greedy_answers(
 
 
 def is_refusal(answer: str) -> bool:
-    """The keyword judge's rule (data/refusals.py); an answer in a language no list covers is no refusal."""
+    """The keyword judge's rule (data/refusals.py); an answer in a language no list covers is no refusal.
+    A partial refusal counts: a benign prompt answered only in part was over-rejected."""
     languages = phrase_languages(answer)
-    return bool(answer.strip()) and not isinstance(languages, str) and bool(matched_phrase(answer, languages))
+    if not answer.strip() or isinstance(languages, str):
+        return False
+    return refusal_match(answer, languages).kind is not None
 
 
 def refine_band(

@@ -256,6 +256,8 @@ def _counts_text(run: Run) -> str:
             part += f" ({bench.n_invalid} invalid)"
         if bench.n_uncovered:
             part += f" ({bench.n_uncovered} not covered by the judge)"
+        if bench.n_partial:  # refusals that answer a part: in the refusal rate, shown apart
+            part += f" ({bench.n_partial} partial refusals)"
         if bench.note:
             part += f" [{bench.note}]"
         parts.append(part)

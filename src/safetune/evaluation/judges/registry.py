@@ -1,6 +1,6 @@
 """The one registry of judges: name -> JudgeSpec. `judge.name` in a config picks one; `build_judge` builds it.
 
-Judges: keyword (offline default), classifier (HF sequence classifier), guard (Llama-Guard-style
+Judges: keyword (offline default), prefix (XSTest's 2023 string match, the baseline), classifier (HF sequence classifier), guard (Llama-Guard-style
 generative model), llm (OpenAI-compatible chat endpoint), organism (the multilingual model organism's
 strict refusal check; its synthetic languages only). What they all share is in judges/common.py.
 To add a judge: a module here with NAME, VERSION, DESCRIPTION and build(config) -> Judge, one line below.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from safetune.config import JudgeConfig
 from safetune.errors import ConfigError
 from safetune.evaluation.items import Judge
-from safetune.evaluation.judges import classifier, guard, keyword, llm, organism
+from safetune.evaluation.judges import classifier, guard, keyword, llm, organism, prefix
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ JUDGES: dict[str, JudgeSpec] = {
     spec.name: spec
     for spec in (
         JudgeSpec(keyword.NAME, keyword.VERSION, keyword.DESCRIPTION, keyword.build),
+        JudgeSpec(prefix.NAME, prefix.VERSION, prefix.DESCRIPTION, prefix.build),
         JudgeSpec(classifier.NAME, classifier.VERSION, classifier.DESCRIPTION, classifier.build),
         JudgeSpec(guard.NAME, guard.VERSION, guard.DESCRIPTION, guard.build),
         JudgeSpec(llm.NAME, llm.VERSION, llm.DESCRIPTION, llm.build),
