@@ -217,7 +217,7 @@ class MethodConfig(Section):
     orpo_lambda: float = number(0.1, ge=0)  # orpo: weight of the odds-ratio term (TRL's beta for ORPO)
     # SafeLoRA (docs/methods/safelora.md): after LoRA training, project the update of each module whose
     # cosine with the alignment subspace is low onto that subspace (V = W_aligned - W_unaligned)
-    aligned_model: str | None = None  # the aligned (chat) model; None: train.model, the model fine-tuned
+    aligned_model: str | None = None  # the aligned (chat) model; None: model.name, the model fine-tuned
     unaligned_model: str | None = None  # the pretrained model it was aligned from (required by safelora)
     safelora_mode: Literal["number", "threshold"] = "number"  # the authors' select_layers_type default
     safelora_k: int = number(10, ge=1)  # number mode: project the k lowest cosines (num_proj_layers)
