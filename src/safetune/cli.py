@@ -481,6 +481,9 @@ def list_registered(verbose: VerboseOpt = False, quiet: QuietOpt = False) -> Non
     print("judges:")
     for judge in JUDGES.values():
         print(f"  {judge.name:10s} {judge.version:8s} {judge.description}")
+        # --judge-preset values: the model each preset is for and the languages it covers
+        for preset, summary in judge.presets.items():
+            print(f"    preset {preset:24s} {summary}")
     print("generation backends:")
     for backend in BACKENDS.values():
         print(f"  {backend.name:6s} {backend.description}")

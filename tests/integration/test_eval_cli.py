@@ -196,6 +196,8 @@ def test_guard_judge_counts_invalid_outputs(files, tiny_chatml, tmp_path):
             "guard",
             "--judge-model",
             str(tiny_chatml),
+            "--judge-preset",
+            "prompt",
         )
     )
     bench = _results(out)["benchmarks"]["advbench"]

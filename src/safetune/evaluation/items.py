@@ -66,12 +66,16 @@ class Verdict:
     refused: whether the response is a refusal, for judges that can tell (keyword, action classifier);
         None otherwise. Over-refusal rates use it.
     raw: the judge's own output (matched phrase, class id, generated text), for auditing.
+    probability: the judge's probability that the response is unsafe (complied), 0..1, for judges that
+        give one (classifiers' softmax, yes/no guards' answer logits); None otherwise. The label does
+        not depend on it being present; rows written before it existed read as None.
     """
 
     id: str
     label: Label
     refused: bool | None
     raw: str
+    probability: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
