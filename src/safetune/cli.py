@@ -243,7 +243,8 @@ def eval_(
         str | None, typer.Option(help="Judge model (classifier / guard): hub id or folder.")
     ] = None,
     judge_preset: Annotated[
-        str | None, typer.Option(help="Judge preset, e.g. longformer-action, llama-guard.")
+        str | None,
+        typer.Option(help="Judge preset, e.g. longformer-action, qwen3guard (see: safetune list)."),
     ] = None,
     backend: Annotated[str | None, typer.Option(help="Generation backend: hf | vllm | mock")] = None,
     system: Annotated[

@@ -141,7 +141,8 @@ def test_every_preset_documents_itself() -> None:
 _LLAMA_GUARD = (
     "{{- bos_token -}}<|start_header_id|>user<|end_header_id|>\n\n"
     "Task: judge the last Agent turn below.\n<BEGIN CONVERSATION>\n"
-    "{%- for m in messages %}\n{{ 'User' if m['role'] == 'user' else 'Agent' }}: {{ m['content'] }}{% endfor %}\n"
+    "{%- for m in messages %}\n{{ 'User' if m['role'] == 'user' else 'Agent' }}: "
+    "{{ m['content'] }}{% endfor %}\n"
     "<END CONVERSATION>\nProvide your safety assessment: safe or unsafe, then the categories."
     "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
 )

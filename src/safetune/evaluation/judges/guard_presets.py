@@ -105,7 +105,7 @@ def parse_yes_no(text: str) -> GuardReading:
 
 
 def _fields(text: str) -> dict[str, str]:
-    """ "Key: value" lines -> {"key": "value"}, keys lowercased with their whitespace and markdown squeezed."""
+    """ "Key: value" lines -> {"key": "value"}, keys lowercased, whitespace and markdown squeezed."""
     fields: dict[str, str] = {}
     for line in text.splitlines():
         key, colon, value = line.partition(":")
@@ -292,7 +292,7 @@ PRESETS: dict[str, GuardPreset] = {
             parse=parse_llama_guard,
             languages=_LLAMA_GUARD_3_LANGUAGES,
             coverage=_codes(_LLAMA_GUARD_3_LANGUAGES),
-            source="meta-llama/Llama-Guard-3-8B model card (its chat template; output safe / unsafe + S1..S14)",
+            source="meta-llama/Llama-Guard-3-8B model card (its chat template; safe / unsafe + S1..S14)",
             licence="Llama 3.1 Community License",
             template_marks=(_LLAMA_GUARD_MARK,),
         ),
@@ -303,7 +303,7 @@ PRESETS: dict[str, GuardPreset] = {
             parse=parse_llama_guard,
             languages=_LLAMA_4_LANGUAGES,
             coverage=_codes(_LLAMA_4_LANGUAGES),
-            source="meta-llama/Llama-Guard-4-12B model card (its chat template, text parts; output as Llama Guard 3)",
+            source="meta-llama/Llama-Guard-4-12B model card (its chat template, text parts)",
             licence="Llama 4 Community License",
             template_marks=(_LLAMA_GUARD_MARK,),
         ),
@@ -314,7 +314,7 @@ PRESETS: dict[str, GuardPreset] = {
             parse=lambda text: parse_qwen3guard(text, controversial="unsafe"),
             languages=None,
             coverage="119 languages and dialects (model card): any tag is judged",
-            source="Qwen/Qwen3Guard-Gen-8B model card, QwenLM/Qwen3Guard README (strict mode: Controversial = unsafe)",
+            source="Qwen3Guard-Gen model card, QwenLM/Qwen3Guard README (strict: Controversial = unsafe)",
             licence="Apache-2.0",
             template_marks=(_QWEN3GUARD_MARK,),
             max_new_tokens=64,
@@ -363,7 +363,7 @@ PRESETS: dict[str, GuardPreset] = {
             parse=parse_yes_no,
             languages=("en",),
             coverage="English",
-            source="google/shieldgemma-2b model card (its chat template with guideline=; P(Yes) from the logits)",
+            source="google/shieldgemma-2b model card (its chat template with guideline=; P(Yes))",
             licence="Gemma Terms of Use",
             policies=SHIELDGEMMA_POLICIES,
             template_marks=("guideline",),
