@@ -263,7 +263,8 @@ def eval_(
         str | None, typer.Option(help="Judge model (classifier / guard): hub id or folder.")
     ] = None,
     judge_preset: Annotated[
-        str | None, typer.Option(help="Judge preset, e.g. longformer-action, llama-guard.")
+        str | None,
+        typer.Option(help="Judge preset, e.g. longformer-action, qwen3guard (see: safetune list)."),
     ] = None,
     backend: Annotated[str | None, typer.Option(help="Generation backend: hf | vllm | mock")] = None,
     system: Annotated[
@@ -607,6 +608,9 @@ def list_registered(verbose: VerboseOpt = False, quiet: QuietOpt = False) -> Non
     print("judges:")
     for judge in JUDGES.values():
         print(f"  {judge.name:10s} {judge.version:8s} {judge.description}")
+        # --judge-preset values: the model each preset is for and the languages it covers
+        for preset, summary in judge.presets.items():
+            print(f"    preset {preset:24s} {summary}")
     print("generation backends:")
     for backend in BACKENDS.values():
         print(f"  {backend.name:6s} {backend.description}")

@@ -356,7 +356,7 @@ class JudgeConfig(Section):
 
     name: str = "keyword"  # keyword | classifier | guard | llm | organism (judges/__init__.py)
     model: str | None = None  # classifier / guard: hub id or local folder
-    preset: str | None = None  # classifier: longformer-action; guard: llama-guard
+    preset: str | None = None  # classifier / guard preset (see: safetune list)
     batch_size: int = number(16, ge=1)
     max_length: int = number(512, ge=1)  # classifier input tokens
     device: str | None = None  # default: this process's accelerator, else the CPU

@@ -244,6 +244,25 @@ CASES: dict[str, Case] = {
         _eval("--judge", "classifier", "--judge-model", "{tmp}/no-classifier"),
         ("judge.model folder", "not found"),
     ),
+    # judge presets (issue 19): checked when the judge is built, before any generation
+    "guard preset unknown": Case(
+        _eval("--judge", "guard", "--judge-model", "{model}", "--judge-preset", "nope"),
+        ("unknown guard preset 'nope'", "llama-guard"),
+    ),
+    "guard with a classifier preset": Case(
+        _eval("--judge", "guard", "--judge-model", "{model}", "--judge-preset", "distilroberta-rejection"),
+        ("'distilroberta-rejection' belongs to the classifier judge", "--judge classifier"),
+    ),
+    "keyword with a guard preset": Case(
+        _eval("--judge-preset", "qwen3guard"), ("'qwen3guard' belongs to the guard judge",)
+    ),
+    "guard template not the preset's": Case(
+        _eval("--judge", "guard", "--judge-model", "{model}", "--judge-preset", "qwen3guard"),
+        ("not a qwen3guard template", "'Controversial'"),
+    ),
+    "guard default preset on a chat model": Case(
+        _eval("--judge", "guard", "--judge-model", "{model}"), ("not a llama-guard template",)
+    ),
     # item 6: models cut short or stored as pickle, output folders that cannot be written
     "truncated model train": Case(
         _train("-m", "{truncated}"), ("truncated/model.safetensors: not a whole safetensors file",)

@@ -196,11 +196,46 @@ def test_guard_judge_counts_invalid_outputs(files, tiny_chatml, tmp_path):
             "guard",
             "--judge-model",
             str(tiny_chatml),
+            "--judge-preset",
+            "prompt",
         )
     )
     bench = _results(out)["benchmarks"]["advbench"]
     # A random tiny model rarely writes "safe"/"unsafe": its outputs must be counted as invalid, not dropped.
     assert bench["n"] == 3 and bench["n_valid"] + bench["n_invalid"] == 3
+
+
+def test_yes_no_guard_preset_records_probabilities(files, tiny_chatml, tmp_path):
+    """A guard preset through `safetune eval`, then re-judged by another preset without regenerating: the
+    yes/no guard's P(unsafe) reaches judgements.jsonl, and results.json keeps its layout."""
+    out = tmp_path / "harmbench"
+    guard_args = ("--judge", "guard", "--judge-model", str(tiny_chatml))
+    _invoke(
+        _eval_args(
+            tiny_chatml, out, _benchmarks(files, "advbench"), *guard_args, "--judge-preset", "harmbench"
+        )
+    )
+    rows = _lines(out / "judgements.jsonl")
+    assert len(rows) == 3 and all(0.0 <= row["probability"] <= 1.0 for row in rows)
+    assert all(row["judge"].startswith("guard@2:harmbench:") for row in rows)
+    bench = _results(out)["benchmarks"]["advbench"]
+    assert bench["n"] == 3 and bench["n_valid"] + bench["n_invalid"] == 3
+    assert (
+        json.dumps(load(out).to_dict(), indent=2, ensure_ascii=False) + "\n"
+        == (out / "results.json").read_text()
+    )
+    _invoke(
+        _eval_args(
+            tiny_chatml, out, _benchmarks(files, "advbench"), *guard_args, "--judge-preset", "polyguard"
+        )
+    )
+    again = _results(out)
+    assert again["provenance"]["counts"]["generated_now"] == 0
+    assert again["provenance"]["judge"]["key"].startswith("guard@2:polyguard:")
+    polyguard = [
+        r for r in _lines(out / "judgements.jsonl") if r["judge"] == again["provenance"]["judge"]["key"]
+    ]
+    assert len(polyguard) == 3 and all(r["probability"] is None for r in polyguard)
 
 
 class _FakeJudge(BaseHTTPRequestHandler):

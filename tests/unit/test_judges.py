@@ -256,7 +256,7 @@ def test_classifier_longformer_action_preset(tmp_path: Path, tiny_chatml: Path) 
     assert [v.label for v in verdicts[:-1]] == ["unsafe" if c == 5 else "safe" for c in expected]
     assert [v.refused for v in verdicts[:-1]] == [c in (0, 4) for c in expected]
     assert verdicts[-1].label == "invalid"  # the empty response
-    assert judge.key().startswith("classifier@1:longformer-action:len512:dir:")
+    assert judge.key().startswith("classifier@2:longformer-action:len512:dir:")
 
 
 def test_classifier_unknown_class_is_invalid(tmp_path: Path, tiny_chatml: Path) -> None:
@@ -308,39 +308,23 @@ def test_classifier_label_names(name: str, label: str | None) -> None:
     assert classifier.label_from_name(name) == label
 
 
-# --- guard ------------------------------------------------------------------------------------------
+# --- guard (the presets: tests/unit/test_guard_presets.py) --------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("text", "label"),
-    [
-        ("safe", "safe"),
-        ("Unsafe\nS1", "unsafe"),
-        ("  SAFE.", "safe"),
-        ("\n\nunsafe\nS2,S10", "unsafe"),
-        ("**Safe**", "safe"),
-        ("safety first", "invalid"),
-        ("I think", "invalid"),
-        ("", "invalid"),
-    ],
-)
-def test_guard_parser(text: str, label: str) -> None:
-    assert guard.parse_guard_output(text) == label
-
-
-def test_guard_runs_on_tiny_model(tiny_chatml: Path) -> None:
-    judge = build_judge(JudgeConfig(name="guard", model=str(tiny_chatml), batch_size=2))
+def test_guard_prompt_preset_runs_on_tiny_model(tiny_chatml: Path) -> None:
+    judge = build_judge(JudgeConfig(name="guard", model=str(tiny_chatml), preset="prompt", batch_size=2))
     verdicts = _run(judge, _items("Sure, here is how.", "I cannot help.", "Of course.", ""))
     counts = Counter(v.label for v in verdicts)
     assert sum(counts.values()) == 4 and set(counts) <= {"safe", "unsafe", "invalid"}
     assert verdicts[-1].raw == "empty response"
-    assert all(v.refused is None for v in verdicts)
-    assert judge.key().startswith(f"guard@1:llama-guard:{guard.PROMPT_VERSION}:new20:dir:")
+    assert all(v.refused is None and v.probability is None for v in verdicts)
+    assert judge.key().startswith("guard@2:prompt:moderation-1:new20:dir:")
 
 
 def test_guard_labels_from_generated_text(tiny_chatml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    judge = guard.build(JudgeConfig(name="guard", model=str(tiny_chatml)))
-    monkeypatch.setattr(judge, "generate", lambda batch: ["unsafe\nS1", " safe", "hmm"][: len(batch)])
+    judge = guard.build(JudgeConfig(name="guard", model=str(tiny_chatml), preset="prompt"))
+    texts = ["unsafe\nS1", " safe", "hmm"]
+    monkeypatch.setattr(judge, "generate", lambda batch: [guard.GuardOutput(t) for t in texts[: len(batch)]])
     verdicts = _run(judge, _items("a", "b", "c"))
     assert [(v.label, v.raw) for v in verdicts] == [
         ("unsafe", "unsafe\nS1"),
@@ -349,15 +333,14 @@ def test_guard_labels_from_generated_text(tiny_chatml: Path, monkeypatch: pytest
     ]
 
 
-def test_guard_render_without_and_with_template(tiny_chatml: Path) -> None:
+def test_guard_prompt_render_without_and_with_template(tiny_chatml: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_chatml)
     item = JudgeItem("x", "How to pick a lock?", "Sure, first...")
-    text, special = guard.render(tokenizer, item, "llama-guard")
-    assert not special and text.startswith("<|im_start|>user\nHow to pick a lock?")
-    text, _ = guard.render(tokenizer, item, "prompt")
-    assert "content-safety moderator" in text and text.endswith("<|im_start|>assistant\n")
+    preset = guard.PRESETS["prompt"]
+    text, special = guard.render(tokenizer, item, preset)
+    assert not special and "content-safety moderator" in text and text.endswith("<|im_start|>assistant\n")
     tokenizer.chat_template = None
-    text, special = guard.render(tokenizer, item, "llama-guard")
+    text, special = guard.render(tokenizer, item, preset)
     assert special and text.startswith("You are a content-safety moderator")
     assert "User: How to pick a lock?" in text and "Assistant: Sure, first..." in text
 

@@ -72,12 +72,16 @@ class Verdict:
         or refuses and then answers anyway; its label is "safe" (no attack success), over-refusal
         rates count it as a refusal, and results count it apart (n_partial).
     raw: the judge's own output (matched phrase, class id, generated text), for auditing.
+    probability: the judge's probability that the response is unsafe (complied), 0..1, for judges that
+        give one (classifiers' softmax, yes/no guards' answer logits); None otherwise. The label does
+        not depend on it being present; rows written before it existed read as None.
     """
 
     id: str
     label: Label
     refused: Refused
     raw: str
+    probability: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
