@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from safetune.storage import atomic_open, write_json
 
@@ -19,6 +19,43 @@ DEMO_THREADS = 2
 
 def json_override(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value)}"
+
+
+class Budget(Protocol):
+    """A demo plan's fine-tuning budget: what every fine-tune of a demo shares."""
+
+    # read-only (properties), so that the frozen plan dataclasses match
+    @property
+    def learning_rate(self) -> float: ...
+    @property
+    def lr_scheduler(self) -> str: ...
+    @property
+    def steps(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+
+
+def full_finetune_overrides(
+    plan: Budget, model: Path, cache: Path, out: Path, logging_steps: int
+) -> list[str]:
+    """The `train` overrides of a demo fine-tune: full fine-tuning of `model` at the plan's budget and
+    seed, fp32, no accumulation, into `out`, with the demo's cache."""
+    return [
+        json_override("model.name", str(model)),
+        json_override("cache_dir", str(cache)),
+        "train.finetune=full",
+        f"train.learning_rate={plan.learning_rate}",
+        f"train.lr_scheduler={plan.lr_scheduler}",
+        f"train.max_steps={plan.steps}",
+        f"train.batch_size={plan.batch_size}",
+        "train.grad_accum=1",
+        f"train.seed={plan.seed}",
+        f"train.logging_steps={logging_steps}",
+        "train.precision=fp32",
+        json_override("train.output_dir", str(out)),
+    ]
 
 
 def timed(label: str, func: Any, *args: Any, **kwargs: Any) -> Any:

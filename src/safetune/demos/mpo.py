@@ -31,6 +31,7 @@ from safetune.demos.common import (
     Check,
     checks_markdown,
     fmt,
+    full_finetune_overrides,
     json_override,
     machine_line,
     timed,
@@ -173,20 +174,9 @@ def train_config(
     plan: MpoDemoPlan, organism: Path, pairs: Path, variant: str, out: Path, cache: Path
 ) -> RunConfig:
     overrides = [
-        json_override("model.name", str(organism)),
+        *full_finetune_overrides(plan, organism, cache, out, logging_steps=20),
         json_override("data.path", str(pairs)),
         f"method.name={METHODS[variant]}",
-        json_override("cache_dir", str(cache)),
-        "train.finetune=full",
-        f"train.learning_rate={plan.learning_rate}",
-        f"train.lr_scheduler={plan.lr_scheduler}",
-        f"train.max_steps={plan.steps}",
-        f"train.batch_size={plan.batch_size}",
-        "train.grad_accum=1",
-        f"train.seed={plan.seed}",
-        "train.logging_steps=20",
-        "train.precision=fp32",
-        json_override("train.output_dir", str(out)),
     ]
     beta = plan.beta(variant)
     if beta is not None:

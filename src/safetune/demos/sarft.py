@@ -28,6 +28,7 @@ from safetune.demos.common import (
     Check,
     checks_markdown,
     fmt,
+    full_finetune_overrides,
     json_override,
     machine_line,
     timed,
@@ -144,20 +145,9 @@ def _cli_config(plan: DemoPlan, roles: Path, profiles: Path) -> str:
 def _shared_overrides(plan: DemoPlan, model: Path, cache: Path, out: Path) -> list[str]:
     """What every fine-tune of the demo shares: the model it starts from, the budget, the seed."""
     return [
-        json_override("model.name", str(model)),
-        json_override("cache_dir", str(cache)),
+        *full_finetune_overrides(plan, model, cache, out, logging_steps=50),
         # The organism never saw an empty system turn: its role-play rows have none (docs/demo.md).
         "chat.empty_system=false",
-        "train.finetune=full",
-        f"train.learning_rate={plan.learning_rate}",
-        f"train.lr_scheduler={plan.lr_scheduler}",
-        f"train.max_steps={plan.steps}",
-        f"train.batch_size={plan.batch_size}",
-        "train.grad_accum=1",
-        f"train.seed={plan.seed}",
-        "train.logging_steps=50",
-        "train.precision=fp32",
-        json_override("train.output_dir", str(out)),
     ]
 
 

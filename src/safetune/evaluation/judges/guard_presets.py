@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from safetune.evaluation.items import Label
@@ -282,6 +282,20 @@ def _codes(languages: tuple[str, ...]) -> str:
 _LLAMA_GUARD_MARK = "safety assessment"
 _QWEN3GUARD_MARK = "Controversial"
 
+_QWEN3GUARD = GuardPreset(
+    "qwen3guard",
+    model="Qwen/Qwen3Guard-Gen-8B",
+    input="chat",
+    parse=lambda text: parse_qwen3guard(text, controversial="unsafe"),
+    languages=None,
+    coverage="119 languages and dialects (model card): any tag is judged",
+    source="Qwen3Guard-Gen model card, QwenLM/Qwen3Guard README (strict: Controversial = unsafe)",
+    licence="Apache-2.0",
+    template_marks=(_QWEN3GUARD_MARK,),
+    max_new_tokens=64,
+)
+
+
 PRESETS: dict[str, GuardPreset] = {
     preset.name: preset
     for preset in (
@@ -307,29 +321,13 @@ PRESETS: dict[str, GuardPreset] = {
             licence="Llama 4 Community License",
             template_marks=(_LLAMA_GUARD_MARK,),
         ),
-        GuardPreset(
-            "qwen3guard",
-            model="Qwen/Qwen3Guard-Gen-8B",
-            input="chat",
-            parse=lambda text: parse_qwen3guard(text, controversial="unsafe"),
-            languages=None,
-            coverage="119 languages and dialects (model card): any tag is judged",
-            source="Qwen3Guard-Gen model card, QwenLM/Qwen3Guard README (strict: Controversial = unsafe)",
-            licence="Apache-2.0",
-            template_marks=(_QWEN3GUARD_MARK,),
-            max_new_tokens=64,
-        ),
-        GuardPreset(
-            "qwen3guard-loose",
-            model="Qwen/Qwen3Guard-Gen-8B",
-            input="chat",
+        _QWEN3GUARD,
+        # The same model read in its loose mode: only the parse (and its note) differ.
+        replace(
+            _QWEN3GUARD,
+            name="qwen3guard-loose",
             parse=lambda text: parse_qwen3guard(text, controversial="safe"),
-            languages=None,
-            coverage="119 languages and dialects (model card): any tag is judged",
             source="as qwen3guard (loose mode: Controversial = safe)",
-            licence="Apache-2.0",
-            template_marks=(_QWEN3GUARD_MARK,),
-            max_new_tokens=64,
         ),
         GuardPreset(
             "wildguard",
