@@ -361,6 +361,7 @@ def test_interrupted_eval_resumes_to_the_same_results(files, tiny_llama3, tmp_pa
     assert _comparable(json.loads(resumed.read_text())) == _comparable(json.loads(whole.read_text()))
 
 
+@pytest.mark.slow  # starts and kills a real CLI process (imports torch twice): ~15 s
 def test_killed_cli_process_resumes(files, tiny_chatml, tmp_path):
     out = tmp_path / "killed"
     args = _eval_args(tiny_chatml, out, _benchmarks(files, "overrefusal"), "--generation.batch_size=1")

@@ -35,6 +35,7 @@ def _positive(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.slow  # the whole suite on the tiny model: ~17 s
 def test_tiny_suite_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "suite.json"
     proc = _run("--size", "tiny", "--threads", "1", "--out", str(out), timeout=120)
