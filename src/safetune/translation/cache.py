@@ -1,8 +1,8 @@
 """The append-only cache of finished translations (`translations.jsonl`), shared by every caller.
 
 A row is one translated text, keyed by `cache_key`: the translator's key (kind, model fingerprint,
-settings, version), the source and target languages (by their FLORES-200 code, so `bn` and `ben` are
-one language) and the text itself. A text met again (the same answer twice, a re-run, a resumed run
+settings, version), the source and target languages (by `Language.ident`, so `bn` and `ben` are one
+language) and the text itself. A text met again (the same answer twice, a re-run, a resumed run
 after a kill, an evaluation re-judged with another judge) is read back, not translated again; a torn
 last line (a kill mid-write) is cut on the next read. Rows of other translators stay in the file,
 unused, so switching back reuses them.
@@ -31,7 +31,7 @@ TRANSLATIONS_FILE = "translations.jsonl"
 
 def cache_key(translator_key: str, text: str, source: str, target: str) -> str:
     """What a translation depends on: the translator, the two languages and the text."""
-    return hash_json([translator_key, resolve(source).flores, resolve(target).flores, text])[:24]
+    return hash_json([translator_key, resolve(source).ident, resolve(target).ident, text])[:24]
 
 
 def read_cache(path: Path, translator_key: str, wanted: set[str] | None = None) -> dict[str, dict[str, Any]]:

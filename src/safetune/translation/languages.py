@@ -14,8 +14,9 @@ does not matter. `resolve` turns it into a `Language`; each model family then na
                  token (ISO 639-3, some models 639-1) before the source text (`marian_token`)
     chat models  the English name ("Bengali") in the translation prompt (`Language.name`)
 
-The table covers every FLORES-200 language of NLLB that has an ISO 639-1 code, and a few without one
-that multilingual safety sets use; a tag outside it is a ConfigError naming it (never a guess).
+The table covers every FLORES-200 language of NLLB that has an ISO 639-1 code, a few without one, and
+M2M100's three languages NLLB lacks (Breton, Western Frisian: no FLORES code; Fulah: NLLB's Nigerian
+Fulfulde); a tag outside it is a ConfigError naming it (never a guess).
 """
 
 from __future__ import annotations
@@ -34,17 +35,18 @@ class Language:
 
     code: str
     iso3: str
-    flores: str
+    flores: str | None  # None: not one of NLLB-200's languages
     name: str
     aliases: tuple[str, ...] = ()  # other ISO 639 codes that name it (NLLB's individual language, ...)
 
     @property
-    def script(self) -> str:
-        return self.flores.split("_", 1)[1]
+    def ident(self) -> str:
+        """One name per language (cache keys, comparisons): the FLORES-200 code, else the code."""
+        return self.flores or self.code
 
 
 # (code, iso3, flores, name, aliases)
-_TABLE: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
+_TABLE: tuple[tuple[str, str, str | None, str, tuple[str, ...]], ...] = (
     ("af", "afr", "afr_Latn", "Afrikaans", ()),
     ("ak", "aka", "aka_Latn", "Akan", ()),
     ("am", "amh", "amh_Ethi", "Amharic", ()),
@@ -57,6 +59,7 @@ _TABLE: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
     ("bg", "bul", "bul_Cyrl", "Bulgarian", ()),
     ("bm", "bam", "bam_Latn", "Bambara", ()),
     ("bn", "ben", "ben_Beng", "Bengali", ()),
+    ("br", "bre", None, "Breton", ()),
     ("bo", "bod", "bod_Tibt", "Tibetan", ("tib",)),
     ("bs", "bos", "bos_Latn", "Bosnian", ()),
     ("ca", "cat", "cat_Latn", "Catalan", ()),
@@ -73,10 +76,12 @@ _TABLE: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
     ("et", "est", "est_Latn", "Estonian", ("ekk",)),
     ("eu", "eus", "eus_Latn", "Basque", ("baq",)),
     ("fa", "fas", "pes_Arab", "Persian", ("pes", "per")),
+    ("ff", "ful", "fuv_Latn", "Fulah", ("fuv",)),
     ("fi", "fin", "fin_Latn", "Finnish", ()),
     ("fj", "fij", "fij_Latn", "Fijian", ()),
     ("fo", "fao", "fao_Latn", "Faroese", ()),
     ("fr", "fra", "fra_Latn", "French", ("fre",)),
+    ("fy", "fry", None, "Western Frisian", ()),
     ("ga", "gle", "gle_Latn", "Irish", ()),
     ("gd", "gla", "gla_Latn", "Scottish Gaelic", ()),
     ("gl", "glg", "glg_Latn", "Galician", ()),
@@ -197,9 +202,9 @@ _TRADITIONAL = {"hant", "tw", "hk", "mo"}
 
 _BY_TAG: dict[str, Language] = {}
 for _lang in LANGUAGES.values():
-    for _tag in (_lang.code, _lang.iso3, _lang.flores.split("_", 1)[0], *_lang.aliases):
+    for _tag in (_lang.code, _lang.iso3, *_lang.aliases):
         _BY_TAG.setdefault(_tag.lower(), _lang)
-_BY_FLORES = {lang.flores.lower(): lang for lang in (*LANGUAGES.values(), ZH_HANT)}
+_BY_FLORES = {lang.flores.lower(): lang for lang in (*LANGUAGES.values(), ZH_HANT) if lang.flores}
 _TAG = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
 
 
@@ -225,13 +230,16 @@ def resolve(tag: str) -> Language:
 def same_language(a: str, b: str) -> bool:
     """Whether two tags name the same language (`en`, `eng`, `en-US`, `eng_Latn` do)."""
     try:
-        return resolve(a).flores == resolve(b).flores
+        return resolve(a).ident == resolve(b).ident
     except ConfigError:
         return a.strip().lower() == b.strip().lower()
 
 
 def nllb_code(language: Language, vocabulary: Iterable[str] | None = None) -> str | None:
-    """NLLB-200's FLORES-200 code, or None when `vocabulary` (the tokenizer's) does not have it."""
+    """NLLB-200's FLORES-200 code, or None when the language has none or `vocabulary` (the
+    tokenizer's) does not have it."""
+    if language.flores is None:
+        return None
     if vocabulary is None or language.flores in set(vocabulary):
         return language.flores
     return None
@@ -262,7 +270,7 @@ def marian_token(language: Language, supported: Iterable[str]) -> str | None:
     """A multi-target Marian model's `>>xxx<<` token for the language (its 639-3 code, the FLORES code's
     language part, or 639-1), or None."""
     tokens = set(supported)
-    codes = (language.iso3, language.flores.split("_", 1)[0], language.code, *language.aliases)
+    codes = (language.iso3, language.code, *language.aliases)
     if language is ZH_HANT:
         codes = ("cmn_Hant", "zho_Hant", *codes)
     return next((f">>{c}<<" for c in codes if f">>{c}<<" in tokens), None)
@@ -275,5 +283,5 @@ def marian_covers(language: Language, side: str) -> bool:
     parts = re.split(r"[+_]", side)
     if any(p == "mul" or p.isupper() for p in parts):
         return True
-    names = {language.code, language.iso3, language.flores.split("_", 1)[0], *language.aliases}
+    names = {language.code, language.iso3, *language.aliases}
     return any(p.lower() in names for p in parts)

@@ -161,7 +161,10 @@ class Seq2SeqTranslator:
             src, tgt = nllb_code(source, self.vocabulary), nllb_code(target, self.vocabulary)
             for lang, code in ((source, src), (target, tgt)):
                 if code is None:
-                    raise ConfigError(f"{what} has no language token {lang.flores} ({lang.name})")
+                    raise ConfigError(
+                        f"{what} has no language token {lang.flores or '(none: not an NLLB language)'} "
+                        f"({lang.name})"
+                    )
             return src, tgt, ""
         if self.family == "m2m100":
             src, tgt = m2m100_code(source, self.vocabulary), m2m100_code(target, self.vocabulary)
