@@ -65,7 +65,7 @@ def load_tokenizer(model_id: str, revision: str | None, trust_remote_code: bool)
     except ImportError as err:
         raise ConfigError(
             f"cannot load the tokenizer of {model_id!r}: {err} (M2M100 and Marian tokenizers need "
-            "`pip install sentencepiece`, Marian also sacremoses)"
+            "`pip install 'safetune[translate]'`: sentencepiece, sacremoses)"
         ) from None
     except (OSError, ValueError, TypeError) as err:
         raise ConfigError(f"cannot load the tokenizer of {model_id!r}: {err}") from None
