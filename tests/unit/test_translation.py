@@ -111,6 +111,7 @@ def test_madlad_and_marian_tokens():
     assert marian_covers(resolve("zh"), "zh") and marian_covers(resolve("bn"), "mul")
     assert marian_covers(resolve("fr"), "ROMANCE") and not marian_covers(resolve("bn"), "zh")
     assert marian_covers(resolve("en"), "eng")
+    assert marian_covers(resolve("ru"), "zle") and not marian_covers(resolve("ru"), "de+fr")
 
 
 @pytest.mark.parametrize("tag", ["qq", "english", "", "b"])
@@ -329,3 +330,15 @@ def test_results_keep_the_translated_and_original_verdicts():
         Results.from_dict(
             {**data, "benchmarks": {"multijail": {**bench, "secondary": {"n": 1, "value": "x"}}}}
         )
+
+
+def test_list_shows_the_translator_kinds():
+    from typer.testing import CliRunner
+
+    from safetune.cli import app
+
+    result = CliRunner().invoke(app, ["list"])
+    assert result.exit_code == 0
+    shown = result.output.split("translators", 1)[1]
+    for kind in TRANSLATORS.values():
+        assert kind.name in shown and kind.example in shown

@@ -277,11 +277,10 @@ def marian_token(language: Language, supported: Iterable[str]) -> str | None:
 
 
 def marian_covers(language: Language, side: str) -> bool:
-    """Whether one side of an opus-mt name (`zh`, `zho`, `mul`, `ROMANCE`, `en+fr`) includes a language:
-    `mul` and upper-case group names cover any language (the model card lists them; checked by its
-    `>>xxx<<` tokens where it has them)."""
-    parts = re.split(r"[+_]", side)
-    if any(p == "mul" or p.isupper() for p in parts):
-        return True
+    """Whether one side of an opus-mt name (`zh`, `zho`, `mul`, `ROMANCE`, `zle`, `en+fr`) includes a
+    language. A part that names no language of the table is a group (`mul`, `ROMANCE`, the ISO 639-5
+    `zle`, `sla`, ...) and is taken to cover it: only a side made of single languages is checked (a
+    multi-target model's `>>xxx<<` tokens are checked apart)."""
+    parts = [p for p in re.split(r"[+_]", side) if p]
     names = {language.code, language.iso3, *language.aliases}
-    return any(p.lower() in names for p in parts)
+    return any(p.lower() in names or p.isupper() or p.lower() not in _BY_TAG for p in parts)
