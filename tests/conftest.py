@@ -58,3 +58,12 @@ def tiny_llama3(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_gemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Gemma-2-like model folder (no system role, <end_of_turn> ends turns)."""
     return _build(tmp_path_factory, "gemma")
+
+
+@pytest.fixture(scope="session")
+def tiny_nllb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny NLLB-200-like translation model folder (M2M100 architecture, NllbTokenizer with the 202
+    FLORES-200 language tokens; random weights)."""
+    from safetune.models.tiny import build_tiny_translation_model
+
+    return build_tiny_translation_model(tmp_path_factory.mktemp("tiny_nllb"), _tiny_corpus())

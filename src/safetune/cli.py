@@ -276,6 +276,27 @@ def eval_(
     out: Annotated[
         str | None, typer.Option("--out", "-o", help="Evaluation folder (eval.output_dir).")
     ] = None,
+    translate_to: Annotated[
+        str | None,
+        typer.Option(
+            help="Translate answers to prompts tagged with another language into this one (e.g. en) "
+            "before judging, as MultiJail does (eval.translate_to)."
+        ),
+    ] = None,
+    translator: Annotated[
+        str | None,
+        typer.Option(
+            help="[KIND:]MODEL that translates: an NLLB-200, M2M100, MADLAD-400 or Marian model, any "
+            "seq2seq model, or chat:MODEL for a chat model (kind auto-detected; see: safetune list)."
+        ),
+    ] = None,
+    judge_on: Annotated[
+        str | None,
+        typer.Option(
+            help="translated (default with --translate-to) | original | both: which answers the judge "
+            "reads; with both, the translated verdicts decide and the original ones are recorded beside."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Discard this folder's previous evaluation files.")] = False,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
@@ -301,7 +322,14 @@ def eval_(
         "eval.limit": limit,
         "generation.batch_size": batch_size,
         "eval.output_dir": out,
+        "eval.translate_to": translate_to,
+        "eval.judge_on": judge_on,
     }
+    if translator is not None:
+        from safetune.translation.registry import parse_translator
+
+        kind, translation_model = parse_translator(translator)
+        shortcuts.update({"translate.model": translation_model, "translate.kind": kind})
     cfg = load_config(config, _overrides(ctx, shortcuts))
     results_path = evaluate(cfg, overwrite=overwrite)
     if is_main_process():  # the other ranks of a launch generated their share; the main one scored
@@ -594,6 +622,7 @@ def list_registered(verbose: VerboseOpt = False, quiet: QuietOpt = False) -> Non
     from safetune.evaluation.backends import BACKENDS
     from safetune.evaluation.benchmarks import BENCHMARKS
     from safetune.evaluation.judges.registry import JUDGES
+    from safetune.translation.registry import TRANSLATORS
 
     print("methods:")
     for spec in METHODS.values():
@@ -614,6 +643,9 @@ def list_registered(verbose: VerboseOpt = False, quiet: QuietOpt = False) -> Non
     print("generation backends:")
     for backend in BACKENDS.values():
         print(f"  {backend.name:6s} {backend.description}")
+    print("translators (--translator [KIND:]MODEL; auto-detected from the model's files):")
+    for kind in TRANSLATORS.values():
+        print(f"  {kind.name:8s} {kind.summary} (e.g. {kind.example})")
 
 
 def _demo_names() -> str:

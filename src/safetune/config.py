@@ -368,6 +368,46 @@ class JudgeConfig(Section):
     timeout_s: float = number(60.0, gt=0)  # llm: per request
 
 
+# The placeholders of `translate.prompt`.
+TRANSLATE_PROMPT_FIELDS = ("source", "target", "text")
+
+
+@dataclass
+class TranslateConfig(Section):
+    """The translator (safetune/translation/): `eval.translate_to` translates answers with it before
+    judging; the pair builder translates prompts and answers with it. docs/evaluation.md has the kinds."""
+
+    model: str | None = None  # hub id or folder: a seq2seq translation model or a chat model
+    kind: str = "auto"  # auto (from the model's files) | nllb | m2m100 | madlad | marian | seq2seq | chat
+    revision: str | None = None
+    batch_size: int = number(16, ge=1)  # texts per cached batch, and pieces per generate call
+    max_input_tokens: int = number(200, ge=8, le=4096)  # longer pieces are cut (translation/segments.py)
+    max_new_tokens: int = number(256, ge=1, le=4096)  # per piece
+    num_beams: int | None = number(None, ge=1, le=16)  # None: 4 for seq2seq models, 1 (greedy) for chat
+    split: Literal["sentence", "line"] = "sentence"  # the unit translated at once
+    # seq2seq: the text given to the model ("{text}"; a T5-style prefix: "translate {source} to {target}:
+    # {text}"); chat: the user turn. None: the kind's own ("{text}", or safetune's translation request).
+    prompt: str | None = None
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str | None = None  # default: this process's accelerator, else the CPU
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prompt is None:
+            return
+        try:
+            names = [n for _, n, _, _ in string.Formatter().parse(self.prompt) if n is not None]
+        except ValueError as err:
+            raise ConfigError(f"translate.prompt: not a format string ({err})") from None
+        unknown = [n for n in names if n not in TRANSLATE_PROMPT_FIELDS]
+        if unknown:
+            known = ", ".join("{" + n + "}" for n in TRANSLATE_PROMPT_FIELDS)
+            raise ConfigError(f"translate.prompt: unknown placeholder {{{unknown[0]}}} (known: {known})")
+        if "text" not in names:
+            raise ConfigError("translate.prompt must contain {text} (where the text to translate goes)")
+
+
 @dataclass
 class EvalConfig(Section):
     """What `safetune eval` evaluates. A benchmark entry is `name` (its default source) or
@@ -386,12 +426,32 @@ class EvalConfig(Section):
     # bootstrap resamples for the 95% confidence intervals; fewer than 10 give an interval of a few points
     bootstrap: int = number(1000, ge=10)
     seed: int = number(0, ge=0, le=MAX_SEED)  # bootstrap seed
+    # Translate-then-judge (MultiJail's protocol): answers to prompts tagged with another language are
+    # translated into this one (with the `translate` section's model) before judging. None: judge as is.
+    translate_to: str | None = None
+    # Which verdict decides the rates: "translated" (MultiJail), "original", or "both" (the translated
+    # decides, the original is recorded beside it). None: "translated" when translate_to is set.
+    judge_on: Literal["translated", "original", "both"] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.translate_to is not None and not self.translate_to.strip():
+            raise ConfigError("eval.translate_to: empty (a language tag such as en, or leave it unset)")
+        if self.judge_on in ("translated", "both") and self.translate_to is None:
+            raise ConfigError(f"eval.judge_on={self.judge_on} needs eval.translate_to (e.g. en)")
+
+    @property
+    def resolved_judge_on(self) -> str:
+        """original, translated or both: what the rates are judged on."""
+        if self.judge_on is not None:
+            return self.judge_on
+        return "original" if self.translate_to is None else "translated"
 
 
 @dataclass
 class RunConfig:
     """model + data + chat + selection + method + train (select/train; model also reward-gap) and
-    generation + judge + eval (eval), and the top-level keys every stage shares."""
+    generation + judge + eval (eval), translate (eval's translate-then-judge, the pair builder), and the top-level keys every stage shares."""
 
     # Every cache (RDS scores, the MPO reference, weight digests): storage.cache_root. None: $SAFETUNE_CACHE
     # or ~/.cache/safetune. Not part of a run's identity: where a cache lives does not change its values.
@@ -405,6 +465,7 @@ class RunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    translate: TranslateConfig = field(default_factory=TranslateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -484,6 +545,7 @@ SECTIONS: dict[str, type] = {
     "generation": GenerationConfig,
     "judge": JudgeConfig,
     "eval": EvalConfig,
+    "translate": TranslateConfig,
 }
 # RunConfig's keys outside the sections (YAML `cache_dir: DIR`, override `--cache_dir=DIR`).
 TOP_LEVEL_KEYS = ("cache_dir",)

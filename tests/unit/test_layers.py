@@ -28,6 +28,7 @@ LAYERS: tuple[dict[str, tuple[str, ...]], ...] = (
     {"launch": ("safetune.launch",)},
     {"data": ("safetune.data",)},
     {"models": ("safetune.models",)},
+    {"translation": ("safetune.translation",)},
     {"methods": ("safetune.methods",)},
     {"frozen-reference passes": ("safetune.reference",)},
     {"selection": ("safetune.selection", "safetune.selection_variants"), "organism": ("safetune.organism",)},

@@ -17,7 +17,13 @@ results.json (schema_version 1)::
         "backend": "hf", "generation": {...GenerationConfig...},
         "judge": {"name": "keyword", "version": "kw-1", "key": "..."} | null,
         "eval": {...EvalConfig...}, "config_hash": "...", "seed": 42,
-        "counts": {"requests": 22, "generated_now": 0, "judged_now": 17}
+        "counts": {"requests": 22, "generated_now": 0, "judged_now": 17},
+        "translation": {"to": "en", "judge_on": "translated" | "both",
+                        "translator": {"kind": "nllb", "version": "tr-1", "model": "...", "revision": ...,
+                                       "fingerprint": "...", "settings": {...}, "key": "..."},
+                        "answers_translated": 40, "by_language": {"bn": 20, "sw": 20},
+                        "texts_translated_now": 80, "pieces_cut": 0}
+                                             (only with eval.translate_to)
       },
       "benchmarks": {
         "<name>": {
@@ -29,8 +35,13 @@ results.json (schema_version 1)::
           "value": 98.46 | null, "asr": 1.54 | null, "ci95": [97.3, 99.4] | null,
           "n_partial": 3                     (only when the judge found partial refusals),
           "note": "..."                      (only when there is something to say),
+          "judged_on": "translated",         (only with eval.translate_to: the verdicts these numbers
+                                              come from; judged benchmarks only)
+          "n_translated": 40,                (only with eval.translate_to: answers translated before judging)
           "by_role": {"<role>": {GROUP}},    ({} when no item carries a role)
-          "by_language": {"<lang>": {GROUP}} ({} when no item carries a language)
+          "by_language": {"<lang>": {GROUP}} ({} when no item carries a language),
+          "secondary": {"judged_on": "original", GROUP, "by_language": {...}}
+                                             (only with eval.judge_on=both: the other verdicts' numbers)
         }
       },
       "summary": {
@@ -136,6 +147,21 @@ class GroupResult:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SecondaryResult(GroupResult):
+    """A benchmark's numbers under the verdicts that did not decide it (eval.judge_on=both)."""
+
+    judged_on: str | None = None
+    by_language: Mapping[str, GroupResult] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "judged_on": self.judged_on,
+            **self._numbers(),
+            "by_language": {lang: g.to_dict() for lang, g in self.by_language.items()},
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
 class BenchmarkResult(GroupResult):
     """One benchmark: what it is (name ... source), its numbers, and the same per role and language."""
 
@@ -147,9 +173,12 @@ class BenchmarkResult(GroupResult):
     source: str | None = None
     by_role: Mapping[str, GroupResult] = field(default_factory=dict)
     by_language: Mapping[str, GroupResult] = field(default_factory=dict)
+    judged_on: str | None = None  # translate-then-judge: "translated" or "original"
+    n_translated: int | None = None  # translate-then-judge: answers translated before judging
+    secondary: SecondaryResult | None = None  # eval.judge_on=both: the other verdicts' numbers
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "name": self.name,
             "version": self.version,
             "kind": self.kind,
@@ -157,9 +186,17 @@ class BenchmarkResult(GroupResult):
             "group": self.group,
             "source": self.source,
             **self._numbers(),
-            "by_role": {role: g.to_dict() for role, g in self.by_role.items()},
-            "by_language": {lang: g.to_dict() for lang, g in self.by_language.items()},
         }
+        # Written only when set, so a file without translation re-serialises to the same bytes.
+        if self.judged_on is not None:
+            data["judged_on"] = self.judged_on
+        if self.n_translated is not None:
+            data["n_translated"] = self.n_translated
+        data["by_role"] = {role: g.to_dict() for role, g in self.by_role.items()}
+        data["by_language"] = {lang: g.to_dict() for lang, g in self.by_language.items()}
+        if self.secondary is not None:
+            data["secondary"] = self.secondary.to_dict()
+        return data
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -232,6 +269,7 @@ class Provenance:
     config_hash: str | None = None
     seed: int | None = None
     counts: Mapping[str, Any] | None = None
+    translation: Mapping[str, Any] | None = None  # eval.translate_to: the translator and its counts
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -255,6 +293,7 @@ class Provenance:
             "config_hash": self.config_hash,
             "seed": self.seed,
             "counts": None if self.counts is None else dict(self.counts),
+            **({} if self.translation is None else {"translation": dict(self.translation)}),
             **self.extra,
         }
 
@@ -409,6 +448,19 @@ class _Parser:
             }
             for grouping in ("by_role", "by_language")
         )
+        secondary = data.get("secondary")
+        if secondary is not None:
+            other = self.group(f"{field}.secondary", secondary)
+            secondary = SecondaryResult(
+                **{f.name: getattr(other, f.name) for f in fields(GroupResult)},
+                judged_on=self.text(f"{field}.secondary.judged_on", secondary.get("judged_on")),
+                by_language={
+                    key: self.group(f"{field}.secondary.by_language.{key}", value)
+                    for key, value in self.obj(
+                        f"{field}.secondary.by_language", secondary.get("by_language") or {}
+                    ).items()
+                },
+            )
         return BenchmarkResult(
             **{f.name: getattr(numbers, f.name) for f in fields(GroupResult)},
             metric=METRICS[metric],
@@ -419,6 +471,9 @@ class _Parser:
             source=source,
             by_role=by_role,
             by_language=by_language,
+            judged_on=self.text(f"{field}.judged_on", data.get("judged_on")),
+            n_translated=self.count(f"{field}.n_translated", data.get("n_translated")),
+            secondary=secondary,
         )
 
     def summary(self, data: dict[str, Any]) -> Summary:
@@ -450,7 +505,7 @@ class _Parser:
                 self.fail(f"provenance.{key}", "expected an object or null")
         texts = ("safetune_version", "git_commit", "created", "backend", "config_hash")
         values: dict[str, Any] = {key: self.text(f"provenance.{key}", data.get(key)) for key in texts}
-        for key in ("generation", "eval", "counts"):
+        for key in ("generation", "eval", "counts", "translation"):
             value = data.get(key)
             values[key] = (
                 None if value is None else self.obj(f"provenance.{key}", value, "expected an object or null")
@@ -465,7 +520,7 @@ class _Parser:
                     for key in ("name", "version", "key")
                 }
             )
-        known = {*texts, "generation", "eval", "counts", "seed", "model", "judge"}
+        known = {*texts, "generation", "eval", "counts", "translation", "seed", "model", "judge"}
         values["extra"] = {key: value for key, value in data.items() if key not in known}
         return Provenance(**values)
 

@@ -46,7 +46,14 @@ from safetune.storage import (
 
 log = logging.getLogger(__name__)
 
-STAGE_FILES = ("eval.json", "requests.jsonl", "completions.jsonl", "judgements.jsonl", "results.json")
+STAGE_FILES = (
+    "eval.json",
+    "requests.jsonl",
+    "completions.jsonl",
+    "translations.jsonl",  # eval.translate_to (evaluation/translated.py)
+    "judgements.jsonl",
+    "results.json",
+)
 COMPLETION_SHARDS = "completions.rank-*.jsonl"  # one per rank of a multi-process launch, until merged
 JUDGED_KINDS = ("harmful", "overrefusal")
 # Settings that do not change what is generated: a resumed run may change them freely.
@@ -403,6 +410,10 @@ def _evaluate(
             "run this eval without torchrun / accelerate launch"
         )
     judge = build_judge(config.judge) if _judge_needed(tasks) else None
+    # Translate-then-judge (eval.translate_to): the translator and its language pairs checked now too.
+    from safetune.evaluation.translated import plan_translation
+
+    translation = plan_translation(config, tasks) if judge else None
     source = resolve_model(config.eval.model, None)
     key = generation_key(source, config)
     check_output(out, key, overwrite)
@@ -426,13 +437,22 @@ def _evaluate(
     if is_multi_process():
         completions = completions_on_disk(tasks, out)
         generated = len(completions) - len(done)
-    verdicts, judged = judge_missing(tasks, completions, out, judge, hook) if judge else ({}, 0)
+    other: dict[str, dict[str, Any]] | None = None
+    if translation is not None and judge is not None:
+        verdicts, other, judged, translated_now = translation.judge(tasks, completions, out, judge, hook)
+    else:
+        verdicts, judged = judge_missing(tasks, completions, out, judge, hook) if judge else ({}, 0)
 
     benchmarks = score_benchmarks(tasks, completions, verdicts, config)
     counts = {"requests": len(tasks), "generated_now": generated, "judged_now": judged}
+    provenance = _provenance(config, source, judge, counts)
+    if translation is not None:
+        secondary = None if other is None else score_benchmarks(tasks, completions, other, config)
+        translation.annotate(benchmarks, secondary)
+        provenance["translation"] = translation.record(translated_now)
     results = {
         "schema_version": SCHEMA_VERSION,
-        "provenance": _provenance(config, source, judge, counts),
+        "provenance": provenance,
         "benchmarks": benchmarks,
         "summary": summarise(benchmarks),
     }

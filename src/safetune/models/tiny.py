@@ -417,6 +417,56 @@ def build_tiny_classifier(
     return out
 
 
+def build_tiny_translation_model(
+    out_dir: str | Path,
+    texts: Iterable[str] | None = None,
+    *,
+    vocab_size: int = 300,
+    hidden_size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """A random-init tiny NLLB-200 (the M2M100 architecture) with a real NllbTokenizer: a Metaspace
+    BPE trained on `texts` plus NLLB's 202 FLORES-200 language tokens, so the tokenizer's `src_lang`
+    and the forced first target token work as on facebook/nllb-200-*. Translation tests and demos."""
+    import json
+
+    from transformers import M2M100Config, M2M100ForConditionalGeneration, NllbTokenizer
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]  # NLLB's ids 0-3
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    backend.train_from_iterator(default_corpus() if texts is None else list(texts), trainer)
+    learned = json.loads(backend.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
+    # The BPE model takes merges as pairs, whatever NllbTokenizer's annotation says.
+    tokenizer = NllbTokenizer(vocab=learned["vocab"], merges=merges)  # type: ignore[arg-type]
+    config = M2M100Config(
+        vocab_size=len(tokenizer),
+        d_model=hidden_size,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=hidden_size * 2,
+        decoder_ffn_dim=hidden_size * 2,
+        max_position_embeddings=512,
+        bos_token_id=0,
+        pad_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=2,  # NLLB's decoder starts from </s>, then the forced language token
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = M2M100ForConditionalGeneration(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    _weights_follow_umask(out)
+    return out
+
+
 def _weights_follow_umask(out: Path) -> None:
     """safetensors writes 0600 files; the weights get the mode every other output gets."""
     from safetune.storage import follow_umask
