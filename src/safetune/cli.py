@@ -618,6 +618,7 @@ def list_registered(verbose: VerboseOpt = False, quiet: QuietOpt = False) -> Non
     _setup_console(verbose, quiet)
     from safetune.evaluation.backends import BACKENDS
     from safetune.evaluation.benchmarks import BENCHMARKS
+    from safetune.evaluation.fidelity import FIDELITY_JUDGES, RUBRIC_VERSION
     from safetune.evaluation.judges.registry import JUDGES
 
     print("methods:")
@@ -636,6 +637,9 @@ def list_registered(verbose: VerboseOpt = False, quiet: QuietOpt = False) -> Non
         # --judge-preset values: the model each preset is for and the languages it covers
         for preset, summary in judge.presets.items():
             print(f"    preset {preset:24s} {summary}")
+    print(f"persona-fidelity judges (--fidelity; rubric {RUBRIC_VERSION}, 1-5, role-play answers):")
+    for name, what in FIDELITY_JUDGES.items():
+        print(f"  {name:10s} {what}")
     print("generation backends:")
     for backend in BACKENDS.values():
         print(f"  {backend.name:6s} {backend.description}")

@@ -260,6 +260,18 @@ def test_config_section_and_checks() -> None:
         check_plan(FidelityConfig(harmful=True), "role", ["harmful"])
 
 
+def test_list_and_eval_help_name_the_fidelity_judges() -> None:
+    from typer.testing import CliRunner
+
+    from safetune.cli import app
+
+    listed = CliRunner().invoke(app, ["list"]).output
+    assert f"persona-fidelity judges (--fidelity; rubric {fidelity.RUBRIC_VERSION}" in listed
+    assert all(f"  {name} " in listed for name in fidelity.FIDELITY_JUDGES)
+    shown = " ".join(CliRunner().invoke(app, ["eval", "--help"], terminal_width=200).output.split())
+    assert "--fidelity " in shown and "--fidelity-model" in shown and "stay in character" in shown
+
+
 def test_build_checks_key_variable_and_local_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FIDELITY_TEST_KEY", raising=False)
     with pytest.raises(ConfigError, match=r"\$FIDELITY_TEST_KEY.*fidelity\.api_key_env"):

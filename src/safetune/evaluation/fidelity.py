@@ -52,6 +52,11 @@ IN_CHARACTER_MIN = 4  # the rubric's 4 and 5 are "in character"; 1-3 are not
 DEFAULT_API_MODEL = "gpt-4o-mini"
 EMPTY_RAW = "empty response"
 NO_PROFILE = "(no profile given: judge from the character's name and how the character is commonly portrayed)"
+# `fidelity.judge` values that name a judge, for `safetune list`.
+FIDELITY_JUDGES = {
+    "llm": "OpenAI-compatible chat endpoint (--fidelity.url, --fidelity-model; default gpt-4o-mini)",
+    "local": "Hugging Face chat model (--fidelity-model: hub id or folder), greedy",
+}
 # Benchmark kinds scored always, and those scored with fidelity.harmful.
 ROLEPLAY_KINDS = ("roleplay",)
 HARMFUL_KINDS = ("harmful",)
