@@ -149,4 +149,6 @@ def test_fidelity_scores_per_role_then_a_rerun_scores_nothing(tiny_chatml, tmp_p
     assert report.exit_code == 0, report.output
     text = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "| Grim Vex | ROUGE-L " in text and "| 3.50 |" in text and "| 2/2 |" in text
-    assert "| Grim Vex | refusal % " in text and "| 1/2 |" in text
+    refusal = load(out).benchmarks["advbench"].value
+    assert refusal is not None  # the harmful set's rows are the one role's: its refusal rate beside
+    assert f"| Grim Vex | refusal % {refusal:.2f} | 4.00 |" in text and "| 1/2 |" in text

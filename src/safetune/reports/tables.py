@@ -226,7 +226,14 @@ def fidelity_rows(runs: Sequence[Run]) -> list[list[str]]:
             if bench.fidelity is None:
                 continue
             groups: list[tuple[str, GroupResult | None, FidelityGroup]] = [("all", bench, bench.fidelity)]
-            groups += [(role, bench.by_role.get(role), f) for role, f in bench.fidelity.by_role.items()]
+            roles = bench.fidelity.by_role
+            for role, f in roles.items():
+                own = bench.by_role.get(role)
+                # Harmful prompts played in the one role of eval.roles carry no role of their own: the
+                # benchmark's value is that role's.
+                if own is None and len(roles) == 1 and f.n == bench.n:
+                    own = bench
+                groups.append((role, own, f))
             for role, own, fidelity in groups:
                 ci = ci_of_fidelity(fidelity)
                 rows.append(
