@@ -1,7 +1,7 @@
 """The `safetune` command line.
 
 Every command that takes a config accepts `--config FILE.yaml` and any number of `--section.key=value`
-overrides (sections: data, chat, selection, method, train, generation, judge, eval; the top-level key:
+overrides (sections: data, chat, selection, method, train, generation, judge, eval, fidelity; the top-level key:
 `--cache_dir=DIR`); the named flags are shortcuts for the most used overrides. Bad input exits with
 code 2 and one line naming the file, record and field. Every command takes -v/--verbose and -q/--quiet
 (safetune/console.py); results go to stdout, progress and logs to stderr.
@@ -266,6 +266,20 @@ def eval_(
         str | None,
         typer.Option(help="Judge preset, e.g. longformer-action, qwen3guard (see: safetune list)."),
     ] = None,
+    fidelity: Annotated[
+        str | None,
+        typer.Option(
+            help="Persona-fidelity judge scoring whether role-play answers stay in character (1-5, beside "
+            "ROUGE-L): none (default) | llm (OpenAI-compatible endpoint, --fidelity.url) | local (HF chat "
+            "model). Add --fidelity.harmful=true to score refusals in character (needs --system role)."
+        ),
+    ] = None,
+    fidelity_model: Annotated[
+        str | None,
+        typer.Option(
+            help="Fidelity judge model: the endpoint's model name (llm) or a hub id / folder (local)."
+        ),
+    ] = None,
     backend: Annotated[str | None, typer.Option(help="Generation backend: hf | vllm | mock")] = None,
     system: Annotated[
         str | None, typer.Option(help='System prompt for every request; "role" = each role\'s role prompt.')
@@ -316,6 +330,8 @@ def eval_(
         "judge.name": judge,
         "judge.model": judge_model,
         "judge.preset": judge_preset,
+        "fidelity.judge": fidelity,
+        "fidelity.model": fidelity_model,
         "generation.backend": backend,
         "generation.system": system,
         "eval.profiles": profiles,
@@ -356,6 +372,15 @@ def _print_summary(results_path: Path) -> None:
     summary = results.summary.numbers()
     if summary:
         stdout_console().print(", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
+    # The persona-fidelity judge's mean score (1-5) beside the table, when it ran.
+    fidelity = [
+        f"{name} {'–' if b.fidelity.value is None else f'{b.fidelity.value:.2f}'} "
+        f"({b.fidelity.n_valid or 0}/{b.fidelity.n} scored)"
+        for name, b in results.benchmarks.items()
+        if b.fidelity is not None
+    ]
+    if fidelity:
+        stdout_console().print("persona fidelity (1-5): " + ", ".join(fidelity))
 
 
 @app.command("judge", context_settings=EXTRA)
@@ -621,6 +646,7 @@ def list_registered(verbose: VerboseOpt = False, quiet: QuietOpt = False) -> Non
     _setup_console(verbose, quiet)
     from safetune.evaluation.backends import BACKENDS
     from safetune.evaluation.benchmarks import BENCHMARKS
+    from safetune.evaluation.fidelity import FIDELITY_JUDGES, RUBRIC_VERSION
     from safetune.evaluation.judges.registry import JUDGES
     from safetune.translation.registry import TRANSLATORS
 
@@ -640,6 +666,9 @@ def list_registered(verbose: VerboseOpt = False, quiet: QuietOpt = False) -> Non
         # --judge-preset values: the model each preset is for and the languages it covers
         for preset, summary in judge.presets.items():
             print(f"    preset {preset:24s} {summary}")
+    print(f"persona-fidelity judges (--fidelity; rubric {RUBRIC_VERSION}, 1-5, role-play answers):")
+    for name, what in FIDELITY_JUDGES.items():
+        print(f"  {name:10s} {what}")
     print("generation backends:")
     for backend in BACKENDS.values():
         print(f"  {backend.name:6s} {backend.description}")

@@ -449,9 +449,29 @@ class EvalConfig(Section):
 
 
 @dataclass
+class FidelityConfig(Section):
+    """The persona-fidelity judge (evaluation/fidelity.py): how well each role-play answer stays in
+    character, scored 1-5 by a rubric prompt, beside RoleBench's ROUGE-L. Off by default."""
+
+    judge: Literal["none", "llm", "local"] = "none"  # llm: OpenAI-compatible endpoint; local: HF chat model
+    model: str | None = None  # llm: model name sent (None: gpt-4o-mini); local: hub id or folder (required)
+    # Also score the harmful benchmarks' answers (refusing in character); needs generation.system=role.
+    harmful: bool = False
+    batch_size: int = number(16, ge=1)
+    max_new_tokens: int = number(64, ge=1)  # local: the judge's reasons and score line
+    device: str | None = None  # local; default: this process's accelerator, else the CPU
+    url: str = "https://api.openai.com/v1"  # llm: OpenAI-compatible base URL
+    api_key_env: str = "OPENAI_API_KEY"  # llm: the key is read from this environment variable only
+    max_workers: int = number(8, ge=1)  # llm: concurrent requests
+    max_retries: int = number(3, ge=0)  # llm: retries per request on HTTP/network errors
+    timeout_s: float = number(60.0, gt=0)  # llm: per request
+
+
+@dataclass
 class RunConfig:
     """model + data + chat + selection + method + train (select/train; model also reward-gap) and
-    generation + judge + eval (eval), translate (eval's translate-then-judge, the pair builder), and the top-level keys every stage shares."""
+    generation + judge + eval + fidelity (eval), translate (eval's translate-then-judge, the pair
+    builder), and the top-level keys every stage shares."""
 
     # Every cache (RDS scores, the MPO reference, weight digests): storage.cache_root. None: $SAFETUNE_CACHE
     # or ~/.cache/safetune. Not part of a run's identity: where a cache lives does not change its values.
@@ -466,6 +486,7 @@ class RunConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     translate: TranslateConfig = field(default_factory=TranslateConfig)
+    fidelity: FidelityConfig = field(default_factory=FidelityConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -546,6 +567,7 @@ SECTIONS: dict[str, type] = {
     "judge": JudgeConfig,
     "eval": EvalConfig,
     "translate": TranslateConfig,
+    "fidelity": FidelityConfig,
 }
 # RunConfig's keys outside the sections (YAML `cache_dir: DIR`, override `--cache_dir=DIR`).
 TOP_LEVEL_KEYS = ("cache_dir",)

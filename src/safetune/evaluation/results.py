@@ -24,6 +24,9 @@ results.json (schema_version 1)::
                         "answers_translated": 40, "by_language": {"bn": 20, "sw": 20},
                         "texts_translated_now": 80, "pieces_cut": 0}
                                              (only with eval.translate_to)
+        "fidelity": {"judge": "llm" | "local", "model": "..." | null, "key": "...",
+                     "rubric": "persona-fidelity-1-<hash>", "harmful": false}
+                                             (only when the persona-fidelity judge ran)
       },
       "benchmarks": {
         "<name>": {
@@ -42,6 +45,8 @@ results.json (schema_version 1)::
           "by_language": {"<lang>": {GROUP}} ({} when no item carries a language),
           "secondary": {"judged_on": "original", GROUP, "by_language": {...}}
                                              (only with eval.judge_on=both: the other verdicts' numbers)
+          "fidelity": {FIDELITY, "by_role": {"<role>": {FIDELITY}}}
+                                             (only when the persona-fidelity judge scored it)
         }
       },
       "summary": {
@@ -55,6 +60,11 @@ results.json (schema_version 1)::
 where GROUP is {"n", "n_valid", "n_invalid", "n_uncovered", "value", "asr", "ci95"} (+ "n_partial",
 "note"), computed
 like the benchmark over the items of that role / language (items without one are in no group).
+
+FIDELITY is {"n", "n_valid", "n_invalid", "value", "ci95", "in_character"} (evaluation/fidelity.py):
+the persona-fidelity judge's scores of the benchmark's answers (or of one role's): `value` the mean
+score on its 1-5 scale (not a percentage) with the bootstrap 95% interval of that mean, `in_character`
+the % of valid scores >= 4, `n_invalid` the replies it could not read (left out of both).
 
 What a reader may rely on is what `from_dict` checks: every benchmark and group has an integer `n` and a
 `value` key, a benchmark a known `metric`; every other field may be missing (read as null). Provenance
@@ -162,6 +172,39 @@ class SecondaryResult(GroupResult):
 
 
 @dataclass(frozen=True, kw_only=True)
+class FidelityGroup:
+    """The persona-fidelity scores of a benchmark's answers, or of one role's: mean score on the 1-5
+    scale (`value`, with its 95% interval) and the % of valid scores >= 4 (`in_character`)."""
+
+    n: int
+    n_valid: int | None = None
+    n_invalid: int | None = None  # replies the judge gave no readable score in
+    value: float | None = None
+    ci95: tuple[float, float] | None = None
+    in_character: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "n_valid": self.n_valid,
+            "n_invalid": self.n_invalid,
+            "value": self.value,
+            "ci95": None if self.ci95 is None else list(self.ci95),
+            "in_character": self.in_character,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class FidelityResult(FidelityGroup):
+    """A benchmark's persona-fidelity block: its scores, and the same per role."""
+
+    by_role: Mapping[str, FidelityGroup] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "by_role": {role: g.to_dict() for role, g in self.by_role.items()}}
+
+
+@dataclass(frozen=True, kw_only=True)
 class BenchmarkResult(GroupResult):
     """One benchmark: what it is (name ... source), its numbers, and the same per role and language."""
 
@@ -176,6 +219,7 @@ class BenchmarkResult(GroupResult):
     judged_on: str | None = None  # translate-then-judge: "translated" or "original"
     n_translated: int | None = None  # translate-then-judge: answers translated before judging
     secondary: SecondaryResult | None = None  # eval.judge_on=both: the other verdicts' numbers
+    fidelity: FidelityResult | None = None  # only when the persona-fidelity judge scored it
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -196,6 +240,8 @@ class BenchmarkResult(GroupResult):
         data["by_language"] = {lang: g.to_dict() for lang, g in self.by_language.items()}
         if self.secondary is not None:
             data["secondary"] = self.secondary.to_dict()
+        if self.fidelity is not None:
+            data["fidelity"] = self.fidelity.to_dict()
         return data
 
 
@@ -254,6 +300,26 @@ class JudgeRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FidelityRecord:
+    """The persona-fidelity judge behind the benchmarks' `fidelity` blocks (evaluation/fidelity.py)."""
+
+    judge: str | None = None  # "llm" | "local"
+    model: str | None = None
+    key: str | None = None  # identifies rubric, judge model and settings
+    rubric: str | None = None
+    harmful: bool | None = None  # whether the harmful benchmarks were scored too
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "judge": self.judge,
+            "model": self.model,
+            "key": self.key,
+            "rubric": self.rubric,
+            "harmful": self.harmful,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
 class Provenance:
     """Where the numbers came from. `generation` and `eval` are the run's config sections as written
     (their layout belongs to safetune.config); `extra` keeps keys this module does not know."""
@@ -270,6 +336,7 @@ class Provenance:
     seed: int | None = None
     counts: Mapping[str, Any] | None = None
     translation: Mapping[str, Any] | None = None  # eval.translate_to: the translator and its counts
+    fidelity: FidelityRecord | None = None  # only when the persona-fidelity judge ran
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -294,6 +361,7 @@ class Provenance:
             "seed": self.seed,
             "counts": None if self.counts is None else dict(self.counts),
             **({} if self.translation is None else {"translation": dict(self.translation)}),
+            **({} if self.fidelity is None else {"fidelity": self.fidelity.to_dict()}),
             **self.extra,
         }
 
@@ -461,6 +529,8 @@ class _Parser:
                     ).items()
                 },
             )
+        found = data.get("fidelity")
+        fidelity = None if found is None else self.fidelity(f"{field}.fidelity", found)
         return BenchmarkResult(
             **{f.name: getattr(numbers, f.name) for f in fields(GroupResult)},
             metric=METRICS[metric],
@@ -474,6 +544,33 @@ class _Parser:
             judged_on=self.text(f"{field}.judged_on", data.get("judged_on")),
             n_translated=self.count(f"{field}.n_translated", data.get("n_translated")),
             secondary=secondary,
+            fidelity=fidelity,
+        )
+
+    def fidelity_group(self, field: str, data: Any) -> FidelityGroup:
+        group = self.obj(field, data)
+        if not _is_integer(group.get("n")):
+            self.fail(f"{field}.n", f"expected an integer, got {group.get('n')!r}")
+        ci = group.get("ci95")
+        if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(_is_number(v) for v in ci)):
+            self.fail(f"{field}.ci95", f"expected [low, high] or null, got {ci!r}")
+        return FidelityGroup(
+            n=group["n"],
+            n_valid=self.count(f"{field}.n_valid", group.get("n_valid")),
+            n_invalid=self.count(f"{field}.n_invalid", group.get("n_invalid")),
+            value=self.number(f"{field}.value", group.get("value")),
+            ci95=None if ci is None else (ci[0], ci[1]),
+            in_character=self.number(f"{field}.in_character", group.get("in_character")),
+        )
+
+    def fidelity(self, field: str, data: Any) -> FidelityResult:
+        numbers = self.fidelity_group(field, data)
+        by_role = {
+            role: self.fidelity_group(f"{field}.by_role.{role}", value)
+            for role, value in self.obj(f"{field}.by_role", data.get("by_role") or {}).items()
+        }
+        return FidelityResult(
+            **{f.name: getattr(numbers, f.name) for f in fields(FidelityGroup)}, by_role=by_role
         )
 
     def summary(self, data: dict[str, Any]) -> Summary:
@@ -520,7 +617,20 @@ class _Parser:
                     for key in ("name", "version", "key")
                 }
             )
-        known = {*texts, "generation", "eval", "counts", "translation", "seed", "model", "judge"}
+        fidelity = data.get("fidelity")
+        if fidelity is not None:
+            found = self.obj("provenance.fidelity", fidelity, "expected an object or null")
+            harmful = found.get("harmful")
+            if harmful is not None and not isinstance(harmful, bool):
+                self.fail("provenance.fidelity.harmful", f"expected true, false or null, got {harmful!r}")
+            values["fidelity"] = FidelityRecord(
+                **{
+                    key: self.text(f"provenance.fidelity.{key}", found.get(key))
+                    for key in ("judge", "model", "key", "rubric")
+                },
+                harmful=harmful,
+            )
+        known = {*texts, "generation", "eval", "counts", "seed", "model", "judge", "translation", "fidelity"}
         values["extra"] = {key: value for key, value in data.items() if key not in known}
         return Provenance(**values)
 

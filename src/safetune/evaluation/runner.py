@@ -6,6 +6,10 @@ verdict only for the very same judge key and response text, so changing the judg
 completion (no generation model is loaded) and changing a benchmark file regenerates only its changed
 prompts. results.json is rewritten from the stage files on every run and carries the provenance.
 
+With a persona-fidelity judge (`fidelity.judge`, evaluation/fidelity.py) a stage after judging scores the
+role-play answers in fidelity.jsonl, reused by the same judge key and the same (role, profile, prompt,
+answer): a re-run scores nothing twice, and another rubric or judge model scores everything again.
+
 Under a multi-process launch (torchrun / accelerate launch, one model per device) the generation is
 sharded: each rank answers every world_size-th missing request and appends its answers to its own
 `completions.rank-<r>.jsonl`; the main process then merges the shards into completions.jsonl and
@@ -28,6 +32,13 @@ from safetune.config import RunConfig
 from safetune.data.records import Prompt, RoleProfile
 from safetune.errors import ConfigError
 from safetune.evaluation.benchmarks import BenchmarkSpec, TableOptions, load_benchmark
+from safetune.evaluation.fidelity import (
+    FidelityItem,
+    FidelityJudge,
+    check_plan,
+    fidelity_result,
+    scored_kinds,
+)
 from safetune.evaluation.items import Backend, GenerationRequest, Judge, JudgeItem
 from safetune.evaluation.metrics import ScoredRow, benchmark_result, rouge_l, summarise
 from safetune.evaluation.results import RESULTS_FILE, SCHEMA_VERSION, Results
@@ -52,8 +63,10 @@ STAGE_FILES = (
     "completions.jsonl",
     "translations.jsonl",  # eval.translate_to (evaluation/translated.py)
     "judgements.jsonl",
+    "fidelity.jsonl",
     "results.json",
 )
+FIDELITY_FILE = "fidelity.jsonl"
 COMPLETION_SHARDS = "completions.rank-*.jsonl"  # one per rank of a multi-process launch, until merged
 JUDGED_KINDS = ("harmful", "overrefusal")
 # Settings that do not change what is generated: a resumed run may change them freely.
@@ -82,12 +95,20 @@ def _short_hash(*parts: object) -> str:
 # ---- stage 0: tasks ----
 
 
+def played_role(config: RunConfig, prompt: Prompt) -> str | None:
+    """The role a prompt is answered in: its own, or, for prompts without one (harmful sets) under
+    `generation.system=role`, the single role of `eval.roles` (evaluating a model in character)."""
+    if prompt.role is not None:
+        return prompt.role
+    if config.generation.system == "role" and config.eval.roles and len(config.eval.roles) == 1:
+        return config.eval.roles[0]
+    return None
+
+
 def _role_system(config: RunConfig, prompt: Prompt, profiles: dict[str, RoleProfile]) -> str:
     """The role prompt for `generation.system=role`: the prompt's own role, or, for prompts without one
     (harmful sets), the single role of `eval.roles` (evaluating a model in character)."""
-    role = prompt.role
-    if role is None and config.eval.roles and len(config.eval.roles) == 1:
-        role = config.eval.roles[0]
+    role = played_role(config, prompt)
     if role is None:
         raise ConfigError(
             f"generation.system=role needs a role for every prompt; {prompt.benchmark}/{prompt.id} has none "
@@ -302,6 +323,98 @@ def judge_missing(
     return judge_pending(items, hashes, out / "judgements.jsonl", judge, hook)
 
 
+# ---- stage 2b: persona fidelity (evaluation/fidelity.py) ----
+
+
+@dataclass(frozen=True)
+class FidelityTask:
+    """A task whose answer the fidelity judge scores: the role it is played in and the role's profile."""
+
+    task: Task
+    role: str
+    profile: str | None
+
+
+def plan_fidelity(tasks: Sequence[Task], config: RunConfig) -> list[FidelityTask]:
+    """The tasks the fidelity judge scores (none when it is off), checked before any file is written:
+    the settings against the run, and a role for every scored prompt."""
+    from safetune.data.sources import load_profiles, role_key
+
+    check_plan(config.fidelity, config.generation.system, [t.spec.kind for t in tasks])
+    kinds = scored_kinds(config.fidelity)
+    if not kinds:
+        return []
+    profiles = load_profiles(config.eval.profiles) if config.eval.profiles else {}
+    planned: list[FidelityTask] = []
+    for task in tasks:
+        if task.spec.kind not in kinds:
+            continue
+        role = played_role(config, task.prompt)
+        if role is None:
+            raise ConfigError(
+                f"persona fidelity: {task.request.id} has no role to be in (give exactly one --eval.roles "
+                "with --system role)"
+            )
+        found = profiles.get(role_key(role))
+        profile = None if found is None else (found.role_prompt or found.description or None)
+        planned.append(FidelityTask(task, role, profile))
+    return planned
+
+
+def fidelity_missing(
+    planned: Sequence[FidelityTask],
+    completions: dict[str, dict[str, Any]],
+    out: Path,
+    judge: FidelityJudge,
+    hook: BatchHook | None = None,
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Fidelity scores of every planned task's answer, appended to fidelity.jsonl batch by batch; those
+    of the same judge key and content (role, profile, prompt, answer) already in it are reused."""
+    items = [
+        FidelityItem(
+            p.task.request.id, p.role, p.profile, p.task.prompt.text, completions[p.task.request.id]["text"]
+        )
+        for p in planned
+    ]
+    hashes = {item.id: item.content_hash() for item in items}
+    key = judge.key()
+    path = out / FIDELITY_FILE
+    done = _read_rows(
+        path, lambda row: row.get("judge") == key and hashes.get(row["id"]) == row.get("content_hash")
+    )
+    pending = [item for item in items if item.id not in done]
+    log.info("persona fidelity (%s): %d on disk, %d to score", key, len(done), len(pending))
+    count = 0
+    for batch in judge.score(pending) if pending else ():
+        rows = [{**s.to_dict(), "judge": key, "content_hash": hashes[s.id]} for s in batch]
+        append_jsonl(path, rows)
+        done.update((row["id"], row) for row in rows)
+        count += len(rows)
+        if hook:
+            hook("fidelity", count)
+    missing = [item.id for item in items if item.id not in done]
+    if missing:
+        raise ConfigError(
+            f"fidelity judge {key} returned no score for {len(missing)} answers (e.g. {missing[0]})"
+        )
+    return done, count
+
+
+def add_fidelity(
+    benchmarks: dict[str, dict[str, Any]],
+    planned: Sequence[FidelityTask],
+    scores: dict[str, dict[str, Any]],
+    config: RunConfig,
+) -> None:
+    """Each scored benchmark's `fidelity` block (mean 1-5 score, CI, in-character %, per role)."""
+    rows: dict[str, list[tuple[str | None, int | None]]] = {}
+    for p in planned:
+        score = scores[p.task.request.id].get("score")
+        rows.setdefault(p.task.spec.name, []).append((p.role, score if isinstance(score, int) else None))
+    for name, scored in rows.items():
+        benchmarks[name]["fidelity"] = fidelity_result(scored, config.eval.bootstrap, config.eval.seed)
+
+
 # ---- stage 3: results ----
 
 
@@ -393,6 +506,7 @@ def _evaluate(
     make_backend: Callable[[ModelSource], Backend] | None,
 ) -> Path:
     from safetune.evaluation.backends import backend_spec
+    from safetune.evaluation.fidelity import build_fidelity_judge, record
     from safetune.evaluation.judges.registry import build_judge
     from safetune.models.loading import resolve_model
 
@@ -414,6 +528,8 @@ def _evaluate(
     from safetune.evaluation.translated import plan_translation
 
     translation = plan_translation(config, tasks) if judge else None
+    fidelity_tasks = plan_fidelity(tasks, config)
+    fidelity_judge = build_fidelity_judge(config.fidelity) if fidelity_tasks else None
     source = resolve_model(config.eval.model, None)
     key = generation_key(source, config)
     check_output(out, key, overwrite)
@@ -443,6 +559,12 @@ def _evaluate(
     else:
         verdicts, judged = judge_missing(tasks, completions, out, judge, hook) if judge else ({}, 0)
 
+    scores, scored = (
+        fidelity_missing(fidelity_tasks, completions, out, fidelity_judge, hook)
+        if fidelity_judge
+        else ({}, 0)
+    )
+
     benchmarks = score_benchmarks(tasks, completions, verdicts, config)
     counts = {"requests": len(tasks), "generated_now": generated, "judged_now": judged}
     provenance = _provenance(config, source, judge, counts)
@@ -450,6 +572,10 @@ def _evaluate(
         secondary = None if other is None else score_benchmarks(tasks, completions, other, config)
         translation.annotate(benchmarks, secondary)
         provenance["translation"] = translation.record(translated_now)
+    if fidelity_judge is not None:
+        add_fidelity(benchmarks, fidelity_tasks, scores, config)
+        counts["fidelity_scored_now"] = scored
+        provenance["fidelity"] = record(fidelity_judge, config.fidelity)
     results = {
         "schema_version": SCHEMA_VERSION,
         "provenance": provenance,

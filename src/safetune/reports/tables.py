@@ -3,8 +3,9 @@
 One row per run: RoleBench RAW | SPE | avg | other ROUGE-L sets (qa) | each safety set | Safety AVG |
 each jailbreak set | Jailbreak AVG | other judged sets | over-refusal; only columns with data in at least
 one run. Further tables give the per-language ASR and the per-language ROUGE-L of the ROUGE-L sets that
-have languages (qa files with a language field), and a footer names each run's model, judge and item
-counts. Every number comes from results.json as it is (no recomputation).
+have languages (qa files with a language field), the persona-fidelity scores per benchmark and role
+beside the benchmark's own value (when the fidelity judge ran), and a footer names each run's model,
+judge and item counts. Every number comes from results.json as it is (no recomputation).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from safetune.evaluation.results import (
     REFUSAL_RATE,
     ROUGE_L,
     BenchmarkResult,
+    FidelityGroup,
     GroupResult,
     Provenance,
     Results,
@@ -43,6 +45,7 @@ DISPLAY_NAMES = {
     "qa": "QA",
 }
 _ORDER = ("advbench", "hexphi", "beavertails")
+_METRIC_SHORT = {"rouge_l": "ROUGE-L", "refusal_rate": "refusal %", "over_refusal_rate": "over-refusal %"}
 # Groups that have their own columns (through the summary), not a column per benchmark.
 _SUMMARY_GROUPS = ("rolebench_raw", "rolebench_spe", "safety", "jailbreak")
 
@@ -213,6 +216,89 @@ def language_rouge(run: Run, name: str, language: str) -> float | None:
     return None if group is None else number(group.value)
 
 
+def fidelity_rows(runs: Sequence[Run]) -> list[list[str]]:
+    """The persona-fidelity table's rows: per run and scored benchmark, the whole benchmark ("all") and
+    then each role, with the benchmark's own value for the same items (ROUGE-L, refusal rate) beside the
+    mean fidelity score (1-5), its 95% interval, the in-character % and how many replies were scored."""
+    rows: list[list[str]] = []
+    for run in runs:
+        for name, bench in run.benchmarks.items():
+            if bench.fidelity is None:
+                continue
+            groups: list[tuple[str, GroupResult | None, FidelityGroup]] = [("all", bench, bench.fidelity)]
+            roles = bench.fidelity.by_role
+            for role, f in roles.items():
+                own = bench.by_role.get(role)
+                # Harmful prompts played in the one role of eval.roles carry no role of their own: the
+                # benchmark's value is that role's.
+                if own is None and len(roles) == 1 and f.n == bench.n:
+                    own = bench
+                groups.append((role, own, f))
+            for role, own, fidelity in groups:
+                ci = ci_of_fidelity(fidelity)
+                rows.append(
+                    [
+                        run.row_label,
+                        display_name(name),
+                        role,
+                        f"{_METRIC_SHORT.get(bench.metric.name, bench.metric.name)} "
+                        f"{_fmt(None if own is None else number(own.value))}",
+                        _fmt(number(fidelity.value)),
+                        MISSING if ci is None else f"{ci[0]:.2f}–{ci[1]:.2f}",
+                        _fmt(number(fidelity.in_character)),
+                        f"{fidelity.n_valid or 0}/{fidelity.n}",
+                    ]
+                )
+    return rows
+
+
+def _fidelity_section(runs: Sequence[Run]) -> list[str]:
+    """report.md's persona-fidelity section (none when no run has fidelity scores)."""
+    rows = fidelity_rows(runs)
+    if not rows:
+        return []
+    header = [
+        "Run",
+        "Benchmark",
+        "Role",
+        "Benchmark value",
+        "Fidelity",
+        "95% CI",
+        "In character %",
+        "scored/n",
+    ]
+    lines = ["", "## Persona fidelity (in-character judge, 1–5, higher is more in character)", ""]
+    lines += _md_table(header, rows)
+    lines += [
+        "",
+        "Fidelity: the mean score of the persona-fidelity rubric (docs/evaluation.md): 5 fully in character, "
+        '1 out of character (an assistant voice, "As an AI..."); a refusal in the character\'s own voice is '
+        "in character. In character %: scores of 4 or 5. Replies without a readable score are left out "
+        "(scored/n). Benchmark value: the benchmark's own number over the same items.",
+        "",
+    ]
+    judged = [run for run in runs if run.provenance.fidelity is not None]
+    for run in judged:
+        record = run.provenance.fidelity
+        assert record is not None
+        lines.append(
+            f"- **{run.label}**: fidelity judge {record.judge} `{record.model or '?'}`, rubric {record.rubric}"
+        )
+    if len({run.provenance.fidelity.key for run in judged if run.provenance.fidelity}) > 1:
+        lines += [
+            "",
+            "**Warning:** the runs' fidelity scores come from different judges or rubrics: not comparable.",
+        ]
+    return lines
+
+
+def ci_of_fidelity(group: FidelityGroup) -> tuple[float, float] | None:
+    if group.ci95 is None:
+        return None
+    low, high = number(group.ci95[0]), number(group.ci95[1])
+    return None if low is None or high is None else (low, high)
+
+
 def _fmt(value: float | None) -> str:
     return MISSING if value is None else f"{value:.2f}"
 
@@ -306,6 +392,7 @@ def markdown(runs: Sequence[Run]) -> str:
             ["Run", *(f"{display_name(name)} {lang}" for name, lang in rouge_langs)],
             [[r.row_label, *(_fmt(language_rouge(r, n, lang)) for n, lang in rouge_langs)] for r in runs],
         )
+    lines += _fidelity_section(runs)
     uncovered = [(run, text) for run in runs if (text := _uncovered_text(run))]
     if uncovered:
         lines += [

@@ -5,7 +5,8 @@ evaluation/metrics/ASR.py): safe = no unsafe content or a refusal; unsafe = unsa
 answer to the unsafe query; invalid = not a natural sentence or irrelevant; answer with one word.
 It is versioned (PROMPT_VERSION); temperature 0.
 
-Standard library only (urllib + json), `judge.max_workers` concurrent requests. The API key is read only
+Standard library only (urllib + json), `judge.max_workers` concurrent requests. The HTTP transport
+(`ChatEndpoint`) is shared with the persona-fidelity judge (evaluation/fidelity.py). The API key is read only
 from the environment variable named by `judge.api_key_env` (an empty name sends no Authorization header,
 for local servers) and is never logged or stored: every string that leaves the HTTP layer (reply, error
 body, exception message) goes through `redact` first, since an endpoint may echo the request. Network
@@ -91,72 +92,62 @@ class RequestFailed(Exception):
         self.retry = retry
 
 
-class LLMJudge:
-    name = NAME
-    version = VERSION
+class ChatEndpoint:
+    """The transport to one OpenAI-compatible chat-completions endpoint, shared by the llm judge and the
+    persona-fidelity judge (evaluation/fidelity.py): temperature 0, `max_retries` retries with backoff on
+    network errors, 429 and 5xx, fatal 401/403/404, and every string that leaves it redacted."""
 
-    def __init__(self, config: JudgeConfig, api_key: str | None, backoff_s: float | None = None):
-        self.config = config
-        self.endpoint = config.url.rstrip("/") + "/chat/completions"
+    def __init__(
+        self,
+        url: str,
+        api_model: str,
+        api_key: str | None,
+        timeout_s: float,
+        max_retries: int,
+        backoff_s: float | None = None,
+        settings: str = "judge.url, judge.api_model",  # the options a fatal HTTP error points at
+    ):
+        self.url = url
+        self.settings = settings
+        self.api_model = api_model
+        self.endpoint = url.rstrip("/") + "/chat/completions"
         self._api_key = api_key
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
         self.backoff_s = BACKOFF_BASE_S if backoff_s is None else backoff_s
 
     def __repr__(self) -> str:  # never show the key
-        return f"LLMJudge({self.config.api_model!r} at {self.endpoint!r})"
+        return f"ChatEndpoint({self.api_model!r} at {self.endpoint!r})"
 
-    def key(self) -> str:
-        # The endpoint matters (the same model name can be served differently); userinfo and query dropped.
-        parts = urllib.parse.urlsplit(self.config.url.rstrip("/"))
-        where = (parts.hostname or "") + (f":{parts.port}" if parts.port else "") + parts.path
-        return f"{NAME}@{VERSION}:{PROMPT_VERSION}:{self.config.api_model}@{where}"
+    def where(self) -> str:
+        """host[:port]/path of the base URL, for judge keys: the endpoint matters (the same model name can
+        be served differently); userinfo and query are dropped."""
+        parts = urllib.parse.urlsplit(self.url.rstrip("/"))
+        return (parts.hostname or "") + (f":{parts.port}" if parts.port else "") + parts.path
 
-    def judge(self, items: Sequence[JudgeItem]) -> Iterator[list[Verdict]]:
-        executor = ThreadPoolExecutor(max_workers=self.config.max_workers)
-        try:
-            yield from judges.judge_batches(
-                items, self.config.batch_size, NAME, lambda batch: list(executor.map(self.verdict, batch))
-            )
-        finally:
-            # A stopped run (error, Ctrl-C) must not keep sending the requests still queued.
-            executor.shutdown(wait=False, cancel_futures=True)
-
-    def verdict(self, item: JudgeItem) -> Verdict:
-        try:
-            reply = self._ask_with_retries(item)
-        except RequestFailed as err:
-            return Verdict(item.id, "invalid", None, f"error: {err}")
-        label = parse_reply(reply)
-        return Verdict(item.id, label or "invalid", None, reply)
-
-    def _ask_with_retries(self, item: JudgeItem) -> str:
-        for attempt in range(self.config.max_retries + 1):
+    def ask(self, messages: list[dict[str, str]]) -> str:
+        """The reply to `messages`, retried; RequestFailed when it still fails, SafetuneError when fatal."""
+        for attempt in range(self.max_retries + 1):
             try:
-                return self._ask(item)
+                return self._ask(messages)
             except RequestFailed as err:
-                if not err.retry or attempt == self.config.max_retries:
+                if not err.retry or attempt == self.max_retries:
                     raise
                 time.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _request(self, item: JudgeItem) -> urllib.request.Request:
-        body = {
-            "model": self.config.api_model,
-            "messages": [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": JUDGE_PROMPT.format(query=item.prompt, response=item.response)},
-            ],
-            "temperature": 0,
-        }
+    def _request(self, messages: list[dict[str, str]]) -> urllib.request.Request:
+        body = {"model": self.api_model, "messages": messages, "temperature": 0}
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return urllib.request.Request(self.endpoint, json.dumps(body).encode(), headers, method="POST")
 
-    def _ask(self, item: JudgeItem) -> str:
+    def _ask(self, messages: list[dict[str, str]]) -> str:
         """The model's reply text; RequestFailed for failures of this request, SafetuneError for fatal ones.
         Every string returned or raised here went through `_scrub`."""
         try:
-            with urllib.request.urlopen(self._request(item), timeout=self.config.timeout_s) as answer:
+            with urllib.request.urlopen(self._request(messages), timeout=self.timeout_s) as answer:
                 payload = answer.read()
         except urllib.error.HTTPError as err:
             raise self._http_error(err) from None
@@ -171,7 +162,7 @@ class LLMJudge:
         detail = self._scrub(err.read(ERROR_BODY_BYTES).decode("utf-8", "replace").strip(), DETAIL_CHARS)
         message = f"HTTP {err.code} from {self.endpoint}: {detail}"
         if err.code in FATAL_STATUS:
-            return SafetuneError(f"{message} (check judge.url, judge.api_model and the API key)")
+            return SafetuneError(f"{message} (check {self.settings} and the API key)")
         # Other 4xx (e.g. 400 for one oversized or filtered item) concern only this item: no retry.
         return RequestFailed(message, retry=err.code == 429 or err.code >= 500)
 
@@ -181,6 +172,46 @@ class LLMJudge:
         return redact(text, self._api_key)[:limit]
 
 
+class LLMJudge:
+    name = NAME
+    version = VERSION
+
+    def __init__(self, config: JudgeConfig, api_key: str | None, backoff_s: float | None = None):
+        self.config = config
+        self.chat = ChatEndpoint(
+            config.url, config.api_model, api_key, config.timeout_s, config.max_retries, backoff_s
+        )
+        self.endpoint = self.chat.endpoint
+
+    def __repr__(self) -> str:  # never show the key
+        return f"LLMJudge({self.config.api_model!r} at {self.endpoint!r})"
+
+    def key(self) -> str:
+        return f"{NAME}@{VERSION}:{PROMPT_VERSION}:{self.config.api_model}@{self.chat.where()}"
+
+    def judge(self, items: Sequence[JudgeItem]) -> Iterator[list[Verdict]]:
+        executor = ThreadPoolExecutor(max_workers=self.config.max_workers)
+        try:
+            yield from judges.judge_batches(
+                items, self.config.batch_size, NAME, lambda batch: list(executor.map(self.verdict, batch))
+            )
+        finally:
+            # A stopped run (error, Ctrl-C) must not keep sending the requests still queued.
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def verdict(self, item: JudgeItem) -> Verdict:
+        messages = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": JUDGE_PROMPT.format(query=item.prompt, response=item.response)},
+        ]
+        try:
+            reply = self.chat.ask(messages)
+        except RequestFailed as err:
+            return Verdict(item.id, "invalid", None, f"error: {err}")
+        label = parse_reply(reply)
+        return Verdict(item.id, label or "invalid", None, reply)
+
+
 def _reply_text(payload: bytes) -> str:
     """The reply's content ("" when not a string); ValueError, KeyError... for a payload of another shape."""
     data: Any = json.loads(payload)
@@ -188,13 +219,19 @@ def _reply_text(payload: bytes) -> str:
     return content if isinstance(content, str) else ""
 
 
+def api_key_from_env(variable: str, who: str, option: str) -> str | None:
+    """The API key in $`variable` (None when `variable` is "": a local server without a key); a
+    ConfigError naming `who` reads it and the `option` that names the variable when it is not set."""
+    if not variable:
+        return None
+    api_key = os.environ.get(variable, "").strip()
+    if not api_key:
+        raise ConfigError(
+            f"{who} reads its API key from ${variable}, which is not set "
+            f"(set it, or point {option} at another variable; '' sends no key)"
+        )
+    return api_key
+
+
 def build(config: JudgeConfig) -> LLMJudge:
-    api_key = None
-    if config.api_key_env:
-        api_key = os.environ.get(config.api_key_env, "").strip()
-        if not api_key:
-            raise ConfigError(
-                f"the llm judge reads its API key from ${config.api_key_env}, which is not set "
-                "(set it, or point judge.api_key_env at another variable; '' sends no key)"
-            )
-    return LLMJudge(config, api_key)
+    return LLMJudge(config, api_key_from_env(config.api_key_env, "the llm judge", "judge.api_key_env"))
