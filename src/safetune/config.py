@@ -386,6 +386,8 @@ class EvalConfig(Section):
     # bootstrap resamples for the 95% confidence intervals; fewer than 10 give an interval of a few points
     bootstrap: int = number(1000, ge=10)
     seed: int = number(0, ge=0, le=MAX_SEED)  # bootstrap seed
+    # the incoherence check (evaluation/incoherence.py): incoherent answers counted beside refusal and ASR
+    incoherence: bool = True
 
 
 @dataclass

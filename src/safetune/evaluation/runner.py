@@ -1,6 +1,7 @@
 """Staged, resumable evaluation: requests -> completions.jsonl -> judgements.jsonl -> results.json.
 
-Each stage appends whole lines as batches finish, so a killed run resumes where it stopped: a re-run
+(Between judging and results, incoherence.jsonl: the incoherence check of every completion, by
+evaluation/incoherence.py, unless eval.incoherence is off.) Each stage appends whole lines as batches finish, so a killed run resumes where it stopped: a re-run
 recomputes only what is missing. A completion is reused only for the very same request text, and a
 verdict only for the very same judge key and response text, so changing the judge reuses every
 completion (no generation model is loaded) and changing a benchmark file regenerates only its changed
@@ -28,6 +29,9 @@ from safetune.config import RunConfig
 from safetune.data.records import Prompt, RoleProfile
 from safetune.errors import ConfigError
 from safetune.evaluation.benchmarks import BenchmarkSpec, TableOptions, load_benchmark
+from safetune.evaluation.incoherence import KEY as INCOHERENCE_KEY
+from safetune.evaluation.incoherence import STAGE_FILE as INCOHERENCE_FILE
+from safetune.evaluation.incoherence import check as check_incoherence
 from safetune.evaluation.items import Backend, GenerationRequest, Judge, JudgeItem
 from safetune.evaluation.metrics import ScoredRow, benchmark_result, rouge_l, summarise
 from safetune.evaluation.results import RESULTS_FILE, SCHEMA_VERSION, Results
@@ -46,7 +50,14 @@ from safetune.storage import (
 
 log = logging.getLogger(__name__)
 
-STAGE_FILES = ("eval.json", "requests.jsonl", "completions.jsonl", "judgements.jsonl", "results.json")
+STAGE_FILES = (
+    "eval.json",
+    "requests.jsonl",
+    "completions.jsonl",
+    "judgements.jsonl",
+    INCOHERENCE_FILE,
+    "results.json",
+)
 COMPLETION_SHARDS = "completions.rank-*.jsonl"  # one per rank of a multi-process launch, until merged
 JUDGED_KINDS = ("harmful", "overrefusal")
 # Settings that do not change what is generated: a resumed run may change them freely.
@@ -295,20 +306,66 @@ def judge_missing(
     return judge_pending(items, hashes, out / "judgements.jsonl", judge, hook)
 
 
+# ---- stage 2b: incoherence ----
+
+
+def check_missing(
+    tasks: Sequence[Task], completions: dict[str, dict[str, Any]], out: Path, hook: BatchHook | None = None
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """The incoherence verdict (evaluation/incoherence.py) of every completion, appended to
+    incoherence.jsonl; those of the same check key, prompt and response already in it are reused."""
+    path = out / INCOHERENCE_FILE
+    hashes = {
+        t.request.id: _short_hash(t.prompt.text, completions[t.request.id]["text"], t.prompt.language)
+        for t in tasks
+    }
+    done = _read_rows(
+        path, lambda row: row.get("key") == INCOHERENCE_KEY and hashes.get(row["id"]) == row.get("hash")
+    )
+    pending = [t for t in tasks if t.request.id not in done]
+    rows = []
+    for task in pending:
+        found = check_incoherence(
+            task.prompt.text, completions[task.request.id]["text"], task.prompt.language
+        )
+        rows.append(
+            {
+                "id": task.request.id,
+                **found.to_dict(),
+                "key": INCOHERENCE_KEY,
+                "hash": hashes[task.request.id],
+            }
+        )
+    if rows:
+        append_jsonl(path, rows)  # cheap (no model): one append for the whole stage
+        done.update((row["id"], row) for row in rows)
+        if hook:
+            hook("incoherence", len(rows))
+    log.info("incoherence: %d on disk, %d checked", len(done) - len(rows), len(rows))
+    return done, len(rows)
+
+
 # ---- stage 3: results ----
 
 
-def _scored_row(task: Task, completion: dict[str, Any], verdict: dict[str, Any] | None) -> ScoredRow:
+def _scored_row(
+    task: Task, completion: dict[str, Any], verdict: dict[str, Any] | None, flag: dict[str, Any] | None = None
+) -> ScoredRow:
     prompt = task.prompt
+    incoherent = None if flag is None else bool(flag["incoherent"])
     if task.spec.metric == "rouge_l":
         if not prompt.references:
             raise ConfigError(f"{task.request.id}: a ROUGE-L prompt without a reference answer")
-        return ScoredRow(
-            prompt.id, prompt.role, prompt.language, score=rouge_l(completion["text"], prompt.references)
-        )
+        score = rouge_l(completion["text"], prompt.references)
+        return ScoredRow(prompt.id, prompt.role, prompt.language, score=score, incoherent=incoherent)
     assert verdict is not None  # judge_missing guarantees a verdict for every judged task
     return ScoredRow(
-        prompt.id, prompt.role, prompt.language, label=verdict["label"], refused=verdict["refused"]
+        prompt.id,
+        prompt.role,
+        prompt.language,
+        label=verdict["label"],
+        refused=verdict["refused"],
+        incoherent=incoherent,
     )
 
 
@@ -317,14 +374,24 @@ def score_benchmarks(
     completions: dict[str, dict[str, Any]],
     verdicts: dict[str, dict[str, Any]],
     config: RunConfig,
+    flags: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
+    """Per-benchmark results; `flags` (request id -> incoherence row) when the check ran (eval.incoherence)."""
     by_benchmark: dict[str, list[Task]] = {}
     for task in tasks:
         by_benchmark.setdefault(task.spec.name, []).append(task)
     results: dict[str, dict[str, Any]] = {}
     for name, group in by_benchmark.items():
         spec = group[0].spec
-        rows = [_scored_row(t, completions[t.request.id], verdicts.get(t.request.id)) for t in group]
+        rows = [
+            _scored_row(
+                t,
+                completions[t.request.id],
+                verdicts.get(t.request.id),
+                None if flags is None else flags[t.request.id],
+            )
+            for t in group
+        ]
         result = benchmark_result(spec.metric, rows, config.eval.bootstrap, config.eval.seed)
         header = {k: getattr(spec, k) for k in ("name", "version", "kind", "metric", "group")}
         results[name] = {**header, "source": _source_of(config, spec), **result}
@@ -350,6 +417,7 @@ def _provenance(
         "generation": asdict(config.generation),
         "judge": judged,
         "eval": asdict(config.eval),
+        "incoherence": INCOHERENCE_KEY if config.eval.incoherence else None,
         "config_hash": hash_json({k: config.to_dict()[k] for k in ("generation", "judge", "eval")}),
         "seed": config.generation.seed,
         "counts": counts,
@@ -428,8 +496,12 @@ def _evaluate(
         generated = len(completions) - len(done)
     verdicts, judged = judge_missing(tasks, completions, out, judge, hook) if judge else ({}, 0)
 
-    benchmarks = score_benchmarks(tasks, completions, verdicts, config)
+    flags, checked = check_missing(tasks, completions, out, hook) if config.eval.incoherence else (None, 0)
+
+    benchmarks = score_benchmarks(tasks, completions, verdicts, config, flags)
     counts = {"requests": len(tasks), "generated_now": generated, "judged_now": judged}
+    if flags is not None:
+        counts["incoherence_checked_now"] = checked
     results = {
         "schema_version": SCHEMA_VERSION,
         "provenance": _provenance(config, source, judge, counts),
