@@ -1,7 +1,9 @@
 """Staged, resumable evaluation: requests -> completions.jsonl -> judgements.jsonl -> results.json.
 
-(Between judging and results, incoherence.jsonl: the incoherence check of every completion, by
-evaluation/incoherence.py, unless eval.incoherence is off.) Each stage appends whole lines as batches finish, so a killed run resumes where it stopped: a re-run
+Between judging and results, incoherence.jsonl holds the incoherence check of every completion
+(evaluation/incoherence.py; eval.incoherence=false skips it), reused like the verdicts.
+
+Each stage appends whole lines as batches finish, so a killed run resumes where it stopped: a re-run
 recomputes only what is missing. A completion is reused only for the very same request text, and a
 verdict only for the very same judge key and response text, so changing the judge reuses every
 completion (no generation model is loaded) and changing a benchmark file regenerates only its changed
