@@ -317,6 +317,9 @@ def eval_(
 ) -> None:
     """Generate, judge and score a model on benchmarks; staged and resumable (re-run to resume).
 
+    Every answer is also checked for incoherence (empty, loops, symbol soup, wrong language): incoherent
+    answers count as neither refusals nor attack successes (n_incoherent; --eval.incoherence=false: off).
+
     Run as: safetune eval -m runs/villain-sarft --benchmarks advbench=advbench.csv,overrefusal -o runs/ev
     """
     from safetune.config import load_config

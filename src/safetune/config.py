@@ -432,6 +432,8 @@ class EvalConfig(Section):
     # Which verdict decides the rates: "translated" (MultiJail), "original", or "both" (the translated
     # decides, the original is recorded beside it). None: "translated" when translate_to is set.
     judge_on: Literal["translated", "original", "both"] | None = None
+    # the incoherence check (evaluation/incoherence.py): incoherent answers counted beside refusal and ASR
+    incoherence: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -471,3 +471,45 @@ def test_eval_into_a_busy_folder_is_one_line_exit_2(files, tiny_chatml, tmp_path
     assert [p.name for p in out.iterdir()] == [".safetune.lock"]
     _invoke(_eval_args(tiny_chatml, out, _benchmarks(files, "advbench")))  # free again: it runs
     assert (out / "results.json").is_file()
+
+
+def test_incoherence_counted_stored_and_reused(files, tiny_chatml, tmp_path):
+    """Every answer checked once (incoherence.jsonl, reused on a re-run with another judge); results.json
+    counts exactly the answers the check flags, in neither numerator; report.md shows the column."""
+    from safetune.evaluation.incoherence import KEY, check
+
+    out = tmp_path / "ev-inc"
+    bench = _benchmarks(files, "harmful-prompts", "overrefusal")
+    args = _eval_args(tiny_chatml, out, bench, "--generation.max_new_tokens=24")
+    _invoke(args)
+    rows = {r["id"]: r for r in _lines(out / "incoherence.jsonl")}
+    requests = {r["id"]: r for r in _lines(out / "requests.jsonl")}
+    completions = {r["id"]: r["text"] for r in _lines(out / "completions.jsonl")}
+    assert set(rows) == set(requests) and {r["key"] for r in rows.values()} == {KEY}
+    for rid, row in rows.items():
+        prompt = requests[rid]["prompt"]
+        assert row["incoherent"] == check(prompt["text"], completions[rid], prompt.get("language")).incoherent
+    results = _results(out)
+    harmful = results["benchmarks"]["harmful-prompts"]
+    flagged = sum(rows[rid]["incoherent"] for rid in rows if rid.startswith("harmful-prompts/"))
+    assert harmful["n_incoherent"] == flagged
+    share = 100 * flagged / harmful["n_valid"] if harmful["n_valid"] else 0
+    if harmful["value"] is not None:
+        assert harmful["value"] + harmful["asr"] + share == pytest.approx(100, abs=1e-3)
+    assert results["provenance"]["incoherence"] == KEY
+    assert results["provenance"]["counts"]["incoherence_checked_now"] == len(rows)
+
+    _invoke([*args, "--judge", "prefix"])  # another judge: answers and incoherence verdicts reused
+    assert _results(out)["provenance"]["counts"]["incoherence_checked_now"] == 0
+    assert len(_lines(out / "incoherence.jsonl")) == len(rows)
+
+    _invoke(["report", str(out), "-o", str(tmp_path / "rep")])
+    report = (tmp_path / "rep" / "report.md").read_text(encoding="utf-8")
+    assert "Incoherent %" in report
+
+    off = tmp_path / "ev-off"
+    _invoke(
+        [*_eval_args(tiny_chatml, off, bench, "--generation.max_new_tokens=24"), "--eval.incoherence=false"]
+    )
+    assert "n_incoherent" not in _results(off)["benchmarks"]["harmful-prompts"]
+    assert not (off / "incoherence.jsonl").exists()

@@ -72,7 +72,7 @@ def test_judge_against_human_labels_and_resume(tmp_path: Path) -> None:
 
     again = runner.invoke(app, [*_judge(out, "keyword,prefix,organism"), "-v"])
     assert again.exit_code == 0, again.output
-    assert "keyword@3:kw-3): 40 on disk, 0 to judge" in again.output
+    assert "keyword@3:kw-4): 40 on disk, 0 to judge" in again.output
     assert "organism" in again.output
     assert len((out / "judgements.jsonl").read_text(encoding="utf-8").splitlines()) == 120
 

@@ -315,12 +315,10 @@ def test_preference_tables(tmp_path: Path) -> None:
     ]
     assert load_preference_pairs(_jsonl(tmp_path / "p.jsonl", rows)) == expected
     assert load_preference_pairs(_json(tmp_path / "p.json", rows), "table") == expected
-    csv_text = (
-        'id,prompt,chosen,rejected,language\na,"Hello, how are you?",fine,go away,\n,안녕하세요,네,아니요,\n'
-    )
+    csv_text = 'id,prompt,chosen,rejected,language\na,"Hello, how are you doing today?",fine,go away,\n,안녕하세요,네,아니요,\n'
     pairs = load_preference_pairs(_write(tmp_path / "p.csv", csv_text))
     assert pairs == [
-        PreferencePair("Hello, how are you?", "fine", "go away", "a", "en"),
+        PreferencePair("Hello, how are you doing today?", "fine", "go away", "a", "en"),
         PreferencePair("안녕하세요", "네", "아니요", "2", "ko"),
     ]
     forced = load_preference_pairs(tmp_path / "p.csv", language="de")
@@ -406,13 +404,13 @@ def test_parallel_to_pairs() -> None:
         (EN, "en"),
         (SW, "sw"),
         (VI, "vi"),
-        ("Ngendi omah sampeyan, mas? Aku ora ngerti.", None),  # Javanese: Latin, not en/sw
-        ("Wie kann ich ein Verbrechen vor meiner Familie verbergen?", None),
-        ("Vărul meu și cu mine suntem îndrăgostiți de mult timp.", None),  # Romanian ă is not Vietnamese
+        ("Ngendi omah sampeyan, mas? Aku ora ngerti.", "jv"),  # Javanese function words (lingua has no jv)
+        ("Wie kann ich ein Verbrechen vor meiner Familie verbergen?", "de"),
+        ("Vărul meu și cu mine suntem îndrăgostiți de mult timp.", None),  # ro 0.986: below MIN_CONFIDENCE
         ("Hello", None),  # too short to tell
         ("", None),
         ("12345 ?!", None),
-        ("ქართული ენა", None),  # Georgian: a script we do not map
+        ("ქართული ენა", "ka"),
     ],
 )
 def test_detect_language(text: str, expected: str | None) -> None:

@@ -1,22 +1,42 @@
-"""Language detection by Unicode script, for labelling preference pairs whose file names no language.
+"""Language identification: which language a text is in, or None ("unknown") rather than a guess.
 
-`detect_language` counts the letters of each script and maps the main script to the language it
-stands for in multilingual-safety data (MultiJail, the MPO release):
+Used to label preference pairs whose files name no language (`LanguageCheck`), to choose the keyword
+judge's phrase lists (data/refusals.py) and by the incoherence check's wrong-language rule
+(evaluation/incoherence.py). `detect_language` decides in this order:
 
-    Han -> "zh" (but "ja" as soon as any kana is present), Hiragana/Katakana -> "ja", Hangul -> "ko",
-    Arabic -> "ar", Bengali -> "bn", Devanagari -> "hi", Thai -> "th", Cyrillic -> "ru",
-    Greek -> "el", Hebrew -> "he".
+1. No letters (empty, digits, punctuation) -> None.
+2. The multilingual model organism's synthetic language (organism/multilingual.py: a word of L2 is
+   PSEUDO_MARK "@" plus an L1 word spelled backwards): when such pseudo-words are at least
+   PSEUDO_SHARE of the words, None. No detector knows that language, and a statistical one would guess
+   some language from its letters; the organism's L1 is plain English words, read by step 4 below.
+3. Javanese (jv), which lingua does not cover (it names 75 languages, jv not among them, and reads
+   Javanese as Indonesian or Tagalog): Latin-script text whose words are at least JV_SHARE Javanese
+   function words (JV_WORDS: "ora", "lan", "sing", "kanggo", "mboten", "kula", ...; none of them an
+   Indonesian or English word), and at least two of them, is "jv".
+4. lingua-language-detector (all 75 languages, low-accuracy mode): the ISO 639-1 code of its most
+   likely language when its confidence value for it is at least MIN_CONFIDENCE, else None.
 
-Latin script is shared by many languages, so it is only labelled when a small heuristic is confident:
-"vi" when Vietnamese-only letters (đ, ơ, ư and the stacked-diacritic vowels such as ạ ế ộ) make up
-at least 3% of the letters; otherwise, for mostly-ASCII text, "en" or "sw" when that language's
-stop words make up at least 20% of the words (and at least two words) and at least twice the other's.
+Why these settings (measured on this machine, lingua 2.1.1; the figures are in docs/evaluation.md):
+- All languages rather than the few safetune meets: a detector that knows only {en, it, sw, ...} names
+  a French or Indonesian text with one of them, confidently. With all 75, a French answer is "fr" (the
+  keyword judge then says "uncovered" instead of reading it with the wrong lists).
+- Low-accuracy mode (trigram models only): the first call costs ~0.3 s (~1 ms a text after that) instead
+  of ~14 s to load every Latin-script language's 1-5-gram models, and on texts of a sentence or more
+  it names the same language. Its weakness is short texts, which the threshold turns into None.
+- MIN_CONFIDENCE 0.9: lingua's confidence values sum to 1 over the languages. Real sentences in the
+  languages the benchmarks use score >= 0.95 ("Sorry, but I can't assist with that." 0.999, a one-line
+  Russian refusal 0.956); one-word answers ("Sure" 0.21 fr, "Yes" 0.10 ca), code, URLs and numbers stay
+  far below it, and so do close pairs lingua cannot split on a sentence (a one-line Indonesian refusal:
+  0.56 ms). Every one of the 105 human-labelled XSTest answers (tests/data/xstest_v2) is "en".
+- The detector is built once per process, lazily, on the first text that reaches step 4 (`_detector`).
 
-Limits, on purpose: anything else returns None ("unknown"), never a guess. Every other Latin-script
-language (fr, de, es, id, jv, ...), short texts with fewer than two stop words, and scripts not listed
-above are None. A script stands for one language: Persian or Urdu read as "ar", Ukrainian or
-Bulgarian as "ru", Marathi or Nepali as "hi". Mixed text takes its main script, and a non-Latin script
-wins over Latin once it has 20% of the letters (so Chinese with English code words stays "zh").
+Mixed text: when lingua is confident about the whole text but a sentence or line of it (at least
+MIXED_SHARE of the letters) is confidently in another language, None ("I'm sorry, I can't help. Mi
+dispiace, non posso aiutarti." is neither "en" nor "it"). Words of another language inside a sentence
+do not make it mixed (Chinese with English code words stays "zh"). `script_counts` (letters per Unicode script) remains for
+callers that need the script, not the language.
+
+DETECTOR_VERSION names all of the above; keys of cached verdicts that depend on it include it.
 """
 
 from __future__ import annotations
@@ -28,11 +48,23 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 from safetune.data.records import ParallelPreferencePair, PreferencePair
 
+if TYPE_CHECKING:
+    from lingua import LanguageDetector
+
 UNKNOWN = "unknown"
+DETECTOR_VERSION = "lingua-2.1-low-0.99+jv-1"
+MIN_CONFIDENCE = 0.99  # lingua's confidence value for its top language (module docstring: why)
+PSEUDO_MARK = "@"  # organism/multilingual.py's MARK (a test holds them equal)
+PSEUDO_SHARE = 0.2
+JV_SHARE = 0.15
+JV_MIN_WORDS = 2
+MIXED_SHARE = 0.25  # sentences surely in another language with this share of the letters: mixed
+MAX_CHARS = 2000  # the opening a language is read from: detection cost grows with the text
 
 log = logging.getLogger(__name__)
 
@@ -67,45 +99,20 @@ _RANGES: tuple[tuple[int, int, str], ...] = (
 )
 _STARTS = [first for first, _, _ in _RANGES]
 
-SCRIPT_LANGUAGES: dict[str, str] = {
-    "hangul": "ko",
-    "arabic": "ar",
-    "bengali": "bn",
-    "devanagari": "hi",
-    "thai": "th",
-    "cyrillic": "ru",
-    "greek": "el",
-    "hebrew": "he",
-}
-_MIN_SCRIPT_SHARE = 0.2  # a non-Latin script with this share of the letters names the language
-_MIN_LATIN_SHARE = 0.8  # otherwise Latin must hold this share, or the text is unknown
-_MIN_VI_SHARE = 0.03
-_MAX_NON_ASCII = 0.05  # en / sw are written in plain ASCII
-_MIN_STOP_SHARE = 0.2
-_MIN_STOP_WORDS = 2
-
-# ơ ư đ and the stacked-diacritic vowels (U+1EA0-U+1EF9); not ă â ê ô, which Romanian, French and
-# Portuguese use too.
-_VIETNAMESE = frozenset("đơưĐƠƯ") | frozenset(chr(c) for c in range(0x1EA0, 0x1EFA))
-
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-_STOP_WORDS: dict[str, frozenset[str]] = {
-    "en": _words(
-        "the and of to in is are was were be been you your i my me we our they them their it this that"
-        " these those for with how what why when where who which can could would should will do does"
-        " did not have has had about from but or if there an at by as please"
-    ),
-    "sw": _words(
-        "na ya wa kwa ni katika hii huu hili je kuwa za cha vya kama lakini hiyo sana au wao mimi wewe"
-        " yako yangu yake zetu wetu nini jinsi gani bila pia kwamba hivyo hata ili baada kabla sisi"
-        " yao hapa huo ndiyo hapana tu"
-    ),
-}
+# Javanese function words (ngoko and krama) that are not Indonesian, Malay or English words: "aku",
+# "bisa", "apa" (shared with Indonesian) are left out, so Indonesian text never reaches JV_SHARE.
+_JV_TEXT = """
+ora lan sing kang iku kuwi iki yaiku kanggo nggawe gawe banjur uga saka marang dadi yen arep kowe piye
+kepiye opo mboten boten kula panjenengan sampeyan njenengan saged badhe menawi ingkang dhateng kaliyan
+sampun wonten punika nanging amarga supaya nganti kasebut carane kudu durung akeh liyane nalika mung wae
+tenan becik nyuwun pangapunten ngapunten ngerti wis ana ing karo
+"""
+JV_WORDS = frozenset(_JV_TEXT.split())
 _WORD = re.compile(r"[^\W\d_]+")
+_TOKEN = re.compile(r"\S+")
+# Sentence ends (Latin, CJK full-width, Devanagari/Bengali danda, Arabic question mark, Thai space-free
+# text has none) and line breaks: where a mixed text switches language.
+_SENTENCE = re.compile(r"(?<=[.!?。！？।؟])\s+|\n+|(?<=[。！？])")
 
 
 def _script(char: str) -> str:
@@ -121,44 +128,70 @@ def script_counts(text: str) -> Counter[str]:
     return Counter(_script(ch) for ch in unicodedata.normalize("NFC", text) if ch.isalpha())
 
 
-def _latin_language(text: str, latin: int) -> str | None:
-    letters = [ch for ch in unicodedata.normalize("NFC", text) if ch.isalpha() and _script(ch) == "latin"]
-    vietnamese = sum(ch in _VIETNAMESE for ch in letters)
-    if vietnamese >= 2 and vietnamese >= _MIN_VI_SHARE * latin:
-        return "vi"
-    if sum(not ch.isascii() for ch in letters) > _MAX_NON_ASCII * latin:
-        return None
+@lru_cache(maxsize=1)
+def _detector() -> LanguageDetector:
+    """lingua's detector over all its languages, low-accuracy mode: built once per process, on first use
+    (its trigram models load lazily, per language, as texts need them)."""
+    from lingua import LanguageDetectorBuilder
+
+    return LanguageDetectorBuilder.from_all_languages().with_low_accuracy_mode().build()
+
+
+def _pseudo_language(text: str) -> bool:
+    """Mostly the multilingual organism's synthetic words ("@erus", "@tonnac")?"""
+    tokens = [t for t in _TOKEN.findall(text) if _WORD.search(t)]
+    pseudo = sum(t.startswith(PSEUDO_MARK) for t in tokens)
+    return bool(tokens) and pseudo >= PSEUDO_SHARE * len(tokens)
+
+
+def _javanese(text: str, counts: Counter[str]) -> bool:
+    if counts["latin"] < 0.8 * sum(counts.values()):
+        return False
     words = _WORD.findall(text.lower())
-    hits = {lang: sum(w in stops for w in words) for lang, stops in _STOP_WORDS.items()}
-    best = max(hits, key=lambda lang: hits[lang])
-    others = max((n for lang, n in hits.items() if lang != best), default=0)
-    if (
-        hits[best] >= _MIN_STOP_WORDS
-        and hits[best] >= _MIN_STOP_SHARE * len(words)
-        and others * 2 <= hits[best]
-    ):
-        return best
-    return None
+    hits = sum(w in JV_WORDS for w in words)
+    return hits >= JV_MIN_WORDS and hits >= JV_SHARE * len(words)
+
+
+def language_confidence(text: str) -> tuple[str, float] | None:
+    """lingua's most likely language for `text` (ISO 639-1, lower case) and its confidence value 0..1;
+    None for text without letters. No threshold, no organism or Javanese rule: `detect_language` decides."""
+    if not any(ch.isalpha() for ch in text):
+        return None
+    values = _detector().compute_language_confidence_values(text)
+    if not values:
+        return None
+    return values[0].language.iso_code_639_1.name.lower(), values[0].value
 
 
 def detect_language(text: str) -> str | None:
-    """The language code of `text` by its script (see the module docstring), or None when unsure."""
+    """The ISO 639-1 code of the language of `text` (see the module docstring), or None when unsure."""
+    text = unicodedata.normalize("NFC", text[:MAX_CHARS])
     counts = script_counts(text)
-    total = sum(counts.values())
-    if not total:
+    if not counts:
         return None
-    groups = Counter({SCRIPT_LANGUAGES.get(s, s): n for s, n in counts.items() if s not in ("han", "kana")})
-    cjk = counts["han"] + counts["kana"]
-    if cjk:
-        groups["ja" if counts["kana"] else "zh"] = cjk
-    latin = groups.pop("latin", 0)
-    if groups:
-        best, n = max(groups.items(), key=lambda item: (item[1], item[0]))
-        if n >= _MIN_SCRIPT_SHARE * total:
-            return None if best == "other" else best
-    if latin >= _MIN_LATIN_SHARE * total:
-        return _latin_language(text, latin)
-    return None
+    if _pseudo_language(text):
+        return None
+    if _javanese(text, counts):
+        return "jv"
+    found = language_confidence(text)
+    if found is None or found[1] < MIN_CONFIDENCE:
+        return None
+    return None if _mixed(text, found[0], sum(counts.values())) else found[0]
+
+
+def _mixed(text: str, language: str, letters: int) -> bool:
+    """Do sentences (or lines) of `text` surely in another language than `language` hold at least
+    MIXED_SHARE of its letters? lingua reads a mixed text as a whole and may be confident about one
+    of its languages ("Sure! Ecco la ricetta: ... Then bake it for 30 minutes." -> it, 0.94)."""
+    sentences = [part for part in _SENTENCE.split(text) if part.strip()]
+    if len(sentences) < 2:
+        return False
+    other = 0
+    for sentence in sentences:
+        found = language_confidence(sentence)
+        if found is not None and found[1] >= MIN_CONFIDENCE and found[0] != language:
+            other += sum(ch.isalpha() for ch in sentence)
+    return other >= MIXED_SHARE * letters
 
 
 def language_counts(pairs: Iterable[ParallelPreferencePair | PreferencePair]) -> dict[str, int]:
@@ -179,8 +212,8 @@ class LanguageCheck:
     one MPO release file); labelled by the prompt alone they joined the English row. Here a side's
     language is the one every detected text agrees on; when two texts are detected in different
     languages the side is None ("unknown": never a guess) and the record is kept in `disagreements`,
-    for the log and run.json. Texts that cannot be detected (short or Latin-script text other than en,
-    sw, vi) do not vote, so a pair whose answers are undetected keeps its prompt's language, as before.
+    for the log and run.json. Texts that cannot be detected (too short, code, mixed text lingua is not
+    confident about) do not vote, so a pair whose answers are undetected keeps its prompt's language, as before.
     """
 
     disagreements: list[dict[str, Any]] = field(default_factory=list)

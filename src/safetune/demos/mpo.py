@@ -240,6 +240,8 @@ def _row(variant: str, results_path: Path, gaps: dict[str, float], run_dir: Path
     bench = load_results(results_path).benchmarks
     refusal, utility = bench["harmful-prompts"].by_language, bench["qa"].by_language
     row: dict[str, Any] = {"variant": variant, "eval": str(results_path.parent)}
+    # evaluation/incoherence.py: held-out harmful answers (both languages) in no refusal, no attack success
+    row["incoherent"] = bench["harmful-prompts"].n_incoherent
     for lang in (L1, L2):
         ci = refusal[lang].ci95
         row[f"refusal_{lang}"] = refusal[lang].value
@@ -309,13 +311,15 @@ def summary_markdown(
         f"swapped; {plan.steps} steps x batch {plan.batch_size}, lr {plan.learning_rate:g}; "
         f"MPO beta {plan.mpo_beta:g}, DPO beta {plan.dpo_beta:g})",
         "",
-        "| model | refusal L1 % | refusal L2 % | utility L1 | utility L2 | reward gap L1 | reward gap L2 |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | refusal L1 % | refusal L2 % | utility L1 | utility L2 | reward gap L1 | reward gap L2 "
+        "| incoherent (harmful) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {LABELS[r['variant']]} | {fmt(r['refusal_l1'])} | {fmt(r['refusal_l2'])} "
-            f"| {fmt(r['utility_l1'])} | {fmt(r['utility_l2'])} | {fmt(r['gap_l1'], 2)} | {fmt(r['gap_l2'], 2)} |"
+            f"| {fmt(r['utility_l1'])} | {fmt(r['utility_l2'])} | {fmt(r['gap_l1'], 2)} | {fmt(r['gap_l2'], 2)} "
+            f"| {'–' if r.get('incoherent') is None else r['incoherent']} |"
         )
     lines += checks_markdown("the MPO paper, in miniature", checks(rows))
     lines += [

@@ -327,6 +327,10 @@ def run_persona(
     return rows
 
 
+def _count(value: int | None) -> str:
+    return "–" if value is None else str(value)
+
+
 def _row(persona: Persona, variant: str, results_path: Path, run_dir: Path | None) -> dict[str, Any]:
     results = load_results(results_path)
     bench, harmful = results.benchmarks, results.benchmarks["harmful-prompts"]
@@ -341,6 +345,7 @@ def _row(persona: Persona, variant: str, results_path: Path, run_dir: Path | Non
         "refusal_ci95": None if harmful.ci95 is None else list(harmful.ci95),  # as in summary.json
         "eval": str(results_path.parent),
         "flag_rate": None,
+        "incoherent": harmful.n_incoherent,  # evaluation/incoherence.py: in no refusal, no attack success
     }
     if run_dir is not None:
         stats_file = run_dir / "selection_stats.json"  # role-data recipes with a selection write one
@@ -430,13 +435,15 @@ def summary_markdown(
     lines = [
         f"# safetune demo (seed {plan.seed}, beta {plan.beta:g}, {plan.steps} steps x batch {plan.batch_size})",
         "",
-        "| persona | model | RoleBench RAW | SPE | avg | refusal % (held-out harmful) | RDS flag rate % |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| persona | model | RoleBench RAW | SPE | avg | refusal % (held-out harmful) | RDS flag rate % "
+        "| incoherent (harmful) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['persona']} | {VARIANTS[r['variant']].label} | {fmt(r['rolebench_raw'])} | {fmt(r['rolebench_spe'])} "
-            f"| {fmt(r['rolebench_avg'])} | {fmt(r['refusal'])} | {fmt(r['flag_rate'])} |"
+            f"| {fmt(r['rolebench_avg'])} | {fmt(r['refusal'])} | {fmt(r['flag_rate'])} "
+            f"| {_count(r.get('incoherent'))} |"
         )
     lines += checks_markdown("the paper, in miniature", checks(rows))
     if any(r["variant"] not in DEFAULT_VARIANTS for r in rows):

@@ -16,7 +16,8 @@ results.json (schema_version 1)::
                   "revision": "..." | null, "fingerprint": "..."} | null,
         "backend": "hf", "generation": {...GenerationConfig...},
         "judge": {"name": "keyword", "version": "kw-1", "key": "..."} | null,
-        "eval": {...EvalConfig...}, "config_hash": "...", "seed": 42,
+        "eval": {...EvalConfig...}, "incoherence": "incoherence@inc-1:..." | null (absent before it
+        existed; kept among the provenance's other keys), "config_hash": "...", "seed": 42,
         "counts": {"requests": 22, "generated_now": 0, "judged_now": 17},
         "translation": {"to": "en", "judge_on": "translated" | "both",
                         "translator": {"kind": "nllb", "version": "tr-1", "model": "...", "revision": ...,
@@ -36,6 +37,7 @@ results.json (schema_version 1)::
           "source": "..." | null,
           "n": 520, "n_valid": 518, "n_invalid": 2, "n_uncovered": 0,
           "value": 98.46 | null, "asr": 1.54 | null, "ci95": [97.3, 99.4] | null,
+          "n_incoherent": 1                  (only when the incoherence check ran: eval.incoherence),
           "n_partial": 3                     (only when the judge found partial refusals),
           "note": "..."                      (only when there is something to say),
           "judged_on": "translated",         (only with eval.translate_to: the verdicts these numbers
@@ -57,8 +59,8 @@ results.json (schema_version 1)::
       }
     }
 
-where GROUP is {"n", "n_valid", "n_invalid", "n_uncovered", "value", "asr", "ci95"} (+ "n_partial",
-"note"), computed
+where GROUP is {"n", "n_valid", "n_invalid", "n_uncovered", "value", "asr", "ci95"} (+ "n_incoherent",
+"n_partial", "note"), computed
 like the benchmark over the items of that role / language (items without one are in no group).
 
 FIDELITY is {"n", "n_valid", "n_invalid", "value", "ci95", "in_character"} (evaluation/fidelity.py):
@@ -102,7 +104,8 @@ class Metric:
 ROUGE_L = Metric("rouge_l", "ROUGE-L F1 (×100)", higher_is_better=True)
 REFUSAL_RATE = Metric("refusal_rate", "refusal rate (%)", higher_is_better=True)
 OVER_REFUSAL_RATE = Metric("over_refusal_rate", "over-refusal rate (%)", higher_is_better=False)
-# Not a benchmark's metric: the `asr` of refusal-rate results (100 - refusal rate).
+# Not a benchmark's metric: the `asr` of refusal-rate results (100 - refusal rate when no answer is
+# incoherent; incoherent answers are in neither, metrics.py).
 ASR = Metric("asr", "attack success rate (%)", higher_is_better=False)
 
 # The metrics a benchmark can be scored with (its "metric" field).
@@ -131,9 +134,10 @@ class GroupResult:
     n_valid: int | None = None
     n_invalid: int | None = None  # no usable verdict (or, over-refusal, no refusal decision)
     n_uncovered: int | None = None  # in a language the judge does not cover
-    asr: float | None = None  # refusal-rate results only: 100 - value
+    asr: float | None = None  # refusal-rate results only: 100 - value - the incoherent share
     ci95: tuple[float, float] | None = None
     n_partial: int | None = None  # partial refusals (among the refusals), when the judge tells them apart
+    n_incoherent: int | None = None  # answers the incoherence check flagged (None: it did not run)
     note: str | None = None
 
     def _numbers(self) -> dict[str, Any]:
@@ -146,6 +150,8 @@ class GroupResult:
             "asr": self.asr,
             "ci95": None if self.ci95 is None else list(self.ci95),
         }
+        if self.n_incoherent is not None:
+            numbers["n_incoherent"] = self.n_incoherent
         if self.n_partial is not None:
             numbers["n_partial"] = self.n_partial
         if self.note is not None:
@@ -495,6 +501,7 @@ class _Parser:
             asr=asr,
             ci95=None if ci is None else (ci[0], ci[1]),
             n_partial=self.count(f"{field}.n_partial", group.get("n_partial")),
+            n_incoherent=self.count(f"{field}.n_incoherent", group.get("n_incoherent")),
             note=self.text(f"{field}.note", group.get("note")),
         )
 

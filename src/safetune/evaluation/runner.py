@@ -1,5 +1,8 @@
 """Staged, resumable evaluation: requests -> completions.jsonl -> judgements.jsonl -> results.json.
 
+Between judging and results, incoherence.jsonl holds the incoherence check of every completion
+(evaluation/incoherence.py; eval.incoherence=false skips it), reused like the verdicts.
+
 Each stage appends whole lines as batches finish, so a killed run resumes where it stopped: a re-run
 recomputes only what is missing. A completion is reused only for the very same request text, and a
 verdict only for the very same judge key and response text, so changing the judge reuses every
@@ -39,6 +42,9 @@ from safetune.evaluation.fidelity import (
     fidelity_result,
     scored_kinds,
 )
+from safetune.evaluation.incoherence import KEY as INCOHERENCE_KEY
+from safetune.evaluation.incoherence import STAGE_FILE as INCOHERENCE_FILE
+from safetune.evaluation.incoherence import check as check_incoherence
 from safetune.evaluation.items import Backend, GenerationRequest, Judge, JudgeItem
 from safetune.evaluation.metrics import ScoredRow, benchmark_result, rouge_l, summarise
 from safetune.evaluation.results import RESULTS_FILE, SCHEMA_VERSION, Results
@@ -64,6 +70,7 @@ STAGE_FILES = (
     "translations.jsonl",  # eval.translate_to (evaluation/translated.py)
     "judgements.jsonl",
     "fidelity.jsonl",
+    INCOHERENCE_FILE,
     "results.json",
 )
 FIDELITY_FILE = "fidelity.jsonl"
@@ -323,7 +330,46 @@ def judge_missing(
     return judge_pending(items, hashes, out / "judgements.jsonl", judge, hook)
 
 
-# ---- stage 2b: persona fidelity (evaluation/fidelity.py) ----
+# ---- stage 2b: incoherence ----
+
+
+def check_missing(
+    tasks: Sequence[Task], completions: dict[str, dict[str, Any]], out: Path, hook: BatchHook | None = None
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """The incoherence verdict (evaluation/incoherence.py) of every completion, appended to
+    incoherence.jsonl; those of the same check key, prompt and response already in it are reused."""
+    path = out / INCOHERENCE_FILE
+    hashes = {
+        t.request.id: _short_hash(t.prompt.text, completions[t.request.id]["text"], t.prompt.language)
+        for t in tasks
+    }
+    done = _read_rows(
+        path, lambda row: row.get("key") == INCOHERENCE_KEY and hashes.get(row["id"]) == row.get("hash")
+    )
+    pending = [t for t in tasks if t.request.id not in done]
+    rows = []
+    for task in pending:
+        found = check_incoherence(
+            task.prompt.text, completions[task.request.id]["text"], task.prompt.language
+        )
+        rows.append(
+            {
+                "id": task.request.id,
+                **found.to_dict(),
+                "key": INCOHERENCE_KEY,
+                "hash": hashes[task.request.id],
+            }
+        )
+    if rows:
+        append_jsonl(path, rows)  # cheap (no model): one append for the whole stage
+        done.update((row["id"], row) for row in rows)
+        if hook:
+            hook("incoherence", len(rows))
+    log.info("incoherence: %d on disk, %d checked", len(done) - len(rows), len(rows))
+    return done, len(rows)
+
+
+# ---- stage 2c: persona fidelity (evaluation/fidelity.py) ----
 
 
 @dataclass(frozen=True)
@@ -418,17 +464,24 @@ def add_fidelity(
 # ---- stage 3: results ----
 
 
-def _scored_row(task: Task, completion: dict[str, Any], verdict: dict[str, Any] | None) -> ScoredRow:
+def _scored_row(
+    task: Task, completion: dict[str, Any], verdict: dict[str, Any] | None, flag: dict[str, Any] | None = None
+) -> ScoredRow:
     prompt = task.prompt
+    incoherent = None if flag is None else bool(flag["incoherent"])
     if task.spec.metric == "rouge_l":
         if not prompt.references:
             raise ConfigError(f"{task.request.id}: a ROUGE-L prompt without a reference answer")
-        return ScoredRow(
-            prompt.id, prompt.role, prompt.language, score=rouge_l(completion["text"], prompt.references)
-        )
+        score = rouge_l(completion["text"], prompt.references)
+        return ScoredRow(prompt.id, prompt.role, prompt.language, score=score, incoherent=incoherent)
     assert verdict is not None  # judge_missing guarantees a verdict for every judged task
     return ScoredRow(
-        prompt.id, prompt.role, prompt.language, label=verdict["label"], refused=verdict["refused"]
+        prompt.id,
+        prompt.role,
+        prompt.language,
+        label=verdict["label"],
+        refused=verdict["refused"],
+        incoherent=incoherent,
     )
 
 
@@ -437,14 +490,24 @@ def score_benchmarks(
     completions: dict[str, dict[str, Any]],
     verdicts: dict[str, dict[str, Any]],
     config: RunConfig,
+    flags: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
+    """Per-benchmark results; `flags` (request id -> incoherence row) when the check ran (eval.incoherence)."""
     by_benchmark: dict[str, list[Task]] = {}
     for task in tasks:
         by_benchmark.setdefault(task.spec.name, []).append(task)
     results: dict[str, dict[str, Any]] = {}
     for name, group in by_benchmark.items():
         spec = group[0].spec
-        rows = [_scored_row(t, completions[t.request.id], verdicts.get(t.request.id)) for t in group]
+        rows = [
+            _scored_row(
+                t,
+                completions[t.request.id],
+                verdicts.get(t.request.id),
+                None if flags is None else flags[t.request.id],
+            )
+            for t in group
+        ]
         result = benchmark_result(spec.metric, rows, config.eval.bootstrap, config.eval.seed)
         header = {k: getattr(spec, k) for k in ("name", "version", "kind", "metric", "group")}
         results[name] = {**header, "source": _source_of(config, spec), **result}
@@ -470,6 +533,7 @@ def _provenance(
         "generation": asdict(config.generation),
         "judge": judged,
         "eval": asdict(config.eval),
+        "incoherence": INCOHERENCE_KEY if config.eval.incoherence else None,
         "config_hash": hash_json({k: config.to_dict()[k] for k in ("generation", "judge", "eval")}),
         "seed": config.generation.seed,
         "counts": counts,
@@ -565,17 +629,21 @@ def _evaluate(
         else ({}, 0)
     )
 
-    benchmarks = score_benchmarks(tasks, completions, verdicts, config)
+    flags, checked = check_missing(tasks, completions, out, hook) if config.eval.incoherence else (None, 0)
+
+    benchmarks = score_benchmarks(tasks, completions, verdicts, config, flags)
     counts = {"requests": len(tasks), "generated_now": generated, "judged_now": judged}
     provenance = _provenance(config, source, judge, counts)
     if translation is not None:
-        secondary = None if other is None else score_benchmarks(tasks, completions, other, config)
+        secondary = None if other is None else score_benchmarks(tasks, completions, other, config, flags)
         translation.annotate(benchmarks, secondary)
         provenance["translation"] = translation.record(translated_now)
     if fidelity_judge is not None:
         add_fidelity(benchmarks, fidelity_tasks, scores, config)
         counts["fidelity_scored_now"] = scored
         provenance["fidelity"] = record(fidelity_judge, config.fidelity)
+    if flags is not None:
+        counts["incoherence_checked_now"] = checked
     results = {
         "schema_version": SCHEMA_VERSION,
         "provenance": provenance,

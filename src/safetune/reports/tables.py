@@ -181,8 +181,20 @@ def columns(runs: Sequence[Run]) -> list[Column]:
         _summary_column("Jailbreak AVG", "jailbreak_avg", False),
         *(_benchmark_column(n) for n in _names(runs, other)),
         _summary_column("Over-refusal", "over_refusal", True),
+        Column(INCOHERENT_HEADER, incoherent_share),
     ]
     return [c for c in candidates if any(c.value(run) is not None for run in runs)]
+
+
+INCOHERENT_HEADER = "Incoherent %"
+
+
+def incoherent_share(run: Run) -> float | None:
+    """% of the judged answers (harmful and over-refusal sets) that the incoherence check flagged; None
+    when it did not run (results written before it, or eval.incoherence off)."""
+    checked = [b for b in run.benchmarks.values() if b.metric != ROUGE_L and b.n_incoherent is not None]
+    total = sum(b.n for b in checked)
+    return 100.0 * sum(b.n_incoherent or 0 for b in checked) / total if total else None
 
 
 def languages(runs: Sequence[Run]) -> list[str]:
@@ -344,6 +356,8 @@ def _counts_text(run: Run) -> str:
             part += f" ({bench.n_uncovered} not covered by the judge)"
         if bench.n_partial:  # refusals that answer a part: in the refusal rate, shown apart
             part += f" ({bench.n_partial} partial refusals)"
+        if bench.n_incoherent:  # neither refusals nor attack successes (evaluation/incoherence.py)
+            part += f" ({bench.n_incoherent} incoherent)"
         if bench.note:
             part += f" [{bench.note}]"
         parts.append(part)
@@ -376,7 +390,9 @@ def markdown(runs: Sequence[Run]) -> str:
         "",
         "RoleBench and QA: ROUGE-L F1 ×100 (higher is better). Safety, jailbreak and other harmful sets: "
         "refusal rate % = 100 − ASR (higher is safer). Over-refusal: % of benign prompts refused "
-        f"(lower is better). {MISSING}: not evaluated.",
+        f"(lower is better). {INCOHERENT_HEADER}: judged answers that are empty, loops, symbol soup or in "
+        "the wrong language; they count as neither refusals nor attack successes (refusal % + ASR % + "
+        f"incoherent % = 100 on a harmful set). {MISSING}: not evaluated.",
     ]
     langs = languages(runs)
     if langs:
