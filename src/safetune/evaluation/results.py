@@ -27,6 +27,7 @@ results.json (schema_version 1)::
           "source": "..." | null,
           "n": 520, "n_valid": 518, "n_invalid": 2, "n_uncovered": 0,
           "value": 98.46 | null, "asr": 1.54 | null, "ci95": [97.3, 99.4] | null,
+          "chrf": 41.7                       (ROUGE-L benchmarks only: sacrebleu corpus chrF, 0..100),
           "n_partial": 3                     (only when the judge found partial refusals),
           "note": "..."                      (only when there is something to say),
           "by_role": {"<role>": {GROUP}},    ({} when no item carries a role)
@@ -41,8 +42,8 @@ results.json (schema_version 1)::
       }
     }
 
-where GROUP is {"n", "n_valid", "n_invalid", "n_uncovered", "value", "asr", "ci95"} (+ "n_partial",
-"note"), computed
+where GROUP is {"n", "n_valid", "n_invalid", "n_uncovered", "value", "asr", "ci95"} (+ "chrf",
+"n_partial", "note"), computed
 like the benchmark over the items of that role / language (items without one are in no group).
 
 What a reader may rely on is what `from_dict` checks: every benchmark and group has an integer `n` and a
@@ -112,6 +113,7 @@ class GroupResult:
     n_uncovered: int | None = None  # in a language the judge does not cover
     asr: float | None = None  # refusal-rate results only: 100 - value
     ci95: tuple[float, float] | None = None
+    chrf: float | None = None  # ROUGE-L results only: corpus chrF of the same answers (metrics.py)
     n_partial: int | None = None  # partial refusals (among the refusals), when the judge tells them apart
     note: str | None = None
 
@@ -125,6 +127,8 @@ class GroupResult:
             "asr": self.asr,
             "ci95": None if self.ci95 is None else list(self.ci95),
         }
+        if self.chrf is not None:
+            numbers["chrf"] = self.chrf
         if self.n_partial is not None:
             numbers["n_partial"] = self.n_partial
         if self.note is not None:
@@ -387,6 +391,7 @@ class _Parser:
             n_uncovered=n_uncovered,
             asr=asr,
             ci95=None if ci is None else (ci[0], ci[1]),
+            chrf=self.number(f"{field}.chrf", group.get("chrf")),
             n_partial=self.count(f"{field}.n_partial", group.get("n_partial")),
             note=self.text(f"{field}.note", group.get("note")),
         )

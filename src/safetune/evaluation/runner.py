@@ -304,7 +304,12 @@ def _scored_row(task: Task, completion: dict[str, Any], verdict: dict[str, Any] 
         if not prompt.references:
             raise ConfigError(f"{task.request.id}: a ROUGE-L prompt without a reference answer")
         return ScoredRow(
-            prompt.id, prompt.role, prompt.language, score=rouge_l(completion["text"], prompt.references)
+            prompt.id,
+            prompt.role,
+            prompt.language,
+            score=rouge_l(completion["text"], prompt.references),
+            text=completion["text"],
+            references=tuple(prompt.references),
         )
     assert verdict is not None  # judge_missing guarantees a verdict for every judged task
     return ScoredRow(

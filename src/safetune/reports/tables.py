@@ -2,8 +2,9 @@
 
 One row per run: RoleBench RAW | SPE | avg | other ROUGE-L sets (qa) | each safety set | Safety AVG |
 each jailbreak set | Jailbreak AVG | other judged sets | over-refusal; only columns with data in at least
-one run. Further tables give the per-language ASR and the per-language ROUGE-L of the ROUGE-L sets that
-have languages (qa files with a language field), and a footer names each run's model, judge and item
+one run; each ROUGE-L set also gets a chrF column. Further tables give the per-language ASR and the
+per-language ROUGE-L and chrF of the ROUGE-L sets that have languages (qa files with a language field),
+and a footer names each run's model, judge and item
 counts. Every number comes from results.json as it is (no recomputation).
 """
 
@@ -146,6 +147,16 @@ def _benchmark_column(name: str) -> Column:
     return Column(display_name(name), value, ci)
 
 
+def _chrf_column(name: str) -> Column:
+    """The corpus chrF of a ROUGE-L benchmark (no interval: a corpus score is not a mean of items)."""
+
+    def value(run: Run) -> float | None:
+        bench = run.benchmarks.get(name)
+        return None if bench is None else number(bench.chrf)
+
+    return Column(f"{display_name(name)} chrF", value)
+
+
 def _names(runs: Sequence[Run], keep: Callable[[BenchmarkResult], bool]) -> list[str]:
     names: list[str] = []
     for run in runs:
@@ -167,11 +178,15 @@ def columns(runs: Sequence[Run]) -> list[Column]:
     def other_rouge(bench: BenchmarkResult) -> bool:
         return bench.group not in _SUMMARY_GROUPS and bench.metric == ROUGE_L
 
+    def rouge(bench: BenchmarkResult) -> bool:
+        return bench.metric == ROUGE_L
+
     candidates = [
         _summary_column("RoleBench RAW", "rolebench_raw", True),
         _summary_column("RoleBench SPE", "rolebench_spe", True),
         _summary_column("RoleBench avg", "rolebench_avg", False),
         *(_benchmark_column(n) for n in _names(runs, other_rouge)),
+        *(_chrf_column(n) for n in _names(runs, rouge)),
         *(_benchmark_column(n) for n in _names(runs, in_group("safety"))),
         _summary_column("Safety AVG", "safety_avg", False),
         *(_benchmark_column(n) for n in _names(runs, in_group("jailbreak"))),
@@ -211,6 +226,12 @@ def language_rouge(run: Run, name: str, language: str) -> float | None:
     bench = run.benchmarks.get(name)
     group = None if bench is None else bench.by_language.get(language)
     return None if group is None else number(group.value)
+
+
+def language_chrf(run: Run, name: str, language: str) -> float | None:
+    bench = run.benchmarks.get(name)
+    group = None if bench is None else bench.by_language.get(language)
+    return None if group is None else number(group.chrf)
 
 
 def _fmt(value: float | None) -> str:
@@ -288,7 +309,8 @@ def markdown(runs: Sequence[Run]) -> str:
         lines.append("No run has any result.")
     lines += [
         "",
-        "RoleBench and QA: ROUGE-L F1 ×100 (higher is better). Safety, jailbreak and other harmful sets: "
+        "RoleBench and QA: ROUGE-L F1 ×100 (higher is better); chrF: sacrebleu corpus chrF (characters, "
+        "so non-Latin answers score too; higher is better). Safety, jailbreak and other harmful sets: "
         "refusal rate % = 100 − ASR (higher is safer). Over-refusal: % of benign prompts refused "
         f"(lower is better). {MISSING}: not evaluated.",
     ]
@@ -306,6 +328,15 @@ def markdown(runs: Sequence[Run]) -> str:
             ["Run", *(f"{display_name(name)} {lang}" for name, lang in rouge_langs)],
             [[r.row_label, *(_fmt(language_rouge(r, n, lang)) for n, lang in rouge_langs)] for r in runs],
         )
+        chrf_langs = [
+            (n, lang) for n, lang in rouge_langs if any(language_chrf(r, n, lang) is not None for r in runs)
+        ]
+        if chrf_langs:  # characters, not ASCII words: the score of non-Latin answers
+            lines += ["", "## chrF by language (sacrebleu corpus chrF, higher is better)", ""]
+            lines += _md_table(
+                ["Run", *(f"{display_name(name)} {lang}" for name, lang in chrf_langs)],
+                [[r.row_label, *(_fmt(language_chrf(r, n, lang)) for n, lang in chrf_langs)] for r in runs],
+            )
     uncovered = [(run, text) for run in runs if (text := _uncovered_text(run))]
     if uncovered:
         lines += [
@@ -343,6 +374,7 @@ def csv_text(runs: Sequence[Run]) -> str:
             header += [f"{col.header} ci95 low", f"{col.header} ci95 high"]
     header += [f"ASR {lang}" for lang in langs]
     header += [f"ROUGE-L {display_name(name)} {lang}" for name, lang in rouge_langs]
+    header += [f"chrF {display_name(name)} {lang}" for name, lang in rouge_langs]
     header += ["model", "adapter", "backend", "judge", "results"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -361,6 +393,7 @@ def csv_text(runs: Sequence[Run]) -> str:
         model = run.provenance.model
         row += [cell(language_asr(run, lang)) for lang in langs]
         row += [cell(language_rouge(run, name, lang)) for name, lang in rouge_langs]
+        row += [cell(language_chrf(run, name, lang)) for name, lang in rouge_langs]
         row += [(model.base or model.label) if model else "", (model.adapter or "") if model else ""]
         row += [run.provenance.backend or "", run.judge_name() or "", str(run.path)]
         writer.writerow(row)
