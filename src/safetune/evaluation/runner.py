@@ -31,6 +31,7 @@ from safetune.evaluation.benchmarks import BenchmarkSpec, TableOptions, load_ben
 from safetune.evaluation.items import Backend, GenerationRequest, Judge, JudgeItem
 from safetune.evaluation.metrics import ScoredRow, benchmark_result, rouge_l, summarise
 from safetune.evaluation.results import RESULTS_FILE, SCHEMA_VERSION, Results
+from safetune.evaluation.utility import UtilityPlan, plan_utility, run_utility, utility_section
 from safetune.launch import barrier, is_main_process, is_multi_process, main_process_lock
 from safetune.launch import rank as process_rank
 from safetune.launch import shard as process_shard
@@ -46,7 +47,14 @@ from safetune.storage import (
 
 log = logging.getLogger(__name__)
 
-STAGE_FILES = ("eval.json", "requests.jsonl", "completions.jsonl", "judgements.jsonl", "results.json")
+STAGE_FILES = (
+    "eval.json",
+    "requests.jsonl",
+    "completions.jsonl",
+    "judgements.jsonl",
+    "utility.jsonl",  # evaluation/utility.py: lm-eval's scores per --utility entry
+    "results.json",
+)
 COMPLETION_SHARDS = "completions.rank-*.jsonl"  # one per rank of a multi-process launch, until merged
 JUDGED_KINDS = ("harmful", "overrefusal")
 # Settings that do not change what is generated: a resumed run may change them freely.
@@ -101,7 +109,11 @@ def build_tasks(config: RunConfig) -> list[Task]:
     from safetune.data.sources import load_profiles
 
     if not config.eval.benchmarks:
-        raise ConfigError("no benchmarks given (--benchmarks name[=source],...; see `safetune list`)")
+        if config.eval.utility:  # utility alone (lm-eval tasks): nothing to generate
+            return []
+        raise ConfigError(
+            "no benchmarks given (--benchmarks name[=source],...; see `safetune list`; or --utility TASKS)"
+        )
     system = config.generation.system
     profiles = load_profiles(config.eval.profiles) if config.eval.profiles else {}
     table = TableOptions.of(config.eval.columns, config.eval.header, config.eval.language)
@@ -345,7 +357,11 @@ def _source_of(config: RunConfig, spec: BenchmarkSpec) -> str | None:
 
 
 def _provenance(
-    config: RunConfig, source: ModelSource, judge: Judge | None, counts: dict[str, int]
+    config: RunConfig,
+    source: ModelSource,
+    judge: Judge | None,
+    counts: dict[str, int],
+    utility: UtilityPlan | None = None,
 ) -> dict[str, Any]:
     judged = {"name": judge.name, "version": judge.version, "key": judge.key()} if judge else None
     return {
@@ -358,6 +374,7 @@ def _provenance(
         "config_hash": hash_json({k: config.to_dict()[k] for k in ("generation", "judge", "eval")}),
         "seed": config.generation.seed,
         "counts": counts,
+        **({"utility": utility.provenance()} if utility is not None else {}),
     }
 
 
@@ -411,6 +428,9 @@ def _evaluate(
     source = resolve_model(config.eval.model, None)
     key = generation_key(source, config)
     check_output(out, key, overwrite)
+    # lm-eval's tasks (datasets included) are loaded now: an unknown task stops the run before any file.
+    # The main process alone scores utility, after the others have generated their shards.
+    utility = plan_utility(config, source) if config.eval.utility and is_main_process() else None
     done = {} if overwrite else completions_on_disk(tasks, out)
     # A missing completion needs the generation model: loaded (and so checked) before anything is
     # written; when every completion is on disk (re-judging), none is loaded.
@@ -432,15 +452,21 @@ def _evaluate(
         completions = completions_on_disk(tasks, out)
         generated = len(completions) - len(done)
     verdicts, judged = judge_missing(tasks, completions, out, judge, hook) if judge else ({}, 0)
+    # After the judge: a model judge's weights are gone before the model is loaded again for lm-eval.
+    scores, scored = run_utility(utility, source, config, out, hook) if utility else ({}, 0)
 
     benchmarks = score_benchmarks(tasks, completions, verdicts, config)
     counts = {"requests": len(tasks), "generated_now": generated, "judged_now": judged}
+    if utility is not None:
+        counts["utility_now"] = scored
     results = {
         "schema_version": SCHEMA_VERSION,
-        "provenance": _provenance(config, source, judge, counts),
+        "provenance": _provenance(config, source, judge, counts, utility),
         "benchmarks": benchmarks,
         "summary": summarise(benchmarks),
     }
+    if utility is not None:
+        results["utility"] = utility_section(utility, scores)
     path = out / RESULTS_FILE
     # Typed, and so checked, on the way out: the file is in exactly the layout every reader loads.
     Results.from_dict(results, path).save(path)
