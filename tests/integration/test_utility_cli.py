@@ -1,7 +1,7 @@
 """`safetune eval --utility` end to end through lm-evaluation-harness, offline: tiny local task YAMLs
 (multiple choice, a per-language tag, generate_until) with datasets from local JSON files, on a tiny model.
 Scores are checked against values computed by hand or directly with the model; the cache, a changed task,
-an unknown task and the report."""
+bad entries and the report. One test: lm-eval's task index and the model load are its cost."""
 
 from __future__ import annotations
 
@@ -132,6 +132,14 @@ def test_utility_through_lm_eval_cached_per_task_and_reported(tasks, tiny_chatml
     out = tmp_path / "ev"
     utility = f"tiny_same,tinylang,tiny_ll,{tasks / 'tiny_gen.yaml'}"
     include = f"--eval.utility_include={tasks}"
+    # Bad entries first: one line, exit 2, nothing written (an unknown name is looked up in lm-eval's own
+    # task index too, and its closest names are offered).
+    unknown = _eval(tiny_chatml, out, "tiny_same,tiny_sme", include)
+    assert unknown.exit_code == 2
+    assert "unknown lm-eval task 'tiny_sme'" in unknown.output and "tiny_same" in unknown.output
+    missing = _eval(tiny_chatml, out, str(tasks / "nope.yaml"))
+    assert missing.exit_code == 2 and "nope.yaml" in missing.output and not out.exists()
+
     result = _eval(tiny_chatml, out, utility, include)
     assert result.exit_code == 0, result.output
     data = json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -170,14 +178,3 @@ def test_utility_through_lm_eval_cached_per_task_and_reported(tasks, tiny_chatml
     text = (report / "report.md").read_text(encoding="utf-8")
     assert "tiny_same acc %" in text and "50.00" in text
     assert "## Utility by language" in text and "tinylang bn" in text
-
-
-@pytest.mark.slow  # lm-eval scans its own ~15k task files to look the name up (about 10 s)
-def test_unknown_utility_task_is_one_line_exit_2_and_writes_nothing(tasks, tiny_chatml, tmp_path):
-    out = tmp_path / "ev"
-    result = _eval(tiny_chatml, out, "tiny_same,tiny_sme", f"--eval.utility_include={tasks}")
-    assert result.exit_code == 2
-    assert "unknown lm-eval task 'tiny_sme'" in result.output and "tiny_same" in result.output
-    assert not out.exists()
-    missing = _eval(tiny_chatml, out, str(tasks / "nope.yaml"))
-    assert missing.exit_code == 2 and "nope.yaml" in missing.output and not out.exists()
