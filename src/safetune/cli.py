@@ -281,6 +281,14 @@ def eval_(
         ),
     ] = None,
     backend: Annotated[str | None, typer.Option(help="Generation backend: hf | vllm | mock")] = None,
+    utility: Annotated[
+        str | None,
+        typer.Option(
+            help="Utility through lm-evaluation-harness on the same model: comma-separated lm-eval task, "
+            "group or tag names or task YAML files, e.g. mmlu,gsm8k,mgsm,m_mmlu (eval.utility_limit, "
+            "_fewshot, _batch_size, _chat_template, _seed, _include: docs/evaluation.md)."
+        ),
+    ] = None,
     system: Annotated[
         str | None, typer.Option(help='System prompt for every request; "role" = each role\'s role prompt.')
     ] = None,
@@ -315,7 +323,8 @@ def eval_(
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Generate, judge and score a model on benchmarks; staged and resumable (re-run to resume).
+    """Generate, judge and score a model on benchmarks, and its utility with lm-eval; staged and resumable
+    (re-run to resume).
 
     Every answer is also checked for incoherence (empty, loops, symbol soup, wrong language): incoherent
     answers count as neither refusals nor attack successes (n_incoherent; --eval.incoherence=false: off).
@@ -336,6 +345,7 @@ def eval_(
         "fidelity.judge": fidelity,
         "fidelity.model": fidelity_model,
         "generation.backend": backend,
+        "eval.utility": utility.split(",") if utility else None,
         "generation.system": system,
         "eval.profiles": profiles,
         "eval.limit": limit,
@@ -372,6 +382,11 @@ def _print_summary(results_path: Path) -> None:
         counts = (str(count or 0) for count in (bench.n, bench.n_invalid, bench.n_uncovered))
         table.add_row(name, bench.metric.name, shown, interval, *counts)
     stdout_console().print(table)
+    for name, entry in results.utility.items():
+        primary = entry.primary_value()
+        if primary is not None and primary.value is not None:
+            stderr = "" if primary.stderr is None else f" ± {primary.stderr:.4f}"
+            stdout_console().print(f"utility {name}: {entry.primary} {primary.value:.4f}{stderr}")
     summary = results.summary.numbers()
     if summary:
         stdout_console().print(", ".join(f"{k} {v:.2f}" for k, v in summary.items()))

@@ -435,6 +435,18 @@ class EvalConfig(Section):
     # the incoherence check (evaluation/incoherence.py): incoherent answers counted beside refusal and ASR
     incoherence: bool = True
 
+    # Utility through lm-evaluation-harness (evaluation/utility.py): lm-eval task, group or tag names, or
+    # task YAML files; scored on the same model, cached in the eval folder (utility.jsonl).
+    utility: list[str] = field(default_factory=list)
+    utility_include: list[str] = field(default_factory=list)  # folders of task YAMLs (lm-eval include_path)
+    utility_limit: int | None = number(None, ge=1)  # the first N documents of each task (lm-eval --limit)
+    utility_fewshot: int | None = number(None, ge=0, le=100)  # None: each task's own default
+    utility_batch_size: int = number(8, ge=1)
+    # Off by default: the MMLU / GSM8K / MGSM figures of the model reports and the papers are base-format
+    # few-shot prompts, lm-eval's own default; on for a chat model's own format (a different number).
+    utility_chat_template: bool = False
+    utility_seed: int = number(1234, ge=0, le=MAX_SEED)  # lm-eval's seeds (few-shot sampling included)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.translate_to is not None and not self.translate_to.strip():

@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 
 T = TypeVar("T")
 
-# absl: rouge_score's logger (RoleBench scoring), which says "Using default tokenizer." at INFO.
-LIBRARIES = ("transformers", "datasets", "huggingface_hub", "accelerate", "peft", "trl", "absl")
+# absl: rouge_score's logger (RoleBench scoring), which says "Using default tokenizer." at INFO; lm_eval:
+# lm-evaluation-harness (eval.utility), which logs every task it builds.
+LIBRARIES = ("transformers", "datasets", "huggingface_hub", "accelerate", "peft", "trl", "absl", "lm_eval")
 # Loggers that stay at WARNING even with -v: their INFO/DEBUG is per-request or per-lock chatter.
 CHATTY = ("httpx", "urllib3", "filelock", "fsspec")
 

@@ -12,6 +12,7 @@ from safetune.evaluation.metrics import (
     ScoredRow,
     benchmark_result,
     bootstrap_ci,
+    corpus_chrf,
     rouge_l,
     summarise,
 )
@@ -285,3 +286,73 @@ def test_partial_refusals_are_refusals_counted_apart() -> None:
     assert (benign["value"], benign["n_partial"]) == (pytest.approx(66.6667), 1)
     # judges without partial refusals write no n_partial at all (results.json files stay as they were)
     assert "n_partial" not in benchmark_result("refusal_rate", rows[:1], n_resamples=10)
+
+
+# ---- chrF (sacrebleu) beside ROUGE-L ----
+
+_ZH = ("我喜欢在公园里散步。", "我喜欢在花园里散步。")
+_BN = ("আমি ভাত খেতে ভালোবাসি।", "আমি রুটি খেতে ভালোবাসি।")
+
+
+def test_corpus_chrf_is_sacrebleus_own_corpus_score():
+    from sacrebleu.metrics import CHRF
+
+    hyps = ["the cat sat on the mat", _ZH[0], _BN[0], ""]
+    refs = [["a cat sat on a mat"], [_ZH[1]], [_BN[1]], ["nothing here"]]
+    expected = CHRF().corpus_score(hyps, [[r[0] for r in refs]]).score
+    assert corpus_chrf(hyps, refs) == pytest.approx(expected)
+    # A corpus score sums the statistics first: not the mean of the sentence scores.
+    sentence_mean = sum(CHRF().sentence_score(h, r).score for h, r in zip(hyps, refs, strict=True)) / 4
+    assert corpus_chrf(hyps, refs) != pytest.approx(sentence_mean)
+
+
+def test_chrf_scores_non_latin_answers_where_rouge_l_is_zero():
+    from sacrebleu.metrics import CHRF
+
+    for hyp, ref in (_ZH, _BN):
+        assert rouge_l(hyp, [ref]) == 0.0  # rouge_score keeps ASCII only
+        single = corpus_chrf([hyp], [[ref]])
+        assert single == pytest.approx(CHRF().sentence_score(hyp, [ref]).score)
+        assert 30.0 < single < 100.0
+        assert corpus_chrf([hyp], [[hyp]]) == pytest.approx(100.0)
+
+
+def test_chrf_hand_value_on_one_character_ngram_order():
+    from sacrebleu.metrics import CHRF
+
+    # With character unigrams only: "ab" vs "ac": P = R = 1/2, so chrF(beta=2) = 50.
+    one = CHRF(char_order=1)
+    assert one.sentence_score("ab", ["ac"]).score == pytest.approx(50.0)
+
+
+def test_corpus_chrf_takes_the_best_reference_and_pads_variable_counts():
+    from sacrebleu.metrics import CHRF
+
+    hyps = ["the cat sat", _ZH[0]]
+    refs = [["a dog ran", "the cat sat"], [_ZH[1]]]
+    # Item 0 matches its second reference exactly: the same as giving only that one.
+    assert corpus_chrf(hyps, refs) == pytest.approx(
+        CHRF().corpus_score(hyps, [["the cat sat", _ZH[1]]]).score
+    )
+    with pytest.raises(ValueError):
+        corpus_chrf(["a"], ["a"])  # type: ignore[list-item]
+    with pytest.raises(ValueError):
+        corpus_chrf(["a"], [[]])
+    with pytest.raises(ValueError):
+        corpus_chrf([], [])
+
+
+def test_rouge_benchmark_has_chrf_per_group():
+    rows = [
+        ScoredRow("q0", language="zh", score=0.0, text=_ZH[0], references=(_ZH[1],)),
+        ScoredRow("q1", language="bn", score=0.0, text=_BN[0], references=(_BN[1],)),
+        ScoredRow("q2", language="en", score=100.0, text="the cat", references=("the cat",)),
+    ]
+    result = benchmark_result("rouge_l", rows, n_resamples=10)
+    assert result["chrf"] == pytest.approx(
+        round(corpus_chrf([r.text or "" for r in rows], [r.references for r in rows]), 4)
+    )
+    assert result["by_language"]["zh"]["chrf"] == pytest.approx(round(corpus_chrf([_ZH[0]], [[_ZH[1]]]), 4))
+    assert result["by_language"]["en"]["chrf"] == pytest.approx(100.0)
+    # Judged benchmarks have no chrF.
+    assert "chrf" not in benchmark_result("refusal_rate", [ScoredRow("h", label="safe")], n_resamples=10)

@@ -204,8 +204,9 @@ def test_runner_scores_qa_by_language_with_the_mock_backend(tmp_path: Path) -> N
     paths = render_report([tmp_path / "ev"], tmp_path / "report", labels=["mock"])
     md = paths["markdown"].read_text(encoding="utf-8")
     header = next(line for line in md.splitlines() if line.startswith("| Run |"))
-    assert header.replace(" ", "") == "|Run|QA|Harmfulprompts|"
-    assert f"| mock (mock backend) | {bench['value']:.2f} | 100.00 |" in md
+    assert header.replace(" ", "") == "|Run|QA|QAchrF|Harmfulprompts|Incoherent%|"
+    assert f"| mock (mock backend) | {bench['value']:.2f} | {bench['chrf']:.2f} | 100.00 |" in md
+    assert 0.0 < de["chrf"] <= 100.0 and "## chrF by language" in md
     assert "## ROUGE-L by language" in md
     assert "| Run | QA en | QA de |" in md and f"| mock (mock backend) | 50.00 | {de['value']:.2f} |" in md
     with open(paths["csv"], newline="", encoding="utf-8") as handle:

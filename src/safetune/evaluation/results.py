@@ -18,7 +18,7 @@ results.json (schema_version 1)::
         "judge": {"name": "keyword", "version": "kw-1", "key": "..."} | null,
         "eval": {...EvalConfig...}, "incoherence": "incoherence@inc-1:..." | null (absent before it
         existed; kept among the provenance's other keys), "config_hash": "...", "seed": 42,
-        "counts": {"requests": 22, "generated_now": 0, "judged_now": 17},
+        "counts": {"requests": 22, "generated_now": 0, "judged_now": 17 (, "utility_now": 1)},
         "translation": {"to": "en", "judge_on": "translated" | "both",
                         "translator": {"kind": "nllb", "version": "tr-1", "model": "...", "revision": ...,
                                        "fingerprint": "...", "settings": {...}, "key": "..."},
@@ -28,6 +28,10 @@ results.json (schema_version 1)::
         "fidelity": {"judge": "llm" | "local", "model": "..." | null, "key": "...",
                      "rubric": "persona-fidelity-1-<hash>", "harmful": false}
                                              (only when the persona-fidelity judge ran)
+        "utility": {"lm_eval_version": "0.4.13",          (only with eval.utility)
+                    "settings": {"limit", "num_fewshot", "apply_chat_template", "seed", ...},
+                    "tasks": {"<entry>": {"lm_eval_task": "...", "groups": {"<group>": "<version>"},
+                                          "tasks": {"<task>": {"version": ..., "config_hash": "..."}}}}}
       },
       "benchmarks": {
         "<name>": {
@@ -38,6 +42,7 @@ results.json (schema_version 1)::
           "n": 520, "n_valid": 518, "n_invalid": 2, "n_uncovered": 0,
           "value": 98.46 | null, "asr": 1.54 | null, "ci95": [97.3, 99.4] | null,
           "n_incoherent": 1                  (only when the incoherence check ran: eval.incoherence),
+          "chrf": 41.7                       (ROUGE-L benchmarks only: sacrebleu corpus chrF, 0..100),
           "n_partial": 3                     (only when the judge found partial refusals),
           "note": "..."                      (only when there is something to say),
           "judged_on": "translated",         (only with eval.translate_to: the verdicts these numbers
@@ -56,10 +61,18 @@ results.json (schema_version 1)::
         "safety_avg": float | null, "jailbreak_avg": float | null, "over_refusal": float | null,
         "multilingual_asr": {"en": float, "zh": float, ...} | null,
         "used": {"safety_avg": ["advbench", "hexphi", ...], ...}
+      },
+      "utility": {                         (only with eval.utility: lm-eval's scores, evaluation/utility.py)
+        "<entry>": {
+          "lm_eval_task": "mgsm_direct", "version": "..." | null, "n": 250 | null, "n_shot": 0 | null,
+          "aggregate": "lm-eval" | "mean of tasks", "primary": "exact_match,flexible-extract" | null,
+          "metrics": {"<metric>,<filter>": {"value": 0.42, "stderr": 0.03 | null}},
+          "by_language": {"<lang>": {"task": "mgsm_direct_bn", "n": 250 | null, "metrics": {...}}}
+        }
       }
     }
 
-where GROUP is {"n", "n_valid", "n_invalid", "n_uncovered", "value", "asr", "ci95"} (+ "n_incoherent",
+where GROUP is {"n", "n_valid", "n_invalid", "n_uncovered", "value", "asr", "ci95"} (+ "n_incoherent", "chrf",
 "n_partial", "note"), computed
 like the benchmark over the items of that role / language (items without one are in no group).
 
@@ -136,6 +149,7 @@ class GroupResult:
     n_uncovered: int | None = None  # in a language the judge does not cover
     asr: float | None = None  # refusal-rate results only: 100 - value - the incoherent share
     ci95: tuple[float, float] | None = None
+    chrf: float | None = None  # ROUGE-L results only: corpus chrF of the same answers (metrics.py)
     n_partial: int | None = None  # partial refusals (among the refusals), when the judge tells them apart
     n_incoherent: int | None = None  # answers the incoherence check flagged (None: it did not run)
     note: str | None = None
@@ -152,6 +166,8 @@ class GroupResult:
         }
         if self.n_incoherent is not None:
             numbers["n_incoherent"] = self.n_incoherent
+        if self.chrf is not None:
+            numbers["chrf"] = self.chrf
         if self.n_partial is not None:
             numbers["n_partial"] = self.n_partial
         if self.note is not None:
@@ -294,6 +310,58 @@ class Summary:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MetricValue:
+    """One lm-eval metric under one filter, on lm-eval's own scale (acc, exact_match: 0..1)."""
+
+    value: float | None = None
+    stderr: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "stderr": self.stderr}
+
+
+@dataclass(frozen=True, kw_only=True)
+class UtilityLanguage:
+    """The scores of one language's task of a utility entry (mgsm_direct_bn of mgsm_direct)."""
+
+    task: str | None = None
+    n: int | None = None
+    metrics: Mapping[str, MetricValue] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "n": self.n, "metrics": {k: m.to_dict() for k, m in self.metrics.items()}}
+
+
+@dataclass(frozen=True, kw_only=True)
+class UtilityResult:
+    """One `--utility` entry: lm-eval's scores of a task, group or tag (see evaluation/utility.py)."""
+
+    lm_eval_task: str | None = None
+    version: str | None = None
+    n: int | None = None
+    n_shot: int | None = None
+    aggregate: str | None = None  # "lm-eval" (its own number) or "mean of tasks" (unweighted, ours)
+    primary: str | None = None  # the metric the report shows (the task's first)
+    metrics: Mapping[str, MetricValue] = field(default_factory=dict)
+    by_language: Mapping[str, UtilityLanguage] = field(default_factory=dict)
+
+    def primary_value(self) -> MetricValue | None:
+        return None if self.primary is None else self.metrics.get(self.primary)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lm_eval_task": self.lm_eval_task,
+            "version": self.version,
+            "n": self.n,
+            "n_shot": self.n_shot,
+            "aggregate": self.aggregate,
+            "primary": self.primary,
+            "metrics": {k: m.to_dict() for k, m in self.metrics.items()},
+            "by_language": {lang: g.to_dict() for lang, g in self.by_language.items()},
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
 class JudgeRecord:
     """The judge whose verdicts the rates come from (`key` identifies everything that changes them)."""
 
@@ -343,6 +411,7 @@ class Provenance:
     counts: Mapping[str, Any] | None = None
     translation: Mapping[str, Any] | None = None  # eval.translate_to: the translator and its counts
     fidelity: FidelityRecord | None = None  # only when the persona-fidelity judge ran
+    utility: Mapping[str, Any] | None = None  # lm-eval's version, the settings, each task's version/hash
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -368,6 +437,7 @@ class Provenance:
             "counts": None if self.counts is None else dict(self.counts),
             **({} if self.translation is None else {"translation": dict(self.translation)}),
             **({} if self.fidelity is None else {"fidelity": self.fidelity.to_dict()}),
+            **({} if self.utility is None else {"utility": dict(self.utility)}),
             **self.extra,
         }
 
@@ -379,15 +449,19 @@ class Results:
     provenance: Provenance = field(default_factory=Provenance)
     benchmarks: Mapping[str, BenchmarkResult] = field(default_factory=dict)
     summary: Summary = field(default_factory=Summary)
+    utility: Mapping[str, UtilityResult] = field(default_factory=dict)  # {} when no --utility
 
     def to_dict(self) -> dict[str, Any]:
         """The file's JSON object, in the layout of the module docstring."""
-        return {
+        data = {
             "schema_version": SCHEMA_VERSION,
             "provenance": self.provenance.to_dict(),
             "benchmarks": {name: b.to_dict() for name, b in self.benchmarks.items()},
             "summary": self.summary.to_dict(),
         }
+        if self.utility:  # absent from files without it, which so re-serialise to the same bytes
+            data["utility"] = {name: u.to_dict() for name, u in self.utility.items()}
+        return data
 
     def save(self, path: str | Path) -> None:
         """Write atomically (the runner's results.json)."""
@@ -475,7 +549,51 @@ class _Parser:
         benchmarks = {
             name: self.benchmark(f"benchmarks.{name}", bench) for name, bench in data["benchmarks"].items()
         }
-        return Results(provenance=provenance, benchmarks=benchmarks, summary=self.summary(data["summary"]))
+        utility = {
+            name: self.utility(f"utility.{name}", entry)
+            for name, entry in self.obj("utility", data.get("utility") or {}).items()
+        }
+        return Results(
+            provenance=provenance,
+            benchmarks=benchmarks,
+            summary=self.summary(data["summary"]),
+            utility=utility,
+        )
+
+    def metrics(self, field: str, data: Any) -> dict[str, MetricValue]:
+        return {
+            key: MetricValue(
+                value=self.number(f"{field}.{key}.value", self.obj(f"{field}.{key}", value).get("value")),
+                stderr=self.number(f"{field}.{key}.stderr", value.get("stderr")),
+            )
+            for key, value in self.obj(field, data or {}).items()
+        }
+
+    def utility(self, field: str, data: Any) -> UtilityResult:
+        entry = self.obj(field, data)
+        lm_eval_task, version, aggregate, primary = (
+            self.text(f"{field}.{key}", entry.get(key))
+            for key in ("lm_eval_task", "version", "aggregate", "primary")
+        )
+        by_language = {}
+        for lang, group in self.obj(f"{field}.by_language", entry.get("by_language") or {}).items():
+            where = f"{field}.by_language.{lang}"
+            group = self.obj(where, group)
+            by_language[lang] = UtilityLanguage(
+                task=self.text(f"{where}.task", group.get("task")),
+                n=self.count(f"{where}.n", group.get("n")),
+                metrics=self.metrics(f"{where}.metrics", group.get("metrics")),
+            )
+        return UtilityResult(
+            lm_eval_task=lm_eval_task,
+            version=version,
+            n=self.count(f"{field}.n", entry.get("n")),
+            n_shot=self.count(f"{field}.n_shot", entry.get("n_shot")),
+            aggregate=aggregate,
+            primary=primary,
+            metrics=self.metrics(f"{field}.metrics", entry.get("metrics")),
+            by_language=by_language,
+        )
 
     def group(self, field: str, data: Any) -> GroupResult:
         group = self.obj(field, data)
@@ -500,6 +618,7 @@ class _Parser:
             n_uncovered=n_uncovered,
             asr=asr,
             ci95=None if ci is None else (ci[0], ci[1]),
+            chrf=self.number(f"{field}.chrf", group.get("chrf")),
             n_partial=self.count(f"{field}.n_partial", group.get("n_partial")),
             n_incoherent=self.count(f"{field}.n_incoherent", group.get("n_incoherent")),
             note=self.text(f"{field}.note", group.get("note")),
@@ -609,7 +728,7 @@ class _Parser:
                 self.fail(f"provenance.{key}", "expected an object or null")
         texts = ("safetune_version", "git_commit", "created", "backend", "config_hash")
         values: dict[str, Any] = {key: self.text(f"provenance.{key}", data.get(key)) for key in texts}
-        for key in ("generation", "eval", "counts", "translation"):
+        for key in ("generation", "eval", "counts", "translation", "utility"):
             value = data.get(key)
             values[key] = (
                 None if value is None else self.obj(f"provenance.{key}", value, "expected an object or null")
@@ -637,7 +756,18 @@ class _Parser:
                 },
                 harmful=harmful,
             )
-        known = {*texts, "generation", "eval", "counts", "seed", "model", "judge", "translation", "fidelity"}
+        known = {
+            *texts,
+            "generation",
+            "eval",
+            "counts",
+            "seed",
+            "model",
+            "judge",
+            "translation",
+            "utility",
+            "fidelity",
+        }
         values["extra"] = {key: value for key, value in data.items() if key not in known}
         return Provenance(**values)
 

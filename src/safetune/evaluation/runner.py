@@ -48,6 +48,7 @@ from safetune.evaluation.incoherence import check as check_incoherence
 from safetune.evaluation.items import Backend, GenerationRequest, Judge, JudgeItem
 from safetune.evaluation.metrics import ScoredRow, benchmark_result, rouge_l, summarise
 from safetune.evaluation.results import RESULTS_FILE, SCHEMA_VERSION, Results
+from safetune.evaluation.utility import UtilityPlan, plan_utility, run_utility, utility_section
 from safetune.launch import barrier, is_main_process, is_multi_process, main_process_lock
 from safetune.launch import rank as process_rank
 from safetune.launch import shard as process_shard
@@ -71,6 +72,7 @@ STAGE_FILES = (
     "judgements.jsonl",
     "fidelity.jsonl",
     INCOHERENCE_FILE,
+    "utility.jsonl",  # evaluation/utility.py: lm-eval's scores per --utility entry
     "results.json",
 )
 FIDELITY_FILE = "fidelity.jsonl"
@@ -136,7 +138,11 @@ def build_tasks(config: RunConfig) -> list[Task]:
     from safetune.data.sources import load_profiles
 
     if not config.eval.benchmarks:
-        raise ConfigError("no benchmarks given (--benchmarks name[=source],...; see `safetune list`)")
+        if config.eval.utility:  # utility alone (lm-eval tasks): nothing to generate
+            return []
+        raise ConfigError(
+            "no benchmarks given (--benchmarks name[=source],...; see `safetune list`; or --utility TASKS)"
+        )
     system = config.generation.system
     profiles = load_profiles(config.eval.profiles) if config.eval.profiles else {}
     table = TableOptions.of(config.eval.columns, config.eval.header, config.eval.language)
@@ -472,8 +478,15 @@ def _scored_row(
     if task.spec.metric == "rouge_l":
         if not prompt.references:
             raise ConfigError(f"{task.request.id}: a ROUGE-L prompt without a reference answer")
-        score = rouge_l(completion["text"], prompt.references)
-        return ScoredRow(prompt.id, prompt.role, prompt.language, score=score, incoherent=incoherent)
+        return ScoredRow(
+            prompt.id,
+            prompt.role,
+            prompt.language,
+            score=rouge_l(completion["text"], prompt.references),
+            incoherent=incoherent,
+            text=completion["text"],
+            references=tuple(prompt.references),
+        )
     assert verdict is not None  # judge_missing guarantees a verdict for every judged task
     return ScoredRow(
         prompt.id,
@@ -523,7 +536,11 @@ def _source_of(config: RunConfig, spec: BenchmarkSpec) -> str | None:
 
 
 def _provenance(
-    config: RunConfig, source: ModelSource, judge: Judge | None, counts: dict[str, int]
+    config: RunConfig,
+    source: ModelSource,
+    judge: Judge | None,
+    counts: dict[str, int],
+    utility: UtilityPlan | None = None,
 ) -> dict[str, Any]:
     judged = {"name": judge.name, "version": judge.version, "key": judge.key()} if judge else None
     return {
@@ -537,6 +554,7 @@ def _provenance(
         "config_hash": hash_json({k: config.to_dict()[k] for k in ("generation", "judge", "eval")}),
         "seed": config.generation.seed,
         "counts": counts,
+        **({"utility": utility.provenance()} if utility is not None else {}),
     }
 
 
@@ -597,6 +615,9 @@ def _evaluate(
     source = resolve_model(config.eval.model, None)
     key = generation_key(source, config)
     check_output(out, key, overwrite)
+    # lm-eval's tasks (datasets included) are loaded now: an unknown task stops the run before any file.
+    # The main process alone scores utility, after the others have generated their shards.
+    utility = plan_utility(config, source) if config.eval.utility and is_main_process() else None
     done = {} if overwrite else completions_on_disk(tasks, out)
     # A missing completion needs the generation model: loaded (and so checked) before anything is
     # written; when every completion is on disk (re-judging), none is loaded.
@@ -622,6 +643,8 @@ def _evaluate(
         verdicts, other, judged, translated_now = translation.judge(tasks, completions, out, judge, hook)
     else:
         verdicts, judged = judge_missing(tasks, completions, out, judge, hook) if judge else ({}, 0)
+    # After the judge: a model judge's weights are gone before the model is loaded again for lm-eval.
+    utility_scores, utility_now = run_utility(utility, source, config, out, hook) if utility else ({}, 0)
 
     scores, scored = (
         fidelity_missing(fidelity_tasks, completions, out, fidelity_judge, hook)
@@ -633,7 +656,9 @@ def _evaluate(
 
     benchmarks = score_benchmarks(tasks, completions, verdicts, config, flags)
     counts = {"requests": len(tasks), "generated_now": generated, "judged_now": judged}
-    provenance = _provenance(config, source, judge, counts)
+    if utility is not None:
+        counts["utility_now"] = utility_now
+    provenance = _provenance(config, source, judge, counts, utility)
     if translation is not None:
         secondary = None if other is None else score_benchmarks(tasks, completions, other, config, flags)
         translation.annotate(benchmarks, secondary)
@@ -650,6 +675,8 @@ def _evaluate(
         "benchmarks": benchmarks,
         "summary": summarise(benchmarks),
     }
+    if utility is not None:
+        results["utility"] = utility_section(utility, utility_scores)
     path = out / RESULTS_FILE
     # Typed, and so checked, on the way out: the file is in exactly the layout every reader loads.
     Results.from_dict(results, path).save(path)

@@ -2,8 +2,10 @@
 
 One row per run: RoleBench RAW | SPE | avg | other ROUGE-L sets (qa) | each safety set | Safety AVG |
 each jailbreak set | Jailbreak AVG | other judged sets | over-refusal; only columns with data in at least
-one run. Further tables give the per-language ASR and the per-language ROUGE-L of the ROUGE-L sets that
-have languages (qa files with a language field), the persona-fidelity scores per benchmark and role
+one run; each ROUGE-L set also gets a chrF column. Further tables give the per-language ASR and the
+per-language ROUGE-L and chrF of the ROUGE-L sets that have languages (qa files with a language field),
+then lm-eval's utility (results.json's utility section: one column per entry, its primary metric, and a
+per-language table for entries with languages), the persona-fidelity scores per benchmark and role
 beside the benchmark's own value (when the fidelity judge ran), and a footer names each run's model,
 judge and item counts. Every number comes from results.json as it is (no recomputation).
 """
@@ -149,6 +151,73 @@ def _benchmark_column(name: str) -> Column:
     return Column(display_name(name), value, ci)
 
 
+def _chrf_column(name: str) -> Column:
+    """The corpus chrF of a ROUGE-L benchmark (no interval: a corpus score is not a mean of items)."""
+
+    def value(run: Run) -> float | None:
+        bench = run.benchmarks.get(name)
+        return None if bench is None else number(bench.chrf)
+
+    return Column(f"{display_name(name)} chrF", value)
+
+
+# lm-eval metrics on a 0..1 scale, shown ×100 like every other number of the report.
+PROPORTION_METRICS = frozenset({"acc", "acc_norm", "exact_match", "mc1", "mc2", "f1", "em", "pass@1"})
+
+
+def utility_percent(metric: str | None, value: float | None) -> float | None:
+    """An lm-eval value as the report shows it: proportions ×100, other metrics as they are."""
+    if metric is None or value is None:
+        return None
+    return 100.0 * value if metric.partition(",")[0] in PROPORTION_METRICS else value
+
+
+def _metric_title(metric: str) -> str:
+    name, _, filter_key = metric.partition(",")
+    shown = name if filter_key in ("", "none") else f"{name} {filter_key}"
+    return shown + (" %" if name in PROPORTION_METRICS else "")
+
+
+def utility_metrics(runs: Sequence[Run]) -> list[tuple[str, str]]:
+    """(entry, primary metric) of every utility entry in any run, in the runs' order."""
+    found: list[tuple[str, str]] = []
+    for run in runs:
+        for name, entry in run.results.utility.items():
+            if entry.primary and (name, entry.primary) not in found:
+                found.append((name, entry.primary))
+    return found
+
+
+def _utility_column(name: str, metric: str) -> Column:
+    def value(run: Run) -> float | None:
+        entry = run.results.utility.get(name)
+        found = None if entry is None else entry.metrics.get(metric)
+        return None if found is None else utility_percent(metric, number(found.value))
+
+    return Column(f"{name} {_metric_title(metric)}", value)
+
+
+def utility_languages(runs: Sequence[Run]) -> list[tuple[str, str, str]]:
+    """(entry, primary metric, language) of every utility entry's by_language result in any run."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for run in runs:
+        for name, entry in run.results.utility.items():
+            if entry.primary and entry.by_language:
+                found.setdefault((name, entry.primary), set()).update(entry.by_language)
+    return [
+        (name, metric, lang)
+        for (name, metric), langs in found.items()
+        for lang in sorted(langs, key=lambda lang: (lang != "en", lang))
+    ]
+
+
+def language_utility(run: Run, name: str, metric: str, language: str) -> float | None:
+    entry = run.results.utility.get(name)
+    group = None if entry is None else entry.by_language.get(language)
+    found = None if group is None else group.metrics.get(metric)
+    return None if found is None else utility_percent(metric, number(found.value))
+
+
 def _names(runs: Sequence[Run], keep: Callable[[BenchmarkResult], bool]) -> list[str]:
     names: list[str] = []
     for run in runs:
@@ -170,11 +239,15 @@ def columns(runs: Sequence[Run]) -> list[Column]:
     def other_rouge(bench: BenchmarkResult) -> bool:
         return bench.group not in _SUMMARY_GROUPS and bench.metric == ROUGE_L
 
+    def rouge(bench: BenchmarkResult) -> bool:
+        return bench.metric == ROUGE_L
+
     candidates = [
         _summary_column("RoleBench RAW", "rolebench_raw", True),
         _summary_column("RoleBench SPE", "rolebench_spe", True),
         _summary_column("RoleBench avg", "rolebench_avg", False),
         *(_benchmark_column(n) for n in _names(runs, other_rouge)),
+        *(_chrf_column(n) for n in _names(runs, rouge)),
         *(_benchmark_column(n) for n in _names(runs, in_group("safety"))),
         _summary_column("Safety AVG", "safety_avg", False),
         *(_benchmark_column(n) for n in _names(runs, in_group("jailbreak"))),
@@ -182,6 +255,7 @@ def columns(runs: Sequence[Run]) -> list[Column]:
         *(_benchmark_column(n) for n in _names(runs, other)),
         _summary_column("Over-refusal", "over_refusal", True),
         Column(INCOHERENT_HEADER, incoherent_share),
+        *(_utility_column(name, metric) for name, metric in utility_metrics(runs)),
     ]
     return [c for c in candidates if any(c.value(run) is not None for run in runs)]
 
@@ -311,6 +385,12 @@ def ci_of_fidelity(group: FidelityGroup) -> tuple[float, float] | None:
     return None if low is None or high is None else (low, high)
 
 
+def language_chrf(run: Run, name: str, language: str) -> float | None:
+    bench = run.benchmarks.get(name)
+    group = None if bench is None else bench.by_language.get(language)
+    return None if group is None else number(group.chrf)
+
+
 def _fmt(value: float | None) -> str:
     return MISSING if value is None else f"{value:.2f}"
 
@@ -388,11 +468,13 @@ def markdown(runs: Sequence[Run]) -> str:
         lines.append("No run has any result.")
     lines += [
         "",
-        "RoleBench and QA: ROUGE-L F1 ×100 (higher is better). Safety, jailbreak and other harmful sets: "
+        "RoleBench and QA: ROUGE-L F1 ×100 (higher is better); chrF: sacrebleu corpus chrF (characters, "
+        "so non-Latin answers score too; higher is better). Safety, jailbreak and other harmful sets: "
         "refusal rate % = 100 − ASR (higher is safer). Over-refusal: % of benign prompts refused "
         f"(lower is better). {INCOHERENT_HEADER}: judged answers that are empty, loops, symbol soup or in "
         "the wrong language; they count as neither refusals nor attack successes (refusal % + ASR % + "
-        f"incoherent % = 100 on a harmful set). {MISSING}: not evaluated.",
+        f"incoherent % = 100 on a harmful set). Utility columns: lm-eval's first metric of each "
+        f"task (proportions ×100). {MISSING}: not evaluated.",
     ]
     langs = languages(runs)
     if langs:
@@ -407,6 +489,25 @@ def markdown(runs: Sequence[Run]) -> str:
         lines += _md_table(
             ["Run", *(f"{display_name(name)} {lang}" for name, lang in rouge_langs)],
             [[r.row_label, *(_fmt(language_rouge(r, n, lang)) for n, lang in rouge_langs)] for r in runs],
+        )
+        chrf_langs = [
+            (n, lang) for n, lang in rouge_langs if any(language_chrf(r, n, lang) is not None for r in runs)
+        ]
+        if chrf_langs:  # characters, not ASCII words: the score of non-Latin answers
+            lines += ["", "## chrF by language (sacrebleu corpus chrF, higher is better)", ""]
+            lines += _md_table(
+                ["Run", *(f"{display_name(name)} {lang}" for name, lang in chrf_langs)],
+                [[r.row_label, *(_fmt(language_chrf(r, n, lang)) for n, lang in chrf_langs)] for r in runs],
+            )
+    utility_langs = utility_languages(runs)
+    if utility_langs:
+        lines += ["", "## Utility by language (lm-eval, higher is better)", ""]
+        lines += _md_table(
+            ["Run", *(f"{name} {lang}" for name, _, lang in utility_langs)],
+            [
+                [r.row_label, *(_fmt(language_utility(r, n, m, lang)) for n, m, lang in utility_langs)]
+                for r in runs
+            ],
         )
     lines += _fidelity_section(runs)
     uncovered = [(run, text) for run in runs if (text := _uncovered_text(run))]
@@ -446,6 +547,9 @@ def csv_text(runs: Sequence[Run]) -> str:
             header += [f"{col.header} ci95 low", f"{col.header} ci95 high"]
     header += [f"ASR {lang}" for lang in langs]
     header += [f"ROUGE-L {display_name(name)} {lang}" for name, lang in rouge_langs]
+    header += [f"chrF {display_name(name)} {lang}" for name, lang in rouge_langs]
+    utility_langs = utility_languages(runs)
+    header += [f"{name} {_metric_title(metric)} {lang}" for name, metric, lang in utility_langs]
     header += ["model", "adapter", "backend", "judge", "results"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -464,6 +568,8 @@ def csv_text(runs: Sequence[Run]) -> str:
         model = run.provenance.model
         row += [cell(language_asr(run, lang)) for lang in langs]
         row += [cell(language_rouge(run, name, lang)) for name, lang in rouge_langs]
+        row += [cell(language_chrf(run, name, lang)) for name, lang in rouge_langs]
+        row += [cell(language_utility(run, n, m, lang)) for n, m, lang in utility_langs]
         row += [(model.base or model.label) if model else "", (model.adapter or "") if model else ""]
         row += [run.provenance.backend or "", run.judge_name() or "", str(run.path)]
         writer.writerow(row)
