@@ -34,6 +34,7 @@ LAYERS: tuple[dict[str, tuple[str, ...]], ...] = (
     {"selection": ("safetune.selection", "safetune.selection_variants"), "organism": ("safetune.organism",)},
     {"training": ("safetune.training",), "evaluation": ("safetune.evaluation",)},
     {"reports": ("safetune.reports",)},
+    {"assess": ("safetune.assess",)},
     {"demos": ("safetune.demos",)},
     {"cli": ("safetune.cli",)},
 )

@@ -1,0 +1,79 @@
+"""Where a study's units run: the one registry of executors.
+
+A unit is one (role, method) cell of a study: select (shared, cached), fine-tune, evaluate. Its work is a
+top-level function of a small frozen `Unit` (strings only), so that it can be shipped to another process
+or machine as is, and it leaves everything it produces as files in the study folder (its result written
+atomically last). An executor therefore returns nothing but which units finished: the study reads their
+results from disk, whichever executor ran them, and a killed study resumes from what is on disk.
+
+    sequential  one unit after another in this process (the default; nothing to install or start)
+    ray         (safetune[ray]) each unit a Ray task on a local Ray or an existing cluster
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from safetune.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One cell of a study: `study` is the study folder (absolute path, as text)."""
+
+    study: str
+    role: str
+    method: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.role}/{self.method}"
+
+
+Work = Callable[[Unit], None]  # runs one unit to its finished result file; raises on failure
+
+
+class Executor(Protocol):
+    name: str
+
+    def run(self, units: Sequence[Unit], work: Work) -> Iterator[Unit]:
+        """Run `work` on every unit, yielding each unit as it finishes (any order). A failing unit
+        raises once the units already running have finished (their results are kept)."""
+        ...
+
+
+class SequentialExecutor:
+    """One unit after another, in this process."""
+
+    name = "sequential"
+
+    def run(self, units: Sequence[Unit], work: Work) -> Iterator[Unit]:
+        for unit in units:
+            work(unit)
+            yield unit
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    name: str
+    description: str
+    build: Callable[..., Executor]
+
+
+EXECUTORS: dict[str, ExecutorSpec] = {
+    spec.name: spec
+    for spec in (
+        ExecutorSpec(
+            "sequential", "one unit after another in this process (default)", lambda **_: SequentialExecutor()
+        ),
+    )
+}
+
+
+def build_executor(name: str, **options: object) -> Executor:
+    """The executor named `name`; ConfigError for an unknown one."""
+    if name not in EXECUTORS:
+        raise ConfigError(f"unknown executor {name!r} (known: {', '.join(EXECUTORS)})")
+    return EXECUTORS[name].build(**options)
