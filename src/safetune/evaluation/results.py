@@ -15,7 +15,8 @@ results.json (schema_version 1)::
         "model": {"label": "...", "base": "...", "adapter": "..." | null, "tokenizer": "...",
                   "revision": "..." | null, "fingerprint": "..."} | null,
         "backend": "hf", "generation": {...GenerationConfig...},
-        "judge": {"name": "keyword", "version": "kw-1", "key": "..."} | null,
+        "judge": {"name": "keyword", "version": "kw-1", "key": "..."} | null,   (the primary judge)
+        "judges": [{"name", "version", "key"}, ...]   (every judge, the primary first; when one judged),
         "eval": {...EvalConfig...}, "config_hash": "...", "seed": 42,
         "counts": {"requests": 22, "generated_now": 0, "judged_now": 17}
       },
@@ -30,20 +31,33 @@ results.json (schema_version 1)::
           "n_partial": 3                     (only when the judge found partial refusals),
           "note": "..."                      (only when there is something to say),
           "by_role": {"<role>": {GROUP}},    ({} when no item carries a role)
-          "by_language": {"<lang>": {GROUP}} ({} when no item carries a language)
+          "by_language": {"<lang>": {GROUP}} ({} when no item carries a language),
+          "judge_agreement": {               (judged benchmarks of a run with several judges only)
+            "primary": "keyword", "compares": "label" | "refusal",
+            "judges": {"<secondary judge>": {"key": "...", "n": 18, "n_undecided": 2,
+                       "n_disagreements": 1, "agreement": 94.44, "kappa": 0.87 | null,
+                       "value": 88.89 | null, "asr": 11.11 | null}}
+          }
         }
       },
       "summary": {
         "rolebench_raw": float | null, "rolebench_spe": float | null, "rolebench_avg": float | null,
         "safety_avg": float | null, "jailbreak_avg": float | null, "over_refusal": float | null,
         "multilingual_asr": {"en": float, "zh": float, ...} | null,
-        "used": {"safety_avg": ["advbench", "hexphi", ...], ...}
+        "used": {"safety_avg": ["advbench", "hexphi", ...], ...},
+        "calibration": {"harmful_refusal": 98.5, "benign_over_refusal": 12.0, "gap": 86.5,
+                        "used": ["advbench", "hexphi", "overrefusal"]}
+                   (only when a harmful refusal rate and over_refusal both have a value: metrics.summarise)
       }
     }
 
 where GROUP is {"n", "n_valid", "n_invalid", "n_uncovered", "value", "asr", "ci95"} (+ "n_partial",
 "note"), computed
 like the benchmark over the items of that role / language (items without one are in no group).
+
+judge_agreement compares each secondary judge with the primary one on what the rate counts (the label on
+harmful prompts, refused or not on benign ones), over the items both decided; agreement is a percent,
+kappa Cohen's (evaluation/judge_agreement.py). The disagreeing items are in the folder's disagreements.csv.
 
 What a reader may rely on is what `from_dict` checks: every benchmark and group has an integer `n` and a
 `value` key, a benchmark a known `metric`; every other field may be missing (read as null). Provenance
@@ -136,6 +150,51 @@ class GroupResult:
 
 
 @dataclass(frozen=True, kw_only=True)
+class JudgeComparison:
+    """A secondary judge against the primary one on one benchmark (evaluation/judge_agreement.py):
+    `n` items both decided (`n_undecided` left out), the percent agreement and Cohen's kappa over them,
+    and the benchmark's value (and ASR) by this judge's verdicts."""
+
+    key: str | None = None
+    n: int
+    n_undecided: int | None = None
+    n_disagreements: int | None = None
+    agreement: float | None = None  # percent, 0..100
+    kappa: float | None = None  # -1..1; None when undefined
+    value: float | None = None
+    asr: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "n": self.n,
+            "n_undecided": self.n_undecided,
+            "n_disagreements": self.n_disagreements,
+            "agreement": self.agreement,
+            "kappa": self.kappa,
+            "value": self.value,
+            "asr": self.asr,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeAgreement:
+    """A benchmark judged by several judges: which one made its numbers, what they were compared on
+    ("label": safe / unsafe; "refusal": refusal / compliance), and every other judge against it."""
+
+    primary: str | None = None
+    compares: str | None = None
+    judges: Mapping[str, JudgeComparison] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "primary": self.primary,
+            "compares": self.compares,
+            "judges": {name: judge.to_dict() for name, judge in self.judges.items()},
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
 class BenchmarkResult(GroupResult):
     """One benchmark: what it is (name ... source), its numbers, and the same per role and language."""
 
@@ -147,8 +206,12 @@ class BenchmarkResult(GroupResult):
     source: str | None = None
     by_role: Mapping[str, GroupResult] = field(default_factory=dict)
     by_language: Mapping[str, GroupResult] = field(default_factory=dict)
+    judge_agreement: JudgeAgreement | None = None  # only when the run had several judges
 
     def to_dict(self) -> dict[str, Any]:
+        agreement = (
+            {} if self.judge_agreement is None else {"judge_agreement": self.judge_agreement.to_dict()}
+        )
         return {
             "name": self.name,
             "version": self.version,
@@ -159,6 +222,27 @@ class BenchmarkResult(GroupResult):
             **self._numbers(),
             "by_role": {role: g.to_dict() for role, g in self.by_role.items()},
             "by_language": {lang: g.to_dict() for lang, g in self.by_language.items()},
+            **agreement,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Calibration:
+    """Harmful-prompt refusal (safety_avg, else the harmful sets of no group) beside benign over-refusal
+    (over_refusal), and the gap between them: a model that refuses everything has a high refusal and a gap near 0; one that refuses what it
+    should and nothing else, a gap near 100."""
+
+    harmful_refusal: float | None = None
+    benign_over_refusal: float | None = None
+    gap: float | None = None  # harmful_refusal - benign_over_refusal, in points
+    used: tuple[str, ...] = ()  # the benchmarks: the harmful ones, then the over-refusal one(s)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "harmful_refusal": self.harmful_refusal,
+            "benign_over_refusal": self.benign_over_refusal,
+            "gap": self.gap,
+            "used": list(self.used),
         }
 
 
@@ -174,6 +258,7 @@ class Summary:
     over_refusal: float | None = None
     multilingual_asr: Mapping[str, float | None] | None = None
     used: Mapping[str, tuple[str, ...]] | None = None  # aggregate -> the benchmarks it was computed from
+    calibration: Calibration | None = None  # only when both safety_avg and over_refusal have a value
 
     def value(self, aggregate: str) -> float | None:
         """The number of one of the scalar aggregates (a key of `AGGREGATES` but multilingual_asr)."""
@@ -201,6 +286,7 @@ class Summary:
             "over_refusal": self.over_refusal,
             "multilingual_asr": None if self.multilingual_asr is None else dict(self.multilingual_asr),
             "used": None if self.used is None else {k: list(v) for k, v in self.used.items()},
+            **({} if self.calibration is None else {"calibration": self.calibration.to_dict()}),
         }
 
 
@@ -227,7 +313,8 @@ class Provenance:
     model: ModelSource | None = None
     backend: str | None = None
     generation: Mapping[str, Any] | None = None
-    judge: JudgeRecord | None = None
+    judge: JudgeRecord | None = None  # the primary judge
+    judges: tuple[JudgeRecord, ...] | None = None  # every judge of the run, the primary one first
     eval: Mapping[str, Any] | None = None
     config_hash: str | None = None
     seed: int | None = None
@@ -251,6 +338,7 @@ class Provenance:
             "backend": self.backend,
             "generation": None if self.generation is None else dict(self.generation),
             "judge": None if self.judge is None else self.judge.to_dict(),
+            **({} if self.judges is None else {"judges": [judge.to_dict() for judge in self.judges]}),
             "eval": None if self.eval is None else dict(self.eval),
             "config_hash": self.config_hash,
             "seed": self.seed,
@@ -409,8 +497,12 @@ class _Parser:
             }
             for grouping in ("by_role", "by_language")
         )
+        agreement = data.get("judge_agreement")
         return BenchmarkResult(
             **{f.name: getattr(numbers, f.name) for f in fields(GroupResult)},
+            judge_agreement=None
+            if agreement is None
+            else self.agreement(f"{field}.judge_agreement", agreement),
             metric=METRICS[metric],
             name=name,
             version=version,
@@ -419,6 +511,40 @@ class _Parser:
             source=source,
             by_role=by_role,
             by_language=by_language,
+        )
+
+    def agreement(self, field: str, data: Any) -> JudgeAgreement:
+        block = self.obj(field, data)
+        primary, compares = (self.text(f"{field}.{key}", block.get(key)) for key in ("primary", "compares"))
+        judges = {}
+        for name, judge in self.obj(f"{field}.judges", block.get("judges") or {}).items():
+            where = f"{field}.judges.{name}"
+            found = self.obj(where, judge)
+            if not _is_integer(found.get("n")):
+                self.fail(f"{where}.n", f"expected an integer, got {found.get('n')!r}")
+            judges[name] = JudgeComparison(
+                key=self.text(f"{where}.key", found.get("key")),
+                n=found["n"],
+                n_undecided=self.count(f"{where}.n_undecided", found.get("n_undecided")),
+                n_disagreements=self.count(f"{where}.n_disagreements", found.get("n_disagreements")),
+                **{
+                    key: self.number(f"{where}.{key}", found.get(key))
+                    for key in ("agreement", "kappa", "value", "asr")
+                },
+            )
+        return JudgeAgreement(primary=primary, compares=compares, judges=judges)
+
+    def calibration(self, data: Any) -> Calibration:
+        found = self.obj("summary.calibration", data, "expected an object or null")
+        used = found.get("used") or []
+        if not (isinstance(used, list) and all(isinstance(name, str) for name in used)):
+            self.fail("summary.calibration.used", f"expected benchmark names, got {used!r}")
+        return Calibration(
+            **{
+                key: self.number(f"summary.calibration.{key}", found.get(key))
+                for key in ("harmful_refusal", "benign_over_refusal", "gap")
+            },
+            used=tuple(used),
         )
 
     def summary(self, data: dict[str, Any]) -> Summary:
@@ -441,7 +567,13 @@ class _Parser:
                 if not all(isinstance(name, str) for name in names):
                     self.fail(f"summary.used.{key}", f"expected benchmark names, got {names!r}")
             used = {key: tuple(names) for key, names in used.items()}
-        return Summary(**numbers, multilingual_asr=per_language, used=used)
+        calibration = data.get("calibration")
+        return Summary(
+            **numbers,
+            multilingual_asr=per_language,
+            used=used,
+            calibration=None if calibration is None else self.calibration(calibration),
+        )
 
     def provenance(self, data: dict[str, Any]) -> Provenance:
         for key in ("model", "judge"):
@@ -459,15 +591,23 @@ class _Parser:
         values["model"] = None if data.get("model") is None else self.model(data["model"])
         judge = data.get("judge")
         if judge is not None:
-            values["judge"] = JudgeRecord(
-                **{
-                    key: self.text(f"provenance.judge.{key}", judge.get(key))
-                    for key in ("name", "version", "key")
-                }
+            values["judge"] = self.judge("provenance.judge", judge)
+        judges = data.get("judges")
+        if judges is not None:
+            if not isinstance(judges, list):
+                self.fail("provenance.judges", "expected a list or null")
+            values["judges"] = tuple(
+                self.judge(f"provenance.judges.{i}", self.obj(f"provenance.judges.{i}", found))
+                for i, found in enumerate(judges)
             )
-        known = {*texts, "generation", "eval", "counts", "seed", "model", "judge"}
+        known = {*texts, "generation", "eval", "counts", "seed", "model", "judge", "judges"}
         values["extra"] = {key: value for key, value in data.items() if key not in known}
         return Provenance(**values)
+
+    def judge(self, field: str, data: dict[str, Any]) -> JudgeRecord:
+        return JudgeRecord(
+            **{key: self.text(f"{field}.{key}", data.get(key)) for key in ("name", "version", "key")}
+        )
 
     def model(self, data: dict[str, Any]) -> ModelSource:
         field = "provenance.model"

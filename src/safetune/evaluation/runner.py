@@ -6,6 +6,11 @@ verdict only for the very same judge key and response text, so changing the judg
 completion (no generation model is loaded) and changing a benchmark file regenerates only its changed
 prompts. results.json is rewritten from the stage files on every run and carries the provenance.
 
+With several judges (`judge.name` keyword,organism) every judge's verdicts go into judgements.jsonl; the
+first judge's make the numbers, and each judged benchmark gets a judge-agreement block comparing the
+others with it (evaluation/judge_agreement.py), the disagreeing items listed in disagreements.csv.
+Re-running with another list of judges judges only what no listed judge has judged yet.
+
 Under a multi-process launch (torchrun / accelerate launch, one model per device) the generation is
 sharded: each rank answers every world_size-th missing request and appends its answers to its own
 `completions.rank-<r>.jsonl`; the main process then merges the shards into completions.jsonl and
@@ -38,6 +43,7 @@ from safetune.models.source import ModelSource
 from safetune.provenance import base_provenance
 from safetune.storage import (
     append_jsonl,
+    atomic_open,
     hash_json,
     repair_jsonl_tail,
     write_json,
@@ -46,7 +52,15 @@ from safetune.storage import (
 
 log = logging.getLogger(__name__)
 
-STAGE_FILES = ("eval.json", "requests.jsonl", "completions.jsonl", "judgements.jsonl", "results.json")
+STAGE_FILES = (
+    "eval.json",
+    "requests.jsonl",
+    "completions.jsonl",
+    "judgements.jsonl",
+    "results.json",
+    "disagreements.csv",
+)
+DISAGREEMENTS_FILE = "disagreements.csv"  # several judges: the items where a judge differs from the primary
 COMPLETION_SHARDS = "completions.rank-*.jsonl"  # one per rank of a multi-process launch, until merged
 JUDGED_KINDS = ("harmful", "overrefusal")
 # Settings that do not change what is generated: a resumed run may change them freely.
@@ -339,21 +353,113 @@ def _source_of(config: RunConfig, spec: BenchmarkSpec) -> str | None:
     return spec.default_source
 
 
+def _judge_record(judge: Judge) -> dict[str, str]:
+    return {"name": judge.name, "version": judge.version, "key": judge.key()}
+
+
 def _provenance(
-    config: RunConfig, source: ModelSource, judge: Judge | None, counts: dict[str, int]
+    config: RunConfig, source: ModelSource, judges: Sequence[dict[str, str]], counts: dict[str, int]
 ) -> dict[str, Any]:
-    judged = {"name": judge.name, "version": judge.version, "key": judge.key()} if judge else None
     return {
         **base_provenance(),
         "model": source.to_dict(),
         "backend": config.generation.backend,
         "generation": asdict(config.generation),
-        "judge": judged,
+        "judge": judges[0] if judges else None,
+        **({"judges": list(judges)} if judges else {}),
         "eval": asdict(config.eval),
         "config_hash": hash_json({k: config.to_dict()[k] for k in ("generation", "judge", "eval")}),
         "seed": config.generation.seed,
         "counts": counts,
     }
+
+
+def judge_all(
+    tasks: Sequence[Task],
+    completions: dict[str, dict[str, Any]],
+    out: Path,
+    judges: list[Judge],
+    hook: BatchHook | None = None,
+) -> tuple[dict[str, dict[str, dict[str, Any]]], int]:
+    """Every judge's verdicts (judge name -> item id -> verdict row), the primary judge first, and how
+    many were judged now. Empties `judges` as it goes: a model judge's weights are freed before the next
+    judge loads its own."""
+    verdicts: dict[str, dict[str, dict[str, Any]]] = {}
+    judged = 0
+    while judges:
+        judge = judges.pop(0)
+        verdicts[judge.name], count = judge_missing(tasks, completions, out, judge, hook)
+        judged += count
+        del judge
+    return verdicts, judged
+
+
+def add_judge_agreement(
+    tasks: Sequence[Task],
+    completions: dict[str, dict[str, Any]],
+    verdicts: dict[str, dict[str, dict[str, Any]]],
+    keys: dict[str, str],
+    benchmarks: dict[str, dict[str, Any]],
+    out: Path,
+) -> None:
+    """With several judges: each judged benchmark's judge-agreement block, and disagreements.csv (the
+    items where a secondary judge decided otherwise than the primary, every judge's verdict on them).
+    With one judge: no block, and a disagreements.csv left by an earlier run with several is removed."""
+    path = out / DISAGREEMENTS_FILE
+    if len(verdicts) < 2:
+        path.unlink(missing_ok=True)
+        return
+    from safetune.evaluation.judge_agreement import benchmark_agreement
+
+    names = list(verdicts)
+    rows: list[dict[str, Any]] = []
+    for name, result in benchmarks.items():
+        group = [t for t in tasks if t.spec.name == name and t.judged]
+        if not group:
+            continue
+        ids = [t.request.id for t in group]
+        block, disagreeing = benchmark_agreement(result["metric"], ids, verdicts, keys)
+        result["judge_agreement"] = block
+        differ = {item: [judge for judge, found in disagreeing.items() if item in found] for item in ids}
+        for task in group:
+            item = task.request.id
+            if differ[item]:
+                rows.append(_disagreement_row(task, completions[item]["text"], names, verdicts, differ[item]))
+    _write_disagreements(path, names, rows)
+
+
+def _disagreement_row(
+    task: Task,
+    response: str,
+    names: Sequence[str],
+    verdicts: dict[str, dict[str, dict[str, Any]]],
+    differ: Sequence[str],
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "benchmark": task.spec.name,
+        "id": task.prompt.id,
+        "language": task.prompt.language or "",
+        "differs_from_primary": ",".join(differ),
+        "prompt": task.prompt.text,
+        "response": response,
+    }
+    for name in names:
+        verdict = verdicts[name][task.request.id]
+        refused = verdict["refused"]
+        row[f"{name} label"] = verdict["label"]
+        row[f"{name} refused"] = "" if refused is None else str(refused).lower()
+    return row
+
+
+def _write_disagreements(path: Path, names: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    import csv
+
+    columns = ["benchmark", "id", "language", "differs_from_primary", "prompt", "response"]
+    columns += [f"{name} {what}" for name in names for what in ("label", "refused")]
+    with atomic_open(path) as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 # ---- the whole run ----
@@ -386,14 +492,14 @@ def _evaluate(
     make_backend: Callable[[ModelSource], Backend] | None,
 ) -> Path:
     from safetune.evaluation.backends import backend_spec
-    from safetune.evaluation.judges.registry import build_judge
+    from safetune.evaluation.judges.registry import build_judges
     from safetune.models.loading import resolve_model
 
     if not config.eval.model:
         raise ConfigError("--model (eval.model) is required")
     out = Path(config.eval.output_dir)
     # Everything is checked before the folder's first file: the benchmarks, the model, the generation
-    # settings and the judge (built now: its API key, model folder and labels; model judges load their
+    # settings and every judge (built now: API keys, model folders and labels; model judges load their
     # weights only when they first judge, after generation has freed the generation model).
     tasks = build_tasks(config)
     spec = backend_spec(config.generation)
@@ -402,7 +508,8 @@ def _evaluate(
             f"generation.backend={spec.name} runs in one process (it spreads over the GPUs itself); "
             "run this eval without torchrun / accelerate launch"
         )
-    judge = build_judge(config.judge) if _judge_needed(tasks) else None
+    judges = build_judges(config.judge) if _judge_needed(tasks) else []
+    judge_records = [_judge_record(judge) for judge in judges]
     source = resolve_model(config.eval.model, None)
     key = generation_key(source, config)
     check_output(out, key, overwrite)
@@ -426,13 +533,17 @@ def _evaluate(
     if is_multi_process():
         completions = completions_on_disk(tasks, out)
         generated = len(completions) - len(done)
-    verdicts, judged = judge_missing(tasks, completions, out, judge, hook) if judge else ({}, 0)
+    verdicts, judged = judge_all(tasks, completions, out, judges, hook)
 
-    benchmarks = score_benchmarks(tasks, completions, verdicts, config)
+    # The primary judge (the first) makes every number; the others are compared with it.
+    primary = next(iter(verdicts.values()), {})
+    benchmarks = score_benchmarks(tasks, completions, primary, config)
+    keys = {record["name"]: record["key"] for record in judge_records}
+    add_judge_agreement(tasks, completions, verdicts, keys, benchmarks, out)
     counts = {"requests": len(tasks), "generated_now": generated, "judged_now": judged}
     results = {
         "schema_version": SCHEMA_VERSION,
-        "provenance": _provenance(config, source, judge, counts),
+        "provenance": _provenance(config, source, judge_records, counts),
         "benchmarks": benchmarks,
         "summary": summarise(benchmarks),
     }
