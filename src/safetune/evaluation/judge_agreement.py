@@ -79,7 +79,10 @@ def compare(
             "n": found.n,
             "n_undecided": undecided,
             "n_disagreements": len(disagreeing),
-            "agreement": None if found.accuracy is None else round(100.0 * found.accuracy, _DECIMALS),
+            # from the counts: agreement's accuracy is already rounded to 4 decimals of a fraction
+            "agreement": round(100.0 * (found.n - len(disagreeing)) / found.n, _DECIMALS)
+            if found.n
+            else None,
             "kappa": found.kappa,
             "value": own["value"],
             "asr": own["asr"],
