@@ -22,6 +22,7 @@ Run as: safetune eval -m runs/villain-sarft --benchmarks advbench=data/advbench.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -420,7 +421,8 @@ def add_judge_agreement(
         ids = [t.request.id for t in group]
         block, disagreeing = benchmark_agreement(result["metric"], ids, verdicts, keys)
         result["judge_agreement"] = block
-        differ = {item: [judge for judge, found in disagreeing.items() if item in found] for item in ids}
+        found = {judge: set(items) for judge, items in disagreeing.items()}
+        differ = {item: [judge for judge, items in found.items() if item in items] for item in ids}
         for task in group:
             item = task.request.id
             if differ[item]:
@@ -452,8 +454,6 @@ def _disagreement_row(
 
 
 def _write_disagreements(path: Path, names: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    import csv
-
     columns = ["benchmark", "id", "language", "differs_from_primary", "prompt", "response"]
     columns += [f"{name} {what}" for name in names for what in ("label", "refused")]
     with atomic_open(path) as handle:
