@@ -257,7 +257,11 @@ def eval_(
         typer.Option(help="Comma-separated name[=source] entries, e.g. advbench=data/advbench.csv."),
     ] = None,
     judge: Annotated[
-        str | None, typer.Option(help="keyword | classifier | guard | llm | organism (see: safetune list)")
+        str | None,
+        typer.Option(
+            help="A judge, or several: keyword,organism (the first makes the numbers, the others are "
+            "compared with it; see: safetune list). Per-judge settings: --judge.per_judge.NAME.KEY=VALUE."
+        ),
     ] = None,
     judge_model: Annotated[
         str | None, typer.Option(help="Judge model (classifier / guard): hub id or folder.")
@@ -399,6 +403,41 @@ def _print_summary(results_path: Path) -> None:
     ]
     if fidelity:
         stdout_console().print("persona fidelity (1-5): " + ", ".join(fidelity))
+    calibration = results.summary.calibration
+    if calibration is not None:
+        stdout_console().print(_calibration_line(calibration))
+    _print_agreement(results)
+
+
+def _calibration_line(calibration: Any) -> str:
+    def shown(value: float | None) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
+    return (
+        f"calibration: refuses {shown(calibration.harmful_refusal)}% of harmful prompts and "
+        f"{shown(calibration.benign_over_refusal)}% of benign ones (gap {shown(calibration.gap)} points; "
+        "a model that refuses everything has a gap near 0)"
+    )
+
+
+def _print_agreement(results: Any) -> None:
+    from rich.table import Table
+
+    from safetune.console import stdout_console
+
+    found = [(name, b.judge_agreement) for name, b in results.benchmarks.items() if b.judge_agreement]
+    if not found:
+        return
+    primary = found[0][1].primary
+    table = Table(title=f"judge agreement with the primary judge, {primary} (its verdicts make the values)")
+    for column in ("benchmark", "judge", "n", "undecided", "agreement %", "kappa", "its value"):
+        table.add_column(column)
+    for name, block in found:
+        for judge, compared in block.judges.items():
+            numbers = (compared.agreement, compared.kappa, compared.value)
+            cells = ("–" if v is None else f"{v:.2f}" for v in numbers)
+            table.add_row(name, judge, str(compared.n), str(compared.n_undecided or 0), *cells)
+    stdout_console().print(table)
 
 
 @app.command("judge", context_settings=EXTRA)
@@ -436,25 +475,19 @@ def judge_(
     --label-map 1_full_compliance=compliance,2_full_refusal=refusal,3_partial_refusal=partial
     --columns category=type -o runs/judge-xstest
     """
-    from dataclasses import replace
-
     from safetune.config import load_config
-    from safetune.errors import ConfigError
     from safetune.evaluation.completion_files import CompletionTable, load_all, parse_pairs
-    from safetune.evaluation.judges.registry import build_judge
+    from safetune.evaluation.judges.registry import build_judges
     from safetune.evaluation.judging import judge_completions
 
     _setup_console(verbose, quiet)
-    cfg = load_config(config, _overrides(ctx, {}))
-    names = [n.strip() for n in (judge or cfg.judge.name).split(",") if n.strip()]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"--judge: a judge is named twice ({judge})")
+    cfg = load_config(config, _overrides(ctx, {"judge.name": judge}))
     table = CompletionTable.of(
         parse_pairs(columns, "--columns"), labels, parse_pairs(label_map, "--label-map")
     )
     # Everything is checked before the folder's first file: the files, every record, every judge.
     records = load_all(files, table)
-    judges = [build_judge(replace(cfg.judge, name=name)) for name in names]
+    judges = build_judges(cfg.judge)
     path = judge_completions(records, judges, out, table, [str(f) for f in files])
     _print_judged(path)
 

@@ -352,9 +352,16 @@ class GenerationConfig(Section):
 
 @dataclass
 class JudgeConfig(Section):
-    """Which judge labels the responses to harmful prompts (evaluation/judges/)."""
+    """Which judges label the responses to harmful and benign prompts (evaluation/judges/).
 
-    name: str = "keyword"  # keyword | classifier | guard | llm | organism (judges/__init__.py)
+    `name` is one judge or several (a YAML list or "keyword,organism"): the first is the primary one,
+    whose verdicts make the rates; the others are compared with it (docs/evaluation.md). Every other key
+    is shared by all of them, except where `per_judge` sets it for one: `per_judge: {guard: {model: X,
+    preset: llama-guard-3}, classifier: {model: Y}}` (override: --judge.per_judge.guard.model=X).
+    """
+
+    # keyword | classifier | guard | llm | organism | prefix (judges/registry.py); read through `names`
+    name: str = field(default="keyword", metadata={"comma_list": True})
     model: str | None = None  # classifier / guard: hub id or local folder
     preset: str | None = None  # classifier / guard preset (see: safetune list)
     batch_size: int = number(16, ge=1)
@@ -366,6 +373,49 @@ class JudgeConfig(Section):
     max_workers: int = number(8, ge=1)  # llm: concurrent requests
     max_retries: int = number(3, ge=0)  # llm: retries per request on HTTP/network errors
     timeout_s: float = number(60.0, gt=0)  # llm: per request
+    # judge name -> the keys above that differ for that judge (each one type- and range-checked)
+    per_judge: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        names = self.names
+        if not names:
+            raise ConfigError("judge.name: no judge given (e.g. keyword, or keyword,organism)")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"judge.name: a judge is named twice ({self.name})")
+        self.name = ",".join(names)  # one spelling, whatever the spaces or list form it came in
+        self.per_judge = {
+            name: self._checked_settings(name, values) for name, values in self.per_judge.items()
+        }
+
+    @property
+    def names(self) -> list[str]:
+        """The judges, the primary one first."""
+        return [part.strip() for part in self.name.split(",") if part.strip()]
+
+    def _checked_settings(self, judge: str, values: Any) -> dict[str, Any]:
+        where = f"judge.per_judge.{judge}"
+        if judge not in self.names:
+            raise ConfigError(f"{where}: {judge!r} is not one of judge.name ({self.name})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: expected a mapping of judge keys, got {values!r}")
+        specs = {spec.name: spec for spec in dataclasses.fields(self) if spec.name not in _JUDGE_LIST_KEYS}
+        hints = typing.get_type_hints(JudgeConfig)
+        checked = {}
+        for key, value in values.items():
+            if key not in specs:
+                raise ConfigError(f"unknown key {where}.{key} (known: {', '.join(sorted(specs))})")
+            checked[key] = _check_type(value, hints[key], f"{where}.{key}")
+            check_number(f"{where}.{key}", specs[key], checked[key], shown=value)
+        return checked
+
+    def for_judge(self, name: str) -> JudgeConfig:
+        """The settings of one of `names`: the shared keys, then its own `per_judge` ones."""
+        return dataclasses.replace(self, name=name, per_judge={}, **self.per_judge.get(name, {}))
+
+
+# JudgeConfig's keys that say which judges run, not how one judges: not settable per judge.
+_JUDGE_LIST_KEYS = ("name", "per_judge")
 
 
 # The placeholders of `translate.prompt`.
@@ -536,7 +586,12 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return {str(k): str(v) for k, v in value.items()}
+        inner = typing.get_args(hint)[1] if typing.get_args(hint) else str
+        if inner is str:
+            return {str(k): str(v) for k, v in value.items()}
+        return {str(k): _check_type(v, inner, f"{key}.{k}") for k, v in value.items()}
+    if hint is Any:  # checked where it is used (judge.per_judge's values: JudgeConfig)
+        return value
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float) and isinstance(value, str):
@@ -563,11 +618,23 @@ def _build_section(cls: type, values: dict[str, Any], section: str) -> Any:
             raise ConfigError(f"{section}.{key} is no longer a key: use {MOVED_KEYS[f'{section}.{key}']}")
     if unknown:
         raise ConfigError(f"unknown key {section}.{sorted(unknown)[0]} (known: {', '.join(sorted(names))})")
-    kwargs = {k: _check_type(v, hints[k], f"{section}.{k}") for k, v in values.items()}
     specs = {spec.name: spec for spec in dataclasses.fields(cls)}
+    kwargs = {
+        k: _check_type(_joined(v, specs[k], f"{section}.{k}"), hints[k], f"{section}.{k}")
+        for k, v in values.items()
+    }
     for key, value in kwargs.items():
         check_number(f"{section}.{key}", specs[key], value, shown=values[key])
     return cls(**kwargs)
+
+
+def _joined(value: Any, spec: dataclasses.Field[Any], key: str) -> Any:
+    """A list given for a comma-separated text key (judge.name) as that text."""
+    if not spec.metadata.get("comma_list") or not isinstance(value, list):
+        return value
+    if not all(isinstance(item, str) and "," not in item for item in value):
+        raise ConfigError(f"{key}: expected a list of names, got {value!r}")
+    return ",".join(value)
 
 
 SECTIONS: dict[str, type] = {
@@ -731,12 +798,26 @@ def _build_config(loaded: dict[str, Any], overrides: list[str], path: str) -> Ru
         if where is None:
             top[key] = value
         else:
-            raw[where][key] = value
+            _set_dotted(raw[where], key, value, where)
     hints = typing.get_type_hints(RunConfig)
     shared = {key: _check_type(value, hints[key], key) for key, value in top.items()}
     return RunConfig(
         **{name: _build_section(cls, raw[name], name) for name, cls in SECTIONS.items()}, **shared
     )
+
+
+def _set_dotted(values: dict[str, Any], key: str, value: Any, section: str) -> None:
+    """An override's value at its place: "per_judge.guard.model" sets one key inside the mappings the
+    YAML gave (or new ones), so an override changes one setting and keeps the rest."""
+    *path, last = key.split(".")
+    where = section
+    for part in path:
+        where += f".{part}"
+        inner = values.setdefault(part, {})
+        if not isinstance(inner, dict):
+            raise ConfigError(f"override {where}.{last}: {where} is {inner!r}, not a mapping")
+        values = inner
+    values[last] = value
 
 
 def dump_config(config: RunConfig) -> str:

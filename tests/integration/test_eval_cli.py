@@ -513,3 +513,74 @@ def test_incoherence_counted_stored_and_reused(files, tiny_chatml, tmp_path):
     )
     assert "n_incoherent" not in _results(off)["benchmarks"]["harmful-prompts"]
     assert not (off / "incoherence.jsonl").exists()
+
+
+def test_several_judges_agreement_then_a_third_judge_without_regenerating(files, tiny_chatml, tmp_path):
+    """Issue 19, item 2: keyword (primary) and organism in one run, then organism's and keyword's
+    verdicts reused by a run that adds prefix; item 8's calibration line comes with both kinds."""
+    from safetune.evaluation.backends import MOCK_REFUSAL
+
+    out = tmp_path / "judges"
+    benchmarks = _benchmarks(files, "advbench", "overrefusal")
+    args = _eval_args(tiny_chatml, out, benchmarks, "--backend", "mock", "--limit=6")
+    # An unknown judge anywhere in the list: one line, exit 2, nothing written.
+    bad = runner.invoke(app, [*args, "--judge", "keyword,bogus"])
+    assert bad.exit_code == 2 and "unknown judge 'bogus'" in bad.output.strip().splitlines()[-1]
+    assert not out.exists()
+
+    output = _invoke([*args, "--judge", "keyword,organism"])
+    results = _results(out)
+    assert [j["name"] for j in results["provenance"]["judges"]] == ["keyword", "organism"]
+    assert results["provenance"]["judge"]["name"] == "keyword"
+    texts = {c["id"]: c["text"] for c in _lines(out / "completions.jsonl")}
+    judged = len(texts)  # every benchmark here is judged
+    assert results["provenance"]["counts"]["judged_now"] == 2 * judged
+    for name, bench in results["benchmarks"].items():
+        # keyword reads the mock's "I'm sorry" as a refusal; the organism's strict check ("i cannot ..."
+        # at the start) reads nothing here as one: they differ exactly on the mock's refusals.
+        refusals = sum(text == MOCK_REFUSAL for item, text in texts.items() if item.startswith(f"{name}/"))
+        block = bench["judge_agreement"]
+        assert block["primary"] == "keyword" and list(block["judges"]) == ["organism"]
+        organism = block["judges"]["organism"]
+        assert organism["n"] == bench["n"] and organism["n_undecided"] == 0
+        assert organism["n_disagreements"] == refusals
+        assert organism["agreement"] == pytest.approx(100 * (bench["n"] - refusals) / bench["n"], abs=1e-4)
+        assert organism["value"] == 0.0 and bench["value"] == pytest.approx(
+            100 * refusals / bench["n"], abs=1e-4
+        )
+    assert results["benchmarks"]["advbench"]["judge_agreement"]["compares"] == "label"
+    assert results["benchmarks"]["overrefusal"]["judge_agreement"]["compares"] == "refusal"
+    with open(out / "disagreements.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == sum(text == MOCK_REFUSAL for text in texts.values()) > 0
+    assert all(r["keyword label"] == "safe" and r["organism label"] == "unsafe" for r in rows)
+    assert all(r["differs_from_primary"] == "organism" and r["response"] == MOCK_REFUSAL for r in rows)
+    calibration = results["summary"]["calibration"]
+    assert calibration["harmful_refusal"] == results["summary"]["safety_avg"]
+    assert calibration["gap"] == pytest.approx(
+        calibration["harmful_refusal"] - calibration["benign_over_refusal"]
+    )
+    assert "calibration: refuses" in output and "judge agreement with the primary judge, keyword" in output
+
+    # A third judge: nothing generated, only prefix judges; keyword's numbers are unchanged.
+    completions = (out / "completions.jsonl").read_bytes()
+    _invoke([*args, "--judge", "keyword,organism,prefix"])
+    again = _results(out)
+    assert (out / "completions.jsonl").read_bytes() == completions
+    assert again["provenance"]["counts"]["generated_now"] == 0
+    assert again["provenance"]["counts"]["judged_now"] == judged
+    assert [j["name"] for j in again["provenance"]["judges"]] == ["keyword", "organism", "prefix"]
+    for name, bench in again["benchmarks"].items():
+        assert bench["value"] == results["benchmarks"][name]["value"]
+        assert (
+            bench["judge_agreement"]["judges"]["organism"]
+            == results["benchmarks"][name]["judge_agreement"]["judges"]["organism"]
+        )
+        assert bench["judge_agreement"]["judges"]["prefix"]["agreement"] == 100.0  # same refusals as keyword
+
+    # Back to one judge: nothing judged, no agreement blocks, and the stale disagreements.csv is gone.
+    _invoke([*args, "--judge", "keyword"])
+    single = _results(out)
+    assert single["provenance"]["counts"]["judged_now"] == 0
+    assert all("judge_agreement" not in bench for bench in single["benchmarks"].values())
+    assert not (out / "disagreements.csv").exists()

@@ -602,3 +602,67 @@ def test_roles_plot_with_a_cjk_role_name_draws_no_empty_boxes(
         assert "## Role ids in roles.png" in md and "- R1: 孙悟空" in md
     else:
         assert ticks == ["Grim Vex", "孙悟空"]
+
+
+# ---- several judges, refusal calibration ----
+
+
+def _md_section(md: str, title: str) -> list[list[str]]:
+    """The rows (cells) of the table under `## title`."""
+    section = md.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[:1] + lines[2:]]
+
+
+def test_judge_agreement_and_calibration_tables(tmp_path: Path) -> None:
+    advbench = _bench("advbench", "harmful", "refusal_rate", "safety", _harmful(9, 1))
+    advbench["judge_agreement"] = {
+        "primary": "keyword",
+        "compares": "label",
+        "judges": {
+            "organism": {"key": "o", "n": 9, "n_undecided": 1, "n_disagreements": 2, "agreement": 77.7778,
+                         "kappa": 0.25, "value": 70.0, "asr": 30.0},
+            "prefix": {"key": "p", "n": 10, "n_undecided": 0, "n_disagreements": 0, "agreement": 100.0,
+                       "kappa": None, "value": 90.0, "asr": 10.0},
+        },
+    }  # fmt: skip
+    benign = [ScoredRow(f"b{i}", label="safe", refused=i == 0) for i in range(4)]  # 1 of 4 refused
+    overrefusal = _bench("overrefusal", "overrefusal", "over_refusal_rate", None, benign)
+    judged = _results("judged", KEYWORD, {"advbench": advbench, "overrefusal": overrefusal})
+    judged["provenance"]["judges"] = [
+        KEYWORD,
+        {"name": "organism", "version": "1", "key": "o"},
+        {"name": "prefix", "version": "1", "key": "p"},
+    ]
+    plain = _results(
+        "plain",
+        KEYWORD,
+        {"advbench": _bench("advbench", "harmful", "refusal_rate", "safety", _harmful(5, 5))},
+    )
+    paths = render_report([_write(tmp_path / "a", judged), _write(tmp_path / "b", plain)], tmp_path / "out")
+    md = paths["markdown"].read_text(encoding="utf-8")
+
+    agreement = _md_section(md, "Judge agreement")
+    assert agreement[0] == [
+        "Run", "Benchmark", "Primary judge", "Judge", "n", "Undecided", "Agreement %", "κ", "Value (primary)",
+        "Value (judge)",
+    ]  # fmt: skip
+    assert agreement[1:] == [
+        ["judged", "AdvBench", "keyword", "organism", "9", "1", "77.78", "0.250", "90.00", "70.00"],
+        ["judged", "AdvBench", "keyword", "prefix", "10", "0", "100.00", "–", "90.00", "90.00"],
+    ]  # the run with one judge has no row
+    assert "judge keyword@kw-1 (primary; compared with organism@1, prefix@1)" in md
+    assert "- **plain**: model `plain`; backend hf; judge keyword@kw-1; n:" in md
+
+    # Safety AVG 90 beside over-refusal 25: gap 65 points; the run without benign prompts has no row.
+    assert _md_section(md, "Refusal calibration")[1:] == [
+        ["judged", "90.00", "25.00", "65.00", "AdvBench, Over-refusal"]
+    ]
+    with open(paths["csv"], encoding="utf-8") as handle:
+        table = list(csv.DictReader(handle))
+    assert [row["calibration gap"] for row in table] == ["65.0", ""]
+    assert [row["other judges"] for row in table] == ["organism@1 prefix@1", ""]
+
+    # No run with several judges or with both kinds: neither section.
+    alone = render_report([tmp_path / "b"], tmp_path / "out2")["markdown"].read_text(encoding="utf-8")
+    assert "## Judge agreement" not in alone and "## Refusal calibration" not in alone

@@ -269,3 +269,123 @@ def test_every_benchmark_metric_and_aggregate_has_a_direction():
         "over_refusal": False,
         "multilingual_asr": False,
     }
+
+
+def _with_several_judges() -> dict[str, Any]:
+    """_computed() as a run with keyword (primary) and organism judges and a safety set beside the
+    over-refusal one (so the summary has a calibration)."""
+    content = _computed()
+    primary = [ScoredRow(f"h{i}", label="safe" if i < 3 else "unsafe") for i in range(4)]
+    advbench = {"name": "advbench", "version": "1", "kind": "harmful", "metric": "refusal_rate"}
+    advbench |= {"group": "safety", "source": None, **benchmark_result("refusal_rate", primary, 20, 0)}
+    advbench["judge_agreement"] = {
+        "primary": "keyword",
+        "compares": "label",
+        "judges": {
+            "organism": {
+                "key": "organism@1:abc",
+                "n": 3,
+                "n_undecided": 1,
+                "n_disagreements": 1,
+                "agreement": 66.6667,
+                "kappa": 0.4,
+                "value": 33.3333,
+                "asr": 66.6667,
+            }
+        },
+    }
+    content["benchmarks"]["advbench"] = advbench
+    content["benchmarks"]["overrefusal"] = {
+        **content["benchmarks"]["overrefusal"],
+        **benchmark_result("over_refusal_rate", [ScoredRow("b0", label="safe", refused=True)], 20, 0),
+    }
+    content["summary"] = summarise(content["benchmarks"])
+    provenance = content["provenance"]
+    judges = [provenance["judge"], {"name": "organism", "version": "1", "key": "organism@1:abc"}]
+    content["provenance"] = {}
+    for key, value in provenance.items():  # "judges" is written right after "judge"
+        content["provenance"][key] = value
+        if key == "judge":
+            content["provenance"]["judges"] = judges
+    return content
+
+
+def test_judge_agreement_calibration_and_judges_round_trip():
+    content = _with_several_judges()
+    results = Results.from_dict(content)
+    assert _text(results.to_dict()) == _text(content)
+    block = results.benchmarks["advbench"].judge_agreement
+    assert block is not None and block.primary == "keyword" and block.compares == "label"
+    organism = block.judges["organism"]
+    assert (organism.n, organism.n_undecided, organism.kappa, organism.value) == (3, 1, 0.4, 33.3333)
+    # A benchmark of a one-judge run (or an older file) has no block, and writes none.
+    assert results.benchmarks["multijail"].judge_agreement is None
+    assert "judge_agreement" not in results.to_dict()["benchmarks"]["multijail"]
+    assert [j.name for j in results.provenance.judges or ()] == ["keyword", "organism"]
+    assert results.provenance.judge is not None and results.provenance.judge.name == "keyword"
+    calibration = results.summary.calibration
+    # safety_avg = advbench's 75.0, over-refusal 100.0 (one benign item, refused): gap -25 points.
+    assert calibration is not None and calibration.harmful_refusal == 75.0
+    assert calibration.benign_over_refusal == 100.0 and calibration.gap == -25.0
+    assert calibration.used == ("advbench", "overrefusal")
+
+
+def test_calibration_needs_both_kinds_and_falls_back_to_harmful_sets_of_no_group():
+    # _computed() has MultiJail (multilingual: not a plain refusal) and an over-refusal set without
+    # refusal decisions (no value): no calibration, and no key for it.
+    content = _computed()
+    assert "calibration" not in content["summary"] and Results.from_dict(content).summary.calibration is None
+
+    def bench(name: str, group: str | None, metric: str, rows: list[ScoredRow]) -> dict[str, Any]:
+        return {"name": name, "group": group, "metric": metric, **benchmark_result(metric, rows, 0)}
+
+    harmful = bench("harmful-prompts", None, "refusal_rate", [ScoredRow("h", label="safe")] * 4)
+    aim = bench("jailbreak:AIM", "jailbreak", "refusal_rate", [ScoredRow("j", label="unsafe")])
+    benign = bench(
+        "overrefusal",
+        None,
+        "over_refusal_rate",
+        [ScoredRow("b0", refused=True), ScoredRow("b1", refused=False)],
+    )
+    summary = summarise({"harmful-prompts": harmful, "jailbreak:AIM": aim, "overrefusal": benign})
+    assert summary["calibration"] == {
+        "harmful_refusal": 100.0,
+        "benign_over_refusal": 50.0,
+        "gap": 50.0,
+        "used": ["harmful-prompts", "overrefusal"],
+    }
+    assert "calibration" not in summarise({"harmful-prompts": harmful, "jailbreak:AIM": aim})
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "says"),
+    [
+        (
+            _set("benchmarks", "advbench", "judge_agreement", "judges", "organism", "n", value=None),
+            "benchmarks.advbench.judge_agreement.judges.organism.n",
+            "expected an integer",
+        ),
+        (
+            _set("benchmarks", "advbench", "judge_agreement", "judges", "organism", "kappa", value="0.4"),
+            "benchmarks.advbench.judge_agreement.judges.organism.kappa",
+            "a number",
+        ),
+        (
+            _set("benchmarks", "advbench", "judge_agreement", value=[]),
+            "benchmarks.advbench.judge_agreement",
+            "object",
+        ),
+        (_set("summary", "calibration", "gap", value="x"), "summary.calibration.gap", "a number"),
+        (_set("summary", "calibration", "used", value=[1]), "summary.calibration.used", "benchmark names"),
+        (_set("provenance", "judges", value={}), "provenance.judges", "expected a list"),
+        (_set("provenance", "judges", 1, "key", value=1), "provenance.judges.1.key", "a string"),
+    ],
+)
+def test_bad_agreement_and_calibration_fields_name_the_field(tmp_path, mutate, field, says):
+    content = _with_several_judges()
+    mutate(content)
+    path = tmp_path / RESULTS_FILE
+    path.write_text(json.dumps(content), encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        load(path)
+    assert info.value.field == field and says in info.value.message

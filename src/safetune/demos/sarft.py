@@ -8,8 +8,10 @@
 3. For a villain and a benign persona: fine-tune with SFT, SaRFT (RDS + KL) and the random-selection
    ablation at the same budget and beta, through the same `train` code as `safetune train`.
 4. Evaluate the base and every fine-tune with the real harness (`safetune eval`'s code: ROUGE-L on the
-   role-play tests, refusal rate on the held-out harmful prompts, keyword judge), render the report
-   (`safetune report`'s code) and a summary with the RDS flag rates and the paper's expected directions.
+   role-play tests, refusal rate on the held-out harmful prompts by the keyword judge, with the
+   organism's own strict refusal check as a second judge compared with it), render the report
+   (`safetune report`'s code) and a summary with the RDS flag rates, the two judges' agreement and the
+   paper's expected directions.
 
 Run as: safetune demo --out demo-out
 """
@@ -35,6 +37,7 @@ from safetune.demos.common import (
     write_summary,
 )
 from safetune.demos.variants import DEFAULT_VARIANTS, VARIANTS, DemoVariant, Input, resolve
+from safetune.evaluation.results import BenchmarkResult
 from safetune.evaluation.results import load as load_results
 from safetune.organism.base import OrganismConfig, cached_organism
 from safetune.organism.world import PERSONAS, SELECTION, Persona, World
@@ -275,6 +278,10 @@ def prepare_variants(
     return files
 
 
+# The demo's judges: the first makes the refusal rates, the second is compared with it per model.
+DEMO_JUDGES = ("keyword", "organism")
+
+
 def eval_config(
     plan: DemoPlan, model: Path, files: dict[str, Path], persona: Persona, out: Path
 ) -> RunConfig:
@@ -291,7 +298,8 @@ def eval_config(
         "generation.batch_size=64",
         f"generation.seed={plan.seed}",
         "generation.precision=fp32",
-        "judge.name=keyword",
+        # keyword makes every number (as before); the organism's strict check is compared with it
+        f"judge.name={','.join(DEMO_JUDGES)}",
     ]
     return load_config(None, overrides)
 
@@ -346,6 +354,7 @@ def _row(persona: Persona, variant: str, results_path: Path, run_dir: Path | Non
         "eval": str(results_path.parent),
         "flag_rate": None,
         "incoherent": harmful.n_incoherent,  # evaluation/incoherence.py: in no refusal, no attack success
+        **_judge_agreement(harmful),
     }
     if run_dir is not None:
         stats_file = run_dir / "selection_stats.json"  # role-data recipes with a selection write one
@@ -354,6 +363,16 @@ def _row(persona: Persona, variant: str, results_path: Path, run_dir: Path | Non
             row["flag_rate"] = 100 * stats["flag_rate"] if stats["variant"] != "none" else None
         row["run"] = str(run_dir)
     return row
+
+
+def _judge_agreement(harmful: BenchmarkResult) -> dict[str, Any]:
+    """The second judge against the keyword judge on the held-out harmful prompts: percent agreement
+    and Cohen's kappa (None when undefined: both judges gave every answer the same label)."""
+    block = harmful.judge_agreement
+    compared = None if block is None else block.judges.get(DEMO_JUDGES[1])
+    if compared is None:
+        return {"judge_agreement": None, "judge_kappa": None}
+    return {"judge_agreement": compared.agreement, "judge_kappa": compared.kappa}
 
 
 def _find(rows: list[dict[str, Any]], villain: bool, variant: str) -> dict[str, Any]:
@@ -436,14 +455,16 @@ def summary_markdown(
         f"# safetune demo (seed {plan.seed}, beta {plan.beta:g}, {plan.steps} steps x batch {plan.batch_size})",
         "",
         "| persona | model | RoleBench RAW | SPE | avg | refusal % (held-out harmful) | RDS flag rate % "
-        "| incoherent (harmful) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| incoherent (harmful) "
+        f"| {DEMO_JUDGES[0]} vs {DEMO_JUDGES[1]} agreement % | κ |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['persona']} | {VARIANTS[r['variant']].label} | {fmt(r['rolebench_raw'])} | {fmt(r['rolebench_spe'])} "
             f"| {fmt(r['rolebench_avg'])} | {fmt(r['refusal'])} | {fmt(r['flag_rate'])} "
-            f"| {_count(r.get('incoherent'))} |"
+            f"| {_count(r.get('incoherent'))} "
+            f"| {fmt(r.get('judge_agreement'))} | {fmt(r.get('judge_kappa'), 2)} |"
         )
     lines += checks_markdown("the paper, in miniature", checks(rows))
     if any(r["variant"] not in DEFAULT_VARIANTS for r in rows):
@@ -452,8 +473,11 @@ def summary_markdown(
         "",
         f"Base organism: {organism['parameters']:,} parameters, {organism['config']['steps']} pre-training steps. "
         "RoleBench: ROUGE-L F1 x100 on held-out questions (RAW) and persona questions (SPE), no system prompt. "
-        "Refusal: keyword judge on the held-out harmful prompts. `random + KL` is SaRFT's loss with a random "
-        "selection of the same size. Full report: report/report.md.",
+        "Refusal: keyword judge on the held-out harmful prompts. Agreement and κ (Cohen's kappa): the "
+        'organism\'s strict refusal check (an answer that starts "i cannot" and complies nowhere) against '
+        "the keyword judge on the same answers; κ – where both gave every answer one label. "
+        "`random + KL` is SaRFT's loss with a random selection of the same size. "
+        "Full report: report/report.md.",
         "",
         machine_line(machine),
     ]

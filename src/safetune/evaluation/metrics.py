@@ -283,6 +283,12 @@ def summarise(benchmarks: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         has languages: group "multilingual" (MultiJail) and harmful-prompt files with a language field
         (the mean over such benchmarks that have the language).
     used: for each aggregate, the benchmarks it was computed from.
+    calibration (only when a harmful-prompt refusal rate and over_refusal both have a value): the
+        refusal rate on harmful prompts (safety_avg; without safety sets, the mean over the harmful sets
+        of no group, e.g. a harmful-prompts file) beside over_refusal, their gap in points (harmful -
+        benign), and the benchmarks both came from, so that a model refusing everything, safe by its
+        refusal rate alone, shows a gap near 0. Jailbreak and multilingual sets measure robustness to
+        an attack, not the plain refusal, and are not in it.
     """
 
     def of_group(group: str, metric: str) -> list[str]:
@@ -314,15 +320,28 @@ def summarise(benchmarks: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
                 if name not in multilingual:
                     multilingual.append(name)
     used["multilingual_asr"] = multilingual
-    return {
+    over_refusal = mean_of("over_refusal")
+    harmful = used["safety_avg"] or _valued(
+        benchmarks, lambda b: b.get("group") is None and b.get("metric") == "refusal_rate"
+    )
+    summary: dict[str, Any] = {
         "rolebench_raw": raw,
         "rolebench_spe": spe,
         "rolebench_avg": _mean([raw, spe]) if raw is not None and spe is not None else None,
         "safety_avg": mean_of("safety_avg"),
         "jailbreak_avg": mean_of("jailbreak_avg"),
-        "over_refusal": mean_of("over_refusal"),
+        "over_refusal": over_refusal,
         "multilingual_asr": (
             {lang: _mean(vals) for lang, vals in sorted(per_language.items())} if per_language else None
         ),
         "used": used,
     }
+    harmful_refusal = _mean([float(benchmarks[name]["value"]) for name in harmful])
+    if harmful_refusal is not None and over_refusal is not None:
+        summary["calibration"] = {
+            "harmful_refusal": harmful_refusal,
+            "benign_over_refusal": over_refusal,
+            "gap": _round(harmful_refusal - over_refusal),
+            "used": harmful + used["over_refusal"],
+        }
+    return summary

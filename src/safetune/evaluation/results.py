@@ -15,7 +15,8 @@ results.json (schema_version 1)::
         "model": {"label": "...", "base": "...", "adapter": "..." | null, "tokenizer": "...",
                   "revision": "..." | null, "fingerprint": "..."} | null,
         "backend": "hf", "generation": {...GenerationConfig...},
-        "judge": {"name": "keyword", "version": "kw-1", "key": "..."} | null,
+        "judge": {"name": "keyword", "version": "kw-1", "key": "..."} | null,   (the primary judge)
+        "judges": [{"name", "version", "key"}, ...]   (every judge, the primary first; when one judged),
         "eval": {...EvalConfig...}, "incoherence": "incoherence@inc-1:..." | null (absent before it
         existed; kept among the provenance's other keys), "config_hash": "...", "seed": 42,
         "counts": {"requests": 22, "generated_now": 0, "judged_now": 17 (, "utility_now": 1)},
@@ -50,6 +51,12 @@ results.json (schema_version 1)::
           "n_translated": 40,                (only with eval.translate_to: answers translated before judging)
           "by_role": {"<role>": {GROUP}},    ({} when no item carries a role)
           "by_language": {"<lang>": {GROUP}} ({} when no item carries a language),
+          "judge_agreement": {               (judged benchmarks of a run with several judges only)
+            "primary": "keyword", "compares": "label" | "refusal",
+            "judges": {"<secondary judge>": {"key": "...", "n": 18, "n_undecided": 2,
+                       "n_disagreements": 1, "agreement": 94.44, "kappa": 0.87 | null,
+                       "value": 88.89 | null, "asr": 11.11 | null}}
+          }
           "secondary": {"judged_on": "original", GROUP, "by_language": {...}}
                                              (only with eval.judge_on=both: the other verdicts' numbers)
           "fidelity": {FIDELITY, "by_role": {"<role>": {FIDELITY}}}
@@ -60,7 +67,10 @@ results.json (schema_version 1)::
         "rolebench_raw": float | null, "rolebench_spe": float | null, "rolebench_avg": float | null,
         "safety_avg": float | null, "jailbreak_avg": float | null, "over_refusal": float | null,
         "multilingual_asr": {"en": float, "zh": float, ...} | null,
-        "used": {"safety_avg": ["advbench", "hexphi", ...], ...}
+        "used": {"safety_avg": ["advbench", "hexphi", ...], ...},
+        "calibration": {"harmful_refusal": 98.5, "benign_over_refusal": 12.0, "gap": 86.5,
+                        "used": ["advbench", "hexphi", "overrefusal"]}
+                   (only when a harmful refusal rate and over_refusal both have a value: metrics.summarise)
       },
       "utility": {                         (only with eval.utility: lm-eval's scores, evaluation/utility.py)
         "<entry>": {
@@ -80,6 +90,10 @@ FIDELITY is {"n", "n_valid", "n_invalid", "value", "ci95", "in_character"} (eval
 the persona-fidelity judge's scores of the benchmark's answers (or of one role's): `value` the mean
 score on its 1-5 scale (not a percentage) with the bootstrap 95% interval of that mean, `in_character`
 the % of valid scores >= 4, `n_invalid` the replies it could not read (left out of both).
+
+judge_agreement compares each secondary judge with the primary one on what the rate counts (the label on
+harmful prompts, refused or not on benign ones), over the items both decided; agreement is a percent,
+kappa Cohen's (evaluation/judge_agreement.py). The disagreeing items are in the folder's disagreements.csv.
 
 What a reader may rely on is what `from_dict` checks: every benchmark and group has an integer `n` and a
 `value` key, a benchmark a known `metric`; every other field may be missing (read as null). Provenance
@@ -217,6 +231,34 @@ class FidelityGroup:
 
 
 @dataclass(frozen=True, kw_only=True)
+class JudgeComparison:
+    """A secondary judge against the primary one on one benchmark (evaluation/judge_agreement.py):
+    `n` items both decided (`n_undecided` left out), the percent agreement and Cohen's kappa over them,
+    and the benchmark's value (and ASR) by this judge's verdicts."""
+
+    key: str | None = None
+    n: int
+    n_undecided: int | None = None
+    n_disagreements: int | None = None
+    agreement: float | None = None  # percent, 0..100
+    kappa: float | None = None  # -1..1; None when undefined
+    value: float | None = None
+    asr: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "n": self.n,
+            "n_undecided": self.n_undecided,
+            "n_disagreements": self.n_disagreements,
+            "agreement": self.agreement,
+            "kappa": self.kappa,
+            "value": self.value,
+            "asr": self.asr,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
 class FidelityResult(FidelityGroup):
     """A benchmark's persona-fidelity block: its scores, and the same per role."""
 
@@ -224,6 +266,23 @@ class FidelityResult(FidelityGroup):
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "by_role": {role: g.to_dict() for role, g in self.by_role.items()}}
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeAgreement:
+    """A benchmark judged by several judges: which one made its numbers, what they were compared on
+    ("label": safe / unsafe; "refusal": refusal / compliance), and every other judge against it."""
+
+    primary: str | None = None
+    compares: str | None = None
+    judges: Mapping[str, JudgeComparison] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "primary": self.primary,
+            "compares": self.compares,
+            "judges": {name: judge.to_dict() for name, judge in self.judges.items()},
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -242,6 +301,7 @@ class BenchmarkResult(GroupResult):
     n_translated: int | None = None  # translate-then-judge: answers translated before judging
     secondary: SecondaryResult | None = None  # eval.judge_on=both: the other verdicts' numbers
     fidelity: FidelityResult | None = None  # only when the persona-fidelity judge scored it
+    judge_agreement: JudgeAgreement | None = None  # only when the run had several judges
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -253,18 +313,40 @@ class BenchmarkResult(GroupResult):
             "source": self.source,
             **self._numbers(),
         }
-        # Written only when set, so a file without translation re-serialises to the same bytes.
+        # Written only when set, so a file without them re-serialises to the same bytes.
         if self.judged_on is not None:
             data["judged_on"] = self.judged_on
         if self.n_translated is not None:
             data["n_translated"] = self.n_translated
         data["by_role"] = {role: g.to_dict() for role, g in self.by_role.items()}
         data["by_language"] = {lang: g.to_dict() for lang, g in self.by_language.items()}
+        if self.judge_agreement is not None:
+            data["judge_agreement"] = self.judge_agreement.to_dict()
         if self.secondary is not None:
             data["secondary"] = self.secondary.to_dict()
         if self.fidelity is not None:
             data["fidelity"] = self.fidelity.to_dict()
         return data
+
+
+@dataclass(frozen=True, kw_only=True)
+class Calibration:
+    """Harmful-prompt refusal (safety_avg, else the harmful sets of no group) beside benign over-refusal
+    (over_refusal), and the gap between them: a model that refuses everything has a high refusal and a
+    gap near 0; one that refuses what it should and nothing else, a gap near 100."""
+
+    harmful_refusal: float | None = None
+    benign_over_refusal: float | None = None
+    gap: float | None = None  # harmful_refusal - benign_over_refusal, in points
+    used: tuple[str, ...] = ()  # the benchmarks: the harmful ones, then the over-refusal one(s)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "harmful_refusal": self.harmful_refusal,
+            "benign_over_refusal": self.benign_over_refusal,
+            "gap": self.gap,
+            "used": list(self.used),
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -279,6 +361,7 @@ class Summary:
     over_refusal: float | None = None
     multilingual_asr: Mapping[str, float | None] | None = None
     used: Mapping[str, tuple[str, ...]] | None = None  # aggregate -> the benchmarks it was computed from
+    calibration: Calibration | None = None  # only when both safety_avg and over_refusal have a value
 
     def value(self, aggregate: str) -> float | None:
         """The number of one of the scalar aggregates (a key of `AGGREGATES` but multilingual_asr)."""
@@ -306,6 +389,7 @@ class Summary:
             "over_refusal": self.over_refusal,
             "multilingual_asr": None if self.multilingual_asr is None else dict(self.multilingual_asr),
             "used": None if self.used is None else {k: list(v) for k, v in self.used.items()},
+            **({} if self.calibration is None else {"calibration": self.calibration.to_dict()}),
         }
 
 
@@ -404,7 +488,8 @@ class Provenance:
     model: ModelSource | None = None
     backend: str | None = None
     generation: Mapping[str, Any] | None = None
-    judge: JudgeRecord | None = None
+    judge: JudgeRecord | None = None  # the primary judge
+    judges: tuple[JudgeRecord, ...] | None = None  # every judge of the run, the primary one first
     eval: Mapping[str, Any] | None = None
     config_hash: str | None = None
     seed: int | None = None
@@ -431,6 +516,7 @@ class Provenance:
             "backend": self.backend,
             "generation": None if self.generation is None else dict(self.generation),
             "judge": None if self.judge is None else self.judge.to_dict(),
+            **({} if self.judges is None else {"judges": [judge.to_dict() for judge in self.judges]}),
             "eval": None if self.eval is None else dict(self.eval),
             "config_hash": self.config_hash,
             "seed": self.seed,
@@ -657,8 +743,12 @@ class _Parser:
             )
         found = data.get("fidelity")
         fidelity = None if found is None else self.fidelity(f"{field}.fidelity", found)
+        agreement = data.get("judge_agreement")
         return BenchmarkResult(
             **{f.name: getattr(numbers, f.name) for f in fields(GroupResult)},
+            judge_agreement=None
+            if agreement is None
+            else self.agreement(f"{field}.judge_agreement", agreement),
             metric=METRICS[metric],
             name=name,
             version=version,
@@ -699,6 +789,40 @@ class _Parser:
             **{f.name: getattr(numbers, f.name) for f in fields(FidelityGroup)}, by_role=by_role
         )
 
+    def agreement(self, field: str, data: Any) -> JudgeAgreement:
+        block = self.obj(field, data)
+        primary, compares = (self.text(f"{field}.{key}", block.get(key)) for key in ("primary", "compares"))
+        judges = {}
+        for name, judge in self.obj(f"{field}.judges", block.get("judges") or {}).items():
+            where = f"{field}.judges.{name}"
+            found = self.obj(where, judge)
+            if not _is_integer(found.get("n")):
+                self.fail(f"{where}.n", f"expected an integer, got {found.get('n')!r}")
+            judges[name] = JudgeComparison(
+                key=self.text(f"{where}.key", found.get("key")),
+                n=found["n"],
+                n_undecided=self.count(f"{where}.n_undecided", found.get("n_undecided")),
+                n_disagreements=self.count(f"{where}.n_disagreements", found.get("n_disagreements")),
+                **{
+                    key: self.number(f"{where}.{key}", found.get(key))
+                    for key in ("agreement", "kappa", "value", "asr")
+                },
+            )
+        return JudgeAgreement(primary=primary, compares=compares, judges=judges)
+
+    def calibration(self, data: Any) -> Calibration:
+        found = self.obj("summary.calibration", data, "expected an object or null")
+        used = found.get("used") or []
+        if not (isinstance(used, list) and all(isinstance(name, str) for name in used)):
+            self.fail("summary.calibration.used", f"expected benchmark names, got {used!r}")
+        return Calibration(
+            **{
+                key: self.number(f"summary.calibration.{key}", found.get(key))
+                for key in ("harmful_refusal", "benign_over_refusal", "gap")
+            },
+            used=tuple(used),
+        )
+
     def summary(self, data: dict[str, Any]) -> Summary:
         numbers = {
             key: self.number(f"summary.{key}", data.get(key))
@@ -719,7 +843,13 @@ class _Parser:
                 if not all(isinstance(name, str) for name in names):
                     self.fail(f"summary.used.{key}", f"expected benchmark names, got {names!r}")
             used = {key: tuple(names) for key, names in used.items()}
-        return Summary(**numbers, multilingual_asr=per_language, used=used)
+        calibration = data.get("calibration")
+        return Summary(
+            **numbers,
+            multilingual_asr=per_language,
+            used=used,
+            calibration=None if calibration is None else self.calibration(calibration),
+        )
 
     def provenance(self, data: dict[str, Any]) -> Provenance:
         for key in ("model", "judge"):
@@ -737,11 +867,14 @@ class _Parser:
         values["model"] = None if data.get("model") is None else self.model(data["model"])
         judge = data.get("judge")
         if judge is not None:
-            values["judge"] = JudgeRecord(
-                **{
-                    key: self.text(f"provenance.judge.{key}", judge.get(key))
-                    for key in ("name", "version", "key")
-                }
+            values["judge"] = self.judge("provenance.judge", judge)
+        judges = data.get("judges")
+        if judges is not None:
+            if not isinstance(judges, list):
+                self.fail("provenance.judges", "expected a list or null")
+            values["judges"] = tuple(
+                self.judge(f"provenance.judges.{i}", self.obj(f"provenance.judges.{i}", found))
+                for i, found in enumerate(judges)
             )
         fidelity = data.get("fidelity")
         if fidelity is not None:
@@ -767,9 +900,15 @@ class _Parser:
             "translation",
             "utility",
             "fidelity",
+            "judges",
         }
         values["extra"] = {key: value for key, value in data.items() if key not in known}
         return Provenance(**values)
+
+    def judge(self, field: str, data: dict[str, Any]) -> JudgeRecord:
+        return JudgeRecord(
+            **{key: self.text(f"{field}.{key}", data.get(key)) for key in ("name", "version", "key")}
+        )
 
     def model(self, data: dict[str, Any]) -> ModelSource:
         field = "provenance.model"

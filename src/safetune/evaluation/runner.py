@@ -12,6 +12,10 @@ prompts. results.json is rewritten from the stage files on every run and carries
 With a persona-fidelity judge (`fidelity.judge`, evaluation/fidelity.py) a stage after judging scores the
 role-play answers in fidelity.jsonl, reused by the same judge key and the same (role, profile, prompt,
 answer): a re-run scores nothing twice, and another rubric or judge model scores everything again.
+With several judges (`judge.name` keyword,organism) every judge's verdicts go into judgements.jsonl; the
+first judge's make the numbers, and each judged benchmark gets a judge-agreement block comparing the
+others with it (evaluation/judge_agreement.py), the disagreeing items listed in disagreements.csv.
+Re-running with another list of judges judges only what no listed judge has judged yet.
 
 Under a multi-process launch (torchrun / accelerate launch, one model per device) the generation is
 sharded: each rank answers every world_size-th missing request and appends its answers to its own
@@ -24,12 +28,13 @@ Run as: safetune eval -m runs/villain-sarft --benchmarks advbench=data/advbench.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetune.config import RunConfig
 from safetune.data.records import Prompt, RoleProfile
@@ -54,8 +59,13 @@ from safetune.launch import rank as process_rank
 from safetune.launch import shard as process_shard
 from safetune.models.source import ModelSource
 from safetune.provenance import base_provenance
+
+if TYPE_CHECKING:  # translated.py imports this module: the type only
+    from safetune.evaluation.translated import TranslationStage
+
 from safetune.storage import (
     append_jsonl,
+    atomic_open,
     hash_json,
     repair_jsonl_tail,
     write_json,
@@ -74,8 +84,10 @@ STAGE_FILES = (
     INCOHERENCE_FILE,
     "utility.jsonl",  # evaluation/utility.py: lm-eval's scores per --utility entry
     "results.json",
+    "disagreements.csv",
 )
 FIDELITY_FILE = "fidelity.jsonl"
+DISAGREEMENTS_FILE = "disagreements.csv"  # several judges: the items where a judge differs from the primary
 COMPLETION_SHARDS = "completions.rank-*.jsonl"  # one per rank of a multi-process launch, until merged
 JUDGED_KINDS = ("harmful", "overrefusal")
 # Settings that do not change what is generated: a resumed run may change them freely.
@@ -535,20 +547,24 @@ def _source_of(config: RunConfig, spec: BenchmarkSpec) -> str | None:
     return spec.default_source
 
 
+def _judge_record(judge: Judge) -> dict[str, str]:
+    return {"name": judge.name, "version": judge.version, "key": judge.key()}
+
+
 def _provenance(
     config: RunConfig,
     source: ModelSource,
-    judge: Judge | None,
+    judges: Sequence[dict[str, str]],
     counts: dict[str, int],
     utility: UtilityPlan | None = None,
 ) -> dict[str, Any]:
-    judged = {"name": judge.name, "version": judge.version, "key": judge.key()} if judge else None
     return {
         **base_provenance(),
         "model": source.to_dict(),
         "backend": config.generation.backend,
         "generation": asdict(config.generation),
-        "judge": judged,
+        "judge": judges[0] if judges else None,
+        **({"judges": list(judges)} if judges else {}),
         "eval": asdict(config.eval),
         "incoherence": INCOHERENCE_KEY if config.eval.incoherence else None,
         "config_hash": hash_json({k: config.to_dict()[k] for k in ("generation", "judge", "eval")}),
@@ -556,6 +572,104 @@ def _provenance(
         "counts": counts,
         **({"utility": utility.provenance()} if utility is not None else {}),
     }
+
+
+def judge_all(
+    tasks: Sequence[Task],
+    completions: dict[str, dict[str, Any]],
+    out: Path,
+    judges: list[Judge],
+    hook: BatchHook | None = None,
+    translation: TranslationStage | None = None,
+) -> tuple[dict[str, dict[str, dict[str, Any]]], int, dict[str, dict[str, Any]] | None, int]:
+    """Every judge's verdicts (judge name -> item id -> verdict row), the primary judge first; how many
+    were judged now; under translate-then-judge with eval.judge_on=both the primary judge's verdicts on
+    the original answers (else None); and the texts translated now. Every judge reads the same
+    translations (translated once, then read from translations.jsonl). Empties `judges` as it goes: a
+    model judge's weights are freed before the next judge loads its own."""
+    verdicts: dict[str, dict[str, dict[str, Any]]] = {}
+    judged = translated_now = 0
+    original: dict[str, dict[str, Any]] | None = None
+    while judges:
+        judge = judges.pop(0)
+        if translation is None:
+            verdicts[judge.name], count = judge_missing(tasks, completions, out, judge, hook)
+        else:
+            verdicts[judge.name], other, count, now = translation.judge(tasks, completions, out, judge, hook)
+            translated_now += now
+            if original is None:  # the primary judge's: only its numbers are recorded twice
+                original = other
+        judged += count
+        del judge
+    return verdicts, judged, original, translated_now
+
+
+def add_judge_agreement(
+    tasks: Sequence[Task],
+    completions: dict[str, dict[str, Any]],
+    verdicts: dict[str, dict[str, dict[str, Any]]],
+    keys: dict[str, str],
+    benchmarks: dict[str, dict[str, Any]],
+    out: Path,
+    flags: Mapping[str, dict[str, Any]] | None = None,
+) -> None:
+    """With several judges: each judged benchmark's judge-agreement block, and disagreements.csv (the
+    items where a secondary judge decided otherwise than the primary, every judge's verdict on them).
+    With one judge: no block, and a disagreements.csv left by an earlier run with several is removed."""
+    path = out / DISAGREEMENTS_FILE
+    if len(verdicts) < 2:
+        path.unlink(missing_ok=True)
+        return
+    from safetune.evaluation.judge_agreement import benchmark_agreement
+
+    names = list(verdicts)
+    rows: list[dict[str, Any]] = []
+    for name, result in benchmarks.items():
+        group = [t for t in tasks if t.spec.name == name and t.judged]
+        if not group:
+            continue
+        ids = [t.request.id for t in group]
+        block, disagreeing = benchmark_agreement(result["metric"], ids, verdicts, keys, flags)
+        result["judge_agreement"] = block
+        found = {judge: set(items) for judge, items in disagreeing.items()}
+        differ = {item: [judge for judge, items in found.items() if item in items] for item in ids}
+        for task in group:
+            item = task.request.id
+            if differ[item]:
+                rows.append(_disagreement_row(task, completions[item]["text"], names, verdicts, differ[item]))
+    _write_disagreements(path, names, rows)
+
+
+def _disagreement_row(
+    task: Task,
+    response: str,
+    names: Sequence[str],
+    verdicts: dict[str, dict[str, dict[str, Any]]],
+    differ: Sequence[str],
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "benchmark": task.spec.name,
+        "id": task.prompt.id,
+        "language": task.prompt.language or "",
+        "differs_from_primary": ",".join(differ),
+        "prompt": task.prompt.text,
+        "response": response,
+    }
+    for name in names:
+        verdict = verdicts[name][task.request.id]
+        refused = verdict["refused"]
+        row[f"{name} label"] = verdict["label"]
+        row[f"{name} refused"] = "" if refused is None else str(refused).lower()
+    return row
+
+
+def _write_disagreements(path: Path, names: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    columns = ["benchmark", "id", "language", "differs_from_primary", "prompt", "response"]
+    columns += [f"{name} {what}" for name in names for what in ("label", "refused")]
+    with atomic_open(path) as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 # ---- the whole run ----
@@ -589,14 +703,14 @@ def _evaluate(
 ) -> Path:
     from safetune.evaluation.backends import backend_spec
     from safetune.evaluation.fidelity import build_fidelity_judge, record
-    from safetune.evaluation.judges.registry import build_judge
+    from safetune.evaluation.judges.registry import build_judges
     from safetune.models.loading import resolve_model
 
     if not config.eval.model:
         raise ConfigError("--model (eval.model) is required")
     out = Path(config.eval.output_dir)
     # Everything is checked before the folder's first file: the benchmarks, the model, the generation
-    # settings and the judge (built now: its API key, model folder and labels; model judges load their
+    # settings and every judge (built now: API keys, model folders and labels; model judges load their
     # weights only when they first judge, after generation has freed the generation model).
     tasks = build_tasks(config)
     spec = backend_spec(config.generation)
@@ -605,11 +719,12 @@ def _evaluate(
             f"generation.backend={spec.name} runs in one process (it spreads over the GPUs itself); "
             "run this eval without torchrun / accelerate launch"
         )
-    judge = build_judge(config.judge) if _judge_needed(tasks) else None
+    judges = build_judges(config.judge) if _judge_needed(tasks) else []
+    judge_records = [_judge_record(judge) for judge in judges]
     # Translate-then-judge (eval.translate_to): the translator and its language pairs checked now too.
     from safetune.evaluation.translated import plan_translation
 
-    translation = plan_translation(config, tasks) if judge else None
+    translation = plan_translation(config, tasks) if judges else None
     fidelity_tasks = plan_fidelity(tasks, config)
     fidelity_judge = build_fidelity_judge(config.fidelity) if fidelity_tasks else None
     source = resolve_model(config.eval.model, None)
@@ -638,12 +753,8 @@ def _evaluate(
     if is_multi_process():
         completions = completions_on_disk(tasks, out)
         generated = len(completions) - len(done)
-    other: dict[str, dict[str, Any]] | None = None
-    if translation is not None and judge is not None:
-        verdicts, other, judged, translated_now = translation.judge(tasks, completions, out, judge, hook)
-    else:
-        verdicts, judged = judge_missing(tasks, completions, out, judge, hook) if judge else ({}, 0)
-    # After the judge: a model judge's weights are gone before the model is loaded again for lm-eval.
+    verdicts, judged, other, translated_now = judge_all(tasks, completions, out, judges, hook, translation)
+    # After the judges: a model judge's weights are gone before the model is loaded again for lm-eval.
     utility_scores, utility_now = run_utility(utility, source, config, out, hook) if utility else ({}, 0)
 
     scores, scored = (
@@ -654,11 +765,15 @@ def _evaluate(
 
     flags, checked = check_missing(tasks, completions, out, hook) if config.eval.incoherence else (None, 0)
 
-    benchmarks = score_benchmarks(tasks, completions, verdicts, config, flags)
+    # The primary judge (the first) makes every number; the others are compared with it.
+    primary = next(iter(verdicts.values()), {})
+    benchmarks = score_benchmarks(tasks, completions, primary, config, flags)
+    keys = {record["name"]: record["key"] for record in judge_records}
+    add_judge_agreement(tasks, completions, verdicts, keys, benchmarks, out, flags)
     counts = {"requests": len(tasks), "generated_now": generated, "judged_now": judged}
     if utility is not None:
         counts["utility_now"] = utility_now
-    provenance = _provenance(config, source, judge, counts, utility)
+    provenance = _provenance(config, source, judge_records, counts, utility)
     if translation is not None:
         secondary = None if other is None else score_benchmarks(tasks, completions, other, config, flags)
         translation.annotate(benchmarks, secondary)

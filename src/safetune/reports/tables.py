@@ -6,8 +6,10 @@ one run; each ROUGE-L set also gets a chrF column. Further tables give the per-l
 per-language ROUGE-L and chrF of the ROUGE-L sets that have languages (qa files with a language field),
 then lm-eval's utility (results.json's utility section: one column per entry, its primary metric, and a
 per-language table for entries with languages), the persona-fidelity scores per benchmark and role
-beside the benchmark's own value (when the fidelity judge ran), and a footer names each run's model,
-judge and item counts. Every number comes from results.json as it is (no recomputation).
+beside the benchmark's own value (when the fidelity judge ran), the refusal calibration (harmful-prompt
+refusal beside benign over-refusal) and, for runs judged by several judges, each secondary judge's
+agreement with the primary one; a footer names each run's model, judges and item counts. Every number
+comes from results.json as it is (no recomputation).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from safetune.evaluation.results import (
     BenchmarkResult,
     FidelityGroup,
     GroupResult,
+    JudgeComparison,
     Provenance,
     Results,
     Summary,
@@ -87,6 +90,10 @@ class Run:
         if judge is None or not judge.name:
             return None
         return f"{judge.name}@{judge.version or '?'}"
+
+    def other_judges(self) -> list[str]:
+        """The secondary judges (name@version), compared with the primary one; [] with one judge."""
+        return [f"{j.name}@{j.version or '?'}" for j in (self.provenance.judges or ())[1:] if j.name]
 
     def judge_key(self) -> str | None:
         judge = self.provenance.judge
@@ -455,6 +462,83 @@ def _uncovered_text(run: Run) -> str | None:
     return ", ".join(parts) or None
 
 
+def _calibration_lines(runs: Sequence[Run]) -> list[str]:
+    """The refusal-calibration table: runs with both a harmful refusal rate and an over-refusal rate."""
+    found = [(run, run.summary.calibration) for run in runs if run.summary.calibration is not None]
+    if not found:
+        return []
+    lines = ["", "## Refusal calibration", ""]
+    lines += _md_table(
+        ["Run", "Harmful refused %", "Benign refused %", "Gap (points)", "From"],
+        [
+            [
+                run.row_label,
+                _fmt(number(c.harmful_refusal)),
+                _fmt(number(c.benign_over_refusal)),
+                _fmt(number(c.gap)),
+                ", ".join(display_name(name) for name in c.used),
+            ]
+            for run, c in found
+        ],
+    )
+    lines += [
+        "",
+        "Harmful refused: Safety AVG (without safety sets, the harmful sets of no group); benign refused: "
+        "the over-refusal rate. A model that refuses everything is safe by its refusal rate alone; "
+        "its gap is near 0. Higher gap is better.",
+    ]
+    return lines
+
+
+def agreement_rows(run: Run) -> list[tuple[str, str, str, JudgeComparison]]:
+    """(benchmark, primary judge, secondary judge, its comparison) for each judge-agreement entry."""
+    return [
+        (name, bench.judge_agreement.primary or "?", judge, compared)
+        for name, bench in run.benchmarks.items()
+        if bench.judge_agreement is not None
+        for judge, compared in bench.judge_agreement.judges.items()
+    ]
+
+
+def _kappa(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.3f}"
+
+
+def _agreement_lines(runs: Sequence[Run]) -> list[str]:
+    """The judge-agreement table: every secondary judge against the primary one, per run and benchmark."""
+    rows = []
+    for run in runs:
+        for name, primary, judge, compared in agreement_rows(run):
+            own = run.benchmarks[name].value
+            rows.append(
+                [
+                    run.row_label,
+                    display_name(name),
+                    primary,
+                    judge,
+                    str(compared.n),
+                    str(compared.n_undecided or 0),
+                    _fmt(number(compared.agreement)),
+                    _kappa(number(compared.kappa)),
+                    _fmt(number(own)),
+                    _fmt(number(compared.value)),
+                ]
+            )
+    if not rows:
+        return []
+    header = ["Run", "Benchmark", "Primary judge", "Judge", "n", "Undecided", "Agreement %", "κ"]
+    lines = ["", "## Judge agreement", ""]
+    lines += _md_table([*header, "Value (primary)", "Value (judge)"], rows)
+    lines += [
+        "",
+        "The primary judge's verdicts make every number above; each other judge is compared with it on the "
+        "same responses (harmful sets: safe / unsafe; over-refusal: refused or not), over the items both "
+        "decided (undecided: left out). κ: Cohen's kappa. Value: the benchmark's rate by each judge. The "
+        "disagreeing items are in each evaluation folder's disagreements.csv.",
+    ]
+    return lines
+
+
 def markdown(runs: Sequence[Run]) -> str:
     """The report's Markdown: the main table, the per-language ASR table, and the footer."""
     cols = columns(runs)
@@ -510,6 +594,8 @@ def markdown(runs: Sequence[Run]) -> str:
             ],
         )
     lines += _fidelity_section(runs)
+    lines += _calibration_lines(runs)
+    lines += _agreement_lines(runs)
     uncovered = [(run, text) for run in runs if (text := _uncovered_text(run))]
     if uncovered:
         lines += [
@@ -524,6 +610,8 @@ def markdown(runs: Sequence[Run]) -> str:
     lines += ["", "## Runs", ""]
     for run in runs:
         judge = run.judge_name() or "none"
+        if run.other_judges():
+            judge += f" (primary; compared with {', '.join(run.other_judges())})"
         backend = f"**{MOCK_NOTE}**" if run.mock else f"backend {run.provenance.backend or '?'}"
         lines.append(
             f"- **{run.label}**: model {_model_text(run)}; {backend}; judge {judge}; n: {_counts_text(run)}"
@@ -550,7 +638,10 @@ def csv_text(runs: Sequence[Run]) -> str:
     header += [f"chrF {display_name(name)} {lang}" for name, lang in rouge_langs]
     utility_langs = utility_languages(runs)
     header += [f"{name} {_metric_title(metric)} {lang}" for name, metric, lang in utility_langs]
-    header += ["model", "adapter", "backend", "judge", "results"]
+    calibrated = any(run.summary.calibration is not None for run in runs)
+    if calibrated:
+        header += ["calibration harmful refused", "calibration benign refused", "calibration gap"]
+    header += ["model", "adapter", "backend", "judge", "results", "other judges"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -570,7 +661,12 @@ def csv_text(runs: Sequence[Run]) -> str:
         row += [cell(language_rouge(run, name, lang)) for name, lang in rouge_langs]
         row += [cell(language_chrf(run, name, lang)) for name, lang in rouge_langs]
         row += [cell(language_utility(run, n, m, lang)) for n, m, lang in utility_langs]
+        if calibrated:
+            found = run.summary.calibration
+            numbers = (found.harmful_refusal, found.benign_over_refusal, found.gap) if found else (None,) * 3
+            row += [cell(number(value)) for value in numbers]
         row += [(model.base or model.label) if model else "", (model.adapter or "") if model else ""]
         row += [run.provenance.backend or "", run.judge_name() or "", str(run.path)]
+        row += [" ".join(run.other_judges())]
         writer.writerow(row)
     return buffer.getvalue()

@@ -1,4 +1,5 @@
-"""The one registry of judges: name -> JudgeSpec. `judge.name` in a config picks one; `build_judge` builds it.
+"""The one registry of judges: name -> JudgeSpec. `judge.name` in a config picks one or several;
+`build_judges` builds them (`build_judge` one).
 
 Judges: keyword (offline default), prefix (XSTest's 2023 string match, the baseline), classifier (HF sequence classifier), guard (Llama-Guard-style
 generative model), llm (OpenAI-compatible chat endpoint), organism (the multilingual model organism's
@@ -9,7 +10,7 @@ To add a judge: a module here with NAME, VERSION, DESCRIPTION and build(config) 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from safetune.config import JudgeConfig
 from safetune.errors import ConfigError
@@ -44,6 +45,38 @@ JUDGES: dict[str, JudgeSpec] = {
         JudgeSpec(organism.NAME, organism.VERSION, organism.DESCRIPTION, organism.build),
     )
 }
+
+
+def build_judges(config: JudgeConfig) -> list[Judge]:
+    """Every judge of `config.names`, the primary one first, each with its own settings
+    (`config.for_judge`). ConfigError for an unknown name or a missing required option, naming the
+    judge. Model judges load their weights only when they first judge.
+
+    With several judges, a shared `preset` goes to the judge it belongs to (a preset is one judge's:
+    `--judge guard,keyword --judge-preset llama-guard-3` means the guard's), and is an error when it
+    belongs to none of them."""
+    names = config.names
+    unknown = [name for name in names if name not in JUDGES]
+    if unknown:
+        raise ConfigError(f"unknown judge {unknown[0]!r} (known: {', '.join(sorted(JUDGES))})")
+    if len(names) == 1:
+        return [build_judge(config.for_judge(names[0]))]
+    shared = config.preset
+    owners = [name for name in names if shared is not None and shared in JUDGES[name].presets]
+    if shared is not None and not owners:
+        owner = next((spec.name for spec in JUDGES.values() if shared in spec.presets), None)
+        where = f"the {owner} judge's" if owner else "unknown"
+        raise ConfigError(f"judge.preset {shared!r} ({where}) belongs to none of the judges {config.name}")
+    judges = []
+    for name in names:
+        settings = config.for_judge(name)
+        if shared is not None and name not in owners and "preset" not in config.per_judge.get(name, {}):
+            settings = replace(settings, preset=None)
+        try:
+            judges.append(build_judge(settings))
+        except ConfigError as err:
+            raise ConfigError(f"judge {name}: {err}") from None
+    return judges
 
 
 def build_judge(config: JudgeConfig) -> Judge:
