@@ -102,6 +102,21 @@ def test_translate_then_judge_both_verdicts_and_judge_swap(tiny_chatml, tiny_nll
     assert swapped["provenance"]["judge"]["name"] == "prefix"
     assert "secondary" not in swapped["benchmarks"]["harmful-prompts"]  # judge_on: translated
 
+    # Two judges on the translations: both read the same translations (nothing translated again), the
+    # primary's verdicts make the value, and the agreement compares them on the same translated items.
+    both = runner.invoke(app, _args(tiny_chatml, out, prompts, tiny_nllb, "--judge", "keyword,prefix"))
+    assert both.exit_code == 0, both.output + repr(both.exception)
+    assert _lines(out / "translations.jsonl") == translations
+    two = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert two["provenance"]["translation"]["texts_translated_now"] == 0
+    assert two["provenance"]["counts"]["judged_now"] == 0  # keyword's and prefix's verdicts are on disk
+    judged = two["benchmarks"]["harmful-prompts"]
+    assert judged["judged_on"] == "translated" and judged["n_translated"] == 4
+    prefix = judged["judge_agreement"]["judges"]["prefix"]
+    assert judged["judge_agreement"]["primary"] == "keyword"
+    assert prefix["n"] + prefix["n_undecided"] == 7
+    assert prefix["value"] == swapped["benchmarks"]["harmful-prompts"]["value"]  # prefix alone, same items
+
 
 def test_killed_translation_resumes_without_retranslating(tiny_chatml, tiny_nllb, tmp_path):
     prompts = _prompts(tmp_path / "prompts.jsonl")
