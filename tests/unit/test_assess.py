@@ -150,7 +150,7 @@ def test_role_slug() -> None:
 def test_assess_config_ranges() -> None:
     from safetune.config import load_config
 
-    with pytest.raises(ConfigError, match="assess.top_flagged"):
+    with pytest.raises(ConfigError, match=r"assess\.top_flagged"):
         load_config(None, ["--assess.top_flagged=-1"])
     with pytest.raises(ConfigError, match="listed twice"):
         load_config(None, ["--assess.methods=sft,sft"])
