@@ -12,6 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+from typer.testing import CliRunner
+
+from safetune.cli import app
 from safetune.organism.roleplay import role_examples
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,6 +88,29 @@ def _units(study: Path) -> dict[str, int]:
     return {str(p.relative_to(study)): p.stat().st_mtime_ns for p in study.rglob("unit.json")}
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--roles", "Nobody"], "assess.roles: no role 'Nobody'"),
+        (["--methods", "sft,mpo"], "assess.methods: mpo trains on parallel data"),
+        (["--roleplay", "rolebench-spe"], "no <Role_Name>/RoleBench_SPE/test.json"),
+        (["--assess.top_flagged=-2"], "assess.top_flagged must be"),
+        (["--executor", "slurm"], "unknown executor 'slurm'"),
+    ],
+)
+def test_assess_bad_input_writes_nothing(
+    tiny_chatml: Path, tmp_path: Path, extra: list[str], message: str
+) -> None:
+    roles_dir, profiles, harmful = write_authors_layout(tmp_path / "data")
+    study = tmp_path / "study"
+    args = _command(tiny_chatml, roles_dir, profiles, harmful, study, *extra)[3:]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not study.exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow  # four command runs in fresh processes, one of them killed
 def test_assess_kill_resume_grow(tiny_chatml: Path, tmp_path: Path) -> None:
     roles_dir, profiles, harmful = write_authors_layout(tmp_path / "data")
     study = tmp_path / "study"
