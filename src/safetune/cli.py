@@ -1,7 +1,7 @@
 """The `safetune` command line.
 
 Every command that takes a config accepts `--config FILE.yaml` and any number of `--section.key=value`
-overrides (sections: data, chat, selection, method, train, generation, judge, eval, fidelity; the top-level key:
+overrides (sections: data, chat, selection, method, train, generation, judge, eval, fidelity, assess; the top-level key:
 `--cache_dir=DIR`); the named flags are shortcuts for the most used overrides. Bad input exits with
 code 2 and one line naming the file, record and field. Every command takes -v/--verbose and -q/--quiet
 (safetune/console.py); results go to stdout, progress and logs to stderr.
@@ -536,6 +536,83 @@ def _print_judged(path: Path) -> None:
 
 def _number(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
+
+
+@app.command(context_settings=EXTRA)
+@user_errors
+def assess(
+    ctx: typer.Context,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Study folder (resumed when it holds this study).")
+    ],
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Role data of every role: the SaRFT authors' role folders (<Role>/train.json), ..."
+        ),
+    ] = None,
+    profiles: Annotated[
+        str | None,
+        typer.Option(help="JSON: role -> profile, or the authors' prompt_v2.json ({role, safe} per role)."),
+    ] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated role-data methods, one fine-tune per role each (default sft,sarft)."
+        ),
+    ] = None,
+    roles: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated roles (default: every role of --data); more roles grow a study."),
+    ] = None,
+    benchmarks: Annotated[
+        str | None,
+        typer.Option(help="Safety benchmarks, name[=source] comma-separated (eval.benchmarks)."),
+    ] = None,
+    roleplay: Annotated[
+        str | None,
+        typer.Option(
+            help="Role-play tests, name[=source] (default rolebench-raw, read from --data); none: off."
+        ),
+    ] = None,
+    judge: Annotated[str | None, typer.Option(help="The judge of every unit (as for eval).")] = None,
+    executor: Annotated[str | None, typer.Option(help="sequential (default) | ray")] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="ray: an existing cluster (e.g. auto); default: a local Ray.")
+    ] = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """The per-role safety risk study: per role x method, fine-tune (shared RDS selection) and evaluate
+    (safety + role-play), plus the base model; then one row per role in results.csv, summary.json and
+    report.md. Resumable: re-run to continue; --roles with more roles grows the study (docs/assess.md).
+
+    Run as: safetune assess -m MODEL --data roles/ --profiles prompt_v2.json --benchmarks advbench=a.csv -o study
+    """
+    from safetune.assess.study import run_study
+    from safetune.config import load_config
+
+    _setup_console(verbose, quiet)
+    shortcuts: dict[str, Any] = {
+        "model.name": model,
+        "data.path": data,
+        "data.profiles": profiles,
+        "assess.methods": methods.split(",") if methods else None,
+        "assess.roles": roles.split(",") if roles else None,
+        "eval.benchmarks": benchmarks.split(",") if benchmarks else None,
+        "assess.roleplay": ([] if roleplay.strip() == "none" else roleplay.split(",")) if roleplay else None,
+        "judge.name": judge,
+        "assess.executor": executor,
+        "assess.ray_address": ray_address,
+    }
+    cfg = load_config(config, _overrides(ctx, shortcuts))
+    run = run_study(cfg, out)
+    print(
+        f"{len(run.roles)} roles: {len(run.ran)} units run now, {len(run.skipped)} finished before "
+        f"-> {run.report}"
+    )
 
 
 @app.command()

@@ -532,6 +532,36 @@ class FidelityConfig(Section):
 
 
 @dataclass
+class AssessConfig(Section):
+    """The per-role safety risk study (`safetune assess`, docs/assess.md): which roles and methods, where
+    the units run, and what the report shows. The safety benchmarks and judges are eval's own
+    (`eval.benchmarks`, `judge`), passed to every unit's evaluation unchanged."""
+
+    methods: list[str] = field(default_factory=lambda: ["sft", "sarft"])  # role-data methods (registry)
+    roles: list[str] | None = None  # None: every role in data.path; a longer list grows a study
+    # The role-play tests of each role: benchmark names, or name=source; a bare name reads data.path
+    # (the SaRFT authors' <Role>/RoleBench_RAW/test.json folders beside train.json). [] = none.
+    roleplay: list[str] = field(default_factory=lambda: ["rolebench-raw"])
+    executor: str = "sequential"  # sequential | ray (safetune[ray]): see assess/executors.py
+    ray_address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); None: local
+    gpus_per_unit: float = number(1.0, ge=0, le=64)  # ray: GPUs each unit's task asks for
+    top_flagged: int = number(5, ge=0, le=1000)  # flagged training examples shown per role in report.md
+    margin_quantiles: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.75, 0.9])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.methods:
+            raise ConfigError("assess.methods: empty (e.g. sft,sarft)")
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"assess.methods: a method is listed twice ({', '.join(self.methods)})")
+        if self.roles is not None and not [r for r in self.roles if r.strip()]:
+            raise ConfigError("assess.roles: empty (leave it unset for every role in the data)")
+        for q in self.margin_quantiles:
+            if not (isinstance(q, int | float) and 0 <= q <= 1):
+                raise ConfigError(f"assess.margin_quantiles must be numbers in [0, 1], got {q!r}")
+
+
+@dataclass
 class RunConfig:
     """model + data + chat + selection + method + train (select/train; model also reward-gap) and
     generation + judge + eval + fidelity (eval), translate (eval's translate-then-judge, the pair
@@ -551,6 +581,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     translate: TranslateConfig = field(default_factory=TranslateConfig)
     fidelity: FidelityConfig = field(default_factory=FidelityConfig)
+    assess: AssessConfig = field(default_factory=AssessConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -649,6 +680,7 @@ SECTIONS: dict[str, type] = {
     "eval": EvalConfig,
     "translate": TranslateConfig,
     "fidelity": FidelityConfig,
+    "assess": AssessConfig,
 }
 # RunConfig's keys outside the sections (YAML `cache_dir: DIR`, override `--cache_dir=DIR`).
 TOP_LEVEL_KEYS = ("cache_dir",)
