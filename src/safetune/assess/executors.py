@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from safetune.errors import ConfigError
+from safetune.errors import ConfigError, SafetuneError
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,12 @@ class Unit:
 
 
 Work = Callable[[Unit], None]  # runs one unit to its finished result file; raises on failure
+
+
+class UnitFailed(SafetuneError):
+    """A unit that failed where it ran (another process or machine): its id and the remote error, one
+    line. The sequential executor raises the work's own exception instead (it ran here, with its
+    traceback)."""
 
 
 class Executor(Protocol):
@@ -68,8 +74,22 @@ EXECUTORS: dict[str, ExecutorSpec] = {
         ExecutorSpec(
             "sequential", "one unit after another in this process (default)", lambda **_: SequentialExecutor()
         ),
+        ExecutorSpec(
+            "ray",
+            "each unit a Ray task (one GPU each when the cluster has GPUs) on a local Ray or a cluster "
+            "(safetune[ray])",
+            lambda **options: _build_ray(**options),
+        ),
     )
 }
+
+
+def _build_ray(**options: object) -> Executor:
+    # Imported when asked for: the module imports Ray only inside its functions, but it needs no loading
+    # at all for a sequential study.
+    from safetune.assess import ray_executor
+
+    return ray_executor.build(**options)
 
 
 def build_executor(name: str, **options: object) -> Executor:
