@@ -201,3 +201,17 @@ def test_source_fingerprint_is_the_same_for_a_copy_and_changes_with_one_byte(tmp
     errors = tmp_path / "safetune" / "errors.py"
     errors.write_text(errors.read_text() + "\n")
     assert fingerprint() != source_fingerprint()
+
+
+def test_flags_not_given_are_left_out_and_a_ray_flag_without_ray_is_refused():
+    flags = {"address": None, "gpus_per_unit": None, "worker_logs": False}
+    assert isinstance(build_executor("sequential", **flags), SequentialExecutor)
+    with pytest.raises(ConfigError, match=r"--ray-address applies to --executor ray only"):
+        build_executor("sequential", address="auto", worker_logs=False)
+
+
+def test_the_ray_executor_keeps_its_defaults_for_flags_not_given():
+    pytest.importorskip("ray")  # in the dev install; building checks that Ray imports (starts nothing)
+    flags = {"address": None, "gpus_per_unit": None, "worker_logs": False, "cpus_per_unit": 2.0}
+    executor = build_executor("ray", **flags)
+    assert isinstance(executor, RayExecutor) and executor.options == RayOptions(cpus_per_unit=2.0)

@@ -72,7 +72,7 @@ EXECUTORS: dict[str, ExecutorSpec] = {
     spec.name: spec
     for spec in (
         ExecutorSpec(
-            "sequential", "one unit after another in this process (default)", lambda **_: SequentialExecutor()
+            "sequential", "one unit after another in this process (default)", lambda **o: _sequential(**o)
         ),
         ExecutorSpec(
             "ray",
@@ -84,6 +84,15 @@ EXECUTORS: dict[str, ExecutorSpec] = {
 }
 
 
+def _sequential(**options: object) -> Executor:
+    if options:
+        flag = "--ray-" + sorted(options)[0].replace("_", "-")
+        raise ConfigError(
+            f"{flag} applies to --executor ray only (this study runs with --executor sequential)"
+        )
+    return SequentialExecutor()
+
+
 def _build_ray(**options: object) -> Executor:
     # Imported when asked for: the module imports Ray only inside its functions, but it needs no loading
     # at all for a sequential study.
@@ -93,7 +102,10 @@ def _build_ray(**options: object) -> Executor:
 
 
 def build_executor(name: str, **options: object) -> Executor:
-    """The executor named `name`; ConfigError for an unknown one."""
+    """The executor named `name` with `options` (a command line passes every `--ray-*` flag, None or
+    False where not given: those are left out, so the executor's defaults apply and a flag given to an
+    executor it does not apply to is refused). ConfigError for an unknown executor or option."""
     if name not in EXECUTORS:
         raise ConfigError(f"unknown executor {name!r} (known: {', '.join(EXECUTORS)})")
-    return EXECUTORS[name].build(**options)
+    given = {key: value for key, value in options.items() if value is not None and value is not False}
+    return EXECUTORS[name].build(**given)

@@ -44,7 +44,7 @@ from typing import Any
 
 from safetune.assess.executors import Unit, UnitFailed, Work
 from safetune.config import check_number, number
-from safetune.errors import ConfigError, one_line
+from safetune.errors import ConfigError, SafetuneError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ PASSED_ENV = (
 )
 
 INSTALL_HINT = "pip install 'safetune[ray]'"
+LOCAL_START_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -300,11 +301,30 @@ class RayExecutor:
             "logging_level": logging.ERROR,
             "configure_logging": True,
         }
-        try:
-            if self.options.address is not None:
+        if self.options.address is not None:
+            try:
                 ray.init(address=self.options.address, **quiet)
-            else:
+            except ConnectionError as err:
+                raise ConfigError(f"--ray-address {self.options.address}: {one_line(str(err))}") from None
+            return True
+        # Ray gives a new local node's raylet 30 s (fixed in its code) to register; on a machine whose
+        # cores are all busy that can run out (seen on a 2-core machine at load 8), and a fresh try
+        # usually gets through.
+        for attempt in range(1, LOCAL_START_TRIES + 1):
+            try:
                 ray.init(num_cpus=self.options.local_cpus, num_gpus=self.options.local_gpus, **quiet)
-        except ConnectionError as err:
-            raise ConfigError(f"--ray-address {self.options.address}: {one_line(str(err))}") from None
+                return True
+            except Exception as err:
+                if "timed out during startup" not in str(err):
+                    raise
+                ray.shutdown()  # whatever of the failed start is still running
+                if attempt == LOCAL_START_TRIES:
+                    raise SafetuneError(
+                        f"a local Ray did not start in {LOCAL_START_TRIES} tries ({one_line(str(err))}): "
+                        "this machine is too busy; try again, or start one (`ray start --head`) and pass "
+                        "--ray-address auto"
+                    ) from None
+                log.warning(
+                    "ray: the local Ray's start timed out (try %d of %d); again", attempt, LOCAL_START_TRIES
+                )
         return True
