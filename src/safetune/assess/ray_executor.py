@@ -233,8 +233,8 @@ class RayExecutor:
             if room < 1:
                 have = ", ".join(f"{k} {v:g}" for k, v in sorted(totals.items()) if k in ("CPU", "GPU"))
                 raise ConfigError(
-                    f"each unit asks for {request['CPU']:g} CPU and {request['GPU']:g} GPU, which no node of "
-                    f"the Ray cluster has ({have or 'no CPU or GPU'}): lower --ray-cpus-per-unit / "
+                    f"each unit asks for {request['CPU']:g} CPU and {request['GPU']:g} GPU, more than the whole "
+                    f"Ray cluster has ({have or 'no CPU or GPU'}): lower --ray-cpus-per-unit / "
                     "--ray-gpus-per-unit"
                 )
             log.info(
