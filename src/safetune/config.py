@@ -544,7 +544,10 @@ class AssessConfig(Section):
     roleplay: list[str] = field(default_factory=lambda: ["rolebench-raw"])
     executor: str = "sequential"  # sequential | ray (safetune[ray]): see assess/executors.py
     ray_address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); None: local
-    gpus_per_unit: float = number(1.0, ge=0, le=64)  # ray: GPUs each unit's task asks for
+    # ray: GPUs each unit's task asks for (None: 1 when the cluster has GPUs, else 0; a fraction packs
+    # units onto one GPU) and the CPUs it reserves (None: 1; Ray's scheduling only, no thread pinning)
+    gpus_per_unit: float | None = number(None, ge=0, le=64)
+    cpus_per_unit: float | None = number(None, gt=0, le=1024)
     top_flagged: int = number(5, ge=0, le=1000)  # flagged training examples shown per role in report.md
     margin_quantiles: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.75, 0.9])
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from safetune.errors import ConfigError
+from safetune.errors import ConfigError, SafetuneError
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,12 @@ class Unit:
 
 
 Work = Callable[[Unit], None]  # runs one unit to its finished result file; raises on failure
+
+
+class UnitFailed(SafetuneError):
+    """A unit that failed where it ran (another process or machine): its id and the remote error, one
+    line. The sequential executor raises the work's own exception instead (it ran here, with its
+    traceback)."""
 
 
 class Executor(Protocol):
@@ -66,14 +72,40 @@ EXECUTORS: dict[str, ExecutorSpec] = {
     spec.name: spec
     for spec in (
         ExecutorSpec(
-            "sequential", "one unit after another in this process (default)", lambda **_: SequentialExecutor()
+            "sequential", "one unit after another in this process (default)", lambda **o: _sequential(**o)
+        ),
+        ExecutorSpec(
+            "ray",
+            "each unit a Ray task (one GPU each when the cluster has GPUs) on a local Ray or a cluster "
+            "(safetune[ray])",
+            lambda **options: _build_ray(**options),
         ),
     )
 }
 
 
+def _sequential(**options: object) -> Executor:
+    if options:
+        flag = "--ray-" + sorted(options)[0].replace("_", "-")
+        raise ConfigError(
+            f"{flag} applies to --executor ray only (this study runs with --executor sequential)"
+        )
+    return SequentialExecutor()
+
+
+def _build_ray(**options: object) -> Executor:
+    # Imported when asked for: the module imports Ray only inside its functions, but it needs no loading
+    # at all for a sequential study.
+    from safetune.assess import ray_executor
+
+    return ray_executor.build(**options)
+
+
 def build_executor(name: str, **options: object) -> Executor:
-    """The executor named `name`; ConfigError for an unknown one."""
+    """The executor named `name` with `options` (a command line passes every `--ray-*` flag, None or
+    False where not given: those are left out, so the executor's defaults apply and a flag given to an
+    executor it does not apply to is refused). ConfigError for an unknown executor or option."""
     if name not in EXECUTORS:
         raise ConfigError(f"unknown executor {name!r} (known: {', '.join(EXECUTORS)})")
-    return EXECUTORS[name].build(**options)
+    given = {key: value for key, value in options.items() if value is not None and value is not False}
+    return EXECUTORS[name].build(**given)

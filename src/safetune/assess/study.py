@@ -58,7 +58,15 @@ _NOT_IDENTITY = {
     "train": {"output_dir", "num_threads", "report_to", "logging_steps", "save_total_limit"},
     "generation": {"batch_size", "gpu_memory_utilization"},
     "eval": {"model", "output_dir", "roles"},
-    "assess": {"roles", "executor", "ray_address", "gpus_per_unit", "top_flagged", "margin_quantiles"},
+    "assess": {
+        "roles",
+        "executor",
+        "ray_address",
+        "gpus_per_unit",
+        "cpus_per_unit",
+        "top_flagged",
+        "margin_quantiles",
+    },
     "selection": {"batch_size"},
     "judge": {"batch_size", "device", "max_workers"},
     "fidelity": {"batch_size", "device", "max_workers"},
@@ -185,7 +193,9 @@ def plan_study(config: RunConfig, out: Path) -> StudyPlan:
         spec = get_method(method)
         if spec.data_kind != "role":
             raise ConfigError(f"assess.methods: {method} trains on {spec.data_kind} data, not role-play data")
-    build_executor(a.executor, address=a.ray_address, gpus=a.gpus_per_unit)
+    build_executor(
+        a.executor, address=a.ray_address, gpus_per_unit=a.gpus_per_unit, cpus_per_unit=a.cpus_per_unit
+    )
     check_model_folder(config.model.name)
     if not config.eval.benchmarks:
         raise ConfigError("no safety benchmarks (--benchmarks, eval.benchmarks: e.g. advbench=FILE)")
@@ -418,7 +428,10 @@ def run_study(config: RunConfig, out: Path) -> StudyRun:
         done = [u.id for u in plan.units if u not in todo]
         log.info("study %s: %d units finished, %d to run", out, len(done), len(todo))
         executor = build_executor(
-            config.assess.executor, address=config.assess.ray_address, gpus=config.assess.gpus_per_unit
+            config.assess.executor,
+            address=config.assess.ray_address,
+            gpus_per_unit=config.assess.gpus_per_unit,
+            cpus_per_unit=config.assess.cpus_per_unit,
         )
         ran = []
         for unit in executor.run(todo, run_unit):
