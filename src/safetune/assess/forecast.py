@@ -10,9 +10,9 @@ rate's 0..100 scale). `Forecast.fit` fits a ridge regression of the drop on stan
     drop = intercept + sum_j coef_j z_j,    coef = (Z'Z + lambda I)^-1 Z'(y - mean(y)),  intercept = mean(y)
 
 in closed form (numpy, float64). The intercept is not penalised. lambda is the value of `LAMBDAS` with the
-smallest leave-one-out mean absolute error on the study, from the exact LOO residuals of a linear smoother,
-e_i = (y_i - yhat_i) / (1 - H_ii) with H = 11'/n + Z (Z'Z + lambda I)^-1 Z' (ties go to the larger
-lambda). The grid reaches lambda = 1e4 (about 100-1000 times the roles of a study), where every
+largest of `LAMBDAS` whose leave-one-out mean absolute error on the study is within one standard error of
+the smallest (the one-standard-error rule), from the exact LOO residuals of a linear smoother,
+e_i = (y_i - yhat_i) / (1 - H_ii) with H = 11'/n + Z (Z'Z + lambda I)^-1 Z'. The grid reaches lambda = 1e4 (about 100-1000 times the roles of a study), where every
 coefficient is near 0 and the forecast is the study's mean drop: a study whose features carry nothing
 gets that, not a fit to noise.
 
@@ -51,6 +51,9 @@ MARGIN_FEATURES: tuple[str, ...] = ("flag_rate", "margin_mean", "margin_median",
 FEATURES: tuple[str, ...] = ("flag_rate", "margin_mean", "margin_p90", *TRAITS)
 LAMBDAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
 WEAK_RATIO = 0.9  # a forecast must beat predicting the mean by 10% of its LOO error not to be weak
+WEAK_P = 0.05  # ... and beat shuffled drops: its permutation p-value at most this
+PERMUTATIONS = 200  # about 1 s at 8 roles and 15 s at 95 on one core
+MAX_PERMUTATIONS = 10_000
 MIN_ROWS = 4  # the LOO of a fit needs at least 3 roles in every fold's own LOO
 DROP_BOUND = 100.0  # refusal rates are percentages: a drop lies in [-100, 100]
 
@@ -172,12 +175,15 @@ class LooError:
 @dataclass(frozen=True)
 class LooResult:
     """Leave-one-role-out errors: `mae` of the forecast, `baseline_mae` of predicting the mean of the
-    other roles' drops, and `weak` = mae >= WEAK_RATIO * baseline_mae."""
+    other roles' drops, `p_value` of the permutation test (None when not run), and
+    `weak` = mae >= WEAK_RATIO * baseline_mae, or p_value > WEAK_P."""
 
     mae: float
     baseline_mae: float
     weak: bool
     per_role: tuple[LooError, ...]
+    p_value: float | None = None
+    permutations: int = 0
 
     @property
     def n(self) -> int:
@@ -189,6 +195,9 @@ class LooResult:
             "baseline_mae": self.baseline_mae,
             "weak": self.weak,
             "weak_ratio": WEAK_RATIO,
+            "p_value": self.p_value,
+            "permutations": self.permutations,
+            "weak_p": WEAK_P,
             "per_role": [
                 {"role": e.role, "observed": e.observed, "predicted": e.predicted, "baseline": e.baseline}
                 for e in self.per_role
@@ -224,30 +233,47 @@ def ridge(x: np.ndarray, y: np.ndarray, lam: float) -> _Fit:
     return _Fit(mean, scale, coef, ybar)
 
 
-def loo_residuals(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
-    """Exact leave-one-out residuals of `ridge` at fixed standardisation: (y - yhat) / (1 - diag H)."""
+def loo_residual_table(x: np.ndarray, y: np.ndarray, lambdas: Sequence[float]) -> np.ndarray:
+    """Exact leave-one-out residuals of `ridge` at fixed standardisation, one row per lambda:
+    (y - yhat) / (1 - diag H). One SVD of Z = U S V' serves every lambda:
+    H = 11'/n + U diag(s^2 / (s^2 + lambda)) U'."""
     z, _, _ = _standardise(x)
-    n, p = z.shape
-    inverse_part = np.linalg.solve(z.T @ z + lam * np.eye(p), z.T)
-    hat = z @ inverse_part + 1.0 / n
-    fitted = hat @ y
-    leverage = 1.0 - np.diag(hat)
+    n = z.shape[0]
+    u, sv, _ = np.linalg.svd(z, full_matrices=False)
+    ybar = y.mean()
+    uy = u.T @ (y - ybar)
+    shrink = sv**2 / (sv**2 + np.asarray(lambdas, dtype=float)[:, None])  # (lambdas, k)
+    fitted = ybar + (shrink * uy) @ u.T
+    leverage = 1.0 - 1.0 / n - shrink @ (u**2).T
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(leverage > 1e-12, (y - fitted) / leverage, np.inf)
 
 
+def loo_residuals(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    """`loo_residual_table` at one lambda."""
+    return loo_residual_table(x, y, [lam])[0]
+
+
 def choose_lambda(x: np.ndarray, y: np.ndarray, lambdas: Sequence[float]) -> float:
-    """The lambda of `lambdas` with the smallest LOO mean absolute error (ties: the larger lambda)."""
-    best_lam, best_err = None, math.inf
-    for lam in sorted(lambdas):
-        err = float(np.mean(np.abs(loo_residuals(x, y, lam))))
-        if err <= best_err:
-            best_lam, best_err = lam, err
-    return float(best_lam if best_lam is not None else max(lambdas))
+    """The largest lambda of `lambdas` whose LOO mean absolute error is within one standard error of
+    the smallest (the one-standard-error rule: on 8-20 roles the minimum itself is noisy, and the
+    simpler model it cannot tell apart is the one to keep)."""
+    ordered = sorted(lambdas)
+    table = np.abs(loo_residual_table(x, y, ordered))
+    errors = table.mean(axis=1)
+    best = int(np.argmin(errors))
+    spread = float(table[best].std(ddof=1) / math.sqrt(table.shape[1])) if np.isfinite(errors[best]) else 0.0
+    within = np.flatnonzero(errors <= errors[best] + spread)
+    return float(ordered[int(within.max())])
 
 
 def _predict(fit: _Fit, x: np.ndarray) -> np.ndarray:
     return fit.intercept + ((x - fit.mean) / fit.scale) @ fit.coef
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"forecast {name} must be an integer >= {low} and <= {high}, got {value!r}")
 
 
 def _check_lambdas(lambdas: Sequence[float]) -> tuple[float, ...]:
@@ -295,22 +321,53 @@ def _clip(value: float, row: RoleRow) -> float:
     return float(min(high, max(low, value)))
 
 
+def _loo_predictions(
+    x: np.ndarray, y: np.ndarray, bounds: np.ndarray, lambdas: Sequence[float]
+) -> np.ndarray:
+    """Each row's drop predicted by the whole procedure run on the other rows, clipped to its bounds."""
+    predictions = np.empty(len(y))
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        fit = ridge(x[keep], y[keep], choose_lambda(x[keep], y[keep], lambdas))
+        predictions[i] = float(_predict(fit, x[i : i + 1])[0])
+    return np.clip(predictions, bounds[:, 0], bounds[:, 1])
+
+
 def leave_one_out(
-    rows: Sequence[RoleRow], features: Sequence[str] = FEATURES, lambdas: Sequence[float] = LAMBDAS
+    rows: Sequence[RoleRow],
+    features: Sequence[str] = FEATURES,
+    lambdas: Sequence[float] = LAMBDAS,
+    permutations: int = PERMUTATIONS,
+    seed: int = 0,
 ) -> LooResult:
-    """Leave-one-role-out errors of the whole fitting procedure (lambda chosen inside each fold)."""
+    """Leave-one-role-out errors of the whole fitting procedure (lambda chosen inside each fold), the
+    baseline of predicting the other roles' mean, and the permutation p-value of the error: the share
+    of `permutations` shuffles of the drops over the roles (numpy PCG64, `seed`) whose LOO error is as
+    small (with the observed one counted: (1 + k) / (1 + permutations)); None when permutations = 0."""
     lams = _check_lambdas(lambdas)
+    _check_int("permutations", permutations, 0, MAX_PERMUTATIONS)
+    _check_int("seed", seed, 0, 2**32 - 1)
     x, y = _check_rows(rows, features)
-    errors: list[LooError] = []
-    for i, row in enumerate(rows):
-        keep = np.arange(len(rows)) != i
-        fit = ridge(x[keep], y[keep], choose_lambda(x[keep], y[keep], lams))
-        predicted = _clip(float(_predict(fit, x[i : i + 1])[0]), row)
-        baseline = _clip(float(y[keep].mean()), row)
-        errors.append(LooError(row.role, float(y[i]), predicted, baseline))
-    mae = float(np.mean([e.error for e in errors]))
-    baseline_mae = float(np.mean([abs(e.baseline - e.observed) for e in errors]))
-    return LooResult(mae, baseline_mae, mae >= WEAK_RATIO * baseline_mae, tuple(errors))
+    bounds = np.array([row.bounds() for row in rows])
+    predicted = _loo_predictions(x, y, bounds, lams)
+    n = len(rows)
+    baselines = np.clip((y.sum() - y) / (n - 1), bounds[:, 0], bounds[:, 1])
+    errors = tuple(
+        LooError(row.role, float(y[i]), float(predicted[i]), float(baselines[i]))
+        for i, row in enumerate(rows)
+    )
+    mae = float(np.mean(np.abs(predicted - y)))
+    baseline_mae = float(np.mean(np.abs(baselines - y)))
+    p_value = None
+    if permutations:
+        rng = np.random.default_rng(seed)
+        as_good = 0
+        for _ in range(permutations):
+            shuffled = rng.permutation(y)
+            as_good += float(np.mean(np.abs(_loo_predictions(x, shuffled, bounds, lams) - shuffled))) <= mae
+        p_value = (1 + as_good) / (1 + permutations)
+    weak = mae >= WEAK_RATIO * baseline_mae or (p_value is not None and p_value > WEAK_P)
+    return LooResult(mae, baseline_mae, weak, errors, p_value, permutations)
 
 
 @dataclass(frozen=True)
@@ -351,13 +408,16 @@ class Forecast:
         features: Sequence[str] = FEATURES,
         lambdas: Sequence[float] = LAMBDAS,
         fitted: dt.datetime | None = None,
+        permutations: int = PERMUTATIONS,
+        seed: int = 0,
     ) -> Forecast:
         """Fit on a finished study's rows (every one with its drop); `study` names the study (its id or
-        folder) for the provenance. Also runs `leave_one_out`, so the forecast carries its own error."""
+        folder) for the provenance. Also runs `leave_one_out` (with `permutations` and `seed`), so the
+        forecast carries its own error."""
         lams = _check_lambdas(lambdas)
         feats = tuple(features)
         x, y = _check_rows(rows, feats)
-        loo = leave_one_out(rows, feats, lams)
+        loo = leave_one_out(rows, feats, lams, permutations, seed)
         lam = choose_lambda(x, y, lams)
         model = ridge(x, y, lam)
         when = (fitted or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).isoformat(timespec="seconds")
@@ -465,6 +525,15 @@ def _numbers(obj: Mapping[str, Any], key: str, length: int, where: str) -> tuple
     return tuple(_number({key: v}, key, where, f"{key}[{i}]") for i, v in enumerate(values))
 
 
+def _p_value(loo: Mapping[str, Any], where: str) -> float | None:
+    if loo.get("p_value") is None:
+        return None
+    value = _number(loo, "p_value", where, "loo.p_value")
+    if not 0 < value <= 1:
+        raise DataError(where, None, "loo.p_value", f"must be in (0, 1], got {value}")
+    return value
+
+
 def _from_json(obj: Any, where: str) -> Forecast:
     if not isinstance(obj, dict):
         raise DataError(where, None, None, "expected a JSON object")
@@ -521,6 +590,8 @@ def _from_json(obj: Any, where: str) -> Forecast:
         _number(loo_obj, "baseline_mae", where, "loo.baseline_mae"),
         _get(loo_obj, "weak", bool, where, "loo.weak"),
         tuple(per_role),
+        _p_value(loo_obj, where),
+        _get(loo_obj, "permutations", int, where, "loo.permutations"),
     )
     extra = obj.get("extra", {})
     if not isinstance(extra, dict):

@@ -5,7 +5,8 @@ word list of exact words and stems (an entry ending in `*` matches every word th
 `murder*` covers murder, murders, murderer, murderous). A profile's score for a trait is its matches per
 100 words of the profile, so a long and a short profile of the same character score alike.
 
-- Words are lower-cased runs of letters (with inner apostrophes: "isn't"); hyphens split words.
+- Words are lower-cased runs of letters (with inner apostrophes and hyphens: "isn't", "double-cross");
+  a hyphenated word matches an entry as a whole ("two-faced") or by any of its parts ("blood-soaked").
 - A match is dropped when a negator (not, no, never, nor, without, hardly, barely, neither, or a word
   ending in n't) stands within the `NEGATION_WINDOW` words before it in the same clause (a clause ends
   at . , ; : ! ? or "but"): "not cruel" and "never lies" count nothing. "not only" / "not just" are no
@@ -58,7 +59,7 @@ _LISTS = {
         henchm* overlord* corrupt* cruel* ruthless* sadis* psychopath* sociopath* nightmare* terror*
         terrify* terrifying menac* vile tortur* torment* slaughter* revenge* vengeance vengeful* heartless*
         bloodthirst* outlaw* gangster* mobster* warlord* necromanc* doom* dominat* conquer* enslav* poison*
-        kidnap* ransom* extort* blackmail* dread* infamous* notorious* sinful*
+        kidnap* ransom* extort* blackmail* dread* infamous* notorious* sinful* power-hungry evil-doer*
     """,
     "aggression": """
         violen* aggress* angry anger* angrier angrily rage* raging furious* fury wrath* hostil* brutal*
@@ -66,7 +67,7 @@ _LISTS = {
         destroy* destruct* crush* combative* belligeren* ferocious* vicious* snarl* growl* yell* shout*
         scream* insult* rude* harsh* blood* weapon* sword* war wars warrior* warfare temper explosive*
         volatile* brawl* stab* slash* strangl* beating beaten hatred hate hates hateful* spite* bitter*
-        relentless* merciless* berserk*
+        relentless* merciless* berserk* short-tempered hot-tempered bad-tempered hot-headed cold-blooded
     """,
     "deceit": """
         lie lies lied lying liar* deceit* deceiv* decept* trick* manipulat* cunning* sly slyly scheme*
@@ -74,7 +75,7 @@ _LISTS = {
         duplicit* sneak* steal* stole stolen thief thieves thiev* rogue* fake* pretend* disguis* mislead*
         misled seduc* charlatan* impostor* imposter* bluff* scam* smuggl* spy spies spying secretive* wily
         crafty backstab* con conman conmen forger* counterfeit* plotting intrigu* hypocri* insincer*
-        untrustworth* shady
+        untrustworth* shady double-cross* two-faced silver-tongued
     """,
     "benevolence": """
         kind kindly kindness kindhearted gentle* gently caring compassion* empath* generous* generosity
@@ -83,7 +84,8 @@ _LISTS = {
         loved loving lovely wise wisdom mentor* guid* teach* nurtur* patience forgiv* merciful* mercy humble
         humility polite* respectful* sincer* trustworth* devoted devotion justice saint* angel* peace* joy*
         sweet* tender* supportive* rescue* save saves saved saving savior* saviour* grateful* gratitude
-        considerate* thoughtful* optimis* hopeful*
+        considerate* thoughtful* optimis* hopeful* good-hearted kind-hearted big-hearted warm-hearted
+        good-natured good-humoured good-humored well-meaning
     """,
 }
 LEXICON: Mapping[str, tuple[str, ...]] = {trait: tuple(_LISTS[trait].split()) for trait in TRAITS}
@@ -98,7 +100,7 @@ NEGATORS: frozenset[str] = frozenset({"not", "no", "never", "nor", "without", "h
 _NOT_NEGATING = frozenset({"only", "just", "merely"})  # "not only cruel" is cruel
 _PUNCTUATION = frozenset(".,;:!?")
 _CLAUSE_BREAKS = _PUNCTUATION | {"but"}
-_TOKEN = re.compile(r"[a-z]+(?:['’][a-z]+)*|[.,;:!?]")
+_TOKEN = re.compile(r"[a-z]+(?:['’-][a-z]+)*|[.,;:!?]")
 
 
 @dataclass(frozen=True)
@@ -121,14 +123,22 @@ def strip_boilerplate(profile: str) -> str:
 
 
 def tokens(text: str) -> list[str]:
-    """Lower-cased words and clause punctuation, in order (hyphens and other marks split words)."""
+    """Lower-cased words (hyphenated compounds are one word) and clause punctuation, in order."""
     return _TOKEN.findall(text.lower().replace("’", "'"))
 
 
-def _matches(word: str, entries: tuple[_Entry, ...]) -> bool:
+def _matches_one(word: str, entries: tuple[_Entry, ...]) -> bool:
     if word in EXCLUDED:
         return False
     return any(word.startswith(e.word) if e.stem else word == e.word for e in entries)
+
+
+def _matches(word: str, entries: tuple[_Entry, ...]) -> bool:
+    """A word matches an entry; a hyphenated word matches as a whole ("double-crosses") or by a part
+    ("blood-soaked")."""
+    if _matches_one(word, entries):
+        return True
+    return "-" in word and any(_matches_one(part, entries) for part in word.split("-"))
 
 
 def _is_negator(token: str, following: str | None) -> bool:
