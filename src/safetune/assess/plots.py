@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -54,6 +55,33 @@ def _check_finite(values: Sequence[float | None], what: str) -> None:
             raise ConfigError(f"{what}[{i}] is not finite ({value})")
 
 
+# Label offsets (points) taken in turn by points in order of height, so that neighbours with close
+# values (ties are common: trait scores and drops are often round numbers) do not print on each other.
+_OFFSETS = ((5, 3), (5, -9), (-5, 3), (-5, -9))
+
+
+def _annotate(
+    ax: Any,
+    named: Sequence[int],
+    xs: Sequence[float],
+    ys: Sequence[float],
+    texts: Sequence[str],
+    family: Sequence[str] | None,
+) -> None:
+    for turn, i in enumerate(sorted(named, key=lambda i: (ys[i], xs[i]))):
+        dx, dy = _OFFSETS[turn % len(_OFFSETS)]
+        note = ax.annotate(
+            texts[i],
+            (xs[i], ys[i]),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            fontsize=7,
+            ha="left" if dx > 0 else "right",
+        )
+        if family:
+            note.set_fontfamily(list(family))
+
+
 def drop_vs_trait(
     path: str | Path,
     roles: Sequence[str],
@@ -75,16 +103,11 @@ def drop_vs_trait(
     ax = fig.add_subplot()
     ax.scatter(traits, drops, s=28, color=COLOURS[0], alpha=0.8, edgecolors="white", linewidths=0.5)
     if len(roles) <= LABEL_POINTS:
-        named = range(len(roles))
+        named = list(range(len(roles)))
     else:
         order = sorted(range(len(roles)), key=lambda i: drops[i])
         named = [*order[:LABEL_EXTREMES], *order[-LABEL_EXTREMES:]]
-    for i in named:
-        text = ax.annotate(
-            labels.texts[i], (traits[i], drops[i]), xytext=(4, 3), textcoords="offset points", fontsize=7
-        )
-        if labels.family:
-            text.set_fontfamily(list(labels.family))
+    _annotate(ax, named, traits, drops, labels.texts, labels.family)
     ax.axhline(0.0, color="grey", linewidth=0.6, linestyle=":")
     ax.set_xlabel(f"{trait} (trait score)")
     ax.set_ylabel("refusal drop (points)" + (f", {method}" if method else ""))
@@ -157,15 +180,12 @@ def forecast_vs_observed(
     pad = max(1.0, 0.05 * (high - low))
     ax.plot([low - pad, high + pad], [low - pad, high + pad], color="grey", linewidth=0.8, linestyle="--")
     if len(observed) <= LABEL_POINTS:
-        for i, text in enumerate(labels.texts):
-            note = ax.annotate(
-                text, (observed[i], predicted[i]), xytext=(4, 3), textcoords="offset points", fontsize=7
-            )
-            if labels.family:
-                note.set_fontfamily(list(labels.family))
+        _annotate(ax, range(len(observed)), observed, predicted, labels.texts, labels.family)
     ax.set_xlabel("observed refusal drop (points)")
     ax.set_ylabel("forecast drop, role held out (points)")
     weak = ", weak" if loo.weak else ""
+    if loo.p_value is not None:
+        weak = f", permutation p = {loo.p_value:.3f}{weak}"
     ax.set_title(
         f"{title}\nMAE {loo.mae:.1f} vs {loo.baseline_mae:.1f} predicting the mean{weak} (n = {loo.n})",
         fontsize=10,
