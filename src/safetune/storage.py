@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -88,6 +88,28 @@ def append_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             handle.flush()
+
+
+def read_keyed_jsonl(
+    path: str | os.PathLike[str], key: str, keep: Callable[[dict[str, Any]], bool]
+) -> dict[str, dict[str, Any]]:
+    """The rows of an append-only JSONL stage file by their `key` field (a string), the last valid row
+    winning; rows that are not JSON objects, lack the key, or that `keep` refuses are passed over. A
+    torn last line (a kill during a write) is cut first, so the next append starts a fresh line."""
+    path = Path(path)
+    repair_jsonl_tail(path)
+    rows: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return rows
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get(key), str) and keep(row):
+                rows[row[key]] = row
+    return rows
 
 
 def repair_jsonl_tail(path: str | os.PathLike[str]) -> None:

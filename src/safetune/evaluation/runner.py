@@ -67,7 +67,7 @@ from safetune.storage import (
     append_jsonl,
     atomic_open,
     hash_json,
-    repair_jsonl_tail,
+    read_keyed_jsonl,
     write_json,
     write_jsonl,
 )
@@ -215,19 +215,7 @@ def start_output(out: Path, key: str, source: ModelSource, overwrite: bool) -> N
 
 def _read_rows(path: Path, keep: Callable[[dict[str, Any]], bool]) -> dict[str, dict[str, Any]]:
     """Rows of an append-only stage file by id (the last valid row wins); a torn last line is cut."""
-    rows: dict[str, dict[str, Any]] = {}
-    repair_jsonl_tail(path)
-    if not path.exists():
-        return rows
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("id"), str) and keep(row):
-                rows[row["id"]] = row
-    return rows
+    return read_keyed_jsonl(path, "id", keep)
 
 
 # ---- stage 1: completions ----

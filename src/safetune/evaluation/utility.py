@@ -42,7 +42,7 @@ from typing import Any
 from safetune.config import RunConfig
 from safetune.errors import ConfigError
 from safetune.models.source import ModelSource
-from safetune.storage import append_jsonl, hash_json, repair_jsonl_tail
+from safetune.storage import append_jsonl, hash_json, read_keyed_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -240,23 +240,8 @@ def plan_utility(config: RunConfig, source: ModelSource) -> UtilityPlan:
 
 def utility_on_disk(plan: UtilityPlan, out: Path) -> dict[str, dict[str, Any]]:
     """The rows of utility.jsonl that hold these very entries' scores (same key); the last one wins."""
-    import json
-
-    path = out / UTILITY_FILE
-    repair_jsonl_tail(path)
     keys = {t.name: t.key for t in plan.tasks}
-    rows: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return rows
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and keys.get(row.get("id")) == row.get("key"):  # type: ignore[arg-type]
-                rows[row["id"]] = row
-    return rows
+    return read_keyed_jsonl(out / UTILITY_FILE, "id", lambda row: keys.get(row["id"]) == row.get("key"))
 
 
 def _jsonable(value: Any) -> Any:

@@ -13,14 +13,13 @@ unused, so switching back reuses them.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from safetune.errors import ConfigError
-from safetune.storage import append_jsonl, hash_json, repair_jsonl_tail
+from safetune.storage import append_jsonl, hash_json, read_keyed_jsonl
 from safetune.translation.base import TranslationRequest, Translator
 from safetune.translation.languages import resolve
 
@@ -36,25 +35,15 @@ def cache_key(translator_key: str, text: str, source: str, target: str) -> str:
 
 def read_cache(path: Path, translator_key: str, wanted: set[str] | None = None) -> dict[str, dict[str, Any]]:
     """The rows of one translator in a cache file by key (`wanted`: only these keys)."""
-    repair_jsonl_tail(path)
-    rows: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return rows
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if (
-                isinstance(row, dict)
-                and row.get("translator") == translator_key
-                and isinstance(row.get("key"), str)
-                and isinstance(row.get("text"), str)
-                and (wanted is None or row["key"] in wanted)
-            ):
-                rows[row["key"]] = row
-    return rows
+    return read_keyed_jsonl(
+        path,
+        "key",
+        lambda row: (
+            row.get("translator") == translator_key
+            and isinstance(row.get("text"), str)
+            and (wanted is None or row["key"] in wanted)
+        ),
+    )
 
 
 def translate_cached(
