@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from safetune import console
+from safetune.config import TranslateConfig
+from safetune.storage import hash_json
 from safetune.translation import segments
 from safetune.translation.languages import resolve
 
@@ -37,6 +39,48 @@ class Translation:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# Bump when a change in a translator or in segments.py changes what a translation comes out as.
+VERSION = "tr-1"
+
+
+class TranslatorIdentity:
+    """What identifies a translator's output, shared by every kind: its key (kind, version, model
+    fingerprint and every setting that changes a translation) and its provenance record. A kind sets
+    `kind`, `model_id`, `config`, `fingerprint`, `num_beams` and `prompt`."""
+
+    kind: str
+    model_id: str
+    config: TranslateConfig
+    fingerprint: str
+    num_beams: int
+    prompt: str
+
+    def settings(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "num_beams": self.num_beams,
+            "max_input_tokens": c.max_input_tokens,
+            "max_new_tokens": c.max_new_tokens,
+            "split": c.split,
+            "prompt": self.prompt,
+            "precision": c.precision,
+        }
+
+    def key(self) -> str:
+        return f"{self.kind}@{VERSION}:{hash_json([self.fingerprint, self.settings()])[:16]}"
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "version": VERSION,
+            "model": self.model_id,
+            "revision": self.config.revision,
+            "fingerprint": self.fingerprint,
+            "settings": self.settings(),
+            "key": self.key(),
+        }
 
 
 class Translator(Protocol):

@@ -29,10 +29,8 @@ from safetune.models.loading import (
     model_fingerprint,
     resolve_dtype,
 )
-from safetune.storage import hash_json
-from safetune.translation.base import Translation, TranslationRequest, translate_texts
+from safetune.translation.base import Translation, TranslationRequest, TranslatorIdentity, translate_texts
 from safetune.translation.languages import resolve
-from safetune.translation.seq2seq import VERSION
 
 DEFAULT_PROMPT = (
     "Translate the following {source} text into {target}. Reply with the {target} translation only, "
@@ -41,7 +39,7 @@ DEFAULT_PROMPT = (
 _TEMPLATE_ROOM = 512  # tokens of instruction and template around a piece (the renderer's prompt limit)
 
 
-class ChatTranslator:
+class ChatTranslator(TranslatorIdentity):
     kind = "chat"
 
     def __init__(self, config: TranslateConfig):
@@ -63,31 +61,6 @@ class ChatTranslator:
         self.num_beams = config.num_beams or 1
         self.fingerprint = model_fingerprint(config.model, config.revision)
         self._model: Any = None
-
-    def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {
-            "num_beams": self.num_beams,
-            "max_input_tokens": c.max_input_tokens,
-            "max_new_tokens": c.max_new_tokens,
-            "split": c.split,
-            "prompt": self.prompt,
-            "precision": c.precision,
-        }
-
-    def key(self) -> str:
-        return f"chat@{VERSION}:{hash_json([self.fingerprint, self.settings()])[:16]}"
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "version": VERSION,
-            "model": self.model_id,
-            "revision": self.config.revision,
-            "fingerprint": self.fingerprint,
-            "settings": self.settings(),
-            "key": self.key(),
-        }
 
     def check_pairs(self, pairs: Sequence[tuple[str, str]]) -> None:
         for source, target in pairs:

@@ -34,8 +34,7 @@ import torch
 from safetune.config import TranslateConfig
 from safetune.errors import ConfigError
 from safetune.models.loading import check_model_folder, default_device, model_fingerprint, resolve_dtype
-from safetune.storage import hash_json
-from safetune.translation.base import Translation, TranslationRequest, translate_texts
+from safetune.translation.base import Translation, TranslationRequest, TranslatorIdentity, translate_texts
 from safetune.translation.languages import (
     Language,
     m2m100_code,
@@ -48,8 +47,6 @@ from safetune.translation.languages import (
 
 log = logging.getLogger(__name__)
 
-# Bump when a change here or in segments.py changes what a translation comes out as.
-VERSION = "tr-1"
 SEQ2SEQ_FAMILIES = ("nllb", "m2m100", "madlad", "marian", "seq2seq")
 DEFAULT_BEAMS = 4
 _OPUS_NAME = re.compile(r"opus-mt-(?:tc-big-|tc-)?([A-Za-z+_]+)-([A-Za-z+_]+)$")
@@ -106,7 +103,7 @@ def marian_pair(model_id: str, tokenizer: Any) -> tuple[str | None, str | None]:
     return (found.group(1), found.group(2)) if found else (None, None)
 
 
-class Seq2SeqTranslator:
+class Seq2SeqTranslator(TranslatorIdentity):
     """One seq2seq model; the weights load at the first `translate` call."""
 
     def __init__(self, config: TranslateConfig, family: str, model_config: Any, tokenizer: Any):
@@ -123,33 +120,6 @@ class Seq2SeqTranslator:
         self.marian_sides = marian_pair(self.model_id, tokenizer) if family == "marian" else (None, None)
         self.marian_targets = list(getattr(tokenizer, "supported_language_codes", None) or [])
         self._model: Any = None
-
-    # ---- identity ----
-
-    def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {
-            "num_beams": self.num_beams,
-            "max_input_tokens": c.max_input_tokens,
-            "max_new_tokens": c.max_new_tokens,
-            "split": c.split,
-            "prompt": self.prompt,
-            "precision": c.precision,
-        }
-
-    def key(self) -> str:
-        return f"{self.kind}@{VERSION}:{hash_json([self.fingerprint, self.settings()])[:16]}"
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "version": VERSION,
-            "model": self.model_id,
-            "revision": self.config.revision,
-            "fingerprint": self.fingerprint,
-            "settings": self.settings(),
-            "key": self.key(),
-        }
 
     # ---- languages ----
 
