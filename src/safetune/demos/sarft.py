@@ -474,7 +474,8 @@ def summary_markdown(
         f"Base organism: {organism['parameters']:,} parameters, {organism['config']['steps']} pre-training steps. "
         "RoleBench: ROUGE-L F1 x100 on held-out questions (RAW) and persona questions (SPE), no system prompt. "
         "Refusal: keyword judge on the held-out harmful prompts. Agreement and κ (Cohen's kappa): the "
-        'organism\'s strict refusal check (an answer that starts "i cannot" after the persona\'s opener and complies nowhere) against '
+        "organism's strict refusal check (an answer that starts \"i cannot\" after the persona's opener and "
+        "complies nowhere) against "
         "the keyword judge on the same answers; κ – where both gave every answer one label. "
         "`random + KL` is SaRFT's loss with a random selection of the same size. "
         "Full report: report/report.md.",
