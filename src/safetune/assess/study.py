@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetune import __version__
 from safetune.assess.aggregate import BASE, UnitResult
@@ -44,6 +44,9 @@ from safetune.config import RunConfig, dump_config, load_config
 from safetune.data.sources import role_key
 from safetune.errors import ConfigError
 from safetune.storage import atomic_open, hash_json, output_lock, write_json
+
+if TYPE_CHECKING:
+    from safetune.evaluation.results import JudgeAgreement
 
 log = logging.getLogger(__name__)
 
@@ -376,12 +379,15 @@ def unit_result(results_path: Path, role: str) -> dict[str, Any]:
     incoherent: list[int] = []
     checked = False
     over: list[float | None] = []
+    agreements = []
     for name, bench in results.benchmarks.items():
         if bench.kind == "harmful":
             refusal[name] = bench.value
             if bench.n_incoherent is not None:
                 checked = True
                 incoherent.append(bench.n_incoherent)
+            if bench.judge_agreement is not None:
+                agreements.append(bench.judge_agreement)
         elif bench.kind == "overrefusal":
             over.append(bench.value)
         elif bench.kind == "roleplay":
@@ -395,6 +401,37 @@ def unit_result(results_path: Path, role: str) -> dict[str, Any]:
         "roleplay_by_benchmark": roleplay,
         "incoherent": sum(incoherent) if checked else None,
         "over_refusal": _mean(over) if over else None,
+        **judge_agreement(agreements),
+    }
+
+
+def judge_agreement(blocks: Sequence[JudgeAgreement]) -> dict[str, Any]:
+    """The first secondary judge against the primary one over a unit's harmful benchmarks: percent
+    agreement pooled over the items both judges decided (sum of agreement x n / sum of n, which is the
+    share of agreeing items), and the n-weighted mean of the benchmarks' kappas (results.json keeps no
+    confusion counts to pool kappa exactly; with one harmful benchmark it is that benchmark's kappa).
+    All None with one judge."""
+    none: dict[str, Any] = {
+        "judge_primary": None,
+        "judge_secondary": None,
+        "agreement_n": None,
+        "agreement": None,
+        "kappa": None,
+    }
+    first = next((b for b in blocks if b.judges), None)
+    if first is None:
+        return none
+    secondary = next(iter(first.judges))
+    found = [b.judges[secondary] for b in blocks if secondary in b.judges]
+    n = sum(c.n for c in found)
+    agreed = [(c.agreement, c.n) for c in found if c.agreement is not None and c.n > 0]
+    kappas = [(c.kappa, c.n) for c in found if c.kappa is not None and c.n > 0]
+    return {
+        "judge_primary": first.primary,
+        "judge_secondary": secondary,
+        "agreement_n": n,
+        "agreement": sum(a * k for a, k in agreed) / sum(k for _, k in agreed) if agreed else None,
+        "kappa": sum(a * k for a, k in kappas) / sum(k for _, k in kappas) if kappas else None,
     }
 
 
