@@ -67,6 +67,7 @@ _NOT_IDENTITY = {
         "ray_address",
         "gpus_per_unit",
         "cpus_per_unit",
+        "ray_local_cpus",
         "top_flagged",
         "margin_quantiles",
     },
@@ -197,7 +198,11 @@ def plan_study(config: RunConfig, out: Path) -> StudyPlan:
         if spec.data_kind != "role":
             raise ConfigError(f"assess.methods: {method} trains on {spec.data_kind} data, not role-play data")
     build_executor(
-        a.executor, address=a.ray_address, gpus_per_unit=a.gpus_per_unit, cpus_per_unit=a.cpus_per_unit
+        a.executor,
+        address=a.ray_address,
+        gpus_per_unit=a.gpus_per_unit,
+        cpus_per_unit=a.cpus_per_unit,
+        local_cpus=a.ray_local_cpus,
     )
     check_model_folder(config.model.name)
     if not config.eval.benchmarks:
@@ -469,6 +474,7 @@ def run_study(config: RunConfig, out: Path) -> StudyRun:
             address=config.assess.ray_address,
             gpus_per_unit=config.assess.gpus_per_unit,
             cpus_per_unit=config.assess.cpus_per_unit,
+            local_cpus=config.assess.ray_local_cpus,
         )
         ran = []
         for unit in executor.run(todo, run_unit):
