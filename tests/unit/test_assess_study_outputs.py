@@ -145,7 +145,7 @@ def test_study_forecast_written_with_provenance(tmp_path: Path) -> None:
     # too few roles: no file, and the note says why
     few = StudyPlan(config, tmp_path / "few", (), (), {}, ())
     none, why = fit_study_forecast(few, rows[:3], margins, "abc123")
-    assert none is None and "3 roles have an observed sft drop" in (why or "")
+    assert none is None and "No forecast: 3 roles have an observed sft drop" in (why or "")
     assert not (tmp_path / "few").exists()
 
 

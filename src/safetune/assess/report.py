@@ -171,7 +171,7 @@ def fit_study_forecast(
     found = forecast_rows(rows, margins, method)
     if len(found) < MIN_ROWS:
         return None, (
-            f"no forecast: {len(found)} roles have an observed {method} drop, RDS margins and trait scores; "
+            f"No forecast: {len(found)} roles have an observed {method} drop, RDS margins and trait scores; "
             f"its leave-one-role-out check needs at least {MIN_ROWS}"
         )
     fitted = Forecast.fit(found, study=str(plan.study.resolve()))
@@ -212,6 +212,7 @@ def write_outputs(plan: StudyPlan) -> Path:
     stored = json.loads((plan.study / "study.json").read_text(encoding="utf-8"))
     fitted, note = fit_study_forecast(plan, rows, margins_by_role(selection_rows), stored["identity_hash"])
     judge_primary, judge_secondary = judges_of(units)
+    judge_primary = judge_primary or plan.config.judge.names[0]  # one judge: no agreement block names it
     summary = StudySummary(
         model=plan.config.model.name,
         data=plan.config.data.path,
@@ -421,7 +422,7 @@ def judge_section(summary: StudySummary) -> list[str]:
     lines = ["", "## Judges", ""]
     if summary.judge_secondary is None:
         lines += [
-            f"One judge ({summary.judge_primary or 'see the units'}): no agreement to show; `--judge a,b` "
+            f"One judge ({summary.judge_primary}): no agreement to show; `--judge a,b` "
             "judges every unit with both.",
             "",
         ]

@@ -31,6 +31,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -334,6 +336,7 @@ def run_unit(unit: Unit) -> None:
         "train": None if run_dir is None else _train_summary(run_dir),
         "judge": _judge_of(results),
         "seconds": round(time.perf_counter() - start, 1),
+        "worker": {"host": socket.gethostname(), "pid": os.getpid()},  # where it ran (any executor)
         "safetune_version": __version__,
     }
     write_json(folder / UNIT_FILE, record)  # last: its presence is what "finished" means
