@@ -96,6 +96,8 @@ def _units(study: Path) -> dict[str, int]:
         (["--roleplay", "rolebench-spe"], "no <Role_Name>/RoleBench_SPE/test.json"),
         (["--assess.top_flagged=-2"], "assess.top_flagged must be"),
         (["--executor", "slurm"], "unknown executor 'slurm'"),
+        (["--ray-local-cpus", "2"], "--ray-local-cpus applies to --executor ray only"),
+        (["--assess.ray_retries=11"], "assess.ray_retries must be"),
     ],
 )
 def test_assess_bad_input_writes_nothing(

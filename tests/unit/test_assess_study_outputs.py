@@ -161,3 +161,23 @@ def test_predict_roles_names_what_is_missing() -> None:
         "Plain": "no trait scores (no profile, or no words in it)",
     }
     assert json.dumps(fitted.to_json())  # a plain JSON object
+
+
+def test_executor_of_passes_the_ray_settings() -> None:
+    from safetune.assess.study import executor_of
+    from safetune.errors import ConfigError
+
+    pytest.importorskip("ray")
+    config = load_config(
+        None,
+        [
+            "--assess.executor=ray",
+            "--assess.ray_local_cpus=2",
+            "--assess.cpus_per_unit=1",
+            "--assess.ray_retries=2",
+        ],
+    )
+    options = executor_of(config).options  # type: ignore[attr-defined]
+    assert (options.local_cpus, options.cpus_per_unit, options.retries, options.address) == (2, 1.0, 2, None)
+    with pytest.raises(ConfigError, match="--ray-retries applies to --executor ray only"):
+        executor_of(load_config(None, ["--assess.ray_retries=1"]))

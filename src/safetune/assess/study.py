@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from safetune import __version__
 from safetune.assess.aggregate import BASE, UnitResult
-from safetune.assess.executors import Unit, build_executor
+from safetune.assess.executors import Executor, Unit, build_executor
 from safetune.config import RunConfig, dump_config, load_config
 from safetune.data.sources import role_key
 from safetune.errors import ConfigError
@@ -70,6 +70,9 @@ _NOT_IDENTITY = {
         "gpus_per_unit",
         "cpus_per_unit",
         "ray_local_cpus",
+        "ray_local_gpus",
+        "ray_retries",
+        "ray_worker_logs",
         "top_flagged",
         "margin_quantiles",
     },
@@ -179,6 +182,22 @@ def base_units(study: str, roles: Sequence[str], config: RunConfig) -> list[Unit
     return units
 
 
+def executor_of(config: RunConfig) -> Executor:
+    """The study's executor from the assess section (settings left unset: the executor's defaults; a
+    ray setting with the sequential executor is refused)."""
+    a = config.assess
+    return build_executor(
+        a.executor,
+        address=a.ray_address,
+        gpus_per_unit=a.gpus_per_unit,
+        cpus_per_unit=a.cpus_per_unit,
+        local_cpus=a.ray_local_cpus,
+        local_gpus=a.ray_local_gpus,
+        retries=a.ray_retries,
+        worker_logs=a.ray_worker_logs,
+    )
+
+
 def plan_study(config: RunConfig, out: Path) -> StudyPlan:
     """Check everything a study needs; raises ConfigError / DataError naming what is wrong."""
     from safetune.data.sources import load_data
@@ -199,13 +218,7 @@ def plan_study(config: RunConfig, out: Path) -> StudyPlan:
         spec = get_method(method)
         if spec.data_kind != "role":
             raise ConfigError(f"assess.methods: {method} trains on {spec.data_kind} data, not role-play data")
-    build_executor(
-        a.executor,
-        address=a.ray_address,
-        gpus_per_unit=a.gpus_per_unit,
-        cpus_per_unit=a.cpus_per_unit,
-        local_cpus=a.ray_local_cpus,
-    )
+    executor_of(config)
     check_model_folder(config.model.name)
     if not config.eval.benchmarks:
         raise ConfigError("no safety benchmarks (--benchmarks, eval.benchmarks: e.g. advbench=FILE)")
@@ -472,13 +485,7 @@ def run_study(config: RunConfig, out: Path) -> StudyRun:
         todo = [u for u in plan.units if not _finished(u, plan)]
         done = [u.id for u in plan.units if u not in todo]
         log.info("study %s: %d units finished, %d to run", out, len(done), len(todo))
-        executor = build_executor(
-            config.assess.executor,
-            address=config.assess.ray_address,
-            gpus_per_unit=config.assess.gpus_per_unit,
-            cpus_per_unit=config.assess.cpus_per_unit,
-            local_cpus=config.assess.ray_local_cpus,
-        )
+        executor = executor_of(config)
         ran = []
         for unit in executor.run(todo, run_unit):
             ran.append(unit.id)
