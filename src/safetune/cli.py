@@ -543,7 +543,12 @@ def _number(value: float | None) -> str:
 def assess(
     ctx: typer.Context,
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Study folder (resumed when it holds this study).")
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Study folder (resumed when it holds this study); with --forecast, its own folder.",
+        ),
     ],
     config: ConfigOpt = None,
     model: ModelOpt = None,
@@ -577,7 +582,12 @@ def assess(
             help="Role-play tests, name[=source] (default rolebench-raw, read from --data); none: off."
         ),
     ] = None,
-    judge: Annotated[str | None, typer.Option(help="The judge of every unit (as for eval).")] = None,
+    judge: Annotated[
+        str | None,
+        typer.Option(
+            help="The judges of every unit, comma-separated; the first is the primary (as for eval)."
+        ),
+    ] = None,
     executor: Annotated[str | None, typer.Option(help="sequential (default) | ray")] = None,
     ray_address: Annotated[
         str | None, typer.Option(help="ray: an existing cluster (e.g. auto); default: a local Ray.")
