@@ -1,6 +1,6 @@
-"""The same tiny study (2 roles x sft, in the SaRFT authors' layout) run through the CLI once with the
-sequential executor and once with `--executor ray` on a local 2-CPU Ray: the same rows in results.csv,
-value for value."""
+"""The same tiny study (2 roles x sft, in the SaRFT authors' layout, judged by two judges) run through
+the CLI once with the sequential executor and once with `--executor ray` on a local 2-CPU Ray: the same
+rows in results.csv, value for value."""
 
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ def test_ray_executor_gives_the_sequential_rows(tiny_chatml: Path, tmp_path: Pat
             "Grim_Vex,Penny Bun",
             "--methods",
             "sft",
+            "--judge",
+            "keyword,prefix",
         )
         process = subprocess.Popen(
             [*args, *extra], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -51,6 +53,8 @@ def test_ray_executor_gives_the_sequential_rows(tiny_chatml: Path, tmp_path: Pat
     assert runs["ray"] == runs["sequential"]
     for row in runs["ray"]:
         assert row["drop_sft"] != "" and row["roleplay_sft"] != "" and row["flag_rate"] != ""
+        # two judges: the second one's agreement with the primary, per run
+        assert row["agreement_base"] != "" and row["agreement_sft"] != ""
     # the tiny model's rates are flat (0 everywhere), so the units' own work is compared too: the
     # training loss of each fine-tune and every generated answer, and where each unit ran
     for unit in sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").rglob("unit.json")):

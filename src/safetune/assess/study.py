@@ -201,7 +201,7 @@ def executor_of(config: RunConfig) -> Executor:
 def plan_study(config: RunConfig, out: Path) -> StudyPlan:
     """Check everything a study needs; raises ConfigError / DataError naming what is wrong."""
     from safetune.data.sources import load_data
-    from safetune.evaluation.judges.registry import build_judge
+    from safetune.evaluation.judges.registry import build_judges
     from safetune.evaluation.runner import build_tasks
     from safetune.methods.registry import get_method
     from safetune.models.loading import check_model_folder, model_fingerprint
@@ -248,7 +248,7 @@ def plan_study(config: RunConfig, out: Path) -> StudyPlan:
         build_tasks(unit_eval_config(config, "", "", list(roles.values()), safety=False, roleplay=True))
     if not any(t.spec.kind == "harmful" for t in tasks):
         raise ConfigError("eval.benchmarks has no harmful benchmark: a study measures refusal")
-    build_judge(config.judge)
+    build_judges(config.judge)  # every judge of --judge a,b, the primary first
     fingerprint = model_fingerprint(config.model.name, config.model.revision, cache_root(config.cache_dir))
     identity = study_identity(config, fingerprint)
     check_identity(out, identity)
