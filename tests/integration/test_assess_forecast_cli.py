@@ -57,9 +57,9 @@ def test_assess_forecast_predicts_each_role(tiny_chatml: Path, tmp_path: Path) -
     out = tmp_path / "risk"
     result = CliRunner().invoke(app, _args(tiny_chatml, tmp_path / "data", path, out))
     assert result.exit_code == 0, result.output
-    assert "3 roles: 3 forecast" in result.stdout
+    assert "4 roles: 4 forecast" in result.stdout
     rows = list(csv.DictReader((out / "predictions.csv").open()))
-    assert {r["role"] for r in rows} == {"Grim Vex", "Penny Bun", "Dough Boy"}
+    assert {r["role"] for r in rows} == {"Grim Vex", "Penny Bun", "Dough Boy", "Night Vex"}
     predicted = [float(r["predicted_drop"]) for r in rows]
     assert predicted == sorted(predicted, reverse=True)
     # the same prediction by hand from the row's features: the forecast's own arithmetic
