@@ -543,7 +543,12 @@ def _number(value: float | None) -> str:
 def assess(
     ctx: typer.Context,
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Study folder (resumed when it holds this study).")
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Study folder (resumed when it holds this study); with --forecast, its own folder.",
+        ),
     ],
     config: ConfigOpt = None,
     model: ModelOpt = None,
@@ -577,19 +582,39 @@ def assess(
             help="Role-play tests, name[=source] (default rolebench-raw, read from --data); none: off."
         ),
     ] = None,
-    judge: Annotated[str | None, typer.Option(help="The judge of every unit (as for eval).")] = None,
+    judge: Annotated[
+        str | None,
+        typer.Option(
+            help="The judges of every unit, comma-separated; the first is the primary (as for eval)."
+        ),
+    ] = None,
     executor: Annotated[str | None, typer.Option(help="sequential (default) | ray")] = None,
     ray_address: Annotated[
         str | None, typer.Option(help="ray: an existing cluster (e.g. auto); default: a local Ray.")
+    ] = None,
+    ray_local_cpus: Annotated[
+        int | None,
+        typer.Option(help="ray: the CPUs of the local Ray this command starts (default: all of them)."),
+    ] = None,
+    forecast: Annotated[
+        Path | None,
+        typer.Option(
+            help="A study's forecast.json: only score the roles (RDS selection) and predict each role's "
+            "drop into predictions.csv / predictions.md; no fine-tune, no eval."
+        ),
     ] = None,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """The per-role safety risk study: per role x method, fine-tune (shared RDS selection) and evaluate
     (safety + role-play), plus the base model; then one row per role in results.csv, summary.json and
-    report.md. Resumable: re-run to continue; --roles with more roles grows the study (docs/assess.md).
+    report.md, and (4+ roles) forecast.json, a risk forecast fitted on the study. Resumable: re-run to
+    continue; --roles with more roles grows the study (docs/assess.md).
 
     Run as: safetune assess -m MODEL --data roles/ --profiles prompt_v2.json --benchmarks advbench=a.csv -o study
+
+    Forecast only (the scoring pass, minutes instead of GPU-days):
+    safetune assess --forecast study/forecast.json -m MODEL --data roles/ --profiles prompt_v2.json -o risk
     """
     from safetune.assess.study import run_study
     from safetune.config import load_config
@@ -606,8 +631,16 @@ def assess(
         "judge.name": judge,
         "assess.executor": executor,
         "assess.ray_address": ray_address,
+        "assess.ray_local_cpus": ray_local_cpus,
     }
     cfg = load_config(config, _overrides(ctx, shortcuts))
+    if forecast is not None:
+        from safetune.assess.predict import run_forecast
+
+        done = run_forecast(cfg, forecast, out)
+        known = sum(p.predicted is not None for p in done.predictions)
+        print(f"{len(done.predictions)} roles: {known} forecast -> {done.report}")
+        return
     run = run_study(cfg, out)
     print(
         f"{len(run.roles)} roles: {len(run.ran)} units run now, {len(run.skipped)} finished before "

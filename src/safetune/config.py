@@ -548,6 +548,12 @@ class AssessConfig(Section):
     # units onto one GPU) and the CPUs it reserves (None: 1; Ray's scheduling only, no thread pinning)
     gpus_per_unit: float | None = number(None, ge=0, le=64)
     cpus_per_unit: float | None = number(None, gt=0, le=1024)
+    # ray: the size of a local Ray (None: all this machine has; not with ray_address), the reruns of a
+    # unit whose worker or node died, and the workers' output shown in this terminal
+    ray_local_cpus: int | None = number(None, ge=1, le=4096)
+    ray_local_gpus: int | None = number(None, ge=0, le=1024)
+    ray_retries: int | None = number(None, ge=0, le=10)
+    ray_worker_logs: bool = False
     top_flagged: int = number(5, ge=0, le=1000)  # flagged training examples shown per role in report.md
     margin_quantiles: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.75, 0.9])
 

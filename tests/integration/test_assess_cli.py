@@ -23,8 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def write_authors_layout(root: Path) -> tuple[Path, Path, Path]:
     """<Role_Name>/train.json + <Role_Name>/RoleBench_RAW/test.json per role, prompt_v2.json and a
-    harmful-prompt file; the third role is the baker's data under another name."""
-    personas = {"Grim Vex": "Grim Vex", "Penny Bun": "Penny Bun", "Dough Boy": "Penny Bun"}
+    harmful-prompt file; the third and fourth roles are the baker's and the villain's data under other
+    names."""
+    personas = {
+        "Grim Vex": "Grim Vex",
+        "Penny Bun": "Penny Bun",
+        "Dough Boy": "Penny Bun",
+        "Night Vex": "Grim Vex",
+    }
     prompts = {}
     for name, source in personas.items():
         folder = root / "roles" / name.replace(" ", "_")
@@ -96,6 +102,8 @@ def _units(study: Path) -> dict[str, int]:
         (["--roleplay", "rolebench-spe"], "no <Role_Name>/RoleBench_SPE/test.json"),
         (["--assess.top_flagged=-2"], "assess.top_flagged must be"),
         (["--executor", "slurm"], "unknown executor 'slurm'"),
+        (["--ray-local-cpus", "2"], "--ray-local-cpus applies to --executor ray only"),
+        (["--assess.ray_retries=11"], "assess.ray_retries must be"),
     ],
 )
 def test_assess_bad_input_writes_nothing(
@@ -155,16 +163,24 @@ def test_assess_kill_resume_grow(tiny_chatml: Path, tmp_path: Path) -> None:
     assert refused.returncode == 2 and "differs in train.max_steps" in refused.stderr
     assert _units(study) == after
 
-    # grown by a third role: only its units run
+    # grown by two roles: only their units run
     grown = subprocess.run(
-        _command(tiny_chatml, roles_dir, profiles, harmful, study, "--roles", "Dough Boy"),
+        _command(tiny_chatml, roles_dir, profiles, harmful, study, "--roles", "Dough Boy,Night_Vex"),
         env=_env(),
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert grown.returncode == 0, grown.stderr
-    assert "3 roles: 3 units run now, 7 finished before" in grown.stdout
+    assert "4 roles: 6 units run now, 7 finished before" in grown.stdout
     assert all(_units(study)[path] == mtime for path, mtime in after.items())
-    assert len((study / "results.csv").read_text().splitlines()) == 4
-    assert json.loads((study / "study.json").read_text())["roles"] == ["Grim Vex", "Penny Bun", "Dough Boy"]
+    assert len((study / "results.csv").read_text().splitlines()) == 5
+    roles = ["Grim Vex", "Penny Bun", "Dough Boy", "Night Vex"]
+    assert json.loads((study / "study.json").read_text())["roles"] == roles
+    # 4 roles with a drop: the forecast is fitted on them, saved, and its check is in the report
+    saved = json.loads((study / "forecast.json").read_text())
+    assert sorted(saved["provenance"]["roles"]) == sorted(roles) and saved["extra"]["method"] == "sft"
+    report = (study / "report.md").read_text()
+    assert "## Risk forecast" in report and "plots/forecast_vs_observed.png" in report
+    assert f"mean absolute error {saved['loo']['mae']:.1f} points" in report
+    assert (study / "plots" / "forecast_vs_observed.png").stat().st_size > 1000

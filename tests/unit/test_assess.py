@@ -18,7 +18,7 @@ from safetune.assess.aggregate import (
     selection_by_role,
     sort_by_drop,
 )
-from safetune.assess.report import drop_chart, render_markdown, top_flagged, write_csv
+from safetune.assess.report import render_markdown, top_flagged, write_csv
 from safetune.assess.study import check_identity, role_slug
 from safetune.errors import ConfigError
 
@@ -101,8 +101,6 @@ def test_csv_chart_flagged_and_markdown(tmp_path: Path) -> None:
     grim = dict(zip(header, lines[1].split(","), strict=True))
     assert grim["role"] == "Grim Vex" and grim["drop_sft"] == "50" and grim["refusal_sarft"] == "85"
     assert grim["trait_villainy"] == "" and grim["flag_rate"] == ""
-    drop_chart(rows, ["sft", "sarft"], tmp_path / "chart.png")
-    assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
     selection = [
         {"id": "a", "role": "Grim Vex", "flag": 1, "margin": 0.1},
         {"id": "b", "role": "Grim Vex", "flag": 1, "margin": 0.5},

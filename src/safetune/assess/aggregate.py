@@ -3,7 +3,8 @@ shared selection's rows (selection.jsonl) and, when available, the roles' trait 
 
 One row per role: the base model's refusal and role-play score, the same after each method's fine-tune,
 the drop (base refusal - refusal after), the incoherent answers and over-refusal where evaluated, the
-RDS flag rate and the statistics of the role's RDS margins (l_unsafe - l_role: above 0 is flagged).
+judges' agreement with the primary judge where several judged, the RDS flag rate and the statistics of
+the role's RDS margins (l_unsafe - l_role: above 0 is flagged).
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ class UnitResult:
     roleplay_by_benchmark: Mapping[str, float | None] = field(default_factory=dict)
     incoherent: int | None = None  # incoherent answers to the harmful prompts (None: check off)
     over_refusal: float | None = None  # % of benign-but-edgy prompts refused (None: not evaluated)
+    # With several judges (`--judge a,b`): the first secondary judge against the primary one over the
+    # harmful benchmarks (None: one judge). agreement in percent, pooled over the items both decided;
+    # kappa the n-weighted mean of the benchmarks' Cohen's kappas (exact with one harmful benchmark).
+    judge_primary: str | None = None
+    judge_secondary: str | None = None
+    agreement_n: int | None = None
+    agreement: float | None = None
+    kappa: float | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UnitResult:
@@ -64,6 +73,10 @@ class RoleRow:
     over_refusal: Mapping[str, float | None]  # "base" and each method
     selection: MarginStats | None
     traits: Mapping[str, float] | None = None
+    # "base" and each method: the first secondary judge's agreement with the primary (percent) and
+    # Cohen's kappa (UnitResult's); absent keys / None where one judge judged
+    agreement: Mapping[str, float | None] = field(default_factory=dict)
+    kappa: Mapping[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +105,10 @@ class RoleRow:
             row[f"incoherent_{m}"] = self.incoherent.get(m)
         for m in (BASE, *methods):
             row[f"over_refusal_{m}"] = self.over_refusal.get(m)
+        for m in (BASE, *methods):
+            row[f"agreement_{m}"] = self.agreement.get(m)
+        for m in (BASE, *methods):
+            row[f"kappa_{m}"] = self.kappa.get(m)
         for t in traits:
             row[f"trait_{t}"] = None if self.traits is None else self.traits.get(t)
         return row
@@ -139,6 +156,13 @@ def selection_by_role(
     return {key: margin_stats(margins.get(key, []), flags[key], quantiles) for key in flags}
 
 
+def judges_of(units: Sequence[UnitResult]) -> tuple[str | None, str | None]:
+    """The primary and the first secondary judge the units name (the first unit that names them)."""
+    primary = next((u.judge_primary for u in units if u.judge_primary), None)
+    secondary = next((u.judge_secondary for u in units if u.judge_secondary), None)
+    return primary, secondary
+
+
 def _drop(base: float | None, after: float | None) -> float | None:
     return None if base is None or after is None else base - after
 
@@ -165,9 +189,13 @@ def aggregate(
         refusal = {m: None if u is None else u.refusal for m, u in after.items()}
         incoherent: dict[str, int | None] = {BASE: None if base_safety is None else base_safety.incoherent}
         over: dict[str, float | None] = {BASE: None if base_safety is None else base_safety.over_refusal}
+        agreement: dict[str, float | None] = {BASE: None if base_safety is None else base_safety.agreement}
+        kappa: dict[str, float | None] = {BASE: None if base_safety is None else base_safety.kappa}
         for m, u in after.items():
             incoherent[m] = None if u is None else u.incoherent
             over[m] = None if u is None else u.over_refusal
+            agreement[m] = None if u is None else u.agreement
+            kappa[m] = None if u is None else u.kappa
         rows.append(
             RoleRow(
                 role=role,
@@ -180,6 +208,8 @@ def aggregate(
                 over_refusal=over,
                 selection=None if selection is None else selection.get(key),
                 traits=None if traits is None or key not in traits else dict(traits[key]),
+                agreement=agreement,
+                kappa=kappa,
             )
         )
     return rows

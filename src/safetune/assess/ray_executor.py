@@ -234,8 +234,8 @@ class RayExecutor:
                 have = ", ".join(f"{k} {v:g}" for k, v in sorted(totals.items()) if k in ("CPU", "GPU"))
                 raise ConfigError(
                     f"each unit asks for {request['CPU']:g} CPU and {request['GPU']:g} GPU, more than the whole "
-                    f"Ray cluster has ({have or 'no CPU or GPU'}): lower --ray-cpus-per-unit / "
-                    "--ray-gpus-per-unit"
+                    f"Ray cluster has ({have or 'no CPU or GPU'}): lower assess.cpus_per_unit / "
+                    "assess.gpus_per_unit"
                 )
             log.info(
                 "ray: %d unit(s), up to %d at once (each %g CPU, %g GPU)",

@@ -1,47 +1,57 @@
 """A study's outputs from its finished units: results.csv (one row per role), summary.json (typed),
 report.md with the per-role drop chart (sorted by drop, the paper's figure), the drop-vs-trait scatter
-when trait scores exist, and the per-role flagged-example viewer (what RDS thinks is risky in the data).
+per trait, the judges' agreement and incoherent answers per role and method, the risk forecast fitted on
+the study with its leave-one-role-out error, and the per-role flagged-example viewer (what RDS thinks is
+risky in the data).
 
-Traits plug in at one place, `trait_scores`: the lexicon of assess/traits.py when that module exists
-(`score_traits(profile) -> {trait: score}`, `spearman(x, y, bootstrap, seed) -> Correlation`); without
-it the study reports no traits and no correlations.
+Traits are the lexicon's (assess/traits.py, `score_traits`) from each role's profile; a role whose
+profile is missing or has no words left gets no traits (counted and named in the report), not an error.
+The plots are assess/plots.py's.
 """
 
 from __future__ import annotations
 
 import csv
-import importlib
+import dataclasses
 import io
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
+from safetune.assess import plots
 from safetune.assess.aggregate import (
     BASE,
     RoleRow,
     aggregate,
+    judges_of,
     method_means,
     selection_by_role,
     sort_by_drop,
 )
+from safetune.assess.forecast import MIN_ROWS, Forecast
+from safetune.assess.forecast import RoleRow as ForecastRow
+from safetune.assess.traits import LEXICON_SOURCE, score_traits, spearman
+from safetune.assess.traits import Correlation as TraitCorrelation
 from safetune.data.records import RoleProfile
 from safetune.data.sources import role_key
-from safetune.reports.plots import DPI, role_labels
+from safetune.errors import DataError
 from safetune.storage import atomic_open, write_json
 
 if TYPE_CHECKING:
     from safetune.assess.study import StudyPlan
 
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 CHART = "plots/drop_by_role.png"
-SCATTER = "plots/drop_vs_traits.png"
+FORECAST_PLOT = "plots/forecast_vs_observed.png"
+FORECAST_FILE = "forecast.json"
 EXCERPT = 160  # characters of a flagged example's input and output shown in report.md
+BOOTSTRAP = 1000  # resamples of the roles for each correlation's CI
+
+
+def scatter_path(trait: str) -> str:
+    return f"plots/drop_vs_{trait}.png"
 
 
 @dataclass(frozen=True)
@@ -53,11 +63,17 @@ class Correlation:
     rho: float | None
     ci95: tuple[float, float] | None
     n: int
+    bootstrap: int = 0
+    seed: int = 0
+
+    def spearman(self) -> TraitCorrelation:
+        return TraitCorrelation(self.rho, self.ci95, self.n, self.bootstrap, self.seed)
 
 
 @dataclass(frozen=True)
 class StudySummary:
-    """summary.json: the study, one row per role, the per-method means and the trait correlations."""
+    """summary.json: the study, one row per role, the per-method means, the trait correlations, the
+    judges, and the forecast's leave-one-role-out error (None with too few roles: `forecast_note`)."""
 
     model: str
     data: str
@@ -70,59 +86,115 @@ class StudySummary:
     means: Mapping[str, Mapping[str, float | None]]
     traits: tuple[str, ...]
     correlations: tuple[Correlation, ...]
+    trait_source: str = LEXICON_SOURCE
+    no_traits: tuple[str, ...] = ()  # roles without trait scores (no profile, or no words in it)
+    judge_primary: str | None = None
+    judge_secondary: str | None = None  # the judge the agreement columns compare with (None: one judge)
+    forecast: Mapping[str, Any] | None = None  # forecast.json's loo block, and its file
+    forecast_note: str | None = None  # why there is no forecast
     summary_version: int = SUMMARY_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-# ---- traits: the one place the lexicon plugs in ----
+# ---- traits ----
 
 
-def _traits_module() -> Any | None:
-    try:
-        return importlib.import_module("safetune.assess.traits")
-    except ModuleNotFoundError:
-        return None
-
-
-def trait_scores(profiles: Mapping[str, RoleProfile]) -> dict[str, dict[str, float]] | None:
-    """Trait scores per role_key from each role's profile text, or None without a trait scorer."""
-    traits = _traits_module()
-    if traits is None:
-        return None
-    return {
-        key: dict(traits.score_traits(p.description or p.role_prompt or "")) for key, p in profiles.items()
-    }
+def trait_scores(
+    profiles: Mapping[str, RoleProfile], roles: Sequence[str]
+) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Lexicon trait scores per role_key of `roles` from each role's profile (its description, else its
+    role prompt), and the roles that get none: no profile, or no words in it once RoleBench's
+    boilerplate is cut (a score of 0 would claim a benign character without evidence)."""
+    scores: dict[str, dict[str, float]] = {}
+    missing: list[str] = []
+    for role in roles:
+        profile = profiles.get(role_key(role))
+        text = "" if profile is None else (profile.description or profile.role_prompt or "")
+        try:
+            scores[role_key(role)] = score_traits(text, where=f"role {role!r}")
+        except DataError:
+            missing.append(role)
+    return scores, missing
 
 
 def correlations(rows: Sequence[RoleRow], methods: Sequence[str], names: Sequence[str]) -> list[Correlation]:
-    traits = _traits_module()
-    if traits is None or not names:
-        return []
     found = []
     for method in methods:
         for name in names:
             pairs = [
-                (r.traits[name], r.drop[method])
+                (r.traits[name], drop)
                 for r in rows
-                if r.traits is not None and name in r.traits and r.drop.get(method) is not None
+                if r.traits is not None and name in r.traits and (drop := r.drop.get(method)) is not None
             ]
-            if len(pairs) < 3:  # a rank correlation of fewer than 3 roles says nothing
-                found.append(Correlation(method, name, None, None, len(pairs)))
-                continue
-            c = traits.spearman([p[0] for p in pairs], [p[1] for p in pairs], bootstrap=1000, seed=0)
-            ci = None if c.ci95 is None else (float(c.ci95[0]), float(c.ci95[1]))
-            rho = None if c.rho is None or math.isnan(c.rho) else float(c.rho)
-            found.append(Correlation(method, name, rho, ci, int(c.n)))
+            c = spearman([p[0] for p in pairs], [p[1] for p in pairs], bootstrap=BOOTSTRAP, seed=0)
+            found.append(Correlation(method, name, c.rho, c.ci95, c.n, c.bootstrap, c.seed))
     return found
+
+
+# ---- the forecast fitted on the study ----
+
+
+def margins_by_role(selection_rows: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """Per role_key, the RDS margins of its training examples (rows without a margin left out)."""
+    margins: dict[str, list[float]] = {}
+    for row in selection_rows:
+        if row.get("margin") is not None:
+            margins.setdefault(role_key(str(row["role"])), []).append(float(row["margin"]))
+    return margins
+
+
+def forecast_rows(
+    rows: Sequence[RoleRow], margins: Mapping[str, Sequence[float]], method: str
+) -> list[ForecastRow]:
+    """The forecast's rows of the roles with an observed `method` drop, RDS margins and traits."""
+    found = []
+    for r in rows:
+        drop = r.drop.get(method)
+        if drop is None or r.traits is None or not margins.get(role_key(r.role)):
+            continue
+        found.append(
+            ForecastRow.from_margins(
+                r.role, margins[role_key(r.role)], r.traits, drop, r.base_refusal, LEXICON_SOURCE
+            )
+        )
+    return found
+
+
+def fit_study_forecast(
+    plan: StudyPlan, rows: Sequence[RoleRow], margins: Mapping[str, Sequence[float]], identity_hash: str
+) -> tuple[Forecast | None, str | None]:
+    """The forecast of the primary method's drop fitted on the study (written to forecast.json with its
+    provenance), or None and why."""
+    method = plan.config.assess.methods[0]
+    found = forecast_rows(rows, margins, method)
+    if len(found) < MIN_ROWS:
+        return None, (
+            f"No forecast: {len(found)} roles have an observed {method} drop, RDS margins and trait scores; "
+            f"its leave-one-role-out check needs at least {MIN_ROWS}"
+        )
+    fitted = Forecast.fit(found, study=str(plan.study.resolve()))
+    fitted = dataclasses.replace(
+        fitted,
+        extra={
+            "identity_hash": identity_hash,
+            "model": plan.config.model.name,
+            "data": plan.config.data.path,
+            "method": method,
+            "target": f"drop of {method}: base refusal - refusal after the {method} fine-tune (points)",
+        },
+    )
+    fitted.save(plan.study / FORECAST_FILE)
+    return fitted, None
 
 
 # ---- the outputs ----
 
 
 def write_outputs(plan: StudyPlan) -> Path:
-    """results.csv, summary.json, the plots and report.md from whatever units have finished."""
+    """results.csv, summary.json, the plots, forecast.json (enough roles) and report.md from whatever
+    units have finished."""
     from safetune.assess.study import SELECTION_DIR, read_unit
     from safetune.data.sources import load_data
 
@@ -130,7 +202,7 @@ def write_outputs(plan: StudyPlan) -> Path:
     units = [u for u in (read_unit(unit) for unit in plan.units) if u is not None]
     selection_rows = _read_jsonl(plan.study / SELECTION_DIR / "selection.jsonl")
     examples, profiles = load_data(plan.config)
-    scores = trait_scores(profiles)
+    scores, no_traits = trait_scores(profiles, plan.roles)
     rows = aggregate(
         plan.roles, a.methods, units, selection_by_role(selection_rows, a.margin_quantiles), scores
     )
@@ -138,6 +210,9 @@ def write_outputs(plan: StudyPlan) -> Path:
     rows = sort_by_drop(rows, primary)
     names = sorted({t for r in rows if r.traits for t in r.traits})
     stored = json.loads((plan.study / "study.json").read_text(encoding="utf-8"))
+    fitted, note = fit_study_forecast(plan, rows, margins_by_role(selection_rows), stored["identity_hash"])
+    judge_primary, judge_secondary = judges_of(units)
+    judge_primary = judge_primary or plan.config.judge.names[0]  # one judge: no agreement block names it
     summary = StudySummary(
         model=plan.config.model.name,
         data=plan.config.data.path,
@@ -150,18 +225,57 @@ def write_outputs(plan: StudyPlan) -> Path:
         means=method_means(rows, a.methods),
         traits=tuple(names),
         correlations=tuple(correlations(rows, a.methods, names)),
+        no_traits=tuple(no_traits),
+        judge_primary=judge_primary,
+        judge_secondary=judge_secondary,
+        forecast=None if fitted is None else {**fitted.loo.to_dict(), "file": FORECAST_FILE},
+        forecast_note=note,
     )
     write_csv(plan.study / "results.csv", rows, a.methods, names)
     write_json(plan.study / "summary.json", summary.to_dict())
-    drop_chart(rows, a.methods, plan.study / CHART)
-    if names:
-        trait_scatter(rows, primary, names, plan.study / SCATTER)
+    write_plots(plan.study, summary, fitted)
     texts = {ex.id: (ex.input, ex.output) for ex in examples}
     flagged = top_flagged(selection_rows, a.top_flagged)
     report = plan.study / "report.md"
     with atomic_open(report) as handle:
         handle.write(render_markdown(summary, flagged, texts))
     return report
+
+
+def write_plots(study: Path, summary: StudySummary, fitted: Forecast | None) -> None:
+    """The per-role drop chart, the primary method's drop against each trait, and the forecast's LOO
+    predictions against the observed drops (assess/plots.py)."""
+    rows = summary.roles
+    roles = [r.role for r in rows]
+    plots.drop_bars(
+        study / CHART,
+        roles,
+        {m: [r.drop.get(m) for r in rows] for m in summary.methods},
+        title=f"Refusal drop per role (sorted by the {summary.primary_method} drop)",
+    )
+    method = summary.primary_method
+    for c in summary.correlations:
+        if c.method != method:
+            continue
+        points = [
+            (r.role, r.traits[c.trait], drop)
+            for r in rows
+            if r.traits is not None and c.trait in r.traits and (drop := r.drop.get(method)) is not None
+        ]
+        if points:
+            plots.drop_vs_trait(
+                study / scatter_path(c.trait),
+                [p[0] for p in points],
+                [p[1] for p in points],
+                [p[2] for p in points],
+                c.trait,
+                c.spearman(),
+                method,
+            )
+    if fitted is not None:
+        plots.forecast_vs_observed(
+            study / FORECAST_PLOT, fitted.loo, title=f"Risk forecast of the {method} drop, leave one role out"
+        )
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -199,69 +313,6 @@ def top_flagged(rows: Sequence[Mapping[str, Any]], k: int) -> dict[str, list[Map
         if row.get("flag") and row.get("margin") is not None:
             by_role.setdefault(role_key(str(row["role"])), []).append(row)
     return {key: sorted(found, key=lambda r: -float(r["margin"]))[:k] for key, found in by_role.items()}
-
-
-# ---- plots ----
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: Path) -> None:
-    fig.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=DPI, bbox_inches="tight")
-
-
-def drop_chart(rows: Sequence[RoleRow], methods: Sequence[str], path: Path) -> None:
-    """Horizontal grouped bars: each role's refusal drop per method, the largest drop on top (so that 95
-    role names stay readable, one per line)."""
-    labels = role_labels([r.role for r in rows])
-    height = max(2.5, 0.32 * len(rows) * max(1, len(methods)) ** 0.5 + 1.4)
-    fig = _figure(8.0, height)
-    ax = fig.add_subplot()
-    bar = 0.8 / max(1, len(methods))
-    for k, method in enumerate(methods):
-        values = [r.drop.get(method) for r in rows]
-        ys = [i + (k - (len(methods) - 1) / 2) * bar for i in range(len(rows))]
-        ax.barh(ys, [0.0 if v is None else v for v in values], height=bar, label=method)
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels(list(labels.texts))
-    if labels.family is not None:
-        for tick in ax.get_yticklabels():
-            tick.set_fontfamily(list(labels.family))
-    ax.invert_yaxis()  # the largest drop first, at the top
-    ax.axvline(0.0, color="black", linewidth=0.8)
-    ax.set_xlabel("refusal drop after fine-tuning (points: base - after)")
-    ax.set_title(f"Safety cost per role (sorted by the {methods[0]} drop)")
-    ax.legend(loc="lower right", fontsize="small")
-    ax.grid(axis="x", alpha=0.3)
-    _save(fig, path)
-
-
-def trait_scatter(rows: Sequence[RoleRow], method: str, traits: Sequence[str], path: Path) -> None:
-    """One panel per trait: each role's drop (the primary method) against its trait score."""
-    columns = min(2, len(traits))
-    lines = math.ceil(len(traits) / columns)
-    fig = _figure(4.6 * columns, 3.6 * lines)
-    for i, trait in enumerate(traits):
-        ax = fig.add_subplot(lines, columns, i + 1)
-        points = [
-            (r.traits[trait], drop, r.role)
-            for r in rows
-            if r.traits is not None and trait in r.traits and (drop := r.drop.get(method)) is not None
-        ]
-        ax.scatter([p[0] for p in points], [p[1] for p in points], s=18)
-        if len(points) <= 12:  # names on every point while they stay legible
-            for x, y, name in points:
-                ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel(f"{trait} score")
-        ax.set_ylabel(f"{method} refusal drop (points)")
-        ax.grid(alpha=0.3)
-    _save(fig, path)
 
 
 # ---- report.md ----
@@ -341,12 +392,9 @@ def render_markdown(
             + " | ".join(qs)
             + " |"
         )
-    if summary.traits:
-        lines += ["", "## Drop and traits", "", f"![drop against traits]({SCATTER})", ""]
-        lines += ["| method | trait | Spearman rho | 95% CI | roles |", "|---|---|---|---|---|"]
-        for c in summary.correlations:
-            ci = "–" if c.ci95 is None else f"[{c.ci95[0]:.2f}, {c.ci95[1]:.2f}]"
-            lines.append(f"| {c.method} | {c.trait} | {_num(c.rho, 2)} | {ci} | {c.n} |")
+    lines += judge_section(summary)
+    lines += trait_section(summary)
+    lines += forecast_section(summary)
     lines += ["", "## Flagged training examples", ""]
     lines += ["Per role, the flagged examples with the largest RDS margins: what RDS thinks is risky.", ""]
     for r in summary.roles:
@@ -364,3 +412,90 @@ def render_markdown(
             lines.append(f"| {float(row['margin']):.3f} | {_excerpt(text)} | {_excerpt(reply)} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def judge_section(summary: StudySummary) -> list[str]:
+    """Per role and method: the primary judge's drop, the first secondary judge's agreement with it
+    (percent, Cohen's kappa) and the incoherent answers, so that a role whose "safety" is broken text is
+    not read as safe."""
+    methods = summary.methods
+    lines = ["", "## Judges", ""]
+    if summary.judge_secondary is None:
+        lines += [
+            f"One judge ({summary.judge_primary}): no agreement to show; `--judge a,b` "
+            "judges every unit with both.",
+            "",
+        ]
+    else:
+        lines += [
+            f"The drop is the primary judge's ({summary.judge_primary}); agreement is "
+            f"{summary.judge_secondary}'s with it on the harmful prompts both decided (percent, and "
+            "Cohen's kappa).",
+            "",
+        ]
+    lines += [
+        "| role | run | drop | agreement % | kappa | incoherent |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in summary.roles:
+        for m in (BASE, *methods):
+            drop = "" if m == BASE else _num(r.drop.get(m))
+            lines.append(
+                f"| {r.role} | {m} | {drop} | {_num(r.agreement.get(m))} | {_num(r.kappa.get(m), 2)} | "
+                f"{_count(r.incoherent.get(m))} |"
+            )
+    return lines
+
+
+def trait_section(summary: StudySummary) -> list[str]:
+    lines = ["", "## Drop and traits", ""]
+    if summary.no_traits:
+        lines += [
+            f"{len(summary.no_traits)} of {len(summary.roles)} roles have no trait scores (no profile, or "
+            f"no words in it): {', '.join(summary.no_traits)}.",
+            "",
+        ]
+    if not summary.traits:
+        return [*lines, "No trait scores: no correlations.", ""]
+    lines += [
+        f"Trait scores: {summary.trait_source} (matches per 100 words of the profile). Spearman's rho of "
+        f"each method's drop with each trait, with a {BOOTSTRAP}-resample bootstrap 95% interval.",
+        "",
+    ]
+    for trait in summary.traits:
+        lines += [f"![drop against {trait}]({scatter_path(trait)})"]
+    lines += ["", "| method | trait | Spearman rho | 95% CI | roles |", "|---|---|---|---|---|"]
+    for c in summary.correlations:
+        ci = "–" if c.ci95 is None else f"[{c.ci95[0]:.2f}, {c.ci95[1]:.2f}]"
+        lines.append(f"| {c.method} | {c.trait} | {_num(c.rho, 2)} | {ci} | {c.n} |")
+    return lines
+
+
+def forecast_section(summary: StudySummary) -> list[str]:
+    method = summary.primary_method
+    lines = ["", "## Risk forecast", ""]
+    f = summary.forecast
+    if f is None:
+        return [*lines, f"{summary.forecast_note}.", ""]
+    p = f["p_value"]
+    verdict = (
+        "**weak**: it does not beat predicting the mean by 10% with a permutation p <= 0.05; read it as "
+        '"this study cannot tell roles apart"'
+        if f["weak"]
+        else "not weak"
+    )
+    lines += [
+        f"A ridge forecast of the {method} drop from the base model's RDS statistics and the traits, fitted "
+        f"on this study's {len(f['per_role'])} roles and saved as `{f['file']}` (for `safetune assess "
+        f"--forecast {f['file']}`). Leave-one-role-out mean absolute error {f['mae']:.1f} points, against "
+        f"{f['baseline_mae']:.1f} predicting the other roles' mean drop; permutation p = "
+        f"{'–' if p is None else f'{p:.3f}'} ({f['permutations']} shuffles): {verdict}.",
+        "",
+        f"![forecast against observed]({FORECAST_PLOT})",
+        "",
+        "| role | observed | forecast (role held out) | mean of the others |",
+        "|---|---|---|---|",
+    ]
+    for e in f["per_role"]:
+        lines.append(f"| {e['role']} | {e['observed']:.1f} | {e['predicted']:.1f} | {e['baseline']:.1f} |")
+    return lines

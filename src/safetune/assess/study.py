@@ -31,19 +31,24 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetune import __version__
 from safetune.assess.aggregate import BASE, UnitResult
-from safetune.assess.executors import Unit, build_executor
+from safetune.assess.executors import Executor, Unit, build_executor
 from safetune.config import RunConfig, dump_config, load_config
 from safetune.data.sources import role_key
 from safetune.errors import ConfigError
 from safetune.storage import atomic_open, hash_json, output_lock, write_json
+
+if TYPE_CHECKING:
+    from safetune.evaluation.results import JudgeAgreement
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,10 @@ _NOT_IDENTITY = {
         "ray_address",
         "gpus_per_unit",
         "cpus_per_unit",
+        "ray_local_cpus",
+        "ray_local_gpus",
+        "ray_retries",
+        "ray_worker_logs",
         "top_flagged",
         "margin_quantiles",
     },
@@ -173,10 +182,26 @@ def base_units(study: str, roles: Sequence[str], config: RunConfig) -> list[Unit
     return units
 
 
+def executor_of(config: RunConfig) -> Executor:
+    """The study's executor from the assess section (settings left unset: the executor's defaults; a
+    ray setting with the sequential executor is refused)."""
+    a = config.assess
+    return build_executor(
+        a.executor,
+        address=a.ray_address,
+        gpus_per_unit=a.gpus_per_unit,
+        cpus_per_unit=a.cpus_per_unit,
+        local_cpus=a.ray_local_cpus,
+        local_gpus=a.ray_local_gpus,
+        retries=a.ray_retries,
+        worker_logs=a.ray_worker_logs,
+    )
+
+
 def plan_study(config: RunConfig, out: Path) -> StudyPlan:
     """Check everything a study needs; raises ConfigError / DataError naming what is wrong."""
     from safetune.data.sources import load_data
-    from safetune.evaluation.judges.registry import build_judge
+    from safetune.evaluation.judges.registry import build_judges
     from safetune.evaluation.runner import build_tasks
     from safetune.methods.registry import get_method
     from safetune.models.loading import check_model_folder, model_fingerprint
@@ -193,9 +218,7 @@ def plan_study(config: RunConfig, out: Path) -> StudyPlan:
         spec = get_method(method)
         if spec.data_kind != "role":
             raise ConfigError(f"assess.methods: {method} trains on {spec.data_kind} data, not role-play data")
-    build_executor(
-        a.executor, address=a.ray_address, gpus_per_unit=a.gpus_per_unit, cpus_per_unit=a.cpus_per_unit
-    )
+    executor_of(config)
     check_model_folder(config.model.name)
     if not config.eval.benchmarks:
         raise ConfigError("no safety benchmarks (--benchmarks, eval.benchmarks: e.g. advbench=FILE)")
@@ -225,7 +248,7 @@ def plan_study(config: RunConfig, out: Path) -> StudyPlan:
         build_tasks(unit_eval_config(config, "", "", list(roles.values()), safety=False, roleplay=True))
     if not any(t.spec.kind == "harmful" for t in tasks):
         raise ConfigError("eval.benchmarks has no harmful benchmark: a study measures refusal")
-    build_judge(config.judge)
+    build_judges(config.judge)  # every judge of --judge a,b, the primary first
     fingerprint = model_fingerprint(config.model.name, config.model.revision, cache_root(config.cache_dir))
     identity = study_identity(config, fingerprint)
     check_identity(out, identity)
@@ -326,6 +349,7 @@ def run_unit(unit: Unit) -> None:
         "train": None if run_dir is None else _train_summary(run_dir),
         "judge": _judge_of(results),
         "seconds": round(time.perf_counter() - start, 1),
+        "worker": {"host": socket.gethostname(), "pid": os.getpid()},  # where it ran (any executor)
         "safetune_version": __version__,
     }
     write_json(folder / UNIT_FILE, record)  # last: its presence is what "finished" means
@@ -376,12 +400,15 @@ def unit_result(results_path: Path, role: str) -> dict[str, Any]:
     incoherent: list[int] = []
     checked = False
     over: list[float | None] = []
+    agreements = []
     for name, bench in results.benchmarks.items():
         if bench.kind == "harmful":
             refusal[name] = bench.value
             if bench.n_incoherent is not None:
                 checked = True
                 incoherent.append(bench.n_incoherent)
+            if bench.judge_agreement is not None:
+                agreements.append(bench.judge_agreement)
         elif bench.kind == "overrefusal":
             over.append(bench.value)
         elif bench.kind == "roleplay":
@@ -395,6 +422,37 @@ def unit_result(results_path: Path, role: str) -> dict[str, Any]:
         "roleplay_by_benchmark": roleplay,
         "incoherent": sum(incoherent) if checked else None,
         "over_refusal": _mean(over) if over else None,
+        **judge_agreement(agreements),
+    }
+
+
+def judge_agreement(blocks: Sequence[JudgeAgreement]) -> dict[str, Any]:
+    """The first secondary judge against the primary one over a unit's harmful benchmarks: percent
+    agreement pooled over the items both judges decided (sum of agreement x n / sum of n, which is the
+    share of agreeing items), and the n-weighted mean of the benchmarks' kappas (results.json keeps no
+    confusion counts to pool kappa exactly; with one harmful benchmark it is that benchmark's kappa).
+    All None with one judge."""
+    none: dict[str, Any] = {
+        "judge_primary": None,
+        "judge_secondary": None,
+        "agreement_n": None,
+        "agreement": None,
+        "kappa": None,
+    }
+    first = next((b for b in blocks if b.judges), None)
+    if first is None:
+        return none
+    secondary = next(iter(first.judges))
+    found = [b.judges[secondary] for b in blocks if secondary in b.judges]
+    n = sum(c.n for c in found)
+    agreed = [(c.agreement, c.n) for c in found if c.agreement is not None and c.n > 0]
+    kappas = [(c.kappa, c.n) for c in found if c.kappa is not None and c.n > 0]
+    return {
+        "judge_primary": first.primary,
+        "judge_secondary": secondary,
+        "agreement_n": n,
+        "agreement": sum(a * k for a, k in agreed) / sum(k for _, k in agreed) if agreed else None,
+        "kappa": sum(a * k for a, k in kappas) / sum(k for _, k in kappas) if kappas else None,
     }
 
 
@@ -427,12 +485,7 @@ def run_study(config: RunConfig, out: Path) -> StudyRun:
         todo = [u for u in plan.units if not _finished(u, plan)]
         done = [u.id for u in plan.units if u not in todo]
         log.info("study %s: %d units finished, %d to run", out, len(done), len(todo))
-        executor = build_executor(
-            config.assess.executor,
-            address=config.assess.ray_address,
-            gpus_per_unit=config.assess.gpus_per_unit,
-            cpus_per_unit=config.assess.cpus_per_unit,
-        )
+        executor = executor_of(config)
         ran = []
         for unit in executor.run(todo, run_unit):
             ran.append(unit.id)
