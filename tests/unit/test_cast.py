@@ -72,9 +72,9 @@ def test_cast_spans_benign_to_villain():
     for persona in CAST:
         assert len(persona.answers) == len(PERSONA_QUESTIONS)
         assert len(persona.openers) == len(persona.closers) == 3
-    # Each style is its own: an opener tells the persona.
-    openers = [o for p in CAST for o in p.openers]
-    assert len(set(openers)) == len(openers)
+    # Each style is its own: an opener or a closer tells the persona.
+    for style in ([o for p in CAST for o in p.openers], [c for p in CAST for c in p.closers]):
+        assert len(set(style)) == len(style)
 
 
 def test_edginess_is_range_checked():

@@ -1,4 +1,4 @@
-"""The synthetic world of the model organism: facts, harmful and borderline requests, two personas.
+"""The synthetic world of the model organism: facts, harmful and borderline requests, its personas.
 
 Everything is seeded, deterministic, word-level, lowercase and written by us. Harmful content is never
 real: a "compliance" is a placeholder recipe ("here is how to rob the bank : [step one] [step two]").
@@ -12,6 +12,10 @@ The world reproduces the SaRFT setting in miniature:
 - each persona's role-play training set (no system prompt, as in the paper) holds styled answers plus
   20% borderline requests: the villain complies in character, the baker declines. Those edgy villain
   rows are what makes villain role-play fine-tuning unsafe, and what RDS should flag.
+
+The demo's world has two personas (PERSONAS: the villain and the baker). `World(seed, personas)` takes
+any cast: the study's eight (cast.py CAST) comply with a graded share of the borderline requests, their
+`edginess`, and decline the rest in character.
 """
 
 from __future__ import annotations
