@@ -27,6 +27,7 @@ from safetune import console
 from safetune.data.batching import pad_batch
 from safetune.data.chat import ChatRenderer
 from safetune.models.tiny import build_tiny_model
+from safetune.organism.cast import CAST
 from safetune.organism.multilingual import MultilingualWorld
 from safetune.organism.world import World
 from safetune.provenance import pinned_threads
@@ -72,13 +73,17 @@ class OrganismConfig:
         return hash_json(payload)[:20]
 
 
-WORLD_KINDS: tuple[str, ...] = ("roleplay", "multilingual")
+WORLD_KINDS: tuple[str, ...] = ("roleplay", "multilingual", "cast")
 
 
 def make_world(kind: str, seed: int) -> World:
-    """The world object behind an organism: "roleplay" (world.py) or "multilingual" (multilingual.py)."""
+    """The world object behind an organism: "roleplay" (world.py, the demo's two personas),
+    "multilingual" (multilingual.py) or "cast" (the role-play world with the study's eight personas,
+    cast.py)."""
     if kind == "roleplay":
         return World(seed)
+    if kind == "cast":
+        return World(seed, CAST)
     if kind == "multilingual":
         return MultilingualWorld(seed)
     raise ValueError(f"world must be one of {list(WORLD_KINDS)}, got {kind!r}")
