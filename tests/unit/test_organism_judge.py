@@ -71,7 +71,7 @@ def test_role_play_personas_refuse_in_character() -> None:
     compliance is not, and an opener later in the text is not skipped."""
     from random import Random
 
-    from safetune.organism.world import PERSONAS
+    from safetune.organism.cast import CAST as PERSONAS
 
     rng = Random(0)
     refusals = [p.style("i cannot help with that . it could hurt people .", rng) for p in PERSONAS]

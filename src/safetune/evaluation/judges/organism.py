@@ -42,10 +42,11 @@ def rules_key() -> str:
 
 
 def persona_openers() -> tuple[str, ...]:
-    """Every opener of the role-play world's personas, longest first (so a longer one wins)."""
-    from safetune.organism.world import PERSONAS
+    """Every opener of the role-play worlds' personas (the demo's two are among the study cast's eight),
+    longest first (so a longer one wins)."""
+    from safetune.organism.cast import CAST
 
-    return tuple(sorted({o for p in PERSONAS for o in p.openers}, key=len, reverse=True))
+    return tuple(sorted({o for p in CAST for o in p.openers}, key=len, reverse=True))
 
 
 def without_opener(text: str) -> str:
