@@ -836,6 +836,11 @@ def list_registered(verbose: VerboseOpt = False, quiet: QuietOpt = False) -> Non
     print("translators (--translator [KIND:]MODEL; auto-detected from the model's files):")
     for kind in TRANSLATORS.values():
         print(f"  {kind.name:8s} {kind.summary} (e.g. {kind.example})")
+    from safetune.assess.executors import EXECUTORS
+
+    print("study executors (safetune assess --executor):")
+    for executor in EXECUTORS.values():
+        print(f"  {executor.name:10s} {executor.description}")
 
 
 def _demo_names() -> str:

@@ -215,3 +215,14 @@ def test_the_ray_executor_keeps_its_defaults_for_flags_not_given():
     flags = {"address": None, "gpus_per_unit": None, "worker_logs": False, "cpus_per_unit": 2.0}
     executor = build_executor("ray", **flags)
     assert isinstance(executor, RayExecutor) and executor.options == RayOptions(cpus_per_unit=2.0)
+
+
+def test_safetune_list_shows_every_executor() -> None:
+    from typer.testing import CliRunner
+
+    from safetune.assess.executors import EXECUTORS
+    from safetune.cli import app
+
+    listed = CliRunner().invoke(app, ["list"]).output
+    assert "study executors" in listed
+    assert all(f"  {name}" in listed for name in EXECUTORS) and len(EXECUTORS) >= 2
