@@ -18,8 +18,9 @@ from safetune.assess.aggregate import (
     selection_by_role,
     sort_by_drop,
 )
+from safetune.assess.layout import role_slug
 from safetune.assess.report import render_markdown, top_flagged, write_csv
-from safetune.assess.study import check_identity, role_slug
+from safetune.assess.study import check_identity
 from safetune.errors import ConfigError
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from safetune.assess.aggregate import BASE, UnitResult, aggregate, judges_of
 from safetune.assess.forecast import Forecast
+from safetune.assess.layout import StudyPlan
 from safetune.assess.predict import predict_roles
 from safetune.assess.report import (
     FORECAST_FILE,
@@ -23,7 +24,7 @@ from safetune.assess.report import (
     trait_scores,
     write_csv,
 )
-from safetune.assess.study import StudyPlan, judge_agreement
+from safetune.assess.study import judge_agreement
 from safetune.assess.traits import TRAITS
 from safetune.config import load_config
 from safetune.data.records import RoleProfile

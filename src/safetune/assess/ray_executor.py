@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from safetune.assess.executors import Unit, UnitFailed, Work
+from safetune.assess.units import Unit, UnitFailed, Work
 from safetune.config import check_number, number
 from safetune.errors import ConfigError, SafetuneError, one_line
 

@@ -40,7 +40,7 @@ from safetune.errors import DataError
 from safetune.storage import atomic_open, write_json
 
 if TYPE_CHECKING:
-    from safetune.assess.study import StudyPlan
+    from safetune.assess.layout import StudyPlan
 
 SUMMARY_VERSION = 2
 CHART = "plots/drop_by_role.png"
@@ -195,7 +195,7 @@ def fit_study_forecast(
 def write_outputs(plan: StudyPlan) -> Path:
     """results.csv, summary.json, the plots, forecast.json (enough roles) and report.md from whatever
     units have finished."""
-    from safetune.assess.study import SELECTION_DIR, read_unit
+    from safetune.assess.layout import SELECTION_DIR, read_unit
     from safetune.data.sources import load_data
 
     a = plan.config.assess

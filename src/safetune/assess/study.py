@@ -40,8 +40,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safetune import __version__
-from safetune.assess.aggregate import BASE, UnitResult
+from safetune.assess.aggregate import BASE
 from safetune.assess.executors import Executor, Unit, build_executor
+from safetune.assess.layout import (
+    CONFIG_FILE,
+    SELECTION_DIR,
+    STUDY_FILE,
+    UNIT_FILE,
+    StudyPlan,
+    unit_folder,
+)
 from safetune.config import RunConfig, dump_config, load_config
 from safetune.data.sources import role_key
 from safetune.errors import ConfigError
@@ -52,10 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STUDY_FILE = "study.json"
-CONFIG_FILE = "config.yaml"
-UNIT_FILE = "unit.json"
-SELECTION_DIR = "selection"
 STUDY_VERSION = 1
 # Keys of the sections that do not change a study's results: where things are written, how they are
 # batched or run, and the study's role list (a study may grow).
@@ -94,17 +98,6 @@ _IDENTITY_SECTIONS = (
     "translate",
     "assess",
 )
-
-
-def role_slug(role: str) -> str:
-    """The folder name of a role: its role_key with `_` for spaces (one folder per matched name)."""
-    return "_".join(role_key(role).split())
-
-
-def unit_folder(study: Path, role: str, method: str) -> Path:
-    if role == "":
-        return study / "base"
-    return study / "units" / role_slug(role) / method
 
 
 # ---- identity ----
@@ -148,16 +141,6 @@ def check_identity(study: Path, identity: Mapping[str, Any]) -> dict[str, Any] |
 
 
 # ---- the plan: everything checked before the first file ----
-
-
-@dataclass(frozen=True)
-class StudyPlan:
-    config: RunConfig
-    study: Path
-    roles: tuple[str, ...]  # the study's roles, as the data names them (an existing study's first)
-    data_roles: tuple[str, ...]  # every role of the data (the shared selection scores them all)
-    identity: dict[str, Any]
-    units: tuple[Unit, ...]  # every unit, base ones first
 
 
 def roleplay_entries(config: RunConfig) -> list[str]:
@@ -454,14 +437,6 @@ def judge_agreement(blocks: Sequence[JudgeAgreement]) -> dict[str, Any]:
         "agreement": sum(a * k for a, k in agreed) / sum(k for _, k in agreed) if agreed else None,
         "kappa": sum(a * k for a, k in kappas) / sum(k for _, k in kappas) if kappas else None,
     }
-
-
-def read_unit(unit: Unit) -> UnitResult | None:
-    path = unit_folder(Path(unit.study), unit.role, unit.method) / UNIT_FILE
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return UnitResult.from_dict({**data, "role": unit.role, "method": unit.method})
 
 
 # ---- the whole study ----
