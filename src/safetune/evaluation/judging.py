@@ -1,7 +1,7 @@
 """`safetune judge`: judge completions made anywhere (evaluation/completion_files.py) with one or several
 judges, and, given human labels, measure each judge against them.
 
-Staged and resumable like `safetune eval`'s judge stage, with the same code (runner.judge_pending):
+Staged and resumable like `safetune eval`'s judge stage, with the same code (stages.judge_pending):
 verdicts are appended to OUT/judgements.jsonl batch by batch, and a re-run reuses every verdict of the
 same judge key and response, so it judges only what is new (another judge, a changed response).
 OUT/judge.json is rewritten on every run from the stage file:
@@ -47,7 +47,7 @@ from safetune.evaluation.completion_files import (
     CompletionTable,
 )
 from safetune.evaluation.items import Judge, JudgeItem
-from safetune.evaluation.runner import BatchHook, judge_pending, response_hash
+from safetune.evaluation.stages import BatchHook, judge_pending, response_hash
 from safetune.provenance import base_provenance
 from safetune.storage import atomic_open, output_lock, write_json
 

@@ -53,6 +53,14 @@ from safetune.evaluation.incoherence import check as check_incoherence
 from safetune.evaluation.items import Backend, GenerationRequest, Judge, JudgeItem
 from safetune.evaluation.metrics import ScoredRow, benchmark_result, rouge_l, summarise
 from safetune.evaluation.results import RESULTS_FILE, SCHEMA_VERSION, Results
+from safetune.evaluation.stages import (
+    BatchHook,
+    Task,
+    judge_pending,
+    read_rows,
+    response_hash,
+    short_hash,
+)
 from safetune.evaluation.utility import UtilityPlan, plan_utility, run_utility, utility_section
 from safetune.launch import barrier, is_main_process, is_multi_process, main_process_lock
 from safetune.launch import rank as process_rank
@@ -67,7 +75,6 @@ from safetune.storage import (
     append_jsonl,
     atomic_open,
     hash_json,
-    read_keyed_jsonl,
     write_json,
     write_jsonl,
 )
@@ -89,29 +96,8 @@ STAGE_FILES = (
 FIDELITY_FILE = "fidelity.jsonl"
 DISAGREEMENTS_FILE = "disagreements.csv"  # several judges: the items where a judge differs from the primary
 COMPLETION_SHARDS = "completions.rank-*.jsonl"  # one per rank of a multi-process launch, until merged
-JUDGED_KINDS = ("harmful", "overrefusal")
 # Settings that do not change what is generated: a resumed run may change them freely.
 _NOT_IN_GENERATION_KEY = ("batch_size", "gpu_memory_utilization")
-
-BatchHook = Callable[[str, int], None]  # (stage, rows done so far in this run)
-
-
-@dataclass(frozen=True)
-class Task:
-    """One prompt of one benchmark, and the request that answers it."""
-
-    spec: BenchmarkSpec
-    prompt: Prompt
-    request: GenerationRequest
-
-    @property
-    def judged(self) -> bool:
-        return self.spec.kind in JUDGED_KINDS
-
-
-def _short_hash(*parts: object) -> str:
-    return hash_json(list(parts))[:16]
-
 
 # ---- stage 0: tasks ----
 
@@ -178,7 +164,7 @@ def _request_row(task: Task) -> dict[str, Any]:
 
 
 def _request_hash(request: GenerationRequest) -> str:
-    return _short_hash(request.user, request.system)
+    return short_hash(request.user, request.system)
 
 
 # ---- the output folder ----
@@ -213,11 +199,6 @@ def start_output(out: Path, key: str, source: ModelSource, overwrite: bool) -> N
     write_json(out / "eval.json", {"generation_key": key, "model": source.to_dict()})
 
 
-def _read_rows(path: Path, keep: Callable[[dict[str, Any]], bool]) -> dict[str, dict[str, Any]]:
-    """Rows of an append-only stage file by id (the last valid row wins); a torn last line is cut."""
-    return read_keyed_jsonl(path, "id", keep)
-
-
 # ---- stage 1: completions ----
 
 
@@ -227,7 +208,7 @@ def completions_on_disk(tasks: Sequence[Task], out: Path) -> dict[str, dict[str,
     wanted = {t.request.id: _request_hash(t.request) for t in tasks}
     rows: dict[str, dict[str, Any]] = {}
     for path in (out / "completions.jsonl", *sorted(out.glob(COMPLETION_SHARDS))):
-        rows.update(_read_rows(path, lambda row: wanted.get(row["id"]) == row.get("request_hash")))
+        rows.update(read_rows(path, lambda row: wanted.get(row["id"]) == row.get("request_hash")))
     return rows
 
 
@@ -240,7 +221,7 @@ def merge_completion_shards(out: Path) -> None:
     then the shards removed (a kill in between leaves rows twice, which read as once)."""
     shards = sorted(out.glob(COMPLETION_SHARDS))
     for path in shards:
-        append_jsonl(out / "completions.jsonl", _read_rows(path, lambda row: True).values())
+        append_jsonl(out / "completions.jsonl", read_rows(path, lambda row: True).values())
     for path in shards:
         path.unlink()
 
@@ -283,42 +264,6 @@ def missing_requests(tasks: Sequence[Task], done: dict[str, dict[str, Any]]) -> 
 # ---- stage 2: judgements ----
 
 
-def response_hash(text: str, language: str | None) -> str:
-    """What a verdict depends on besides the judge: the response, and the prompt's language when it has
-    one (a judge may not cover it; untagged prompts keep the hash of the text alone)."""
-    return _short_hash(text) if language is None else _short_hash(text, language)
-
-
-def judge_pending(
-    items: Sequence[JudgeItem],
-    hashes: Mapping[str, str],
-    path: Path,
-    judge: Judge,
-    hook: BatchHook | None = None,
-) -> tuple[dict[str, dict[str, Any]], int]:
-    """Verdicts of `judge` for every item (`hashes`: item id -> response_hash), appended to the stage
-    file `path` batch by batch; those of the same judge key and response already in it are reused.
-    Shared by `safetune eval` and `safetune judge` (evaluation/judging.py)."""
-    key = judge.key()
-    done = _read_rows(
-        path, lambda row: row.get("judge") == key and hashes.get(row["id"]) == row.get("response_hash")
-    )
-    pending = [item for item in items if item.id not in done]
-    log.info("judgements (%s): %d on disk, %d to judge", key, len(done), len(pending))
-    count = 0
-    for batch in judge.judge(pending) if pending else ():
-        rows = [{**v.to_dict(), "judge": key, "response_hash": hashes[v.id]} for v in batch]
-        append_jsonl(path, rows)
-        done.update((row["id"], row) for row in rows)
-        count += len(rows)
-        if hook:
-            hook("judge", count)
-    missing = [item.id for item in items if item.id not in done]
-    if missing:
-        raise ConfigError(f"judge {key} returned no verdict for {len(missing)} responses (e.g. {missing[0]})")
-    return done, count
-
-
 def judge_missing(
     tasks: Sequence[Task],
     completions: dict[str, dict[str, Any]],
@@ -346,10 +291,10 @@ def check_missing(
     incoherence.jsonl; those of the same check key, prompt and response already in it are reused."""
     path = out / INCOHERENCE_FILE
     hashes = {
-        t.request.id: _short_hash(t.prompt.text, completions[t.request.id]["text"], t.prompt.language)
+        t.request.id: short_hash(t.prompt.text, completions[t.request.id]["text"], t.prompt.language)
         for t in tasks
     }
-    done = _read_rows(
+    done = read_rows(
         path, lambda row: row.get("key") == INCOHERENCE_KEY and hashes.get(row["id"]) == row.get("hash")
     )
     pending = [t for t in tasks if t.request.id not in done]
@@ -431,7 +376,7 @@ def fidelity_missing(
     hashes = {item.id: item.content_hash() for item in items}
     key = judge.key()
     path = out / FIDELITY_FILE
-    done = _read_rows(
+    done = read_rows(
         path, lambda row: row.get("judge") == key and hashes.get(row["id"]) == row.get("content_hash")
     )
     pending = [item for item in items if item.id not in done]

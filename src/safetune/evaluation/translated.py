@@ -32,7 +32,7 @@ from typing import Any
 from safetune.config import RunConfig
 from safetune.errors import ConfigError
 from safetune.evaluation.items import Judge, JudgeItem
-from safetune.evaluation.runner import BatchHook, Task, judge_pending, response_hash
+from safetune.evaluation.stages import BatchHook, Task, judge_pending, response_hash
 from safetune.translation.base import TranslationRequest, Translator
 from safetune.translation.cache import TRANSLATIONS_FILE, translate_cached
 from safetune.translation.languages import resolve, same_language
