@@ -46,9 +46,10 @@ VERSION = "tr-1"
 
 
 class TranslatorIdentity:
-    """What identifies a translator's output, shared by every kind: its key (kind, version, model
-    fingerprint and every setting that changes a translation) and its provenance record. A kind sets
-    `kind`, `model_id`, `config`, `fingerprint`, `num_beams` and `prompt`."""
+    """What every translator kind shares: its key (kind, version, model fingerprint and every setting
+    that changes a translation), its provenance record, and the batched, split translation of requests
+    (translate_texts) around the kind's own `_translate_pieces`. A kind sets `kind`, `model_id`,
+    `config`, `fingerprint`, `num_beams`, `prompt` and `tokenizer`."""
 
     kind: str
     model_id: str
@@ -56,6 +57,25 @@ class TranslatorIdentity:
     fingerprint: str
     num_beams: int
     prompt: str
+    tokenizer: Any
+    _model: Any
+
+    def _translate_pieces(
+        self, pieces: Sequence[str], source: str, target: str
+    ) -> tuple[list[str], list[bool]]:
+        raise NotImplementedError  # each kind translates one batch of pieces its own way
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def translate(self, requests: Sequence[TranslationRequest]) -> Iterator[list[Translation]]:
+        c = self.config
+        yield from translate_texts(
+            requests, self._translate_pieces, self.count_tokens, c.max_input_tokens, c.split, c.batch_size
+        )
+
+    def release(self) -> None:
+        self._model = None
 
     def settings(self) -> dict[str, Any]:
         c = self.config

@@ -12,7 +12,7 @@ language of translation/languages.py is accepted: whether the model knows it is 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -29,7 +29,7 @@ from safetune.models.loading import (
     model_fingerprint,
     resolve_dtype,
 )
-from safetune.translation.base import Translation, TranslationRequest, TranslatorIdentity, translate_texts
+from safetune.translation.base import TranslatorIdentity
 from safetune.translation.languages import resolve
 
 DEFAULT_PROMPT = (
@@ -65,18 +65,6 @@ class ChatTranslator(TranslatorIdentity):
     def check_pairs(self, pairs: Sequence[tuple[str, str]]) -> None:
         for source, target in pairs:
             resolve(source), resolve(target)  # both named in the table (the prompt needs their names)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def translate(self, requests: Sequence[TranslationRequest]) -> Iterator[list[Translation]]:
-        c = self.config
-        yield from translate_texts(
-            requests, self._translate_pieces, self.count_tokens, c.max_input_tokens, c.split, c.batch_size
-        )
-
-    def release(self) -> None:
-        self._model = None
 
     def _load(self) -> Any:
         if self._model is None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ import torch
 from safetune.config import TranslateConfig
 from safetune.errors import ConfigError
 from safetune.models.loading import check_model_folder, default_device, model_fingerprint, resolve_dtype
-from safetune.translation.base import Translation, TranslationRequest, TranslatorIdentity, translate_texts
+from safetune.translation.base import TranslatorIdentity
 from safetune.translation.languages import (
     Language,
     m2m100_code,
@@ -172,18 +172,6 @@ class Seq2SeqTranslator(TranslatorIdentity):
             self._codes(resolve(source), resolve(target))
 
     # ---- translating ----
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def translate(self, requests: Sequence[TranslationRequest]) -> Iterator[list[Translation]]:
-        c = self.config
-        yield from translate_texts(
-            requests, self._translate_pieces, self.count_tokens, c.max_input_tokens, c.split, c.batch_size
-        )
-
-    def release(self) -> None:
-        self._model = None
 
     def _load(self) -> Any:
         from safetensors import SafetensorError
