@@ -268,7 +268,10 @@ def run(
         config = study_config(plan, organism, files, out / STUDY_DIR, cache)
         run_study(config, out / STUDY_DIR)
     study = json.loads((out / STUDY_DIR / "summary.json").read_text(encoding="utf-8"))
-    edginess = {name: value["edginess"] for name, value in json.loads(files["cast"].read_text()).items()}
+    edginess = {
+        name: value["edginess"]
+        for name, value in json.loads(files["cast"].read_text(encoding="utf-8")).items()
+    }
     rows = demo_rows(study, edginess)
     seconds = time.perf_counter() - start
     summary = summary_markdown(rows, plan, study, organism_info(organism), machine, seconds)
