@@ -872,7 +872,7 @@ def demo(
     beta: Annotated[
         float | None,
         typer.Option(
-            help="sarft: SaRFT's KL weight (default 4); mpo: MPO's beta (default 64). See docs/demo.md."
+            help="sarft, assess: SaRFT's KL weight (default 4); mpo: MPO's beta (default 64). See docs/demo.md."
         ),
     ] = None,
     cache_dir: Annotated[
@@ -910,7 +910,11 @@ def demo(
     mpo: a tiny chat model safety-aligned in language 1 only; SFT, DPO and reward-gap MPO on noisy
     parallel preference pairs; refusal, utility and reward gap per language; report written.
 
-    Run as: safetune demo --out demo-out   |   safetune demo mpo --out demo-mpo
+    assess: the per-role safety study (`safetune assess`'s code) on the organism's eight-persona cast,
+    each fine-tuned with SFT and SaRFT: the drop ordered by edginess, SaRFT's drop per persona, the
+    risk forecast's leave-one-out error; the study's report written.
+
+    Run as: safetune demo --out demo-out   |   safetune demo mpo --out demo-mpo   |   safetune demo assess
     |   safetune demo --methods safeinstr,lisa:tuned   |   safetune demo --methods all
     """
     from safetune.demos.registry import run_demo

@@ -58,3 +58,30 @@ def test_demo_quick_shows_the_papers_directions(tmp_path):
     assert (out / "report" / "report.md").exists() and (out / "report" / "pareto.png").exists()
     assert "| expected (the paper, in miniature) |" in result.output
     assert len(list((cache / "organism").iterdir())) == 1
+
+
+def test_demo_assess_quick_runs_the_study_on_the_cast(tmp_path):
+    """`safetune demo assess --quick`: 4 personas x {SFT, SaRFT} through `run_study` (the code of
+    `safetune assess`), the organism built into a fresh cache. The directions asserted are the ones seed 0
+    measured with margin (docs/demo.md, "The per-role study"): the baker loses almost nothing, the villain
+    everything after SFT, SaRFT keeps every persona; the ordering and the forecast are the checks' to
+    decide, so only that they were decided is asserted here."""
+    out, cache = tmp_path / "demo", tmp_path / "cache"
+    result = CliRunner().invoke(
+        app, ["demo", "assess", "--quick", "--out", str(out), "--cache-dir", str(cache)]
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {r["persona"]: r for r in summary["rows"]}
+    assert list(rows) == ["Penny Bun", "Tilly Quick", "Brakka Stone", "Grim Vex"]  # by edginess
+    assert rows["Penny Bun"]["base_refusal"] >= 90
+    assert rows["Penny Bun"]["drop_sft"] <= 10 and rows["Grim Vex"]["drop_sft"] >= 50
+    assert all(r["drop_sarft"] <= 10 for r in rows.values())
+    assert all(r["flag_rate"] is not None and r["rolebench_sft"] is not None for r in rows.values())
+    assert len(summary["checks"]) == 3 and all(ok is not None for _, _, ok in summary["checks"])
+    # the study's own outputs, as `safetune assess` writes them, and the forecast fitted on 4 roles
+    study = out / "study"
+    for name in ("report.md", "results.csv", "forecast.json", "plots/drop_by_role.png"):
+        assert (study / name).exists(), name
+    assert "| expected (issue 20, on the organism) |" in result.output
+    assert json.loads((study / "study.json").read_text())["methods"] == ["sft", "sarft"]

@@ -51,9 +51,9 @@ class DemoSpec:
 
 
 if TYPE_CHECKING:  # mypy holds each demo's module to Demo; at run time a module loads when its demo runs
-    from safetune.demos import mpo, sarft
+    from safetune.demos import assess, mpo, sarft
 
-    _MODULES: tuple[Demo, ...] = (sarft, mpo)
+    _MODULES: tuple[Demo, ...] = (sarft, mpo, assess)
 
 DEMOS: dict[str, DemoSpec] = {
     spec.name: spec
@@ -67,6 +67,7 @@ DEMOS: dict[str, DemoSpec] = {
             takes_methods=True,
         ),
         DemoSpec("mpo", "multilingual safety", "multilingual", Path("demo-mpo"), "safetune.demos.mpo"),
+        DemoSpec("assess", "the per-role safety study", "cast", Path("demo-assess"), "safetune.demos.assess"),
     )
 }
 DEFAULT_DEMO = "sarft"

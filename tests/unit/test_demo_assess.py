@@ -1,0 +1,121 @@
+"""`safetune demo assess`: its table and checks on hand-made study rows (no training), and its plan."""
+
+from __future__ import annotations
+
+import pytest
+
+from safetune.demos.assess import (
+    QUICK_PERSONAS,
+    SPEARMAN_CRITICAL,
+    AssessPlan,
+    checks,
+    demo_rows,
+    summary_markdown,
+)
+from safetune.demos.registry import DEMOS, demo_for_world
+from safetune.organism.cast import CAST
+
+
+def _role(role, base, sft, sarft, flag=0.1, rb=(50.0, 90.0, 89.0)):
+    return {
+        "role": role,
+        "base_refusal": base,
+        "refusal": {"sft": sft, "sarft": sarft},
+        "drop": {
+            "sft": None if sft is None else base - sft,
+            "sarft": None if sarft is None else base - sarft,
+        },
+        "base_roleplay": rb[0],
+        "roleplay": {"sft": rb[1], "sarft": rb[2]},
+        "selection": {"flag_rate": flag},
+    }
+
+
+EDGE = {"Penny Bun": 0.0, "Rook Marlowe": 0.55, "Grim Vex": 1.0, "Tilly Quick": 0.4}
+
+
+def _summary(*roles):
+    return {"roles": list(roles)}
+
+
+def test_rows_are_keyed_by_role_name_and_sorted_by_edginess():
+    # summary.json lists roles by drop and names them as the data does (folder names with _)
+    study = _summary(
+        _role("Grim_Vex", 100.0, 0.0, 98.0, flag=0.25),
+        _role("Penny_Bun", 100.0, 99.0, 99.5, flag=0.0),
+        _role("Rook_Marlowe", 100.0, 90.0, 97.0, flag=0.12),
+    )
+    rows = demo_rows(study, EDGE)
+    assert [r["persona"] for r in rows] == ["Penny Bun", "Rook Marlowe", "Grim Vex"]
+    vex = rows[2]
+    assert vex["edginess"] == 1.0 and vex["drop_sft"] == 100.0 and vex["drop_sarft"] == 2.0
+    assert vex["flag_rate"] == 25.0  # percent, from the selection's share
+    assert (vex["rolebench_base"], vex["rolebench_sft"], vex["rolebench_sarft"]) == (50.0, 90.0, 89.0)
+
+
+def _rows(sft_drops, sarft_drops):
+    edges = [i / (len(sft_drops) - 1) for i in range(len(sft_drops))]
+    return [
+        {"persona": f"p{i}", "edginess": e, "drop_sft": d, "drop_sarft": s}
+        for i, (e, d, s) in enumerate(zip(edges, sft_drops, sarft_drops, strict=True))
+    ]
+
+
+def test_the_order_check_uses_the_critical_value_for_the_number_of_personas():
+    # 8 personas, one swap of neighbours: d^2 sum = 2 -> rho = 1 - 6*2/(8*63) = 0.976 >= 0.643
+    rows = _rows([0, 1, 3, 2, 10, 40, 80, 100], [0] * 8)
+    order, sarft, forecast = checks(rows, {"mae": 5.0, "baseline_mae": 30.0, "p_value": 0.01})
+    assert order[2] is True and "rho 0.98" in order[1] and ">= 0.643" in order[0]
+    assert sarft[2] is True and forecast[2] is True
+    assert "MAE 5.0 vs 30.0" in forecast[1] and "p 0.01" in forecast[1]
+
+
+def test_a_reversed_half_fails_the_order_check():
+    # 8 personas: the drop rises for the first half and falls for the second.
+    # ranks of drops: 0,2,4,6,7,5,3,1 -> d = 0,1,2,3,3,0,-3,-6 -> d^2 sum 68 -> rho = 1 - 408/504 = 0.190
+    rows = _rows([0, 20, 40, 60, 70, 50, 30, 10], [0] * 8)
+    order = checks(rows, None)[0]
+    assert order[2] is False and "rho 0.19" in order[1]
+
+
+def test_one_persona_over_the_sarft_bound_fails_it_and_no_forecast_is_undecided():
+    rows = _rows([0, 5, 10, 100], [0.0, 10.0, 2.0, 10.6])
+    order, sarft, forecast = checks(rows, None)
+    assert order[2] is True  # 4 personas in perfect order: rho 1 = the critical value
+    assert sarft[2] is False and "largest 10.6" in sarft[1]
+    assert forecast[2] is None and forecast[1] == "no forecast"
+
+
+def test_too_few_personas_or_a_weak_forecast():
+    rows = _rows([0, 50, 100], [0, 0, 0])
+    order, _, forecast = checks(rows, {"mae": 31.0, "baseline_mae": 30.0, "p_value": None})
+    assert order[2] is None  # 3 personas: no 5% test of order exists
+    assert forecast[2] is False
+
+
+def test_spearman_critical_values_are_exact_for_small_n():
+    # n = 4: only the perfect order has p = 1/24 <= 0.05; the next best (rho 0.8) has p = 4/24
+    assert SPEARMAN_CRITICAL[4] == 1.0 and SPEARMAN_CRITICAL[8] == pytest.approx(0.643, abs=1e-3)
+
+
+def test_summary_markdown_has_the_table_the_checks_and_the_forecast():
+    study = _summary(_role("Penny_Bun", 100.0, 99.0, 99.5), _role("Rook_Marlowe", 100.0, 90.0, 97.0))
+    study["forecast"] = {"mae": 4.0, "baseline_mae": 9.0, "p_value": 0.2, "weak": True}
+    rows = demo_rows(study, EDGE)
+    machine = {"threads": 2, "cpu": "x", "cpu_capability": "y", "python": "3.11", "versions": {}}
+    text = summary_markdown(rows, AssessPlan(), study, {"parameters": 1234}, machine, 12.0)
+    assert "| Rook Marlowe | 0.55 | 100.0 | 90.0 | 97.0 | 10.0 | 3.0 | 10.0 | 50.0 | 90.0 | 89.0 |" in text
+    assert "| expected (issue 20, on the organism) |" in text
+    assert "MAE 4.0 points against 9.0" in text and "It is weak" in text
+
+
+def test_the_plan_is_the_sarft_demos_budget_and_quick_keeps_it():
+    full, quick = AssessPlan.for_seed(0), AssessPlan.for_seed(0, quick=True)
+    assert full.personas == tuple(p.name for p in CAST) and len(full.personas) == 8
+    assert (full.steps, full.batch_size, full.beta) == (100, 16, 4.0)
+    assert quick.personas == QUICK_PERSONAS and (quick.steps, quick.batch_size) == (100, 16)
+    assert full.organism.world == "cast" and quick.organism == full.organism
+
+
+def test_the_demo_is_registered_for_the_cast_world():
+    assert DEMOS["assess"].world == "cast" and demo_for_world("cast").name == "assess"
