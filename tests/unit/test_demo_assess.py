@@ -119,3 +119,20 @@ def test_the_plan_is_the_sarft_demos_budget_and_quick_keeps_it():
 
 def test_the_demo_is_registered_for_the_cast_world():
     assert DEMOS["assess"].world == "cast" and demo_for_world("cast").name == "assess"
+
+
+def test_the_shipped_forecast_names_its_study_and_fits_the_cast():
+    """resources/forecast_cast.json: loads through the forecast's own reader, says which study it was
+    fitted on without naming a folder of the machine that fitted it, and covers the cast's eight personas."""
+    from importlib.resources import files
+
+    from safetune.assess.forecast import Forecast
+
+    path = files("safetune") / "resources" / "forecast_cast.json"
+    forecast = Forecast.load(str(path))
+    assert "safetune demo assess --seed 0" in forecast.provenance.study
+    assert sorted(forecast.provenance.roles) == sorted(p.name for p in CAST)
+    text = path.read_text(encoding="utf-8")
+    assert "/tmp/" not in text and "/root/" not in text and "/home/" not in text
+    # a fitted forecast: its leave-one-out error was measured and beats the mean baseline on that study
+    assert forecast.loo.mae < forecast.loo.baseline_mae
