@@ -230,8 +230,8 @@ def _build(
         out / IDENTITY_FILE, {**identity, "model_source": source.to_dict(), "seeds_source": seeds_label(e)}
     )
     write_jsonl(out / SEEDS_FILE, (p.to_dict() for p in prompts))
-    sampler = _Sampler(backend, lambda: build(source, sampling))
-    kept, tally, generated, judged = _sample_and_judge(e, out, slots, completions, sampler, judge)
+    sampler = Sampler(backend, lambda: build(source, sampling))
+    kept, tally, generated, judged = sample_and_judge(e, out, slots, completions, sampler, judge)
     del backend, sampler
     gc.collect()  # the sampling model goes before the trainer loads its own copy
 
@@ -295,7 +295,7 @@ def _missing(
     return [r for r in requests if completions.get(r.id, {}).get("request_hash") != _request_hash(r)]
 
 
-class _Sampler:
+class Sampler:
     """The generation backend, built on first use when the folder's first round was all on disk."""
 
     def __init__(self, backend: Backend | None, build: Callable[[], Backend]):
@@ -307,12 +307,12 @@ class _Sampler:
         return self.backend.generate(requests)
 
 
-def _sample_and_judge(
+def sample_and_judge(
     e: ExpertConfig,
     out: Path,
     slots: list[tuple[Prompt, int]],
     completions: dict[str, dict[str, Any]],
-    sampler: _Sampler,
+    sampler: Sampler,
     judge: Judge,
 ) -> tuple[dict[tuple[Prompt, int], tuple[int, dict[str, Any]]], Tally, int, int]:
     """Round n samples attempt n of every slot still open and judges it; a slot closes with the first

@@ -29,16 +29,13 @@ def builtin_path() -> Path:
 
 def load_seeds(config: ExpertConfig) -> list[Prompt]:
     """The seed prompts of `config.seeds` (None or "builtin": the built-in set); at least one, ids unique
-    (the loader refuses a duplicate), every id free of "/" (it is part of each sample's request id)."""
+    (the loader refuses a duplicate)."""
     builtin = config.seeds in (None, BUILTIN_LABEL)
     source = str(builtin_path()) if builtin else str(config.seeds)
     table = TableOptions.of(None if builtin else config.columns)
     prompts = load_harmful_prompts(source, LoadOptions(BENCHMARK, table=table))
     if not prompts:
         raise DataError(source, None, None, "no seed prompts in the file")
-    for prompt in prompts:
-        if "/" in prompt.id:
-            raise DataError(source, None, "id", f"seed id {prompt.id!r} contains '/' (ids name request ids)")
     return prompts
 
 
