@@ -1,7 +1,7 @@
 """The `safetune` command line.
 
 Every command that takes a config accepts `--config FILE.yaml` and any number of `--section.key=value`
-overrides (sections: data, chat, selection, method, train, generation, judge, eval, fidelity, assess; the top-level key:
+overrides (sections: data, chat, selection, method, train, generation, judge, eval, fidelity, assess, expert; the top-level key:
 `--cache_dir=DIR`); the named flags are shortcuts for the most used overrides. Bad input exits with
 code 2 and one line naming the file, record and field. Every command takes -v/--verbose and -q/--quiet
 (safetune/console.py); results go to stdout, progress and logs to stderr.
@@ -797,8 +797,8 @@ def safety_expert(
     prompt, T 0.8, top-p 0.9, up to 5 tries each), keep those the judge calls refusals, and train a LoRA
     expert on them (r 16, alpha 64, dropout 0.1, q/v, 2 epochs, lr 2e-3, batch 1); staged and resumable.
 
-    Settings: --expert.samples, .attempts, .temperature, .top_p, .max_new_tokens, .min_chars,
-    .min_refusals; training: --train.KEY=VALUE (docs/methods/safety-expert.md).
+    Settings: --expert.KEY=VALUE (samples, attempts, temperature, top_p, max_new_tokens, min_chars,
+    min_refusals), --train.KEY=VALUE for the training (docs/methods/safety-expert.md).
 
     Run as: safetune safety-expert -m meta-llama/Llama-3.1-8B-Instruct -o runs/expert
     then:   safetune eval -m runs/villain-sft --defence safedecoding --defence.expert=runs/expert/run ...

@@ -9,7 +9,7 @@ under one reason:
     too_short           shorter than expert.min_chars
     complied            the judge says it answers (refused False)
     partial             it refuses a part and answers another (keyword judge's "partial")
-    no_refusal_verdict  the judge cannot tell refusals (refused None on a usable answer: guard judges)
+    no_refusal_verdict  the judge labels safe/unsafe without telling refusals (refused None: llm)
     invalid             the judge gave no usable verdict (empty answers among them)
     uncovered           the judge does not cover the answer's language
 """
