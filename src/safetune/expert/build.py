@@ -251,10 +251,19 @@ def _build(
     manifest = _manifest(config, source, prompts, slots, tally, judge, rows, training_key)
     manifest["counts"].update(generated_now=generated, judged_now=judged)
     run = out / RUN_FOLDER
+    dropped = ", ".join(f"{reason} {n}" for reason, n in tally.dropped.most_common() if n) or "none"
+    log.info(
+        "kept %d refusals for %d slots (%d answers judged by %s; dropped: %s; %d slots unfilled)",
+        tally.kept,
+        len(slots),
+        tally.answers,
+        judge.name,
+        dropped,
+        tally.unfilled,
+    )
     if tally.kept < e.min_refusals:
         manifest["training"]["status"] = "not started: too few refusals"
         write_json(out / MANIFEST_FILE, manifest)
-        dropped = ", ".join(f"{reason} {n}" for reason, n in tally.dropped.most_common() if n) or "none"
         raise TooFewRefusals(
             f"{tally.kept} refusals kept for {len(slots)} slots ({tally.answers} answers judged by "
             f"{judge.name}; dropped: {dropped}), fewer than expert.min_refusals = {e.min_refusals}: "
