@@ -1,7 +1,7 @@
 """The `safetune` command line.
 
 Every command that takes a config accepts `--config FILE.yaml` and any number of `--section.key=value`
-overrides (sections: data, chat, selection, method, train, generation, judge, eval, fidelity, assess; the top-level key:
+overrides (sections: data, chat, selection, method, train, generation, judge, eval, fidelity, assess, expert; the top-level key:
 `--cache_dir=DIR`); the named flags are shortcuts for the most used overrides. Bad input exits with
 code 2 and one line naming the file, record and field. Every command takes -v/--verbose and -q/--quiet
 (safetune/console.py); results go to stdout, progress and logs to stderr.
@@ -749,6 +749,83 @@ def safelora(
         f"{report['modules_projected']} of {report['modules_total']} modules projected "
         f"(cosine <= {report['threshold']:g}) -> {out / 'final'}, report {out / 'safelora.json'}"
     )
+
+
+@app.command("safety-expert", context_settings=EXTRA)
+@user_errors
+def safety_expert(
+    ctx: typer.Context,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="The expert's folder (its run folder is OUT/run).")
+    ] = None,
+    config: ConfigOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="The original model (hub id or folder): the expert is trained on it."
+        ),
+    ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="Harmful seed prompts: any prompt file eval reads (.json/.jsonl/.csv; prompt, id, category; "
+            "--expert.columns.prompt=COL maps a column). Default: the built-in 36 prompts over 18 categories."
+        ),
+    ] = None,
+    judge: Annotated[
+        str | None,
+        typer.Option(help="The judge that keeps the refusals (default keyword; see: safetune list)."),
+    ] = None,
+    judge_model: Annotated[
+        str | None, typer.Option(help="Judge model (classifier / guard): hub id or folder.")
+    ] = None,
+    judge_preset: Annotated[str | None, typer.Option(help="Judge preset (see: safetune list).")] = None,
+    system: Annotated[
+        str | None,
+        typer.Option(help="System prompt while sampling (default: none; training rows have none)."),
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="Generation backend: hf (default) | vllm | mock")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Discard this folder's answers, verdicts and expert, and start again.")
+    ] = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build SafeDecoding's safety expert: sample the model's own answers to harmful seed prompts (2 per
+    prompt, T 0.8, top-p 0.9, up to 5 tries each), keep those the judge calls refusals, and train a LoRA
+    expert on them (r 16, alpha 64, dropout 0.1, q/v, 2 epochs, lr 2e-3, batch 1); staged and resumable.
+
+    Settings: --expert.KEY=VALUE (samples, attempts, temperature, top_p, max_new_tokens, min_chars,
+    min_refusals), --train.KEY=VALUE for the training (docs/methods/safety-expert.md).
+
+    Run as: safetune safety-expert -m meta-llama/Llama-3.1-8B-Instruct -o runs/expert
+    then:   safetune eval -m runs/villain-sft --defence safedecoding --defence.expert=runs/expert/run ...
+    """
+    from safetune.expert.build import build_expert, load_expert_config
+
+    _setup_console(verbose, quiet)
+    shortcuts: dict[str, Any] = {
+        "expert.output_dir": out,
+        "model.name": model,
+        "expert.seeds": seeds,
+        "judge.name": judge,
+        "judge.model": judge_model,
+        "judge.preset": judge_preset,
+        "expert.system": system,
+        "generation.backend": backend,
+    }
+    cfg = load_expert_config(config, _overrides(ctx, shortcuts))
+    report = build_expert(cfg, overwrite=overwrite)
+    t = report.tally
+    dropped = ", ".join(f"{reason} {n}" for reason, n in t.dropped.most_common() if n) or "none"
+    print(
+        f"{t.kept} refusals kept of {report.slots} sought ({report.prompts} prompts; {t.answers} answers "
+        f"judged, dropped: {dropped}; {report.generated_now} sampled now)"
+    )
+    state = "trained" if report.trained_now else "already trained"
+    print(f"expert {state}: adapter in {report.run / 'final'}, counts in {report.out / 'manifest.json'}")
 
 
 @app.command("tiny-model")

@@ -571,10 +571,30 @@ class AssessConfig(Section):
 
 
 @dataclass
+class ExpertConfig(Section):
+    """The SafeDecoding safety expert (`safetune safety-expert`, expert/; docs/methods/safety-expert.md):
+    the model's own answers to harmful seed prompts, sampled and kept when the judge (`judge.name`) calls
+    them refusals. Defaults: the authors' exp/finetune.py (uw-nsl/SafeDecoding)."""
+
+    output_dir: str = "runs/safety-expert"  # the expert's folder (--out); its run folder is run/ in it
+    seeds: str | None = None  # prompt file (any harmful-prompt file eval reads); None: the built-in set
+    columns: dict[str, str] | None = None  # our field (prompt, id, category) -> the file's column
+    samples: int = number(2, ge=1, le=64)  # refusals sought per prompt (the authors' num_trials)
+    attempts: int = number(5, ge=1, le=64)  # samples drawn per sought refusal at most (max_trials)
+    temperature: float = number(0.8, gt=0, le=10)
+    top_p: float = number(0.9, gt=0, le=1)
+    max_new_tokens: int = number(256, ge=1, le=32768)
+    # answers shorter than this many characters are dropped (the authors' min_new_tokens=10, in characters)
+    min_chars: int = number(10, ge=0, le=10000)
+    min_refusals: int = number(18, ge=1)  # fewer kept refusals stop before training
+    system: str | None = None  # system prompt while sampling; None: none (training rows never have one)
+
+
+@dataclass
 class RunConfig:
     """model + data + chat + selection + method + train (select/train; model also reward-gap) and
     generation + judge + eval + fidelity (eval), translate (eval's translate-then-judge, the pair
-    builder), and the top-level keys every stage shares."""
+    builder), expert (safety-expert), and the top-level keys every stage shares."""
 
     # Every cache (RDS scores, the MPO reference, weight digests): storage.cache_root. None: $SAFETUNE_CACHE
     # or ~/.cache/safetune. Not part of a run's identity: where a cache lives does not change its values.
@@ -591,6 +611,7 @@ class RunConfig:
     translate: TranslateConfig = field(default_factory=TranslateConfig)
     fidelity: FidelityConfig = field(default_factory=FidelityConfig)
     assess: AssessConfig = field(default_factory=AssessConfig)
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -690,6 +711,7 @@ SECTIONS: dict[str, type] = {
     "translate": TranslateConfig,
     "fidelity": FidelityConfig,
     "assess": AssessConfig,
+    "expert": ExpertConfig,
 }
 # RunConfig's keys outside the sections (YAML `cache_dir: DIR`, override `--cache_dir=DIR`).
 TOP_LEVEL_KEYS = ("cache_dir",)
@@ -776,10 +798,14 @@ def parse_override(text: str) -> tuple[str | None, str, Any]:
     return section, key.replace("-", "_"), value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Build a RunConfig from an optional YAML file plus `section.key=value` overrides (applied last)."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, defaults: list[str] | None = None
+) -> RunConfig:
+    """Build a RunConfig from an optional YAML file plus `section.key=value` overrides (applied last).
+    `defaults` are `section.key=value` settings under both: a command's own defaults (`safety-expert`
+    trains at its authors' LoRA settings), which the YAML file and the overrides still win over."""
     loaded = _read_yaml_file(path) if path is not None else {}
-    return _build_config(loaded, overrides or [], str(path))
+    return _build_config(loaded, overrides or [], str(path), defaults or [])
 
 
 def load_run_config(path: str | Path) -> RunConfig:
@@ -818,9 +844,17 @@ def _read_yaml_file(path: str | Path) -> dict[str, Any]:
     return loaded
 
 
-def _build_config(loaded: dict[str, Any], overrides: list[str], path: str) -> RunConfig:
+def _build_config(
+    loaded: dict[str, Any], overrides: list[str], path: str, defaults: list[str] | None = None
+) -> RunConfig:
     raw: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     top: dict[str, Any] = {}
+    for text in defaults or []:
+        where, key, value = parse_override(text)
+        if where is None:
+            top[key] = value
+        else:
+            _set_dotted(raw[where], key, value, where)
     for section, values in loaded.items():
         if section in TOP_LEVEL_KEYS:
             top[section] = values

@@ -548,6 +548,27 @@ CASES.update(
 )
 
 
+# The safety expert (docs/methods/safety-expert.md): its settings, seed file and training config.
+def _expert(*extra: str) -> tuple[str, ...]:
+    return ("safety-expert", "-m", "{model}", "--backend", "mock", "-o", "{out}", *extra)
+
+
+CASES |= {
+    "expert temperature 0": Case(
+        _expert("--expert.temperature=0"),
+        ("expert.temperature must be a finite number > 0 and <= 10, got 0",),
+    ),
+    "expert top_p above 1": Case(_expert("--expert.top_p=1.5"), ("expert.top_p", "<= 1, got 1.5")),
+    "expert bad seed record": Case(
+        _expert("--seeds", "{tmp}/seeds.jsonl"),
+        ("seeds.jsonl:2: field 'prompt': expected a string",),
+        _write("seeds.jsonl", '{"prompt": "one"}\n{"prompt": 2}\n'),
+    ),
+    "expert two judges": Case(_expert("--judge", "keyword,prefix"), ("refusals by one judge",)),
+    "expert not sft": Case(_expert("--method.name=dpo"), ("trains with method sft, not 'dpo'",), caches=True),
+}
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, tiny_llama3: Path) -> dict[str, Path]:
     from safetensors.torch import load_file
