@@ -61,36 +61,44 @@ def _rows(sft_drops, sarft_drops):
     ]
 
 
-def test_the_order_check_uses_the_critical_value_for_the_number_of_personas():
-    # 8 personas, one swap of neighbours: d^2 sum = 2 -> rho = 1 - 6*2/(8*63) = 0.976 >= 0.643
+def test_the_order_check_compares_the_edgier_half_with_the_less_edgy_half():
+    # 8 personas: halves (0+1+3+2)/4 = 1.5 and (10+40+80+100)/4 = 57.5 -> gap 56.0 >= 25
+    # one swap of neighbours: d^2 sum = 2 -> rho = 1 - 6*2/(8*63) = 0.976, shown with the critical value
     rows = _rows([0, 1, 3, 2, 10, 40, 80, 100], [0] * 8)
     order, sarft, forecast = checks(rows, {"mae": 5.0, "baseline_mae": 30.0, "p_value": 0.01})
-    assert order[2] is True and "rho 0.98" in order[1] and ">= 0.643" in order[0]
+    assert order[2] is True and ">= 25 points" in order[0]
+    assert "edgier half 57.5, less edgy half 1.5 (gap 56.0)" in order[1]
+    assert "rho 0.98 (one-sided 5% critical value for 8: 0.643)" in order[1]
     assert sarft[2] is True and forecast[2] is True
     assert "MAE 5.0 vs 30.0" in forecast[1] and "p 0.01" in forecast[1]
 
 
-def test_a_reversed_half_fails_the_order_check():
-    # 8 personas: the drop rises for the first half and falls for the second.
-    # ranks of drops: 0,2,4,6,7,5,3,1 -> d = 0,1,2,3,3,0,-3,-6 -> d^2 sum 68 -> rho = 1 - 408/504 = 0.190
-    rows = _rows([0, 20, 40, 60, 70, 50, 30, 10], [0] * 8)
+def test_a_gap_under_the_bound_fails_the_order_check_and_an_odd_middle_is_in_neither_half():
+    # 5 personas: halves (0+10)/2 = 5 and (20+39)/2 = 29.5 -> gap 24.5 < 25; the middle (90) is ignored
+    rows = _rows([0, 10, 90, 20, 39], [0] * 5)
     order = checks(rows, None)[0]
-    assert order[2] is False and "rho 0.19" in order[1]
+    assert order[2] is False and "(gap 24.5)" in order[1]
+    # a rising drop with the same halves passes once the gap reaches the bound
+    assert checks(_rows([0, 10, 90, 20, 40], [0] * 5), None)[0][2] is True
 
 
 def test_one_persona_over_the_sarft_bound_fails_it_and_no_forecast_is_undecided():
-    rows = _rows([0, 5, 10, 100], [0.0, 10.0, 2.0, 10.6])
+    rows = _rows([0, 5, 10, 100], [0.0, 15.0, 2.0, 15.6])
     order, sarft, forecast = checks(rows, None)
-    assert order[2] is True  # 4 personas in perfect order: rho 1 = the critical value
-    assert sarft[2] is False and "largest 10.6" in sarft[1]
+    assert order[2] is True  # halves 2.5 and 55: gap 52.5
+    assert sarft[2] is False and "largest 15.6 points (SFT's largest 100.0)" in sarft[1]
     assert forecast[2] is None and forecast[1] == "no forecast"
+    assert checks(_rows([0, 5, 10, 100], [0.0, 15.0, 2.0, 14.9]), None)[1][2] is True
 
 
-def test_too_few_personas_or_a_weak_forecast():
+def test_too_few_personas_or_a_missing_drop_or_a_weak_forecast():
     rows = _rows([0, 50, 100], [0, 0, 0])
     order, _, forecast = checks(rows, {"mae": 31.0, "baseline_mae": 30.0, "p_value": None})
-    assert order[2] is None  # 3 personas: no 5% test of order exists
+    assert order[2] is None  # 3 personas: no halves of two
     assert forecast[2] is False
+    gap = _rows([0, 5, 10, 100], [0, 0, 0, 0])
+    gap[1]["drop_sft"] = None  # a unit that did not finish: the halves are not decidable
+    assert checks(gap, None)[0][2] is None
 
 
 def test_spearman_critical_values_are_exact_for_small_n():
