@@ -28,6 +28,7 @@ from safetune.decoding.registry import Defence, StreamModel
 from safetune.errors import ConfigError
 from safetune.models.loading import (
     check_model_folder,
+    default_device,
     load_causal_lm,
     load_for_generation,
     load_tokenizer,
@@ -171,6 +172,7 @@ def load_defended(
     trained on the role model's base (a LoRA role) or on the model itself (a base model): layout (b),
     one peft model with both adapters; a full fine-tune trained from the expert's base: layout (c).
     """
+    device = default_device() if device is None else device
     if not defence.uses_expert:
         model, tokenizer = load_for_generation(source, dtype, device, trust_remote_code)
         return StreamModels([Part(model, ("role",))]), tokenizer
