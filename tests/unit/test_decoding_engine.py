@@ -84,7 +84,7 @@ def _cut(tokens: list[int], stops) -> list[int]:
     return tokens
 
 
-@pytest.fixture(scope="module", params=["chatml", "llama3"])
+@pytest.fixture(scope="module", params=["chatml", "llama3", "gemma"])
 def plain(request) -> Setup:
     folder = request.getfixturevalue(f"tiny_{request.param}")
     model, tokenizer = load_for_generation(resolve_model(str(folder)), device="cpu")
@@ -296,3 +296,17 @@ def test_expert_trained_on_another_base_is_refused(tiny_llama3, adapters, tmp_pa
     for model, message in ((other_lora, "trained on"), (tiny_llama3, "another vocabulary")):
         with pytest.raises(ConfigError, match=message):
             load_defended(resolve_model(str(model)), _safedecoding(adapters["expert"]), device="cpu")
+
+
+def test_full_fine_tune_from_another_base_is_refused(tiny_llama3, adapters, tmp_path):
+    """A run folder's config.yaml names the model it was fine-tuned from: the expert must share it."""
+    import shutil
+
+    from safetune.errors import ConfigError
+
+    run = tmp_path / "run"
+    shutil.copytree(adapters["full"], run / "final")
+    (run / "run.json").write_text("{}")
+    (run / "config.yaml").write_text(f"model:\n  name: {tiny_llama3}\n")
+    with pytest.raises(ConfigError, match="was fine-tuned from"):
+        load_defended(resolve_model(str(run)), _safedecoding(adapters["expert"]), device="cpu")

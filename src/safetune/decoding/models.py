@@ -235,7 +235,6 @@ def _run_base(source: ModelSource) -> str | None:
         return None
     if not name:
         return None
+    # As `safetune train` read it: a folder from where it ran (the cwd), else a hub id.
     found = Path(name).expanduser()
-    if not found.is_absolute() and (run / name).exists():
-        found = run / name
-    return str(found.resolve()) if found.exists() else name
+    return str(found.resolve()) if found.is_dir() else name

@@ -7,6 +7,7 @@ batched engine to its token ids, and bench/decoding_defences.py measures the eng
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,8 +36,8 @@ def naive_generate(
         prompts = []
         for stream in defence.streams(own_system):
             if stream.system == "":  # an empty system turn, whatever the caller's renderer does
-                empty = ChatRenderer.__new__(ChatRenderer)
-                empty.__dict__.update(renderer.__dict__, empty_system=True)
+                empty = copy.copy(renderer)
+                empty.empty_system = True
                 prompts.append((empty.prompt_ids(user, ""), stream.model))
             else:
                 prompts.append((renderer.prompt_ids(user, stream.system), stream.model))
