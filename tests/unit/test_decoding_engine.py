@@ -310,3 +310,11 @@ def test_full_fine_tune_from_another_base_is_refused(tiny_llama3, adapters, tmp_
     (run / "config.yaml").write_text(f"model:\n  name: {tiny_llama3}\n")
     with pytest.raises(ConfigError, match="was fine-tuned from"):
         load_defended(resolve_model(str(run)), _safedecoding(adapters["expert"]), device="cpu")
+
+
+def test_num_common_beyond_the_vocabulary_is_refused(tiny_chatml, adapters):
+    from safetune.errors import ConfigError
+
+    defence = _safedecoding(adapters["expert"], num_common=100_000)
+    with pytest.raises(ConfigError, match="more than the vocabulary"):
+        _loaded(tiny_chatml, defence).engine(defence)

@@ -27,6 +27,7 @@ from safetune.config import GenerationConfig
 from safetune.data.chat import ChatRenderer
 from safetune.decoding.models import StreamModels
 from safetune.decoding.registry import Defence
+from safetune.errors import ConfigError
 
 
 def top_p_filter(scores: Tensor, top_p: float) -> Tensor:
@@ -88,6 +89,10 @@ class DefendedGenerator:
         generation: GenerationConfig,
     ):
         models.check(defence)
+        vocab = int(models.parts[0].model.config.vocab_size)
+        common = defence.settings.get("num_common")
+        if isinstance(common, int) and common > vocab:
+            raise ConfigError(f"defence.num_common={common} is more than the vocabulary's {vocab} tokens")
         if not stop_ids:
             raise ValueError("no stop token ids")
         self.models, self.tokenizer, self.defence = models, tokenizer, defence
