@@ -285,6 +285,14 @@ def eval_(
         ),
     ] = None,
     backend: Annotated[str | None, typer.Option(help="Generation backend: hf | vllm | mock")] = None,
+    defence: Annotated[
+        str | None,
+        typer.Option(
+            help="Decoding-time defence (hf backend): rose | self-cd (an over-refusal mitigation) | "
+            "safedecoding (needs --defence.expert=ADAPTER); settings as --defence.alpha=... "
+            "(see: safetune list, docs/evaluation.md)."
+        ),
+    ] = None,
     utility: Annotated[
         str | None,
         typer.Option(
@@ -349,6 +357,7 @@ def eval_(
         "fidelity.judge": fidelity,
         "fidelity.model": fidelity_model,
         "generation.backend": backend,
+        "defence.name": defence,
         "eval.utility": utility.split(",") if utility else None,
         "generation.system": system,
         "eval.profiles": profiles,
@@ -880,7 +889,8 @@ def tiny_model(
 
 @app.command("list")
 def list_registered(verbose: VerboseOpt = False, quiet: QuietOpt = False) -> None:
-    """List the registered methods, selection variants, benchmarks, judges and generation backends."""
+    """List the registered methods, selection variants, benchmarks, judges, generation backends and
+    decoding defences."""
     _setup_console(verbose, quiet)
     from safetune.evaluation.backends import BACKENDS
     from safetune.evaluation.benchmarks import BENCHMARKS
@@ -910,6 +920,12 @@ def list_registered(verbose: VerboseOpt = False, quiet: QuietOpt = False) -> Non
     print("generation backends:")
     for backend in BACKENDS.values():
         print(f"  {backend.name:6s} {backend.description}")
+    from safetune.decoding.registry import DEFENCES
+
+    print("decoding defences (safetune eval --defence NAME; hf backend):")
+    for defence in DEFENCES.values():
+        defaults = ", ".join(f"{k} {v}" for k, v in defence.defaults.items())
+        print(f"  {defence.name:13s} {defence.purpose:24s} {defence.summary} ({defaults})")
     print("translators (--translator [KIND:]MODEL; auto-detected from the model's files):")
     for kind in TRANSLATORS.values():
         print(f"  {kind.name:8s} {kind.summary} (e.g. {kind.example})")

@@ -351,6 +351,33 @@ class GenerationConfig(Section):
 
 
 @dataclass
+class DefenceConfig(Section):
+    """A decoding-time defence for `safetune eval` (safetune/decoding/, docs/methods/decoding.md): the
+    model's logits under several prompts (or with a safety expert) combined at every step. Off ("none")
+    by default; runs on generation.backend=hf only."""
+
+    name: str = "none"  # none | rose | self-cd | safedecoding (see: safetune list)
+    # None: the defence's default (rose 0.5, self-cd 2.5, safedecoding the preset's)
+    alpha: float | None = number(None, ge=0, le=100)
+    # ROSE: the (positive, reverse) system prompt pair of decoding/prompts.py; each may be replaced
+    prompts: Literal["canonical", "sarft"] = "canonical"
+    positive_prompt: str | None = None
+    reverse_prompt: str | None = None
+    # Self-CD: the "with" stream's system prompt (None: the first three sentences of Llama-2's), and the
+    # "without" stream: no system turn at all (none) or an empty one (empty, what SaRFT's code sends)
+    with_prompt: str | None = None
+    without: Literal["none", "empty"] = "none"
+    # A defence prompt and the request's own system prompt (generation.system, e.g. a role prompt):
+    # before = defence prompt, a blank line, own prompt; replace = the defence prompt alone (SaRFT's code)
+    system: Literal["before", "replace"] = "before"
+    # SafeDecoding: paper = alpha 3, m 2, c 5 (the paper's experiments); class = alpha 1, m 5, c 3
+    preset: Literal["paper", "class"] = "paper"
+    first_m: int | None = number(None, ge=0, le=100_000)  # steps decoded with the expert; None: preset
+    num_common: int | None = number(None, ge=1, le=100_000)  # c, the shared top-k size; None: preset
+    expert: str | None = None  # SafeDecoding: the expert LoRA adapter folder, or a run folder holding one
+
+
+@dataclass
 class JudgeConfig(Section):
     """Which judges label the responses to harmful and benign prompts (evaluation/judges/).
 
@@ -593,7 +620,7 @@ class ExpertConfig(Section):
 @dataclass
 class RunConfig:
     """model + data + chat + selection + method + train (select/train; model also reward-gap) and
-    generation + judge + eval + fidelity (eval), translate (eval's translate-then-judge, the pair
+    generation + defence + judge + eval + fidelity (eval), translate (eval's translate-then-judge, the pair
     builder), expert (safety-expert), and the top-level keys every stage shares."""
 
     # Every cache (RDS scores, the MPO reference, weight digests): storage.cache_root. None: $SAFETUNE_CACHE
@@ -606,6 +633,7 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    defence: DefenceConfig = field(default_factory=DefenceConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     translate: TranslateConfig = field(default_factory=TranslateConfig)
@@ -706,6 +734,7 @@ SECTIONS: dict[str, type] = {
     "method": MethodConfig,
     "train": TrainConfig,
     "generation": GenerationConfig,
+    "defence": DefenceConfig,
     "judge": JudgeConfig,
     "eval": EvalConfig,
     "translate": TranslateConfig,

@@ -17,8 +17,8 @@ from safetune.evaluation.backends import (
     MOCK_REFUSAL,
     HFBackend,
     MockBackend,
-    _result,
     build_backend,
+    generation_result,
     make_renderer,
 )
 from safetune.evaluation.items import GenerationRequest
@@ -185,9 +185,9 @@ def test_result_cuts_at_first_end_token(tiny_llama3):
     tokenizer = load_tokenizer(str(tiny_llama3))
     end = tokenizer.convert_tokens_to_ids("<|eot_id|>")
     words = tokenizer.encode(" Sure, the cat", add_special_tokens=False)
-    result = _result("x", [*words, end, 7, 8], {end}, tokenizer)
+    result = generation_result("x", [*words, end, 7, 8], {end}, tokenizer)
     assert (result.text, result.num_tokens, result.finish_reason) == ("Sure, the cat", len(words) + 1, "stop")
-    result = _result("x", words, {end}, tokenizer)
+    result = generation_result("x", words, {end}, tokenizer)
     assert (result.num_tokens, result.finish_reason) == (len(words), "length")
 
 

@@ -92,7 +92,9 @@ def stop_token_ids(
     return list(dict.fromkeys(ids))
 
 
-def _result(request_id: str, new_tokens: list[int], stops: set[int], tokenizer: Any) -> GenerationResult:
+def generation_result(
+    request_id: str, new_tokens: list[int], stops: set[int], tokenizer: Any
+) -> GenerationResult:
     """Cut at the first end token (counted), decode without special tokens, strip."""
     end = next((i + 1 for i, token in enumerate(new_tokens) if token in stops), None)
     kept = new_tokens if end is None else new_tokens[:end]
@@ -213,7 +215,8 @@ class HFBackend:
         new_tokens = output[:, input_ids.shape[1] :].tolist()
         stops = set(self.stop_ids)
         return [
-            _result(r.id, row, stops, self.tokenizer) for r, row in zip(requests, new_tokens, strict=True)
+            generation_result(r.id, row, stops, self.tokenizer)
+            for r, row in zip(requests, new_tokens, strict=True)
         ]
 
 

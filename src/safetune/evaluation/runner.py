@@ -69,6 +69,7 @@ from safetune.models.source import ModelSource
 from safetune.provenance import base_provenance
 
 if TYPE_CHECKING:  # translated.py imports this module: the type only
+    from safetune.evaluation.defended import DefencePlan
     from safetune.evaluation.translated import TranslationStage
 
 from safetune.storage import (
@@ -170,9 +171,12 @@ def _request_hash(request: GenerationRequest) -> str:
 # ---- the output folder ----
 
 
-def generation_key(source: ModelSource, config: RunConfig) -> str:
+def generation_key(source: ModelSource, config: RunConfig, defence: Mapping[str, Any] | None = None) -> str:
+    """What the completions depend on: the model, the generation settings and the decoding defence's
+    record (absent without one, so folders made before defences existed keep their key)."""
     settings = {k: v for k, v in asdict(config.generation).items() if k not in _NOT_IN_GENERATION_KEY}
-    return hash_json({"model": source.fingerprint, "adapter": source.adapter, "generation": settings})
+    identity = {"model": source.fingerprint, "adapter": source.adapter, "generation": settings}
+    return hash_json(identity if defence is None else {**identity, "defence": dict(defence)})
 
 
 def check_output(out: Path, key: str, overwrite: bool) -> None:
@@ -490,17 +494,20 @@ def _provenance(
     judges: Sequence[dict[str, str]],
     counts: dict[str, int],
     utility: UtilityPlan | None = None,
+    defence: DefencePlan | None = None,
 ) -> dict[str, Any]:
+    sections = ("generation", "judge", "eval", *(("defence",) if defence is not None else ()))
     return {
         **base_provenance(),
         "model": source.to_dict(),
         "backend": config.generation.backend,
         "generation": asdict(config.generation),
+        **({"defence": defence.record} if defence is not None else {}),
         "judge": judges[0] if judges else None,
         **({"judges": list(judges)} if judges else {}),
         "eval": asdict(config.eval),
         "incoherence": INCOHERENCE_KEY if config.eval.incoherence else None,
-        "config_hash": hash_json({k: config.to_dict()[k] for k in ("generation", "judge", "eval")}),
+        "config_hash": hash_json({k: config.to_dict()[k] for k in sections}),
         "seed": config.generation.seed,
         "counts": counts,
         **({"utility": utility.provenance()} if utility is not None else {}),
@@ -635,6 +642,7 @@ def _evaluate(
     make_backend: Callable[[ModelSource], Backend] | None,
 ) -> Path:
     from safetune.evaluation.backends import backend_spec
+    from safetune.evaluation.defended import build_defended_backend, plan_defence
     from safetune.evaluation.fidelity import build_fidelity_judge, record
     from safetune.evaluation.judges.registry import build_judges
     from safetune.models.loading import resolve_model
@@ -647,6 +655,7 @@ def _evaluate(
     # weights only when they first judge, after generation has freed the generation model).
     tasks = build_tasks(config)
     spec = backend_spec(config.generation)
+    defence = plan_defence(config)  # a decoding defence: its settings and backend (hf only)
     if is_multi_process() and not spec.shards:
         raise ConfigError(
             f"generation.backend={spec.name} runs in one process (it spreads over the GPUs itself); "
@@ -661,7 +670,7 @@ def _evaluate(
     fidelity_tasks = plan_fidelity(tasks, config)
     fidelity_judge = build_fidelity_judge(config.fidelity) if fidelity_tasks else None
     source = resolve_model(config.eval.model, None)
-    key = generation_key(source, config)
+    key = generation_key(source, config, None if defence is None else defence.record)
     check_output(out, key, overwrite)
     # lm-eval's tasks (datasets included) are loaded now: an unknown task stops the run before any file.
     # The main process alone scores utility, after the others have generated their shards.
@@ -669,7 +678,11 @@ def _evaluate(
     done = {} if overwrite else completions_on_disk(tasks, out)
     # A missing completion needs the generation model: loaded (and so checked) before anything is
     # written; when every completion is on disk (re-judging), none is loaded.
-    build = make_backend or (lambda src: spec.build(src, config.generation))
+    build = make_backend or (
+        (lambda src: spec.build(src, config.generation))
+        if defence is None
+        else (lambda src: build_defended_backend(src, defence, config.generation))
+    )
     backend = build(source) if missing_requests(tasks, done) else None
 
     if is_main_process():
@@ -706,7 +719,7 @@ def _evaluate(
     counts = {"requests": len(tasks), "generated_now": generated, "judged_now": judged}
     if utility is not None:
         counts["utility_now"] = utility_now
-    provenance = _provenance(config, source, judge_records, counts, utility)
+    provenance = _provenance(config, source, judge_records, counts, utility, defence)
     if translation is not None:
         secondary = None if other is None else score_benchmarks(tasks, completions, other, config, flags)
         translation.annotate(benchmarks, secondary)
