@@ -27,31 +27,14 @@ from safetune.config import GenerationConfig
 from safetune.data.chat import ChatRenderer
 from safetune.decoding.models import StreamModels
 from safetune.decoding.registry import Defence
+from safetune.decoding.sampling import gumbel_scores
 from safetune.errors import ConfigError
 
 
-def top_p_filter(scores: Tensor, top_p: float) -> Tensor:
-    """-inf outside the smallest set of tokens whose probability mass reaches top_p (nucleus)."""
-    sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
-    probs = sorted_scores.softmax(dim=-1)
-    before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
-    remove_sorted = before >= top_p
-    remove_sorted[..., 0] = False  # always keep the most likely token
-    remove = remove_sorted.scatter(-1, order, remove_sorted)
-    return scores.masked_fill(remove, float("-inf"))
-
-
 def sample(scores: Tensor, generators: Sequence[torch.Generator], temperature: float, top_p: float) -> Tensor:
-    """One token per row from softmax(scores / T) within the top-p nucleus, by Gumbel-max: each row's
-    noise comes from its own generator, one draw of the vocabulary size per step, as the hf backend
-    draws it, so a query's sample depends on its seed alone."""
-    scores = scores.float() / temperature
-    if top_p < 1:
-        scores = top_p_filter(scores, top_p)
-    vocab = scores.shape[-1]
-    uniform = torch.stack([torch.rand(vocab, generator=g, device=scores.device) for g in generators])
-    uniform = uniform.clamp_(min=torch.finfo(torch.float32).tiny)
-    return (scores - torch.log(-torch.log(uniform))).argmax(-1)
+    """One token per row from softmax(scores / T) within the top-p nucleus, drawn as the hf backend draws
+    (decoding/sampling.py), so a query's sample depends on its seed alone."""
+    return gumbel_scores(scores, generators, temperature, top_p).argmax(-1)
 
 
 def stream_renderers(renderer: ChatRenderer) -> tuple[ChatRenderer, ChatRenderer]:

@@ -35,6 +35,7 @@ from safetune import console
 from safetune.config import GenerationConfig
 from safetune.data.batching import length_sorted_batches, pad_batch
 from safetune.data.chat import ChatRenderer
+from safetune.decoding.sampling import gumbel_scores
 from safetune.errors import ConfigError
 from safetune.evaluation.items import Backend, GenerationRequest, GenerationResult
 from safetune.models.loading import default_device, load_for_generation, load_tokenizer, resolve_dtype
@@ -105,38 +106,16 @@ def generation_result(
 # --- hf ------------------------------------------------------------------------------------------------
 
 
-def _top_p_filter(scores: Tensor, top_p: float) -> Tensor:
-    """-inf outside the smallest set of tokens whose probability mass reaches top_p (nucleus)."""
-    sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
-    probs = sorted_scores.softmax(dim=-1)
-    before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
-    remove_sorted = before >= top_p
-    remove_sorted[..., 0] = False  # always keep the most likely token
-    remove = remove_sorted.scatter(-1, order, remove_sorted)
-    return scores.masked_fill(remove, float("-inf"))
-
-
 class _PerRequestSampler:
-    """A logits processor that turns greedy decoding into sampling with one random stream per row.
-
-    Gumbel-max: argmax(logits / T + Gumbel noise) is a sample from softmax(logits / T); each row's noise
-    comes from its own generator (seeded by `request_seed`), one draw per step, so a row's sample does
-    not depend on the rest of its batch.
-    """
+    """A logits processor that turns greedy decoding into sampling with one random stream per row
+    (decoding/sampling.py: Gumbel-max with each row's own generator, seeded by `request_seed`)."""
 
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device: torch.device):
         self.temperature, self.top_p = temperature, top_p
         self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        scores = scores.float() / self.temperature
-        if self.top_p < 1:
-            scores = _top_p_filter(scores, self.top_p)
-        vocab = scores.shape[-1]
-        uniform = torch.stack(
-            [torch.rand(vocab, generator=g, device=scores.device) for g in self.generators]
-        ).clamp_(min=torch.finfo(torch.float32).tiny)
-        return scores - torch.log(-torch.log(uniform))
+        return gumbel_scores(scores, self.generators, self.temperature, self.top_p)
 
 
 class HFBackend:
