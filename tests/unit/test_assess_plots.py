@@ -48,3 +48,28 @@ def test_bad_plot_input_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="SaRFT has 1 drops for 2 roles"):
         drop_bars(tmp_path / "b.png", _roles(2), {"SFT": [1.0, 2.0], "SaRFT": [1.0]})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_labels_do_not_overlap_and_roles_at_one_point_share_one() -> None:
+    """Two villains at the same point get one label; neighbours whose first-choice labels would cover
+    each other are moved apart (boxes measured on the rendered figure)."""
+    from matplotlib.text import Annotation
+
+    from safetune.assess.plots import _annotate, _figure
+
+    fig = _figure(6.0, 5.0)
+    ax = fig.add_subplot()
+    xs, ys = [100.0, 100.0, 0.0, 1.1, 10.0, 18.3], [18.9, 18.9, 0.0, 0.0, 27.0, 32.0]
+    names = ["Grim Vex", "Lady Nightshade", "Sister Mira", "Penny Bun", "Rook Marlowe", "Brakka Stone"]
+    ax.scatter(xs, ys)
+    _annotate(ax, range(len(xs)), xs, ys, names, None)
+    notes = [c for c in ax.get_children() if isinstance(c, Annotation)]
+    assert sorted(n.get_text() for n in notes) == sorted(
+        ["Grim Vex, Lady Nightshade", "Sister Mira", "Penny Bun", "Rook Marlowe", "Brakka Stone"]
+    )
+    renderer = fig.canvas.get_renderer()
+    boxes = [n.get_window_extent(renderer) for n in notes]
+    assert all(b.width > 1 for b in boxes)  # real text boxes, not the empty box of an unplaced label
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b)

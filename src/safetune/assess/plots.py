@@ -55,9 +55,24 @@ def _check_finite(values: Sequence[float | None], what: str) -> None:
             raise ConfigError(f"{what}[{i}] is not finite ({value})")
 
 
-# Label offsets (points) taken in turn by points in order of height, so that neighbours with close
-# values (ties are common: trait scores and drops are often round numbers) do not print on each other.
-_OFFSETS = ((5, 3), (5, -9), (-5, 3), (-5, -9))
+# Candidate label offsets (points), tried in turn for each label until one overlaps no label placed before
+# it: right/left of the point, above/below, then further out. Ties are common (trait scores and drops are
+# often round numbers, two villains can both lose 100 points), so roles at one point share one label.
+_OFFSETS = ((5, 3), (5, -9), (-5, 3), (-5, -9), (5, 12), (-5, 12), (5, -18), (-5, -18), (5, 21), (-5, -27))
+
+
+def _label(ax: Any, text: str, xy: tuple[float, float], offset: tuple[int, int], family: Any) -> Any:
+    note = ax.annotate(
+        text,
+        xy,
+        xytext=offset,
+        textcoords="offset points",
+        fontsize=7,
+        ha="left" if offset[0] > 0 else "right",
+    )
+    if family:
+        note.set_fontfamily(list(family))
+    return note
 
 
 def _annotate(
@@ -68,18 +83,29 @@ def _annotate(
     texts: Sequence[str],
     family: Sequence[str] | None,
 ) -> None:
-    for turn, i in enumerate(sorted(named, key=lambda i: (ys[i], xs[i]))):
-        dx, dy = _OFFSETS[turn % len(_OFFSETS)]
-        note = ax.annotate(
-            texts[i],
-            (xs[i], ys[i]),
-            xytext=(dx, dy),
-            textcoords="offset points",
-            fontsize=7,
-            ha="left" if dx > 0 else "right",
-        )
-        if family:
-            note.set_fontfamily(list(family))
+    """Label the points `named`: roles at the same point share one label ("A, B"), and each label takes
+    the first offset whose box, measured on the rendered figure, overlaps no label placed before it (the
+    first offset when every one does)."""
+    groups: dict[tuple[float, float], list[int]] = {}
+    for i in sorted(named, key=lambda i: (ys[i], xs[i], texts[i])):
+        groups.setdefault((round(xs[i], 9), round(ys[i], 9)), []).append(i)
+    # The view limits are settled lazily: without this, points still outside the stale limits measure as
+    # empty boxes and every label would keep its first offset.
+    ax.autoscale_view()
+    renderer = ax.figure.canvas.get_renderer()
+    placed: list[Any] = []
+    for (x, y), members in groups.items():
+        text = ", ".join(texts[m] for m in members)
+        for offset in _OFFSETS:
+            note = _label(ax, text, (x, y), offset, family)
+            box = note.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            note.remove()
+        else:
+            note = _label(ax, text, (x, y), _OFFSETS[0], family)
+            box = note.get_window_extent(renderer)
+        placed.append(box)
 
 
 def drop_vs_trait(
