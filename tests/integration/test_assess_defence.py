@@ -136,8 +136,14 @@ def test_study_under_rose_records_reports_and_refuses_another_defence(tiny_chatm
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--defence", "rose", "--generation.backend=mock"), "generation.backend=mock cannot run the decoding defence"),
-        (("--defence", "rose", "--defence.expert=x"), "defence.expert is a setting of safedecoding, not of rose"),
+        (
+            ("--defence", "rose", "--generation.backend=mock"),
+            "generation.backend=mock cannot run the decoding defence",
+        ),
+        (
+            ("--defence", "rose", "--defence.expert=x"),
+            "defence.expert is a setting of safedecoding, not of rose",
+        ),
         (("--defence", "safedecoding"), "defence.name=safedecoding needs defence.expert"),
         (("--defence.alpha=2",), "defence.alpha is set but no defence is chosen"),
     ],

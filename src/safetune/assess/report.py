@@ -332,7 +332,6 @@ def defence_lines(defence: Mapping[str, Any] | None) -> list[str]:
     if defence is None:
         return []
     from safetune.decoding.described import describe
-    from safetune.decoding.registry import OVER_REFUSAL
 
     told = describe(defence)
     lines = [
@@ -340,7 +339,7 @@ def defence_lines(defence: Mapping[str, Any] | None) -> list[str]:
         "generated its answers under it: the refusal rates, drops and role-play scores are those of the "
         "defended models (the drop: what a fine-tune costs when both are decoded this way).",
     ]
-    if told.purpose == OVER_REFUSAL:
+    if told.over_refusal_mitigation:
         lines[0] += (
             f" {told.name} is an **over-refusal mitigation**: it moves away from a safety-prompted "
             "distribution, so expect fewer refusals, of harmful prompts too; it is no safety defence."

@@ -14,7 +14,7 @@ from typing import Any
 
 from safetune.config import DefenceConfig
 from safetune.decoding import prompts
-from safetune.decoding.registry import DEFENCES, SAFEDECODING_PRESETS
+from safetune.decoding.registry import DEFENCES, OVER_REFUSAL, SAFEDECODING_PRESETS
 
 # Keys of a record that are no setting to list: shown apart (name, purpose, alpha) or derived from the
 # others (the streams' names, the expert's resolved source, which `expert` names already).
@@ -40,6 +40,11 @@ class DefenceDescription:
     alpha: float | None
     changed: Mapping[str, Any]  # the settings that differ from the defence's defaults, as recorded
 
+    @property
+    def over_refusal_mitigation(self) -> bool:
+        """Whether it is for over-refusal, not safety (Self-CD): its refusal rates drop by design."""
+        return self.purpose == OVER_REFUSAL
+
     def settings_text(self) -> str:
         """The changed settings, `key value` comma-separated (prompts by name or their first characters)."""
         return ", ".join(f"{key} {_shown(key, value)}" for key, value in self.changed.items())
@@ -60,7 +65,7 @@ def _shown(key: str, value: Any) -> str:
     if value in _PROMPT_NAMES:
         return f"({_PROMPT_NAMES[value]})"
     one = " ".join(value.split())
-    return repr(one if len(one) <= SHOWN_CHARS else one[: SHOWN_CHARS - 1] + "…")
+    return repr(one if len(one) <= SHOWN_CHARS else one[: SHOWN_CHARS - 1].rstrip() + "…")
 
 
 def default_settings(record: Mapping[str, Any]) -> dict[str, Any] | None:
