@@ -190,7 +190,7 @@ def test_forecast_with_a_defence_is_refused(tiny_chatml, tmp_path):
     assert not (tmp_path / "risk").exists()
 
 
-@pytest.mark.slow  # a study on a local Ray it starts, and one with a LoRA expert: about a minute each
+@pytest.mark.slow  # two fine-tunes and a SafeDecoding eval each, one study on a local Ray: minutes
 @pytest.mark.parametrize("executor", ["sequential", "ray"])
 def test_safedecoding_study_with_its_expert(tiny_chatml, tmp_path, executor):
     """SafeDecoding in a study, the expert a LoRA on the study's model: the base unit runs base + expert

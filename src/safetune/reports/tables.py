@@ -430,8 +430,9 @@ def _md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    align = ["---"] + ["---:"] * (len(header) - 1)
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> list[str]:
+    """A Markdown table: the first `text_columns` columns left-aligned, the numbers right-aligned."""
+    align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
     return [_md_row(header), "| " + " | ".join(align) + " |", *(_md_row(r) for r in rows)]
 
 
@@ -602,6 +603,7 @@ def markdown(runs: Sequence[Run]) -> str:
                 [r.row_label, *([r.defence_text()] if defended else []), *(_fmt(c.value(r)) for c in cols)]
                 for r in runs
             ],
+            text_columns=2 if defended else 1,
         )
     else:
         lines.append("No run has any result.")
