@@ -295,10 +295,17 @@ def write_csv(
     traits: Sequence[str],
     defence: Mapping[str, Any] | None = None,
 ) -> None:
-    """One row per role; the last columns say which decoding defence the study ran under (the same in
-    every row, so that a row read apart, or rows of several studies put together, still say it)."""
+    """One row per role; the columns before the trait scores say which decoding defence the study ran
+    under (the same in every row, so that a row read apart, or rows of several studies put together,
+    still say it)."""
     columns_of_defence = defence_columns(defence)
-    flat = [{**r.flat(methods, traits), **columns_of_defence} for r in rows]
+    flat = []
+    for r in rows:
+        measured = r.flat(methods, traits)
+        # before the trait scores, which stay the last columns
+        cut = next((i for i, k in enumerate(measured) if k.startswith("trait_")), len(measured))
+        items = list(measured.items())
+        flat.append({**dict(items[:cut]), **columns_of_defence, **dict(items[cut:])})
     columns: list[str] = []
     for row in flat:
         columns += [c for c in row if c not in columns]
