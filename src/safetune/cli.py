@@ -395,6 +395,11 @@ def _print_summary(results_path: Path) -> None:
         counts = (str(count or 0) for count in (bench.n, bench.n_invalid, bench.n_uncovered))
         table.add_row(name, bench.metric.name, shown, interval, *counts)
     stdout_console().print(table)
+    if results.provenance.defence is not None:
+        from safetune.decoding.described import describe
+
+        # a custom prompt is shown as written: no rich markup read into its brackets
+        stdout_console().print(f"defence: {describe(results.provenance.defence).text()}", markup=False)
     for name, entry in results.utility.items():
         primary = entry.primary_value()
         if primary is not None and primary.value is not None:
@@ -597,6 +602,14 @@ def assess(
             help="The judges of every unit, comma-separated; the first is the primary (as for eval)."
         ),
     ] = None,
+    defence: Annotated[
+        str | None,
+        typer.Option(
+            help="Decoding-time defence of every unit's evaluation, the base model's too: rose | self-cd "
+            "(an over-refusal mitigation) | safedecoding (--defence.expert=ADAPTER, trained on --model); "
+            "settings as --defence.alpha=... (as for eval; part of the study's identity)."
+        ),
+    ] = None,
     executor: Annotated[str | None, typer.Option(help="sequential (default) | ray")] = None,
     ray_address: Annotated[
         str | None, typer.Option(help="ray: an existing cluster (e.g. auto); default: a local Ray.")
@@ -627,6 +640,7 @@ def assess(
     """
     from safetune.assess.study import run_study
     from safetune.config import load_config
+    from safetune.errors import ConfigError
 
     _setup_console(verbose, quiet)
     shortcuts: dict[str, Any] = {
@@ -638,6 +652,7 @@ def assess(
         "eval.benchmarks": benchmarks.split(",") if benchmarks else None,
         "assess.roleplay": ([] if roleplay.strip() == "none" else roleplay.split(",")) if roleplay else None,
         "judge.name": judge,
+        "defence.name": defence,
         "assess.executor": executor,
         "assess.ray_address": ray_address,
         "assess.ray_local_cpus": ray_local_cpus,
@@ -645,6 +660,9 @@ def assess(
     cfg = load_config(config, _overrides(ctx, shortcuts))
     if forecast is not None:
         from safetune.assess.predict import run_forecast
+
+        if cfg.defence.name.strip().lower() != "none":
+            raise ConfigError("--defence applies to a study's evaluations; --forecast evaluates nothing")
 
         done = run_forecast(cfg, forecast, out)
         known = sum(p.predicted is not None for p in done.predictions)

@@ -4,6 +4,7 @@ result. Below both the study runner (assess/study.py) and its report (assess/rep
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ STUDY_FILE = "study.json"
 CONFIG_FILE = "config.yaml"
 UNIT_FILE = "unit.json"
 SELECTION_DIR = "selection"
+DEFENCE_PREFIX = "defence."  # a study identity's keys of its decoding defence's record
 
 
 def role_slug(role: str) -> str:
@@ -38,6 +40,17 @@ class StudyPlan:
     data_roles: tuple[str, ...]  # every role of the data (the shared selection scores them all)
     identity: dict[str, Any]
     units: tuple[Unit, ...]  # every unit, base ones first
+
+    @property
+    def defence(self) -> dict[str, Any] | None:
+        """The decoding defence every unit's evaluation runs under (its record), None without one."""
+        return identity_defence(self.identity)
+
+
+def identity_defence(identity: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The defence record a study's identity holds (None: no defence)."""
+    found = {k[len(DEFENCE_PREFIX) :]: v for k, v in identity.items() if k.startswith(DEFENCE_PREFIX)}
+    return found or None
 
 
 def read_unit(unit: Unit) -> UnitResult | None:

@@ -92,6 +92,9 @@ class StudySummary:
     judge_secondary: str | None = None  # the judge the agreement columns compare with (None: one judge)
     forecast: Mapping[str, Any] | None = None  # forecast.json's loo block, and its file
     forecast_note: str | None = None  # why there is no forecast
+    # The decoding defence every unit's answers were generated under (its record, as in the identity and
+    # each unit's results.json); None: plain generation.
+    defence: Mapping[str, Any] | None = None
     summary_version: int = SUMMARY_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -230,8 +233,9 @@ def write_outputs(plan: StudyPlan) -> Path:
         judge_secondary=judge_secondary,
         forecast=None if fitted is None else {**fitted.loo.to_dict(), "file": FORECAST_FILE},
         forecast_note=note,
+        defence=plan.defence,
     )
-    write_csv(plan.study / "results.csv", rows, a.methods, names)
+    write_csv(plan.study / "results.csv", rows, a.methods, names, plan.defence)
     write_json(plan.study / "summary.json", summary.to_dict())
     write_plots(plan.study, summary, fitted)
     texts = {ex.id: (ex.input, ex.output) for ex in examples}
@@ -284,8 +288,24 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def write_csv(path: Path, rows: Sequence[RoleRow], methods: Sequence[str], traits: Sequence[str]) -> None:
-    flat = [r.flat(methods, traits) for r in rows]
+def write_csv(
+    path: Path,
+    rows: Sequence[RoleRow],
+    methods: Sequence[str],
+    traits: Sequence[str],
+    defence: Mapping[str, Any] | None = None,
+) -> None:
+    """One row per role; the columns before the trait scores say which decoding defence the study ran
+    under (the same in every row, so that a row read apart, or rows of several studies put together,
+    still say it)."""
+    columns_of_defence = defence_columns(defence)
+    flat = []
+    for r in rows:
+        measured = r.flat(methods, traits)
+        # before the trait scores, which stay the last columns
+        cut = next((i for i, k in enumerate(measured) if k.startswith("trait_")), len(measured))
+        items = list(measured.items())
+        flat.append({**dict(items[:cut]), **columns_of_defence, **dict(items[cut:])})
     columns: list[str] = []
     for row in flat:
         columns += [c for c in row if c not in columns]
@@ -296,6 +316,42 @@ def write_csv(path: Path, rows: Sequence[RoleRow], methods: Sequence[str], trait
         writer.writerow({k: _cell(row.get(k)) for k in columns})
     with atomic_open(path) as handle:
         handle.write(buffer.getvalue())
+
+
+def defence_columns(defence: Mapping[str, Any] | None) -> dict[str, Any]:
+    """results.csv's defence columns: name ("none" without one), purpose, alpha and the settings that
+    differ from the defence's defaults."""
+    if defence is None:
+        return {"defence": "none", "defence_purpose": None, "defence_alpha": None, "defence_settings": None}
+    from safetune.decoding.described import describe
+
+    told = describe(defence)
+    return {
+        "defence": told.name,
+        "defence_purpose": told.purpose or None,
+        "defence_alpha": told.alpha,
+        "defence_settings": told.settings_text() or None,
+    }
+
+
+def defence_lines(defence: Mapping[str, Any] | None) -> list[str]:
+    """report.md's paragraph on the decoding defence (none without one)."""
+    if defence is None:
+        return []
+    from safetune.decoding.described import describe
+
+    told = describe(defence)
+    lines = [
+        f"**Decoding defence: {told.text()}.** Every evaluation, the base model's and each fine-tune's, "
+        "generated its answers under it: the refusal rates, drops and role-play scores are those of the "
+        "defended models (the drop: what a fine-tune costs when both are decoded this way).",
+    ]
+    if told.over_refusal_mitigation:
+        lines[0] += (
+            f" {told.name} is an **over-refusal mitigation**: it moves away from a safety-prompted "
+            "distribution, so expect fewer refusals, of harmful prompts too; it is no safety defence."
+        )
+    return [*lines, ""]
 
 
 def _cell(value: Any) -> Any:
@@ -345,6 +401,7 @@ def render_markdown(
         "percentage points over the safety benchmarks (drop = base refusal - refusal after the fine-tune; "
         "above 0: safety lost). Incoherent answers count as neither refusals nor attack successes.",
         "",
+        *defence_lines(summary.defence),
         f"![refusal drop per role]({CHART})",
         "",
     ]

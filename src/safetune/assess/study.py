@@ -44,6 +44,7 @@ from safetune.assess.aggregate import BASE
 from safetune.assess.executors import Executor, Unit, build_executor
 from safetune.assess.layout import (
     CONFIG_FILE,
+    DEFENCE_PREFIX,
     SELECTION_DIR,
     STUDY_FILE,
     UNIT_FILE,
@@ -103,9 +104,16 @@ _IDENTITY_SECTIONS = (
 # ---- identity ----
 
 
-def study_identity(config: RunConfig, fingerprint: str) -> dict[str, Any]:
+def study_identity(
+    config: RunConfig, fingerprint: str, defence: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """What a study's results are a function of, as flat `section.key` values plus the model's content
-    fingerprint. Roles are not in it: `--roles` may grow a study."""
+    fingerprint. Roles are not in it: `--roles` may grow a study.
+
+    A decoding defence enters as its resolved record (`defence.name`, `defence.alpha`, the prompts byte
+    for byte, the expert's fingerprint: evaluation/defended.py), not as the `defence` section: a default
+    written out and left unset are one study. Without a defence no `defence.*` key is there, so studies
+    made before defences existed keep their identity."""
     sections = config.to_dict()
     flat: dict[str, Any] = {}
     for name in _IDENTITY_SECTIONS:
@@ -113,6 +121,8 @@ def study_identity(config: RunConfig, fingerprint: str) -> dict[str, Any]:
             if key not in _NOT_IDENTITY.get(name, set()):
                 flat[f"{name}.{key}"] = value
     flat["model.fingerprint"] = fingerprint
+    for key, value in (defence or {}).items():
+        flat[f"{DEFENCE_PREFIX}{key}"] = value
     return flat
 
 
@@ -134,6 +144,13 @@ def check_identity(study: Path, identity: Mapping[str, Any]) -> dict[str, Any] |
     differ = sorted(
         k for k in set(old) | set(identity) if old.get(k, "<unset>") != identity.get(k, "<unset>")
     )
+    name = f"{DEFENCE_PREFIX}name"
+    if name in differ:
+        # Another defence (or none): one item naming both, not every setting of each.
+        differ = [k for k in differ if not k.startswith(DEFENCE_PREFIX)]
+        differ.append(
+            f"defence: the study's {old.get(name, 'none')}, this run's {identity.get(name, 'none')}"
+        )
     if differ:
         shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
         raise ConfigError(f"{study} holds another study (differs in {shown}); use another --out")
@@ -232,14 +249,46 @@ def plan_study(config: RunConfig, out: Path) -> StudyPlan:
     if not any(t.spec.kind == "harmful" for t in tasks):
         raise ConfigError("eval.benchmarks has no harmful benchmark: a study measures refusal")
     build_judges(config.judge)  # every judge of --judge a,b, the primary first
+    defence = study_defence(config)
     fingerprint = model_fingerprint(config.model.name, config.model.revision, cache_root(config.cache_dir))
-    identity = study_identity(config, fingerprint)
+    identity = study_identity(config, fingerprint, defence)
     check_identity(out, identity)
     study = str(out.resolve())
     role_list = tuple(roles.values())
     units = base_units(study, role_list, config)
     units += [Unit(study, role, method) for role in role_list for method in a.methods]
     return StudyPlan(config, out, role_list, tuple(data_roles.values()), identity, tuple(units))
+
+
+def study_defence(config: RunConfig) -> dict[str, Any] | None:
+    """The decoding defence every unit's evaluation runs under (`--defence`), checked as `safetune eval`
+    checks it (settings, backend), and its record; None without one.
+
+    SafeDecoding's expert must come from the study's base model: the base model's units decode with the
+    expert's LoRA on that model, and every fine-tune (a LoRA on it, or a full fine-tune from it) needs an
+    expert of the same base. The engine refuses another base when a unit loads its models; here it is
+    refused before the study's first file instead of failing every unit."""
+    from safetune.evaluation.defended import plan_defence
+
+    plan = plan_defence(config)
+    if plan is None:
+        return None
+    expert = plan.record.get("expert_model")
+    if isinstance(expert, dict) and not same_model(str(expert.get("base")), config.model.name):
+        raise ConfigError(
+            f"defence.expert {plan.record.get('expert')}: the safety expert was trained on "
+            f"{expert.get('base')!r}, but this study's base model is {config.model.name!r} (every unit decodes "
+            "with it): train the expert on the study's model (safetune safety-expert -m MODEL)"
+        )
+    return dict(plan.record)
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names are one model: the same text, or two paths to one folder."""
+    if a == b:
+        return True
+    first, second = Path(a).expanduser(), Path(b).expanduser()
+    return first.is_dir() and second.is_dir() and first.resolve() == second.resolve()
 
 
 def _stored_study(out: Path) -> dict[str, Any] | None:
@@ -331,6 +380,7 @@ def run_unit(unit: Unit) -> None:
         "eval": str((folder / "eval").relative_to(study)),
         "train": None if run_dir is None else _train_summary(run_dir),
         "judge": _judge_of(results),
+        "defence": _defence_of(results),  # the decoding defence this unit's answers were generated under
         "seconds": round(time.perf_counter() - start, 1),
         "worker": {"host": socket.gethostname(), "pid": os.getpid()},  # where it ran (any executor)
         "safetune_version": __version__,
@@ -365,6 +415,10 @@ def _train_summary(run_dir: Path) -> dict[str, Any]:
 def _judge_of(results_path: Path) -> Any:
     provenance = json.loads(results_path.read_text(encoding="utf-8")).get("provenance", {})
     return provenance.get("judges", provenance.get("judge"))
+
+
+def _defence_of(results_path: Path) -> Any:
+    return json.loads(results_path.read_text(encoding="utf-8")).get("provenance", {}).get("defence")
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -479,6 +533,10 @@ def _start(plan: StudyPlan) -> None:
     """study.json and config.yaml: the identity, and the study's roles (grown when --roles adds some)."""
     c = copy.deepcopy(plan.config)
     c.assess.roles = list(plan.roles)
+    if c.defence.expert:
+        # Units read this file from wherever they run (a Ray worker need not share this cwd): the expert
+        # as the identity records it, an absolute path.
+        c.defence.expert = str(Path(c.defence.expert).expanduser().resolve())
     stored = _stored_study(plan.study)
     record = {
         "study_version": STUDY_VERSION,

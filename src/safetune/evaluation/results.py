@@ -488,6 +488,9 @@ class Provenance:
     model: ModelSource | None = None
     backend: str | None = None
     generation: Mapping[str, Any] | None = None
+    # The decoding defence the answers were generated under (`Defence.record()`: name, purpose and every
+    # resolved setting); None: plain generation.
+    defence: Mapping[str, Any] | None = None
     judge: JudgeRecord | None = None  # the primary judge
     judges: tuple[JudgeRecord, ...] | None = None  # every judge of the run, the primary one first
     eval: Mapping[str, Any] | None = None
@@ -515,6 +518,7 @@ class Provenance:
             "model": None if self.model is None else self.model.to_dict(),
             "backend": self.backend,
             "generation": None if self.generation is None else dict(self.generation),
+            **({} if self.defence is None else {"defence": dict(self.defence)}),
             "judge": None if self.judge is None else self.judge.to_dict(),
             **({} if self.judges is None else {"judges": [judge.to_dict() for judge in self.judges]}),
             "eval": None if self.eval is None else dict(self.eval),
@@ -876,6 +880,9 @@ class _Parser:
                 self.judge(f"provenance.judges.{i}", self.obj(f"provenance.judges.{i}", found))
                 for i, found in enumerate(judges)
             )
+        defence = data.get("defence")
+        if defence is not None:
+            values["defence"] = self.defence(defence)
         fidelity = data.get("fidelity")
         if fidelity is not None:
             found = self.obj("provenance.fidelity", fidelity, "expected an object or null")
@@ -901,9 +908,19 @@ class _Parser:
             "utility",
             "fidelity",
             "judges",
+            "defence",
         }
         values["extra"] = {key: value for key, value in data.items() if key not in known}
         return Provenance(**values)
+
+    def defence(self, data: Any) -> dict[str, Any]:
+        """A defence record: a name and a purpose (what reports show) and the settings, as written."""
+        found = self.obj("provenance.defence", data, "expected an object or null")
+        for key in ("name", "purpose"):
+            if not isinstance(found.get(key), str) or not found[key]:
+                self.fail(f"provenance.defence.{key}", f"expected a non-empty string, got {found.get(key)!r}")
+        self.number("provenance.defence.alpha", found.get("alpha"))
+        return dict(found)
 
     def judge(self, field: str, data: dict[str, Any]) -> JudgeRecord:
         return JudgeRecord(

@@ -56,7 +56,10 @@ def run_labels(loaded: Sequence[tuple[Path, Results]], labels: Sequence[str] | N
         names = []
         for path, content in loaded:
             model = content.provenance.model
-            names.append(short_label(model.label if model and model.label else path.parent.name))
+            name = short_label(model.label if model and model.label else path.parent.name)
+            defence = content.provenance.defence
+            # A defended evaluation of a model is not the model's: "villain-sft + rose" beside "villain-sft".
+            names.append(name if defence is None else f"{name} + {defence['name']}")
     counts = Counter(names)
     names = [
         f"{name} ({path.parent.name})" if counts[name] > 1 else name

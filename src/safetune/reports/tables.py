@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetune.evaluation.results import (
     REFUSAL_RATE,
@@ -33,6 +33,9 @@ from safetune.evaluation.results import (
     Results,
     Summary,
 )
+
+if TYPE_CHECKING:
+    from safetune.decoding.described import DefenceDescription
 
 MISSING = "–"
 MOCK_MARK = "(mock backend)"
@@ -85,6 +88,16 @@ class Run:
         """The label in the results tables, marked when the run did not generate with a model."""
         return f"{self.label} {MOCK_MARK}" if self.mock else self.label
 
+    @property
+    def defence(self) -> Mapping[str, Any] | None:
+        """The decoding defence record the answers were generated under (None: plain generation)."""
+        return self.provenance.defence
+
+    def defence_text(self) -> str:
+        """`rose (safety defence), alpha 0.5, ...`: name, purpose, alpha and the settings that differ from
+        the defence's defaults; "none" for plain generation."""
+        return "none" if self.defence is None else describe_defence(self.defence).text()
+
     def judge_name(self) -> str | None:
         judge = self.provenance.judge
         if judge is None or not judge.name:
@@ -105,6 +118,17 @@ class Run:
         """The benchmark that a summary value was taken from, when it is exactly one."""
         used = self.summary.sources(key)
         return self.benchmarks.get(used[0]) if len(used) == 1 else None
+
+
+def describe_defence(record: Mapping[str, Any]) -> DefenceDescription:
+    # Imported when a run has a defence: the registry's builders (and torch) are not loaded otherwise.
+    from safetune.decoding.described import describe
+
+    return describe(record)
+
+
+def has_defence(runs: Sequence[Run]) -> bool:
+    return any(run.defence is not None for run in runs)
 
 
 def number(value: Any) -> float | None:
@@ -406,8 +430,9 @@ def _md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    align = ["---"] + ["---:"] * (len(header) - 1)
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> list[str]:
+    """A Markdown table: the first `text_columns` columns left-aligned, the numbers right-aligned."""
+    align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
     return [_md_row(header), "| " + " | ".join(align) + " |", *(_md_row(r) for r in rows)]
 
 
@@ -539,14 +564,46 @@ def _agreement_lines(runs: Sequence[Run]) -> list[str]:
     return lines
 
 
+def _defence_note(runs: Sequence[Run]) -> list[str]:
+    """What the Defence column means, and a word on each over-refusal mitigation among the runs."""
+    if not has_defence(runs):
+        return []
+    lines = [
+        "",
+        "Defence: the decoding-time defence the answers were generated under (`safetune eval --defence`; "
+        "no weight changed): its name, what it is for, alpha and the settings that differ from its "
+        "defaults; none: plain generation.",
+    ]
+    mitigations = sorted(
+        {
+            told.name
+            for run in runs
+            if run.defence is not None and (told := describe_defence(run.defence)).over_refusal_mitigation
+        }
+    )
+    if mitigations:
+        lines[-1] += (
+            f" {', '.join(mitigations)}: an **over-refusal mitigation**, no safety defence: it moves away "
+            "from a safety-prompted distribution, so expect fewer refusals, of harmful prompts too."
+        )
+    return lines
+
+
 def markdown(runs: Sequence[Run]) -> str:
     """The report's Markdown: the main table, the per-language ASR table, and the footer."""
     cols = columns(runs)
     lines = ["# Evaluation report", ""]
+    # With a decoding defence in any run, a Defence column beside the run: two evaluations of one model,
+    # with and without a defence, are two rows that say which is which.
+    defended = has_defence(runs)
     if cols:
         lines += _md_table(
-            ["Run", *(c.header for c in cols)],
-            [[r.row_label, *(_fmt(c.value(r)) for c in cols)] for r in runs],
+            ["Run", *(["Defence"] if defended else []), *(c.header for c in cols)],
+            [
+                [r.row_label, *([r.defence_text()] if defended else []), *(_fmt(c.value(r)) for c in cols)]
+                for r in runs
+            ],
+            text_columns=2 if defended else 1,
         )
     else:
         lines.append("No run has any result.")
@@ -560,6 +617,7 @@ def markdown(runs: Sequence[Run]) -> str:
         f"incoherent % = 100 on a harmful set). Utility columns: lm-eval's first metric of each "
         f"task (proportions ×100). {MISSING}: not evaluated.",
     ]
+    lines += _defence_note(runs)
     langs = languages(runs)
     if langs:
         lines += ["", "## Attack success rate by language (%, lower is safer)", ""]
@@ -613,8 +671,10 @@ def markdown(runs: Sequence[Run]) -> str:
         if run.other_judges():
             judge += f" (primary; compared with {', '.join(run.other_judges())})"
         backend = f"**{MOCK_NOTE}**" if run.mock else f"backend {run.provenance.backend or '?'}"
+        defence = f"; decoding defence {run.defence_text()}" if defended else ""
         lines.append(
-            f"- **{run.label}**: model {_model_text(run)}; {backend}; judge {judge}; n: {_counts_text(run)}"
+            f"- **{run.label}**: model {_model_text(run)}; {backend}{defence}; judge {judge}; "
+            f"n: {_counts_text(run)}"
         )
     warning = judge_warning(runs)
     if warning:
@@ -642,6 +702,9 @@ def csv_text(runs: Sequence[Run]) -> str:
     if calibrated:
         header += ["calibration harmful refused", "calibration benign refused", "calibration gap"]
     header += ["model", "adapter", "backend", "judge", "results", "other judges"]
+    defended = has_defence(runs)
+    if defended:
+        header += ["defence", "defence purpose", "defence alpha", "defence settings"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -668,5 +731,12 @@ def csv_text(runs: Sequence[Run]) -> str:
         row += [(model.base or model.label) if model else "", (model.adapter or "") if model else ""]
         row += [run.provenance.backend or "", run.judge_name() or "", str(run.path)]
         row += [" ".join(run.other_judges())]
+        if defended:
+            told = None if run.defence is None else describe_defence(run.defence)
+            row += (
+                ["none", "", "", ""]
+                if told is None
+                else [told.name, told.purpose, cell(told.alpha), told.settings_text()]
+            )
         writer.writerow(row)
     return buffer.getvalue()
