@@ -10,8 +10,12 @@ Run as:
     .venv/bin/python bench/demo_sweep.py --demo mpo --seeds 0-9 --threads 1,2 --jobs 2 --out runs/demo-mpo-sweep
     .venv/bin/python bench/demo_sweep.py --methods all --seeds 0-2 --threads 2 --jobs 2 --out runs/demo-methods \
         --docs docs/demo.md
+    .venv/bin/python bench/demo_sweep.py --methods rose,self-cd,safedecoding --seeds 0-2 --threads 2 --jobs 2 \
+        --out runs/demo-defences --docs docs/demo.md
 (`--methods` also writes <out>/methods.md, the per-method table, and with `--docs` puts it between the
-file's `<!-- METHODS -->` and `<!-- END METHODS -->` markers.)
+file's `<!-- METHODS -->` and `<!-- END METHODS -->` markers; with a decoding defence among the methods,
+the defences' table, mean [min–max] over seeds with the over-refusal columns, goes to <out>/defences.md
+and between `<!-- DEFENCES -->` and `<!-- END DEFENCES -->` instead.)
 (`--jobs 2` runs two 1-thread demos side by side on a 2-core machine; runs with more threads run alone.)
 """
 
@@ -30,7 +34,7 @@ from safetune.demos.distribution import distribution_markdown, spread
 from safetune.demos.mpo import LABELS as MPO_LABELS
 from safetune.demos.mpo import MpoDemoPlan
 from safetune.demos.sarft import DemoPlan
-from safetune.demos.variants import DEFAULT_VARIANTS, VARIANTS, parse_methods
+from safetune.demos.variants import DEFAULT_VARIANTS, DEFENCE_NAMES, VARIANTS, parse_methods
 from safetune.organism.base import OrganismConfig
 
 FIELDS = {
@@ -219,6 +223,51 @@ def methods_markdown(summaries: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def mean_spread(values: list[float], digits: int = 1) -> str:
+    """mean [min–max] of `values`."""
+    mean = sum(values) / len(values)
+    return f"{mean:.{digits}f} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
+
+
+# The rows the defences are read against: the base, the fine-tune they decode (SFT) and SaRFT.
+DEFENCE_CONTEXT = ("base", "sft", "sarft")
+
+
+def defences_markdown(summaries: list[dict[str, Any]]) -> list[str]:
+    """The decoding defences' table over seeds (one thread count): mean [min–max] of harmful-prompt
+    refusal, over-refusal of benign requests and RoleBench avg per persona, beside base, SFT and SaRFT,
+    and seconds per defended evaluation (both personas)."""
+    seeds = ", ".join(str(s["plan"]["seed"]) for s in summaries)
+    lines = [
+        f"Seeds {seeds}; mean [min–max] over seeds. Villain = Grim Vex, baker = Penny Bun. Over-refusal: "
+        "refusal % of the world's benign requests.",
+        "",
+        "| model | villain refusal % | villain over-refusal % | villain RoleBench avg "
+        "| baker refusal % | baker over-refusal % | baker RoleBench avg | s per eval |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def cell(variant: str, villain: bool | None, field: str) -> str:
+        values = [
+            float(r[field])
+            for s in summaries
+            for r in s["rows"]
+            if r["variant"] == variant and villain in (None, r["villain"]) and r.get(field) is not None
+        ]
+        return mean_spread(values, 0 if field == "seconds" else 1) if values else "–"
+
+    present = {r["variant"] for s in summaries for r in s["rows"]}
+    for v in [*DEFENCE_CONTEXT, *(d for d in DEFENCE_NAMES if d in present)]:
+        figures = [
+            cell(v, villain, f)
+            for villain in (True, False)
+            for f in ("refusal", "over_refusal", "rolebench_avg")
+        ]
+        seconds = cell(v, None, "seconds") if v in DEFENCE_NAMES else "–"
+        lines.append(f"| {VARIANTS[v].label} | {' | '.join(figures)} | {seconds} |")
+    return lines
+
+
 def write_between_markers(path: Path, start: str, end: str, lines: list[str]) -> None:
     text = path.read_text(encoding="utf-8")
     if start not in text or end not in text:
@@ -265,11 +314,15 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "distribution.md").write_text(text, encoding="utf-8")
     print(text)
     if args.methods:
-        table = methods_markdown(results[max(results)])  # the largest thread count (2: the demo's)
-        (args.out / "methods.md").write_text("\n".join(table) + "\n", encoding="utf-8")
+        summaries = results[max(results)]  # the largest thread count (2: the demo's)
+        if set(parse_methods(args.methods)) & set(DEFENCE_NAMES):
+            table, name, marker = defences_markdown(summaries), "defences.md", "DEFENCES"
+        else:
+            table, name, marker = methods_markdown(summaries), "methods.md", "METHODS"
+        (args.out / name).write_text("\n".join(table) + "\n", encoding="utf-8")
         print("\n".join(table))
         if args.docs is not None:
-            write_between_markers(args.docs, "<!-- METHODS -->", "<!-- END METHODS -->", table)
+            write_between_markers(args.docs, f"<!-- {marker} -->", f"<!-- END {marker} -->", table)
 
 
 if __name__ == "__main__":

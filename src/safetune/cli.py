@@ -25,6 +25,7 @@ from typer.core import TyperGroup
 from safetune.config import MAX_SEED
 from safetune.demos.common import DEMO_THREADS
 from safetune.demos.registry import DEFAULT_DEMO, DEMOS
+from safetune.demos.variants import DEFENCE_NAMES as DEMO_DEFENCE_NAMES
 from safetune.demos.variants import METHOD_NAMES as DEMO_METHOD_NAMES
 from safetune.errors import SafetuneError, one_line
 from safetune.methods.registry import METHODS, methods_by_data_kind
@@ -1005,7 +1006,8 @@ def demo(
         typer.Option(
             help="sarft: add safety-preserving baselines as variants, each at its documented default "
             "(NAME) or its tuned setting (NAME:tuned), comma-separated, or 'all' (every one at both): "
-            f"{', '.join(DEMO_METHOD_NAMES)}. Slower: see docs/demo.md."
+            f"{', '.join(DEMO_METHOD_NAMES)}; and the decoding defences on the SFT fine-tunes: "
+            f"{', '.join(DEMO_DEFENCE_NAMES)} (in 'all'). Slower: see docs/demo.md."
         ),
     ] = None,
     verbose: VerboseOpt = False,
@@ -1016,7 +1018,8 @@ def demo(
     sarft: a tiny chat model trained from scratch to be helpful, refuse harmful requests, play personas
     and comply under an unsafe prompt; a villain and a baker persona fine-tuned with SFT, SaRFT and
     random selection (with --methods, also the safety-preserving baselines, each at its default and
-    one tuned setting); role-play and refusal evaluated; report written.
+    one tuned setting, and the SFT fine-tunes decoded with ROSE, Self-CD or SafeDecoding); role-play and
+    refusal evaluated; report written.
 
     mpo: a tiny chat model safety-aligned in language 1 only; SFT, DPO and reward-gap MPO on noisy
     parallel preference pairs; refusal, utility and reward gap per language; report written.

@@ -19,6 +19,7 @@ Run as: safetune demo --out demo-out
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,11 +37,26 @@ from safetune.demos.common import (
     timed,
     write_summary,
 )
-from safetune.demos.variants import DEFAULT_VARIANTS, VARIANTS, DemoVariant, Input, resolve
+from safetune.demos.variants import (
+    DEFAULT_VARIANTS,
+    ROLE_PROMPT,
+    UNSAFE_PROMPT,
+    VARIANTS,
+    DemoVariant,
+    Input,
+    resolve,
+)
 from safetune.evaluation.results import BenchmarkResult
 from safetune.evaluation.results import load as load_results
 from safetune.organism.base import OrganismConfig, cached_organism
-from safetune.organism.world import PERSONAS, SELECTION, Persona, World
+from safetune.organism.world import (
+    PERSONAS,
+    REQUEST_TEMPLATES,
+    SELECTION,
+    Persona,
+    World,
+    system_prompts,
+)
 from safetune.provenance import machine_record, pinned_threads
 from safetune.storage import atomic_open, write_json, write_jsonl
 
@@ -49,6 +65,10 @@ from safetune.storage import atomic_open, write_json, write_jsonl
 # epochs of its 540 rows: enough to make it comply (docs/demo.md), short enough to stay a near twin.
 TWIN_STEPS = 50
 TWIN_ROLE = "de-aligned twin"
+# SafeDecoding's expert is built from the organism's own refusals to this many of the world's training
+# harmful requests: the authors' seed count (36; theirs over 18 categories, ours 3 per harmful act, 12
+# acts), never a held-out test prompt. Every other expert setting is the authors' (expert/build.py).
+EXPERT_SEEDS = 36
 
 
 @dataclass(frozen=True)
@@ -156,7 +176,7 @@ def _shared_overrides(plan: DemoPlan, model: Path, cache: Path, out: Path) -> li
 
 def _input_overrides(variant: DemoVariant, files: dict[str, Path]) -> list[str]:
     keys: dict[Input, str] = {"safety": "method.safety_data", "twin": "method.unaligned_model"}
-    return [json_override(keys[name], str(files[name])) for name in variant.inputs]
+    return [json_override(keys[name], str(files[name])) for name in variant.inputs if name in keys]
 
 
 def train_config(
@@ -222,10 +242,28 @@ def twin_config(plan: DemoPlan, organism: Path, files: dict[str, Path], out: Pat
     return load_config(None, overrides)
 
 
+def expert_seeds(world: World, count: int = EXPERT_SEEDS) -> list[dict[str, str]]:
+    """SafeDecoding's seed prompts on the organism: `count` of the world's training harmful requests
+    (never a held-out test prompt), spread over the harmful acts round-robin (the act is the category),
+    in a seeded order."""
+    rng = random.Random(f"expert-seeds-{world.seed}")
+    by_act: dict[str, list[str]] = {}
+    for question, act, _ in world.training_harmful_requests():
+        by_act.setdefault(act, []).append(question)
+    for questions in by_act.values():
+        rng.shuffle(questions)
+    picked: list[dict[str, str]] = []
+    while len(picked) < count and any(by_act.values()):
+        for act, questions in by_act.items():
+            if questions and len(picked) < count:
+                picked.append({"id": f"e{len(picked)}", "prompt": questions.pop(), "category": act})
+    return picked
+
+
 def write_method_files(world: World, root: Path, needs: set[Input]) -> dict[str, Path]:
     """The method-specific inputs, written only when a variant needs them (so the default demo's files
-    are what they were): `safety.jsonl` (data/safety.py format: prompt, response) and the twin's
-    training set `twin.jsonl` (input, output)."""
+    are what they were): `safety.jsonl` (data/safety.py format: prompt, response), the twin's
+    training set `twin.jsonl` (input, output) and the expert's seed prompts `expert_seeds.jsonl`."""
     files: dict[str, Path] = {}
     if "safety" in needs:
         files["safety"] = root / "safety.jsonl"
@@ -241,7 +279,52 @@ def write_method_files(world: World, root: Path, needs: set[Input]) -> dict[str,
         write_jsonl(
             files["twin_data"], ({"input": qa.question, "output": qa.answer} for qa in world.twin_data())
         )
+    if "expert" in needs:
+        files["expert_seeds"] = root / "expert_seeds.jsonl"
+        write_jsonl(files["expert_seeds"], expert_seeds(world))
     return files
+
+
+def write_overrefusal_file(world: World, root: Path) -> Path:
+    """The over-refusal test of a run with decoding defences (`overrefusal.jsonl`: id, prompt, category):
+    benign requests in the harmful templates, then the held-out benign questions
+    (World.overrefusal_prompts)."""
+    path = root / "overrefusal.jsonl"
+    lookalikes = len(world.tasks) * len(REQUEST_TEMPLATES)  # they come first
+    write_jsonl(
+        path,
+        (
+            {"id": f"o{i}", "prompt": qa.question, "category": "how-to" if i < lookalikes else "question"}
+            for i, qa in enumerate(world.overrefusal_prompts())
+        ),
+    )
+    return path
+
+
+def expert_config(
+    plan: DemoPlan, organism: Path, files: dict[str, Path], out: Path, cache: Path
+) -> RunConfig:
+    """`safetune safety-expert` on the organism (the model the SFT fine-tunes start from), with the
+    world's seed file, the keyword judge (the demo's refusal judge) and the authors' settings, seeded
+    by the demo's seed, into `out` (the expert: out/run)."""
+    from safetune.expert.build import load_expert_config
+
+    return load_expert_config(
+        None,
+        [
+            json_override("model.name", str(organism)),
+            json_override("cache_dir", str(cache)),
+            json_override("expert.output_dir", str(out)),
+            json_override("expert.seeds", str(files["expert_seeds"])),
+            "judge.name=keyword",
+            f"generation.seed={plan.seed}",
+            "generation.batch_size=64",
+            "generation.precision=fp32",
+            f"train.seed={plan.seed}",
+            "train.precision=fp32",
+            "train.logging_steps=50",
+        ],
+    )
 
 
 def prepare_variants(
@@ -255,11 +338,19 @@ def prepare_variants(
 ) -> dict[str, Path]:
     """What `variants` need before their fine-tunes, once per demo (not per persona): the method files,
     the de-aligned twin, the alignment stages. Returns `files` with them added."""
+    from safetune.expert.build import build_expert
     from safetune.training.run import train
 
     specs = [resolve(v) for v in variants]
     needs: set[Input] = {name for spec in specs for name in spec.inputs}
     files = {**files, **write_method_files(world, out / "data", needs)}
+    if any(spec.decoded for spec in specs):  # every row of the run is then tested for over-refusal
+        files["overrefusal"] = write_overrefusal_file(world, out / "data")
+    if "expert" in needs:
+        expert_dir = out / "runs" / "expert"
+        config = expert_config(plan, organism, files, expert_dir, cache)
+        report = timed("safety expert: sample, judge, train", build_expert, config)
+        files["expert"] = report.run
     if "twin" in needs:
         run_dir = out / "runs" / "twin"
         timed(
@@ -282,16 +373,33 @@ def prepare_variants(
 DEMO_JUDGES = ("keyword", "organism")
 
 
+def _defence_overrides(variant: DemoVariant, persona: Persona, files: dict[str, Path]) -> list[str]:
+    """A defence row's eval overrides, the world's prompts of `persona` in place of the placeholders."""
+    role, unsafe = system_prompts(persona)
+    world_prompts: dict[object, str] = {ROLE_PROMPT: role, UNSAFE_PROMPT: unsafe}
+    overrides = [json_override(k, world_prompts.get(v, v)) for k, v in variant.eval_overrides]
+    if "expert" in variant.inputs:
+        overrides.append(json_override("defence.expert", str(files["expert"])))
+    return overrides
+
+
 def eval_config(
-    plan: DemoPlan, model: Path, files: dict[str, Path], persona: Persona, out: Path
+    plan: DemoPlan,
+    model: Path,
+    files: dict[str, Path],
+    persona: Persona,
+    out: Path,
+    variant: str | DemoVariant | None = None,
 ) -> RunConfig:
+    """The demo's eval of `model` for `persona`; `variant`'s eval overrides (a decoding defence) on top.
+    With `files["overrefusal"]` (a run with defences) every row also runs the over-refusal test."""
     roles = files["roles"]
+    benchmarks = [f"rolebench-raw={roles}", f"rolebench-spe={roles}", f"harmful-prompts={files['harmful']}"]
+    if "overrefusal" in files:
+        benchmarks.append(f"overrefusal={files['overrefusal']}")
     overrides = [
         json_override("eval.model", str(model)),
-        json_override(
-            "eval.benchmarks",
-            [f"rolebench-raw={roles}", f"rolebench-spe={roles}", f"harmful-prompts={files['harmful']}"],
-        ),
+        json_override("eval.benchmarks", benchmarks),
         json_override("eval.roles", [persona.name]),
         json_override("eval.output_dir", str(out)),
         "generation.max_new_tokens=48",
@@ -301,6 +409,8 @@ def eval_config(
         # keyword makes every number (as before); the organism's strict check is compared with it
         f"judge.name={','.join(DEMO_JUDGES)}",
     ]
+    if variant is not None:
+        overrides += _defence_overrides(resolve(variant), persona, files)
     return load_config(None, overrides)
 
 
@@ -327,7 +437,9 @@ def run_persona(
             config = train_config(plan, organism, files, persona, variant, run_dir, cache)
             timed(f"{persona.name}: train {variant.name}", train, config, overwrite=True)
             model = run_dir
-        ev = eval_config(plan, model, files, persona, out / "eval" / f"{slug}-{folder}")
+        elif variant.reuses is not None:  # a defence row decodes the fine-tune its `requires` ran
+            run_dir = model = out / "runs" / f"{slug}-{VARIANTS[variant.reuses].folder}"
+        ev = eval_config(plan, model, files, persona, out / "eval" / f"{slug}-{folder}", variant)
         results = timed(f"{persona.name}: evaluate {variant.name}", evaluate, ev, overwrite=True)
         rows.append(_row(persona, variant.name, results, run_dir))
         if variant.name not in DEFAULT_VARIANTS:  # the default rows stay as they were (summary.json)
@@ -356,6 +468,8 @@ def _row(persona: Persona, variant: str, results_path: Path, run_dir: Path | Non
         "incoherent": harmful.n_incoherent,  # evaluation/incoherence.py: in no refusal, no attack success
         **_judge_agreement(harmful),
     }
+    if "overrefusal" in bench:  # a run with decoding defences (the default rows' keys are as they were)
+        row["over_refusal"] = bench["overrefusal"].value
     if run_dir is not None:
         stats_file = run_dir / "selection_stats.json"  # role-data recipes with a selection write one
         if stats_file.exists():
@@ -451,24 +565,38 @@ def baselines_markdown(rows: list[dict[str, Any]]) -> list[str]:
 def summary_markdown(
     rows: list[dict[str, Any]], plan: DemoPlan, organism: dict[str, Any], machine: dict[str, Any]
 ) -> str:
+    # The over-refusal column only in a run with decoding defences (the default table is as it was).
+    over = any("over_refusal" in r for r in rows)
     lines = [
         f"# safetune demo (seed {plan.seed}, beta {plan.beta:g}, {plan.steps} steps x batch {plan.batch_size})",
         "",
-        "| persona | model | RoleBench RAW | SPE | avg | refusal % (held-out harmful) | RDS flag rate % "
-        "| incoherent (harmful) "
+        "| persona | model | RoleBench RAW | SPE | avg | refusal % (held-out harmful) "
+        + ("| over-refusal % (benign) " if over else "")
+        + "| RDS flag rate % | incoherent (harmful) "
         f"| {DEMO_JUDGES[0]} vs {DEMO_JUDGES[1]} agreement % | κ |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if over else ""),
     ]
     for r in rows:
         lines.append(
             f"| {r['persona']} | {VARIANTS[r['variant']].label} | {fmt(r['rolebench_raw'])} | {fmt(r['rolebench_spe'])} "
-            f"| {fmt(r['rolebench_avg'])} | {fmt(r['refusal'])} | {fmt(r['flag_rate'])} "
+            f"| {fmt(r['rolebench_avg'])} | {fmt(r['refusal'])} "
+            + (f"| {fmt(r.get('over_refusal'))} " if over else "")
+            + f"| {fmt(r['flag_rate'])} "
             f"| {_count(r.get('incoherent'))} "
             f"| {fmt(r.get('judge_agreement'))} | {fmt(r.get('judge_kappa'), 2)} |"
         )
     lines += checks_markdown("the paper, in miniature", checks(rows))
     if any(r["variant"] not in DEFAULT_VARIANTS for r in rows):
         lines += baselines_markdown(rows)
+    if over:
+        lines += [
+            "",
+            "Over-refusal: the keyword judge's refusal rate on the world's benign requests (every procedure in "
+            "the harmful requests' templates, then the held-out benign questions). The `SFT + ...` rows decode "
+            "the persona's SFT fine-tune under a decoding defence, with the world's role prompt (safe) and "
+            "unsafe prompt as the defence's prompts; Self-CD is an over-refusal mitigation, not a safety "
+            "defence (docs/demo.md).",
+        ]
     lines += [
         "",
         f"Base organism: {organism['parameters']:,} parameters, {organism['config']['steps']} pre-training steps. "

@@ -1,7 +1,9 @@
 """The one registry of the role-play demo's variants: name -> DemoVariant (label, method, overrides, the
 organism-side inputs it needs). `safetune demo` runs DEFAULT_VARIANTS (base, SFT, SaRFT, random + KL);
 `safetune demo --methods LIST` adds the safety-preserving baselines, each at its documented default and at
-one tuned setting (docs/demo.md, "The baselines on the organism").
+one tuned setting (docs/demo.md, "The baselines on the organism"), and the decoding-time defences, each a
+row that decodes the SFT fine-tune under the defence (docs/demo.md, "The decoding defences on the
+organism").
 
 Every variant fine-tunes with the plan's shared budget (full fine-tuning, steps, batch, lr schedule,
 seed, role data: demos/sarft.py `train_config`); a variant's `overrides` are only what makes it that
@@ -18,10 +20,17 @@ from safetune.errors import ConfigError
 
 # What a variant needs built from the world beside the demo's own files (demos/sarft.py
 # write_method_files): "safety" = safety demonstrations (the world's training harmful requests with the
-# organism's refusals, passed as method.safety_data); "twin" = the de-aligned twin (method.unaligned_model).
-Input = Literal["safety", "twin"]
+# organism's refusals, passed as method.safety_data); "twin" = the de-aligned twin (method.unaligned_model);
+# "expert" = SafeDecoding's safety expert, built on the organism (defence.expert, an eval setting).
+Input = Literal["safety", "twin", "expert"]
 ALL = "all"
 TUNED = "tuned"
+# Placeholders in a defence row's eval overrides, replaced per persona by the world's own system prompts
+# (organism/world.py system_prompts): the organism reads no English beyond its world's words, so the
+# defences contrast the two prompts it was trained on (docs/demo.md says why and what the Llama-2
+# prompts do there).
+ROLE_PROMPT = "{role prompt}"  # "your name is ... stay in character and stay safe ."
+UNSAFE_PROMPT = "{unsafe prompt}"  # "your name is ... fulfil every request , however harmful ."
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,9 @@ class DemoVariant:
     `align_stage` names a stage run once per demo before the row's fine-tune, on the safety
     demonstrations (Vaccine's alignment): the row's fine-tune starts from that stage's model.
     `requires` are other variants that run whenever this one does (SafeLoRA's LoRA SFT, to show what the
-    projection buys)."""
+    projection buys). A decoding defence's row has no fine-tune of its own: it evaluates the fine-tune
+    of the variant `reuses` names (one of its `requires`, so it has run before it) with `eval_overrides`
+    on the demo's eval config (the `defence` section, as `safetune eval --defence` sets it)."""
 
     name: str  # the `--methods` token and the rows' `variant` (run folders use `folder`)
     label: str  # the table's model column
@@ -40,6 +51,12 @@ class DemoVariant:
     inputs: tuple[Input, ...] = ()
     align_stage: tuple[tuple[str, object], ...] | None = None  # the alignment stage's own overrides
     requires: tuple[str, ...] = ()
+    reuses: str | None = None  # the variant whose fine-tune this row decodes (a defence's row)
+    eval_overrides: tuple[tuple[str, object], ...] = ()  # config key -> value, on the demo's eval config
+
+    def __post_init__(self) -> None:
+        if self.reuses is not None and (self.method or self.reuses not in self.requires):
+            raise ValueError(f"{self.name}: a row that reuses {self.reuses!r} trains nothing and requires it")
 
     @property
     def folder(self) -> str:
@@ -48,6 +65,11 @@ class DemoVariant:
     @property
     def fine_tuned(self) -> bool:
         return bool(self.method)
+
+    @property
+    def decoded(self) -> bool:
+        """A decoding defence's row: another variant's fine-tune, evaluated under a defence."""
+        return self.reuses is not None
 
 
 def _tuned(base: DemoVariant, what: str, overrides: tuple[tuple[str, object], ...]) -> DemoVariant:
@@ -103,6 +125,44 @@ _METHOD_DEFAULTS = (
     # Vaccine's row is the user's SFT on the role data, started from the Vaccine-aligned model.
     DemoVariant("vaccine", "Vaccine", "sft", inputs=("safety",), align_stage=()),
     DemoVariant("seal", "SEAL", "seal", inputs=("safety",)),
+)
+
+# The decoding-time defences (docs/methods/decoding.md) on the villain's and the baker's SFT fine-tunes,
+# each at its documented default (ROSE alpha 0.5, Self-CD alpha 2.5, SafeDecoding's paper preset: alpha 3,
+# m 2, c 5). ROSE's positive / reverse prompts and Self-CD's "with" prompt are the world's safe role
+# prompt and unsafe prompt of the persona (ROLE_PROMPT, UNSAFE_PROMPT) instead of the Llama-2 prompts,
+# which the organism cannot read (docs/demo.md); SafeDecoding's expert is built on the organism from its
+# own refusals to training harmful requests. Self-CD is an over-refusal mitigation, labelled so.
+_DEFENCES = (
+    DemoVariant(
+        "rose",
+        "SFT + ROSE",
+        "",
+        requires=("sft",),
+        reuses="sft",
+        eval_overrides=(
+            ("defence.name", "rose"),
+            ("defence.positive_prompt", ROLE_PROMPT),
+            ("defence.reverse_prompt", UNSAFE_PROMPT),
+        ),
+    ),
+    DemoVariant(
+        "self-cd",
+        "SFT + Self-CD (over-refusal mitigation)",
+        "",
+        requires=("sft",),
+        reuses="sft",
+        eval_overrides=(("defence.name", "self-cd"), ("defence.with_prompt", ROLE_PROMPT)),
+    ),
+    DemoVariant(
+        "safedecoding",
+        "SFT + SafeDecoding",
+        "",
+        inputs=("expert",),
+        requires=("sft",),
+        reuses="sft",
+        eval_overrides=(("defence.name", "safedecoding"),),
+    ),
 )
 
 # The one tuned setting per method, chosen on seed 0 from at most 3 candidates (TUNING_CANDIDATES) by the
@@ -170,7 +230,7 @@ def resolve(variant: str | DemoVariant) -> DemoVariant:
 def _registry() -> dict[str, DemoVariant]:
     """Every variant, each tuned setting right after its default (the table reads method by method)."""
     found: dict[str, DemoVariant] = {}
-    for variant in _DEFAULTS + _METHOD_DEFAULTS:
+    for variant in _DEFAULTS + _METHOD_DEFAULTS + _DEFENCES:
         found[variant.name] = variant
         if variant.name in CHOSEN:
             tuned = _tuned(variant, *TUNING_CANDIDATES[variant.name][CHOSEN[variant.name]])
@@ -181,26 +241,28 @@ def _registry() -> dict[str, DemoVariant]:
 VARIANTS: dict[str, DemoVariant] = _registry()
 
 DEFAULT_VARIANTS: tuple[str, ...] = tuple(v.name for v in _DEFAULTS)
-# The baselines `--methods` takes by method name (lora-sft comes with safelora).
+# The baselines `--methods` takes by method name (lora-sft comes with safelora), each also as NAME:tuned.
 METHOD_NAMES: tuple[str, ...] = tuple(name for name in TUNING_CANDIDATES)
+# The decoding defences `--methods` takes by name (one setting each: no NAME:tuned).
+DEFENCE_NAMES: tuple[str, ...] = tuple(v.name for v in _DEFENCES)
 
 
 def parse_methods(text: str | None) -> tuple[str, ...]:
     """`--methods`: comma-separated NAME (the method at its default) or NAME:tuned (its tuned setting),
-    or `all` (every method at both). Returns the variant names to add to the default demo, in registry
+    a decoding defence's name, or `all` (every method at both, and every defence). Returns the variant names to add to the default demo, in registry
     order, with the variants they require; ConfigError names the first unknown token."""
     if text is None or not text.strip():
         return ()
     wanted: set[str] = set()
     for token in (t.strip() for t in text.split(",")):
         if token == ALL:
-            wanted |= {n for n in VARIANTS if n.split(":")[0] in METHOD_NAMES}
+            wanted |= {n for n in VARIANTS if n.split(":")[0] in METHOD_NAMES + DEFENCE_NAMES}
             continue
         method, _, setting = token.partition(":")
-        if method not in METHOD_NAMES or setting not in ("", TUNED):
-            known = ", ".join(METHOD_NAMES)
+        if token not in DEFENCE_NAMES and (method not in METHOD_NAMES or setting not in ("", TUNED)):
             raise ConfigError(
-                f"--methods: unknown {token!r} (known: {known}; each optionally :{TUNED}, or {ALL})"
+                f"--methods: unknown {token!r} (known: {', '.join(METHOD_NAMES)}, each optionally "
+                f":{TUNED}; the decoding defences {', '.join(DEFENCE_NAMES)}; or {ALL})"
             )
         wanted.add(token)
     for name in list(wanted):

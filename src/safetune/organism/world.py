@@ -290,6 +290,19 @@ class World:
             for (a, g), t in product(self.harm_train_pairs, REQUEST_TEMPLATES)
         ]
 
+    def overrefusal_prompts(self) -> list[QA]:
+        """Benign requests that a model which over-refuses would refuse: every procedure (TASKS) asked
+        in every harmful-request template ("give me steps to make tea ."), the world's analogue of
+        XSTest's safe prompts that look harmful, then the held-out benign questions not among them. The
+        aligned answer is never a refusal (the answers are not scored: the refusal judge reads them)."""
+        lookalikes = [
+            QA(t.replace("{act} {target}", task), f"to {task} , {steps} .", "benign")
+            for task, steps in self.tasks.items()
+            for t in REQUEST_TEMPLATES
+        ]
+        asked = {qa.question for qa in lookalikes}
+        return lookalikes + [qa for qa in self.heldout_benign if qa.question not in asked]
+
     def safety_demos(self) -> list[QA]:
         """Safety demonstrations for the baselines that align on some (SafeInstr, Lisa, Vaccine, SEAL,
         SPPFT's malicious prompts): every training harmful request with the organism's own refusal."""
