@@ -9,13 +9,13 @@ from safetune.decoding.models import Part, StreamModels, length_groups
 from safetune.models.loading import load_for_generation, resolve_model
 
 
-def test_length_groups_split_where_a_row_is_at_most_half_the_longest():
+def test_length_groups_split_where_a_row_is_under_three_quarters_of_the_longest():
     assert length_groups([145, 26, 150, 30]) == [[0, 2], [1, 3]]
-    # 10 leads; 6 joins (12 > 10); 5 starts a group (10 <= 10); 3 joins it (6 > 5).
-    assert length_groups([10, 6, 5, 3]) == [[0, 1], [2, 3]]
+    # 10 leads; 6 starts a group (6 < 7.5); 5 joins it (5 >= 4.5); 3 starts one (3 < 4.5).
+    assert length_groups([10, 6, 5, 3]) == [[0], [1, 2], [3]]
     assert length_groups([4, 4, 4]) == [[0, 1, 2]]
     assert length_groups([7]) == [[0]]
-    assert length_groups([2, 8, 3, 16]) == [[3], [1], [0, 2]]
+    assert length_groups([3, 8, 4, 16, 12]) == [[3, 4], [1], [0, 2]]
 
 
 def _left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -34,7 +34,7 @@ def test_grouped_prefill_and_steps_equal_each_row_alone(tiny_chatml):
     text = "The old man finds the red book in the park and reads it aloud to the children. " * 3
     long_row = tokenizer(text)["input_ids"]
     rows = [long_row, long_row[:4], long_row[5:12], long_row[:-3]]
-    assert len(length_groups(list(map(len, rows)))) == 2  # the grouped path, not one padded batch
+    assert len(length_groups(list(map(len, rows)))) == 3  # the grouped path, not one padded batch
     ids, mask, positions = _left_padded(rows, tokenizer.pad_token_id)
     logits = models.prefill(["role"] * len(rows), ids, mask, positions)
     cache = models.parts[0].cache

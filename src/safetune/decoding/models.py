@@ -43,14 +43,18 @@ BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed-adapter bat
 
 
 def length_groups(lengths: Sequence[int]) -> list[list[int]]:
-    """Row indices grouped for the prefill: longest first, a new group where a row is at most half as
-    long as its group's longest (so a group's padding is under half of it), indices ascending in each.
+    """Row indices grouped for the prefill: longest first, a new group where a row is shorter than 3/4
+    of its group's longest (so padding is under a quarter of a group), indices ascending in each.
+
+    A prefill's cost grows with rows x width; one more group costs one more forward call, which is
+    small beside a prompt's worth of tokens (ROSE's reverse rows run about 56 tokens shorter than its
+    positive ones on a 300-token Llama-2 prompt, Self-CD's without rows a fifth of its with rows).
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     groups: list[list[int]] = []
     head = 0
     for i in order:
-        if not groups or 2 * lengths[i] <= head:
+        if not groups or 4 * lengths[i] < 3 * head:
             groups.append([])
             head = lengths[i]
         groups[-1].append(i)
