@@ -163,9 +163,12 @@ class DefenceRun:
     naive: Timing
     hf_plain: Timing
     hf_prompt: Timing | None  # None: the defence has no system prompt of its own (SafeDecoding)
-    identical: bool
-    engine_ids: list[list[int]]
-    naive_ids: list[list[int]]
+    same_ids: int  # queries of the naive subset whose engine and naive token ids are identical
+    checked: int  # the naive subset's size
+
+    @property
+    def identical(self) -> bool:
+        return self.same_ids == self.checked
 
 
 def _defended(defence_name: str, folder: Path, expert: Path, config: Any) -> tuple[Any, Any]:
@@ -203,54 +206,61 @@ def _time(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
-def measure(defence_name: str, folder: Path, expert: Path, args: argparse.Namespace) -> DefenceRun:
-    from safetune.config import GenerationConfig
+def compare(
+    defence: Any,
+    backend: Any,
+    hf: Any,
+    requests: list[Any],
+    naive_prompts: int,
+    repeats: int,
+    sync: Callable[[], None] = lambda: None,
+) -> DefenceRun:
+    """Time `backend` (a DefendedBackend), the naive loop on the same loaded models (the first
+    `naive_prompts` requests), and `hf` (an HFBackend on the plain model, same batch size) with no
+    system prompt and with the defence's own first-stream prompt as system; `repeats` interleaved
+    rounds after one warm-up batch each. `sync` waits for the device (CUDA) before a clock is read."""
     from safetune.decoding.naive import naive_generate
-    from safetune.evaluation.backends import HFBackend
     from safetune.evaluation.items import GenerationRequest
 
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    defence, backend = _defended(defence_name, folder, expert, config)
     generator = backend.generator
     ids = _recording(generator)
-    requests = _requests(args.prompts)
-    naive_requests = requests[: args.naive_prompts]
-    # The plain model for the hf backend: a second load, so the defended model (a peft model for
-    # SafeDecoding) is not what the baseline runs through.
-    from safetune.models.loading import load_for_generation, resolve_model
-
-    plain_model, tokenizer = load_for_generation(resolve_model(str(folder)), device="cpu")
-    hf = HFBackend(plain_model, tokenizer, config, progress=False)
+    naive_requests = requests[:naive_prompts]
     own = defence.streams(None)[0].system  # the positive / "with" prompt; None for SafeDecoding
     prompted = [GenerationRequest(r.id, r.user, own) for r in requests] if own else None
-
     engine = Timing("engine (DefendedBackend)", len(requests))
     naive = Timing("naive (batch 1, no cache)", len(naive_requests))
     hf_plain = Timing("hf, no system prompt", len(requests))
     hf_prompt = Timing("hf, defence prompt as system", len(requests)) if prompted else None
 
     def run_backend(b: Any, reqs: list[Any]) -> list[Any]:
-        return [r for batch in b.generate(reqs) for r in batch]
+        out = [r for batch in b.generate(reqs) for r in batch]
+        sync()
+        return out
 
-    run_backend(backend, requests[: args.batch_size])  # warm-up (allocator, kernels)
-    run_backend(hf, requests[: args.batch_size])
+    def run_naive() -> list[list[int]]:
+        out = naive_generate(
+            generator.models,
+            generator.tokenizer,
+            generator.renderers[0],
+            defence,
+            generator.stop_ids.tolist(),
+            generator.generation.max_new_tokens,
+            [(r.user, r.system) for r in naive_requests],
+        )
+        sync()
+        return out
+
+    batch = backend.config.batch_size
+    run_backend(backend, requests[:batch])  # warm-up (allocator, kernels)
+    run_backend(hf, requests[:batch])
     naive_ids: list[list[int]] = []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         ids.clear()
+        sync()
         seconds, results = _time(lambda: run_backend(backend, requests))
         engine.seconds.append(seconds)
         engine.tokens = sum(r.num_tokens for r in results)
-        seconds, naive_ids = _time(
-            lambda: naive_generate(
-                generator.models,
-                tokenizer,
-                generator.renderers[0],
-                defence,
-                generator.stop_ids.tolist(),
-                args.max_new_tokens,
-                [(r.user, r.system) for r in naive_requests],
-            )
-        )
+        seconds, naive_ids = _time(run_naive)
         naive.seconds.append(seconds)
         naive.tokens = sum(map(len, naive_ids))
         for timing, reqs in ((hf_plain, requests), (hf_prompt, prompted)):
@@ -260,16 +270,22 @@ def measure(defence_name: str, folder: Path, expert: Path, args: argparse.Namesp
             timing.seconds.append(seconds)
             timing.tokens = sum(r.num_tokens for r in results)
     engine_ids = [ids[r.user] for r in naive_requests]
-    return DefenceRun(
-        defence_name,
-        engine,
-        naive,
-        hf_plain,
-        hf_prompt,
-        engine_ids == naive_ids,
-        engine_ids,
-        naive_ids,
-    )
+    same = sum(a == b for a, b in zip(engine_ids, naive_ids, strict=True))
+    return DefenceRun(defence.name, engine, naive, hf_plain, hf_prompt, same, len(naive_ids))
+
+
+def measure(defence_name: str, folder: Path, expert: Path, args: argparse.Namespace) -> DefenceRun:
+    from safetune.config import GenerationConfig
+    from safetune.evaluation.backends import HFBackend
+    from safetune.models.loading import load_for_generation, resolve_model
+
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    defence, backend = _defended(defence_name, folder, expert, config)
+    # The hf baseline runs a second, plain load of the model: for SafeDecoding the defended model is
+    # a peft model, which is not what a plain eval runs through.
+    plain_model, tokenizer = load_for_generation(resolve_model(str(folder)), device="cpu")
+    hf = HFBackend(plain_model, tokenizer, config, progress=False)
+    return compare(defence, backend, hf, _requests(args.prompts), args.naive_prompts, args.repeats)
 
 
 # ---------------------------------------------------------------------------------------------- print
