@@ -49,7 +49,7 @@ EVAL_TARGET = 2.5  # defended eval / plain hf eval, time, at most
 # (prompts, max new tokens, batch size, repeats, model dims) of the full run and of --quick.
 FULL = {
     "prompts": 64,
-    "naive_prompts": 16,
+    "naive_prompts": 8,
     "max_new_tokens": 64,
     "batch_size": 16,
     "repeats": 3,
@@ -70,7 +70,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--naive-prompts",
         type=int,
-        help="the first N prompts also go through the naive loop (16, the same mix of 1-4 sentences as "
+        help="the first N prompts also go through the naive loop (8: the same mix of 1-4 sentences as "
         "the 64; 1 to --prompts): compared as prompts/s, their token ids checked",
     )
     p.add_argument("--max-new-tokens", type=int, help="new tokens at most (64; 1 to 512)")
