@@ -13,16 +13,19 @@ expert on q_proj/v_proj (r 16, alpha 64) of the same model, loaded as `safetune 
 1. engine vs naive: `DefendedBackend.generate` (the batched engine, one KV cache, length-sorted batches of
    --batch-size queries) against `decoding.naive.naive_generate` (one query at a time, every stream's
    whole prefix through the model at every token, no cache: the way the released code runs), on the same
-   loaded models. Their token ids must be identical, query by query; exit status 1 otherwise.
+   loaded models. The naive loop runs the first --naive-prompts prompts (8: the same 1-4 sentence mix
+   as the 64), compared as prompts/s, not extrapolated to seconds. Their token ids must be identical,
+   query by query; exit status 1 otherwise.
 2. defended eval vs plain eval: the same `DefendedBackend.generate` against `HFBackend.generate` (the
    `hf` backend, same batch size, same prompts) with no system prompt (what a user runs without a
-   defence: the target is read against this one), and with the defence's own positive / "with" prompt
-   as the system prompt (the same prefill length as the defence's first stream, so the table shows what
-   the long Llama-2 prompt costs by itself).
+   defence), and with the defence's own positive / "with" prompt as the system prompt (the prefill of
+   one of the defence's streams). The 2.5x target is read against the second: "two streams cost two
+   forwards" is the engine's property; the first shows what the long Llama-2 prompt adds by itself.
 
 Every measurement runs --repeats times, interleaved (the machine may be shared); the table shows the
 min and the median seconds, prompts/s from the min, and the ratios of the mins (and of the medians).
-Targets (issue 21): engine / naive >= 10x prompts/s; defended / plain hf <= 2.5x the time.
+Targets (issue 21): engine / naive >= 10x prompts/s; defended / same-prefill hf <= 2.5x the time.
+Figures: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -62,7 +65,9 @@ QUICK_MODEL = {"vocab_size": 512, "hidden_size": 32, "num_layers": 2, "num_heads
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="smoke run: a smaller model, 6 prompts, 6 tokens")
     p.add_argument("--defences", default=",".join(DEFENCES), help="comma-separated (default: all three)")
