@@ -20,7 +20,15 @@ safetune's tiny-model code (`safetune.models.tiny`), and only safetune's own cod
    where vLLM is installed and a CUDA GPU present, the `vllm` backend on the same prompt token ids (the
    model saved to a temporary folder), its tokens per second and how many answers are identical.
 
-4. sharded training: SaRFT under `accelerate launch` with the FSDP (full and LoRA) and ZeRO-2 / ZeRO-3
+4. decoding defences: ROSE, Self-CD and SafeDecoding (a random nonzero LoRA expert on q_proj/v_proj,
+   r 16, alpha 64, as one peft model with mixed-adapter rows) through `DefendedBackend` on a fresh copy
+   of the model, against the naive loop (batch 1, no cache; the first `--naive-prompts` prompts) and the
+   `hf` backend with no system prompt and with the defence's prompt as system, as
+   bench/decoding_defences.py measures them on a CPU (its `compare`). On a GPU in bf16 batched and
+   unbatched greedy ids may part where two logits tie to rounding: the count of identical queries is
+   recorded, not required.
+
+5. sharded training: SaRFT under `accelerate launch` with the FSDP (full and LoRA) and ZeRO-2 / ZeRO-3
    configs, one process per GPU (bench/sharded_training.py); skipped, with the reason, without CUDA
    GPUs or DeepSpeed.
 
@@ -69,8 +77,26 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 # Per-size defaults of the options (8b: the training defaults' 512 + 128 tokens per row).
 DEFAULTS: dict[str, dict[str, int]] = {
-    "tiny": {"steps": 3, "warmup": 1, "batch_size": 4, "seq_len": 64, "rds_examples": 16, "prompts": 8},
-    "8b": {"steps": 5, "warmup": 2, "batch_size": 4, "seq_len": 640, "rds_examples": 64, "prompts": 64},
+    "tiny": {
+        "steps": 3,
+        "warmup": 1,
+        "batch_size": 4,
+        "seq_len": 64,
+        "rds_examples": 16,
+        "prompts": 8,
+        "naive_prompts": 2,
+        "repeats": 1,
+    },
+    "8b": {
+        "steps": 5,
+        "warmup": 2,
+        "batch_size": 4,
+        "seq_len": 640,
+        "rds_examples": 64,
+        "prompts": 64,
+        "naive_prompts": 4,
+        "repeats": 2,
+    },
 }
 MAX_NEW_TOKENS = {"tiny": 16, "8b": 128}
 FLAGGED = 0.4  # share of flagged rows in the training batch, as bench/sarft_step.py
@@ -92,6 +118,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rds-examples", type=int, help="examples to score (tiny 16, 8b 64)")
     p.add_argument("--prompts", type=int, help="prompts to generate for (tiny 8, 8b 64)")
     p.add_argument("--max-new-tokens", type=int, help="tokens per answer (tiny 16, 8b 128)")
+    p.add_argument("--naive-prompts", type=int, help="prompts the naive defence loop runs (tiny 2, 8b 4)")
+    p.add_argument("--repeats", type=int, help="rounds of each decoding-defence timing (tiny 1, 8b 2)")
+    p.add_argument(
+        "--defences", default="rose,self-cd,safedecoding", help="decoding defences to time ('' for none)"
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = p.parse_args(argv)
     for key, value in DEFAULTS[args.size].items():
@@ -100,10 +131,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.max_new_tokens is None:
         args.max_new_tokens = MAX_NEW_TOKENS[args.size]
     args.out = args.out or f"bench-gpu-{args.size}.json"
-    for key in ("steps", "batch_size", "rds_examples", "prompts", "max_new_tokens", "threads"):
+    for key in (
+        "steps",
+        "batch_size",
+        "rds_examples",
+        "prompts",
+        "max_new_tokens",
+        "threads",
+        "naive_prompts",
+        "repeats",
+    ):
         value = getattr(args, key)
         if value is not None and value < 1:
             p.error(f"--{key.replace('_', '-')} must be at least 1")
+    if args.naive_prompts > args.prompts:
+        p.error(f"--naive-prompts must be at most --prompts ({args.prompts})")
+    from decoding_defences import DEFENCES as KNOWN_DEFENCES
+
+    args.defences = [n.strip() for n in args.defences.split(",") if n.strip()]
+    unknown = [n for n in args.defences if n not in KNOWN_DEFENCES]
+    if unknown:
+        p.error(f"--defences: unknown {unknown[0]!r} (known: {', '.join(KNOWN_DEFENCES)})")
     if args.warmup < 0 or args.seq_len < 16:
         p.error("--warmup must be >= 0 and --seq-len >= 16")
     return args
@@ -361,6 +409,95 @@ def _vllm_generation(
     }
 
 
+# --------------------------------------------------------------------------------- decoding defences
+
+
+class _AdapterOff:
+    """A backend run with a peft model's adapters switched off: the plain model's hf eval, once the
+    model carries SafeDecoding's expert."""
+
+    def __init__(self, backend: Any, peft_model: Any):
+        self.backend, self.peft_model = backend, peft_model
+        self.config = backend.config
+
+    def generate(self, requests: Any) -> Any:
+        with self.peft_model.disable_adapter():
+            yield from self.backend.generate(requests)
+
+
+def _decoding_defences(
+    args: argparse.Namespace, tokenizer: Any, dtype: torch.dtype, device: torch.device, work: Path
+) -> dict[str, Any]:
+    """Each defence through DefendedBackend on a fresh copy of the model (see the module docstring)."""
+    from peft import LoraConfig, get_peft_model
+
+    from decoding_defences import compare, ratios
+    from eval_generation import _requests
+    from safetune.config import DefenceConfig, GenerationConfig
+    from safetune.decoding.models import BASE_ADAPTER, Part, StreamModels
+    from safetune.decoding.registry import build_defence
+    from safetune.evaluation.backends import HFBackend
+    from safetune.evaluation.defended import defended_backend
+
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    requests = _requests(args.prompts)
+    model = _model(args, tokenizer, dtype, device).eval()
+    hf: Any = HFBackend(model, tokenizer, config, progress=False)
+    out: dict[str, Any] = {
+        "prompts": args.prompts,
+        "naive_prompts": args.naive_prompts,
+        "repeats": args.repeats,
+    }
+    # SafeDecoding last: it wraps the model in peft (the expert's LoRA layers stay in it).
+    for name in sorted(args.defences, key=lambda n: n == "safedecoding"):
+        settings: dict[str, Any] = {}
+        if name == "safedecoding":
+            torch.manual_seed(1)
+            lora = LoraConfig(
+                r=16, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+            )
+            peft_model = get_peft_model(model, lora, adapter_name="expert").to(dtype).eval()
+            peft_model.save_pretrained(str(work / "expert"))  # build_defence checks the adapter folder
+            settings["expert"] = str(work / "expert" / "expert")
+            models = StreamModels(
+                [Part(peft_model, ("role", "expert"), {"role": BASE_ADAPTER, "expert": "expert"})]
+            )
+            hf = _AdapterOff(hf, peft_model)
+        else:
+            models = StreamModels([Part(model, ("role",))])
+        defence = build_defence(DefenceConfig(name=name, **settings))
+        assert defence is not None
+        backend = defended_backend(models, tokenizer, defence, config, progress=False)
+        run = compare(defence, backend, hf, requests, args.naive_prompts, args.repeats, lambda: _sync(device))
+        r = ratios(run)
+        timings = {
+            key: {
+                "prompts": t.prompts,
+                "seconds": t.seconds,
+                "min_s": t.best,
+                "median_s": t.median,
+                "tokens": t.tokens,
+            }
+            for key, t in (
+                ("engine", run.engine),
+                ("naive", run.naive),
+                ("hf_no_system", run.hf_plain),
+                ("hf_defence_prompt", run.hf_prompt),
+            )
+            if t is not None
+        }
+        out[name] = {
+            **timings,
+            "engine_over_naive_prompts_per_s": {"min": r.speedup[0], "median": r.speedup[1]},
+            "defended_over_hf_same_prefill": {"min": r.target[0], "median": r.target[1]},
+            "defended_over_hf_no_system": {"min": r.plain[0], "median": r.plain[1]},
+            "identical_ids": f"{run.same_ids}/{run.checked}",
+        }
+    del model, hf
+    _free(device)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -471,6 +608,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             result["memory"] = {"skipped": "n/a on CPU: torch.cuda.max_memory_allocated needs a CUDA device"}
 
+        result["decoding_defences"] = _decoding_defences(args, tokenizer, dtype, device, work)
+        _free(device)
+
         vllm: dict[str, Any] = {"skipped": vllm_missing}
         if vllm_missing is None:
             try:
@@ -523,6 +663,23 @@ def _print(result: dict[str, Any]) -> None:
         )
 
 
+def _print_defences(record: dict[str, Any]) -> None:
+    for name in ("rose", "self-cd", "safedecoding"):
+        if name not in record:
+            continue
+        d = record[name]
+        speed, same, plain = (
+            d["engine_over_naive_prompts_per_s"],
+            d["defended_over_hf_same_prefill"],
+            d["defended_over_hf_no_system"],
+        )
+        print(
+            f"  {'defence ' + name:34s} {d['engine']['min_s']:10.2f} s   engine / naive {speed['min']:.1f}x "
+            f"prompts/s (ids identical {d['identical_ids']}); / hf same prefill {same['min']:.2f}x, "
+            f"/ hf no system {plain['min']:.2f}x"
+        )
+
+
 def _print_sharded(runs: dict[str, Any]) -> None:
     for name, run in runs.items():
         label = f"sharded training, {name}"
@@ -548,6 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run(args)
     write_json(args.out, result)
     _print(result)
+    _print_defences(result["decoding_defences"])
     _print_sharded(result["sharded_training"])
     print(f"wrote {args.out}")
     return 0

@@ -35,7 +35,7 @@ def _positive(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
-@pytest.mark.slow  # the whole suite on the tiny model: ~17 s
+@pytest.mark.slow  # the whole suite on the tiny model: ~25 s
 def test_tiny_suite_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "suite.json"
     proc = _run("--size", "tiny", "--threads", "1", "--out", str(out), timeout=120)
@@ -67,6 +67,16 @@ def test_tiny_suite_writes_every_section(tmp_path: Path) -> None:
         sharded = result["sharded_training"]
         assert set(sharded) == {"fsdp-full", "fsdp-lora", "zero2-full", "zero3-full"}
         assert all(run["skipped"].startswith("needs CUDA GPUs") for run in sharded.values())
+    defences = result["decoding_defences"]
+    assert defences["prompts"] == 8 and defences["naive_prompts"] == 2
+    for name in ("rose", "self-cd", "safedecoding"):
+        run = defences[name]
+        assert run["engine"]["prompts"] == 8 and run["naive"]["prompts"] == 2
+        assert run["engine"]["tokens"] > 0 and run["identical_ids"] == "2/2"  # fp32 on a CPU: exact
+        for key in ("engine_over_naive_prompts_per_s", "defended_over_hf_same_prefill"):
+            assert _positive(run[key]["min"]) and _positive(run[key]["median"])
+        assert f"defence {name}" in proc.stdout
+    assert "hf_defence_prompt" in defences["rose"] and "hf_defence_prompt" not in defences["safedecoding"]
     assert "SaRFT / SFT" in proc.stdout and f"wrote {out}" in proc.stdout
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temp file left
 

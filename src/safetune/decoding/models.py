@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from safetune.decoding.registry import Defence, StreamModel
@@ -39,6 +40,25 @@ from safetune.models.source import ModelSource
 log = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
+
+
+def length_groups(lengths: Sequence[int]) -> list[list[int]]:
+    """Row indices grouped for the prefill: longest first, a new group where a row is shorter than 3/4
+    of its group's longest (so padding is under a quarter of a group), indices ascending in each.
+
+    A prefill's cost grows with rows x width; one more group costs one more forward call, which is
+    small beside a prompt's worth of tokens (ROSE's reverse rows run about 56 tokens shorter than its
+    positive ones on a 300-token Llama-2 prompt, Self-CD's without rows a fifth of its with rows).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    groups: list[list[int]] = []
+    head = 0
+    for i in order:
+        if not groups or 4 * lengths[i] < 3 * head:
+            groups.append([])
+            head = lengths[i]
+        groups[-1].append(i)
+    return [sorted(group) for group in groups]
 
 
 @dataclass
@@ -86,26 +106,69 @@ class StreamModels:
 
     def _run(self, kinds: list[str], inputs: dict[str, Tensor], fresh: bool) -> Tensor:
         if fresh:
-            from transformers import DynamicCache
-
             for part in self.parts:
                 rows = [i for i, kind in enumerate(kinds) if kind in part.kinds]
                 part.rows = torch.tensor(rows, dtype=torch.long, device=self.device)
-                part.cache = DynamicCache(config=part.model.config) if rows else None
+                part.cache = None
         logits: Tensor | None = None
         for part in self.parts:
             assert part.rows is not None
             if not len(part.rows):
                 continue
-            if len(part.rows) == len(kinds):  # every row: no gather, no scatter
-                return self._forward(part, kinds, part.cache, **inputs)
-            taken = {k: v.index_select(0, part.rows) for k, v in inputs.items()}
-            found = self._forward(part, [kinds[i] for i in part.rows.tolist()], part.cache, **taken)
+            every = len(part.rows) == len(kinds)  # every row: no gather, no scatter
+            taken = inputs if every else {k: v.index_select(0, part.rows) for k, v in inputs.items()}
+            part_kinds = kinds if every else [kinds[i] for i in part.rows.tolist()]
+            if fresh:
+                found = self._prefill_part(part, part_kinds, taken)
+            else:
+                found = self._forward(part, part_kinds, part.cache, **taken)
+            if every:
+                return found
             if logits is None:
                 logits = found.new_empty(len(kinds), found.shape[-1])
             logits[part.rows] = found
         assert logits is not None
         return logits
+
+    def _prefill_part(self, part: Part, kinds: list[str], inputs: dict[str, Tensor]) -> Tensor:
+        """A fresh cache for a part's rows, and their last-position logits.
+
+        Rows of very different lengths (Self-CD's "with" rows carry a system prompt, its "without" rows
+        none) are prefilled in groups of similar length, each padded only to its own longest row, and
+        the groups' caches are then joined, left-padded with masked zeros to the batch's width: one
+        batch padded to the longest row would spend most of the short rows' prefill on padding.
+        """
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        mask = inputs["attention_mask"]
+        groups = length_groups(mask.sum(-1).tolist())
+        if len(groups) == 1:
+            part.cache = DynamicCache(config=part.model.config)
+            return self._forward(part, kinds, part.cache, **inputs)
+        width = mask.shape[-1]
+        caches, found = [], []
+        for group in groups:
+            index = torch.tensor(group, dtype=torch.long, device=mask.device)
+            own = int(mask[index].sum(-1).max())  # the group's longest row: its rows end at `width`
+            taken = {k: v.index_select(0, index)[:, width - own :] for k, v in inputs.items()}
+            cache = DynamicCache(config=part.model.config)
+            found.append(self._forward(part, [kinds[i] for i in group], cache, **taken))
+            caches.append(cache)
+        if not all(type(layer) is DynamicLayer for cache in caches for layer in cache.layers):
+            # A sliding-window or other layer keeps its own bookkeeping: one padded batch instead.
+            part.cache = DynamicCache(config=part.model.config)
+            return self._forward(part, kinds, part.cache, **inputs)
+        order = torch.tensor([i for group in groups for i in group], dtype=torch.long, device=mask.device)
+        back = torch.empty_like(order)
+        back[order] = torch.arange(len(order), device=mask.device)  # group order -> row order
+        for layers in zip(*(cache.layers for cache in caches), strict=True):
+            for name in ("keys", "values"):
+                states = [getattr(layer, name) for layer in layers]
+                padded = [F.pad(s, (0, 0, width - s.shape[-2], 0)) for s in states]
+                setattr(layers[0], name, torch.cat(padded).index_select(0, back))
+        part.cache = caches[0]
+        return torch.cat(found).index_select(0, back)
 
     def prefill(
         self, kinds: Sequence[str], input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor
@@ -130,7 +193,7 @@ class StreamModels:
                 continue
             new_index = mapping[part.rows]
             kept = (new_index >= 0).nonzero().flatten()
-            if len(kept) != len(part.rows):
+            if len(kept) != len(part.rows) and part.cache is not None:
                 part.cache.batch_select_indices(kept)
             part.rows = new_index[kept]
         self._kinds = [self._kinds[i] for i in rows.tolist()]
