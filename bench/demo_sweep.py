@@ -26,6 +26,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,24 @@ def run_all(args: argparse.Namespace) -> dict[int, list[dict[str, Any]]]:
     return results
 
 
+def row_cell(
+    summaries: list[dict[str, Any]],
+    variant: str,
+    villain: bool | None,
+    field: str,
+    summarise: Callable[[list[float], int], str],
+) -> str:
+    """One cell over seeds: `field` of `variant`'s rows (the villain's, the baker's, or both when
+    `villain` is None) summarised by `summarise` (seconds without decimals); "–" when no row has it."""
+    values = [
+        float(r[field])
+        for s in summaries
+        for r in s["rows"]
+        if r["variant"] == variant and villain in (None, r["villain"]) and r.get(field) is not None
+    ]
+    return summarise(values, 0 if field == "seconds" else 1) if values else "–"
+
+
 def methods_markdown(summaries: list[dict[str, Any]]) -> list[str]:
     """The per-method table over seeds (one thread count): median [min–max] of refusal and RoleBench avg
     per persona, the RDS flag rate where the variant has one, and seconds per run (train + eval)."""
@@ -205,13 +224,7 @@ def methods_markdown(summaries: list[dict[str, Any]]) -> list[str]:
     ]
 
     def cell(variant: str, villain: bool | None, field: str) -> str:
-        values = [
-            float(r[field])
-            for s in summaries
-            for r in s["rows"]
-            if r["variant"] == variant and villain in (None, r["villain"]) and r.get(field) is not None
-        ]
-        return spread(values, 0 if field == "seconds" else 1) if values else "–"
+        return row_cell(summaries, variant, villain, field, spread)
 
     variants = list(dict.fromkeys(r["variant"] for s in summaries for r in s["rows"]))
     for v in variants:
@@ -248,13 +261,7 @@ def defences_markdown(summaries: list[dict[str, Any]]) -> list[str]:
     ]
 
     def cell(variant: str, villain: bool | None, field: str) -> str:
-        values = [
-            float(r[field])
-            for s in summaries
-            for r in s["rows"]
-            if r["variant"] == variant and villain in (None, r["villain"]) and r.get(field) is not None
-        ]
-        return mean_spread(values, 0 if field == "seconds" else 1) if values else "–"
+        return row_cell(summaries, variant, villain, field, mean_spread)
 
     present = {r["variant"] for s in summaries for r in s["rows"]}
     for v in [*DEFENCE_CONTEXT, *(d for d in DEFENCE_NAMES if d in present)]:
