@@ -148,3 +148,36 @@ def test_eval_with_safedecoding_records_the_expert(tiny_chatml, tmp_path):
     assert defence["expert_model"]["adapter"] == str((expert / "final").resolve())
     assert defence["expert_model"]["fingerprint"].startswith("lora:")
     assert len(_lines(out / "completions.jsonl")) == 3
+
+
+def _full_run(base: Path, run: Path) -> Path:
+    """A `safetune train` run folder of a full fine-tune of `base` (run.json, config.yaml naming the base,
+    final/ with every weight moved a little), as the role model of a defended eval."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(str(base))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    model.save_pretrained(str(run / "final"))
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(run / "final"))
+    (run / "run.json").write_text("{}", encoding="utf-8")
+    (run / "config.yaml").write_text(f"model:\n  name: {json.dumps(str(base))}\n", encoding="utf-8")
+    return run
+
+
+def test_defences_on_a_full_fine_tune(tiny_chatml, tmp_path):
+    """A full fine-tune's run folder: ROSE decodes it alone; SafeDecoding holds it and the base with the
+    expert as two models (the expert was trained on the base it was fine-tuned from)."""
+    role = _full_run(tiny_chatml, tmp_path / "role")
+    expert = _lora_run(tiny_chatml, tmp_path / "expert")
+    data = tmp_path / "harmful.jsonl"
+    data.write_text("".join(json.dumps({"prompt": h}) + "\n" for h in HARMFUL[:3]), encoding="utf-8")
+    for name, extra in (("rose", []), ("safedecoding", [f"--defence.expert={expert}"])):
+        out = tmp_path / f"ev-{name}"
+        result = runner.invoke(app, [*_args(role, out, data, "--defence", name, *extra)])
+        assert result.exit_code == 0, result.output
+        record = _results(out)["provenance"]["defence"]
+        assert record["name"] == name and len(_lines(out / "completions.jsonl")) == 3
+    assert record["expert_model"]["adapter"] == str((expert / "final").resolve())
