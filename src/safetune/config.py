@@ -204,6 +204,10 @@ class MethodConfig(Section):
     gap_weight: float = number(1.0, ge=0)
     repr_weight: float = number(1.0, ge=0)
     pooling: Literal["mean", "mean_all", "last"] = "mean"  # mean_all = the authors' code (padding-dependent)
+    # Ablations (docs/methods/mpo.md "Ablations"). repr_weight 0: without the retain term.
+    # mpo_logps: "mean" = length-normalised log-probs (the authors'), "sum" = summed, in every gap
+    mpo_logps: Literal["mean", "sum"] = "mean"
+    # reference-relative (DPO-style) target gap: beta * (RG_t(policy) - RG_t(ref)) regressed on RG_d(ref)
     normalise_target_gap: bool = False
     # joint = the authors' rule: prompt + response <= max_length, the response kept first; per_side = the
     # chat.max_prompt_tokens / chat.max_response_tokens limits, each side on its own

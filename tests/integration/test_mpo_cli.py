@@ -77,6 +77,33 @@ def test_mpo_trains_in_both_formats(tiny_llama3, tmp_path, fmt, finetune):
     assert (out / "final").is_dir() and not (out / "final" / "training_args.bin").exists()
 
 
+def test_the_ablations_train_through_the_cli_with_their_own_cache_entries(tiny_llama3, tmp_path):
+    """The three ablations together (summed log-probs, no retain term, reference-relative gap) beside the
+    default: each run gets its own reference cache entry, holding only what its loss uses."""
+    from safetensors import safe_open
+
+    data, cache = _jsonl(tmp_path / "mpo.jsonl"), tmp_path / "cache"
+    entries = []
+    for name, extra in [
+        ("mean", []),
+        (
+            "ablated",
+            ["--method.mpo_logps=sum", "--method.repr_weight=0", "--method.normalise_target_gap=true"],
+        ),
+    ]:
+        _train(tiny_llama3, data, tmp_path / name, cache, *extra)
+        run = json.loads((tmp_path / name / "run.json").read_text())
+        with safe_open(run["data"]["reference_cache"], "pt") as handle:
+            entries.append(
+                (run["data"]["reference_cache"], sorted(handle.keys()), handle.metadata()["logps"])
+            )
+    assert len({path for path, _, _ in entries}) == 2
+    assert [(keys, logps) for _, keys, logps in entries] == [
+        (["gaps", "pooled"], "mean"),
+        (["gaps", "target_gaps"], "sum"),
+    ]
+
+
 def test_the_readme_mpo_command_with_the_authors_config(tiny_llama3, tmp_path):
     """README: safetune train --config configs/mpo_full.yaml -m MODEL --data FILE -o OUT (here 2 steps, fp32
     on the CPU): the authors' settings reach the run, with mean_all pooling and the joint 1024-token rule,

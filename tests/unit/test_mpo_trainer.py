@@ -43,9 +43,17 @@ def _trainer(model, method, tmp_path, **reference) -> MpoTrainer:
 
 
 @pytest.mark.parametrize(
-    ("pooling", "normalise"), [("mean", False), ("last", False), ("mean_all", False), ("mean", True)]
+    ("pooling", "normalise", "logps", "repr_weight"),
+    [
+        ("mean", False, "mean", 1.0),
+        ("last", False, "mean", 1.0),
+        ("mean_all", False, "mean", 1.0),
+        ("mean", True, "mean", 1.0),
+        ("mean", True, "sum", 1.0),
+        ("mean_all", False, "sum", 0.0),
+    ],
 )
-def test_cache_equals_live_reference(setup, tmp_path, pooling, normalise):
+def test_cache_equals_live_reference(setup, tmp_path, pooling, normalise, logps, repr_weight):
     model, rows, pad_id = setup
     # A policy that has moved away from the reference, so that both loss terms are non-zero.
     policy = copy.deepcopy(model)
@@ -53,7 +61,14 @@ def test_cache_equals_live_reference(setup, tmp_path, pooling, normalise):
         for param in policy.parameters():
             param.add_(0.01 * torch.randn_like(param))
     policy.train()
-    method = MethodConfig(name="mpo", beta=1.5, pooling=pooling, normalise_target_gap=normalise)
+    method = MethodConfig(
+        name="mpo",
+        beta=1.5,
+        pooling=pooling,
+        normalise_target_gap=normalise,
+        mpo_logps=logps,
+        repr_weight=repr_weight,
+    )
     # mean_all pools over each pair's own padding, so a batch of every pair matches the per-pair cache.
     size = len(rows)
     cache = compute_reference(model, rows, method, batch_size=size, pad_id=pad_id)
@@ -82,6 +97,112 @@ def test_cache_round_trips_through_safetensors(tmp_path):
     gaps, pooled, target = loaded.lookup(torch.tensor([3, 1]), torch.device("cpu"))
     assert torch.equal(gaps, cache.gaps[[3, 1]]) and torch.equal(target, cache.target_gaps[[3, 1]])
     assert torch.equal(pooled, torch.cat([cache.pooled[[3, 1], 0], cache.pooled[[3, 1], 1]]))
+
+
+def test_cache_without_pooled_states_round_trips(tmp_path):
+    cache = ReferenceCache(torch.randn(3), None)
+    cache.save(tmp_path / "ref.safetensors", {"model": "x"})
+    loaded = ReferenceCache.load(tmp_path / "ref.safetensors")
+    assert torch.equal(loaded.gaps, cache.gaps) and loaded.pooled is None and loaded.target_gaps is None
+    gaps, pooled, target = loaded.lookup(torch.tensor([2, 0]), torch.device("cpu"))
+    assert torch.equal(gaps, cache.gaps[[2, 0]]) and pooled is None and target is None
+
+
+# ---- the ablations (docs/methods/mpo.md "Ablations"), each against its formula from naive log-probs
+
+
+def _naive_logps(model, ids, mask, labels, average: bool) -> torch.Tensor:
+    """Unchunked log-softmax + gather: per-row summed or mean log-prob of the labelled tokens."""
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].double(), -1)
+    target = labels[:, 1:]
+    keep = target != -100
+    picked = (logp.gather(2, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep).sum(1)
+    return picked / keep.sum(1) if average else picked
+
+
+def _gap(model, batch, side: str, average: bool) -> torch.Tensor:
+    logps = _naive_logps(model, batch[f"{side}_ids"], batch[f"{side}_mask"], batch[f"{side}_labels"], average)
+    half = logps.shape[0] // 2
+    return logps[:half] - logps[half:]
+
+
+@pytest.mark.parametrize(
+    ("logps", "normalise"), [("sum", False), ("sum", True), ("mean", True), ("mean", False)]
+)
+def test_ablation_losses_match_their_formulas(setup, tmp_path, logps, normalise):
+    """repr_weight 0 (no retain term): L = mean_b (beta * G_t - RG_d(ref))^2 where G_t is RG_t(theta), or
+    RG_t(theta) - RG_t(ref) (reference-relative), with mean or summed log-probs in every gap."""
+    model, rows, pad_id = setup
+    policy = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in policy.parameters():
+            param.add_(0.02 * torch.randn_like(param))
+    policy.eval()  # no dropout: the naive pass must see the same function
+    beta = 0.7
+    method = MethodConfig(
+        name="mpo", beta=beta, repr_weight=0.0, mpo_logps=logps, normalise_target_gap=normalise
+    )
+    cache = compute_reference(model, rows, method, batch_size=2, pad_id=pad_id)
+    assert cache.pooled is None  # no retain term: no pooled reference states computed or stored
+    assert (cache.target_gaps is not None) == normalise
+    batch = MpoCollator(pad_id)(rows)
+    average = logps == "mean"
+    target_gap = _gap(policy, batch, "target", average)
+    if normalise:
+        target_gap = target_gap - _gap(model, batch, "target", average)
+    expected = (beta * target_gap - _gap(model, batch, "dominant", average)).pow(2).mean()
+    trainer = _trainer(policy, method, tmp_path, reference=cache)
+    with torch.no_grad():
+        loss = trainer.compute_loss(policy, batch)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
+    # the summed gaps are not the mean ones (the responses have several tokens)
+    other = _gap(model, batch, "dominant", not average)
+    assert not torch.allclose(cache.gaps.double(), other.float().double(), atol=1e-3)
+
+
+def test_no_retain_term_skips_the_policys_dominant_pass(setup, tmp_path):
+    """repr_weight 0: the policy's decoder never sees the dominant rows, and mean_all needs no pad id
+    (nothing is pooled)."""
+    model, rows, pad_id = setup
+    method = MethodConfig(name="mpo", beta=1.0, repr_weight=0.0, pooling="mean_all")
+    cache = compute_reference(model, rows, method, batch_size=3)  # no pad_id: fine without pooling
+    batch = MpoCollator(pad_id)(rows)
+    seen: list[int] = []
+
+    def count_rows(_module, _args, kwargs, _output):
+        seen.append(kwargs["input_ids"].shape[0])
+
+    hook = model.model.register_forward_hook(count_rows, with_kwargs=True)
+    try:
+        _trainer(model, method, tmp_path, reference=cache).compute_loss(model, batch)
+    finally:
+        hook.remove()
+    assert seen == [2 * len(rows)]  # the target rows only (chosen and rejected), once
+
+
+def test_reference_cache_key_changes_with_the_logps_and_the_retain_term(setup):
+    from safetune.reference.mpo import reference_key
+
+    _, rows, _ = setup
+
+    class _Renderer:
+        def fingerprint(self) -> str:
+            return "t"
+
+    key = lambda **kw: reference_key("m", _Renderer(), rows, **{"pooling": "mean", **kw})  # type: ignore[arg-type]  # noqa: E731
+    keys = {key(), key(logps="sum"), key(pooling=None), key(pooling=None, logps="sum")}
+    assert len(keys) == 4
+    assert key() == key(logps="mean")
+
+
+def test_mpo_logps_option_is_checked():
+    from safetune.config import ConfigError, load_config
+
+    assert MethodConfig().mpo_logps == "mean"  # the authors' length normalisation
+    assert load_config(overrides=["method.mpo_logps=sum"]).method.mpo_logps == "sum"
+    with pytest.raises(ConfigError, match=r"method\.mpo_logps"):
+        load_config(overrides=["method.mpo_logps=total"])
 
 
 def test_trainer_needs_exactly_one_reference(setup, tmp_path):

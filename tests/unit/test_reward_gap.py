@@ -120,6 +120,25 @@ def test_normalised_target_gap_variant():
     assert out.gap_term.item() == pytest.approx((0.0625 + 0.25) / 2, abs=1e-6)
 
 
+def test_reference_relative_target_gap_is_the_dpo_margin_by_hand():
+    """The `normalise_target_gap` ablation with summed log-probs: beta * (RG_t(theta) - RG_t(ref)) is DPO's
+    reward margin beta * [log pi/pi_ref (y_w) - log pi/pi_ref (y_l)], regressed on RG_d(ref)."""
+    policy_w = torch.tensor([-10.0, -4.0], requires_grad=True)  # summed log-probs
+    policy_l = torch.tensor([-12.0, -3.0])
+    ref_w, ref_l = torch.tensor([-11.0, -5.0]), torch.tensor([-11.0, -2.0])
+    ref_gap_d = torch.tensor([3.0, 1.0])
+    out = reward_gap_mpo_loss(
+        policy_w, policy_l, ref_gap_d, None, None, beta=0.5, repr_weight=0, ref_target_gap=ref_w - ref_l
+    )
+    # log-ratios: chosen (1, 1), rejected (-1, -1): margins (2, 2); beta * margin - RG_d = (1 - 3, 1 - 1)
+    assert out.target_gap.tolist() == pytest.approx([2.0, 2.0], abs=1e-6)
+    assert out.gap_error.tolist() == pytest.approx([-2.0, 0.0], abs=1e-6)
+    assert out.loss.item() == pytest.approx((4.0 + 0.0) / 2, abs=1e-6)
+    out.loss.backward()
+    # dL/dpolicy_w = 2 * beta * e / B = (-1, 0): descent raises the first margin, leaves the second
+    assert grad(policy_w).tolist() == pytest.approx([-1.0, 0.0], abs=1e-6)
+
+
 def test_shape_errors():
     with pytest.raises(ValueError, match="2B"):
         reward_gap_mpo_loss(
@@ -191,6 +210,43 @@ def test_mean_token_logps_hand_value():
     assert grad(logits)[0, 0].tolist() == pytest.approx([-0.125, 0.375, -0.125, -0.125], abs=1e-6)
     assert grad(logits)[1, 1].tolist() == pytest.approx([-0.25, -0.25, -0.25, 0.75], abs=1e-6)
     assert grad(logits)[1, 0].abs().sum().item() == 0.0
+
+
+def naive_sum_logps(logits, labels):
+    """Unchunked summed log-prob of the labelled tokens (the `mpo_logps="sum"` ablation)."""
+    keep = (labels[:, 1:] != IGNORE_INDEX).sum(1).clamp(min=1)
+    return naive_mean_logps(logits, labels) * keep
+
+
+def test_summed_token_logps_hand_value():
+    # uniform logits over V = 4: row 0 has 2 labelled tokens (sum -2 log 4), row 1 one (-log 4)
+    logits = torch.zeros(2, 3, 4, requires_grad=True)
+    labels = torch.tensor([[IGNORE_INDEX, 1, 2], [IGNORE_INDEX, IGNORE_INDEX, 3]])
+    out = mean_token_logps(logits, labels, average=False)
+    assert out.tolist() == pytest.approx([-2 * math.log(4), -math.log(4)], abs=1e-6)
+    out.sum().backward()
+    # no division by the length: onehot - 1/4 at every labelled position
+    assert grad(logits)[0, 0].tolist() == pytest.approx([-0.25, 0.75, -0.25, -0.25], abs=1e-6)
+    assert grad(logits)[0, 1].tolist() == pytest.approx([-0.25, -0.25, 0.75, -0.25], abs=1e-6)
+    assert grad(logits)[1, 1].tolist() == pytest.approx([-0.25, -0.25, -0.25, 0.75], abs=1e-6)
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 23, 1 << 20])
+def test_summed_token_logps_match_naive_values_and_gradients(chunk_elements):
+    logits, labels = random_batch(seed=7)
+    weights = torch.randn(logits.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    naive_in = logits.clone().requires_grad_(True)
+    expected = naive_sum_logps(naive_in, labels)
+    (expected * weights).sum().backward()
+    ours_in = logits.clone().requires_grad_(True)
+    ours = mean_token_logps(ours_in, labels, chunk_elements=chunk_elements, average=False)
+    (ours * weights).sum().backward()
+    assert torch.allclose(ours, expected, atol=1e-10)
+    assert torch.allclose(grad(ours_in), grad(naive_in), atol=1e-10)
+    assert ours[-1].item() == 0.0  # no labelled token
+    assert torch.allclose(ours.float(), sequence_logps(logits.float(), labels, average=False), atol=1e-5)
+    # and it is not the mean: rows with more than one labelled token differ
+    assert not torch.allclose(ours, mean_token_logps(logits, labels, chunk_elements=chunk_elements))
 
 
 def test_mean_token_logps_fp32_and_bf16():

@@ -27,9 +27,21 @@ Where the authors' code (circle-hit/MPO, LLaMA-Factory fork) is followed rather 
   up to 7 pad positions. The value depends on the padding, so our default is the masked `mean`; `mean_all`
   with per-pair `widths` (reference/pairs.py) reproduces their batch-1 computation exactly.
 
-Non-default variant (`ref_target_gap`, the trainer's `normalise_target_gap`): RG_t(theta) is replaced by
-RG_t(theta) - RG_t(ref), a DPO-style reference-normalised target gap. Neither the paper nor the authors'
-code does this.
+Ablations (options of `--method mpo`, docs/methods/mpo.md "Ablations"); neither the paper's main method nor
+the authors' code does any of them:
+- without the retain term, `repr_weight = 0`: L = gap_weight * mean_b (beta * RG_t - RG_d)^2; the policy's
+  dominant-language pass and the reference's pooled hidden states are then not computed at all;
+- summed log-probabilities, `mpo_logps = "sum"` (`mean_token_logps(..., average=False)`): lp(m, x, y) =
+  sum_t log p_m(y_t | x, y_<t) in RG_t(theta), RG_d(ref) and RG_t(ref) alike;
+- a reference-relative (DPO-style) target gap, `normalise_target_gap` (`ref_target_gap` here):
+      RG_t(theta) -> RG_t(theta) - RG_t(ref)
+                   = [lp(theta, y_w_t) - lp(ref, y_w_t)] - [lp(theta, y_l_t) - lp(ref, y_l_t)]
+      L_gap = mean_b (beta * (RG_t(theta) - RG_t(ref)) - RG_d(ref))^2
+  the difference of the implicit rewards log pi_theta / pi_ref of the chosen and the rejected answer; with
+  `mpo_logps = "sum"` beta * (RG_t(theta) - RG_t(ref)) is exactly DPO's reward margin
+  beta * [log pi_theta(y_w)/pi_ref(y_w) - log pi_theta(y_l)/pi_ref(y_l)], regressed on RG_d(ref) instead
+  of pushed up by -log sigmoid. RG_d stays the reference's own (reference-free) gap: measured relative to
+  itself the reference's gap would be 0.
 """
 
 from __future__ import annotations
@@ -46,6 +58,7 @@ from safetune.data.batching import IGNORE_INDEX
 from safetune.methods.losses import DEFAULT_CHUNK_ELEMENTS, chunk_positions, shift_targets
 
 PoolMode = Literal["mean", "mean_all", "last"]
+LogpsMode = Literal["mean", "sum"]
 POOL_MODES: tuple[str, ...] = ("mean", "mean_all", "last")
 
 
@@ -55,7 +68,8 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class _MeanTokenLogps(torch.autograd.Function):
-    """Length-normalised log-prob of the labelled tokens, chunked over labelled positions.
+    """Length-normalised (or, `average=False`, summed) log-prob of the labelled tokens, chunked over
+    labelled positions.
 
     Forward: for each chunk of labelled positions, gather the target logit and subtract the logsumexp of
     that [chunk, V] block (in fp32). Saved for backward: the logits tensor itself (a reference, no copy),
@@ -67,7 +81,7 @@ class _MeanTokenLogps(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, logits: Tensor, targets: Tensor, chunk_elements: int
+        ctx: Any, logits: Tensor, targets: Tensor, chunk_elements: int, average: bool
     ) -> Tensor:
         batch, length, vocab = logits.shape
         dtype = _compute_dtype(logits.dtype)
@@ -85,7 +99,11 @@ class _MeanTokenLogps(torch.autograd.Function):
             picked = block.gather(1, picked_targets[start:stop].unsqueeze(1)).squeeze(1)
             token_logps[start:stop] = picked - lse[start:stop]
         rows = index // length
-        counts = torch.bincount(rows, minlength=batch)
+        # The divisor per row: its labelled-token count (mean), or 1 (sum).
+        if average:
+            counts = torch.bincount(rows, minlength=batch)
+        else:
+            counts = torch.ones(batch, dtype=torch.long, device=logits.device)
         total = torch.zeros(batch, dtype=dtype, device=logits.device).index_add_(0, rows, token_logps)
         ctx.save_for_backward(logits, index, picked_targets, lse, counts)
         ctx.chunk_elements = chunk_elements
@@ -93,10 +111,10 @@ class _MeanTokenLogps(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None, None]:  # type: ignore[override]
         logits, index, picked_targets, lse, counts = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None
+            return None, None, None, None
         batch, length, vocab = logits.shape
         grad = torch.zeros((batch * length, vocab), dtype=logits.dtype, device=logits.device)
         flat = logits.reshape(batch * length, vocab)
@@ -111,11 +129,14 @@ class _MeanTokenLogps(torch.autograd.Function):
             g = torch.exp(block - lse[start:stop].unsqueeze(1)).mul_(-scale)
             g.scatter_add_(1, picked_targets[start:stop].unsqueeze(1), scale)
             grad[pos] = g.to(grad.dtype)
-        return grad.view(batch, length, vocab), None, None
+        return grad.view(batch, length, vocab), None, None, None
 
 
-def mean_token_logps(logits: Tensor, labels: Tensor, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> Tensor:
-    """Per-row mean log-probability of the labelled tokens, WITH gradient w.r.t. `logits`.
+def mean_token_logps(
+    logits: Tensor, labels: Tensor, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, average: bool = True
+) -> Tensor:
+    """Per-row mean (`average=False`: summed) log-probability of the labelled tokens, WITH gradient
+    w.r.t. `logits`.
 
     `logits` [B, T, V] (any float dtype), `labels` [B, T] with -100 on prompt and padding (shifted inside:
     logits[b, t] predicts labels[b, t + 1]). Returns [B] in fp32 (fp64 for fp64 logits); rows with no
@@ -125,7 +146,7 @@ def mean_token_logps(logits: Tensor, labels: Tensor, chunk_elements: int = DEFAU
     Memory kept by autograd: the logits tensor itself (no copy), plus O(labelled tokens) fp32 values (the
     logsumexp per token) and int64 indices. The backward pass allocates one gradient of the logits' shape
     and dtype (the minimum autograd needs) plus one [chunk, V] fp32 block at a time. Not twice
-    differentiable. Equals `losses.sequence_logps(logits, labels)` in value.
+    differentiable. Equals `losses.sequence_logps(logits, labels, average)` in value.
     """
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(
@@ -134,7 +155,7 @@ def mean_token_logps(logits: Tensor, labels: Tensor, chunk_elements: int = DEFAU
     if chunk_elements < 1:
         raise ValueError(f"chunk_elements must be positive, got {chunk_elements}")
     targets = shift_targets(labels)
-    out: Tensor = _MeanTokenLogps.apply(logits, targets, int(chunk_elements))
+    out: Tensor = _MeanTokenLogps.apply(logits, targets, int(chunk_elements), bool(average))
     return out
 
 
@@ -213,16 +234,18 @@ def reward_gap_mpo_loss(
 ) -> RewardGapOutput:
     """L = gap_weight * mean_b (beta * RG_t - RG_d)^2 + repr_weight * MSE(policy_pooled_d, ref_pooled_d).
 
-    chosen_logps_t, rejected_logps_t  [B] length-normalised policy log-probs of the target-language chosen /
-                                      rejected responses (`mean_token_logps`), with gradient
-    ref_gap_d        [B] RG_d: the frozen reference's length-normalised chosen minus rejected log-prob on the
-                     dominant-language pair; treated as a constant (detached)
+    chosen_logps_t, rejected_logps_t  [B] length-normalised (or, the `mpo_logps="sum"` ablation, summed)
+                                      policy log-probs of the target-language chosen / rejected responses
+                                      (`mean_token_logps`), with gradient
+    ref_gap_d        [B] RG_d: the frozen reference's chosen minus rejected log-prob (normalised as above) on
+                     the dominant-language pair; treated as a constant (detached)
     policy_pooled_d  [2B, H] pooled dominant-language hidden states of the policy (`pool_hidden`): rows
                      0..B-1 are prompt+chosen, rows B..2B-1 prompt+rejected (the concatenated-forward order);
                      any row order works as long as `ref_pooled_d` uses the same one
     ref_pooled_d     [2B, H] the same for the frozen reference (detached)
     ref_target_gap   [B] optional RG_t(ref) on the target-language pair; when given the loss uses
-                     RG_t(theta) - RG_t(ref) (the non-default `normalise_target_gap` variant)
+                     RG_t(theta) - RG_t(ref), the reference-relative (DPO-style) target gap of the
+                     `normalise_target_gap` ablation: L_gap = mean_b (beta * (RG_t(theta) - RG_t(ref)) - RG_d)^2
 
     With repr_weight == 0 the hidden states may be None (if both are given the term is still logged).
     """

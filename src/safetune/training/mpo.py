@@ -65,16 +65,22 @@ class MpoTrainer(AveragedMetrics):
 
     def _reference_side(
         self, inputs: dict[str, Any], device: torch.device
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(RG_d, pooled reference hidden states, RG_t(ref) or None) for this batch."""
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(RG_d, pooled reference hidden states or None, RG_t(ref) or None) for this batch. Without the
+        retain term (repr_weight 0) the reference's hidden states are not pooled (the live reference still
+        runs its decoder on the dominant rows: RG_d needs it)."""
         m = self.method
+        average = m.mpo_logps == "mean"
         if self.reference is not None:
             gaps, pooled, cached_target = self.reference.lookup(inputs["index"], device)
             if m.normalise_target_gap and cached_target is None:
                 raise ValueError("normalise_target_gap needs a reference cache computed with_target=True")
+            if m.repr_weight != 0 and pooled is None:
+                raise ValueError("repr_weight != 0 needs a reference cache with pooled hidden states")
             return gaps, pooled, cached_target if m.normalise_target_gap else None
         assert self.ref_model is not None
-        gaps, pooled = dominant_reference(self.ref_model, inputs, m.pooling, m.chunk_elements)
+        pooling = m.pooling if m.repr_weight != 0 else None
+        gaps, pooled = dominant_reference(self.ref_model, inputs, pooling, m.chunk_elements, average)
         target_gaps: Tensor | None = None
         if m.normalise_target_gap:
             target_gaps = target_reference_gap(
@@ -83,6 +89,7 @@ class MpoTrainer(AveragedMetrics):
                 inputs["target_mask"],
                 inputs["target_labels"],
                 m.chunk_elements,
+                average,
             )
         return gaps, pooled, target_gaps
 
@@ -99,7 +106,9 @@ class MpoTrainer(AveragedMetrics):
         logits = model(
             input_ids=inputs["target_ids"], attention_mask=inputs["target_mask"], use_cache=False
         ).logits
-        logps = mean_token_logps(logits, inputs["target_labels"], chunk_elements=m.chunk_elements)
+        logps = mean_token_logps(
+            logits, inputs["target_labels"], chunk_elements=m.chunk_elements, average=m.mpo_logps == "mean"
+        )
         half = logps.shape[0] // 2
         policy_pooled = None
         if m.repr_weight != 0:
@@ -203,5 +212,6 @@ class MpoRecipe(Recipe):
                 f"{data['languages']} |",
                 f"| beta / gap weight / repr weight | {m.beta} / {m.gap_weight} / {m.repr_weight} |",
                 f"| pooling | {m.pooling} |",
+                f"| log-probs / reference-relative target gap | {m.mpo_logps} / {m.normalise_target_gap} |",
             ],
         )
