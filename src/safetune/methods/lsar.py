@@ -102,7 +102,8 @@ def lsar(means: Tensor, dominant: int = 0, rank: int | None = None) -> LsarDecom
     if num_languages < 2:
         raise ValueError(f"LSAR needs at least 2 languages, got {num_languages}")
     if dim < num_languages:
-        # c needs the D means linearly independent, impossible in fewer than D dimensions.
+        # At the default rank c needs the D means linearly independent, impossible in fewer than D
+        # dimensions (hidden sizes are in the thousands, so this only refuses malformed input).
         raise ValueError(
             f"LSAR needs the state dimension ({dim}) >= the number of languages ({num_languages})"
         )
@@ -142,7 +143,7 @@ def lsar(means: Tensor, dominant: int = 0, rank: int | None = None) -> LsarDecom
     if not residual < 1e-6 or c0_norm_sq == 0.0:
         raise ValueError(
             "the means' affine hull passes through the origin: they have no common direction "
-            "(LSAR needs every language's mean on one side of a hyperplane)"
+            "(LSAR needs the means on one hyperplane that misses the origin)"
         )
     common = c0 / c0_norm_sq
     scaled_common = common * scale
