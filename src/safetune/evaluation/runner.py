@@ -57,6 +57,7 @@ from safetune.evaluation.stages import (
     BatchHook,
     Task,
     judge_pending,
+    keyed_stage,
     read_rows,
     response_hash,
     short_hash,
@@ -379,26 +380,17 @@ def fidelity_missing(
     ]
     hashes = {item.id: item.content_hash() for item in items}
     key = judge.key()
-    path = out / FIDELITY_FILE
-    done = read_rows(
-        path, lambda row: row.get("judge") == key and hashes.get(row["id"]) == row.get("content_hash")
+    return keyed_stage(
+        out / FIDELITY_FILE,
+        items,
+        hashes,
+        key,
+        "content_hash",
+        judge.score,
+        hook=lambda count: hook("fidelity", count) if hook else None,
+        what=f"persona fidelity ({key}): %d on disk, %d to score",
+        missing=f"fidelity judge {key} returned no score for {{n}} answers (e.g. {{first}})",
     )
-    pending = [item for item in items if item.id not in done]
-    log.info("persona fidelity (%s): %d on disk, %d to score", key, len(done), len(pending))
-    count = 0
-    for batch in judge.score(pending) if pending else ():
-        rows = [{**s.to_dict(), "judge": key, "content_hash": hashes[s.id]} for s in batch]
-        append_jsonl(path, rows)
-        done.update((row["id"], row) for row in rows)
-        count += len(rows)
-        if hook:
-            hook("fidelity", count)
-    missing = [item.id for item in items if item.id not in done]
-    if missing:
-        raise ConfigError(
-            f"fidelity judge {key} returned no score for {len(missing)} answers (e.g. {missing[0]})"
-        )
-    return done, count
 
 
 def add_fidelity(

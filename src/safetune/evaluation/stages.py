@@ -5,7 +5,7 @@ hashes, and the judge stage that reads and appends verdicts (judgements.jsonl)."
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,20 +62,49 @@ def judge_pending(
     file `path` batch by batch; those of the same judge key and response already in it are reused.
     Shared by `safetune eval` and `safetune judge` (evaluation/judging.py)."""
     key = judge.key()
+    return keyed_stage(
+        path,
+        items,
+        hashes,
+        key,
+        "response_hash",
+        judge.judge,
+        hook=lambda count: hook("judge", count) if hook else None,
+        what=f"judgements ({key}): %d on disk, %d to judge",
+        missing=f"judge {key} returned no verdict for {{n}} responses (e.g. {{first}})",
+    )
+
+
+def keyed_stage(
+    path: Path,
+    items: Sequence[Any],
+    hashes: Mapping[str, str],
+    key: str,
+    hash_field: str,
+    produce: Callable[[list[Any]], Iterable[Sequence[Any]]],
+    hook: Callable[[int], None],
+    what: str,
+    missing: str,
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """The loop of an append-only stage keyed by (id, producer key, content hash): rows of `path` with
+    this `key` and the item's hash in `hash_field` are reused; the other `items` (each with an `id`) go
+    to `produce` and its batches (each result with `id` and `to_dict()`) are appended batch by batch, so
+    a killed run keeps every finished batch. `what` is the log line (on disk, pending); `missing` the
+    error (with {n} and {first}) when `produce` leaves an item without a row. Returns (rows by id,
+    rows produced now)."""
     done = read_rows(
-        path, lambda row: row.get("judge") == key and hashes.get(row["id"]) == row.get("response_hash")
+        path, lambda row: row.get("judge") == key and hashes.get(row["id"]) == row.get(hash_field)
     )
     pending = [item for item in items if item.id not in done]
-    log.info("judgements (%s): %d on disk, %d to judge", key, len(done), len(pending))
+    log.info(what, len(done), len(pending))
     count = 0
-    for batch in judge.judge(pending) if pending else ():
-        rows = [{**v.to_dict(), "judge": key, "response_hash": hashes[v.id]} for v in batch]
+    for batch in produce(pending) if pending else ():
+        rows = [{**r.to_dict(), "judge": key, hash_field: hashes[r.id]} for r in batch]
         append_jsonl(path, rows)
         done.update((row["id"], row) for row in rows)
         count += len(rows)
-        if hook:
-            hook("judge", count)
-    missing = [item.id for item in items if item.id not in done]
-    if missing:
-        raise ConfigError(f"judge {key} returned no verdict for {len(missing)} responses (e.g. {missing[0]})")
+        hook(count)
+    absent = [item.id for item in items if item.id not in done]
+    if absent:
+        raise ConfigError(missing.format(n=len(absent), first=absent[0]))
     return done, count
