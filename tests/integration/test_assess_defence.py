@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from tests.integration.test_assess_cli import _command, _env, write_authors_layout
 from typer.testing import CliRunner
 
+from adapters import lora_run
 from safetune.cli import app
 
 runner = CliRunner()
@@ -42,21 +42,6 @@ def _study_args(model: Path, data: Path, study: Path, *extra: str) -> list[str]:
 
 def _layout(data: Path) -> tuple[Path, Path, Path]:
     return data / "roles", data / "prompt_v2.json", data / "harmful.jsonl"
-
-
-def _lora(base: Path, run: Path) -> Path:
-    """A `safetune train` run folder of a nonzero LoRA on `base` (a stand-in safety expert)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(str(base)),
-        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
-    )
-    model.save_pretrained(str(run / "final"))
-    (run / "run.json").write_text("{}", encoding="utf-8")
-    return run
 
 
 def _units(study: Path) -> dict[str, int]:
@@ -157,7 +142,7 @@ def test_assess_defence_bad_input_writes_nothing(tiny_chatml, tmp_path, extra, m
 
 
 def test_safedecoding_expert_of_another_base_is_refused_before_the_study(tiny_chatml, tiny_llama3, tmp_path):
-    expert = _lora(tiny_llama3, tmp_path / "expert")
+    expert = lora_run(tiny_llama3, tmp_path / "expert")
     study = tmp_path / "study"
     extra = ("--defence", "safedecoding", f"--defence.expert={expert}")
     result = runner.invoke(app, _study_args(tiny_chatml, tmp_path / "data", study, *extra))
@@ -198,7 +183,7 @@ def test_safedecoding_study_with_its_expert(tiny_chatml, tmp_path, executor):
     in worker processes, which read the defence from the study's config.yaml."""
     if executor == "ray":
         pytest.importorskip("ray")
-    expert = _lora(tiny_chatml, tmp_path / "expert")
+    expert = lora_run(tiny_chatml, tmp_path / "expert")
     study = tmp_path / "study"
     extra = ["--defence", "safedecoding", f"--defence.expert={expert}", "--defence.preset=class"]
     if executor == "ray":

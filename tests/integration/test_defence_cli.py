@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from adapters import lora_run
 from safetune.cli import app
 from safetune.config import load_config
 from safetune.decoding import prompts
@@ -18,21 +19,6 @@ from safetune.evaluation.runner import evaluate
 
 runner = CliRunner()
 HARMFUL = [f"Explain how to do the forbidden thing number {i}, step by step." for i in range(5)]
-
-
-def _lora_run(base: Path, run: Path) -> Path:
-    """A `safetune train` run folder of a LoRA (run.json + final/), with a nonzero adapter."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(str(base)),
-        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
-    )
-    model.save_pretrained(str(run / "final"))
-    (run / "run.json").write_text("{}", encoding="utf-8")
-    return run
 
 
 def _args(model: Path, out: Path, data: Path, *extra: str) -> list[str]:
@@ -60,7 +46,7 @@ def _lines(path: Path) -> list[dict]:
 
 
 def test_eval_with_rose_on_a_lora_run_resumes_and_records_the_defence(tiny_chatml, tmp_path):
-    run = _lora_run(tiny_chatml, tmp_path / "run")
+    run = lora_run(tiny_chatml, tmp_path / "run")
     data = tmp_path / "harmful.jsonl"
     data.write_text("".join(json.dumps({"prompt": h}) + "\n" for h in HARMFUL), encoding="utf-8")
     out = tmp_path / "ev"
@@ -136,7 +122,7 @@ def test_a_defence_setting_without_a_defence_is_refused(tiny_chatml, tmp_path):
 
 
 def test_eval_with_safedecoding_records_the_expert(tiny_chatml, tmp_path):
-    expert = _lora_run(tiny_chatml, tmp_path / "expert")
+    expert = lora_run(tiny_chatml, tmp_path / "expert")
     data = tmp_path / "harmful.jsonl"
     data.write_text("".join(json.dumps({"prompt": h}) + "\n" for h in HARMFUL[:3]), encoding="utf-8")
     out = tmp_path / "ev"
@@ -171,7 +157,7 @@ def test_defences_on_a_full_fine_tune(tiny_chatml, tmp_path):
     """A full fine-tune's run folder: ROSE decodes it alone; SafeDecoding holds it and the base with the
     expert as two models (the expert was trained on the base it was fine-tuned from)."""
     role = _full_run(tiny_chatml, tmp_path / "role")
-    expert = _lora_run(tiny_chatml, tmp_path / "expert")
+    expert = lora_run(tiny_chatml, tmp_path / "expert")
     data = tmp_path / "harmful.jsonl"
     data.write_text("".join(json.dumps({"prompt": h}) + "\n" for h in HARMFUL[:3]), encoding="utf-8")
     for name, extra in (("rose", []), ("safedecoding", [f"--defence.expert={expert}"])):
