@@ -622,6 +622,26 @@ class ExpertConfig(Section):
 
 
 @dataclass
+class SdrrlConfig(Section):
+    """SDRRL's transfer set (`--method sdrrl`; methods/sdrrl.py, docs/methods/sdrrl.md), built from parallel
+    preference pairs (their chosen answers only). Each component's weight is how many times each of its
+    examples enters the training rows: 0 leaves it out, 1 once, 1.5 once plus a seeded half of them again
+    (train.seed). The paper gives no mixture, so every component defaults to 1."""
+
+    self_distill: float = number(1.0, ge=0, le=10)  # (a) dominant prompt -> the model's own answer
+    translated: float = number(1.0, ge=0, le=10)  # (b) target prompt -> the translated answer
+    code_switch: float = number(1.0, ge=0, le=10)  # (c) code-switched prompt -> the translated answer
+    partial: float = number(
+        1.0, ge=0, le=10
+    )  # (d1) target prompt -> answer begun in target, ended in dominant
+    completion: float = number(1.0, ge=0, le=10)  # (d2) target prompt + given answer prefix -> the remainder
+    # (c): each aligned sentence of the prompt is taken from the target side with this probability
+    switch_rate: float = number(0.5, gt=0, lt=1)
+    # (d): the share of the answer's sentences (or, for a one-sentence completion, words) given in advance
+    split_fraction: float = number(0.5, gt=0, lt=1)
+
+
+@dataclass
 class RunConfig:
     """model + data + chat + selection + method + train (select/train; model also reward-gap) and
     generation + defence + judge + eval + fidelity (eval), translate (eval's translate-then-judge, the pair
@@ -644,6 +664,7 @@ class RunConfig:
     fidelity: FidelityConfig = field(default_factory=FidelityConfig)
     assess: AssessConfig = field(default_factory=AssessConfig)
     expert: ExpertConfig = field(default_factory=ExpertConfig)
+    sdrrl: SdrrlConfig = field(default_factory=SdrrlConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -745,6 +766,7 @@ SECTIONS: dict[str, type] = {
     "fidelity": FidelityConfig,
     "assess": AssessConfig,
     "expert": ExpertConfig,
+    "sdrrl": SdrrlConfig,
 }
 # RunConfig's keys outside the sections (YAML `cache_dir: DIR`, override `--cache_dir=DIR`).
 TOP_LEVEL_KEYS = ("cache_dir",)

@@ -272,6 +272,25 @@ class ChatRenderer:
             prompt_len=len(prompt),
         )
 
+    def encode_continuation(
+        self, user: str, prefix: str, rest: str, system: str | None = None
+    ) -> EncodedExample:
+        """Prompt + the response `prefix + rest`, learning only `rest`: the assistant turn starts with a
+        given `prefix` the model continues (SDRRL's completion data). The response is tokenized whole,
+        as at generation time; the masked part is the longest run of its first tokens that tokenizing
+        `prefix` alone also gives, so a token merged across the boundary is learned, never hidden."""
+        prompt = self.prompt_ids(user, system)
+        answer = self.response_ids(prefix + rest)
+        alone = self._encode(prefix)
+        given = 0
+        while given < min(len(alone), len(answer)) and alone[given] == answer[given]:
+            given += 1
+        return EncodedExample(
+            input_ids=prompt + answer,
+            labels=[IGNORE_INDEX] * (len(prompt) + given) + answer[given:],
+            prompt_len=len(prompt),
+        )
+
     def fingerprint(self) -> str:
         """sha256 of everything that changes the ids (template, specials, limits, modes), for cache keys."""
         tok = self.tokenizer

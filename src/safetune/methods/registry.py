@@ -19,9 +19,10 @@ DataKind = Literal["role", "preference", "parallel", "safety"]
 # SafetuneTrainer followed by SafeLoRA's projection (training/safelora.py); tokenwise
 # (training/tokenwise.py), safeinstr (training/safeinstr.py) and sppft (training/sppft.py: the safety
 # layers frozen) are role-data recipes without RDS; Lisa's and Vaccine's own Trainers (training/lisa.py,
-# training/vaccine.py); SEAL's recipe (training/seal.py) adds the bilevel data ranker before the SFT.
+# training/vaccine.py); SEAL's recipe (training/seal.py) adds the bilevel data ranker before the SFT;
+# SDRRL's (training/sdrrl.py) builds its transfer set from parallel pairs, then the SFT.
 RecipeName = Literal[
-    "role", "mpo", "trl", "safelora", "tokenwise", "safeinstr", "sppft", "lisa", "vaccine", "seal"
+    "role", "mpo", "trl", "safelora", "tokenwise", "safeinstr", "sppft", "lisa", "vaccine", "seal", "sdrrl"
 ]
 
 
@@ -236,6 +237,21 @@ _SPECS += (
         ),
         data_kind="role",
         recipe="seal",
+        needs_reference=False,
+        uses_beta=False,
+        default_beta=0.0,
+    ),
+)
+
+# The MPO paper's cross-lingual transfer baselines (issue 22; docs/methods/sdrrl.md).
+_SPECS += (
+    MethodSpec(
+        name="sdrrl",
+        summary="SDRRL: SFT on a transfer set of the model's own dominant-language answers, their "
+        "translations, code-switched, partially translated and completion data (Zhang et al., ACL 2024)",
+        source="arXiv 2402.12204; THUNLP-MT/SDRRL (its construction details not readable here: see the docs)",
+        data_kind="parallel",
+        recipe="sdrrl",
         needs_reference=False,
         uses_beta=False,
         default_beta=0.0,

@@ -17,7 +17,8 @@ MpoRecipe (training/mpo.py), TrlRecipe (the DPO family through TRL, training/bas
 SafeLoraRecipe (SFT, then SafeLoRA's projection of the adapter, training/safelora.py), the role-data
 baselines TokenwiseRecipe (training/tokenwise.py), SafeInstrRecipe (training/safeinstr.py) and
 SppftRecipe (training/sppft.py), LisaRecipe (training/lisa.py), VaccineRecipe (training/vaccine.py)
-and SealRecipe (SEAL's ranker, then SFT on the rows it keeps, training/seal.py).
+SealRecipe (SEAL's ranker, then SFT on the rows it keeps, training/seal.py) and SdrrlRecipe (SDRRL's
+transfer set from parallel pairs, then SFT on it, training/sdrrl.py).
 
 Run folder layout (`train.output_dir`):
     config.yaml            the resolved configuration
@@ -28,6 +29,7 @@ Run folder layout (`train.output_dir`):
     final/                 LoRA adapter or full model (safetensors) + tokenizer
     trained/, safelora.json   SafeLoRA only: the adapter before its projection, the per-module report
     merged/                vaccine under LoRA: the base with the adapter merged in (the next stage's model)
+    transfer.jsonl         sdrrl: the transfer set trained on (each example with its copies)
     run.json               provenance and final metrics
     README.md              a short model card
 
@@ -85,6 +87,7 @@ from safetune.training.mpo import MpoRecipe
 from safetune.training.recipe import Recipe, RecipeReport
 from safetune.training.safeinstr import SafeInstrRecipe
 from safetune.training.safelora import SafeLoraRecipe
+from safetune.training.sdrrl import SdrrlRecipe
 from safetune.training.seal import SealRecipe
 from safetune.training.sppft import SppftRecipe
 from safetune.training.tokenwise import TokenwiseRecipe
@@ -102,6 +105,7 @@ RECIPES.update({"tokenwise": TokenwiseRecipe, "safeinstr": SafeInstrRecipe, "spp
 # Lisa and Vaccine (training/lisa.py, training/vaccine.py).
 RECIPES.update({"lisa": LisaRecipe, "vaccine": VaccineRecipe})
 RECIPES["seal"] = SealRecipe  # SEAL: the bilevel data ranker, then SFT on the kept rows
+RECIPES["sdrrl"] = SdrrlRecipe  # SDRRL: the transfer set from parallel pairs, then SFT on it
 
 
 def train(
