@@ -645,7 +645,8 @@ class SdrrlConfig(Section):
 class RunConfig:
     """model + data + chat + selection + method + train (select/train; model also reward-gap) and
     generation + defence + judge + eval + fidelity (eval), translate (eval's translate-then-judge, the pair
-    builder), expert (safety-expert), and the top-level keys every stage shares."""
+    builder), expert (safety-expert), sdrrl (train --method sdrrl: its transfer set), and the top-level keys
+    every stage shares."""
 
     # Every cache (RDS scores, the MPO reference, weight digests): storage.cache_root. None: $SAFETUNE_CACHE
     # or ~/.cache/safetune. Not part of a run's identity: where a cache lives does not change its values.
