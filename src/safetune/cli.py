@@ -1,7 +1,7 @@
 """The `safetune` command line.
 
 Every command that takes a config accepts `--config FILE.yaml` and any number of `--section.key=value`
-overrides (sections: data, chat, selection, method, train, generation, judge, eval, fidelity, assess, expert; the top-level key:
+overrides (sections: data, chat, selection, method, train, generation, judge, eval, fidelity, assess, expert, sdrrl; the top-level key:
 `--cache_dir=DIR`); the named flags are shortcuts for the most used overrides. Bad input exits with
 code 2 and one line naming the file, record and field. Every command takes -v/--verbose and -q/--quiet
 (safetune/console.py); results go to stdout, progress and logs to stderr.
@@ -215,11 +215,12 @@ def train(
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Fine-tune: SaRFT / SFT on role-play data, reward-gap MPO on parallel preference pairs, or a
+    """Fine-tune: SaRFT / SFT on role-play data, reward-gap MPO or SDRRL on parallel preference pairs, or a
     DPO-family baseline on preference pairs; LoRA or full; resumable.
 
     Run as: safetune train -m MODEL --data roles/ --role "Freddy Krueger" --profiles p.json --method sarft -o runs/x
     or:     safetune train -m MODEL --data pairs.json --method mpo -o runs/mpo
+    or:     safetune train -m MODEL --data pairs.json --method sdrrl -o runs/sdrrl  (its transfer set: --sdrrl.KEY=VALUE)
     """
     from safetune.config import load_config
     from safetune.launch import is_main_process
