@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 
 from safetune.config import MAX_SEED
 from safetune.demos.common import DEMO_THREADS
+from safetune.demos.mpo_variants import METHOD_NAMES as MPO_DEMO_METHOD_NAMES
 from safetune.demos.registry import DEFAULT_DEMO, DEMOS
 from safetune.demos.variants import DEFENCE_NAMES as DEMO_DEFENCE_NAMES
 from safetune.demos.variants import METHOD_NAMES as DEMO_METHOD_NAMES
@@ -1008,7 +1009,9 @@ def demo(
             help="sarft: add safety-preserving baselines as variants, each at its documented default "
             "(NAME) or its tuned setting (NAME:tuned), comma-separated, or 'all' (every one at both): "
             f"{', '.join(DEMO_METHOD_NAMES)}; and the decoding defences on the SFT fine-tunes: "
-            f"{', '.join(DEMO_DEFENCE_NAMES)} (in 'all'). Slower: see docs/demo.md."
+            f"{', '.join(DEMO_DEFENCE_NAMES)} (in 'all'). mpo: the DPO family, the cross-lingual "
+            f"baselines and MPO's ablations on the same pairs: {', '.join(MPO_DEMO_METHOD_NAMES)}, or 'all'. "
+            "Slower: see docs/demo.md."
         ),
     ] = None,
     verbose: VerboseOpt = False,

@@ -196,7 +196,12 @@ CASES: dict[str, Case] = {
     "demo unknown method": Case(
         ("demo", "--methods", "safeinstr,bogus", "-o", "{out}"), ("--methods", "'bogus'", "safeinstr")
     ),
-    "demo mpo methods": Case(("demo", "mpo", "--methods", "lisa", "-o", "{out}"), ("--methods", "'mpo'")),
+    "demo mpo methods": Case(
+        ("demo", "mpo", "--methods", "lisa", "-o", "{out}"), ("--methods", "'lisa'", "ipo")
+    ),
+    "demo assess methods": Case(
+        ("demo", "assess", "--methods", "sft", "-o", "{out}"), ("--methods", "'assess'")
+    ),
     "organism seed negative": Case(("organism", "--seed", "-1"), ("--seed",)),
     "tiny heads": Case(("tiny-model", "{out}", "--hidden-size", "10", "--heads", "4"), ("divisible",)),
     "tiny vocab": Case(("tiny-model", "{out}", "--vocab-size", "10"), ("vocab_size must be at least",)),

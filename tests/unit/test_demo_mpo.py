@@ -74,3 +74,58 @@ def test_plan_betas():
     assert plan.beta("mpo") == 64 and plan.beta("dpo") == 0.1 and plan.beta("sft") is None
     quick = MpoDemoPlan.for_seed(1, threads=1, quick=True)
     assert quick.organism.world == "multilingual" and quick.threads == 1 and quick.organism.seed == 1
+
+
+def test_added_rows_take_their_own_beta_and_overrides(tmp_path):
+    from safetune.demos.mpo import train_config
+
+    plan = MpoDemoPlan()
+    assert plan.beta("mpo-sum") == 64 and plan.beta("ipo") is None and plan.beta("kto") is None
+    config = train_config(
+        plan, tmp_path / "organism", tmp_path / "pairs.jsonl", "mpo-sum", tmp_path / "o", tmp_path
+    )
+    assert config.method.name == "mpo" and config.method.mpo_logps == "sum" and config.method.beta == 64
+    config = train_config(
+        plan, tmp_path / "organism", tmp_path / "pairs.jsonl", "rdpo", tmp_path / "o", tmp_path
+    )
+    assert config.method.name == "rdpo" and config.method.label_smoothing == 0.25
+    config = train_config(
+        plan, tmp_path / "organism", tmp_path / "pairs.jsonl", "mpo-no-retain", tmp_path / "o", tmp_path
+    )
+    assert config.method.repr_weight == 0 and config.method.beta == 64
+
+
+def test_mpo_demo_methods_parse_in_registry_order():
+    from safetune.demos.mpo_variants import METHOD_NAMES, parse_methods
+    from safetune.errors import ConfigError
+
+    assert parse_methods(None) == () and parse_methods(" ") == ()
+    assert parse_methods("mpo-sum,ipo") == ("ipo", "mpo-sum")
+    assert parse_methods("all") == METHOD_NAMES and parse_methods("all,kto") == METHOD_NAMES
+    assert not {"base", "sft", "dpo", "mpo"} & set(METHOD_NAMES)
+    with pytest.raises(ConfigError, match="'dpo'"):  # a default row is not an added one
+        parse_methods("dpo")
+
+
+def test_added_rows_are_compared_with_mpo_and_a_baseline_may_win():
+    from safetune.demos.mpo import against_mpo, against_mpo_markdown
+
+    base = _row("base", 100, 0, 100, 97)
+    rows = [
+        base,
+        _row("sft", 100, 99, 100, 96),
+        _row("dpo", 100, 90, 98, 70),
+        _row("mpo", 100, 90, 99, 95),
+        _row("ipo", 100, 91, 99, 96),  # beats MPO, utility kept
+        _row("kto", 100, 100, 90, 96),  # beats MPO on refusal at a utility cost
+        _row("mpo-sum", 98, 80, 100, 97),
+    ]
+    found = {c["variant"]: c for c in against_mpo(rows)}
+    assert list(found) == ["ipo", "kto", "mpo-sum"]
+    assert found["ipo"]["matches_mpo"] and found["ipo"]["refusal_l2_vs_mpo"] == 1
+    assert not found["kto"]["matches_mpo"] and not found["kto"]["utility_kept"]
+    assert not found["mpo-sum"]["matches_mpo"] and found["mpo-sum"]["refusal_l1_vs_base"] == -2
+    text = "\n".join(against_mpo_markdown(rows))
+    assert "| IPO | DPO family | +1.0 | +0.0 | yes |" in text
+    assert "Match or beat MPO (L2 refusal within 2 points or above, utility kept): IPO." in text
+    assert against_mpo_markdown(rows[:4]) == []

@@ -10,13 +10,14 @@ here with `run(out, quick, seed, beta, cache_dir, threads) -> str` (the Markdown
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
 from safetune.config import MethodConfig
+from safetune.demos import mpo_variants, variants
 from safetune.demos.common import DEMO_THREADS
-from safetune.demos.variants import parse_methods
 from safetune.errors import ConfigError
 
 
@@ -44,7 +45,12 @@ class DemoSpec:
     world: str  # the organism's world (organism/base.py WORLD_KINDS); one demo per world
     default_out: Path
     module: str  # the demo's module, imported on first use
-    takes_methods: bool = False  # `--methods`: baselines added as variants (demos/variants.py)
+    # `--methods`: the demo's variant registry's parser (variants added to the default rows), or None
+    parse_methods: Callable[[str | None], tuple[str, ...]] | None = None
+
+    @property
+    def takes_methods(self) -> bool:
+        return self.parse_methods is not None
 
     def load(self) -> Demo:
         return cast(Demo, importlib.import_module(self.module))
@@ -64,9 +70,16 @@ DEMOS: dict[str, DemoSpec] = {
             "roleplay",
             Path("demo-out"),
             "safetune.demos.sarft",
-            takes_methods=True,
+            parse_methods=variants.parse_methods,
         ),
-        DemoSpec("mpo", "multilingual safety", "multilingual", Path("demo-mpo"), "safetune.demos.mpo"),
+        DemoSpec(
+            "mpo",
+            "multilingual safety",
+            "multilingual",
+            Path("demo-mpo"),
+            "safetune.demos.mpo",
+            parse_methods=mpo_variants.parse_methods,
+        ),
         DemoSpec("assess", "the per-role safety study", "cast", Path("demo-assess"), "safetune.demos.assess"),
     )
 }
@@ -93,16 +106,17 @@ def run_demo(
 ) -> str:
     """Run the demo `name` into `out` (default: the demo's own folder); returns its Markdown summary.
     `beta` replaces the demo's beta for its method (sarft: SaRFT's KL weight; mpo: MPO's beta);
-    `methods` (sarft only) adds baselines as variants: "all" or comma-separated NAME / NAME:tuned."""
+    `methods` adds variants to the default rows (sarft: baselines and defences, demos/variants.py; mpo: the
+    DPO family, the cross-lingual baselines and MPO's ablations, demos/mpo_variants.py): "all" or names."""
     if name not in DEMOS:
         raise ConfigError(f"unknown demo {name!r} (known: {', '.join(DEMOS)})")
     if beta is not None:
         MethodConfig(beta=beta)  # method.beta's range, checked before minutes of organism building
     spec = DEMOS[name]
-    added = parse_methods(methods)  # checked before any work, like beta
-    if methods is not None and not spec.takes_methods:
+    if methods is not None and spec.parse_methods is None:
         takers = ", ".join(s.name for s in DEMOS.values() if s.takes_methods)
         raise ConfigError(f"--methods: demo {name!r} has no method variants (only {takers})")
+    added = spec.parse_methods(methods) if spec.parse_methods is not None else ()  # checked before any work
     return spec.load().run(
         out or spec.default_out,
         quick=quick,
