@@ -68,6 +68,10 @@ _DPO_FAMILY = (
     MpoVariant("kto", "KTO", "kto", group="DPO family"),
 )
 
+# The cross-lingual transfer baselines (docs/methods/sdrrl.md, lens.md) at their own defaults: the MPO
+# paper does not say how it ran them.
+_CROSSLINGUAL = (MpoVariant("sdrrl", "SDRRL (self-distilled transfer set)", "sdrrl", group="cross-lingual"),)
+
 # MPO's ablations, each at the demo's MPO beta (so a row differs from MPO's in one thing only).
 _ABLATIONS = (
     MpoVariant(
@@ -96,7 +100,7 @@ _ABLATIONS = (
     ),
 )
 
-VARIANTS: dict[str, MpoVariant] = {v.name: v for v in _DEFAULTS + _DPO_FAMILY + _ABLATIONS}
+VARIANTS: dict[str, MpoVariant] = {v.name: v for v in _DEFAULTS + _DPO_FAMILY + _CROSSLINGUAL + _ABLATIONS}
 DEFAULT_VARIANTS: tuple[str, ...] = tuple(v.name for v in _DEFAULTS)
 METHOD_NAMES: tuple[str, ...] = tuple(n for n in VARIANTS if n not in DEFAULT_VARIANTS)
 
