@@ -1,7 +1,7 @@
 """`safetune pairs` end to end on tiny models: an English harmful-prompt file -> MPO pairs for two target
 languages (a tiny chat model, a tiny NLLB-like translator), resumed after a kill without
-generating, judging or translating anything twice, a folder of other settings refused, and the output
-trained with `safetune train --method mpo` unchanged.
+generating, judging or translating anything twice, a folder of other settings refused, bad input
+refused in one line before any file, and the output trained with `safetune train --method mpo` unchanged.
 
 A random tiny model never refuses, so the default path (its own answers) is exercised and every answer
 is dropped as not_refusal; the pairs themselves come from refusals given in the file (--chosen given),
@@ -84,6 +84,29 @@ def tiny_translator(tmp_path_factory):
 
 def test_pairs_cli_resume_and_train(tiny_chatml, tiny_translator, tmp_path):
     inputs = _inputs(tmp_path / "harmful.jsonl")
+
+    # Bad input: one line naming the file, record and field, exit code 2, nothing written.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(inputs.read_text(encoding="utf-8") + '{"prompt": "How to Y?"}\n', encoding="utf-8")
+    for args, words in (
+        (_args(tiny_chatml, tmp_path / "x", bad, tiny_translator), ("bad.jsonl:4", "rejected", "missing")),
+        (
+            [*_args(tiny_chatml, tmp_path / "x", inputs, tiny_translator), "--languages", "bn,xx-nowhere"],
+            ("xx-nowhere",),
+        ),
+        (
+            [*_args(tiny_chatml, tmp_path / "x", inputs, tiny_translator), "--languages", "bn,en"],
+            ("dominant",),
+        ),
+        (
+            _args(tiny_chatml, tmp_path / "x", inputs, tiny_translator, "--pairs.min_chrf=101"),
+            ("pairs.min_chrf",),
+        ),
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+        assert all(word in result.output for word in words), result.output
+    assert not (tmp_path / "x").exists()
 
     # The default path: the model's own answers, judged; a random tiny model refuses nothing.
     own = tmp_path / "own"
