@@ -177,6 +177,7 @@ def test_pairs_cli_resume_and_train(tiny_chatml, tiny_translator, tmp_path):
     assert manifest["translator"]["kind"] == "nllb" and manifest["translator"]["fingerprint"]
     assert manifest["filter"]["min_chrf"] == 0 and manifest["packages"]["sacrebleu"]
     assert "| bn | 3 | 0 |" in (out / "summary.md").read_text(encoding="utf-8")
+    assert manifest["counts"]["refusals_truncated"] == 0
 
     # A re-run computes nothing; another translator setting is refused in one line before any file.
     result = runner.invoke(app, args)

@@ -17,6 +17,7 @@ from safetune.pairs.build import release_record
 from safetune.pairs.filter import (
     chrf_reasons,
     empty_reasons,
+    identified_code,
     is_refusal,
     language_reasons,
     refusal_reason,
@@ -165,6 +166,7 @@ def test_limit_reads_the_first_records(tmp_path):
 
 
 def test_language_check_modes():
+    assert identified_code(resolve("zh-Hant")) == "zh" and identified_code(resolve("swh")) == "sw"
     detected = {"prompt": "bn", "chosen": None, "rejected": "en"}
     assert language_reasons(detected, "bn", "strict") == ["language:chosen", "language:rejected"]
     assert language_reasons(detected, "bn", "lenient") == ["language:rejected"]

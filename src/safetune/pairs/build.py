@@ -48,6 +48,7 @@ from safetune.pairs.filter import (
     NOT_REFUSAL,
     TRANSLATED_FIELDS,
     Identifier,
+    identified_code,
     identifier,
     is_refusal,
     row_reasons,
@@ -240,6 +241,8 @@ def _build(
     verdicts, judged = judge_pending(items, _hashes(items), out / JUDGEMENTS_FILE, plan_.judge, hook)
     kept = [i for i in inputs if is_refusal(verdicts[f"d/{i.id}"])]
     counts = Counts(inputs=len(inputs), refusals_kept=len(kept), not_refusal=len(inputs) - len(kept))
+    if plan_.source is not None:  # refusals cut by generation.max_new_tokens are kept, and counted
+        counts.refusals_truncated = sum(completions[i.id].get("finish_reason") == "length" for i in kept)
     rejected: list[dict[str, Any]] = [
         {
             "id": i.id,
@@ -276,6 +279,7 @@ def _build(
 
     records: list[dict[str, Any]] = []
     for target in plan_.targets:
+        expected = identified_code(target)
         for item in kept:
             fields = {name: forward[(item.id, target.code, name)] for name in TRANSLATED_FIELDS}
             detected = {name: plan_.identifier.detect(text) for name, text in fields.items()}
@@ -285,7 +289,7 @@ def _build(
             }
             verdict = target_verdicts.get(f"t/{target.code}/{item.id}")
             reasons = row_reasons(
-                fields, detected, target.code, scores, verdict, p.language_check, p.min_chrf, p.target_refusal
+                fields, detected, expected, scores, verdict, p.language_check, p.min_chrf, p.target_refusal
             )
             counts.add(target.code, reasons)
             if reasons:

@@ -28,6 +28,7 @@ from typing import Any
 from safetune.data.languages import DETECTOR_VERSION, detect_language
 from safetune.errors import ConfigError
 from safetune.evaluation.items import PARTIAL
+from safetune.translation.languages import Language
 
 TRANSLATED_FIELDS: tuple[str, ...] = ("prompt", "chosen", "rejected")
 NOT_REFUSAL = "not_refusal"
@@ -57,6 +58,12 @@ def identifier(name: str) -> Identifier:
     if name not in IDENTIFIERS:
         raise ConfigError(f"unknown pairs.identifier {name!r} (known: {', '.join(IDENTIFIERS)})")
     return IDENTIFIERS[name]
+
+
+def identified_code(language: Language) -> str:
+    """The code an identifier names `language` by: its ISO 639-1 code without a script (identifiers
+    tell languages, not scripts: zh-Hant is "zh")."""
+    return language.code.split("-")[0]
 
 
 def is_refusal(verdict: Mapping[str, Any]) -> bool:

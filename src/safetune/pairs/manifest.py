@@ -41,6 +41,7 @@ class Counts:
     inputs: int = 0
     refusals_kept: int = 0
     not_refusal: int = 0
+    refusals_truncated: int = 0  # kept refusals that ran out of generation.max_new_tokens
     kept: Counter[str] = field(default_factory=Counter)  # language -> rows written
     rejected: Counter[str] = field(default_factory=Counter)  # language -> rows rejected by the filter
     reasons: dict[str, Counter[str]] = field(default_factory=dict)  # language -> reason -> rows
@@ -58,6 +59,7 @@ class Counts:
         return {
             "inputs": self.inputs,
             "refusals_kept": self.refusals_kept,
+            "refusals_truncated": self.refusals_truncated,
             "dropped": {NOT_REFUSAL: self.not_refusal},
             "pairs": sum(self.kept.values()),
             "by_language": {
