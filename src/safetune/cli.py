@@ -1,9 +1,9 @@
 """The `safetune` command line.
 
 Every command that takes a config accepts `--config FILE.yaml` and any number of `--section.key=value`
-overrides (sections: data, chat, selection, method, train, generation, judge, eval, fidelity, assess, expert, sdrrl; the top-level key:
-`--cache_dir=DIR`); the named flags are shortcuts for the most used overrides. Bad input exits with
-code 2 and one line naming the file, record and field. Every command takes -v/--verbose and -q/--quiet
+overrides (sections: data, chat, selection, method, train, generation, judge, eval, translate, fidelity,
+assess, expert, sdrrl, pairs; the top-level key: `--cache_dir=DIR`); the named flags are shortcuts for the
+most used overrides. Bad input exits with code 2 and one line naming the file, record and field. Every command takes -v/--verbose and -q/--quiet
 (safetune/console.py); results go to stdout, progress and logs to stderr.
 """
 
@@ -856,6 +856,107 @@ def safety_expert(
     )
     state = "trained" if report.trained_now else "already trained"
     print(f"expert {state}: adapter in {report.run / 'final'}, counts in {report.out / 'manifest.json'}")
+
+
+@app.command("pairs", context_settings=EXTRA)
+@user_errors
+def pairs(
+    ctx: typer.Context,
+    inputs: Annotated[
+        str | None,
+        typer.Option(
+            help="Harmful prompts with unsafe answers: PKU-SafeRLHF records, AdvBench goal/target CSV, or "
+            "any .json/.jsonl/.csv with prompt and rejected (--pairs.columns.FIELD=COLUMN maps others)."
+        ),
+    ] = None,
+    languages: Annotated[
+        str | None, typer.Option(help="Target languages, comma-separated tags (e.g. bn,sw,th).")
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="The pairs folder (pairs.output_dir).")
+    ] = None,
+    config: ConfigOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="The model whose own refusals are the chosen answers."),
+    ] = None,
+    translator: Annotated[
+        str | None,
+        typer.Option(
+            help="[KIND:]MODEL that translates: an NLLB-200, M2M100, MADLAD-400 or Marian model, any "
+            "seq2seq model, or chat:MODEL (kind auto-detected; see: safetune list)."
+        ),
+    ] = None,
+    chosen: Annotated[
+        str | None,
+        typer.Option(
+            help="generate (default: the model's own refusal) | given (the file's chosen column, "
+            "judged by the same rule)."
+        ),
+    ] = None,
+    judge: Annotated[
+        str | None,
+        typer.Option(help="The judge that keeps the refusals (default keyword; see: safetune list)."),
+    ] = None,
+    judge_model: Annotated[
+        str | None, typer.Option(help="Judge model (classifier / guard): hub id or folder.")
+    ] = None,
+    judge_preset: Annotated[str | None, typer.Option(help="Judge preset (see: safetune list).")] = None,
+    backend: Annotated[str | None, typer.Option(help="Generation backend: hf (default) | vllm")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use the first N input records.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Discard this folder's answers, verdicts and translations, and start again.")
+    ] = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build MPO training pairs for any language: the model's own refusal to each harmful prompt (kept
+    when the judge calls it one), prompt, refusal and unsafe answer translated into each target language,
+    a quality filter (language identification, round-trip chrF, refusal still detected), written in the
+    MPO authors' release format; staged and resumable (re-run to resume).
+
+    Settings: --pairs.KEY=VALUE (format, columns, header, dominant, language_check, min_chrf,
+    target_refusal), --generation.*, --judge.*, --translate.* (docs/data.md, "Building MPO pairs").
+
+    Run as: safetune pairs -m meta-llama/Llama-3.1-8B-Instruct --inputs pku.jsonl --languages bn,sw
+            --translator facebook/nllb-200-distilled-600M -o runs/pairs
+    then:   safetune train -m meta-llama/Llama-3.1-8B-Instruct --method mpo --data runs/pairs/pairs.json
+    """
+    from safetune.config import load_config
+    from safetune.pairs.build import build_pairs
+
+    _setup_console(verbose, quiet)
+    shortcuts: dict[str, Any] = {
+        "pairs.inputs": inputs,
+        "pairs.languages": languages.split(",") if languages else None,
+        "pairs.output_dir": out,
+        "model.name": model,
+        "pairs.chosen": chosen,
+        "judge.name": judge,
+        "judge.model": judge_model,
+        "judge.preset": judge_preset,
+        "generation.backend": backend,
+        "pairs.limit": limit,
+    }
+    if translator is not None:
+        from safetune.translation.registry import parse_translator
+
+        kind, translation_model = parse_translator(translator)
+        shortcuts.update({"translate.model": translation_model, "translate.kind": kind})
+    cfg = load_config(config, _overrides(ctx, shortcuts))
+    report = build_pairs(cfg, overwrite=overwrite)
+    c = report.counts
+    per = ", ".join(
+        f"{code} {row['kept']} (rejected {row['rejected']})" for code, row in c["by_language"].items()
+    )
+    print(
+        f"{c['pairs']} pairs from {c['inputs']} prompts ({c['refusals_kept']} refusals kept, "
+        f"{c['dropped']['not_refusal']} not refusals): {per}"
+    )
+    print(
+        f"-> {report.out / 'pairs.json'} (rejected rows: rejected.jsonl; manifest.json, summary.md); "
+        f"now: {report.generated_now} generated, {report.judged_now} judged, {report.translated_now} translated"
+    )
 
 
 @app.command("tiny-model")

@@ -642,11 +642,49 @@ class SdrrlConfig(Section):
 
 
 @dataclass
+class PairsConfig(Section):
+    """The MPO pair builder (`safetune pairs`, pairs/; docs/data.md "Building MPO pairs"): harmful prompts
+    with unsafe answers -> the model's own refusals -> translated into each target language -> filtered.
+    The model is `model.name`, its generation `generation`, the refusal judge `judge`, the translator
+    `translate`; bad input records follow `data.invalid`."""
+
+    inputs: str | None = None  # the harmful-prompt file (.json/.jsonl/.csv)
+    format: Literal["auto", "pku", "advbench", "table"] = "auto"
+    # our field (prompt, rejected, chosen, id) -> the file's column; with header none a column number
+    columns: dict[str, str] | None = None
+    header: Literal["first_row", "none"] = "first_row"  # none: a CSV without a header row
+    languages: list[str] = field(default_factory=list)  # the target languages (tags: bn, sw, zh-Hant)
+    dominant: str = "en"  # the language of the inputs and of the model's refusals
+    output_dir: str = "runs/pairs"
+    # generate: the model's own refusal (the default, the real path); given: the file's `chosen` column,
+    # judged by the same rule (for refusals written elsewhere)
+    chosen: Literal["generate", "given"] = "generate"
+    limit: int | None = number(None, ge=1)  # the first N input records
+    # Language identification of each translated field: strict rejects a field whose language is not
+    # detected as the target (unsure included), lenient only one confidently detected as another, none checks nothing.
+    language_check: Literal["strict", "lenient", "none"] = "lenient"
+    identifier: str = "lingua"  # the language identifier (pairs/filter.py IDENTIFIERS)
+    # Round-trip chrF (0..100, sacrebleu sentence chrF of the back-translation against the original):
+    # a row with any field below it is rejected; 0 keeps every row (the scores are still recorded).
+    min_chrf: float = number(30.0, ge=0, le=100)
+    # The translated chosen answer, judged again: required (the judge must call it a refusal),
+    # unless_contradicted (rejected only when the judge says it complies or partly complies), none.
+    target_refusal: Literal["required", "unless_contradicted", "none"] = "required"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.dominant.strip():
+            raise ConfigError("pairs.dominant: empty (a language tag such as en)")
+        if len(set(self.languages)) != len(self.languages):
+            raise ConfigError(f"pairs.languages: a language is listed twice ({', '.join(self.languages)})")
+
+
+@dataclass
 class RunConfig:
     """model + data + chat + selection + method + train (select/train; model also reward-gap) and
     generation + defence + judge + eval + fidelity (eval), translate (eval's translate-then-judge, the pair
-    builder), expert (safety-expert), sdrrl (train --method sdrrl: its transfer set), and the top-level keys
-    every stage shares."""
+    builder), expert (safety-expert), sdrrl (train --method sdrrl: its transfer set), pairs (the MPO pair
+    builder), and the top-level keys every stage shares."""
 
     # Every cache (RDS scores, the MPO reference, weight digests): storage.cache_root. None: $SAFETUNE_CACHE
     # or ~/.cache/safetune. Not part of a run's identity: where a cache lives does not change its values.
@@ -666,6 +704,7 @@ class RunConfig:
     assess: AssessConfig = field(default_factory=AssessConfig)
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     sdrrl: SdrrlConfig = field(default_factory=SdrrlConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -768,6 +807,7 @@ SECTIONS: dict[str, type] = {
     "assess": AssessConfig,
     "expert": ExpertConfig,
     "sdrrl": SdrrlConfig,
+    "pairs": PairsConfig,
 }
 # RunConfig's keys outside the sections (YAML `cache_dir: DIR`, override `--cache_dir=DIR`).
 TOP_LEVEL_KEYS = ("cache_dir",)

@@ -34,7 +34,11 @@ LAYERS: tuple[dict[str, tuple[str, ...]], ...] = (
     {"selection": ("safetune.selection", "safetune.selection_variants"), "organism": ("safetune.organism",)},
     {"training": ("safetune.training",), "evaluation": ("safetune.evaluation",)},
     {"reports": ("safetune.reports",)},
-    {"assess": ("safetune.assess",), "safety expert": ("safetune.expert",)},
+    {
+        "assess": ("safetune.assess",),
+        "safety expert": ("safetune.expert",),
+        "pair builder": ("safetune.pairs",),
+    },
     {"demos": ("safetune.demos",)},
     {"cli": ("safetune.cli",)},
 )

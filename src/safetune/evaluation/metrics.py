@@ -141,6 +141,12 @@ def corpus_chrf(predictions: Sequence[str], references: Sequence[Sequence[str]])
     return float(_chrf_metric().corpus_score(list(predictions), streams).score)
 
 
+def sentence_chrf(prediction: str, reference: str) -> float:
+    """sacrebleu sentence chrF (0..100) of one prediction against one reference (the pair builder's
+    round-trip check, pairs/filter.py)."""
+    return float(_chrf_metric().sentence_score(prediction, [reference]).score)
+
+
 # ---- per-benchmark results ----
 
 
