@@ -55,12 +55,12 @@ from safetune.pairs.filter import (
 )
 from safetune.pairs.inputs import HarmfulInput, Loaded, inputs_hash, load_inputs
 from safetune.pairs.manifest import Counts, package_versions, summary_markdown
+from safetune.pairs.organism import build_translator
 from safetune.provenance import base_provenance
 from safetune.storage import append_jsonl, write_json, write_jsonl
 from safetune.translation.base import TranslationRequest, Translator
 from safetune.translation.cache import TRANSLATIONS_FILE, translate_cached
 from safetune.translation.languages import Language, resolve
-from safetune.translation.registry import build_translator
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ Reasons a row is rejected (rejected.jsonl, the manifest's counts):
 A row rejected for several reasons lists them all; the counts count each reason once per row.
 
 Language identifiers (`pairs.identifier`) are a registry: a name -> (version, text -> ISO 639-1 code or
-None when unsure). "lingua" is data/languages.py's `detect_language`; the multilingual organism's
-synthetic language can add its own identifier here with one entry.
+None when unsure). "lingua" is data/languages.py's `detect_language`; "organism" tells the multilingual
+model organism's two languages apart (pairs/organism.py).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 from safetune.data.languages import DETECTOR_VERSION, detect_language
 from safetune.errors import ConfigError
 from safetune.evaluation.items import PARTIAL
+from safetune.pairs import organism
 from safetune.translation.languages import Language
 
 TRANSLATED_FIELDS: tuple[str, ...] = ("prompt", "chosen", "rejected")
@@ -51,6 +52,7 @@ class Identifier:
 
 IDENTIFIERS: dict[str, Identifier] = {
     "lingua": Identifier("lingua", DETECTOR_VERSION, detect_language),
+    "organism": Identifier("organism", organism.VERSION, organism.detect),
 }
 
 

@@ -208,9 +208,29 @@ _BY_FLORES = {lang.flores.lower(): lang for lang in (*LANGUAGES.values(), ZH_HAN
 _TAG = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
 
 
+# Constructed languages (register_language): tag -> language. Empty unless a caller registers one.
+_CONSTRUCTED: dict[str, Language] = {}
+
+
+def register_language(language: Language) -> None:
+    """Make a constructed language's tags resolve (the multilingual model organism's L1 and L2: the pair
+    builder's organism translator registers them). It has no FLORES code, so no translator model takes
+    it; a tag of a real language cannot be taken over."""
+    for tag in (language.code, language.iso3, *language.aliases):
+        key = tag.strip().lower()
+        taken = _BY_TAG.get(key) or _BY_FLORES.get(key)
+        if taken is not None:
+            raise ValueError(f"language tag {tag!r} is {taken.name}'s; a constructed language needs its own")
+        if _CONSTRUCTED.get(key, language) != language:
+            raise ValueError(f"language tag {tag!r} is already registered as {_CONSTRUCTED[key].name}")
+        _CONSTRUCTED[key] = language
+
+
 def resolve(tag: str) -> Language:
     """The language a tag names (see the module docstring); ConfigError for a tag outside the table."""
     text = tag.strip()
+    if text.lower() in _CONSTRUCTED:
+        return _CONSTRUCTED[text.lower()]
     if text.lower() in _BY_FLORES:
         return _BY_FLORES[text.lower()]
     if not _TAG.fullmatch(text):
