@@ -19,9 +19,10 @@ DataKind = Literal["role", "preference", "parallel", "safety"]
 # SafetuneTrainer followed by SafeLoRA's projection (training/safelora.py); tokenwise
 # (training/tokenwise.py), safeinstr (training/safeinstr.py) and sppft (training/sppft.py: the safety
 # layers frozen) are role-data recipes without RDS; Lisa's and Vaccine's own Trainers (training/lisa.py,
-# training/vaccine.py); SEAL's recipe (training/seal.py) adds the bilevel data ranker before the SFT.
+# training/vaccine.py); SEAL's recipe (training/seal.py) adds the bilevel data ranker before the SFT;
+# LENS (training/lens.py) trains the top layers on prompts only, its reference and probe cached.
 RecipeName = Literal[
-    "role", "mpo", "trl", "safelora", "tokenwise", "safeinstr", "sppft", "lisa", "vaccine", "seal"
+    "role", "mpo", "trl", "safelora", "tokenwise", "safeinstr", "sppft", "lisa", "vaccine", "seal", "lens"
 ]
 
 
@@ -237,6 +238,24 @@ _SPECS += (
         data_kind="role",
         recipe="seal",
         needs_reference=False,
+        uses_beta=False,
+        default_beta=0.0,
+    ),
+)
+
+# A cross-lingual baseline of the MPO paper (docs/methods/lens.md): prompts only, no responses.
+_SPECS += (
+    MethodSpec(
+        name="lens",
+        summary="LENS: move each target language from the dominant one in the language-specific subspace "
+        "and towards it along the common direction, top-K layers only (Zhao et al.)",
+        source=(
+            "arXiv 2410.04407; circle-hit/Lens Manipulation/src/trainer_lens.py, Probing/utils.py, "
+            "scripts/run_manipulation.sh"
+        ),
+        data_kind="parallel",
+        recipe="lens",
+        needs_reference=True,  # through the on-disk cache of the frozen pass: no reference model held
         uses_beta=False,
         default_beta=0.0,
     ),

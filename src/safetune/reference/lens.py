@@ -13,7 +13,11 @@ same pass on token rows, which also gives the mean-pooled states the LENS retain
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +29,8 @@ from safetune.data.records import Prompt
 from safetune.methods.lsar import LsarDecomposition, lsar
 from safetune.methods.reward_gap import PoolMode, pool_hidden
 from safetune.models.loading import decoder_of
+from safetune.reference.cache import CacheEntry, cache_key
+from safetune.storage import hash_json
 
 POOLS: tuple[PoolMode, ...] = ("last", "mean")
 
@@ -125,3 +131,194 @@ def probe(states: Mapping[str, Tensor], dominant: str, rank: int | None = None) 
     if dominant not in states:
         raise ValueError(f"dominant language {dominant!r} not among the probed languages {languages}")
     return lsar(language_means(states), languages.index(dominant), rank)
+
+
+# --- the reference side of LENS training: one frozen pass, cached ----------------------------------------
+
+# Bump when the cached values or the key change: it is part of the cache key.
+CACHE_VERSION = "1"
+
+
+@dataclass
+class LensReference:
+    """What LENS training reads from the frozen model, per training row (a parallel prompt pair):
+    `dominant_pooled` [N, d], the mean-pooled final states of the dominant prompt (retain term), and
+    `target_last` [N, d], the last-prompt-token final state of the target prompt (separate term); and the
+    probe: LSAR of the per-language means of the last-prompt-token states, `languages` (the dominant one
+    first, then the targets in order of first appearance), `common` (c), `basis` (M_s) and `shifts`
+    ([D, d], delta per language; row 0, the dominant language, is zero)."""
+
+    languages: list[str]
+    dominant_pooled: Tensor
+    target_last: Tensor
+    common: Tensor
+    basis: Tensor
+    shifts: Tensor
+    probe_counts: list[int]  # prompts whose states entered each language's mean
+    singular_values: Tensor
+
+    def lookup(self, index: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+        return self.dominant_pooled[index].to(device), self.target_last[index].to(device)
+
+    def shift_norms(self) -> list[float]:
+        return [float(v) for v in torch.linalg.vector_norm(self.shifts, dim=-1)]
+
+    def summary(self) -> dict[str, Any]:
+        """The probe's figures for run.json and lens_probe.json."""
+        return {
+            "languages": self.languages,
+            "dominant": self.languages[0],
+            "rank": int(self.basis.shape[1]),
+            "probe_prompts": dict(zip(self.languages, self.probe_counts, strict=True)),
+            "shift_norms": dict(zip(self.languages, self.shift_norms(), strict=True)),
+            "common_norm": float(torch.linalg.vector_norm(self.common)),
+            "singular_values": [float(v) for v in self.singular_values],
+        }
+
+    def write(self, handle: IO[bytes], metadata: dict[str, str]) -> None:
+        from safetensors.torch import save
+
+        tensors = {
+            "dominant_pooled": self.dominant_pooled,
+            "target_last": self.target_last,
+            "common": self.common,
+            "basis": self.basis,
+            "shifts": self.shifts,
+            "singular_values": self.singular_values,
+        }
+        meta = {
+            **metadata,
+            "languages": json.dumps(self.languages),
+            "probe_counts": json.dumps(self.probe_counts),
+        }
+        handle.write(save({k: v.contiguous() for k, v in tensors.items()}, meta))
+
+    @classmethod
+    def load(cls, path: Path) -> LensReference:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata()
+            t = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        return cls(
+            json.loads(meta["languages"]),
+            t["dominant_pooled"],
+            t["target_last"],
+            t["common"],
+            t["basis"],
+            t["shifts"],
+            json.loads(meta["probe_counts"]),
+            t["singular_values"],
+        )
+
+
+def probe_groups(
+    rows: Sequence[Mapping[str, Any]], languages: Sequence[str], per_language: int
+) -> dict[str, list[int]]:
+    """For each language, the training rows whose prompt enters its probe mean: the first `per_language`
+    distinct prompts (by token ids; the dominant prompt of several target languages counts once)."""
+    groups: dict[str, list[int]] = {language: [] for language in languages}
+    seen: dict[str, set[tuple[int, ...]]] = {language: set() for language in languages}
+    for i, row in enumerate(rows):
+        for language, key in ((languages[0], "d_ids"), (row["language"], "t_ids")):
+            ids = tuple(row[key])
+            if ids in seen[language] or len(groups[language]) >= per_language:
+                continue
+            seen[language].add(ids)
+            groups[language].append(i)
+    return groups
+
+
+def compute_lens_reference(
+    model: nn.Module,
+    rows: Sequence[Mapping[str, Any]],
+    languages: Sequence[str],
+    *,
+    pad_id: int,
+    batch_size: int,
+    probe_prompts: int,
+    rank: int | None = None,
+) -> LensReference:
+    """One no-grad pass of the frozen model over both prompts of every row (`d_ids`, `t_ids`, `language`:
+    a target language of `languages`, whose first entry is the dominant language), then LSAR of the
+    per-language means of the last-prompt-token states over each language's probe prompts."""
+    dominant = prompt_states(
+        model,
+        [r["d_ids"] for r in rows],
+        pad_id=pad_id,
+        batch_size=batch_size,
+        pools=("last", "mean"),
+        desc="LENS reference pass, dominant prompts (cached)",
+    )
+    target = prompt_states(
+        model,
+        [r["t_ids"] for r in rows],
+        pad_id=pad_id,
+        batch_size=batch_size,
+        desc="LENS reference pass, target prompts (cached)",
+    )["last"]
+    groups = probe_groups(rows, languages, probe_prompts)
+    states = {
+        language: (dominant["last"] if k == 0 else target)[groups[language]]
+        for k, language in enumerate(languages)
+    }
+    decomposition = probe(states, languages[0], rank)
+    return LensReference(
+        list(languages),
+        dominant["mean"],
+        target,
+        decomposition.common,
+        decomposition.specific_basis,
+        decomposition.shifts,
+        [len(groups[language]) for language in languages],
+        decomposition.singular_values,
+    )
+
+
+def cached_lens_reference(
+    load_model: Callable[[], nn.Module],
+    renderer: ChatRenderer,
+    rows: Sequence[Mapping[str, Any]],
+    languages: Sequence[str],
+    *,
+    model_fingerprint: str,
+    root: Path,
+    batch_size: int,
+    probe_prompts: int,
+    rank: int | None,
+) -> tuple[LensReference, Path]:
+    """The LENS reference for these rows: read from the cache under `root`, or computed with
+    `load_model()` and stored; and the entry's path. The key holds everything the values depend on: the
+    model, the template, the token ids, the languages' order, the probe's prompt count and rank, and
+    the batch size (padding to a batch's longest row moves values in the last float digits)."""
+    pad_id = renderer.tokenizer.pad_token_id
+    settings = {
+        "template": renderer.fingerprint(),
+        "languages": list(languages),
+        "probe_prompts": probe_prompts,
+        "rank": rank,
+        "batch_size": batch_size,
+        "pad_id": pad_id,
+    }
+    data = hash_json([[r["d_ids"], r["t_ids"], r["language"]] for r in rows])
+    key = cache_key("lens", CACHE_VERSION, model_fingerprint, settings, data)
+    entry = CacheEntry(root, "lens", key, ".safetensors")
+    metadata = {"model": model_fingerprint, "count": str(len(rows))}
+
+    def compute() -> LensReference:
+        return compute_lens_reference(
+            load_model(),
+            rows,
+            languages,
+            pad_id=pad_id,
+            batch_size=batch_size,
+            probe_prompts=probe_prompts,
+            rank=rank,
+        )
+
+    reference = entry.read_or_compute(
+        lambda path: LensReference.load(path) if path.exists() else None,
+        compute,
+        lambda handle, value: value.write(handle, metadata),
+    )
+    return reference, entry.path

@@ -1,0 +1,291 @@
+"""LENS (Zhao et al., arXiv 2410.04407; docs/methods/lens.md): the Trainer (the three manipulation terms of
+methods/losses.py on the policy's final-layer states of parallel prompts) and the recipe that feeds it.
+
+Training reads prompts only: the dominant and the target prompt of each parallel pair, rendered as the
+chat template renders a prompt for generation. The frozen model's side (the retain and separate terms'
+reference states) and the probe (LSAR of the per-language mean states) come from one cached pass
+(reference/lens.py) on the freshly loaded model, so no reference model is held while training. Only the
+last `method.lens_top_layers` decoder layers train: under full fine-tuning every other parameter is frozen
+(embeddings, final norm and LM head included, as the official run.py does); under LoRA only those layers
+get adapters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from safetune.data.batching import pad_batch
+from safetune.data.chat import ChatRenderer
+from safetune.data.languages import LanguageCheck, language_counts
+from safetune.data.preferences import load_parallel_pairs
+from safetune.data.readers import InvalidRecords
+from safetune.data.records import ParallelPreferencePair
+from safetune.errors import ConfigError
+from safetune.methods.losses import lens_loss
+from safetune.methods.reward_gap import pool_hidden
+from safetune.models.loading import decoder_of, default_device
+from safetune.reference.lens import LensReference, cached_lens_reference
+from safetune.reference.safety_layers import band_regex
+from safetune.storage import cache_root, hash_json, write_json
+from safetune.training.common import AveragedMetrics, add_callbacks, pair_counts
+from safetune.training.recipe import Recipe, RecipeReport
+
+log = logging.getLogger(__name__)
+
+PROBE_FILE = "lens_probe.json"
+
+
+def decoder_layer_list(model: nn.Module) -> Any:
+    layers = getattr(decoder_of(model), "layers", None)
+    if layers is None:
+        raise ConfigError("LENS needs a decoder with a `layers` list (Llama, Qwen, Gemma, Mistral, Phi-3)")
+    return layers
+
+
+def check_top_layers(model: nn.Module, top: int) -> int:
+    """The first trained layer's index; a ConfigError when the model has fewer than `top` layers."""
+    count = len(decoder_layer_list(model))
+    if top > count:
+        raise ConfigError(f"method.lens_top_layers {top} exceeds the model's {count} decoder layers")
+    return count - top
+
+
+def freeze_below(model: nn.Module, first: int) -> list[str]:
+    """requires_grad False on every parameter outside decoder layers first.. (embeddings, final norm and LM
+    head too); returns the names of the parameters left trainable."""
+    model.requires_grad_(False)
+    for layer in list(decoder_layer_list(model))[first:]:
+        layer.requires_grad_(True)
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def dominant_language(pairs: Sequence[ParallelPreferencePair]) -> str:
+    """The one dominant language of the pairs (its code; "dominant" where the file names none)."""
+    names = {p.dominant.language or "dominant" for p in pairs}
+    if len(names) != 1:
+        raise ConfigError(f"LENS needs one dominant language; the pairs have {sorted(names)}")
+    return names.pop()
+
+
+def encode_prompt_pairs(
+    renderer: ChatRenderer, pairs: Sequence[ParallelPreferencePair], languages: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One row per pair: both prompts' token ids (with the pair's system prompt), its target language
+    (name and index into `languages`, the dominant language at 0) and its index."""
+    position = {language: k for k, language in enumerate(languages)}
+    return [
+        {
+            "index": i,
+            "language": pair.target.language or "unknown",
+            "language_index": position[pair.target.language or "unknown"],
+            "d_ids": renderer.prompt_ids(pair.dominant.prompt, pair.system),
+            "t_ids": renderer.prompt_ids(pair.target.prompt, pair.system),
+        }
+        for i, pair in enumerate(pairs)
+    ]
+
+
+class LensCollator:
+    """Right-pads each side of a batch of rows; the pooling reads the attention mask, so the padding never
+    enters a value."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        dominant = pad_batch([r["d_ids"] for r in rows], None, self.pad_id)
+        target = pad_batch([r["t_ids"] for r in rows], None, self.pad_id)
+        return {
+            "dominant_ids": dominant["input_ids"],
+            "dominant_mask": dominant["attention_mask"],
+            "target_ids": target["input_ids"],
+            "target_mask": target["attention_mask"],
+            "index": torch.tensor([r["index"] for r in rows]),
+            "language_index": torch.tensor([r["language_index"] for r in rows]),
+            "languages": [r["language"] for r in rows],
+        }
+
+
+class LensTrainer(AveragedMetrics):
+    """transformers.Trainer with the LENS loss. Per step the policy's decoder runs on the dominant prompts
+    (retain, align) and on the target prompts (separate, align), each only when a term with a nonzero
+    weight needs it; the frozen side comes from the cache."""
+
+    def __init__(self, *args: Any, method: Any, reference: LensReference, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.method = method
+        self.reference = reference
+        self.model_accepts_loss_kwargs = False
+        add_callbacks(self)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        m = self.method
+        decoder = decoder_of(self.accelerator.unwrap_model(model))
+        device = inputs["target_ids"].device
+        ref_pooled, ref_last = self.reference.lookup(inputs["index"].cpu(), device)
+        pooled = dominant_last = target_last = None
+        if m.lens_retain_weight != 0 or m.lens_align_weight != 0:
+            mask = inputs["dominant_mask"]
+            hidden = decoder(input_ids=inputs["dominant_ids"], attention_mask=mask, use_cache=False)
+            if m.lens_retain_weight != 0:
+                pooled = pool_hidden(hidden.last_hidden_state, mask, "mean")
+            if m.lens_align_weight != 0:
+                dominant_last = pool_hidden(hidden.last_hidden_state, mask, "last")
+        if m.lens_separate_weight != 0 or m.lens_align_weight != 0:
+            mask = inputs["target_mask"]
+            hidden = decoder(input_ids=inputs["target_ids"], attention_mask=mask, use_cache=False)
+            target_last = pool_hidden(hidden.last_hidden_state, mask, "last")
+        out = lens_loss(
+            retain_weight=m.lens_retain_weight,
+            separate_weight=m.lens_separate_weight,
+            align_weight=m.lens_align_weight,
+            pooled=pooled,
+            ref_pooled=ref_pooled,
+            target_last=target_last,
+            ref_target_last=ref_last,
+            dominant_last=dominant_last,
+            languages=inputs["language_index"],
+            shifts=self.reference.shifts,
+            basis=self.reference.basis,
+            common=self.reference.common,
+            alpha=m.lens_alpha,
+        )
+        for name in ("retain", "separate", "align"):
+            self.record(model.training, name, float(getattr(out, name)))
+        return (out.loss, {}) if return_outputs else out.loss
+
+
+class LensRecipe(Recipe):
+    """LENS: parallel prompts, the frozen side and the probe from one cached pass, top-K layers trained."""
+
+    def load(self, tokenizer: Any) -> str:
+        config, m = self.config, self.config.method
+        if m.lens_retain_weight == m.lens_separate_weight == m.lens_align_weight == 0:
+            raise ConfigError("method.lens_*_weight: every LENS term has weight 0, nothing to train")
+        self.renderer = ChatRenderer.from_config(tokenizer, config.chat)
+        self.invalid, self.checks = InvalidRecords(config.data.invalid), LanguageCheck()
+        pairs = load_parallel_pairs(
+            config.data.path, config.data.format, invalid=self.invalid, languages=self.checks
+        )
+        self.pairs = pairs[: config.data.max_examples] if config.data.max_examples else pairs
+        if not self.pairs:
+            raise ConfigError(f"data.path {config.data.path}: no parallel pairs to train on")
+        dominant = dominant_language(self.pairs)
+        targets = list(dict.fromkeys(p.target.language or "unknown" for p in self.pairs))
+        if dominant in targets:
+            raise ConfigError(f"LENS: target language {dominant!r} is also the dominant language")
+        self.languages = [dominant, *targets]
+        rank = m.lens_rank
+        if rank is not None and rank > len(self.languages) - 1:
+            raise ConfigError(
+                f"method.lens_rank {rank} exceeds D - 1 = {len(self.languages) - 1} "
+                f"(languages: {', '.join(self.languages)})"
+            )
+        log.info(
+            "LENS: %d parallel prompt pairs from %s (dominant %s; targets %s)",
+            len(self.pairs),
+            config.data.path,
+            dominant,
+            language_counts(self.pairs),
+        )
+        self.rows = encode_prompt_pairs(self.renderer, self.pairs, self.languages)
+        return hash_json([dataclasses.asdict(p) for p in self.pairs])
+
+    def frozen_pass(self, model: Any, fingerprint: str) -> dict[str, str]:
+        config, m = self.config, self.config.method
+        self.first_layer = check_top_layers(model, m.lens_top_layers)
+        self.layer_count = len(decoder_layer_list(model))
+        hidden = int(model.config.hidden_size)
+        if hidden < len(self.languages):
+            raise ConfigError(
+                f"LENS: {len(self.languages)} languages need a hidden size of at least that many (model: {hidden})"
+            )
+        try:
+            self.reference, self.cache_path = cached_lens_reference(
+                lambda: model.to(default_device()),
+                self.renderer,
+                self.rows,
+                self.languages,
+                model_fingerprint=fingerprint,
+                root=cache_root(config.cache_dir),
+                batch_size=config.selection.batch_size,
+                probe_prompts=m.lens_probe_prompts,
+                rank=m.lens_rank,
+            )
+        except ValueError as err:  # LSAR refuses degenerate means (methods/lsar.py)
+            raise ConfigError(f"LENS probe on {config.data.path}: {err}") from None
+        summary = self.reference.summary()
+        log.info("LENS probe: |delta| per language %s", summary["shift_norms"])
+        return {}
+
+    def write_files(self, out: Path) -> None:
+        write_json(out / PROBE_FILE, self.reference.summary())
+
+    def needs_reference_copy(self) -> bool:
+        return False  # the cache holds the frozen side
+
+    def lora_exclude_modules(self) -> str | None:
+        # no adapter below the trained layers
+        return band_regex((0, self.first_layer - 1)) if self.first_layer > 0 else None
+
+    def trainer(
+        self,
+        args: TrainingArguments,
+        model: Any,
+        ref_model: Any,
+        tokenizer: Any,
+        callbacks: list[TrainerCallback] | None,
+    ) -> Trainer:
+        if self.config.train.finetune == "full":
+            self.trained = freeze_below(model, self.first_layer)
+        else:
+            self.trained = [name for name, p in model.named_parameters() if p.requires_grad]
+        return LensTrainer(
+            model=model,
+            args=args,
+            train_dataset=self.rows,
+            data_collator=LensCollator(tokenizer.pad_token_id),
+            processing_class=tokenizer,
+            method=self.config.method,
+            reference=self.reference,
+            callbacks=callbacks,
+        )
+
+    def report(self, trainer: Trainer, metrics: dict[str, Any]) -> RecipeReport:
+        config, m = self.config, self.config.method
+        data = {**pair_counts(self.pairs), "reference_cache": str(self.cache_path)}
+        count = self.layer_count
+        return RecipeReport(
+            details={
+                "data": data,
+                "lens": {
+                    **self.reference.summary(),
+                    "trained_layers": list(range(self.first_layer, count)),
+                    "trainable_parameters": len(self.trained),
+                },
+                "invalid_records": self.invalid.report(),
+                "language_disagreements": self.checks.report(),
+            },
+            card_rows=[
+                f"| data | `{config.data.path}`: {data['count']} parallel prompt pairs, target languages "
+                f"{data['languages']} |",
+                f"| trained layers | {self.first_layer}-{count - 1} (top {m.lens_top_layers}) |",
+                f"| retain / separate / align weights | {m.lens_retain_weight} / {m.lens_separate_weight} / "
+                f"{m.lens_align_weight} |",
+                f"| alpha / probe prompts per language | {m.lens_alpha} / {m.lens_probe_prompts} |",
+            ],
+        )
