@@ -157,6 +157,13 @@ class LensReference:
     probe_counts: list[int]  # prompts whose states entered each language's mean
     singular_values: Tensor
 
+    def __post_init__(self) -> None:
+        # Contiguous, as the cache file gives them back: a strided view (LSAR's basis comes out of an SVD)
+        # changes a matmul's summation order, and a freshly computed run would then differ from a run
+        # that read the cache (or resumed) in the last float digits.
+        for name in ("dominant_pooled", "target_last", "common", "basis", "shifts", "singular_values"):
+            setattr(self, name, getattr(self, name).contiguous())
+
     def lookup(self, index: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
         return self.dominant_pooled[index].to(device), self.target_last[index].to(device)
 
