@@ -215,11 +215,12 @@ def train(
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Fine-tune: SaRFT / SFT on role-play data, reward-gap MPO on parallel preference pairs, or a
-    DPO-family baseline on preference pairs; LoRA or full; resumable.
+    """Fine-tune: SaRFT / SFT on role-play data, reward-gap MPO or LENS (its prompts only, top layers) on
+    parallel preference pairs, or a DPO-family baseline on preference pairs; LoRA or full; resumable.
 
     Run as: safetune train -m MODEL --data roles/ --role "Freddy Krueger" --profiles p.json --method sarft -o runs/x
     or:     safetune train -m MODEL --data pairs.json --method mpo -o runs/mpo
+    or:     safetune train --config configs/lens_full.yaml -m MODEL --data pairs.json -o runs/lens
     """
     from safetune.config import load_config
     from safetune.launch import is_main_process

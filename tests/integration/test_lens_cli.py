@@ -122,3 +122,18 @@ def test_bad_settings_are_one_line_and_write_nothing(tiny_llama3, tmp_path):
         assert result.exit_code == 2, result.output
         assert message in result.output
         assert not out.exists()
+
+
+def test_the_official_config_runs(tiny_llama3, tmp_path):
+    """configs/lens_full.yaml (1 step, fp32 on the CPU): the official settings reach the run."""
+    config = Path(__file__).resolve().parents[2] / "configs" / "lens_full.yaml"
+    data, out = _pairs(tmp_path / "pairs.jsonl"), tmp_path / "run"
+    args = ["train", "--config", str(config), "-m", str(tiny_llama3), "--data", str(data), "-o", str(out)]
+    args += ["--train.max_steps=1", "--train.precision=fp32", f"--cache_dir={tmp_path / 'cache'}"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    run = json.loads((out / "run.json").read_text())
+    assert run["method"] == "lens" and run["finetune"] == "full"
+    assert run["lens"]["trained_layers"] == [0, 1]  # top 2 of the tiny model's 2
+    resolved = (out / "config.yaml").read_text()
+    assert "learning_rate: 1.0e-05" in resolved and "warmup_ratio: 0.05" in resolved

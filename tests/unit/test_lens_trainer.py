@@ -74,7 +74,7 @@ def test_probe_groups_count_each_distinct_prompt_once(setup):
 
 
 def test_step_zero_values_of_the_real_pass(setup):
-    model, rows, reference, trainer, batch = setup
+    model, _, reference, trainer, batch = setup
     t = trainer(lens_alpha=0.5)
     model.train()
     t.compute_loss(model, batch)
