@@ -137,3 +137,28 @@ def test_the_official_config_runs(tiny_llama3, tmp_path):
     assert run["lens"]["trained_layers"] == [0, 1]  # top 2 of the tiny model's 2
     resolved = (out / "config.yaml").read_text()
     assert "learning_rate: 1.0e-05" in resolved and "warmup_ratio: 0.05" in resolved
+
+
+def test_a_second_run_reads_the_cache(tiny_llama3, tmp_path, monkeypatch):
+    """The frozen pass runs once: a second run on the same data and settings never computes it."""
+    import safetune.reference.lens as lens_reference
+
+    data, cache = _pairs(tmp_path / "pairs.jsonl"), tmp_path / "cache"
+    extra = ["--finetune", "lora", "--train.max_steps=1"]
+    first = runner.invoke(app, _args(tiny_llama3, data, tmp_path / "a", cache, *extra))
+    assert first.exit_code == 0, first.output + repr(first.exception)
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the frozen pass ran again")
+
+    monkeypatch.setattr(lens_reference, "compute_lens_reference", no_pass)
+    second = runner.invoke(app, _args(tiny_llama3, data, tmp_path / "b", cache, *extra))
+    assert second.exit_code == 0, second.output + repr(second.exception)
+    runs = [json.loads((tmp_path / name / "run.json").read_text()) for name in ("a", "b")]
+    assert runs[0]["data"]["reference_cache"] == runs[1]["data"]["reference_cache"]
+    assert runs[0]["lens"] == runs[1]["lens"]
+    # a different probe size is another entry, computed afresh
+    third = runner.invoke(
+        app, _args(tiny_llama3, data, tmp_path / "c", cache, *extra, "--method.lens_probe_prompts=3")
+    )
+    assert third.exit_code != 0 and "the frozen pass ran again" in repr(third.exception)

@@ -60,6 +60,7 @@ def setup(tiny_chatml, frozen, tmp_path):
             data_collator=LensCollator(tokenizer.pad_token_id),
             method=method,
             reference=reference,
+            pad_id=tokenizer.pad_token_id,
         )
 
     batch = LensCollator(tokenizer.pad_token_id)(rows)
@@ -109,10 +110,14 @@ def test_a_zero_weight_term_is_not_computed(setup, monkeypatch):
     decoder = model.model
     original = decoder.forward
     monkeypatch.setattr(
-        decoder, "forward", lambda *a, **k: seen.append(k["input_ids"].shape[1]) or original(*a, **k)
+        decoder, "forward", lambda *a, **k: seen.append(tuple(k["input_ids"].shape)) or original(*a, **k)
     )
+    top: list[int] = []
+    model_forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: top.append(1) or model_forward(*a, **k))
     loss = t.compute_loss(model, batch)
-    assert seen == [batch["target_ids"].shape[1]]
+    assert top == [1]  # through the model itself (a DDP wrapper's forward arms its all-reduce)
+    assert seen == [tuple(batch["target_ids"].shape)]  # one pass, the target rows alone
     assert torch.isfinite(loss)
     logged = {k.split("/")[1]: v[-1] for k, v in t._metrics.items()}
     assert logged["retain"] == 0 and logged["align"] == 0 and logged["separate"] > 0

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from safetune.data.batching import pad_batch
@@ -115,16 +116,31 @@ class LensCollator:
 
 
 class LensTrainer(AveragedMetrics):
-    """transformers.Trainer with the LENS loss. Per step the policy's decoder runs on the dominant prompts
-    (retain, align) and on the target prompts (separate, align), each only when a term with a nonzero
-    weight needs it; the frozen side comes from the cache."""
+    """transformers.Trainer with the LENS loss. Per step one forward of the model runs the dominant prompts
+    (retain, align) and the target prompts (separate, align) together, each side only when a term with a
+    nonzero weight needs it; the frozen side comes from the cache."""
 
-    def __init__(self, *args: Any, method: Any, reference: LensReference, **kwargs: Any):
+    def __init__(self, *args: Any, method: Any, reference: LensReference, pad_id: int, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.pad_id = pad_id
         self.method = method
         self.reference = reference
         self.model_accepts_loss_kwargs = False
         add_callbacks(self)
+
+    def _final_states(self, model: nn.Module, sides: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
+        """The final, post-norm states of the given (ids, mask) sides, from ONE forward of `model` itself
+        (not its bare decoder): under a DDP wrapper only a forward through the wrapper arms the gradient
+        all-reduce of the step. The sides are right-padded to one width and stacked; `logits_to_keep=1`
+        keeps the unused LM head to one position per row."""
+        width = max(ids.shape[1] for ids, _ in sides)
+        ids = torch.cat([F.pad(i, (0, width - i.shape[1]), value=self.pad_id) for i, _ in sides])
+        mask = torch.cat([F.pad(m, (0, width - m.shape[1]), value=0) for _, m in sides])
+        out = model(
+            input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True, logits_to_keep=1
+        )
+        hidden = out.hidden_states[-1]  # after the final norm, as the LM head reads it
+        return list(hidden.split([i.shape[0] for i, _ in sides]))
 
     def compute_loss(
         self,
@@ -134,21 +150,27 @@ class LensTrainer(AveragedMetrics):
         num_items_in_batch: Any = None,
     ) -> Any:
         m = self.method
-        decoder = decoder_of(self.accelerator.unwrap_model(model))
         device = inputs["target_ids"].device
         ref_pooled, ref_last = self.reference.lookup(inputs["index"].cpu(), device)
+        with_dominant = m.lens_retain_weight != 0 or m.lens_align_weight != 0
+        with_target = m.lens_separate_weight != 0 or m.lens_align_weight != 0
+        sides = []  # a side a zero-weight term alone would need is not run
+        if with_dominant:
+            sides.append((inputs["dominant_ids"], inputs["dominant_mask"]))
+        if with_target:
+            sides.append((inputs["target_ids"], inputs["target_mask"]))
+        states = self._final_states(model, sides)
         pooled = dominant_last = target_last = None
-        if m.lens_retain_weight != 0 or m.lens_align_weight != 0:
-            mask = inputs["dominant_mask"]
-            hidden = decoder(input_ids=inputs["dominant_ids"], attention_mask=mask, use_cache=False)
+        if with_dominant:
+            hidden, mask = states.pop(0), inputs["dominant_mask"]
+            hidden = hidden[:, : mask.shape[1]]
             if m.lens_retain_weight != 0:
-                pooled = pool_hidden(hidden.last_hidden_state, mask, "mean")
+                pooled = pool_hidden(hidden, mask, "mean")
             if m.lens_align_weight != 0:
-                dominant_last = pool_hidden(hidden.last_hidden_state, mask, "last")
-        if m.lens_separate_weight != 0 or m.lens_align_weight != 0:
-            mask = inputs["target_mask"]
-            hidden = decoder(input_ids=inputs["target_ids"], attention_mask=mask, use_cache=False)
-            target_last = pool_hidden(hidden.last_hidden_state, mask, "last")
+                dominant_last = pool_hidden(hidden, mask, "last")
+        if with_target:
+            hidden, mask = states.pop(0), inputs["target_mask"]
+            target_last = pool_hidden(hidden[:, : mask.shape[1]], mask, "last")
         out = lens_loss(
             retain_weight=m.lens_retain_weight,
             separate_weight=m.lens_separate_weight,
@@ -262,6 +284,7 @@ class LensRecipe(Recipe):
             processing_class=tokenizer,
             method=self.config.method,
             reference=self.reference,
+            pad_id=tokenizer.pad_token_id,
             callbacks=callbacks,
         )
 
