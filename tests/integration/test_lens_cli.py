@@ -60,9 +60,12 @@ def test_lens_trains_only_the_top_layers(tiny_llama3, tmp_path, finetune):
     assert lens["languages"] == ["en", "sw", "xx"] and lens["rank"] == 2
     assert lens["probe_prompts"] == {"en": 6, "sw": 6, "xx": 6}  # the dominant prompts count once
     assert lens["shift_norms"]["en"] == 0 and lens["shift_norms"]["sw"] > 0
+    assert lens["dominant_detected"] == {"en": 12}
     assert lens["trained_layers"] == [1]  # the tiny model has 2 decoder layers
     assert json.loads((out / "lens_probe.json").read_text()) == {
-        k: v for k, v in lens.items() if k not in ("trained_layers", "trainable_parameters")
+        k: v
+        for k, v in lens.items()
+        if k not in ("trained_layers", "trainable_parameters", "dominant_detected")
     }
     assert Path(run["data"]["reference_cache"]).exists()
     final = out / "final"

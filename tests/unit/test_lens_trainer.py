@@ -121,3 +121,16 @@ def test_a_zero_weight_term_is_not_computed(setup, monkeypatch):
     assert torch.isfinite(loss)
     logged = {k.split("/")[1]: v[-1] for k, v in t._metrics.items()}
     assert logged["retain"] == 0 and logged["align"] == 0 and logged["separate"] > 0
+
+
+def test_the_dominant_language_is_the_most_frequent_one():
+    from safetune.training.lens import dominant_language
+
+    pairs = _pairs()
+    undetected = [
+        ParallelPreferencePair(PreferencePair(p.dominant.prompt, "no", "yes", p.id, None), p.target, p.id)
+        for p in pairs[:2]
+    ]
+    assert dominant_language(pairs) == ("en", {"en": 8})
+    assert dominant_language(undetected + pairs[2:]) == ("en", {"undetected": 2, "en": 6})
+    assert dominant_language(undetected) == ("dominant", {"undetected": 2})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,12 +69,15 @@ def freeze_below(model: nn.Module, first: int) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
-def dominant_language(pairs: Sequence[ParallelPreferencePair]) -> str:
-    """The one dominant language of the pairs (its code; "dominant" where the file names none)."""
-    names = {p.dominant.language or "dominant" for p in pairs}
-    if len(names) != 1:
-        raise ConfigError(f"LENS needs one dominant language; the pairs have {sorted(names)}")
-    return names.pop()
+def dominant_language(pairs: Sequence[ParallelPreferencePair]) -> tuple[str, dict[str, int]]:
+    """The dominant language's name and how many pairs named or were detected as each language.
+
+    A parallel pairs file has one dominant language by construction, but where the file names none it is
+    detected per record, and a short prompt may be detected as another language or as none: every
+    dominant prompt counts as the most frequent detected language ("dominant" when none is detected)."""
+    counts = Counter(p.dominant.language or "undetected" for p in pairs)
+    detected = [(n, name) for name, n in counts.most_common() if name != "undetected"]
+    return (detected[0][1] if detected else "dominant"), dict(counts)
 
 
 def encode_prompt_pairs(
@@ -206,7 +210,13 @@ class LensRecipe(Recipe):
         self.pairs = pairs[: config.data.max_examples] if config.data.max_examples else pairs
         if not self.pairs:
             raise ConfigError(f"data.path {config.data.path}: no parallel pairs to train on")
-        dominant = dominant_language(self.pairs)
+        dominant, self.dominant_counts = dominant_language(self.pairs)
+        if len(self.dominant_counts) > 1:
+            log.warning(
+                "LENS: the dominant prompts are named or detected as %s; all count as %r",
+                self.dominant_counts,
+                dominant,
+            )
         targets = list(dict.fromkeys(p.target.language or "unknown" for p in self.pairs))
         if dominant in targets:
             raise ConfigError(f"LENS: target language {dominant!r} is also the dominant language")
@@ -297,6 +307,7 @@ class LensRecipe(Recipe):
                 "data": data,
                 "lens": {
                     **self.reference.summary(),
+                    "dominant_detected": self.dominant_counts,
                     "trained_layers": list(range(self.first_layer, count)),
                     "trainable_parameters": len(self.trained),
                 },
