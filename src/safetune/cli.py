@@ -216,12 +216,13 @@ def train(
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Fine-tune: SaRFT / SFT on role-play data, reward-gap MPO or SDRRL on parallel preference pairs, or a
-    DPO-family baseline on preference pairs; LoRA or full; resumable.
+    """Fine-tune: SaRFT / SFT on role-play data, reward-gap MPO, SDRRL or LENS (its prompts only, top layers)
+    on parallel preference pairs, or a DPO-family baseline on preference pairs; LoRA or full; resumable.
 
     Run as: safetune train -m MODEL --data roles/ --role "Freddy Krueger" --profiles p.json --method sarft -o runs/x
     or:     safetune train -m MODEL --data pairs.json --method mpo -o runs/mpo
     or:     safetune train -m MODEL --data pairs.json --method sdrrl -o runs/sdrrl  (its transfer set: --sdrrl.KEY=VALUE)
+    or:     safetune train --config configs/lens_full.yaml -m MODEL --data pairs.json -o runs/lens
     """
     from safetune.config import load_config
     from safetune.launch import is_main_process

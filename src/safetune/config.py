@@ -284,6 +284,14 @@ class MethodConfig(Section):
     seal_gamma: float = number(0.0, ge=0, le=1)  # penalty weight in epoch 1 (1 - --upperlevel_weight 1.0)
     seal_gamma_step: float = number(0.03, ge=0, le=1)  # added per epoch (--upperlevel_weight_decay)
     seal_activation: Literal["softmax", "sigmoid"] = "softmax"  # --selector_activation
+    # --- LENS (docs/methods/lens.md): defaults from circle-hit/Lens scripts/run_manipulation.sh ---
+    lens_top_layers: int = number(2, ge=1)  # decoder layers trained, the last K (PUSH_END_LAYER 30 of 32)
+    lens_retain_weight: float = number(1.0, ge=0, le=1e6)  # RETAIN_WEIGHT
+    lens_separate_weight: float = number(1.0, ge=0, le=1e6)  # the code's pull term (weight 1, gated)
+    lens_align_weight: float = number(1.0, ge=0, le=1e6)  # PUSH_WEIGHT: the code's push term
+    lens_alpha: float = number(1.0, ge=0, le=1e3)  # PULL_WEIGHT: the multiple of delta_t to move by
+    lens_probe_prompts: int = number(300, ge=1, le=1_000_000)  # per language (the code: 300 Aya texts)
+    lens_rank: int | None = number(None, ge=1)  # LSAR rank; None: D - 1 (the code)
 
     def __post_init__(self) -> None:
         super().__post_init__()

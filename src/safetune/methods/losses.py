@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from safetune.data.batching import IGNORE_INDEX
+from safetune.methods.lsar import project_common, project_specific
 
 # Elements of a [positions, vocab] fp32 block handled at once (8 MiB per temporary).
 DEFAULT_CHUNK_ELEMENTS = 1 << 21
@@ -413,4 +414,116 @@ def tokenwise_loss(
         objective=objective.detach(),
         surrogate=surrogate.detach(),
         delta=(delta.sum() / count).detach(),
+    )
+
+
+# --- LENS (docs/methods/lens.md): the three manipulation terms on pooled final-layer states ------------
+# The official trainer (circle-hit/Lens Manipulation/src/trainer_lens.py) names them retain, pull (our
+# `separate`) and push (our `align`); each is an nn.MSELoss, a mean over the batch rows and the d features.
+
+
+@dataclass
+class LensLossOutput:
+    """The weighted total and each term's unweighted value (detached; 0 for a term whose weight is 0,
+    which is then not computed)."""
+
+    loss: Tensor
+    retain: Tensor
+    separate: Tensor
+    align: Tensor
+
+
+def _at_least_fp32(states: Tensor) -> Tensor:
+    return states.to(torch.promote_types(states.dtype, torch.float32))
+
+
+def lens_retain_loss(pooled: Tensor, ref_pooled: Tensor) -> Tensor:
+    """MSE(mean-pooled final states of the dominant prompts under theta, the same under the frozen model),
+    over rows and features, in fp32 at least."""
+    pooled = _at_least_fp32(pooled)
+    return F.mse_loss(pooled, ref_pooled.to(device=pooled.device, dtype=pooled.dtype))
+
+
+def lens_separate_loss(
+    last: Tensor, ref_last: Tensor, languages: Tensor, shifts: Tensor, basis: Tensor, alpha: float
+) -> Tensor:
+    """sum over the target languages t in the batch of MSE(P_s(h_t) - P_s(h_t(ref)), alpha * delta_t).
+
+    `last`/`ref_last` [B, d]: last-prompt-token states of the target prompts; `languages` [B]: each row's
+    index into `shifts` ([L, d], the LSAR shifts delta_t); `basis` [d, r]: M_s. P_s is linear, so
+    P_s(h) - P_s(h_ref) is computed as P_s(h - h_ref): the same value without the cancellation."""
+    # in fp32 at least: the difference of two nearly equal bf16 states would be rounding noise
+    last = _at_least_fp32(last)
+    moved = project_specific(last - ref_last.to(device=last.device, dtype=last.dtype), basis.to(last.device))
+    target = alpha * shifts.to(device=last.device, dtype=moved.dtype)[languages.to(last.device)]
+    total = moved.new_zeros(())
+    for language in torch.unique(languages):
+        rows = languages.to(last.device) == language
+        total = total + F.mse_loss(moved[rows], target[rows])
+    return total
+
+
+def lens_align_loss(dominant_last: Tensor, target_last: Tensor, languages: Tensor, common: Tensor) -> Tensor:
+    """sum over the target languages t in the batch of MSE(P_c(h_dom), P_c(h_t)), row i of `dominant_last`
+    the dominant prompt parallel to row i of `target_last` (both under theta). P_c(h) = (h . c^) c^."""
+    dominant_last = _at_least_fp32(dominant_last)
+    gap = project_common(dominant_last - target_last.to(dominant_last.dtype), common.to(dominant_last.device))
+    total = gap.new_zeros(())
+    for language in torch.unique(languages):
+        rows = languages.to(gap.device) == language
+        total = total + gap[rows].pow(2).mean()
+    return total
+
+
+def lens_loss(
+    *,
+    retain_weight: float,
+    separate_weight: float,
+    align_weight: float,
+    pooled: Tensor | None = None,
+    ref_pooled: Tensor | None = None,
+    target_last: Tensor | None = None,
+    ref_target_last: Tensor | None = None,
+    dominant_last: Tensor | None = None,
+    languages: Tensor | None = None,
+    shifts: Tensor | None = None,
+    basis: Tensor | None = None,
+    common: Tensor | None = None,
+    alpha: float = 1.0,
+) -> LensLossOutput:
+    """retain_weight * retain + separate_weight * separate + align_weight * align. A term with weight 0 is
+    skipped (its inputs may be None); a term with a nonzero weight and a missing input is a ValueError."""
+
+    def need(name: str, value: Tensor | None) -> Tensor:
+        if value is None:
+            raise ValueError(f"lens_loss: {name} is needed by a term with a nonzero weight")
+        return value
+
+    values: dict[str, Tensor] = {}
+    if retain_weight != 0:
+        values["retain"] = lens_retain_loss(need("pooled", pooled), need("ref_pooled", ref_pooled))
+    if separate_weight != 0:
+        values["separate"] = lens_separate_loss(
+            need("target_last", target_last),
+            need("ref_target_last", ref_target_last),
+            need("languages", languages),
+            need("shifts", shifts),
+            need("basis", basis),
+            alpha,
+        )
+    if align_weight != 0:
+        values["align"] = lens_align_loss(
+            need("dominant_last", dominant_last),
+            need("target_last", target_last),
+            need("languages", languages),
+            need("common", common),
+        )
+    if not values:
+        raise ValueError("lens_loss: every weight is 0, nothing to train")
+    weights = {"retain": retain_weight, "separate": separate_weight, "align": align_weight}
+    total = sum((weights[k] * v for k, v in values.items()), start=next(iter(values.values())).new_zeros(()))
+    zero = total.detach().new_zeros(())
+    return LensLossOutput(
+        total,
+        *(values[k].detach() if k in values else zero for k in ("retain", "separate", "align")),
     )

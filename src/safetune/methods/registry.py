@@ -21,8 +21,20 @@ DataKind = Literal["role", "preference", "parallel", "safety"]
 # layers frozen) are role-data recipes without RDS; Lisa's and Vaccine's own Trainers (training/lisa.py,
 # training/vaccine.py); SEAL's recipe (training/seal.py) adds the bilevel data ranker before the SFT;
 # SDRRL's (training/sdrrl.py) builds its transfer set from parallel pairs, then the SFT.
+# LENS (training/lens.py) trains the top layers on prompts only, its reference and probe cached.
 RecipeName = Literal[
-    "role", "mpo", "trl", "safelora", "tokenwise", "safeinstr", "sppft", "lisa", "vaccine", "seal", "sdrrl"
+    "role",
+    "mpo",
+    "trl",
+    "safelora",
+    "tokenwise",
+    "safeinstr",
+    "sppft",
+    "lisa",
+    "vaccine",
+    "seal",
+    "sdrrl",
+    "lens",
 ]
 
 
@@ -243,7 +255,7 @@ _SPECS += (
     ),
 )
 
-# The MPO paper's cross-lingual transfer baselines (issue 22; docs/methods/sdrrl.md).
+# The MPO paper's cross-lingual transfer baselines (issue 22; docs/methods/sdrrl.md, lens.md).
 _SPECS += (
     MethodSpec(
         name="sdrrl",
@@ -253,6 +265,20 @@ _SPECS += (
         data_kind="parallel",
         recipe="sdrrl",
         needs_reference=False,
+        uses_beta=False,
+        default_beta=0.0,
+    ),
+    MethodSpec(
+        name="lens",
+        summary="LENS: move each target language from the dominant one in the language-specific subspace "
+        "and towards it along the common direction, top-K layers only (Zhao et al.)",
+        source=(
+            "arXiv 2410.04407; circle-hit/Lens Manipulation/src/trainer_lens.py, Probing/utils.py, "
+            "scripts/run_manipulation.sh"
+        ),
+        data_kind="parallel",
+        recipe="lens",
+        needs_reference=True,  # through the on-disk cache of the frozen pass: no reference model held
         uses_beta=False,
         default_beta=0.0,
     ),

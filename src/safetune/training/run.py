@@ -17,8 +17,9 @@ MpoRecipe (training/mpo.py), TrlRecipe (the DPO family through TRL, training/bas
 SafeLoraRecipe (SFT, then SafeLoRA's projection of the adapter, training/safelora.py), the role-data
 baselines TokenwiseRecipe (training/tokenwise.py), SafeInstrRecipe (training/safeinstr.py) and
 SppftRecipe (training/sppft.py), LisaRecipe (training/lisa.py), VaccineRecipe (training/vaccine.py)
-SealRecipe (SEAL's ranker, then SFT on the rows it keeps, training/seal.py) and SdrrlRecipe (SDRRL's
-transfer set from parallel pairs, then SFT on it, training/sdrrl.py).
+SealRecipe (SEAL's ranker, then SFT on the rows it keeps, training/seal.py), SdrrlRecipe (SDRRL's
+transfer set from parallel pairs, then SFT on it, training/sdrrl.py) and LensRecipe (LENS's manipulation
+of the top layers on parallel prompts, training/lens.py).
 
 Run folder layout (`train.output_dir`):
     config.yaml            the resolved configuration
@@ -82,6 +83,7 @@ from safetune.training.common import (
     training_arguments,
     wrap_lora,
 )
+from safetune.training.lens import LensRecipe
 from safetune.training.lisa import LisaRecipe
 from safetune.training.mpo import MpoRecipe
 from safetune.training.recipe import Recipe, RecipeReport
@@ -106,6 +108,7 @@ RECIPES.update({"tokenwise": TokenwiseRecipe, "safeinstr": SafeInstrRecipe, "spp
 RECIPES.update({"lisa": LisaRecipe, "vaccine": VaccineRecipe})
 RECIPES["seal"] = SealRecipe  # SEAL: the bilevel data ranker, then SFT on the kept rows
 RECIPES["sdrrl"] = SdrrlRecipe  # SDRRL: the transfer set from parallel pairs, then SFT on it
+RECIPES["lens"] = LensRecipe  # LENS: top-K layers on parallel prompts, the frozen side cached
 
 
 def train(
