@@ -48,12 +48,32 @@ def test_demo_mpo_quick_end_to_end(tmp_path):
     assert (out / "report" / "report.md").exists() and (out / "report" / "pareto.png").exists()
     assert len(list((cache / "mpo").iterdir())) == 1  # one reference cache, for the MPO run
 
-    # A second run reuses the organism and the MPO reference cache (no new entries).
-    again = CliRunner().invoke(app, [*args, "--beta", "8"])
+    # A second run reuses the organism and the MPO reference cache (no new entries for MPO's own row),
+    # and adds the cross-lingual baselines and MPO on the pairs `safetune pairs` builds on the organism.
+    again = CliRunner().invoke(app, [*args, "--beta", "8", "--methods", "sdrrl,lens,mpo-built"])
     assert again.exit_code == 0, again.output + repr(again.exception)
     assert len(list((cache / "organism").iterdir())) == 1
-    assert len(list((cache / "mpo").iterdir())) == 1
-    assert json.loads((out / "summary.json").read_text())["plan"]["mpo_beta"] == 8
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["plan"]["mpo_beta"] == 8
+    assert [r["variant"] for r in summary["rows"]] == [
+        "base",
+        "sft",
+        "dpo",
+        "mpo",
+        "sdrrl",
+        "lens",
+        "mpo-built",
+    ]
+    for variant in ("sdrrl", "lens", "mpo-built"):
+        run = json.loads((out / "runs" / variant / "run.json").read_text())
+        assert run["method"] == variant.removesuffix("-built")
+    manifest = json.loads((out / "data" / "built" / "manifest.json").read_text())
+    assert manifest["translator"]["kind"] == "organism" and manifest["counts"]["pairs"] > 0
+    built = yaml.safe_load((out / "runs" / "mpo-built" / "config.yaml").read_text())
+    assert built["data"]["path"] == str(out / "data" / "built" / "pairs.json")
+    # one MPO reference cache per pairs file (the world's and the built one); LENS's frozen pass cached
+    assert len(list((cache / "mpo").iterdir())) == 2 and any((cache / "lens").iterdir())
+    assert "### The added rows against MPO" in again.output
 
 
 def test_organism_multilingual_writes_the_world(tmp_path):

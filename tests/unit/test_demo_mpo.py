@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from safetune.config import load_config
@@ -129,3 +131,24 @@ def test_added_rows_are_compared_with_mpo_and_a_baseline_may_win():
     assert "| IPO | DPO family | +1.0 | +0.0 | yes |" in text
     assert "Match or beat MPO (L2 refusal within 2 points or above, utility kept): IPO." in text
     assert against_mpo_markdown(rows[:4]) == []
+
+
+def test_the_cross_lingual_rows_and_the_built_pairs_row(tmp_path, world):
+    from safetune.demos.mpo import pair_builder_inputs, pairs_config
+    from safetune.demos.mpo_variants import VARIANTS
+
+    assert VARIANTS["lens"].method == "lens" and VARIANTS["sdrrl"].method == "sdrrl"
+    assert VARIANTS["mpo-built"].pairs == "built" and VARIANTS["mpo-built"].beta == "mpo"
+    assert {v.pairs for n, v in VARIANTS.items() if n != "mpo-built"} == {"world"}
+    plan = MpoDemoPlan(pairs=12)
+    inputs = pair_builder_inputs(world, plan, tmp_path / "in.jsonl")
+    rows = [json.loads(line) for line in inputs.read_text().splitlines()]
+    # the dominant side of the training pairs, unswapped: prompt and the unsafe answer, in L1
+    train = world.preference_pairs("train", count=12, noise=0.0, seed=plan.seed)
+    assert rows == [{"id": p.id, "prompt": p.dominant.prompt, "rejected": p.dominant.rejected} for p in train]
+    config = pairs_config(plan, tmp_path / "organism", inputs, tmp_path / "built", tmp_path)
+    assert (
+        config.pairs.languages == [L2] and config.pairs.dominant == L1 and config.pairs.chosen == "generate"
+    )
+    assert config.translate.kind == "organism" and config.pairs.identifier == "organism"
+    assert config.judge.name == "organism" and config.pairs.min_chrf == 30  # the default filter

@@ -169,6 +169,49 @@ def training_pairs(world: MultilingualWorld, plan: MpoDemoPlan) -> list[Parallel
     return world.preference_pairs("train", count=plan.pairs, noise=plan.noise, seed=plan.seed)
 
 
+def pair_builder_inputs(world: MultilingualWorld, plan: MpoDemoPlan, path: Path) -> Path:
+    """The pair builder's input: the harmful prompts of the training pairs with their unsafe answers,
+    in L1 only (a table file: id, prompt, rejected), as a user's harmful-prompt file would be."""
+    pairs = world.preference_pairs("train", count=plan.pairs, noise=0.0, seed=plan.seed)
+    rows = ({"id": p.id, "prompt": p.dominant.prompt, "rejected": p.dominant.rejected} for p in pairs)
+    write_jsonl(path, rows)
+    return path
+
+
+def pairs_config(plan: MpoDemoPlan, organism: Path, inputs: Path, out: Path, cache: Path) -> RunConfig:
+    """`safetune pairs` on the organism: its own L1 refusals (judged by the organism judge), translated
+    into L2 by its transform, filtered with its language identifier and the default thresholds."""
+    overrides = [
+        json_override("model.name", str(organism)),
+        json_override("cache_dir", str(cache)),
+        json_override("pairs.inputs", str(inputs)),
+        json_override("pairs.languages", [L2]),
+        json_override("pairs.dominant", L1),
+        "pairs.identifier=organism",
+        "translate.kind=organism",
+        json_override("pairs.output_dir", str(out)),
+        "judge.name=organism",
+        *_generation(plan),
+    ]
+    return load_config(None, overrides)
+
+
+def build_world_pairs(
+    plan: MpoDemoPlan, organism: Path, world: MultilingualWorld, root: Path, cache: Path
+) -> Path:
+    """Build the `mpo-built` row's pairs through the pair builder's stages; returns the pairs file."""
+    from safetune.pairs.build import PAIRS_FILE, build_pairs
+
+    inputs = pair_builder_inputs(world, plan, root / "pair_builder_inputs.jsonl")
+    report = timed(
+        "build pairs",
+        build_pairs,
+        pairs_config(plan, organism, inputs, root / "built", cache),
+        overwrite=True,
+    )
+    return report.out / PAIRS_FILE
+
+
 def train_config(
     plan: MpoDemoPlan, organism: Path, pairs: Path, variant: str, out: Path, cache: Path
 ) -> RunConfig:
@@ -190,13 +233,19 @@ def eval_config(plan: MpoDemoPlan, model: Path, files: dict[str, Path], out: Pat
         json_override("eval.model", str(model)),
         json_override("eval.benchmarks", [f"harmful-prompts={files['harmful']}", f"qa={files['benign']}"]),
         json_override("eval.output_dir", str(out)),
+        *_generation(plan),
+        "judge.name=organism",
+    ]
+    return load_config(None, overrides)
+
+
+def _generation(plan: MpoDemoPlan) -> list[str]:
+    return [
         "generation.max_new_tokens=48",
         "generation.batch_size=64",
         f"generation.seed={plan.seed}",
         "generation.precision=fp32",
-        "judge.name=organism",
     ]
-    return load_config(None, overrides)
 
 
 def reward_gaps(model: Path, heldout: Path) -> dict[str, float]:
@@ -220,10 +269,11 @@ def run_variant(
     model, run_dir = organism, None
     if VARIANTS[variant].fine_tuned:
         run_dir = out / "runs" / variant
+        pairs = files["built_pairs"] if VARIANTS[variant].pairs == "built" else files["pairs"]
         timed(
             f"train {variant}",
             train,
-            train_config(plan, organism, files["pairs"], variant, run_dir, cache),
+            train_config(plan, organism, pairs, variant, run_dir, cache),
             overwrite=True,
         )
         model = run_dir
@@ -417,6 +467,8 @@ def run(
         world = MultilingualWorld(seed)
         files = write_world_files(world, plan, out / "data")
         variants = (*DEFAULT_VARIANTS, *methods)
+        if any(VARIANTS[v].pairs == "built" for v in variants):
+            files["built_pairs"] = build_world_pairs(plan, organism, world, out / "data", cache)
         rows = [run_variant(plan, organism, files, variant, out, cache) for variant in variants]
         render_report(
             [Path(r["eval"]) for r in rows],

@@ -20,6 +20,9 @@ from safetune.errors import ConfigError
 
 ALL = "all"
 BetaOf = Literal["dpo", "mpo"]
+# Which pairs a row trains on: the world's noisy training pairs (every row but one), or the pairs that
+# `safetune pairs`' own stages build from the same harmful prompts (demos/mpo.py build_world_pairs).
+Pairs = Literal["world", "built"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class MpoVariant:
     beta: BetaOf | None = None
     overrides: tuple[tuple[str, object], ...] = ()  # config key -> value, on top of the shared plan
     group: str = ""  # the table's section: "" (the default rows), "DPO family", "cross-lingual", "ablation"
+    pairs: Pairs = "world"
 
     @property
     def fine_tuned(self) -> bool:
@@ -70,7 +74,24 @@ _DPO_FAMILY = (
 
 # The cross-lingual transfer baselines (docs/methods/sdrrl.md, lens.md) at their own defaults: the MPO
 # paper does not say how it ran them.
-_CROSSLINGUAL = (MpoVariant("sdrrl", "SDRRL (self-distilled transfer set)", "sdrrl", group="cross-lingual"),)
+_CROSSLINGUAL = (
+    MpoVariant("sdrrl", "SDRRL (self-distilled transfer set)", "sdrrl", group="cross-lingual"),
+    MpoVariant("lens", "LENS (top 2 layers: all of the organism's)", "lens", group="cross-lingual"),
+)
+
+# MPO on the pairs `safetune pairs` builds from the same harmful prompts: the organism's own refusals
+# (generated, kept when the organism judge calls them refusals), its L2 transform as the translator, the
+# quality filter with the organism's language identifier. No side is swapped: these pairs are clean.
+_BUILT = (
+    MpoVariant(
+        "mpo-built",
+        "MPO (pairs built by safetune pairs)",
+        "mpo",
+        beta="mpo",
+        group="pair builder",
+        pairs="built",
+    ),
+)
 
 # MPO's ablations, each at the demo's MPO beta (so a row differs from MPO's in one thing only).
 _ABLATIONS = (
@@ -100,7 +121,9 @@ _ABLATIONS = (
     ),
 )
 
-VARIANTS: dict[str, MpoVariant] = {v.name: v for v in _DEFAULTS + _DPO_FAMILY + _CROSSLINGUAL + _ABLATIONS}
+VARIANTS: dict[str, MpoVariant] = {
+    v.name: v for v in _DEFAULTS + _DPO_FAMILY + _CROSSLINGUAL + _ABLATIONS + _BUILT
+}
 DEFAULT_VARIANTS: tuple[str, ...] = tuple(v.name for v in _DEFAULTS)
 METHOD_NAMES: tuple[str, ...] = tuple(n for n in VARIANTS if n not in DEFAULT_VARIANTS)
 

@@ -49,7 +49,13 @@ class OrganismTranslator:
         return f"{KIND}@{VERSION}"
 
     def record(self) -> dict[str, Any]:
-        return {"kind": KIND, "version": VERSION, "model": None, "settings": {}, "key": self.key()}
+        return {
+            "kind": KIND,
+            "version": VERSION,
+            "model": "the organism's L2 transform",
+            "settings": {},
+            "key": self.key(),
+        }
 
     def check_pairs(self, pairs: Sequence[tuple[str, str]]) -> None:
         for source, target in pairs:
