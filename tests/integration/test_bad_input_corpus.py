@@ -311,6 +311,19 @@ CASES: dict[str, Case] = {
     ),
     "sppft alpha 1": Case(_train("--method", "sppft", "--method.scale_alpha=1"), ("method.scale_alpha",)),
     "sppft pairs 0": Case(_train("--method", "sppft", "--method.cosine_pairs=0"), ("method.cosine_pairs",)),
+    # The cross-lingual baselines' settings and the pair builder's thresholds (issue 22)
+    "lens top layers 0": Case(
+        _train("--method", "lens", "--method.lens_top_layers=0"), ("method.lens_top_layers", ">= 1")
+    ),
+    "lens alpha nan": Case(
+        _train("--method", "lens", "--method.lens_alpha=nan"), ("method.lens_alpha", "nan")
+    ),
+    "sdrrl switch rate 1": Case(_train("--method", "sdrrl", "--sdrrl.switch_rate=1"), ("sdrrl.switch_rate",)),
+    "sdrrl weight 11": Case(_train("--method", "sdrrl", "--sdrrl.code_switch=11"), ("sdrrl.code_switch",)),
+    "pairs chrf 101": Case(
+        ("pairs", "--inputs", "{data}", "--languages", "bn", "--pairs.min_chrf=101", "-o", "{out}"),
+        ("pairs.min_chrf",),
+    ),
     # SEAL's settings (docs/methods/seal.md)
     "seal keep zero": Case(_train("--method", "seal", "--method.seal_keep=0"), ("method.seal_keep", "> 0")),
     "seal keeps no row": Case(
