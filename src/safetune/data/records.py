@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,35 @@ class Prompt:
     language: str | None = None
     role: str | None = None
     category: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message of a multi-turn conversation. `train` is the file's per-message training flag
+    (axolotl's `train`, OpenAI's `weight` 0/1) when it has one, else None: the training rule decides
+    (every assistant message by default). `name`: the speaker's display name where a format keeps one
+    (SillyTavern, PIPPA); informational."""
+
+    role: Literal["user", "assistant"]
+    content: str
+    train: bool | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A multi-turn role-play conversation (issue 23): the character's system prompt (its card's role
+    prompt as a front-end assembles it, or the file's own system message), then user and assistant
+    messages. The first message may be the character's (a greeting): rendering handles templates that
+    refuse an assistant-first conversation. `role`: the character's name, when known."""
+
+    id: str
+    messages: tuple[Message, ...]
+    system: str | None = None
+    role: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
