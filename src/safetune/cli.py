@@ -756,7 +756,10 @@ def probe(
         int | None, typer.Option(help="Keep the first N prompts per language and label.")
     ] = None,
     layer: Annotated[
-        int, typer.Option(help="-1: the final post-norm state (LENS); k: hidden_states[k], 0 the embeddings.")
+        int,
+        typer.Option(
+            help="-1: the final post-norm state (LENS); k >= 0: output_hidden_states entry k (0: the embeddings)."
+        ),
     ] = -1,
     compare: Annotated[
         Path | None,

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.adapters import lora_run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
+from adapters import lora_run
 from safetune.cli import app
 from safetune.config import ChatConfig
 from safetune.data.chat import ChatRenderer
@@ -62,6 +62,7 @@ def test_probe_a_model_then_compare_a_lora_run(tiny_llama3, tmp_path):
     assert base["languages"]["en"]["shift_norm"] == 0 and base["languages"]["sw"]["shift_norm"] > 0
     assert base["languages"]["sw"]["separation"]["score"] > 0
     assert base["model"]["fingerprint"] and base["data"]["prompts"] == 12
+    assert set(base["data"]["files"]) == {str(pairs), str(benign)} and base["rendering"]["layer"] == -1
     assert (base_out / "pca.png").read_bytes()[:4] == b"\x89PNG"
     assert "| sw | 3 | 3 |" in (base_out / "probe.md").read_text()
 
@@ -93,6 +94,7 @@ def test_probe_a_model_then_compare_a_lora_run(tiny_llama3, tmp_path):
     lora_states = load_file(str(run_out / "states.safetensors"))["states"]
     assert after["pca"]["explained"] == pytest.approx(fit_pca(torch.cat([states, lora_states])).explained)
     assert "## Before (" in (run_out / "probe.md").read_text()
+    assert len(list((cache / "probe").glob("*.safetensors"))) == 2  # one cached pass per model
 
     # Other prompts than the compared probe's: refused before anything is written.
     refused = tmp_path / "refused"

@@ -197,6 +197,24 @@ def load_probe_prompts(
     return kept
 
 
+def _input_files(pairs: str | None, entries: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys([*([pairs] if pairs else []), *(split_entry(e)[1] for e in entries)]))
+
+
+def file_sha256(path: str) -> str | None:
+    """The content hash of an input file (None for a folder or a hub dataset id)."""
+    import hashlib
+
+    file = Path(path)
+    if not file.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def data_hash(prompts: Sequence[ProbePrompt]) -> str:
     """What `--compare` checks: the prompts, their order, labels, languages and system prompts."""
     from safetune.storage import hash_json
@@ -542,6 +560,7 @@ def run_probe(
     folder, loaded as `safetune eval` loads it) on the prompts; writes geometry.json, probe.md, pca.png
     and states.safetensors into `out` once everything is checked and computed."""
     from safetune.models.loading import resolve_model
+    from safetune.provenance import base_provenance
     from safetune.storage import atomic_open, write_json
 
     settings = settings or ProbeSettings()
@@ -575,10 +594,12 @@ def run_probe(
         pca = fit_pca(states)
     doc = {
         "version": GEOMETRY_VERSION,
+        "provenance": base_provenance(),
         "model": source.to_dict(),
         "rendering": rendering,
         "data": {
             "hash": digest,
+            "files": {path: file_sha256(path) for path in _input_files(pairs, [*harmful, *benign])},
             "pairs": pairs,
             "harmful": list(harmful),
             "benign": list(benign),
