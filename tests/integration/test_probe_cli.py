@@ -101,3 +101,6 @@ def test_probe_a_model_then_compare_a_lora_run(tiny_llama3, tmp_path):
     args = ["probe", "-m", str(run), "--pairs", str(pairs), "-o", str(refused), "--compare", str(base_out)]
     result = runner.invoke(app, [*args, f"--cache_dir={cache}"])
     assert result.exit_code == 2 and "data.hash" in result.output and not refused.exists()
+    args = ["probe", "-m", str(run), "--pairs", str(pairs), "--benign", str(benign), "-o", str(refused)]
+    result = runner.invoke(app, [*args, "--layer", "1", "--compare", str(base_out), f"--cache_dir={cache}"])
+    assert result.exit_code == 2 and "rendering.layer" in result.output and not refused.exists()

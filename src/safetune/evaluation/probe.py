@@ -264,7 +264,7 @@ class Geometry:
     def to_dict(self) -> dict[str, Any]:
         return {
             "dominant": self.dominant,
-            "language_mean": f"average of the class means over {self.mean_classes}",
+            "language_mean_classes": self.mean_classes,  # each language mean averages these class means
             "lsar": {
                 "rank": self.rank,
                 "common_norm": self.common_norm,
@@ -434,7 +434,8 @@ def probe_states(
     from safetune.reference.lens import encode_prompts, prompt_states
     from safetune.storage import cache_root, hash_json
 
-    model, tokenizer = load_for_generation(source, resolve_dtype(config.train.precision), default_device())
+    dtype = resolve_dtype(config.train.precision)
+    model, tokenizer = load_for_generation(source, dtype, default_device())
     layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
     if settings.layer > layers:
         raise ConfigError(
@@ -453,7 +454,7 @@ def probe_states(
         "layer": settings.layer,
         "position": "last real prompt token",
         "batch_size": settings.batch_size,
-        "precision": config.train.precision,
+        "precision": str(dtype).removeprefix("torch."),  # resolved: "auto" differs by machine
         "max_prompt_tokens": renderer.max_prompt_tokens,
         "truncated_prompts": sum(len(r) >= renderer.max_prompt_tokens for r in rows),
     }
@@ -517,8 +518,9 @@ class _Before:
     rows: list[tuple[str, str]]
 
 
-def _read_before(folder: Path, expected_hash: str) -> _Before:
-    """The compared probe folder, refused unless it holds the same prompts (by data hash)."""
+def _read_before(folder: Path, expected_hash: str, layer: int) -> _Before:
+    """The compared probe folder, refused unless it holds the same prompts (by data hash) at the same
+    layer (states of two layers differ in scale and meaning, not by what training changed)."""
     doc_path, states_path = folder / GEOMETRY_FILE, folder / STATES_FILE
     for path in (doc_path, states_path):
         if not path.is_file():
@@ -527,6 +529,7 @@ def _read_before(folder: Path, expected_hash: str) -> _Before:
         doc = json.loads(doc_path.read_text(encoding="utf-8"))
         digest, label = doc["data"]["hash"], doc["model"]["label"]
         rows = [(str(lang), str(lab)) for lang, lab in doc["data"]["rows"]]
+        their_layer = doc["rendering"]["layer"]
     except (ValueError, KeyError, TypeError) as err:
         raise DataError(doc_path, None, "data", f"not a probe geometry.json ({err!r})") from None
     if digest != expected_hash:
@@ -536,6 +539,13 @@ def _read_before(folder: Path, expected_hash: str) -> _Before:
             "data.hash",
             "the compared probe used other prompts (or another order, labels or limit); "
             "run both probes on the same files and options",
+        )
+    if their_layer != layer:
+        raise DataError(
+            doc_path,
+            None,
+            "rendering.layer",
+            f"the compared probe read layer {their_layer}, this one {layer}",
         )
     states, _ = _read_states(states_path)
     if states.dim() != 2 or states.shape[0] != len(rows):
@@ -576,7 +586,7 @@ def run_probe(
     rows = [(p.language, p.label) for p in prompts]
     language_order(rows, settings.dominant)  # refuse a missing dominant language before loading a model
     digest = data_hash(prompts)
-    before = _read_before(compare, digest) if compare is not None else None
+    before = _read_before(compare, digest, settings.layer) if compare is not None else None
     source = resolve_model(config.model.name, config.model.revision)
     states, rendering = probe_states(config, source, prompts, settings)
     after_geometry = geometry(states, rows, settings.dominant)
