@@ -343,7 +343,8 @@ def geometry(states: Tensor, rows: Sequence[tuple[str, str]], dominant: str) -> 
                 mean_norm=float(torch.linalg.vector_norm(mu)),
                 shift_norm=float(shift_norms[k]),
                 euclidean_distance=float(torch.linalg.vector_norm(mu - dom)),
-                cosine_distance=1.0 - cosine,
+                # Clamped: rounding puts 1 - cos(mu, mu) a hair below zero for the dominant language.
+                cosine_distance=min(2.0, max(0.0, 1.0 - cosine)),
                 separation=separation(of(language, SAFE), of(language, UNSAFE)),
             )
         )
