@@ -729,6 +729,75 @@ def reward_gap(
     print(text)
 
 
+@app.command("probe", context_settings=EXTRA)
+@user_errors
+def probe(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for geometry.json, probe.md, pca.png.")],
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    pairs: Annotated[
+        str | None,
+        typer.Option(help="Parallel pairs (MPO release JSON or our JSONL): both sides' prompts, as unsafe."),
+    ] = None,
+    pairs_format: Annotated[str, typer.Option(help="auto | mpo-release | jsonl.")] = "auto",
+    harmful: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Unsafe prompts: a prompt file (harmful-prompts/qa formats), FILE or LANG=FILE; repeat."
+        ),
+    ] = None,
+    benign: Annotated[
+        list[str] | None, typer.Option(help="Safe prompts, the same formats as --harmful; repeat.")
+    ] = None,
+    dominant: Annotated[
+        str, typer.Option(help="The dominant language (shifts and distances from it).")
+    ] = "en",
+    batch_size: Annotated[int, typer.Option(help="Prompts per forward pass (1..4096).")] = 8,
+    max_per_language: Annotated[
+        int | None, typer.Option(help="Keep the first N prompts per language and label.")
+    ] = None,
+    layer: Annotated[
+        int,
+        typer.Option(
+            help="-1: the final post-norm state (LENS); k >= 0: output_hidden_states entry k (0: the embeddings)."
+        ),
+    ] = -1,
+    compare: Annotated[
+        Path | None,
+        typer.Option(help="An earlier probe folder on the same prompts (e.g. the base model): before/after."),
+    ] = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Per-language geometry of a model's last-prompt-token states: LSAR's common direction and
+    language-specific subspace, each language's shift and distance from the dominant one, the safe/unsafe
+    separation per language and a 2-D PCA plot; with --compare, the change from an earlier probe.
+
+    Prompts are rendered with the config's chat section, as training renders them.
+
+    Run as: safetune probe -m runs/mpo --pairs pairs.jsonl --benign en=benign_en.jsonl --compare runs/probe-base -o runs/probe-mpo
+    """
+    from safetune.config import load_config
+    from safetune.evaluation.probe import ProbeSettings, run_probe
+
+    _setup_console(verbose, quiet)
+    settings = ProbeSettings(dominant, batch_size, max_per_language, layer)
+    cfg = load_config(config, _overrides(ctx, {"model.name": model}))
+    result = run_probe(
+        cfg,
+        out,
+        pairs=pairs,
+        pairs_format=pairs_format,
+        harmful=harmful or (),
+        benign=benign or (),
+        settings=settings,
+        compare=compare,
+    )
+    print(result.report)
+    log.info("wrote %s", ", ".join(str(p) for p in result.files))
+
+
 @app.command("safelora", context_settings=EXTRA)
 @user_errors
 def safelora(
