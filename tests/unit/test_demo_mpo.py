@@ -134,10 +134,16 @@ def test_added_rows_are_compared_with_mpo_and_a_baseline_may_win():
 
 
 def test_the_cross_lingual_rows_and_the_built_pairs_row(tmp_path, world):
-    from safetune.demos.mpo import pair_builder_inputs, pairs_config
+    from safetune.demos.mpo import pair_builder_inputs, pairs_config, train_config
     from safetune.demos.mpo_variants import VARIANTS
 
     assert VARIANTS["lens"].method == "lens" and VARIANTS["sdrrl"].method == "sdrrl"
+    official = train_config(
+        MpoDemoPlan(), tmp_path, tmp_path / "p.jsonl", "lens-official", tmp_path / "o", tmp_path
+    )
+    # LENS's official schedule: one epoch of the 120 pairs at batch 8, lr 1e-5 cosine with 5% warm-up
+    assert (official.train.max_steps, official.train.learning_rate) == (15, 1e-5)
+    assert (official.train.lr_scheduler, official.train.warmup_ratio) == ("cosine", 0.05)
     assert VARIANTS["mpo-built"].pairs == "built" and VARIANTS["mpo-built"].beta == "mpo"
     assert {v.pairs for n, v in VARIANTS.items() if n != "mpo-built"} == {"world"}
     plan = MpoDemoPlan(pairs=12)
