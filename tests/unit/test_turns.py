@@ -440,3 +440,23 @@ def test_empty_system_turn_applies(base_tokenizers) -> None:
     assert "You are Qwen" in tok.decode(plain.sequences[0].input_ids)
     assert tok.decode(empty.sequences[0].input_ids).startswith("<|im_start|>system\n<|im_end|>\n")
     assert isinstance(empty, RenderedConversation)
+
+
+def test_bos_added_once_when_the_template_omits_it(base_tokenizers) -> None:
+    tok = _tokenizer(base_tokenizers, "llama3")
+    tok.chat_template = TEMPLATES["llama3"].chat_template.replace("{{- bos_token -}}", "")
+    (seq,) = render_turns(ChatRenderer(tok), CHAT).sequences
+    assert seq.input_ids[0] == tok.bos_token_id and seq.input_ids.count(tok.bos_token_id) == 1
+    assert (
+        tok.decode(seq.input_ids[seq.spans[0].start : seq.spans[0].end])
+        == CHAT.messages[1].content + "<|eot_id|>"
+    )
+
+
+def test_messages_after_the_last_assistant_turn_are_left_out(base_tokenizers) -> None:
+    tok = _tokenizer(base_tokenizers, "chatml")
+    trailing = Conversation(
+        id="t", system=CHAT.system, messages=(*CHAT.messages, Message("user", "XQZ trailing"))
+    )
+    (seq,) = render_turns(ChatRenderer(tok), trailing).sequences
+    assert seq.input_ids == render_turns(ChatRenderer(tok), CHAT).sequences[0].input_ids

@@ -19,7 +19,8 @@ the first user turn of any other conversation.
 
 Truncation (`max_tokens`) cuts whole turns from the start of the history, at a user message that
 follows an assistant message, and re-renders, so an assistant span is never cut in part and the system
-prompt always stays. A conversation whose last assistant turn does not fit even with only the user
+prompt always stays; user messages after the last assistant turn are not rendered (nothing there is
+trained or scored). A conversation whose last assistant turn does not fit even with only the user
 message(s) just before it is dropped and counted (`ConversationSkipped("too_long")`), never cut inside.
 """
 
@@ -302,7 +303,8 @@ def _whole(
     last = max(flags)
     starts = [0, *[c for c in _cut_points(messages) if c < last]]
     for start in starts:
-        chat, origin, opening = _chat_messages(renderer, conversation, start, len(messages))
+        # Messages after the last assistant turn are neither trained nor scored: not rendered.
+        chat, origin, opening = _chat_messages(renderer, conversation, start, last + 1)
         whole_text = _render(renderer, conversation.id, chat, gen=False)
         ids = renderer.text_ids(whole_text)
         if max_tokens is None or len(ids) <= max_tokens:
