@@ -19,6 +19,7 @@ from safetune.data.turns import (
     ConversationSkipped,
     RenderedConversation,
     render_conversations,
+    render_prompt,
     render_turns,
     turns_fingerprint,
 )
@@ -460,3 +461,40 @@ def test_messages_after_the_last_assistant_turn_are_left_out(base_tokenizers) ->
     )
     (seq,) = render_turns(ChatRenderer(tok), trailing).sequences
     assert seq.input_ids == render_turns(ChatRenderer(tok), CHAT).sequences[0].input_ids
+
+
+@pytest.mark.parametrize(("family", "template"), CASES)
+def test_prompt_at_turn_k(base_tokenizers, family: str, template: str | None) -> None:
+    tok = _tokenizer(base_tokenizers, family, template)
+    renderer = ChatRenderer(tok)
+    asking = Conversation(
+        id="k", system=GREETING.system, messages=(*GREETING.messages, Message("user", "How?"))
+    )
+    ids = render_prompt(renderer, asking)
+    assert ids == _ids(tok, _template_messages(renderer, asking), gen=True)
+    # The prompt is the history of the next turn exactly as render_turns sees it.
+    answered = Conversation(
+        id="k", system=asking.system, messages=(*asking.messages, Message("assistant", "So."))
+    )
+    last = render_turns(renderer, answered).spans[-1]
+    assert render_turns(renderer, answered).sequences[0].input_ids[: last.start] == ids
+    # One token short: the history restarts at the first user message after the greeting.
+    cut = Conversation(id="k", system=asking.system, messages=asking.messages[1:])
+    assert render_prompt(renderer, asking, max_tokens=len(ids) - 1) == _ids(
+        tok, _template_messages(renderer, cut), gen=True
+    )
+    with pytest.raises(ConversationSkipped, match="does not fit max_tokens=3"):
+        render_prompt(renderer, asking, max_tokens=3)
+    with pytest.raises(ChatError, match="must end with a user message"):
+        render_prompt(renderer, GREETING)
+
+
+def test_greeting_with_nothing_before_it_gets_the_opening_turn(base_tokenizers) -> None:
+    # Its prompt would be an empty conversation, which transformers refuses to render.
+    tok = _tokenizer(base_tokenizers, "chatml")
+    out = render_turns(
+        ChatRenderer(tok), _conv(("assistant", "Hi!"), ("user", "a"), ("assistant", "b"), system=None)
+    )
+    assert out.opening_turn and tok.decode(out.sequences[0].input_ids).startswith(
+        "<|im_start|>user\n" + OPENING_TURN + "<|im_end|>\n<|im_start|>assistant\nHi!<|im_end|>"
+    )

@@ -12,8 +12,9 @@ sequence per assistant turn, each with its own history as context and only that 
 (`mode="split"`), and the split is logged once per template with its count.
 
 Greeting-first conversations (the character speaks first) stay as the data layer gives them; templates
-that refuse an assistant-first conversation (Gemma, Mistral: they raise) get a minimal user turn,
-`OPENING_TURN`, before the greeting. It is masked out of the labels like every user turn. Without a
+that refuse an assistant-first conversation (Gemma, Mistral: they raise), and a greeting with nothing
+before it (its prompt would be an empty conversation, which transformers refuses), get a minimal user
+turn, `OPENING_TURN`, before the greeting. It is masked out of the labels like every user turn. Without a
 native system role (`system_mode=prepend`) the system prompt rides in that opening turn, as it rides in
 the first user turn of any other conversation.
 
@@ -405,6 +406,27 @@ def render_turns(
             conversation.id, "too_long", f"its last assistant turn does not fit max_tokens={max_tokens}"
         )
     return _split(renderer, conversation, flags, max_tokens, whole)
+
+
+def render_prompt(
+    renderer: ChatRenderer, conversation: Conversation, *, max_tokens: int | None = None
+) -> list[int]:
+    """Token ids of a conversation that ends with a user message, plus the generation header: the prompt
+    from which the model writes its next turn (safety at turn k). Same system, opening-turn and BOS rules
+    as `render_turns`; `max_tokens` cuts whole turns from the start of the history, and a prompt whose
+    last user turn alone does not fit raises ConversationSkipped("too_long")."""
+    check_max_tokens(max_tokens)
+    messages = conversation.messages
+    if not messages or messages[-1].role != "user":
+        raise ChatError(f"conversation {conversation.id!r}: a prompt must end with a user message")
+    for start in [0, *_cut_points(messages)]:
+        chat, _, _ = _chat_messages(renderer, conversation, start, len(messages))
+        ids = renderer.text_ids(_render(renderer, conversation.id, chat, gen=True))
+        if max_tokens is None or len(ids) <= max_tokens:
+            return ids
+    raise ConversationSkipped(
+        conversation.id, "too_long", f"its last user turn does not fit max_tokens={max_tokens}"
+    )
 
 
 # Templates (by hash) whose split has been logged in this process: the log says it once per template.
