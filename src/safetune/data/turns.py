@@ -242,7 +242,6 @@ def _cut_points(messages: tuple[Message, ...]) -> list[int]:
 
 @dataclass(frozen=True)
 class _Turn:
-    message: int
     prefix_ids: list[int]
     target_ids: list[int]
     text: str  # prefix + target as text
@@ -253,9 +252,7 @@ def _plain_ids(renderer: ChatRenderer, text: str) -> list[int]:
     return list(renderer.tokenizer.encode(text, add_special_tokens=False))
 
 
-def _turn(
-    renderer: ChatRenderer, conv_id: str, messages: list[dict[str, str]], position: int, message: int
-) -> _Turn:
+def _turn(renderer: ChatRenderer, conv_id: str, messages: list[dict[str, str]], position: int) -> _Turn:
     """Prefix (history + generation header) and target (the turn through its end-of-turn token) of the
     assistant message at `position` of the template's list."""
     end_token = renderer.template_end_token
@@ -269,7 +266,7 @@ def _turn(
     else:
         # No usable rendering of the turn after its prefix: the single-turn rule (text + end token).
         target, alone = messages[position]["content"] + end_token, False
-    return _Turn(message, renderer.text_ids(prefix), _plain_ids(renderer, target), prefix + target, alone)
+    return _Turn(renderer.text_ids(prefix), _plain_ids(renderer, target), prefix + target, alone)
 
 
 def _assistant_positions(origin: list[int | None], conversation: Conversation) -> list[tuple[int, int]]:
@@ -315,7 +312,7 @@ def _whole(
     numbers = _turn_numbers(conversation)
     spans: list[TurnSpan] = []
     for position, index in _assistant_positions(origin, conversation):
-        turn = _turn(renderer, conversation.id, chat, position, index)
+        turn = _turn(renderer, conversation.id, chat, position)
         if not turn.rendered_alone:
             return "prefix"
         if not whole_text.startswith(turn.text):
@@ -350,7 +347,7 @@ def _split(
     for index in sorted(flags):
         for start in [0, *[c for c in cuts if c < index]]:
             chat, _, opening = _chat_messages(renderer, conversation, start, index + 1)
-            turn = _turn(renderer, conversation.id, chat, len(chat) - 1, index)
+            turn = _turn(renderer, conversation.id, chat, len(chat) - 1)
             ids = turn.prefix_ids + turn.target_ids
             if max_tokens is None or len(ids) <= max_tokens:
                 break
