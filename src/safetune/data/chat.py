@@ -251,6 +251,14 @@ class ChatRenderer:
             return [ids[0], *ids[len(ids) - (limit - 1) :]] if limit > 1 else ids[:1]
         return ids[len(ids) - limit :]
 
+    def chat_text(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        """The chat template applied to any message list (multi-turn rendering, data/turns.py)."""
+        return self._render(messages, add_generation_prompt)
+
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of rendered chat text, with exactly one BOS where the model expects it; untruncated."""
+        return self._fix_bos(self._encode(text))
+
     def prompt_ids(self, user: str, system: str | None = None) -> list[int]:
         """Token ids of `prompt_text`, with exactly one BOS where the model expects it, truncated."""
         return self._truncate_prompt(self._fix_bos(self._encode(self.prompt_text(user, system))))
