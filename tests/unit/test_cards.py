@@ -130,8 +130,8 @@ def test_card_profile_role_and_unsafe_prompts_by_the_single_turn_rule() -> None:
 
 
 def test_macros_are_case_insensitive_and_literal() -> None:
-    text = "{{Char}} {{CHAR}} <bot> <BOT> {{user}} {{User}} <user> {{random_user_2}} {{time}}"
-    assert substitute_macros(text, "A\\1", "B") == "A\\1 A\\1 A\\1 A\\1 B B B B {{time}}"
+    text = "{{Char}} {{CHAR}} <bot> <BOT> <char> {{user}} {{User}} <user> {{random_user_2}} {{time}}"
+    assert substitute_macros(text, "A\\1", "B") == "A\\1 A\\1 A\\1 A\\1 A\\1 B B B B {{time}}"
 
 
 def test_v2_card_in_a_png_text_chunk(tmp_path: Path) -> None:
@@ -189,6 +189,7 @@ def test_png_without_a_card_or_damaged(tmp_path: Path) -> None:
         ({"name": "  "}, 1, "name", "empty"),
         ({"name": "A", "personality": 3}, 1, "personality", "expected a string, got number"),
         ({"spec": "chara_card_v9", "data": {}}, 1, "spec", "unknown card spec"),
+        ({"spec": ["chara_card_v2"], "data": {}}, 1, "spec", "unknown card spec"),
         ({"spec": "chara_card_v2"}, None, "data", "missing"),
         ({"spec": "chara_card_v2", "data": {"name": "A", "tags": "x"}}, 1, "data.tags", "list of strings"),
         (

@@ -270,6 +270,7 @@ def test_bom_and_blank_lines_are_accepted(tmp_path: Path) -> None:
             "expected 0/1 or true/false",
         ),
         ({"messages": [{"role": "user"}]}, "messages[0].content", "missing"),
+        ({"messages": [{"role": ["user"], "content": "hi"}]}, "messages[0].role", "unknown role ['user']"),
         ({"messages": "hi"}, "messages", "expected a list of messages, got string"),
         (
             {"messages": [{"role": "user", "content": 3}]},

@@ -25,7 +25,7 @@ set does not replay), `alternate_greetings` and `group_only_greetings` (other op
 the greeting), `tags`, `creator`, `character_version`, `extensions` and V3 `assets` (metadata). They
 are kept on the `Card` for callers that want them.
 
-Macros: `{{char}}` / `<BOT>` (the V3 `nickname` when set, else the name) and `{{user}}` / `<USER>`
+Macros: `{{char}}` / `<BOT>` / `<char>` (the V3 `nickname` when set, else the name) and `{{user}}` / `<USER>`
 (the user's name, "User" by default), case-insensitively, in every text; PIPPA's `{{random_user_N}}`
 stands for the user too. Other front-end macros (`{{time}}`, `{{random:...}}`) stay as they are.
 """
@@ -79,7 +79,7 @@ TEXT_FIELDS = (
 )
 LIST_FIELDS = ("alternate_greetings", "group_only_greetings", "tags")
 
-_CHAR = re.compile(r"\{\{char\}\}|<BOT>", re.IGNORECASE)
+_CHAR = re.compile(r"\{\{char\}\}|<BOT>|<CHAR>", re.IGNORECASE)
 _USER = re.compile(r"\{\{user\}\}|<USER>|\{\{random_user_\d+\}\}", re.IGNORECASE)
 _ORIGINAL = re.compile(r"\{\{original\}\}", re.IGNORECASE)
 _START = re.compile(r"<START>", re.IGNORECASE)
@@ -145,7 +145,7 @@ def card_from_json(path: PathLike, value: Mapping[str, Any], lines: Mapping[str,
     spec = value.get("spec")
     if spec is None:
         return _card(path, "v1", value, "", lines.get)
-    if spec not in SPECS:
+    if not isinstance(spec, str) or spec not in SPECS:
         known = ", ".join(SPECS)
         raise DataError(path, lines.get("spec"), "spec", f"unknown card spec {spec!r} (known: {known})")
     data = value.get("data")
@@ -276,7 +276,7 @@ def png_card_text(path: PathLike) -> tuple[str, str]:
 
 
 def substitute_macros(text: str, char: str, user: str = DEFAULT_USER) -> str:
-    """`text` with `{{char}}` / `<BOT>` -> `char` and `{{user}}` / `<USER>` / `{{random_user_N}}` ->
+    """`text` with `{{char}}` / `<BOT>` / `<char>` -> `char` and `{{user}}` / `<USER>` / `{{random_user_N}}` ->
     `user`, case-insensitively. Replacements are literal (a name with a backslash stays as it is)."""
     return _USER.sub(lambda _: user, _CHAR.sub(lambda _: char, text))
 

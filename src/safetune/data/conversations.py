@@ -244,7 +244,7 @@ def _messages_record(
         if cols["role"] not in message:
             raise DataError(path, line, f"{where}.{cols['role']}", "missing")
         role = message[cols["role"]]
-        if role not in MESSAGE_ROLES:
+        if not isinstance(role, str) or role not in MESSAGE_ROLES:
             known = ", ".join(MESSAGE_ROLES)
             raise DataError(path, line, f"{where}.{cols['role']}", f"unknown role {role!r} (known: {known})")
         if cols["content"] not in message:
