@@ -42,11 +42,13 @@ from typing import Any, Literal
 
 from safetune.data.cards import DEFAULT_USER, Card, card_prompt, substitute_macros
 from safetune.data.readers import (
+    HF_MARKERS,
     InvalidRecords,
     PathLike,
     check_object,
     existing_file,
     json_type,
+    open_hf_dataset,
     read_jsonl,
     read_records,
 )
@@ -106,13 +108,24 @@ class RawMessage:
 
 
 @dataclass(frozen=True)
+class LoadOptions:
+    """What a format's loader needs besides the path: the column mapping, the bad-record policy, the
+    user's name for `{{user}}` and the split of a Hugging Face dataset."""
+
+    columns: Mapping[str, str]
+    policy: InvalidRecords
+    user: str = DEFAULT_USER
+    split: str = "train"
+
+
+@dataclass(frozen=True)
 class ConversationFormat:
-    """One entry of the registry. `detect(first record, columns)`: whether a file whose first record
-    this is has this format. `load(path, columns, policy, user_name)`: its conversations."""
+    """One entry of the registry. `detect(first record, columns)`: whether a source whose first record
+    this is has this format. `load(path, options)`: its conversations."""
 
     name: str
     detect: Callable[[Mapping[str, Any], Mapping[str, str]], bool]
-    load: Callable[[Path, Mapping[str, str], InvalidRecords, str], list[Conversation]]
+    load: Callable[[str, LoadOptions], list[Conversation]]
     columns: bool  # whether a column mapping applies
 
 
@@ -364,29 +377,70 @@ def _pippa_record(
 
 def _records(
     parse: Callable[[Path, int, Mapping[str, Any], Mapping[str, str], str], Conversation],
-) -> Callable[[Path, Mapping[str, str], InvalidRecords, str], list[Conversation]]:
-    """A file loader for a format with one conversation per record (JSON list or JSONL)."""
+) -> Callable[[str, LoadOptions], list[Conversation]]:
+    """A loader for a format with one conversation per record (JSON list, JSONL or a HF dataset)."""
 
-    def load(path: Path, cols: Mapping[str, str], policy: InvalidRecords, user: str) -> list[Conversation]:
-        file = _table_file(path)
+    def load(path: str, options: LoadOptions) -> list[Conversation]:
+        cols = options.columns
+        name, rows = record_rows(path, options.split, cols)
         conversations: list[Conversation] = []
         first: dict[str, int] = {}
-        for line, value in read_records(file):
+        for line, value in rows:
 
             def one(line: int = line, value: Any = value) -> Conversation:
-                conv = parse(file, line, check_object(file, line, value), cols, user)
+                conv = parse(name, line, check_object(name, line, value), cols, options.user)
                 if conv.id in first:
                     message = f"duplicate id {conv.id!r} (first at line {first[conv.id]})"
-                    raise DataError(file, line, cols.get("id", "id"), message)
+                    raise DataError(name, line, cols["id"], message)
                 first[conv.id] = line
                 return conv
 
-            conv = policy.guard(one)
+            conv = options.policy.guard(one)
             if conv is not None:
                 conversations.append(conv)
         return conversations
 
     return load
+
+
+def is_hf_source(path: PathLike) -> bool:
+    """Whether `path` names a Hugging Face dataset: a save_to_disk folder, a .parquet file, or a hub id
+    (not a local path). A missing local file is not one: it should say so."""
+    here = Path(path)
+    if here.is_dir():
+        return any((here / marker).is_file() for marker in HF_MARKERS)
+    if here.is_file():
+        return here.suffix.lower() == ".parquet"
+    local = here.suffix.lower() in (*SUFFIXES, ".parquet") or here.is_absolute() or str(path).startswith(".")
+    return not local
+
+
+def record_rows(
+    path: PathLike, split: str, cols: Mapping[str, str]
+) -> tuple[Path, Iterator[tuple[int, Any]]]:
+    """(name for errors, (line, record) pairs) of a JSON / JSONL file or a HF dataset, whose record
+    number stands in for the line."""
+    if not is_hf_source(path):
+        file = _table_file(Path(path))
+        return file, read_records(file)
+    dataset = open_hf_dataset(str(path), split)
+    lists = (cols["messages"], cols["conversations"], "conversation")
+    return Path(str(path)), ((number, _unstacked(row, lists)) for number, row in enumerate(dataset, 1))
+
+
+def _unstacked(row: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """`datasets` returns a `Sequence` of structs (as PIPPA's dataset card declares `conversation`) as
+    one dict of equal-length lists: turned back into the list of messages it stands for."""
+    for key in keys:
+        value = row.get(key)
+        if isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
+            columns = list(value.values())
+            if len({len(c) for c in columns}) == 1:
+                row = {
+                    **row,
+                    key: [dict(zip(value, items, strict=True)) for items in zip(*columns, strict=True)],
+                }
+    return row
 
 
 def _table_file(path: Path) -> Path:
@@ -456,12 +510,10 @@ def _sillytavern_chat(file: Path, user: str) -> Conversation:
     return replace(conv, messages=messages)
 
 
-def _load_sillytavern(
-    path: Path, cols: Mapping[str, str], policy: InvalidRecords, user: str
-) -> list[Conversation]:
+def _load_sillytavern(path: str, options: LoadOptions) -> list[Conversation]:
     conversations = []
-    for file in _sillytavern_files(path):
-        conv = policy.guard(lambda file=file: _sillytavern_chat(file, user))  # type: ignore[misc]
+    for file in _sillytavern_files(Path(path)):
+        conv = options.policy.guard(lambda file=file: _sillytavern_chat(file, options.user))  # type: ignore[misc]
         if conv is not None:
             conversations.append(conv)
     return conversations
@@ -490,18 +542,22 @@ FORMATS: dict[str, ConversationFormat] = {
 }
 
 
-def _first_record(path: Path) -> tuple[Path, int, Mapping[str, Any]]:
-    file = _sillytavern_files(path)[0] if path.is_dir() else _table_file(path)
-    records: Iterator[tuple[int, Any]] = read_records(file)
-    for line, value in records:
-        return file, line, check_object(file, line, value)
-    raise DataError(file, None, None, "no records")
+def _first_record(path: PathLike, split: str, cols: Mapping[str, str]) -> tuple[Path, int, Mapping[str, Any]]:
+    if Path(path).is_dir() and not is_hf_source(path):
+        file = _sillytavern_files(Path(path))[0]
+        name, rows = file, read_records(file)
+    else:
+        name, rows = record_rows(path, split, cols)
+    for line, value in rows:
+        return name, line, check_object(name, line, value)
+    raise DataError(name, None, None, "no records")
 
 
-def detect_format(path: PathLike, columns: Mapping[str, str] | None = None) -> str:
-    """The conversation format of a file (or a folder of SillyTavern chats), from its first record."""
+def detect_format(path: PathLike, columns: Mapping[str, str] | None = None, split: str = "train") -> str:
+    """The conversation format of a file, a folder of SillyTavern chats or a HF dataset, from its
+    first record."""
     cols = {**DEFAULT_COLUMNS, **(columns or {})}
-    file, line, first = _first_record(Path(path))
+    file, line, first = _first_record(path, split, cols)
     for fmt in FORMATS.values():
         if fmt.detect(first, cols):
             return fmt.name
@@ -522,8 +578,12 @@ def load_conversations(
     invalid: InvalidRecords | str = "error",
     card: Card | None = None,
     user_name: str = DEFAULT_USER,
+    split: str = "train",
 ) -> list[Conversation]:
     """Conversations from a file in any format of `FORMATS` ("auto": from the first record).
+
+    `path`: a .json / .jsonl file; for `sillytavern` also a folder of chat files; for the one-record-
+    per-conversation formats also a Hugging Face dataset (save_to_disk folder, .parquet, hub id; `split`).
 
     `columns` maps our field names (`FIELDS`) to the file's keys (messages and sharegpt formats).
     `card`: the character these conversations are held with (see `apply_card`); PIPPA rows carry their
@@ -534,14 +594,14 @@ def load_conversations(
     if unknown:
         raise ConfigError(f"columns: unknown field(s) {unknown}; expected some of {list(FIELDS)}")
     cols = {**DEFAULT_COLUMNS, **(columns or {})}
-    kind = detect_format(path, columns) if fmt == "auto" else fmt
+    kind = detect_format(path, columns, split) if fmt == "auto" else fmt
     entry = FORMATS[kind]
     if columns and not entry.columns:
         raise ConfigError(f"columns apply to messages and sharegpt conversations, not to {kind} ({path})")
     if card is not None and kind == "pippa":
         raise ConfigError(f"PIPPA rows carry their own character; a card does not apply to them ({path})")
     policy = InvalidRecords.of(invalid)
-    conversations = entry.load(Path(path), cols, policy, user_name)
+    conversations = entry.load(str(path), LoadOptions(cols, policy, user_name, split))
     policy.log_summary("conversations")
     if not conversations:
         raise DataError(path, None, None, "no conversations")
