@@ -332,3 +332,18 @@ def card_profile(
         role_prompt=role_prompt,
         unsafe_prompt=unsafe_prompt,
     )
+
+
+def prompt_profile(name: str, prompt: str, config: SelectionConfig | None = None) -> RoleProfile:
+    """A role profile for a conversation whose system prompt is already assembled and has no separate
+    closing instruction (a PIPPA persona, a file's own system message): the unsafe prompt is the prompt
+    with `selection.unsafe_instruction` appended, as `card_profile` does for a card without
+    `post_history_instructions` (for a PIPPA bot the two give the same prompts)."""
+    selection = config or SelectionConfig()
+    role_prompt = prompt.strip() or selection.role_prompt.format(name=name, description="").strip()
+    return RoleProfile(
+        name=name,
+        description=prompt.strip(),
+        role_prompt=role_prompt,
+        unsafe_prompt=f"{role_prompt}\n{selection.unsafe_instruction}",
+    )

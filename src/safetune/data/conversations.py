@@ -40,7 +40,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from safetune.data.cards import DEFAULT_USER, Card, card_prompt, substitute_macros
+from safetune.config import SelectionConfig
+from safetune.data.cards import DEFAULT_USER, Card, card_profile, substitute_macros
 from safetune.data.readers import (
     HF_MARKERS,
     InvalidRecords,
@@ -185,12 +186,16 @@ def with_opening_turn(conversation: Conversation, text: str = OPENING_USER_TURN)
 
 
 def apply_card(
-    conversations: Sequence[Conversation], card: Card, user_name: str = DEFAULT_USER
+    conversations: Sequence[Conversation],
+    card: Card,
+    user_name: str = DEFAULT_USER,
+    config: SelectionConfig | None = None,
 ) -> list[Conversation]:
-    """The conversations of one character: its card's prompt as the system prompt of those without one
-    of their own (a file's own system prompt is what its conversation was held under, so it stays), the
-    card's name as their role, and the card's macros replaced in every message."""
-    prompt = card_prompt(card, user_name)
+    """The conversations of one character: its card's role prompt (`card_profile`'s, so training sees
+    the very prompt RDS scores under) as the system prompt of those without one of their own (a file's
+    own system prompt is what its conversation was held under, so it stays), the card's name as their
+    role, and the card's macros replaced in every message."""
+    prompt = card_profile(card, user_name, config).role_prompt
     out = []
     for conv in conversations:
         messages = tuple(
@@ -372,7 +377,7 @@ def _pippa_record(
             raw.insert(0, RawMessage("assistant", card.first_mes, "bot_greeting", False, card.name))
     conv = assemble(path, line, _ident(path, line, row, "id"), raw, field="conversation", role=card.name)
     messages = tuple(replace(m, content=substitute_macros(m.content, card.char, user)) for m in conv.messages)
-    return replace(conv, messages=messages, system=card_prompt(card, user) or None)
+    return replace(conv, messages=messages, system=card_profile(card, user).role_prompt)
 
 
 def _records(
