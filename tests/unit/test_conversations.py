@@ -131,6 +131,18 @@ def test_openai_messages_keep_weights_and_system(tmp_path: Path) -> None:
     assert conv.messages[3].content == "Paris, as if everyone doesn't know that already."
 
 
+def test_messages_content_as_a_list_of_text_parts(tmp_path: Path) -> None:
+    parts = [{"type": "text", "text": "Look at this."}, {"type": "text", "text": "What is it?"}]
+    row = {"messages": [{"role": "user", "content": parts}, {"role": "assistant", "content": "A cat."}]}
+    (conv,) = load_conversations(_jsonl(tmp_path / "c.jsonl", [row]))
+    assert conv.messages[0].content == "Look at this.\nWhat is it?"
+    image = {"messages": [{"role": "user", "content": [{"type": "image", "url": "x"}]}]}
+    path = _jsonl(tmp_path / "i.jsonl", [image])
+    err = raised(load_conversations, path)
+    assert_data_error(err, path, 1, "messages[0].content[0]")
+    assert "expected a text part, got 'image'" in str(err)
+
+
 def test_sharegpt_maps_speakers_and_axolotl_train_flags(tmp_path: Path) -> None:
     path = tmp_path / "sharegpt.json"
     path.write_text(json.dumps([SHAREGPT_ROW], indent=2), encoding="utf-8")

@@ -237,6 +237,21 @@ def _message_list(path: PathLike, line: int, row: Mapping[str, Any], key: str) -
     return value
 
 
+def _text_parts(path: PathLike, line: int, field: str, content: object) -> object:
+    """OpenAI's and TRL's list-of-parts content (`[{"type": "text", "text": ...}]`) as one string, the
+    parts joined by a line break; any other content is returned for `assemble` to check. Parts that are
+    not text (images, audio) are an error: a text model cannot be trained on them."""
+    if not isinstance(content, list):
+        return content
+    texts = []
+    for k, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            kind = part.get("type") if isinstance(part, dict) else json_type(part)
+            raise DataError(path, line, f"{field}[{k}]", f"expected a text part, got {kind!r}")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
 def _ident(path: Path, line: int, row: Mapping[str, Any], key: str) -> str:
     ident = row.get(key)
     if ident is None or ident == "":
@@ -271,11 +286,9 @@ def _messages_record(
         if train is None:
             train = _flag(path, line, f"{where}.{cols['train']}", message.get(cols["train"]))
         name = _optional_text(path, line, f"{where}.{cols['name']}", message.get(cols["name"]))
-        raw.append(
-            RawMessage(
-                MESSAGE_ROLES[role], message[cols["content"]], f"{where}.{cols['content']}", train, name
-            )
-        )
+        content_field = f"{where}.{cols['content']}"
+        content = _text_parts(path, line, content_field, message[cols["content"]])
+        raw.append(RawMessage(MESSAGE_ROLES[role], content, content_field, train, name))
     system = _optional_text(path, line, cols["system"], row.get(cols["system"]))
     return assemble(path, line, _ident(path, line, row, cols["id"]), raw, field=key, system=system)
 
