@@ -1,7 +1,8 @@
 """Loaders of multi-turn role-play conversations (issue 23): OpenAI/TRL `messages`, ShareGPT
-`conversations`, PIPPA rows and SillyTavern chat files, one registry (`FORMATS`) with `auto`
-detection from the first record. Records are read by data/readers.py, so every problem is one located
-`DataError` (`file:line: field`) and `data.invalid=skip` skips whole conversations, counted.
+`conversations`, PIPPA rows (JSON / JSONL files or Hugging Face datasets) and SillyTavern chat files
+(a file or a folder of them), one registry (`FORMATS`) with `auto` detection from the first record.
+Records are read by data/readers.py, so every problem is one located `DataError` (`file:line: field`)
+and `data.invalid=skip` skips whole conversations, counted. docs/data.md documents every format.
 
 Output contract (what every loader returns, and what the renderer can rely on):
 
