@@ -225,6 +225,7 @@ def test_sillytavern_chat_with_header(tmp_path: Path) -> None:
         ("assistant", "Follow me."),
     ]
     assert conv.messages[0].name == "Seraphina"
+    assert [m.train for m in conv.messages] == [False, None, None, None, None]  # the greeting: not trained
 
 
 def test_sillytavern_folder_is_one_conversation_per_chat_file(tmp_path: Path) -> None:

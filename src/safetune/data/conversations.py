@@ -20,8 +20,8 @@ Output contract (what every loader returns, and what the renderer can rely on):
   is context for nothing in training, but a prefix for evaluation).
 - The first message may be the character's greeting (an assistant message). It stays there as an
   assistant message: it is context for every later turn, exactly as the user saw it. A greeting copied
-  from the character's definition (PIPPA's `bot_greeting`) is not the model's reply to anything, so it
-  has `train=False`. Templates that reject an assistant-first conversation (Gemma, Mistral) need a
+  from the character's definition (PIPPA's `bot_greeting`, the first message of a SillyTavern chat,
+  which is the card's `first_mes`) is not the model's reply to anything, so it has `train=False`. Templates that reject an assistant-first conversation (Gemma, Mistral) need a
   user turn before it: THE RENDERER must render `with_opening_turn(conversation)` for them, which puts
   `OPENING_USER_TURN` (SillyTavern's default new-chat marker) first, and must do so for every prefix of
   the conversation alike so that per-turn spans stay consistent; the placeholder is never trained. The
@@ -522,6 +522,9 @@ def _sillytavern_chat(file: Path, user: str) -> Conversation:
         if not mes.strip():
             raise DataError(file, line, "mes", "empty message")
         raw.append(RawMessage(role, mes, "mes", None, name))
+    if raw and raw[0].role == "assistant":
+        # SillyTavern opens every chat with the card's first_mes: the card's text, not a reply
+        raw[0] = replace(raw[0], train=False)
     conv = assemble(file, start or head_line, file.stem, raw, field="messages", role=character or None)
     messages = tuple(
         replace(m, content=substitute_macros(m.content, character, user_name)) for m in conv.messages
