@@ -378,38 +378,3 @@ def test_with_opening_turn_puts_a_placeholder_before_a_greeting() -> None:
     user_first = Conversation("u", (Message("user", "Hi."), Message("assistant", "Yes?")))
     assert with_opening_turn(user_first) is user_first
     assert not opens_with_greeting(user_first)
-
-
-@pytest.mark.slow  # datasets: a save_to_disk folder and a parquet file, several seconds
-def test_hugging_face_datasets_pippa_sequence_of_structs_and_parquet(tmp_path: Path) -> None:
-    import datasets
-
-    # PIPPA's dataset card declares `conversation` as a sequence of structs, which `datasets` hands
-    # back as one dict of lists
-    features = datasets.Features(
-        {
-            "bot_name": datasets.Value("string"),
-            "bot_greeting": datasets.Value("string"),
-            "bot_definitions": datasets.Value("string"),
-            "bot_description": datasets.Value("string"),
-            "categories": datasets.Sequence(datasets.Value("string")),
-            "conversation": datasets.Sequence(
-                {"message": datasets.Value("string"), "is_human": datasets.Value("bool")}
-            ),
-        }
-    )
-    row = {key: PIPPA_ROW[key] for key in features}
-    turns = PIPPA_ROW["conversation"]
-    row["conversation"] = {key: [turn[key] for turn in turns] for key in ("message", "is_human")}
-    pippa = datasets.Dataset.from_list([row], features=features)
-    assert isinstance(pippa[0]["conversation"], dict)
-    pippa.save_to_disk(str(tmp_path / "pippa"))
-    (conv,) = load_conversations(tmp_path / "pippa")
-    assert conv.id == "pippa-1" and conv.system == PIPPA_SYSTEM
-    assert [m.role for m in conv.messages] == ["assistant", "user", "assistant"]
-
-    datasets.Dataset.from_list([OPENAI_ROW, {"messages": []}]).to_parquet(str(tmp_path / "chats.parquet"))
-    err = raised(load_conversations, tmp_path / "chats.parquet")
-    assert_data_error(err, tmp_path / "chats.parquet", 2, "messages")
-    (conv,) = load_conversations(tmp_path / "chats.parquet", invalid="skip")
-    assert [m.train for m in conv.messages] == [None, False, None, True]
