@@ -13,11 +13,9 @@ import pytest
 from data_errors import assert_data_error, raised
 from safetune.data.cards import Card
 from safetune.data.conversations import (
-    OPENING_USER_TURN,
     detect_format,
     load_conversations,
     opens_with_greeting,
-    with_opening_turn,
 )
 from safetune.data.readers import InvalidRecords
 from safetune.data.records import Conversation, Message
@@ -366,15 +364,3 @@ def test_card_gives_system_role_and_macros(tmp_path: Path) -> None:
     assert second.system == "You are Aria, a rogue."  # its own system prompt stays
     with pytest.raises(ConfigError, match="PIPPA"):
         load_conversations(_jsonl(tmp_path / "p.jsonl", [PIPPA_ROW]), card=card)
-
-
-def test_with_opening_turn_puts_a_placeholder_before_a_greeting() -> None:
-    greeting = Conversation(
-        "g", (Message("assistant", "Hello."), Message("user", "Hi."), Message("assistant", "Yes?"))
-    )
-    opened = with_opening_turn(greeting)
-    assert opened.messages[0] == Message("user", OPENING_USER_TURN, train=False)
-    assert opened.messages[1:] == greeting.messages
-    user_first = Conversation("u", (Message("user", "Hi."), Message("assistant", "Yes?")))
-    assert with_opening_turn(user_first) is user_first
-    assert not opens_with_greeting(user_first)

@@ -22,11 +22,10 @@ Output contract (what every loader returns, and what the renderer can rely on):
   assistant message: it is context for every later turn, exactly as the user saw it. A greeting copied
   from the character's definition (PIPPA's `bot_greeting`, the first message of a SillyTavern chat,
   which is the card's `first_mes`) is not the model's reply to anything, so it has `train=False`. Templates that reject an assistant-first conversation (Gemma, Mistral) need a
-  user turn before it: THE RENDERER must render `with_opening_turn(conversation)` for them, which puts
-  `OPENING_USER_TURN` (SillyTavern's default new-chat marker) first, and must do so for every prefix of
-  the conversation alike so that per-turn spans stay consistent; the placeholder is never trained. The
-  data layer does not insert it itself, because templates that accept an assistant-first conversation
-  (Llama 3, Qwen 2.5, ChatML) should see the conversation as it was.
+  user turn before it: the renderer (data/turns.py) inserts its `OPENING_TURN` (SillyTavern's default
+  new-chat marker) for those templates only, alike in every prefix, and never trains it. The data layer
+  does not insert it, because templates that accept an assistant-first conversation (Llama 3, Qwen 2.5,
+  ChatML) should see the conversation as it was.
 - An empty message, an empty conversation and a conversation without an assistant message are located
   errors (skipped, counted, with `data.invalid=skip`).
 - `Message.train`: the file's per-message flag (OpenAI `weight` 0/1, axolotl `train`), else None. Flags
@@ -91,7 +90,6 @@ SHAREGPT_ROLES: dict[str, Role] = {
     "model": "assistant",
     "bot": "assistant",
 }
-OPENING_USER_TURN = "[Start a new chat]"
 # Character.AI's separator between example dialogues in PIPPA's bot_definitions.
 PIPPA_DIALOG_END = "END_OF_DIALOG"
 SUFFIXES = (".json", ".jsonl")
@@ -176,14 +174,6 @@ def _merged(last: Message, item: RawMessage) -> bool | None:
 
 def opens_with_greeting(conversation: Conversation) -> bool:
     return bool(conversation.messages) and conversation.messages[0].role == "assistant"
-
-
-def with_opening_turn(conversation: Conversation, text: str = OPENING_USER_TURN) -> Conversation:
-    """The conversation with a placeholder user turn before its greeting, for templates that reject an
-    assistant-first conversation; unchanged when it already opens with the user."""
-    if not opens_with_greeting(conversation):
-        return conversation
-    return replace(conversation, messages=(Message("user", text, train=False), *conversation.messages))
 
 
 def apply_card(
