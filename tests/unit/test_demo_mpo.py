@@ -121,15 +121,20 @@ def test_added_rows_are_compared_with_mpo_and_a_baseline_may_win():
         _row("ipo", 100, 91, 99, 96),  # beats MPO, utility kept
         _row("kto", 100, 100, 90, 96),  # beats MPO on refusal at a utility cost
         _row("mpo-sum", 98, 80, 100, 97),
+        _row("sdrrl", 94, 100, 100, 97),  # beats MPO on L2 at a 6-point cost in L1 refusal
     ]
     found = {c["variant"]: c for c in against_mpo(rows)}
-    assert list(found) == ["ipo", "kto", "mpo-sum"]
+    assert list(found) == ["ipo", "kto", "mpo-sum", "sdrrl"]
+    assert not found["sdrrl"]["matches_mpo"] and found["sdrrl"]["refusal_l1_vs_base"] == -6
     assert found["ipo"]["matches_mpo"] and found["ipo"]["refusal_l2_vs_mpo"] == 1
     assert not found["kto"]["matches_mpo"] and not found["kto"]["utility_kept"]
     assert not found["mpo-sum"]["matches_mpo"] and found["mpo-sum"]["refusal_l1_vs_base"] == -2
     text = "\n".join(against_mpo_markdown(rows))
     assert "| IPO | DPO family | +1.0 | +0.0 | yes |" in text
-    assert "Match or beat MPO (L2 refusal within 2 points or above, utility kept): IPO." in text
+    assert (
+        "Match or beat MPO (L2 refusal within 2 points or above, L1 refusal within 5 and utility within 3 points of base): IPO."
+        in text
+    )
     assert against_mpo_markdown(rows[:4]) == []
 
 
