@@ -113,6 +113,16 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _translator_shortcuts(translator: str | None) -> dict[str, Any]:
+    """`--translator [KIND:]MODEL` as the translate section's model and kind (none when not given)."""
+    if translator is None:
+        return {}
+    from safetune.translation.registry import parse_translator
+
+    kind, translation_model = parse_translator(translator)
+    return {"translate.model": translation_model, "translate.kind": kind}
+
+
 def _overrides(ctx: typer.Context, shortcuts: dict[str, Any]) -> list[str]:
     """Shortcut flags first, then the raw `--section.key=value` arguments (which win)."""
     from safetune.errors import ConfigError
@@ -371,11 +381,7 @@ def eval_(
         "eval.translate_to": translate_to,
         "eval.judge_on": judge_on,
     }
-    if translator is not None:
-        from safetune.translation.registry import parse_translator
-
-        kind, translation_model = parse_translator(translator)
-        shortcuts.update({"translate.model": translation_model, "translate.kind": kind})
+    shortcuts.update(_translator_shortcuts(translator))
     cfg = load_config(config, _overrides(ctx, shortcuts))
     results_path = evaluate(cfg, overwrite=overwrite)
     if is_main_process():  # the other ranks of a launch generated their share; the main one scored
@@ -1008,11 +1014,7 @@ def pairs(
         "generation.backend": backend,
         "pairs.limit": limit,
     }
-    if translator is not None:
-        from safetune.translation.registry import parse_translator
-
-        kind, translation_model = parse_translator(translator)
-        shortcuts.update({"translate.model": translation_model, "translate.kind": kind})
+    shortcuts.update(_translator_shortcuts(translator))
     cfg = load_config(config, _overrides(ctx, shortcuts))
     report = build_pairs(cfg, overwrite=overwrite)
     c = report.counts

@@ -56,9 +56,11 @@ from safetune.evaluation.results import RESULTS_FILE, SCHEMA_VERSION, Results
 from safetune.evaluation.stages import (
     BatchHook,
     Task,
+    append_completions,
     judge_pending,
     keyed_stage,
     read_rows,
+    request_hash,
     response_hash,
     short_hash,
 )
@@ -165,10 +167,6 @@ def _request_row(task: Task) -> dict[str, Any]:
     return {**asdict(task.request), "benchmark": task.spec.name, "prompt": task.prompt.to_dict()}
 
 
-def _request_hash(request: GenerationRequest) -> str:
-    return short_hash(request.user, request.system)
-
-
 # ---- the output folder ----
 
 
@@ -210,7 +208,7 @@ def start_output(out: Path, key: str, source: ModelSource, overwrite: bool) -> N
 def completions_on_disk(tasks: Sequence[Task], out: Path) -> dict[str, dict[str, Any]]:
     """The completions in the folder that answer these very requests (by id and request text), from
     completions.jsonl and any shard a multi-process launch left unmerged."""
-    wanted = {t.request.id: _request_hash(t.request) for t in tasks}
+    wanted = {t.request.id: request_hash(t.request) for t in tasks}
     rows: dict[str, dict[str, Any]] = {}
     for path in (out / "completions.jsonl", *sorted(out.glob(COMPLETION_SHARDS))):
         rows.update(read_rows(path, lambda row: wanted.get(row["id"]) == row.get("request_hash")))
@@ -242,22 +240,13 @@ def generate_missing(
     only when nothing is missing. Under a multi-process launch: this rank's share of the missing ones,
     into its shard file."""
     path = completion_shard(out, process_rank()) if is_multi_process() else out / "completions.jsonl"
-    wanted = {t.request.id: _request_hash(t.request) for t in tasks}
     missing = missing_requests(tasks, done)
     log.info("completions: %d on disk, %d to generate", len(done), len(missing))
     if not missing:
         return done, 0
     assert backend is not None  # _evaluate builds one whenever a completion is missing
     done = dict(done)
-    count = 0
-    for batch in backend.generate(missing):
-        rows = [{**r.to_dict(), "request_hash": wanted[r.id]} for r in batch]
-        append_jsonl(path, rows)
-        done.update((row["id"], row) for row in rows)
-        count += len(rows)
-        if hook:
-            hook("generate", count)
-    return done, count
+    return done, append_completions(missing, backend, path, done, hook)
 
 
 def missing_requests(tasks: Sequence[Task], done: dict[str, dict[str, Any]]) -> list[GenerationRequest]:

@@ -1,6 +1,7 @@
 """What the evaluation's stages share, below the runner (evaluation/runner.py) and the stages that live in
-their own modules (translate-then-judge, `safetune judge`): the task record, the progress hook, content
-hashes, and the judge stage that reads and appends verdicts (judgements.jsonl)."""
+their own modules (translate-then-judge, `safetune judge`) and the other staged builders (`safetune pairs`,
+`safetune safety-expert`): the task record, the progress hook, content hashes, the generation stage's
+append loop (completions.jsonl) and the judge stage that reads and appends verdicts (judgements.jsonl)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from safetune.data.records import Prompt
 from safetune.errors import ConfigError
@@ -49,6 +50,44 @@ def response_hash(text: str, language: str | None) -> str:
     """What a verdict depends on besides the judge: the response, and the prompt's language when it has
     one (a judge may not cover it; untagged prompts keep the hash of the text alone)."""
     return short_hash(text) if language is None else short_hash(text, language)
+
+
+def request_hash(request: GenerationRequest) -> str:
+    """What a completion on disk answers: the request's user text and system prompt. A completion whose
+    hash differs answers another request under the same id and is generated again."""
+    return short_hash(request.user, request.system)
+
+
+def unanswered(
+    requests: Sequence[GenerationRequest], done: Mapping[str, Mapping[str, Any]]
+) -> list[GenerationRequest]:
+    """The requests without a completion on disk to the very same request."""
+    return [r for r in requests if done.get(r.id, {}).get("request_hash") != request_hash(r)]
+
+
+class Generator(Protocol):
+    def generate(self, requests: Sequence[GenerationRequest]) -> Iterable[Sequence[Any]]: ...
+
+
+def append_completions(
+    missing: Sequence[GenerationRequest],
+    backend: Generator,
+    path: Path,
+    done: dict[str, dict[str, Any]],
+    hook: BatchHook | None = None,
+) -> int:
+    """Generate `missing` batch by batch, append each batch to `path` (a kill loses at most the batch in
+    flight) with its request hash, and add the rows to `done`; returns how many were generated."""
+    hashes = {r.id: request_hash(r) for r in missing}
+    count = 0
+    for batch in backend.generate(missing):
+        rows = [{**r.to_dict(), "request_hash": hashes[r.id]} for r in batch]
+        append_jsonl(path, rows)
+        done.update((row["id"], row) for row in rows)
+        count += len(rows)
+        if hook:
+            hook("generate", count)
+    return count
 
 
 def judge_pending(

@@ -46,14 +46,20 @@ from safetune.data.records import Prompt
 from safetune.errors import ConfigError, SafetuneError
 from safetune.evaluation.backends import backend_spec
 from safetune.evaluation.items import Backend, GenerationRequest, Judge, JudgeItem
-from safetune.evaluation.stages import judge_pending, read_rows, response_hash, short_hash
+from safetune.evaluation.stages import (
+    append_completions,
+    judge_pending,
+    read_rows,
+    response_hash,
+    unanswered,
+)
 from safetune.expert.refusals import Tally, drop_reason, request_id, slot_id
 from safetune.expert.seeds import load_seeds, seeds_hash, seeds_label
 from safetune.launch import main_process_lock
 from safetune.models.loading import check_model_folder, resolve_model
 from safetune.models.source import ModelSource
 from safetune.provenance import base_provenance
-from safetune.storage import append_jsonl, hash_json, write_json, write_jsonl
+from safetune.storage import hash_json, write_json, write_jsonl
 from safetune.training.common import last_checkpoint, run_identity, training_arguments
 from safetune.training.run import train
 
@@ -222,7 +228,7 @@ def _build(
     first = _requests(slots, 1, e.system)
     build = make_backend or spec.build
     # The model is loaded (and so checked) before anything is written when a first-round answer is missing.
-    backend = build(source, sampling) if _missing(first, completions) else None
+    backend = build(source, sampling) if unanswered(first, completions) else None
 
     if overwrite:
         _clear(out)
@@ -293,17 +299,6 @@ def _requests(
     return [GenerationRequest(request_id(p.id, k, attempt), p.text, system) for p, k in slots]
 
 
-def _request_hash(request: GenerationRequest) -> str:
-    return short_hash(request.user, request.system)
-
-
-def _missing(
-    requests: Sequence[GenerationRequest], completions: dict[str, dict[str, Any]]
-) -> list[GenerationRequest]:
-    """The requests without an answer on disk to the very same request text."""
-    return [r for r in requests if completions.get(r.id, {}).get("request_hash") != _request_hash(r)]
-
-
 class Sampler:
     """The generation backend, built on first use when the folder's first round was all on disk."""
 
@@ -335,7 +330,7 @@ def sample_and_judge(
         if not open_slots:
             break
         requests = _requests(open_slots, attempt, e.system)
-        missing = _missing(requests, completions)
+        missing = unanswered(requests, completions)
         log.info(
             "attempt %d: %d answers on disk, %d to sample",
             attempt,
@@ -343,12 +338,7 @@ def sample_and_judge(
             len(missing),
         )
         if missing:
-            hashes = {r.id: _request_hash(r) for r in missing}
-            for batch in sampler.generate(missing):
-                answers = [{**r.to_dict(), "request_hash": hashes[r.id]} for r in batch]
-                append_jsonl(out / COMPLETIONS_FILE, answers)
-                completions.update((row["id"], row) for row in answers)
-                generated += len(answers)
+            generated += append_completions(missing, sampler, out / COMPLETIONS_FILE, completions)
         items = [JudgeItem(r.id, r.user, completions[r.id]["text"]) for r in requests]
         verdicts, count = judge_pending(
             items, {i.id: response_hash(i.response, None) for i in items}, out / JUDGEMENTS_FILE, judge

@@ -40,7 +40,14 @@ from safetune.errors import ConfigError, DataError
 from safetune.evaluation.backends import backend_spec
 from safetune.evaluation.items import Backend, GenerationRequest, Judge, JudgeItem
 from safetune.evaluation.metrics import chrf_signature, sentence_chrf
-from safetune.evaluation.stages import BatchHook, judge_pending, read_rows, response_hash, short_hash
+from safetune.evaluation.stages import (
+    BatchHook,
+    append_completions,
+    judge_pending,
+    read_rows,
+    response_hash,
+    unanswered,
+)
 from safetune.launch import main_process_lock
 from safetune.models.loading import resolve_model
 from safetune.models.source import ModelSource
@@ -57,7 +64,7 @@ from safetune.pairs.inputs import HarmfulInput, Loaded, inputs_hash, load_inputs
 from safetune.pairs.manifest import Counts, package_versions, summary_markdown
 from safetune.pairs.organism import build_translator
 from safetune.provenance import base_provenance
-from safetune.storage import append_jsonl, write_json, write_jsonl
+from safetune.storage import write_json, write_jsonl
 from safetune.translation.base import TranslationRequest, Translator
 from safetune.translation.cache import TRANSLATIONS_FILE, translate_cached
 from safetune.translation.languages import Language, resolve
@@ -206,7 +213,7 @@ def _build(
         _check_identity(out, plan_.identity)
     requests = [GenerationRequest(i.id, i.prompt, config.generation.system) for i in inputs]
     completions = {} if overwrite else read_rows(out / COMPLETIONS_FILE, lambda row: True)
-    missing = [r for r in requests if completions.get(r.id, {}).get("request_hash") != _request_hash(r)]
+    missing = unanswered(requests, completions)
     backend = None
     if plan_.source is not None and missing:
         # The model loads (and so is checked) before anything is written.
@@ -225,14 +232,7 @@ def _build(
     generated = 0
     if backend is not None:
         log.info("answers: %d on disk, %d to generate", len(requests) - len(missing), len(missing))
-        hashes = {r.id: _request_hash(r) for r in missing}
-        for batch in backend.generate(missing):
-            rows = [{**r.to_dict(), "request_hash": hashes[r.id]} for r in batch]
-            append_jsonl(out / COMPLETIONS_FILE, rows)
-            completions.update((row["id"], row) for row in rows)
-            generated += len(rows)
-            if hook:
-                hook("generate", generated)
+        generated = append_completions(missing, backend, out / COMPLETIONS_FILE, completions, hook)
     del backend
     gc.collect()  # the model goes before the translator loads its own weights
 
@@ -388,10 +388,6 @@ def release_record(
         "target_chosen": {"from": "gpt", "value": target["chosen"]},
         "target_rejected": {"from": "gpt", "value": target["rejected"]},
     }
-
-
-def _request_hash(request: GenerationRequest) -> str:
-    return short_hash(request.user, request.system)
 
 
 def _hashes(items: Sequence[JudgeItem]) -> dict[str, str]:
