@@ -377,9 +377,13 @@ def select_turns(
     return scores, flags, stats
 
 
-def format_turn_rates(stats: dict[str, Any]) -> str:
-    """One line of flag rates by turn position, for the console and the reports."""
-    parts = [
+def turn_rates(stats: dict[str, Any]) -> str:
+    """Flag rates by turn position as text: "turn 1: 12% of 40, turn 2: ..."."""
+    return ", ".join(
         f"turn {b}: {100 * v['flag_rate']:.0f}% of {v['count']}" for b, v in stats.get("by_turn", {}).items()
-    ]
-    return "flag rate by turn position: " + ", ".join(parts)
+    )
+
+
+def format_turn_rates(stats: dict[str, Any]) -> str:
+    """One line of flag rates by turn position, for the console and the logs."""
+    return "flag rate by turn position: " + turn_rates(stats)

@@ -138,6 +138,8 @@ def test_sarft_from_pippa_and_from_a_card_with_sharegpt(tiny_llama3: Path, tmp_p
     assert run["selection"]["unit"] == "turn" and run["selection"]["count"] == 16
     assert run["metrics"]["reference_rows"] > 0  # flagged conversations took the reference pass
     assert (tmp_path / "pippa_run" / "final").is_dir()
+    card = (tmp_path / "pippa_run" / "README.md").read_text()
+    assert "| flag rate by turn position | turn 1: 100% of 4, turn 2: 100% of 4," in card
 
     sharegpt = _sharegpt(tmp_path / "chats.jsonl")
     card_json = tmp_path / "vex.json"

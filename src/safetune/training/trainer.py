@@ -34,6 +34,7 @@ from safetune.selection import (
     select,
     select_turns,
     turn_flags_by_id,
+    turn_rates,
     write_selection,
     write_turn_selection,
 )
@@ -316,7 +317,7 @@ class RoleRecipe(Recipe):
             details["conversations"] = {**self.rendered.report(), "rows": stats["rows"]}
             data_row = (
                 f"| conversations | {len(self.conversations)} ({stats['count']} scored assistant turns, "
-                f"train turns: {config.data.train_turns}) |"
+                f"train turns: {config.data.train_turns}) |\n| flag rate by turn position | {turn_rates(stats)} |"
             )
         return RecipeReport(
             details=details,
