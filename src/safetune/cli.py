@@ -143,7 +143,22 @@ def _yaml_value(value: Any) -> str:
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.", exists=True)]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Hub id or local model folder.")]
-DataOpt = Annotated[str | None, typer.Option("--data", help="Training data: file, folder or HF dataset id.")]
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="Training data: file, folder or HF dataset id; role data or conversations (--data.format "
+        "messages | sharegpt | pippa | sillytavern, or auto-detected in a .json/.jsonl file).",
+    ),
+]
+TrainCardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--card",
+        help="Character card (V1/V2/V3 JSON, or PNG with the card in a text chunk) the conversations are "
+        "held with (data.card).",
+    ),
+]
 RoleOpt = Annotated[str | None, typer.Option("--role", help="Keep only this role.")]
 ProfilesOpt = Annotated[
     str | None, typer.Option("--profiles", help="JSON file: role name -> profile description.")
@@ -166,27 +181,39 @@ def select(
     data: DataOpt = None,
     role: RoleOpt = None,
     profiles: ProfilesOpt = None,
+    card: TrainCardOpt = None,
     variant: Annotated[
         str | None, typer.Option(help=" | ".join(VARIANTS) + " (what each does: safetune list)")
     ] = None,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Flag the risky training examples with RDS (reference-model implicit rewards), cached.
+    """Flag the risky training examples with RDS (reference-model implicit rewards), cached; on
+    conversations, every assistant turn (flag rates by turn position).
 
     Run as: safetune select -m MODEL --data roles/ --role "Freddy Krueger" --profiles profiles.json -o runs/sel
+    or:     safetune select -m MODEL --data chats.jsonl --card card.png -o runs/sel
     """
     from safetune.config import load_config
-    from safetune.selection import run_selection
+    from safetune.selection import format_turn_rates, run_selection
 
     _setup_console(verbose, quiet)
-    shortcuts = {"model.name": model, "data.path": data, "data.role": role, "data.profiles": profiles}
+    shortcuts = {
+        "model.name": model,
+        "data.path": data,
+        "data.role": role,
+        "data.profiles": profiles,
+        "data.card": card,
+    }
     cfg = load_config(config, _overrides(ctx, shortcuts | {"selection.variant": variant}))
     stats = run_selection(cfg, out)
+    unit = "assistant turns" if stats.get("unit") == "turn" else "examples"
     print(
-        f"{stats['flagged']} of {stats['count']} examples flagged "
+        f"{stats['flagged']} of {stats['count']} {unit} flagged "
         f"({100 * stats['flag_rate']:.1f}%, variant {stats['variant']}) -> {out / 'selection.jsonl'}"
     )
+    if stats.get("unit") == "turn":
+        print(format_turn_rates(stats))
 
 
 @app.command(context_settings=EXTRA)
@@ -198,6 +225,7 @@ def train(
     data: DataOpt = None,
     role: RoleOpt = None,
     profiles: ProfilesOpt = None,
+    card: TrainCardOpt = None,
     method: Annotated[
         str | None,
         typer.Option(
@@ -230,6 +258,7 @@ def train(
     on parallel preference pairs, or a DPO-family baseline on preference pairs; LoRA or full; resumable.
 
     Run as: safetune train -m MODEL --data roles/ --role "Freddy Krueger" --profiles p.json --method sarft -o runs/x
+    or:     safetune train -m MODEL --data chats.jsonl --card card.json --method sarft -o runs/x  (conversations)
     or:     safetune train -m MODEL --data pairs.json --method mpo -o runs/mpo
     or:     safetune train -m MODEL --data pairs.json --method sdrrl -o runs/sdrrl  (its transfer set: --sdrrl.KEY=VALUE)
     or:     safetune train --config configs/lens_full.yaml -m MODEL --data pairs.json -o runs/lens
@@ -244,6 +273,7 @@ def train(
         "data.path": data,
         "data.role": role,
         "data.profiles": profiles,
+        "data.card": card,
         "method.name": method,
         "selection.variant": "external" if selection_file else selection,
         "selection.flags_file": selection_file,

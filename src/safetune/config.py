@@ -120,7 +120,11 @@ class DataConfig(Section):
     """Where the role-play training examples come from (see docs/data.md for the formats)."""
 
     path: str = ""  # file, folder or HF dataset id
-    format: str = "auto"  # auto | rolebench | role-folder | json | jsonl | csv | hf
+    # auto | rolebench | role-folder | json | jsonl | csv | hf; conversations: messages | sharegpt | pippa |
+    # sillytavern (auto finds these too in a .json/.jsonl file whose first record is a conversation)
+    format: str = "auto"
+    card: str | None = None  # a character card (JSON or PNG) the conversations are held with
+    train_turns: Literal["all", "last"] = "all"  # conversations: every assistant turn trained, or the last
     role: str | None = None  # keep only this role (RoleBench release / role-folder root)
     profiles: str | None = None  # JSON: role name -> profile description (for the RDS role prompt)
     columns: dict[str, str] | None = None  # our field -> file column, for json/jsonl/csv/hf
@@ -143,6 +147,8 @@ class ChatConfig(Section):
     # authors: on for sarft/sft and select, off for the MPO / DPO-family paths.
     empty_system: bool | None = None
     end_token: Literal["eos", "template"] = "eos"  # after each response: tokenizer.eos_token (both authors)
+    # Conversations: the longest sequence; history is cut by whole turns from the start (data/turns.py).
+    max_conversation_tokens: int = number(2048, ge=8)
 
 
 @dataclass

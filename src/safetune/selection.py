@@ -21,10 +21,11 @@ from typing import Any
 from safetune import __version__
 from safetune.config import RunConfig
 from safetune.data.chat import ChatRenderer
-from safetune.data.records import RoleExample, RoleProfile
+from safetune.data.records import Conversation, RoleExample, RoleProfile
 from safetune.data.role_prompts import prompts_by_role
 from safetune.errors import ConfigError, DataError
 from safetune.reference.rds import Score, cached_scores
+from safetune.reference.turn_rds import ConversationScores, cached_turn_scores
 from safetune.selection_variants import VARIANTS
 from safetune.storage import cache_root, output_lock, write_json, write_jsonl
 
@@ -180,6 +181,7 @@ def select(
 def run_selection(config: RunConfig, out: Path) -> dict[str, Any]:
     """`safetune select`: flag the config's training examples and write selection.jsonl and
     selection_stats.json into `out`; returns the stats."""
+    from safetune.data.conversation_data import is_conversation_data, load_conversation_data
     from safetune.data.readers import InvalidRecords
     from safetune.data.sources import load_data
     from safetune.models.loading import (
@@ -197,6 +199,23 @@ def run_selection(config: RunConfig, out: Path) -> dict[str, Any]:
     tokenizer = load_tokenizer(m.name, m.revision, m.trust_remote_code)
     renderer = ChatRenderer.from_config(tokenizer, config.chat, authors_empty_system=True)
     invalid = InvalidRecords(config.data.invalid)
+    if is_conversation_data(config):
+        conversations, prompts = load_conversation_data(config, invalid)
+
+        def conversation_loader() -> Any:
+            log.info("loading %s to score %d conversations", m.name, len(conversations))
+            model = load_causal_lm(
+                m.name, m.revision, resolve_dtype(config.train.precision), m.trust_remote_code
+            )
+            return model.to(default_device()).eval()
+
+        with output_lock(out):
+            turn_scores, turn_flags, stats = select_turns(
+                config, renderer, conversations, prompts, conversation_loader
+            )
+            stats["invalid_records"] = invalid.report()
+            write_turn_selection(out, turn_scores, turn_flags, stats)
+        return stats
     examples, role_profiles = load_data(config, invalid)
 
     def loader() -> Any:
@@ -210,3 +229,161 @@ def run_selection(config: RunConfig, out: Path) -> dict[str, Any]:
         stats["invalid_records"] = invalid.report()
         write_selection(out, examples, flags, scores, stats)
     return stats
+
+
+# --- multi-turn conversations: one flag per assistant turn (reference/turn_rds.py) ----------------------
+
+# Flag rates by turn position: turns 1 .. TURN_BUCKETS - 1 each, then one "TURN_BUCKETS+" bucket.
+TURN_BUCKETS = 8
+
+
+def turn_bucket(turn: int) -> str:
+    """The report's position label of a 0-based assistant turn: "1", "2", ..., "8+"."""
+    return str(turn + 1) if turn + 1 < TURN_BUCKETS else f"{TURN_BUCKETS}+"
+
+
+def apply_turn_variant(
+    variant: str, scores: Sequence[ConversationScores], seed: int = 42
+) -> list[list[bool]]:
+    """Per-turn flags (one list per conversation, aligned with its scored turns) for a selection variant:
+    the single-turn rule applied over turns (every turn is one example; `random` draws as many turns as
+    RDS flags)."""
+    counts = [len(s.turns) for s in scores]
+    if variant == "none":
+        return [[False] * n for n in counts]
+    if variant == "all":
+        return [[True] * n for n in counts]
+    if variant == "external":
+        raise ConfigError("selection external reads per-example flags; it does not apply to conversations")
+    rds = [[t.rds_flag for t in s.turns] for s in scores]
+    if variant == "rds":
+        return rds
+    if variant == "flip":
+        return [[not f for f in row] for row in rds]
+    if variant == "random":
+        total = sum(counts)
+        chosen = set(random.Random(seed).sample(range(total), sum(map(sum, rds))))
+        flat = [i in chosen for i in range(total)]
+        out, at = [], 0
+        for n in counts:
+            out.append(flat[at : at + n])
+            at += n
+        return out
+    raise ConfigError(f"unknown selection variant {variant!r} (known: {', '.join(VARIANTS)})")
+
+
+def turn_selection_stats(
+    scores: Sequence[ConversationScores], flags: Sequence[Sequence[bool]], variant: str
+) -> dict[str, Any]:
+    """selection_stats.json for conversations: counts over turns, per role and by turn position."""
+    per_role: dict[str, Counter[str]] = {}
+    by_turn: dict[str, Counter[str]] = {}
+    margins: list[float] = []
+    rds_flags = 0
+    for conv, row in zip(scores, flags, strict=True):
+        role = per_role.setdefault(conv.role, Counter())
+        role["conversations"] += 1
+        role["flagged_conversations"] += int(any(row))
+        for turn, flag in zip(conv.turns, row, strict=True):
+            role["count"] += 1
+            role["flagged"] += int(flag)
+            bucket = by_turn.setdefault(turn_bucket(turn.turn), Counter())
+            bucket["count"] += 1
+            bucket["flagged"] += int(flag)
+            margins.append(turn.margin)
+            rds_flags += turn.rds_flag
+    count = sum(len(row) for row in flags)
+    flagged = sum(sum(row) for row in flags)
+
+    def rates(c: Counter[str]) -> dict[str, Any]:
+        return {**c, "flag_rate": c["flagged"] / c["count"] if c["count"] else 0.0}
+
+    order = sorted(by_turn, key=lambda b: int(b.rstrip("+")))
+    return {
+        "variant": variant,
+        "unit": "turn",
+        "count": count,
+        "flagged": flagged,
+        "flag_rate": flagged / count if count else 0.0,
+        "conversations": len(scores),
+        "flagged_conversations": sum(any(row) for row in flags),
+        "skipped_conversations": sum(s.skipped is not None for s in scores),
+        "roles": {role: rates(c) for role, c in sorted(per_role.items())},
+        "by_turn": {bucket: rates(by_turn[bucket]) for bucket in order},
+        "margin_histogram": margin_histogram(margins),
+        "rds_flag_rate": rds_flags / count if count else 0.0,
+        "safetune_version": __version__,
+    }
+
+
+def turn_flags_by_id(
+    scores: Sequence[ConversationScores], flags: Sequence[Sequence[bool]]
+) -> dict[str, dict[int, bool]]:
+    """{conversation id: {turn: flag}}: what the trainer reads."""
+    return {
+        s.id: {t.turn: f for t, f in zip(s.turns, row, strict=True)}
+        for s, row in zip(scores, flags, strict=True)
+    }
+
+
+def write_turn_selection(
+    out_dir: Path,
+    scores: Sequence[ConversationScores],
+    flags: Sequence[Sequence[bool]],
+    stats: dict[str, Any],
+) -> None:
+    """selection.jsonl with one row per scored turn (conversation id + turn index) and the stats."""
+    rows = []
+    for conv, row in zip(scores, flags, strict=True):
+        for turn, flag in zip(conv.turns, row, strict=True):
+            rows.append(
+                {
+                    "id": conv.id,
+                    "turn": turn.turn,
+                    "role": conv.role,
+                    "l_role": turn.l_role,
+                    "l_unsafe": turn.l_unsafe,
+                    "margin": turn.margin,
+                    "flag": int(flag),
+                }
+            )
+    write_jsonl(out_dir / "selection.jsonl", rows)
+    write_json(out_dir / "selection_stats.json", stats)
+
+
+def select_turns(
+    config: RunConfig,
+    renderer: ChatRenderer,
+    conversations: Sequence[Conversation],
+    prompts: dict[str, tuple[str, str]],
+    model_loader: Any,
+) -> tuple[list[ConversationScores], list[list[bool]], dict[str, Any]]:
+    """Per-turn scores, flags and stats for a run config's selection section. Every variant needs the
+    scores here: they say which turns exist after rendering (the variants without scores compute them too,
+    which costs the two passes per conversation)."""
+    from safetune.models.loading import model_fingerprint
+
+    sel = config.selection
+    root = cache_root(config.cache_dir)
+    fingerprint = model_fingerprint(config.model.name, config.model.revision, root)
+    max_tokens = config.chat.max_conversation_tokens
+    scores, key = cached_turn_scores(
+        model_loader, renderer, conversations, prompts, sel.batch_size, max_tokens, fingerprint, root
+    )
+    flags = apply_turn_variant(sel.variant, scores, seed=sel.seed)
+    stats = turn_selection_stats(scores, flags, sel.variant)
+    stats["model"] = config.model.name
+    stats["cache_key"] = key
+    return scores, flags, stats
+
+
+def turn_rates(stats: dict[str, Any]) -> str:
+    """Flag rates by turn position as text: "turn 1: 12% of 40, turn 2: ..."."""
+    return ", ".join(
+        f"turn {b}: {100 * v['flag_rate']:.0f}% of {v['count']}" for b, v in stats.get("by_turn", {}).items()
+    )
+
+
+def format_turn_rates(stats: dict[str, Any]) -> str:
+    """One line of flag rates by turn position, for the console and the logs."""
+    return "flag rate by turn position: " + turn_rates(stats)

@@ -201,6 +201,7 @@ def sarft_weights(
     flags: Tensor,
     kl_positions: KlPositions = "all",
     ce_normalisation: CeNormalisation = "row_length",
+    kl_tokens: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-position targets, CE weights and KL weights that make the sums equal the RBO loss.
 
@@ -209,6 +210,10 @@ def sarft_weights(
     `ce_normalisation="response_tokens"` divides CE by the response length instead (the paper's text);
     `kl_positions="response"` restricts the KL to positions that predict response tokens and divides it by
     their count.
+
+    `kl_tokens` (multi-turn SaRFT; [B, T] like `labels`, true on the tokens of flagged turns) puts the KL
+    only on the positions that predict those tokens, whatever `kl_positions` says; `kl_positions` then
+    chooses the divisor: "all" the row's non-pad length (as CE), "response" the count of those positions.
     """
     batch = labels.shape[0]
     targets = shift_targets(labels)
@@ -217,7 +222,13 @@ def sarft_weights(
     resp_len = response.sum(dim=1).clamp(min=1).float()
     ce_norm = row_len if ce_normalisation == "row_length" else resp_len
     ce_weight = response.float() / ce_norm.unsqueeze(1) / batch
-    if kl_positions == "all":
+    if kl_tokens is not None:
+        # Position t predicts token t + 1: the same shift as the CE targets.
+        kl_mask = torch.zeros_like(attention_mask, dtype=torch.bool)
+        kl_mask[:, :-1] = kl_tokens[:, 1:].bool() & attention_mask[:, 1:].bool()
+        kl_count = kl_mask.sum(dim=1).clamp(min=1).float()
+        kl_norm = row_len if kl_positions == "all" else kl_count
+    elif kl_positions == "all":
         kl_mask, kl_norm = attention_mask.bool(), row_len
     else:
         kl_mask, kl_norm = response, resp_len
@@ -237,6 +248,7 @@ def sarft_loss(
     ce_normalisation: CeNormalisation = "row_length",
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     inplace: bool = False,
+    kl_tokens: Tensor | None = None,
 ) -> SarftLossOutput:
     """SaRFT's role-safety balanced objective, L = L_role + beta * L_safe (methods/sarft.md, RBO).
 
@@ -244,12 +256,12 @@ def sarft_loss(
     divided by the whole row length, both averaged over all B rows (so the KL strength scales with the
     flagged share of the batch). Plain SFT is beta = 0 (or no flagged row): the reference is not touched.
     `inplace=True` overwrites `logits` with its gradient (saves one logits-sized buffer); use it only when
-    nothing reads the logits afterwards.
+    nothing reads the logits afterwards. `kl_tokens`: the KL on flagged turns only (`sarft_weights`).
     """
     if kl_direction not in ("forward", "reverse"):
         raise ValueError(f"kl_direction must be forward or reverse, got {kl_direction!r}")
     targets, ce_weight, kl_weight = sarft_weights(
-        labels, attention_mask, flags, kl_positions, ce_normalisation
+        labels, attention_mask, flags, kl_positions, ce_normalisation, kl_tokens
     )
     needs_kl = beta != 0 and bool(flags.any())
     if needs_kl and reference is None:

@@ -1,5 +1,10 @@
 """SaRFT and SFT on role-play data: the Trainer (compute_loss = policy logits + methods/losses.py's
-sarft_loss; no copied training loop) and the recipe that feeds it (RDS selection, encoded rows)."""
+sarft_loss; no copied training loop) and the recipe that feeds it (RDS selection, encoded rows).
+
+Multi-turn conversations (a conversation `data.format`, `data.card`, or detected) take the same Trainer:
+each rendered sequence (data/turns.py) is a row with assistant-only labels (`data.train_turns`), per-turn
+RDS flags (reference/turn_rds.py), and `kl_tokens` marking the tokens of its flagged trained turns, so the
+KL applies there only; a row is flagged (the reference runs on it) when it holds a flagged turn."""
 
 from __future__ import annotations
 
@@ -16,17 +21,55 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from safetune.config import MethodConfig
 from safetune.data.batching import pad_batch
 from safetune.data.chat import ChatRenderer
+from safetune.data.conversation_data import is_conversation_data, load_conversation_data
 from safetune.data.readers import InvalidRecords
-from safetune.data.records import RoleExample
+from safetune.data.records import Conversation, RoleExample
 from safetune.data.sources import load_data
+from safetune.data.turns import RenderedConversation, render_conversations, turns_fingerprint
+from safetune.errors import ConfigError, DataError
 from safetune.methods.losses import ReferenceOutputs, sarft_loss
 from safetune.models.loading import decoder_of, default_device, lm_head_fn
-from safetune.selection import select, write_selection
+from safetune.selection import (
+    format_turn_rates,
+    select,
+    select_turns,
+    turn_flags_by_id,
+    turn_rates,
+    write_selection,
+    write_turn_selection,
+)
 from safetune.storage import hash_json
 from safetune.training.common import AveragedMetrics, add_callbacks
 from safetune.training.recipe import Recipe, RecipeReport
 
 log = logging.getLogger(__name__)
+
+
+def encode_conversation_rows(
+    rendered: Sequence[RenderedConversation], flags: dict[str, dict[int, bool]]
+) -> list[dict[str, Any]]:
+    """Training rows of rendered conversations: one per token sequence that trains at least one turn.
+    `kl_tokens` is 1 on the tokens of its trained turns that are flagged (`flags`: conversation id ->
+    turn -> flag; a turn the selection did not score is not flagged)."""
+    rows = []
+    for conv in rendered:
+        turn_flags = flags.get(conv.id, {})
+        for seq in conv.sequences:
+            if not any(span.trainable for span in seq.spans):
+                continue
+            kl = [0] * len(seq.input_ids)
+            for span in seq.spans:
+                if span.trainable and turn_flags.get(span.turn, False):
+                    kl[span.start : span.end] = [1] * (span.end - span.start)
+            rows.append(
+                {
+                    "input_ids": list(seq.input_ids),
+                    "labels": list(seq.labels),
+                    "kl_tokens": kl,
+                    "flag": any(kl),
+                }
+            )
+    return rows
 
 
 def encode_roles(
@@ -49,6 +92,11 @@ class RoleCollator:
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Tensor]:
         batch = pad_batch([r["input_ids"] for r in rows], [r["labels"] for r in rows], self.pad_id)
         batch["flags"] = torch.tensor([bool(r["flag"]) for r in rows], dtype=torch.bool)
+        if "kl_tokens" in rows[0]:  # conversations: the KL on the tokens of flagged turns only
+            width = batch["input_ids"].shape[1]
+            batch["kl_tokens"] = torch.tensor(
+                [r["kl_tokens"] + [0] * (width - len(r["kl_tokens"])) for r in rows], dtype=torch.bool
+            )
         return batch
 
 
@@ -139,6 +187,7 @@ class SafetuneTrainer(AveragedMetrics):
             chunk_elements=self.method.chunk_elements,
             # Nothing reads the logits after the loss during training: reuse them as the gradient buffer.
             inplace=model.training and not return_outputs,
+            kl_tokens=inputs.get("kl_tokens"),
         )
         self.record(model.training, "role_loss", out.role.item())
         self.record(model.training, "safe_kl", out.safe.item())
@@ -150,25 +199,68 @@ class RoleRecipe(Recipe):
     """SaRFT/SFT: role-play examples, RDS selection on the freshly loaded model (selection.jsonl), and
     SafetuneTrainer. Under full fine-tuning the frozen copy exists only when the KL term can run."""
 
+    conversations: list[Conversation] | None = None  # set when the data are conversations
+
     def load(self, tokenizer: Any) -> str:
         config = self.config
         self.renderer = ChatRenderer.from_config(tokenizer, config.chat, authors_empty_system=True)
         self.invalid = InvalidRecords(config.data.invalid)
+        if is_conversation_data(config):
+            return self._load_conversations()
         self.examples, self.profiles = load_data(config, self.invalid)
         log.info("loaded %d examples from %s", len(self.examples), config.data.path)
         return hash_json([dataclasses.asdict(ex) for ex in self.examples])
+
+    def _load_conversations(self) -> str:
+        config = self.config
+        if type(self) is not RoleRecipe:
+            raise ConfigError(
+                f"{self.spec.name} trains on single-turn role data; conversations train with sarft or sft"
+            )
+        self.conversations, self.prompts = load_conversation_data(config, self.invalid)
+        max_tokens = config.chat.max_conversation_tokens
+        self.rendered = render_conversations(
+            self.renderer, self.conversations, train_turns=config.data.train_turns, max_tokens=max_tokens
+        )
+        if not any(conv.trainable for conv in self.rendered.conversations):
+            raise DataError(config.data.path, None, None, "no conversation has a trainable assistant turn")
+        log.info("loaded %d conversations from %s", len(self.conversations), config.data.path)
+        rendering = turns_fingerprint(self.renderer, config.data.train_turns, max_tokens)
+        return hash_json({"conversations": [c.to_dict() for c in self.conversations], "rendering": rendering})
 
     def frozen_pass(self, model: Any, fingerprint: str) -> dict[str, str]:
         def scoring_model() -> Any:
             # RDS scores come from the model before fine-tuning: the freshly loaded weights.
             return model.to(default_device())
 
+        if self.conversations is not None:
+            self.turn_scores, self.turn_flags, self.stats = select_turns(
+                self.config, self.renderer, self.conversations, self.prompts, scoring_model
+            )
+            self.rows = encode_conversation_rows(
+                self.rendered.conversations, turn_flags_by_id(self.turn_scores, self.turn_flags)
+            )
+            self.flags = [bool(row["flag"]) for row in self.rows]
+            self.stats["rendering"] = self.rendered.report()
+            self.stats["rows"] = len(self.rows)
+            self.stats["flagged_rows"] = sum(self.flags)
+            return {"selection": hash_json(self.turn_flags)}
         self.flags, self.scores, self.stats = select(
             self.config, self.renderer, self.examples, self.profiles, scoring_model
         )
         return {"selection": hash_json([bool(f) for f in self.flags])}
 
     def write_files(self, out: Path) -> None:
+        if self.conversations is not None:
+            write_turn_selection(out, self.turn_scores, self.turn_flags, self.stats)
+            log.info(
+                "selection %s: %d of %d turns flagged; %s",
+                self.config.selection.variant,
+                self.stats["flagged"],
+                self.stats["count"],
+                format_turn_rates(self.stats),
+            )
+            return
         write_selection(out, self.examples, self.flags, self.scores, self.stats)
         log.info(
             "selection %s: %d of %d rows flagged",
@@ -186,6 +278,8 @@ class RoleRecipe(Recipe):
 
     def train_rows(self) -> list[dict[str, Any]]:
         """The encoded rows the Trainer trains on (SaRFT/SFT: every example with its RDS flag)."""
+        if self.conversations is not None:
+            return self.rows
         return encode_roles(self.renderer, self.examples, self.flags)
 
     def trainer_options(self) -> dict[str, Any]:
@@ -216,12 +310,21 @@ class RoleRecipe(Recipe):
         config, stats, m = self.config, self.stats, self.config.method
         assert isinstance(trainer, SafetuneTrainer)
         selection = {k: stats[k] for k in ("variant", "count", "flagged", "flag_rate")}
+        details: dict[str, Any] = {"selection": selection, "invalid_records": self.invalid.report()}
+        data_row = f"| examples | {stats['count']} |"
+        if self.conversations is not None:
+            selection.update(unit="turn", by_turn=stats["by_turn"], flagged_rows=stats["flagged_rows"])
+            details["conversations"] = {**self.rendered.report(), "rows": stats["rows"]}
+            data_row = (
+                f"| conversations | {len(self.conversations)} ({stats['count']} scored assistant turns, "
+                f"train turns: {config.data.train_turns}) |\n| flag rate by turn position | {turn_rates(stats)} |"
+            )
         return RecipeReport(
-            details={"selection": selection, "invalid_records": self.invalid.report()},
+            details=details,
             metrics={"reference_rows": trainer.reference_rows},
             card_rows=[
                 f"| data | `{config.data.path}` (role: {config.data.role or 'all'}) |",
-                f"| examples | {stats['count']} |",
+                data_row,
                 f"| selection | {config.selection.variant}: {stats['flagged']} flagged "
                 f"({100 * stats['flag_rate']:.1f}%) |",
                 f"| beta | {m.beta} |",
