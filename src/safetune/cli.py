@@ -335,6 +335,18 @@ def eval_(
             "reads; with both, the translated verdicts decide and the original ones are recorded beside."
         ),
     ] = None,
+    turns: Annotated[
+        str | None,
+        typer.Option(
+            help="Safety at turn k, in character: also put every judged benchmark's requests at these user "
+            "turns of a conversation with the character, e.g. 1,3,5 (eval.turns; eval.context: your own "
+            "conversations as the turns before; docs/evaluation.md)."
+        ),
+    ] = None,
+    card: Annotated[
+        str | None,
+        typer.Option(help="The character card (V1/V2/V3 JSON or PNG) played with --turns (eval.card)."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Discard this folder's previous evaluation files.")] = False,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
@@ -370,6 +382,8 @@ def eval_(
         "eval.output_dir": out,
         "eval.translate_to": translate_to,
         "eval.judge_on": judge_on,
+        "eval.turns": turns.split(",") if turns else None,
+        "eval.card": card,
     }
     if translator is not None:
         from safetune.translation.registry import parse_translator
