@@ -763,7 +763,7 @@ def turns_figure(runs: Sequence[Run]) -> Figure:
             low = [v - (row.ci95[0] if row.ci95 else v) for v, row in zip(values, rows, strict=True)]
             high = [(row.ci95[1] if row.ci95 else v) - v for v, row in zip(values, rows, strict=True)]
             label = f"{run.label}: {display_name(name)}" + (
-                " (over-refusal)" if table.metric != REFUSAL_RATE else ""
+                " (over-refusal)" if table.metric == "over_refusal_rate" else ""
             )
             ax.errorbar(ks, values, yerr=[low, high], marker="o", capsize=3, color=colour, label=label)
             if table.single_turn is not None:
