@@ -423,6 +423,12 @@ def _print_summary(results_path: Path) -> None:
         if primary is not None and primary.value is not None:
             stderr = "" if primary.stderr is None else f" ± {primary.stderr:.4f}"
             stdout_console().print(f"utility {name}: {entry.primary} {primary.value:.4f}{stderr}")
+    for name, turn_table in results.turns.items():  # safety at turn k (evaluation/turns.py)
+        cells = ", ".join(
+            f"k={row.k} {'–' if row.value is None else f'{row.value:.2f}'}" for row in turn_table.by_turn
+        )
+        single = "" if turn_table.single_turn is None else f" (single turn {turn_table.single_turn:.2f})"
+        stdout_console().print(f"{name} {turn_table.metric} by turn: {cells}{single}", markup=False)
     summary = results.summary.numbers()
     if summary:
         stdout_console().print(", ".join(f"{k} {v:.2f}" for k, v in summary.items()))

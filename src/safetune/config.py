@@ -761,6 +761,8 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     if origin is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]  # `--eval.turns=3`: YAML reads a lone number as a number, not a list
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_check_type(v, typing.get_args(hint)[0], key) for v in value]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -351,13 +351,3 @@ def turn_tables(
             "by_turn": table_rows,
         }
     return tables
-
-
-def summary_line(tables: Mapping[str, Mapping[str, Any]]) -> Iterable[str]:
-    """One line per benchmark: value at each k (the console and the report)."""
-    for name, table in tables.items():
-        cells = ", ".join(
-            f"k={row['k']} {'–' if row['value'] is None else format(row['value'], '.1f')}"
-            for row in table["by_turn"]
-        )
-        yield f"{name} ({table['metric']}): {cells}"
