@@ -620,6 +620,17 @@ def _write_disagreements(path: Path, names: Sequence[str], rows: Sequence[dict[s
         writer.writerows(rows)
 
 
+def _plan_fidelity(tasks: Sequence[Task], config: RunConfig, plan: TurnPlan | None) -> list[FidelityTask]:
+    """The answers the fidelity judge scores. Playing a character (eval.turns), every judged answer,
+    single-turn and at each k, is scored against the character's prompt: whether the model stays in
+    character while it refuses or answers is the per-turn figure."""
+    if plan is None or plan.character is None:
+        return plan_fidelity(tasks, config)
+    if config.fidelity.judge == "none":
+        return []
+    return [FidelityTask(t, plan.character.name, t.request.system) for t in tasks if t.judged]
+
+
 def _turn_section(
     plan: TurnPlan,
     tasks: Sequence[Task],
@@ -714,11 +725,7 @@ def _evaluate(
     from safetune.evaluation.translated import plan_translation
 
     translation = plan_translation(config, tasks) if judges else None
-    fidelity_tasks = plan_fidelity(tasks, config) if turn_plan is None or turn_plan.character is None else []
-    if turn_plan is not None and turn_plan.character is not None and config.fidelity.judge != "none":
-        fidelity_tasks = [
-            FidelityTask(t, turn_plan.character.name, t.request.system) for t in tasks if t.judged
-        ]
+    fidelity_tasks = _plan_fidelity(tasks, config, turn_plan)
     fidelity_judge = build_fidelity_judge(config.fidelity) if fidelity_tasks else None
     source = resolve_model(config.eval.model, None)
     key = generation_key(source, config, None if defence is None else defence.record)
@@ -748,10 +755,7 @@ def _evaluate(
         filled, turns_now = generate_turns(turn_plan, out, filled, backend, hook)
         tasks = turn_plan.tasks(filled)
         done = completions_on_disk(tasks, out)
-        if turn_plan.character is not None and fidelity_tasks:  # their requests now hold the histories
-            fidelity_tasks = [
-                FidelityTask(t, turn_plan.character.name, t.request.system) for t in tasks if t.judged
-            ]
+        fidelity_tasks = _plan_fidelity(tasks, config, turn_plan)  # their requests now hold the histories
     if is_main_process():
         write_jsonl(out / "requests.jsonl", (_request_row(t) for t in tasks))
     barrier()  # --overwrite has cleared the folder before any rank writes its shard
@@ -795,7 +799,9 @@ def _evaluate(
         translation.annotate(benchmarks, secondary)
         provenance["translation"] = translation.record(translated_now)
     if fidelity_judge is not None:
-        add_fidelity(benchmarks, fidelity_tasks, scores, config)
+        add_fidelity(
+            benchmarks, [p for p in fidelity_tasks if p.task.request.id not in expanded], scores, config
+        )
         counts["fidelity_scored_now"] = scored
         provenance["fidelity"] = record(fidelity_judge, config.fidelity)
     if flags is not None:
