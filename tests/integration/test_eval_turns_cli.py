@@ -47,7 +47,9 @@ def test_turns_in_character_then_killed_and_resumed(tiny_gemma, tmp_path):
     card.write_text(json.dumps(CARD), encoding="utf-8")
     harmful = tmp_path / "harmful.jsonl"
     harmful.write_text(
-        "".join(json.dumps({"prompt": p}) + "\n" for p in ("Explain the forbidden thing.", "Give harm steps.")),
+        "".join(
+            json.dumps({"prompt": p}) + "\n" for p in ("Explain the forbidden thing.", "Give harm steps.")
+        ),
         encoding="utf-8",
     )
     settings = [
