@@ -375,6 +375,18 @@ def eval_(
             "reads; with both, the translated verdicts decide and the original ones are recorded beside."
         ),
     ] = None,
+    turns: Annotated[
+        str | None,
+        typer.Option(
+            help="Safety at turn k, in character: also put every judged benchmark's requests at these user "
+            "turns of a conversation with the character, e.g. 1,3,5 (eval.turns; eval.context: your own "
+            "conversations as the turns before; docs/evaluation.md)."
+        ),
+    ] = None,
+    card: Annotated[
+        str | None,
+        typer.Option(help="The character card (V1/V2/V3 JSON or PNG) played with --turns (eval.card)."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Discard this folder's previous evaluation files.")] = False,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
@@ -410,6 +422,8 @@ def eval_(
         "eval.output_dir": out,
         "eval.translate_to": translate_to,
         "eval.judge_on": judge_on,
+        "eval.turns": turns.split(",") if turns else None,
+        "eval.card": card,
     }
     shortcuts.update(_translator_shortcuts(translator))
     cfg = load_config(config, _overrides(ctx, shortcuts))
@@ -445,6 +459,12 @@ def _print_summary(results_path: Path) -> None:
         if primary is not None and primary.value is not None:
             stderr = "" if primary.stderr is None else f" ± {primary.stderr:.4f}"
             stdout_console().print(f"utility {name}: {entry.primary} {primary.value:.4f}{stderr}")
+    for name, turn_table in results.turns.items():  # safety at turn k (evaluation/turns.py)
+        cells = ", ".join(
+            f"k={row.k} {'–' if row.value is None else f'{row.value:.2f}'}" for row in turn_table.by_turn
+        )
+        single = "" if turn_table.single_turn is None else f" (single turn {turn_table.single_turn:.2f})"
+        stdout_console().print(f"{name} {turn_table.metric} by turn: {cells}{single}", markup=False)
     summary = results.summary.numbers()
     if summary:
         stdout_console().print(", ".join(f"{k} {v:.2f}" for k, v in summary.items()))

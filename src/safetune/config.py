@@ -503,6 +503,9 @@ class TranslateConfig(Section):
             raise ConfigError("translate.prompt must contain {text} (where the text to translate goes)")
 
 
+MAX_TURN = 64  # eval.turns: the deepest user turn a request is put at
+
+
 @dataclass
 class EvalConfig(Section):
     """What `safetune eval` evaluates. A benchmark entry is `name` (its default source) or
@@ -529,6 +532,15 @@ class EvalConfig(Section):
     judge_on: Literal["translated", "original", "both"] | None = None
     # the incoherence check (evaluation/incoherence.py): incoherent answers counted beside refusal and ASR
     incoherence: bool = True
+    # Safety at turn k, in character (evaluation/turns.py, docs/evaluation.md): every judged benchmark's
+    # requests also put at user turn k of an in-character conversation, for each k listed (e.g. 1,3,5;
+    # each 1..MAX_TURN); empty: off. The character: `card`, or the system prompt of `context`.
+    turns: list[int] = field(default_factory=list)
+    card: str | None = None  # a character card (V1/V2/V3 JSON or PNG) played in every request
+    # Conversations (any data/conversations.py format) whose first k-1 exchanges come before the request
+    # at turn k; None: the model's own answers to the documented opener turns (turns.OPENERS).
+    context: str | None = None
+    context_format: str = "auto"  # the conversations' format (auto: from the first record)
 
     # Utility through lm-evaluation-harness (evaluation/utility.py): lm-eval task, group or tag names, or
     # task YAML files; scored on the same model, cached in the eval folder (utility.jsonl).
@@ -548,6 +560,13 @@ class EvalConfig(Section):
             raise ConfigError("eval.translate_to: empty (a language tag such as en, or leave it unset)")
         if self.judge_on in ("translated", "both") and self.translate_to is None:
             raise ConfigError(f"eval.judge_on={self.judge_on} needs eval.translate_to (e.g. en)")
+        for k in self.turns:
+            if not 1 <= k <= MAX_TURN:
+                raise ConfigError(f"eval.turns: each turn must be an integer in [1, {MAX_TURN}], got {k}")
+        if len(set(self.turns)) != len(self.turns):
+            raise ConfigError(f"eval.turns: a turn is listed twice ({self.turns})")
+        if (self.card or self.context) and not self.turns:
+            raise ConfigError("eval.card / eval.context set the character of eval.turns: give the turns too")
 
     @property
     def resolved_judge_on(self) -> str:
@@ -748,6 +767,8 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     if origin is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]  # `--eval.turns=3`: YAML reads a lone number as a number, not a list
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_check_type(v, typing.get_args(hint)[0], key) for v in value]

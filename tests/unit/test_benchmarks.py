@@ -51,6 +51,7 @@ def _error(entry: str, **kwargs: Any) -> DataError:
 def test_registry_names_and_specs() -> None:
     expected = {"rolebench-raw", "rolebench-spe", "advbench", "hexphi", "beavertails", "harmful-prompts"}
     expected |= {f"jailbreak:{j}" for j in JAILBREAKS} | {"multijail", "overrefusal", "qa"}
+    expected |= {"cosafe", "safedialbench", "mhj"}
     assert set(BENCHMARKS) == expected
     for name, spec in BENCHMARKS.items():
         assert isinstance(spec, BenchmarkSpec) and spec.name == name and spec.version

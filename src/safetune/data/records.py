@@ -70,9 +70,16 @@ class Prompt:
     language: str | None = None
     role: str | None = None
     category: str | None = None
+    # The conversation before the prompt (multi-turn safety sets, safety at turn k): the prompt is the
+    # next user turn. A user message not followed by an assistant one marks a reply the model under test
+    # writes itself, turn by turn (evaluation/turns.py). Empty for single-turn prompts.
+    history: tuple[Message, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.history:  # single-turn rows keep the layout they had before multi-turn prompts
+            del data["history"]
+        return data
 
 
 @dataclass(frozen=True)

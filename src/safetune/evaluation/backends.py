@@ -10,7 +10,8 @@ prompts keep their last `max_prompt_tokens` tokens so the generation header surv
 engine as token ids. Generation stops at the tokenizer's eos and at the template's end-of-turn token
 (plus any eos ids in the model's generation_config); `finish_reason` is "stop" when one was produced,
 "length" when `max_new_tokens` ran out. The request's `system` field is the system prompt (the runner
-fills it from `generation.system`).
+fills it from `generation.system`). A request with a `history` (multi-turn safety) is rendered as chat
+messages through the same template (`request_ids`); one without renders exactly as before.
 
 Decoding is greedy unless `do_sample` (with temperature > 0): then temperature + nucleus (top_p) sampling,
 with no model-specific defaults (top_k, repetition penalty) mixed in. Each request draws from its own
@@ -35,6 +36,8 @@ from safetune import console
 from safetune.config import GenerationConfig
 from safetune.data.batching import length_sorted_batches, pad_batch
 from safetune.data.chat import ChatRenderer
+from safetune.data.records import Conversation, Message
+from safetune.data.turns import ConversationSkipped, render_prompt
 from safetune.decoding.sampling import gumbel_scores
 from safetune.errors import ConfigError
 from safetune.evaluation.items import Backend, GenerationRequest, GenerationResult
@@ -74,6 +77,33 @@ def make_renderer(tokenizer: Any, config: GenerationConfig) -> ChatRenderer:
         )
     except ValueError as err:
         raise ConfigError(str(err)) from err
+
+
+def request_ids(
+    renderer: ChatRenderer, request: GenerationRequest, max_prompt_tokens: int | None
+) -> list[int]:
+    """The token ids a request is answered from. Single-turn: `ChatRenderer.prompt_ids`, as always.
+    With a history: the conversation rendered as messages by data/turns.py's `render_prompt` (the
+    greeting-first opening turn, whole turns cut from the start of the history to fit); a last user
+    turn too long even alone is cut like a single-turn prompt (its tail kept)."""
+    if not request.history:
+        return renderer.prompt_ids(request.user, request.system)
+    messages = tuple(Message(_role(request.id, role), content) for role, content in request.history)
+    conversation = Conversation(request.id, (*messages, Message("user", request.user)), system=request.system)
+    try:
+        return render_prompt(renderer, conversation, max_tokens=max_prompt_tokens)
+    except ConversationSkipped:
+        return renderer.prompt_ids(request.user, request.system)
+
+
+def _role(request_id: str, role: str) -> Literal["user", "assistant"]:
+    if role == "user":
+        return "user"
+    if role == "assistant":
+        return "assistant"
+    raise ConfigError(
+        f"request {request_id}: a history message's role must be user or assistant, got {role!r}"
+    )
 
 
 def stop_token_ids(
@@ -161,7 +191,7 @@ class HFBackend:
         return next(self.model.parameters()).device
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        return self.renderer.prompt_ids(request.user, request.system)
+        return request_ids(self.renderer, request, self.config.max_prompt_tokens)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[list[GenerationResult]]:
         prompts = [self.prompt_ids(r) for r in requests]
@@ -275,7 +305,8 @@ class VLLMBackend:
                 yield results
 
     def _generate_chunk(self, part: list[GenerationRequest]) -> list[GenerationResult]:
-        prompts = [{"prompt_token_ids": self.renderer.prompt_ids(r.user, r.system)} for r in part]
+        max_tokens = self.config.max_prompt_tokens
+        prompts = [{"prompt_token_ids": request_ids(self.renderer, r, max_tokens)} for r in part]
         outputs = self.llm.generate(
             prompts, sampling_params=[self._params(r) for r in part], lora_request=self.lora, use_tqdm=False
         )

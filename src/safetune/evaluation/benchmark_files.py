@@ -10,6 +10,7 @@ files; the same file always gives the same ids.
 from __future__ import annotations
 
 import importlib.resources
+import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -28,10 +29,11 @@ from safetune.data.readers import (
     json_type,
     open_hf_dataset,
     read_csv_cells,
+    read_jsonl,
     read_records,
     text_field,
 )
-from safetune.data.records import Prompt
+from safetune.data.records import Message, Prompt
 from safetune.data.sources import role_key, rolebench_answers, rolebench_id_prefix
 from safetune.errors import ConfigError, DataError
 
@@ -566,3 +568,177 @@ def rolebench_loader(split: str) -> Loader:
         return bench.done(here)
 
     return load
+
+
+# ---- multi-turn safety sets (evaluation only): the history as given, the last user turn the request ----
+#
+# Each conversation becomes one prompt whose text is its last user message and whose `history` is what
+# comes before (evaluation/turns.py reports them per user turn k). A conversation whose last message is
+# not a user message has nothing to answer: it is skipped and counted (one log line per file), never
+# silently; a malformed record is a DataError naming the file, line and field.
+
+
+def _conversation_files(source: str, suffixes: tuple[str, ...]) -> list[Path]:
+    """A file, or a folder's files with these suffixes (sorted by name)."""
+    here = Path(source)
+    if here.is_dir():
+        files = sorted(p for p in here.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        if not files:
+            raise DataError(here, None, None, f"no {' / '.join(suffixes)} files in this folder")
+        return files
+    if not here.is_file():
+        raise DataError(here, None, None, "no such file or directory")
+    return [here]
+
+
+def _message_text(where: PathLike, line: int, field: str, value: object) -> str:
+    return check_text(where, line, field, value).strip()
+
+
+def _log_skipped(where: PathLike, skipped: list[int], why: str) -> None:
+    if skipped:
+        shown = ", ".join(map(str, skipped[:MERGES_SHOWN]))
+        log.warning("%s: skipped %d conversations %s (lines %s)", where, len(skipped), why, shown)
+
+
+def _split_last(
+    where: PathLike, line: int, messages: list[Message], skipped: list[int]
+) -> tuple[tuple[Message, ...], str] | None:
+    if not messages or messages[-1].role != "user":
+        skipped.append(line)
+        return None
+    return tuple(messages[:-1]), messages[-1].content
+
+
+def load_cosafe(source: str, options: LoadOptions) -> list[Prompt]:
+    """CoSafe (Yu et al., EMNLP 2024): a file, or the release's folder of one file per category (the
+    file name is the category). Each non-blank line is one dialogue, a JSON list of `{"role", "content"}`
+    messages (the release's `.json` files hold one per line), or an object with that list in `messages`;
+    the last user message is the coreference attack. Ids: the line number (`<file stem>:<line>` in a
+    folder)."""
+    files = _conversation_files(source, (".json", ".jsonl"))
+    out = _Collector(options.benchmark)
+    for file in files:
+        skipped: list[int] = []
+        for line, value in read_jsonl(file):
+            raw = value.get("messages") if isinstance(value, dict) else value
+            if not isinstance(raw, list):
+                raise DataError(file, line, None, f"expected a list of messages, got {json_type(value)}")
+            messages = []
+            for i, item in enumerate(raw):
+                entry = check_object(file, line, item)
+                role = entry.get("role")
+                if role == "system":  # the run's own system prompt (or the character's) is used
+                    continue
+                if role not in ("user", "assistant"):
+                    raise DataError(
+                        file, line, f"[{i}].role", f"expected user, assistant or system, got {role!r}"
+                    )
+                messages.append(
+                    Message(role, _message_text(file, line, f"[{i}].content", entry.get("content")))
+                )
+            split = _split_last(file, line, messages, skipped)
+            if split is not None:
+                ident = f"{file.stem}:{line}" if len(files) > 1 else str(line)
+                category = file.stem if len(files) > 1 else None
+                out.add(file, line, ident, split[1], history=split[0], category=category)
+        _log_skipped(file, skipped, "whose last message is not a user message")
+    return out.prompts
+
+
+def load_safedialbench(source: str, options: LoadOptions) -> list[Prompt]:
+    """SafeDialBench (Cao et al., 2025): JSONL (or a JSON list) of dialogues `{"task", "method",
+    "model_type", "scene", "id", "history": [{"user", "bot"}, ...]}`, a file or a folder of them. The
+    last entry's `user` is the request (its `bot`, the reference model's answer, is left out); the
+    entries before are the history as given. The category is `task/method` (e.g. Privacy/Fallacy
+    Attack); ids the record's `id` (`<file stem>:<id>` in a folder)."""
+    files = _conversation_files(source, (".json", ".jsonl"))
+    out = _Collector(options.benchmark)
+    for file in files:
+        skipped: list[int] = []
+        for number, (line, value) in enumerate(read_records(file), 1):
+            row = check_object(file, line, value)
+            history = row.get("history")
+            if not isinstance(history, list):
+                raise DataError(file, line, "history", f"expected a list of turns, got {json_type(history)}")
+            if not history:
+                skipped.append(line)
+                continue
+            messages: list[Message] = []
+            for i, item in enumerate(history):
+                turn = check_object(file, line, item)
+                messages.append(
+                    Message("user", _message_text(file, line, f"history[{i}].user", turn.get("user")))
+                )
+                if i + 1 < len(history):  # the last answer is the reference model's: not part of the request
+                    bot = _message_text(file, line, f"history[{i}].bot", turn.get("bot"))
+                    messages.append(Message("assistant", bot))
+            split = _split_last(file, line, messages, skipped)
+            assert split is not None  # the last message is always a user one here
+            ident = _ident(file, line, row, number)
+            task, method = (_optional(file, line, row, key) for key in ("task", "method"))
+            category = "/".join(part for part in (task, method) if part) or None
+            out.add(
+                file,
+                line,
+                f"{file.stem}:{ident}" if len(files) > 1 else ident,
+                split[1],
+                history=split[0],
+                category=category,
+            )
+        _log_skipped(file, skipped, "with an empty history")
+    return out.prompts
+
+
+_MHJ_MESSAGE = re.compile(r"^message_(\d+)$")
+
+
+def load_mhj(source: str, options: LoadOptions) -> list[Prompt]:
+    """MHJ, Multi-Turn Human Jailbreaks (Li et al., 2024; gated on Hugging Face, never shipped): the CSV
+    (or JSON/JSONL) of `question_id`, `tactic`, ..., `message_0` ... `message_N`, each message cell a
+    JSON object `{"body", "role"}` (role user, or system for the red teamer's system prompt), empty
+    after the conversation's end. Only the red teamer's turns are given: the model under test answers
+    each earlier turn itself (evaluation/turns.py), and the last user turn is the request. A system
+    message is left out (the run's own system prompt, or the character's, applies). The category is
+    the `tactic`; ids `<question_id>:<record number>` (a behaviour has several submissions)."""
+    where, records = _records(source, "train")
+    out = _Collector(options.benchmark)
+    skipped: list[int] = []
+    for number, (line, value) in enumerate(records, 1):
+        row = check_object(where, line, value)
+        columns = sorted(
+            ((int(m.group(1)), key) for key in row if (m := _MHJ_MESSAGE.match(str(key)))), key=lambda c: c[0]
+        )
+        if not columns:
+            raise DataError(where, line, "message_0", "missing (expected message_0, message_1, ... columns)")
+        messages: list[Message] = []
+        for _, key in columns:
+            cell = row[key]
+            if cell is None or (isinstance(cell, str) and not cell.strip()):
+                continue
+            if isinstance(cell, str):
+                try:
+                    cell = json.loads(cell)
+                except json.JSONDecodeError as err:
+                    raise DataError(
+                        where, line, key, f"expected a JSON object {{body, role}} ({err.msg})"
+                    ) from None
+            entry = check_object(where, line, cell)
+            role = entry.get("role")
+            if role == "system":
+                continue
+            if role not in ("user", "assistant"):
+                raise DataError(
+                    where, line, f"{key}.role", f"expected user, assistant or system, got {role!r}"
+                )
+            messages.append(Message(role, _message_text(where, line, f"{key}.body", entry.get("body"))))
+        split = _split_last(where, line, messages, skipped)
+        if split is None:
+            continue
+        question = row.get("question_id")
+        ident = f"{question}:{number}" if question not in (None, "") else str(number)
+        out.add(
+            where, line, ident, split[1], history=split[0], category=_optional(where, line, row, "tactic")
+        )
+    _log_skipped(where, skipped, "without a user turn to end on")
+    return out.prompts

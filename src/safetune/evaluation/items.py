@@ -28,6 +28,10 @@ class GenerationRequest:
     id: str
     user: str
     system: str | None = None
+    # The conversation before `user`, as (role, content) pairs with role "user" or "assistant": the
+    # request is then rendered through the chat template as messages (backends.request_ids). Empty for
+    # a single-turn request, whose rendering is exactly the single-turn one.
+    history: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

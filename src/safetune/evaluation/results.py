@@ -82,6 +82,12 @@ results.json (schema_version 1)::
       }
     }
 
+      "turns": {                           (only with eval.turns or a multi-turn benchmark: evaluation/turns.py)
+        "<benchmark>": {"metric": "refusal_rate", "kind": "harmful", "prefix": "generated" | "context" | "dataset",
+                        "single_turn": 98.0 | null,   (the benchmark's own single-turn value, in character)
+                        "by_turn": [{"k": 1, GROUP, "fidelity": 4.2 | null (only when scored)}, ...]}
+      }
+
 where GROUP is {"n", "n_valid", "n_invalid", "n_uncovered", "value", "asr", "ci95"} (+ "n_incoherent", "chrf",
 "n_partial", "note"), computed
 like the benchmark over the items of that role / language (items without one are in no group).
@@ -190,6 +196,38 @@ class GroupResult:
 
     def to_dict(self) -> dict[str, Any]:
         return self._numbers()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TurnRow(GroupResult):
+    """One k of a `turns` table: the benchmark's numbers over its requests at user turn k."""
+
+    k: int
+    fidelity: float | None = None  # mean persona-fidelity score (1-5), when the fidelity judge ran
+    scored: bool = False  # whether the fidelity judge ran (writes the key, null or not)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"k": self.k, **self._numbers(), **({"fidelity": self.fidelity} if self.scored else {})}
+
+
+@dataclass(frozen=True)
+class TurnTable:
+    """A benchmark's refusal (or over-refusal) against the user turn its requests were put at."""
+
+    metric: str
+    kind: str | None
+    prefix: str | None
+    single_turn: float | None
+    by_turn: tuple[TurnRow, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "kind": self.kind,
+            "prefix": self.prefix,
+            "single_turn": self.single_turn,
+            "by_turn": [row.to_dict() for row in self.by_turn],
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -540,6 +578,7 @@ class Results:
     benchmarks: Mapping[str, BenchmarkResult] = field(default_factory=dict)
     summary: Summary = field(default_factory=Summary)
     utility: Mapping[str, UtilityResult] = field(default_factory=dict)  # {} when no --utility
+    turns: Mapping[str, TurnTable] = field(default_factory=dict)  # {} without eval.turns
 
     def to_dict(self) -> dict[str, Any]:
         """The file's JSON object, in the layout of the module docstring."""
@@ -551,6 +590,8 @@ class Results:
         }
         if self.utility:  # absent from files without it, which so re-serialise to the same bytes
             data["utility"] = {name: u.to_dict() for name, u in self.utility.items()}
+        if self.turns:
+            data["turns"] = {name: t.to_dict() for name, t in self.turns.items()}
         return data
 
     def save(self, path: str | Path) -> None:
@@ -643,11 +684,42 @@ class _Parser:
             name: self.utility(f"utility.{name}", entry)
             for name, entry in self.obj("utility", data.get("utility") or {}).items()
         }
+        turns = {
+            name: self.turn_table(f"turns.{name}", entry)
+            for name, entry in self.obj("turns", data.get("turns") or {}).items()
+        }
         return Results(
             provenance=provenance,
             benchmarks=benchmarks,
             summary=self.summary(data["summary"]),
             utility=utility,
+            turns=turns,
+        )
+
+    def turn_table(self, field: str, data: Any) -> TurnTable:
+        entry = self.obj(field, data)
+        metric = self.text(f"{field}.metric", entry.get("metric"))
+        if metric is None:
+            self.fail(f"{field}.metric", "missing")
+        rows = entry.get("by_turn")
+        if not isinstance(rows, list):
+            self.fail(f"{field}.by_turn", "expected a list")
+        parsed = []
+        for i, row in enumerate(rows):
+            where = f"{field}.by_turn.{i}"
+            group = self.group(where, row)
+            k = row.get("k")
+            if not _is_integer(k) or k < 1:
+                self.fail(f"{where}.k", f"expected an integer >= 1, got {k!r}")
+            values = {key: getattr(group, key) for key in GroupResult.__dataclass_fields__}
+            fidelity = self.number(f"{where}.fidelity", row.get("fidelity"))
+            parsed.append(TurnRow(k=k, fidelity=fidelity, scored="fidelity" in row, **values))
+        return TurnTable(
+            metric=metric,
+            kind=self.text(f"{field}.kind", entry.get("kind")),
+            prefix=self.text(f"{field}.prefix", entry.get("prefix")),
+            single_turn=self.number(f"{field}.single_turn", entry.get("single_turn")),
+            by_turn=tuple(parsed),
         )
 
     def metrics(self, field: str, data: Any) -> dict[str, MetricValue]:

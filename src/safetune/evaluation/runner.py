@@ -64,6 +64,14 @@ from safetune.evaluation.stages import (
     response_hash,
     short_hash,
 )
+from safetune.evaluation.turns import (
+    TURNS_FILE,
+    TurnPlan,
+    generate_turns,
+    plan_turns,
+    turn_tables,
+    turns_on_disk,
+)
 from safetune.evaluation.utility import UtilityPlan, plan_utility, run_utility, utility_section
 from safetune.launch import barrier, is_main_process, is_multi_process, main_process_lock
 from safetune.launch import rank as process_rank
@@ -96,6 +104,7 @@ STAGE_FILES = (
     "utility.jsonl",  # evaluation/utility.py: lm-eval's scores per --utility entry
     "results.json",
     "disagreements.csv",
+    TURNS_FILE,  # evaluation/turns.py: the model's own history turns
 )
 FIDELITY_FILE = "fidelity.jsonl"
 DISAGREEMENTS_FILE = "disagreements.csv"  # several judges: the items where a judge differs from the primary
@@ -164,7 +173,10 @@ def build_tasks(config: RunConfig) -> list[Task]:
 
 
 def _request_row(task: Task) -> dict[str, Any]:
-    return {**asdict(task.request), "benchmark": task.spec.name, "prompt": task.prompt.to_dict()}
+    row = asdict(task.request)
+    if not task.request.history:  # single-turn rows keep their layout
+        del row["history"]
+    return {**row, "benchmark": task.spec.name, "prompt": task.prompt.to_dict()}
 
 
 # ---- the output folder ----
@@ -593,6 +605,48 @@ def _write_disagreements(path: Path, names: Sequence[str], rows: Sequence[dict[s
         writer.writerows(rows)
 
 
+def _plan_fidelity(tasks: Sequence[Task], config: RunConfig, plan: TurnPlan | None) -> list[FidelityTask]:
+    """The answers the fidelity judge scores. Playing a character (eval.turns), every judged answer,
+    single-turn and at each k, is scored against the character's prompt: whether the model stays in
+    character while it refuses or answers is the per-turn figure."""
+    if plan is None or plan.character is None:
+        return plan_fidelity(tasks, config)
+    if config.fidelity.judge == "none":
+        return []
+    return [FidelityTask(t, plan.character.name, t.request.system) for t in tasks if t.judged]
+
+
+def _turn_section(
+    plan: TurnPlan,
+    tasks: Sequence[Task],
+    completions: dict[str, dict[str, Any]],
+    verdicts: dict[str, dict[str, Any]],
+    benchmarks: dict[str, dict[str, Any]],
+    scores: dict[str, dict[str, Any]],
+    config: RunConfig,
+    flags: Mapping[str, dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """results.json's `turns` (evaluation/turns.py: per benchmark, refusal against k)."""
+    wanted = {item.task.request.id for item in plan.items if item.task.judged}
+    rows = {
+        t.request.id: _scored_row(
+            t,
+            completions[t.request.id],
+            verdicts.get(t.request.id),
+            None if flags is None else flags[t.request.id],
+        )
+        for t in tasks
+        if t.request.id in wanted
+    }
+    fidelity = None
+    if scores:
+        fidelity = {
+            ident: row.get("score") if isinstance(row.get("score"), int) else None
+            for ident, row in scores.items()
+        }
+    return turn_tables(plan, rows, benchmarks, config, fidelity)
+
+
 # ---- the whole run ----
 
 
@@ -637,6 +691,14 @@ def _evaluate(
     tasks = build_tasks(config)
     spec = backend_spec(config.generation)
     defence = plan_defence(config)  # a decoding defence: its settings and backend (hf only)
+    # Safety at turn k (evaluation/turns.py): the character, the context conversations and every k.
+    turn_plan = plan_turns(config, tasks)
+    if turn_plan is not None:
+        if is_multi_process():
+            raise ConfigError(
+                "multi-turn requests run in one process: run this eval without torchrun / accelerate launch"
+            )
+        tasks = turn_plan.single + [item.task for item in turn_plan.items]  # histories not yet resolved
     if is_multi_process() and not spec.shards:
         raise ConfigError(
             f"generation.backend={spec.name} runs in one process (it spreads over the GPUs itself); "
@@ -648,7 +710,7 @@ def _evaluate(
     from safetune.evaluation.translated import plan_translation
 
     translation = plan_translation(config, tasks) if judges else None
-    fidelity_tasks = plan_fidelity(tasks, config)
+    fidelity_tasks = _plan_fidelity(tasks, config, turn_plan)
     fidelity_judge = build_fidelity_judge(config.fidelity) if fidelity_tasks else None
     source = resolve_model(config.eval.model, None)
     key = generation_key(source, config, None if defence is None else defence.record)
@@ -656,6 +718,11 @@ def _evaluate(
     # lm-eval's tasks (datasets included) are loaded now: an unknown task stops the run before any file.
     # The main process alone scores utility, after the others have generated their shards.
     utility = plan_utility(config, source) if config.eval.utility and is_main_process() else None
+    # The model's own history turns on disk; while one is missing the final requests are not known yet.
+    filled = {} if overwrite or turn_plan is None else turns_on_disk(out)
+    turns_pending = turn_plan is not None and bool(turn_plan.pending(filled))
+    if turn_plan is not None and not turns_pending:
+        tasks = turn_plan.tasks(filled)
     done = {} if overwrite else completions_on_disk(tasks, out)
     # A missing completion needs the generation model: loaded (and so checked) before anything is
     # written; when every completion is on disk (re-judging), none is loaded.
@@ -664,10 +731,17 @@ def _evaluate(
         if defence is None
         else (lambda src: build_defended_backend(src, defence, config.generation))
     )
-    backend = build(source) if missing_requests(tasks, done) else None
+    backend = build(source) if turns_pending or missing_requests(tasks, done) else None
 
     if is_main_process():
         start_output(out, key, source, overwrite)
+    turns_now = 0
+    if turn_plan is not None and turns_pending:
+        filled, turns_now = generate_turns(turn_plan, out, filled, backend, hook)
+        tasks = turn_plan.tasks(filled)
+        done = completions_on_disk(tasks, out)
+        fidelity_tasks = _plan_fidelity(tasks, config, turn_plan)  # their requests now hold the histories
+    if is_main_process():
         write_jsonl(out / "requests.jsonl", (_request_row(t) for t in tasks))
     barrier()  # --overwrite has cleared the folder before any rank writes its shard
     completions, generated = generate_missing(tasks, out, done, backend, hook)
@@ -694,7 +768,11 @@ def _evaluate(
 
     # The primary judge (the first) makes every number; the others are compared with it.
     primary = next(iter(verdicts.values()), {})
-    benchmarks = score_benchmarks(tasks, completions, primary, config, flags)
+    # The requests put at turn k are reported in their own table, not in their benchmark's numbers.
+    expanded = set() if turn_plan is None else turn_plan.expanded
+    benchmarks = score_benchmarks(
+        [t for t in tasks if t.request.id not in expanded], completions, primary, config, flags
+    )
     keys = {record["name"]: record["key"] for record in judge_records}
     add_judge_agreement(tasks, completions, verdicts, keys, benchmarks, out, flags)
     counts = {"requests": len(tasks), "generated_now": generated, "judged_now": judged}
@@ -706,11 +784,20 @@ def _evaluate(
         translation.annotate(benchmarks, secondary)
         provenance["translation"] = translation.record(translated_now)
     if fidelity_judge is not None:
-        add_fidelity(benchmarks, fidelity_tasks, scores, config)
+        add_fidelity(
+            benchmarks, [p for p in fidelity_tasks if p.task.request.id not in expanded], scores, config
+        )
         counts["fidelity_scored_now"] = scored
         provenance["fidelity"] = record(fidelity_judge, config.fidelity)
     if flags is not None:
         counts["incoherence_checked_now"] = checked
+    turns_section = None
+    if turn_plan is not None:
+        counts["turns_generated_now"] = turns_now
+        provenance["turns"] = turn_plan.record()
+        turns_section = _turn_section(
+            turn_plan, tasks, completions, primary, benchmarks, scores, config, flags
+        )
     results = {
         "schema_version": SCHEMA_VERSION,
         "provenance": provenance,
@@ -719,6 +806,8 @@ def _evaluate(
     }
     if utility is not None:
         results["utility"] = utility_section(utility, utility_scores)
+    if turns_section is not None:
+        results["turns"] = turns_section
     path = out / RESULTS_FILE
     # Typed, and so checked, on the way out: the file is in exactly the layout every reader loads.
     Results.from_dict(results, path).save(path)

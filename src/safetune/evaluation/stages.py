@@ -53,9 +53,13 @@ def response_hash(text: str, language: str | None) -> str:
 
 
 def request_hash(request: GenerationRequest) -> str:
-    """What a completion on disk answers: the request's user text and system prompt. A completion whose
-    hash differs answers another request under the same id and is generated again."""
-    return short_hash(request.user, request.system)
+    """What a completion on disk answers: the request's user text, system prompt and, for a multi-turn
+    request, its history. A completion whose hash differs answers another request under the same id and
+    is generated again. A single-turn request's hash is the one it always had (its completions stay
+    valid)."""
+    if not request.history:
+        return short_hash(request.user, request.system)
+    return short_hash(request.user, request.system, [list(pair) for pair in request.history])
 
 
 def unanswered(

@@ -740,3 +740,45 @@ def languages_plot(runs: Sequence[Run], path: Path) -> Path:
     ax.set_ylabel("ASR (%)")
     ax.set_ylim(bottom=0)
     return _save(fig, path)
+
+
+def has_turns(runs: Sequence[Run]) -> bool:
+    return any(table.by_turn for run in runs for table in run.results.turns.values())
+
+
+def turns_figure(runs: Sequence[Run]) -> Figure:
+    """Refusal (and over-refusal) against the user turn k: one line per (run, benchmark) with its 95% CI,
+    the benchmark's single-turn value as a dotted line of the same colour."""
+    fig = _figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    colours = itertools.cycle(f"C{i}" for i in range(10))
+    for run in runs:
+        for name, table in run.results.turns.items():
+            rows = [row for row in table.by_turn if row.value is not None]
+            if not rows:
+                continue
+            colour = next(colours)
+            ks = [row.k for row in rows]
+            values = [float(row.value) for row in rows if row.value is not None]
+            low = [v - (row.ci95[0] if row.ci95 else v) for v, row in zip(values, rows, strict=True)]
+            high = [(row.ci95[1] if row.ci95 else v) - v for v, row in zip(values, rows, strict=True)]
+            label = f"{run.label}: {display_name(name)}" + (
+                " (over-refusal)" if table.metric == "over_refusal_rate" else ""
+            )
+            ax.errorbar(ks, values, yerr=[low, high], marker="o", capsize=3, color=colour, label=label)
+            if table.single_turn is not None:
+                ax.axhline(table.single_turn, linestyle=":", color=colour, linewidth=1)
+    ax.set_title("Refusal against turn k, in character (95% CI; dotted: single turn)")
+    ax.set_xlabel("user turn k of the request")
+    ax.set_ylabel("% refused")
+    ax.set_ylim(-2, 102)
+    ax.set_xticks(
+        sorted({row.k for run in runs for table in run.results.turns.values() for row in table.by_turn})
+    )
+    ax.legend(fontsize="small")
+    return fig
+
+
+def turns_plot(runs: Sequence[Run], path: Path) -> Path:
+    """Write `turns_figure` as a PNG to `path`."""
+    return _save(turns_figure(runs), path)

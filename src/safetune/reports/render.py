@@ -99,8 +99,9 @@ def _role_legend(runs: Sequence[Run]) -> str:
 def render_report(
     run_dirs: Sequence[Path], out: Path, labels: Sequence[str] | None = None
 ) -> dict[str, Path]:
-    """Write report.md, report.csv, pareto.png and (when there is data for them) roles.png and
-    languages.png into `out`; returns {"markdown", "csv", "pareto", ["roles"], ["languages"]} -> path.
+    """Write report.md, report.csv, pareto.png and (when there is data for them) roles.png,
+    languages.png and turns.png (refusal against turn k) into `out`; returns {"markdown", "csv",
+    "pareto", ["roles"], ["languages"], ["turns"]} -> path.
 
     A roles.png / languages.png left in `out` by an earlier report is removed when this one has none.
     """
@@ -130,6 +131,7 @@ def _write_report(runs: list[Run], out: Path) -> dict[str, Path]:
     for key, has, plot in (
         ("roles", plots.has_roles, plots.roles_plot),
         ("languages", plots.has_languages, plots.languages_plot),
+        ("turns", plots.has_turns, plots.turns_plot),
     ):
         path = out / f"{key}.png"
         if has(runs):

@@ -589,6 +589,51 @@ def _defence_note(runs: Sequence[Run]) -> list[str]:
     return lines
 
 
+def turn_lines(runs: Sequence[Run]) -> list[str]:
+    """The "Safety at turn k" section: each run's per-benchmark value at every k, the single-turn value
+    beside (evaluation/turns.py); none when no run has a `turns` table."""
+    ks = sorted({row.k for run in runs for table in run.results.turns.values() for row in table.by_turn})
+    if not ks:
+        return []
+    fidelity = any(
+        row.scored for run in runs for table in run.results.turns.values() for row in table.by_turn
+    )
+    lines = [
+        "",
+        "## Safety at turn k, in character",
+        "",
+        "The benchmark's requests put at user turn k of an in-character conversation (history: the model's "
+        "own answers to opener turns, the user's conversations, or the data set's own). Refusal % (higher "
+        "is safer) on harmful sets, over-refusal % (lower is better) on benign ones; single turn: the "
+        "benchmark's own number under the same character."
+        + (" Fidelity: mean persona-fidelity score (1-5) at each k." if fidelity else ""),
+        "",
+    ]
+    rows = []
+    for run in runs:
+        for name, table in run.results.turns.items():
+            by_k = {row.k: row for row in table.by_turn}
+            cells = [_fmt(by_k[k].value) if k in by_k else MISSING for k in ks]
+            if fidelity:
+                cells += [
+                    _fmt(by_k[k].fidelity) if k in by_k and by_k[k].fidelity is not None else MISSING
+                    for k in ks
+                ]
+            rows.append(
+                [
+                    run.row_label,
+                    display_name(name),
+                    table.metric,
+                    table.prefix or MISSING,
+                    _fmt(table.single_turn),
+                    *cells,
+                ]
+            )
+    header = ["Run", "Benchmark", "Metric", "History", "Single turn", *(f"k={k}" for k in ks)]
+    header += [f"fidelity k={k}" for k in ks] if fidelity else []
+    return lines + _md_table(header, rows, text_columns=4)
+
+
 def markdown(runs: Sequence[Run]) -> str:
     """The report's Markdown: the main table, the per-language ASR table, and the footer."""
     cols = columns(runs)
@@ -652,6 +697,7 @@ def markdown(runs: Sequence[Run]) -> str:
             ],
         )
     lines += _fidelity_section(runs)
+    lines += turn_lines(runs)
     lines += _calibration_lines(runs)
     lines += _agreement_lines(runs)
     uncovered = [(run, text) for run in runs if (text := _uncovered_text(run))]
