@@ -19,7 +19,8 @@ from safetune.evaluation.benchmarks import load_benchmark
 from safetune.evaluation.items import GenerationRequest
 from safetune.evaluation.metrics import ScoredRow
 from safetune.evaluation.results import Results
-from safetune.evaluation.runner import _request_hash, build_tasks
+from safetune.evaluation.runner import build_tasks
+from safetune.evaluation.stages import request_hash
 from safetune.evaluation.turns import (
     OPENERS,
     Character,
@@ -292,10 +293,10 @@ def test_request_hash_single_turn_as_before_history_counted() -> None:
     from safetune.evaluation.stages import short_hash
 
     single = GenerationRequest("a/1", "q", "s")
-    assert _request_hash(single) == short_hash("q", "s")  # completions made before stay valid
-    assert _request_hash(
+    assert request_hash(single) == short_hash("q", "s")  # completions made before stay valid
+    assert request_hash(
         GenerationRequest("a/1", "q", "s", (("user", "x"), ("assistant", "y")))
-    ) != _request_hash(single)
+    ) != request_hash(single)
 
 
 # ---- loaders ----
