@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 SCORING_VERSION = "rds-scores-v2"
 
 
+def is_flagged(l_role: float, l_unsafe: float) -> bool:
+    """RDS's rule, for a single-turn example and for a conversation's turn alike: risky when the unsafe
+    prompt makes the response likelier than the role prompt does. Strict, no threshold (the paper)."""
+    return l_unsafe > l_role
+
+
 @dataclass(frozen=True)
 class Score:
     """Reference log-likelihood of one example's response under the two prompts."""
@@ -51,7 +57,7 @@ class Score:
 
     @property
     def rds_flag(self) -> bool:
-        return self.l_unsafe > self.l_role  # strict, no threshold (the paper)
+        return is_flagged(self.l_role, self.l_unsafe)
 
 
 def scores_key(

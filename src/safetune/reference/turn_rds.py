@@ -36,6 +36,7 @@ from safetune.data.records import Conversation
 from safetune.data.turns import ConversationSkipped, render_turns, turns_fingerprint
 from safetune.methods.losses import shift_targets, target_logps
 from safetune.reference.cache import CacheEntry, cache_key
+from safetune.reference.rds import is_flagged
 from safetune.storage import append_jsonl, hash_json, repair_jsonl_tail
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class TurnScore:
 
     @property
     def rds_flag(self) -> bool:
-        return self.l_unsafe > self.l_role  # strict, no threshold: the single-turn rule
+        return is_flagged(self.l_role, self.l_unsafe)  # the single-turn rule
 
 
 @dataclass(frozen=True)
