@@ -163,6 +163,12 @@ RoleOpt = Annotated[str | None, typer.Option("--role", help="Keep only this role
 ProfilesOpt = Annotated[
     str | None, typer.Option("--profiles", help="JSON file: role name -> profile description.")
 ]
+JudgeModelOpt = Annotated[
+    str | None, typer.Option(help="Judge model (classifier / guard): hub id or folder.")
+]
+JudgePresetOpt = Annotated[
+    str | None, typer.Option(help="Judge preset, e.g. longformer-action, qwen3guard (see: safetune list).")
+]
 VerboseOpt = Annotated[
     bool, typer.Option("--verbose", "-v", help="Debug lines, the libraries' own messages and progress bars.")
 ]
@@ -307,13 +313,8 @@ def eval_(
             "compared with it; see: safetune list). Per-judge settings: --judge.per_judge.NAME.KEY=VALUE."
         ),
     ] = None,
-    judge_model: Annotated[
-        str | None, typer.Option(help="Judge model (classifier / guard): hub id or folder.")
-    ] = None,
-    judge_preset: Annotated[
-        str | None,
-        typer.Option(help="Judge preset, e.g. longformer-action, qwen3guard (see: safetune list)."),
-    ] = None,
+    judge_model: JudgeModelOpt = None,
+    judge_preset: JudgePresetOpt = None,
     fidelity: Annotated[
         str | None,
         typer.Option(
@@ -932,10 +933,8 @@ def safety_expert(
         str | None,
         typer.Option(help="The judge that keeps the refusals (default keyword; see: safetune list)."),
     ] = None,
-    judge_model: Annotated[
-        str | None, typer.Option(help="Judge model (classifier / guard): hub id or folder.")
-    ] = None,
-    judge_preset: Annotated[str | None, typer.Option(help="Judge preset (see: safetune list).")] = None,
+    judge_model: JudgeModelOpt = None,
+    judge_preset: JudgePresetOpt = None,
     system: Annotated[
         str | None,
         typer.Option(help="System prompt while sampling (default: none; training rows have none)."),
@@ -1024,10 +1023,8 @@ def pairs(
         str | None,
         typer.Option(help="The judge that keeps the refusals (default keyword; see: safetune list)."),
     ] = None,
-    judge_model: Annotated[
-        str | None, typer.Option(help="Judge model (classifier / guard): hub id or folder.")
-    ] = None,
-    judge_preset: Annotated[str | None, typer.Option(help="Judge preset (see: safetune list).")] = None,
+    judge_model: JudgeModelOpt = None,
+    judge_preset: JudgePresetOpt = None,
     backend: Annotated[str | None, typer.Option(help="Generation backend: hf (default) | vllm")] = None,
     limit: Annotated[int | None, typer.Option(help="Use the first N input records.")] = None,
     overwrite: Annotated[
