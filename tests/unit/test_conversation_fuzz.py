@@ -16,21 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from safetune.data.cards import Card, load_card
+from safetune.data.conversations import FIELDS as CONVERSATION_FIELDS
 from safetune.data.conversations import load_conversations
 from safetune.errors import DataError
 
+# The keys the fuzzer writes: the mappable fields of the messages / ShareGPT formats, then PIPPA's,
+# SillyTavern's and the cards'.
 FIELDS = [
-    "messages",
-    "role",
-    "content",
-    "weight",
-    "conversations",
-    "from",
-    "value",
-    "train",
-    "name",
-    "id",
-    "system",
+    *CONVERSATION_FIELDS,
     "bot_name",
     "bot_greeting",
     "bot_definitions",
