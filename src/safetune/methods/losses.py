@@ -328,13 +328,27 @@ def tokenwise_betas(
     bias_factor: float = 20.0,
     bias_length: int = 5,
     first_token_factor: float = 5.0,
+    per_turn: bool = False,
 ) -> Tensor:
     """beta_t per position of `targets` (shifted labels): the k-th supervised token of a row (k = 0, 1, ...,
     counted in order over the row, whatever the prompt length) gets beta * first_token_factor at k = 0,
     beta * bias_factor for 0 < k < bias_length, beta after; 0 where there is no target. The authors'
-    get_beta_list, with bias_length 0 meaning a flat beta."""
+    get_beta_list, with bias_length 0 meaning a flat beta.
+
+    `per_turn`: k restarts at 0 at the first token of each run of supervised positions, i.e. each trained
+    assistant turn of a conversation row (turns are separated by unlabelled user and header tokens), so
+    every turn's response gets the tight first-token constraint, as it would as a single-turn example.
+    A single-turn row has one run: the same schedule either way."""
     supervised = targets != IGNORE_INDEX
-    k = supervised.long().cumsum(dim=1) - 1
+    counted = supervised.long().cumsum(dim=1)
+    k = counted - 1
+    if per_turn:
+        previous = torch.zeros_like(supervised)
+        previous[:, 1:] = supervised[:, :-1]
+        starts = supervised & ~previous
+        # Supervised tokens before the current run: the count just before its latest start.
+        before = torch.where(starts, counted - 1, torch.zeros_like(counted)).cummax(dim=1).values
+        k = counted - 1 - before
     betas = torch.full(targets.shape, float(beta), dtype=torch.float32, device=targets.device)
     betas = torch.where(k < bias_length, betas * bias_factor, betas)
     if bias_length > 0:
@@ -382,6 +396,7 @@ def tokenwise_loss(
     min_weight: float = 1e-3,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     inplace: bool = False,
+    per_turn: bool = False,
 ) -> TokenwiseLossOutput:
     """Token-wise constrained SFT (Qi et al., "Safety Alignment Should Be Made More Than Just a Few Tokens
     Deep", ICLR 2025), averaged over the supervised tokens of the batch:
@@ -393,14 +408,14 @@ def tokenwise_loss(
     surrogate mean_t(-stopgrad(max(w_t, 1e-3)) * log pi_theta(y_t)); so do we (`min_weight` = their clamp;
     0 gives the objective's exact gradient), through the fused chunked CE, so no full-vocabulary fp32
     tensor exists. `ref_logps[b, t]` is log pi_aligned of `shift_targets(labels)[b, t]` (0 elsewhere).
-    As beta -> 0, w_t -> 1 and the gradient is the token-mean SFT gradient.
+    As beta -> 0, w_t -> 1 and the gradient is the token-mean SFT gradient. `per_turn`: tokenwise_betas'.
     """
     if beta <= 0:
         raise ValueError(f"tokenwise_loss needs beta > 0 (beta -> 0 is SFT), got {beta}")
     targets = shift_targets(labels)
     supervised = targets != IGNORE_INDEX
     count = supervised.sum().clamp(min=1).float()
-    betas = tokenwise_betas(targets, beta, bias_factor, bias_length, first_token_factor)
+    betas = tokenwise_betas(targets, beta, bias_factor, bias_length, first_token_factor, per_turn)
     policy = target_logps(logits.detach(), targets, chunk_elements)
     delta = torch.where(supervised, ref_logps.float().to(policy.device) - policy, torch.zeros_like(policy))
     safe_betas = torch.where(supervised, betas, torch.ones_like(betas))

@@ -173,8 +173,14 @@ class LisaRecipe(RoleRecipe):
         return hash_json({"data": data_hash, "safety": [d.__dict__ for d in self.demos]})
 
     def frozen_pass(self, model: Any, fingerprint: str) -> dict[str, str]:
-        self.flags = [False] * len(self.examples)
+        # The user side is plain SFT rows (single-turn examples or conversation rows, unchanged); the
+        # alignment side stays the single-turn safety demonstrations.
+        self.rows = self.unselected_rows()
+        self.flags = [False] * len(self.rows)
         return {}
+
+    def train_rows(self) -> list[dict[str, Any]]:
+        return self.rows
 
     def write_files(self, out: Path) -> None:
         return None
@@ -192,12 +198,13 @@ class LisaRecipe(RoleRecipe):
         m, config = self.config.method, self.config
         return RecipeReport(
             details={
-                "data": {"count": len(self.examples), "safety_demos": len(self.demos)},
+                "data": {**self.data_details(len(self.rows)), "safety_demos": len(self.demos)},
                 "invalid_records": self.invalid.report(),
             },
             metrics={"alignment_micro_steps": trainer.alignment_micro_steps},
             card_rows=[
-                f"| data | `{config.data.path}` (role: {config.data.role or 'all'}), {len(self.examples)} examples |",
+                f"| data | `{config.data.path}` (role: {config.data.role or 'all'}) |",
+                self.data_card_row(len(self.rows)),
                 f"| safety demonstrations | `{m.safety_data or 'builtin'}`, {len(self.demos)} |",
                 f"| schedule | {m.lisa_align_steps} alignment / {m.lisa_user_steps} user {m.lisa_step_unit} steps |",
                 f"| proximal | rho {m.lisa_rho}, off for the first {m.lisa_warmup_fraction:g} of the run |",

@@ -73,7 +73,8 @@ def encode_safety(
     prompt when the row carries a role (`safety_system: role`)."""
     out = []
     for row in rows:
-        system = role_prompts[row.role][0] if row.role else None
+        # A conversation without a system prompt of its own lends none (its rows render without one too).
+        system = (role_prompts[row.role][0] or None) if row.role else None
         enc = renderer.encode(row.input, row.output, system=system)
         out.append({"input_ids": enc.input_ids, "labels": enc.labels, "flag": False})
     return out
@@ -87,7 +88,7 @@ class SafeInstrRecipe(RoleRecipe):
     """Every role row plus N safety rows, no selection and no reference: SafetuneTrainer with beta 0."""
 
     def load(self, tokenizer: Any) -> str:
-        super().load(tokenizer)
+        data_hash = super().load(tokenizer)
         m = self.config.method
         file = builtin_path() if m.safety_data in (None, BUILTIN) else Path(m.safety_data)
         demos = load_safety_demos(file, invalid=self.invalid)
@@ -96,6 +97,8 @@ class SafeInstrRecipe(RoleRecipe):
             "sha256": _file_sha256(file),
             "count": len(demos),
         }
+        if self.conversations is not None:
+            return self._load_conversation_mix(demos, data_hash)
         count = safety_row_count(m, len(self.examples))
         self.safety = mix_safety(self.examples, demos, count, self.config.train.seed, m.safety_system)
         self.role_prompts = (
@@ -107,6 +110,31 @@ class SafeInstrRecipe(RoleRecipe):
         rows = [dataclasses.asdict(ex) for ex in [*self.examples, *self.safety]]
         return hash_json({"rows": rows, "system": self.role_prompts})
 
+    def _load_conversation_mix(self, demos: Sequence[SafetyDemo], data_hash: str) -> str:
+        """Conversations: the user side is every conversation row (all assistant turns trained, or the last
+        with `data.train_turns=last`); N counts those rows (`safety_fraction` of the training rows, as for
+        single-turn data) and each demonstration is a one-turn row beside them. `safety_system: role`
+        renders a demonstration with the system prompt of a conversation drawn with the seed."""
+        m = self.config.method
+        self.user_rows = self.unselected_rows()
+        count = safety_row_count(m, len(self.user_rows))
+        # mix_safety draws a "role" per demonstration: here a conversation, by its id.
+        owners = [RoleExample(role=c.id, input="", output="", id=c.id) for c in self.conversations or []]
+        self.safety = mix_safety(owners, demos, count, self.config.train.seed, m.safety_system)
+        self.role_prompts = (
+            {c.id: (c.system or "", "") for c in self.conversations or []}
+            if m.safety_system == "role"
+            else {}
+        )
+        self.flags = [False] * len(self.user_rows)
+        return hash_json(
+            {
+                "conversations": data_hash,
+                "safety": [dataclasses.asdict(ex) for ex in self.safety],
+                "system": self.role_prompts,
+            }
+        )
+
     def frozen_pass(self, model: Any, fingerprint: str) -> dict[str, str]:
         return {}  # no selection, no reference
 
@@ -117,14 +145,25 @@ class SafeInstrRecipe(RoleRecipe):
         return False
 
     def train_rows(self) -> list[dict[str, Any]]:
-        return super().train_rows() + encode_safety(self.renderer, self.safety, self.role_prompts)
+        user = self.user_rows if self.conversations is not None else super().train_rows()
+        return user + encode_safety(self.renderer, self.safety, self.role_prompts)
 
     def report(self, trainer: Trainer, metrics: dict[str, Any]) -> RecipeReport:
         config, m = self.config, self.config.method
-        n_role, n_safe = len(self.examples), len(self.safety)
+        conversations = self.conversations is not None
+        n_role = len(self.user_rows) if conversations else len(self.examples)
+        n_safe = len(self.safety)
+        data: dict[str, Any] = {"role_rows": n_role, "safety_rows": n_safe, "count": n_role + n_safe}
+        if conversations:
+            data["conversations"] = self.data_details(n_role)
+        user = (
+            f"{n_role} conversation rows ({config.data.train_turns} turns)"
+            if conversations
+            else f"{n_role} role"
+        )
         return RecipeReport(
             details={
-                "data": {"role_rows": n_role, "safety_rows": n_safe, "count": n_role + n_safe},
+                "data": data,
                 "safeinstr": {
                     "safety_data": self.safety_file,
                     "safety_rows": n_safe,
@@ -138,6 +177,6 @@ class SafeInstrRecipe(RoleRecipe):
             },
             card_rows=[
                 f"| data | `{config.data.path}` (role: {config.data.role or 'all'}) |",
-                f"| examples | {n_role} role + {n_safe} safety ({self.safety_file['path']}) |",
+                f"| examples | {user} + {n_safe} safety ({self.safety_file['path']}) |",
             ],
         )

@@ -194,7 +194,17 @@ class SafeLoraRecipe(RoleRecipe):
             WeightFiles(self.aligned, revision, "method.aligned_model"),
             WeightFiles(str(self.config.method.unaligned_model), None, "method.unaligned_model"),
         )
+        if self.conversations is not None:
+            # SFT's loss with beta 0 reads no flag: conversations skip the per-turn RDS pass and train
+            # every conversation row unchanged.
+            self.rows = self.unselected_rows()
+            self.flags = [False] * len(self.rows)
+            return {}
         return super().frozen_pass(model, fingerprint)
+
+    def write_files(self, out: Path) -> None:
+        if self.conversations is None:  # single-turn rows keep SFT's selection.jsonl
+            super().write_files(out)
 
     def after_training(self, trainer: Trainer, out: Path) -> None:
         revision = None if self.config.method.aligned_model else self.config.model.revision
@@ -209,7 +219,20 @@ class SafeLoraRecipe(RoleRecipe):
         log.info("SafeLoRA: %s", _summary(self.safelora))
 
     def report(self, trainer: Trainer, metrics: dict[str, Any]) -> RecipeReport:
-        report = super().report(trainer, metrics)
+        if self.conversations is not None:
+            config = self.config
+            report = RecipeReport(
+                details={
+                    "data": self.data_details(len(self.rows)),
+                    "invalid_records": self.invalid.report(),
+                },
+                card_rows=[
+                    f"| data | `{config.data.path}` (role: {config.data.role or 'all'}) |",
+                    self.data_card_row(len(self.rows)),
+                ],
+            )
+        else:
+            report = super().report(trainer, metrics)
         s = getattr(self, "safelora", None)
         if s is None:  # a process other than the main one, which projected
             return report

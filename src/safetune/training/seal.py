@@ -36,7 +36,7 @@ from transformers import Trainer
 
 from safetune import console
 from safetune.config import RunConfig
-from safetune.data.batching import pad_batch
+from safetune.data.batching import IGNORE_INDEX, pad_batch
 from safetune.data.chat import EncodedExample
 from safetune.data.safety import load_safety_demos
 from safetune.errors import ConfigError
@@ -56,7 +56,7 @@ from safetune.storage import cache_root, hash_json, write_json, write_jsonl
 from safetune.training.common import wrap_lora
 from safetune.training.recipe import RecipeReport
 from safetune.training.seal_checkpoint import RankerCheckpoint, RankerPosition, RankerState, SafeCycle
-from safetune.training.trainer import RoleRecipe, encode_roles
+from safetune.training.trainer import RoleRecipe
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,13 @@ def _read_ranking(path: Path, ids: Sequence[str]) -> list[float] | None:
     return [scores[i] for i in ids]
 
 
+def _encoded(row: dict[str, Any]) -> EncodedExample:
+    """A training row as the ranker's EncodedExample (prompt_len: the first trained position)."""
+    labels = row["labels"]
+    first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+    return EncodedExample(input_ids=row["input_ids"], labels=labels, prompt_len=first)
+
+
 class SealRecipe(RoleRecipe):
     """SEAL: role-play rows as for SFT; the frozen pass trains the ranker (cached) and keeps the top
     `method.seal_keep` of the rows; SafetuneTrainer with beta 0 (plain SFT) trains on those."""
@@ -247,19 +254,29 @@ class SealRecipe(RoleRecipe):
         check_seal_settings(self.config)
         data_hash = super().load(tokenizer)
         self.demos = load_safety_demos(self.config.method.safety_data, invalid=self.config.data.invalid)
-        kept = keep_count(len(self.examples), self.config.method.seal_keep)
+        # The ranker's unit is a training row: a single-turn example, or a conversation row (one rendered
+        # sequence, all its trained assistant turns kept or dropped together).
+        self.rows = self.unselected_rows()
+        if self.conversations is not None:
+            roles = {c.id: c.role or "" for c in self.conversations}
+            self.row_ids = [row["id"] for row in self.rows]
+            self.row_roles = [roles[row["conversation"]] for row in self.rows]
+        else:
+            self.row_ids = [ex.id for ex in self.examples]
+            self.row_roles = [ex.role for ex in self.examples]
+        kept = keep_count(len(self.rows), self.config.method.seal_keep)
         if kept == 0:
             raise ConfigError(
-                f"method.seal_keep={self.config.method.seal_keep} keeps no row of {len(self.examples)} "
+                f"method.seal_keep={self.config.method.seal_keep} keeps no row of {len(self.rows)} "
                 "(floor(keep * count) must be at least 1)"
             )
         self.pad_id = tokenizer.pad_token_id
         return data_hash
 
     def frozen_pass(self, model: Any, fingerprint: str) -> dict[str, str]:
-        user = [self.renderer.encode(ex.input, ex.output) for ex in self.examples]
+        user = [_encoded(row) for row in self.rows]
         safe = [self.renderer.encode(d.prompt, d.response) for d in self.demos]
-        ids = [ex.id for ex in self.examples]
+        ids = self.row_ids
         self.key = ranker_key(self.config, fingerprint, user, ids, safe)
         entry = CacheEntry(cache_root(self.config.cache_dir), "seal", self.key, ".jsonl")
 
@@ -276,7 +293,7 @@ class SealRecipe(RoleRecipe):
         checkpoint.remove()  # the ranking is in the cache: its checkpoint has done its work
         self.kept = top_fraction(self.ranking, self.config.method.seal_keep)
         # The fine-tune's rows carry no KL flag (beta 0); `flags` is what SaRFT's external variant reads.
-        self.flags = [False] * len(self.examples)
+        self.flags = [False] * len(self.rows)
         return {"selection": hash_json(self.kept)}
 
     def write_files(self, out: Path) -> None:
@@ -287,19 +304,22 @@ class SealRecipe(RoleRecipe):
             out / "seal_scores.jsonl",
             (
                 {
-                    "id": ex.id,
-                    "role": ex.role,
+                    "id": ident,
+                    "role": role,
                     "score": self.ranking[i],
                     "weight": weights[i],
                     "rank": ranks[i],
                     "kept": self.kept[i],
                 }
-                for i, ex in enumerate(self.examples)
+                for i, (ident, role) in enumerate(zip(self.row_ids, self.row_roles, strict=True))
             ),
         )
         write_jsonl(
             out / "seal_selection.jsonl",
-            ({"id": ex.id, "flag": int(not keep)} for ex, keep in zip(self.examples, self.kept, strict=True)),
+            (
+                {"id": ident, "flag": int(not keep)}
+                for ident, keep in zip(self.row_ids, self.kept, strict=True)
+            ),
         )
         write_json(out / "seal_stats.json", self._stats())
         log.info(
@@ -324,17 +344,21 @@ class SealRecipe(RoleRecipe):
         return False
 
     def train_rows(self) -> list[dict[str, Any]]:
-        rows = [ex for ex, keep in zip(self.examples, self.kept, strict=True) if keep]
-        return encode_roles(self.renderer, rows, [False] * len(rows))
+        return [row for row, keep in zip(self.rows, self.kept, strict=True) if keep]
 
     def report(self, trainer: Trainer, metrics: dict[str, Any]) -> RecipeReport:
         config, m = self.config, self.config.method
         stats = self._stats()
         return RecipeReport(
-            details={"seal": stats, "invalid_records": self.invalid.report()},
+            details={
+                "seal": stats,
+                "data": self.data_details(len(self.rows)),
+                "invalid_records": self.invalid.report(),
+            },
             card_rows=[
                 f"| data | `{config.data.path}` (role: {config.data.role or 'all'}) |",
-                f"| examples | {stats['count']}, SEAL keeps {stats['kept']} ({100 * m.seal_keep:g}%) |",
+                f"{self.data_card_row(stats['count'])[:-2]}; SEAL keeps {stats['kept']} "
+                f"({100 * m.seal_keep:g}%) |",
                 f"| safe set | {stats['safety_data']} ({stats['safety_demos']} demonstrations) |",
                 f"| ranker | {m.seal_epochs} epochs, model lr {m.seal_model_lr}, selector lr "
                 f"{m.seal_selector_lr} ({m.seal_activation}), gamma {m.seal_gamma} + {m.seal_gamma_step}/epoch |",

@@ -35,7 +35,6 @@ from safetune.reference.safety_layers import (
     plot_gaps,
     published_band,
 )
-from safetune.selection import selection_stats
 from safetune.storage import cache_root, hash_json, write_json
 from safetune.training.recipe import RecipeReport
 from safetune.training.trainer import RoleRecipe
@@ -108,7 +107,7 @@ class SppftRecipe(RoleRecipe):
         )
         # The model's own chat prompt with no system turn: a user's question as the model would see it.
         renderer = ChatRenderer.from_config(self.tokenizer, config.chat, authors_empty_system=False)
-        normal = list(dict.fromkeys(ex.input for ex in self.examples))[: m.normal_prompts]
+        normal = list(dict.fromkeys(self._user_prompts()))[: m.normal_prompts]
         malicious = list(dict.fromkeys(d.prompt for d in load_safety_demos(m.safety_data)))
         if len(normal) < 2 or len(malicious) < 2:
             raise ConfigError("SPPFT needs at least 2 distinct normal (role data) and malicious prompts")
@@ -136,7 +135,9 @@ class SppftRecipe(RoleRecipe):
             "freeze": "LoRA: no adapter in the band's layers"
             if config.train.finetune == "lora"
             else m.freeze_scope,
-            "normal_prompts": "role data inputs",
+            "normal_prompts": "role data inputs"
+            if self.conversations is None
+            else "the conversations' user messages",
             "malicious_prompts": m.safety_data or "builtin safety demonstrations",
             "over_rejection_prompts": "builtin:overrefusal" if over_rejection else None,
             **analysis,
@@ -144,9 +145,9 @@ class SppftRecipe(RoleRecipe):
         if config.train.finetune == "lora":
             _check_lora_outside(model, config.train.lora_targets, self.band, chosen["source"])
         log.info("SPPFT: freezing decoder layers %d-%d (%s)", *self.band, chosen["source"])
-        self.flags = [False] * len(self.examples)
-        self.scores = None
-        self.stats = selection_stats(self.examples, self.flags, None, "none")
+        # Plain SFT rows: the single-turn examples or the conversation rows, unchanged.
+        self.rows = self.unselected_rows()
+        self.flags = [False] * len(self.rows)
         return {
             "safety_layers": f"{self.band[0]}-{self.band[1]}",
             "safety_layers_evidence": hash_json(analysis),
@@ -155,6 +156,16 @@ class SppftRecipe(RoleRecipe):
     def load(self, tokenizer: Any) -> str:
         self.tokenizer = tokenizer
         return super().load(tokenizer)
+
+    def _user_prompts(self) -> list[str]:
+        """The normal (N) prompts of the cosine analysis: the role data's questions, or the conversations'
+        user messages in order (each a question the model answers in the user's data)."""
+        if self.conversations is None:
+            return [ex.input for ex in self.examples]
+        return [msg.content for c in self.conversations for msg in c.messages if msg.role == "user"]
+
+    def train_rows(self) -> list[dict[str, Any]]:
+        return self.rows
 
     def write_files(self, out: Path) -> None:
         write_json(out / EVIDENCE_FILE, self.evidence)
@@ -197,11 +208,12 @@ class SppftRecipe(RoleRecipe):
                     "freeze": self.evidence["freeze"],
                     "lora_modules": len(self.lora_modules),
                 },
+                "data": self.data_details(len(self.rows)),
                 "invalid_records": self.invalid.report(),
             },
             card_rows=[
                 f"| data | `{config.data.path}` (role: {config.data.role or 'all'}) |",
-                f"| examples | {self.stats['count']} |",
+                self.data_card_row(len(self.rows)),
                 f"| safety layers | {first}-{last} (0-based, inclusive; {self.evidence['band_source']}) |",
                 f"| frozen | {self.evidence['freeze'] if config.train.finetune == 'lora' else m.freeze_scope} |",
             ],

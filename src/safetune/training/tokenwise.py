@@ -22,7 +22,7 @@ from safetune.reference.tokenwise import cached_reference_token_logps
 from safetune.storage import cache_root
 from safetune.training.common import AveragedMetrics, add_callbacks
 from safetune.training.recipe import RecipeReport
-from safetune.training.trainer import RoleCollator, RoleRecipe, encode_roles
+from safetune.training.trainer import RoleCollator, RoleRecipe
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,11 @@ class TokenwiseTrainer(AveragedMetrics):
     """transformers.Trainer with the token-wise constrained loss against precomputed aligned log-probs
     (the batch's `ref_logps`): no reference model runs while training."""
 
-    def __init__(self, *args: Any, method: MethodConfig, **kwargs: Any):
+    def __init__(self, *args: Any, method: MethodConfig, per_turn: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.method = method
+        # Conversation rows: beta_t's schedule restarts at each trained assistant turn (its own response).
+        self.per_turn = per_turn
         # A token mean per micro-batch (the authors' losses.mean()); the Trainer divides by accumulation.
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
@@ -81,6 +83,7 @@ class TokenwiseTrainer(AveragedMetrics):
             min_weight=m.tokenwise_min_weight,
             chunk_elements=m.chunk_elements,
             inplace=model.training and not return_outputs,
+            per_turn=self.per_turn,
         )
         self.record(model.training, "surrogate_loss", out.surrogate.item())
         self.record(model.training, "delta", out.delta.item())
@@ -95,8 +98,8 @@ class TokenwiseRecipe(RoleRecipe):
         if self.config.method.resolved_beta() <= 0:
             raise ConfigError("method.beta must be > 0 for tokenwise-sft (beta -> 0 is SFT: --method sft)")
         data_hash = super().load(tokenizer)
-        self.flags = [False] * len(self.examples)
-        self.rows = encode_roles(self.renderer, self.examples, self.flags)
+        self.rows = self.unselected_rows()
+        self.flags = [False] * len(self.rows)
         return data_hash
 
     def frozen_pass(self, model: Any, fingerprint: str) -> dict[str, str]:
@@ -146,6 +149,7 @@ class TokenwiseRecipe(RoleRecipe):
             processing_class=tokenizer,
             method=m,
             callbacks=callbacks,
+            per_turn=self.conversations is not None,
         )
 
     def report(self, trainer: Trainer, metrics: dict[str, Any]) -> RecipeReport:
@@ -159,7 +163,7 @@ class TokenwiseRecipe(RoleRecipe):
         )[0].tolist()
         return RecipeReport(
             details={
-                "data": {"count": len(self.rows)},
+                "data": self.data_details(len(self.rows)),
                 "invalid_records": self.invalid.report(),
                 "tokenwise": {
                     "beta": m.beta,
@@ -174,7 +178,7 @@ class TokenwiseRecipe(RoleRecipe):
             },
             card_rows=[
                 f"| data | `{config.data.path}` (role: {config.data.role or 'all'}) |",
-                f"| examples | {len(self.rows)} |",
+                self.data_card_row(len(self.rows)),
                 f"| beta_t | {', '.join(f'{b:g}' for b in schedule)}, ... |",
                 f"| AdamW beta1 | {m.tokenwise_adam_beta1} |",
             ],

@@ -26,7 +26,7 @@ from safetune.data.readers import InvalidRecords
 from safetune.data.records import Conversation, RoleExample
 from safetune.data.sources import load_data
 from safetune.data.turns import RenderedConversation, render_conversations, turns_fingerprint
-from safetune.errors import ConfigError, DataError
+from safetune.errors import DataError
 from safetune.methods.losses import ReferenceOutputs, sarft_loss
 from safetune.models.loading import decoder_of, default_device, lm_head_fn
 from safetune.selection import (
@@ -50,11 +50,14 @@ def encode_conversation_rows(
 ) -> list[dict[str, Any]]:
     """Training rows of rendered conversations: one per token sequence that trains at least one turn.
     `kl_tokens` is 1 on the tokens of its trained turns that are flagged (`flags`: conversation id ->
-    turn -> flag; a turn the selection did not score is not flagged)."""
+    turn -> flag; a turn the selection did not score is not flagged). `conversation`: the conversation's
+    id; `id`: the row's, the conversation's with `#k` (the sequence's 0-based index) when a split
+    rendering gives the conversation several sequences."""
     rows = []
     for conv in rendered:
         turn_flags = flags.get(conv.id, {})
-        for seq in conv.sequences:
+        several = len(conv.sequences) > 1
+        for k, seq in enumerate(conv.sequences):
             if not any(span.trainable for span in seq.spans):
                 continue
             kl = [0] * len(seq.input_ids)
@@ -63,6 +66,8 @@ def encode_conversation_rows(
                     kl[span.start : span.end] = [1] * (span.end - span.start)
             rows.append(
                 {
+                    "id": f"{conv.id}#{k}" if several else conv.id,
+                    "conversation": conv.id,
                     "input_ids": list(seq.input_ids),
                     "labels": list(seq.labels),
                     "kl_tokens": kl,
@@ -213,10 +218,6 @@ class RoleRecipe(Recipe):
 
     def _load_conversations(self) -> str:
         config = self.config
-        if type(self) is not RoleRecipe:
-            raise ConfigError(
-                f"{self.spec.name} trains on single-turn role data; conversations train with sarft or sft"
-            )
         self.conversations, self.prompts = load_conversation_data(config, self.invalid)
         max_tokens = config.chat.max_conversation_tokens
         self.rendered = render_conversations(
@@ -271,6 +272,39 @@ class RoleRecipe(Recipe):
 
     def needs_reference_copy(self) -> bool:
         return self.config.method.beta != 0 and any(self.flags)
+
+    # The role-data baselines have no RDS selection: they train on these rows, and describe them with the
+    # two helpers below, whether the data are single-turn examples or conversations.
+    def unselected_rows(self) -> list[dict[str, Any]]:
+        """Every training row with no flag: each conversation's rendered rows (assistant-only labels on the
+        `data.train_turns` turns, no turn flagged: no per-turn RDS pass is paid for flags nothing reads),
+        or each single-turn example."""
+        if self.conversations is not None:
+            rows = encode_conversation_rows(self.rendered.conversations, {})
+            # No KL anywhere: plain rows, which batch with one-turn rows (SafeInstr's, Lisa's) alike.
+            return [{k: v for k, v in row.items() if k != "kl_tokens"} for row in rows]
+        return encode_roles(self.renderer, self.examples, [False] * len(self.examples))
+
+    def data_details(self, rows: int) -> dict[str, Any]:
+        """run.json's `data` for a method without selection: the training rows, and for conversations the
+        rendering counts (conversations, split, opening turns, dropped turns, skips) and the trained turns."""
+        if self.conversations is None:
+            return {"count": rows}
+        return {
+            "count": rows,
+            "unit": "conversation row",
+            "train_turns": self.config.data.train_turns,
+            **self.rendered.report(),
+        }
+
+    def data_card_row(self, rows: int) -> str:
+        """The model card's line on the training data for a method without selection."""
+        if self.conversations is None:
+            return f"| examples | {rows} |"
+        return (
+            f"| conversations | {len(self.conversations)} ({rows} training rows, "
+            f"train turns: {self.config.data.train_turns}) |"
+        )
 
     # The role-data baselines reuse this recipe's Trainer through these three hooks: which Trainer class,
     # which encoded rows, and which extra keyword arguments their Trainer takes.
