@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 from safetune.config import RunConfig, load_config
 from safetune.data.batching import IGNORE_INDEX
 from safetune.data.safety import builtin_path, load_safety_demos
+from safetune.errors import ConfigError
 from safetune.methods.losses import shift_targets, tokenwise_betas
 from safetune.methods.registry import get_method
 from safetune.models.loading import load_causal_lm
@@ -234,3 +235,13 @@ def test_safelora_trains_the_conversation_rows_without_rds(tmp_path, tiny_llama3
     _check_conversation_rows(tokenizer, recipe.train_rows(), "last")
     recipe.write_files(tmp_path)
     assert not (tmp_path / "selection.jsonl").exists()
+
+
+def test_vaccine_alignment_stage_refuses_conversations_and_names_its_fine_tune_stage(
+    tmp_path, tiny_llama3, tokenizer
+):
+    config = _config(tmp_path, tiny_llama3, "vaccine")
+    spec = get_method("vaccine")
+    recipe = RECIPES[spec.recipe](config, spec)
+    with pytest.raises(ConfigError, match=r"^vaccine's alignment stage .* --method sft -m RUN/merged"):
+        recipe.load(tokenizer)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from safetune.data.chat import ChatRenderer
+from safetune.data.conversation_data import is_conversation_data
 from safetune.data.readers import InvalidRecords
 from safetune.data.safety import BUILTIN, load_safety_demos
 from safetune.errors import ConfigError
@@ -163,6 +164,12 @@ class VaccineRecipe(Recipe):
         if not config.data.path:
             raise ConfigError(
                 f"vaccine trains on safety demonstrations: pass --data FILE or --data {BUILTIN}"
+            )
+        if is_conversation_data(config):
+            raise ConfigError(
+                "vaccine's alignment stage trains on single-turn safety demonstrations, not conversations: "
+                "conversations go in its fine-tune stage (safetune train --method sft -m RUN/merged "
+                "--data CHATS)"
             )
         self.renderer = ChatRenderer.from_config(tokenizer, config.chat, authors_empty_system=True)
         self.invalid = InvalidRecords(config.data.invalid)
