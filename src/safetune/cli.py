@@ -264,7 +264,8 @@ def train(
     on parallel preference pairs, or a DPO-family baseline on preference pairs; LoRA or full; resumable.
 
     Run as: safetune train -m MODEL --data roles/ --role "Freddy Krueger" --profiles p.json --method sarft -o runs/x
-    or:     safetune train -m MODEL --data chats.jsonl --card card.json --method sarft -o runs/x  (conversations)
+    or:     safetune train -m MODEL --data chats.jsonl --card card.json --method sarft -o runs/x  (conversations:
+            sarft, sft, safeinstr, sppft, safelora, lisa, seal, tokenwise-sft; --data.train_turns=last)
     or:     safetune train -m MODEL --data pairs.json --method mpo -o runs/mpo
     or:     safetune train -m MODEL --data pairs.json --method sdrrl -o runs/sdrrl  (its transfer set: --sdrrl.KEY=VALUE)
     or:     safetune train --config configs/lens_full.yaml -m MODEL --data pairs.json -o runs/lens
