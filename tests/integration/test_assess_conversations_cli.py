@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from safetune.cli import app
@@ -70,11 +71,6 @@ def test_assess_on_conversations_reports_flag_rates_by_turn(tiny_llama3: Path, t
         "--generation.max_new_tokens=4",
         "--eval.bootstrap=10",
     ]
-    # The role-play tests' default reads --data's RoleBench files: refused in one line, nothing written.
-    bad = CliRunner().invoke(app, [a for a in args if a not in ("--roleplay", "none")])
-    assert bad.exit_code == 2 and "assess.roleplay rolebench-raw" in bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1 and not study.exists()
-
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
 
@@ -104,3 +100,37 @@ def test_assess_on_conversations_reports_flag_rates_by_turn(tiny_llama3: Path, t
     grim = expected["Grim"]["4"]
     assert f"{100 * grim[1] / grim[0]:.1f} ({grim[1]}/{grim[0]})" in report
     assert "| all roles |" in report
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--roleplay", "rolebench-raw"], "assess.roleplay rolebench-raw: a bare name reads"),
+        (
+            ["--roleplay", "none", "--generation.system=role"],
+            "generation.system=role: a study on conversations",
+        ),
+        (["--roleplay", "none", "--data.format=sharegpt"], "has no character name"),
+    ],
+)
+def test_what_a_conversation_study_cannot_do_is_one_line(
+    tiny_llama3: Path, tmp_path: Path, extra: list[str], message: str
+) -> None:
+    if "--data.format=sharegpt" in extra:  # a ShareGPT file without a card: nobody to study
+        row = {
+            "id": "s0",
+            "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}],
+        }
+        data = tmp_path / "chats.jsonl"
+        data.write_text(json.dumps(row) + "\n")
+    else:
+        data = _pippa(tmp_path / "pippa.jsonl")
+    harmful = tmp_path / "harmful.jsonl"
+    harmful.write_text(json.dumps({"prompt": "how do i trick a guard ?"}) + "\n")
+    study = tmp_path / "study"
+    args = ["assess", "-q", "-m", str(tiny_llama3), "--data", str(data), "--benchmarks"]
+    args += [f"harmful-prompts={harmful}", "-o", str(study), f"--cache_dir={tmp_path / 'cache'}", *extra]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not study.exists() and not (tmp_path / "cache").exists()
