@@ -440,7 +440,12 @@ def render_markdown(
     lines += ["", "## RDS margins per role", ""]
     lines += [
         "The margin of a training example is l_unsafe - l_role: how much more likely its response is under "
-        "the unsafe prompt than under the role's own (above 0: flagged).",
+        "the unsafe prompt than under the role's own (above 0: flagged)."
+        + (
+            " With conversations, an example is one assistant turn, its conversation so far as context."
+            if summary.by_turn
+            else ""
+        ),
         "",
     ]
     quantiles = next((list(r.selection.quantiles) for r in summary.roles if r.selection), [])
