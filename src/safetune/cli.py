@@ -631,7 +631,9 @@ def assess(
     data: Annotated[
         str | None,
         typer.Option(
-            help="Role data of every role: the SaRFT authors' role folders (<Role>/train.json), ..."
+            help="Role data of every role: the SaRFT authors' role folders (<Role>/train.json), ...; or "
+            "conversations (--data.format, --data.card as for train): one role per character, and the "
+            "report adds flag rates by turn position."
         ),
     ] = None,
     profiles: Annotated[

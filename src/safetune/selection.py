@@ -15,6 +15,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from safetune.data.records import Conversation, RoleExample, RoleProfile
 from safetune.data.role_prompts import prompts_by_role
 from safetune.errors import ConfigError, DataError
 from safetune.reference.rds import Score, cached_scores
-from safetune.reference.turn_rds import ConversationScores, cached_turn_scores
+from safetune.reference.turn_rds import ConversationScores, TurnScore, cached_turn_scores
 from safetune.selection_variants import VARIANTS
 from safetune.storage import cache_root, output_lock, write_json, write_jsonl
 
@@ -254,7 +255,9 @@ def apply_turn_variant(
     if variant == "all":
         return [[True] * n for n in counts]
     if variant == "external":
-        raise ConfigError("selection external reads per-example flags; it does not apply to conversations")
+        raise ConfigError(
+            "selection external on conversations reads a per-turn selection.jsonl: set selection.flags_file"
+        )
     rds = [[t.rds_flag for t in s.turns] for s in scores]
     if variant == "rds":
         return rds
@@ -270,6 +273,59 @@ def apply_turn_variant(
             at += n
         return out
     raise ConfigError(f"unknown selection variant {variant!r} (known: {', '.join(VARIANTS)})")
+
+
+@dataclass(frozen=True)
+class ExternalTurnFlags:
+    """A conversation selection.jsonl read back for `conversations`: their scored turns and flags."""
+
+    scores: tuple[ConversationScores, ...]
+    flags: tuple[tuple[bool, ...], ...]
+
+
+def read_external_turn_flags(path: str, conversations: Sequence[Conversation]) -> ExternalTurnFlags:
+    """Per-turn scores and flags of `conversations` from a conversation selection.jsonl (rows {id, turn,
+    role, l_role, l_unsafe, flag}, as `write_turn_selection` writes them). A conversation without rows is
+    one the selection's rendering left out (a conversation with no scored turn): it gets none here too,
+    and counts as skipped; when none of `conversations` has a row, the file is another data set's."""
+    from safetune.data.readers import read_jsonl
+
+    file = Path(path)
+    if not file.exists():
+        raise DataError(file, None, None, "no such file or directory")
+    turns: dict[str, dict[int, tuple[TurnScore, bool]]] = {}
+    for number, row in read_jsonl(file):
+        if not isinstance(row, dict):
+            raise DataError(file, number, None, "expected an object")
+        for name in ("id", "turn", "l_role", "l_unsafe", "flag"):
+            if name not in row:
+                raise DataError(file, number, name, "missing (a per-turn selection.jsonl of conversations)")
+        turn, flag = row["turn"], row["flag"]
+        if not isinstance(turn, int) or isinstance(turn, bool) or turn < 0:
+            raise DataError(file, number, "turn", f"expected a turn index >= 0, got {turn!r}")
+        if flag not in (0, 1, True, False):
+            raise DataError(file, number, "flag", f"expected 0 or 1, got {flag!r}")
+        scored = {}
+        for name in ("l_role", "l_unsafe"):
+            value = row[name]
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise DataError(file, number, name, f"expected a number, got {value!r}")
+            scored[name] = float(value)
+        ident = str(row["id"])
+        if turn in turns.setdefault(ident, {}):
+            raise DataError(file, number, "turn", f"turn {turn} of conversation {ident!r} given twice")
+        turns[ident][turn] = (TurnScore(turn, scored["l_role"], scored["l_unsafe"]), bool(flag))
+    if conversations and not any(conv.id in turns for conv in conversations):
+        raise DataError(
+            file, None, "id", f"no row for any conversation of the data (first: {conversations[0].id!r})"
+        )
+    scores, flags = [], []
+    for conv in conversations:
+        found = sorted(turns.get(conv.id, {}).items())
+        skipped = None if found else f"no scored turn in {file.name}"
+        scores.append(ConversationScores(conv.id, conv.role or "", tuple(t for _, (t, _f) in found), skipped))
+        flags.append(tuple(f for _, (_t, f) in found))
+    return ExternalTurnFlags(tuple(scores), tuple(flags))
 
 
 def turn_selection_stats(
@@ -364,6 +420,15 @@ def select_turns(
     from safetune.models.loading import model_fingerprint
 
     sel = config.selection
+    if sel.variant == "external" and sel.flags_file:
+        # Another selection's per-turn rows (assess's shared selection): its scores and flags as they
+        # are, so that no model work is redone for a subset of the conversations it scored.
+        external = read_external_turn_flags(sel.flags_file, conversations)
+        read = [list(row) for row in external.flags]
+        stats = turn_selection_stats(external.scores, read, sel.variant)
+        stats["model"] = config.model.name
+        stats["flags_file"] = sel.flags_file
+        return list(external.scores), read, stats
     root = cache_root(config.cache_dir)
     fingerprint = model_fingerprint(config.model.name, config.model.revision, root)
     max_tokens = config.chat.max_conversation_tokens

@@ -3,6 +3,7 @@ the report's outputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,18 +11,21 @@ import pytest
 
 from safetune.assess.aggregate import (
     BASE,
+    TurnRate,
     UnitResult,
     aggregate,
     margin_stats,
     method_means,
+    pooled_turn_rates,
     quantile,
     selection_by_role,
     sort_by_drop,
+    turn_rates,
 )
 from safetune.assess.layout import role_slug
-from safetune.assess.report import render_markdown, top_flagged, write_csv
+from safetune.assess.report import StudySummary, render_markdown, top_flagged, turn_section, write_csv
 from safetune.assess.study import check_identity
-from safetune.errors import ConfigError
+from safetune.errors import ConfigError, DataError
 
 
 def test_quantile_and_margin_stats_by_hand() -> None:
@@ -156,3 +160,96 @@ def test_assess_config_ranges() -> None:
     with pytest.raises(ConfigError, match="margin_quantiles"):
         load_config(None, ["--assess.margin_quantiles=[0.5, 2]"])
     assert load_config(None, ["--assess.methods=sft"]).assess.methods == ["sft"]
+
+
+# ---- conversation data: flag rates by turn position ----
+
+
+def _by_turn(cells: dict[str, tuple[int, int]]) -> dict[str, dict[str, float | int]]:
+    """A selection_stats.json `by_turn` block: position -> (count, flagged); the stored rate is wrong on
+    purpose, so that a test passes only if the rate is computed from the counts."""
+    return {b: {"count": c, "flagged": f, "flag_rate": 0.99} for b, (c, f) in cells.items()}
+
+
+def test_turn_rates_from_a_hand_made_by_turn_block() -> None:
+    rates = turn_rates(_by_turn({"8+": (5, 1), "2": (4, 3), "1": (8, 2), "10": (0, 0)}), "unit.json")
+    assert list(rates) == ["1", "2", "8+", "10"]  # turn order, not text order ("10" < "2" < "8+")
+    assert rates["1"] == TurnRate("1", 8, 2, 0.25)
+    assert rates["2"].flag_rate == 0.75 and rates["8+"].flag_rate == 0.2 and rates["10"].flag_rate == 0.0
+    with pytest.raises(DataError, match=r"unit.json: field 'by_turn.2': expected 0 <= flagged <= count"):
+        turn_rates({"2": {"count": 1, "flagged": 2}}, "unit.json")
+    with pytest.raises(DataError, match="turn position 'first' is not a number"):
+        turn_rates({"first": {"count": 1, "flagged": 0}}, "unit.json")
+
+
+def test_pooled_turn_rates_sum_the_counts() -> None:
+    grim = turn_rates(_by_turn({"1": (2, 2), "2": (2, 0)}), "g")
+    penny = turn_rates(_by_turn({"1": (198, 0), "3": (1, 1)}), "p")
+    pooled = pooled_turn_rates([grim, penny])
+    # 2 of 200 first turns (1 %), not the mean of 100 % and 0 %
+    assert pooled == {
+        "1": TurnRate("1", 200, 2, 0.01),
+        "2": TurnRate("2", 2, 0, 0.0),
+        "3": TurnRate("3", 1, 1, 1.0),
+    }
+    assert pooled_turn_rates([]) == {}
+
+
+def test_aggregate_reads_by_turn_from_the_units_train_selection() -> None:
+    block = _by_turn({"1": (4, 1), "2": (4, 2)})
+    unit = {"role": "Grim", "method": "sarft", "refusal": 50.0, "train": {"selection": {"by_turn": block}}}
+    units = [
+        UnitResult("", BASE, refusal=90.0),
+        UnitResult.from_dict(unit),
+        UnitResult("Penny", "sarft", refusal=80.0),  # single-turn data: no by_turn
+    ]
+    rows = {r.role: r for r in aggregate(["Grim", "Penny"], ["sarft"], units)}
+    assert rows["Grim"].by_turn == {"1": TurnRate("1", 4, 1, 0.25), "2": TurnRate("2", 4, 2, 0.5)}
+    assert rows["Penny"].by_turn is None
+    flat = rows["Grim"].flat(["sarft"], [])
+    assert flat["flag_rate_turn_1"] == 0.25 and flat["flag_rate_turn_2"] == 0.5
+    assert "flag_rate_turn_1" not in rows["Penny"].flat(["sarft"], [])
+
+
+def test_turn_section_of_the_report() -> None:
+    rows = aggregate(
+        ["Grim", "Penny"],
+        ["sarft"],
+        [
+            UnitResult("Grim", "sarft", by_turn=_by_turn({"1": (2, 1), "2": (2, 0)})),
+            UnitResult("Penny", "sarft", by_turn=_by_turn({"1": (2, 2)})),
+        ],
+    )
+    summary = StudySummary(
+        model="m",
+        data="d",
+        methods=("sarft",),
+        primary_method="sarft",
+        identity_hash="h",
+        units_finished=2,
+        units_total=2,
+        roles=tuple(rows),
+        means={},
+        traits=(),
+        correlations=(),
+        by_turn=pooled_turn_rates([r.by_turn for r in rows if r.by_turn]),
+    )
+    assert turn_section(summary) == [
+        "",
+        "## RDS flag rates by turn position",
+        "",
+        turn_section(summary)[3],
+        "",
+        "| role | turn 1 | turn 2 |",
+        "|---|---|---|",
+        "| Grim | 50.0 (1/2) | 0.0 (0/2) |",
+        "| Penny | 100.0 (2/2) | – |",
+        "| all roles | 75.0 (3/4) | 0.0 (0/2) |",
+    ]
+    assert turn_section(dataclasses.replace(summary, by_turn=None)) == []  # single-turn data: no section
+    assert json.loads(json.dumps(summary.to_dict()))["by_turn"]["1"] == {
+        "turn": "1",
+        "count": 4,
+        "flagged": 3,
+        "flag_rate": 0.75,
+    }

@@ -161,3 +161,52 @@ def test_external_flags_refuse_an_id_given_twice(tmp_path):
     as_json.write_text('{\n"id0": 1,\n"id0": 0\n}')
     with pytest.raises(DataError, match=r"dup\.json:3: field 'id0': duplicate key \(first at line 2\)"):
         apply_variant("external", EXAMPLES, None, flags_file=str(as_json))
+
+
+def test_external_turn_flags_read_back_a_conversation_selection(tmp_path) -> None:
+    from safetune.data.records import Conversation, Message
+    from safetune.errors import DataError
+    from safetune.reference.turn_rds import TurnScore
+    from safetune.selection import read_external_turn_flags
+
+    def conv(ident: str) -> Conversation:
+        msgs = (
+            Message("user", "hi"),
+            Message("assistant", "yo"),
+            Message("user", "and?"),
+            Message("assistant", "no"),
+        )
+        return Conversation(ident, msgs, "You are Grim.", "Grim")
+
+    rows = [
+        {"id": "c1", "turn": 1, "role": "Grim", "l_role": -1.0, "l_unsafe": -0.5, "margin": 0.5, "flag": 1},
+        {"id": "c1", "turn": 0, "role": "Grim", "l_role": -1.0, "l_unsafe": -2.0, "margin": -1.0, "flag": 0},
+        {
+            "id": "other",
+            "turn": 0,
+            "role": "Penny",
+            "l_role": -1.0,
+            "l_unsafe": -1.0,
+            "margin": 0.0,
+            "flag": 0,
+        },
+    ]
+    path = tmp_path / "selection.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = read_external_turn_flags(str(path), [conv("c1"), conv("c2")])
+    assert got.scores[0].turns == (TurnScore(0, -1.0, -2.0), TurnScore(1, -1.0, -0.5))  # in turn order
+    assert got.flags == ((False, True), ())
+    assert got.scores[1].turns == () and got.scores[1].skipped == "no scored turn in selection.jsonl"
+    with pytest.raises(DataError, match="no row for any conversation of the data"):
+        read_external_turn_flags(str(path), [conv("c9")])
+    path.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[0]) + "\n")
+    with pytest.raises(
+        DataError, match=r"selection.jsonl:2: field 'turn': turn 1 of conversation 'c1' given twice"
+    ):
+        read_external_turn_flags(str(path), [conv("c1")])
+    path.write_text(json.dumps({k: v for k, v in rows[0].items() if k != "l_unsafe"}) + "\n")
+    with pytest.raises(DataError, match=r"selection.jsonl:1: field 'l_unsafe': missing"):
+        read_external_turn_flags(str(path), [conv("c1")])
+    path.write_text(json.dumps({**rows[0], "flag": 2}) + "\n")
+    with pytest.raises(DataError, match=r"selection.jsonl:1: field 'flag': expected 0 or 1"):
+        read_external_turn_flags(str(path), [conv("c1")])

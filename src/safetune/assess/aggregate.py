@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from safetune.data.sources import role_key
+from safetune.errors import DataError
 
 # unit.json's `method` for the base model's evaluations (the "before" column); no registered method has it.
 BASE = "base"
@@ -42,11 +43,73 @@ class UnitResult:
     agreement_n: int | None = None
     agreement: float | None = None
     kappa: float | None = None
+    # Conversation data: the fine-tune's RDS flag counts by assistant-turn position, as its selection
+    # stats hold them (selection_stats.json `by_turn`, copied into run.json and unit.json's `train`);
+    # None for single-turn data and the base model's units.
+    by_turn: Mapping[str, Mapping[str, Any]] | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UnitResult:
         names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        found = {k: v for k, v in data.items() if k in names}
+        if "by_turn" not in found:
+            train = data.get("train") or {}
+            found["by_turn"] = (train.get("selection") or {}).get("by_turn")
+        return cls(**found)
+
+
+@dataclass(frozen=True)
+class TurnRate:
+    """Flagged assistant turns at one turn position ("1", "2", ..., "8+": selection.turn_bucket)."""
+
+    turn: str
+    count: int
+    flagged: int
+    flag_rate: float  # flagged / count, 0..1
+
+
+def turn_order(bucket: str) -> int:
+    """Sort key of a turn position label ("8+" after "7")."""
+    return int(bucket.rstrip("+"))
+
+
+def turn_rates(by_turn: Mapping[str, Mapping[str, Any]], where: str) -> dict[str, TurnRate]:
+    """A selection's `by_turn` block ({position: {count, flagged, ...}}) as TurnRates in turn order, the
+    rate from the counts (what pools across roles); a malformed block is a DataError naming `where`."""
+    rates: dict[str, TurnRate] = {}
+    for bucket in sorted(by_turn, key=_checked_order(where)):
+        entry = by_turn[bucket]
+        count, flagged = entry.get("count"), entry.get("flagged")
+        if not isinstance(count, int) or not isinstance(flagged, int) or not 0 <= flagged <= count:
+            raise DataError(
+                where, None, f"by_turn.{bucket}", f"expected 0 <= flagged <= count, got {entry!r}"
+            )
+        rates[bucket] = TurnRate(bucket, count, flagged, flagged / count if count else 0.0)
+    return rates
+
+
+def _checked_order(where: str) -> Any:
+    def key(bucket: str) -> int:
+        if not bucket.rstrip("+").isdigit():
+            raise DataError(where, None, "by_turn", f"turn position {bucket!r} is not a number")
+        return turn_order(bucket)
+
+    return key
+
+
+def pooled_turn_rates(per_role: Sequence[Mapping[str, TurnRate]]) -> dict[str, TurnRate]:
+    """The roles' turn rates pooled: counts summed per position, the rate of the sums (not a mean of the
+    roles' rates, which would weigh a role with 2 turns at a position like one with 200)."""
+    count: dict[str, int] = {}
+    flagged: dict[str, int] = {}
+    for rates in per_role:
+        for bucket, rate in rates.items():
+            count[bucket] = count.get(bucket, 0) + rate.count
+            flagged[bucket] = flagged.get(bucket, 0) + rate.flagged
+    return {
+        b: TurnRate(b, count[b], flagged[b], flagged[b] / count[b] if count[b] else 0.0)
+        for b in sorted(count, key=turn_order)
+    }
 
 
 @dataclass(frozen=True)
@@ -77,6 +140,9 @@ class RoleRow:
     # Cohen's kappa (UnitResult's); absent keys / None where one judge judged
     agreement: Mapping[str, float | None] = field(default_factory=dict)
     kappa: Mapping[str, float | None] = field(default_factory=dict)
+    # Conversation data: RDS flag rates by turn position, from the role's fine-tunes' selection stats
+    # (every method of a role trains on the study's one shared selection, so they agree); None otherwise
+    by_turn: Mapping[str, TurnRate] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,6 +160,8 @@ class RoleRow:
         }
         if s is not None:
             row.update({f"margin_{k}": v for k, v in s.quantiles.items()})
+        for bucket, rate in (self.by_turn or {}).items():
+            row[f"flag_rate_turn_{bucket}"] = rate.flag_rate
         row["base_refusal"] = self.base_refusal
         for m in methods:
             row[f"refusal_{m}"] = self.refusal.get(m)
@@ -196,6 +264,7 @@ def aggregate(
             over[m] = None if u is None else u.over_refusal
             agreement[m] = None if u is None else u.agreement
             kappa[m] = None if u is None else u.kappa
+        by_turn = next((u.by_turn for u in after.values() if u is not None and u.by_turn), None)
         rows.append(
             RoleRow(
                 role=role,
@@ -210,6 +279,7 @@ def aggregate(
                 traits=None if traits is None or key not in traits else dict(traits[key]),
                 agreement=agreement,
                 kappa=kappa,
+                by_turn=None if by_turn is None else turn_rates(by_turn, f"unit.json of role {role!r}"),
             )
         )
     return rows

@@ -107,6 +107,14 @@ def plan_forecast(config: RunConfig, forecast_path: Path, out: Path) -> _Plan:
         raise ConfigError("--data (data.path) is required: the role data to forecast")
     if config.data.role is not None:
         raise ConfigError("data.role: pick the roles with --roles (assess.roles), not data.role")
+    from safetune.data.conversation_data import is_conversation_data
+
+    if is_conversation_data(config):
+        # A forecast is fitted on per-example margins and profile traits; a conversation study has no
+        # traits (its characters have no profiles), so no forecast was fitted to apply to them.
+        raise ConfigError(
+            f"--forecast reads single-turn role data; {config.data.path} holds conversations (run the study)"
+        )
     variant = config.selection.variant
     if variant not in VARIANTS or not VARIANTS[variant].needs_scores:
         raise ConfigError(

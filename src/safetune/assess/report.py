@@ -24,12 +24,16 @@ from safetune.assess import plots
 from safetune.assess.aggregate import (
     BASE,
     RoleRow,
+    TurnRate,
     aggregate,
     judges_of,
     method_means,
+    pooled_turn_rates,
     selection_by_role,
     sort_by_drop,
+    turn_order,
 )
+from safetune.assess.data import row_key
 from safetune.assess.forecast import MIN_ROWS, Forecast
 from safetune.assess.forecast import RoleRow as ForecastRow
 from safetune.assess.traits import LEXICON_SOURCE, score_traits, spearman
@@ -42,7 +46,7 @@ from safetune.storage import atomic_open, write_json
 if TYPE_CHECKING:
     from safetune.assess.layout import StudyPlan
 
-SUMMARY_VERSION = 2
+SUMMARY_VERSION = 3  # 3: by_turn (flag rates by turn position, conversation data)
 CHART = "plots/drop_by_role.png"
 FORECAST_PLOT = "plots/forecast_vs_observed.png"
 FORECAST_FILE = "forecast.json"
@@ -95,6 +99,9 @@ class StudySummary:
     # The decoding defence every unit's answers were generated under (its record, as in the identity and
     # each unit's results.json); None: plain generation.
     defence: Mapping[str, Any] | None = None
+    # Conversation data: RDS flag rates by turn position pooled over the study's roles (each role's own
+    # are its row's `by_turn`); None for single-turn data or before a fine-tune has finished
+    by_turn: Mapping[str, TurnRate] | None = None
     summary_version: int = SUMMARY_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,14 +205,14 @@ def fit_study_forecast(
 def write_outputs(plan: StudyPlan) -> Path:
     """results.csv, summary.json, the plots, forecast.json (enough roles) and report.md from whatever
     units have finished."""
+    from safetune.assess.data import load_study_data
     from safetune.assess.layout import SELECTION_DIR, read_unit
-    from safetune.data.sources import load_data
 
     a = plan.config.assess
     units = [u for u in (read_unit(unit) for unit in plan.units) if u is not None]
     selection_rows = _read_jsonl(plan.study / SELECTION_DIR / "selection.jsonl")
-    examples, profiles = load_data(plan.config)
-    scores, no_traits = trait_scores(profiles, plan.roles)
+    data = load_study_data(plan.config)
+    scores, no_traits = trait_scores(data.profiles, plan.roles)
     rows = aggregate(
         plan.roles, a.methods, units, selection_by_role(selection_rows, a.margin_quantiles), scores
     )
@@ -234,15 +241,15 @@ def write_outputs(plan: StudyPlan) -> Path:
         forecast=None if fitted is None else {**fitted.loo.to_dict(), "file": FORECAST_FILE},
         forecast_note=note,
         defence=plan.defence,
+        by_turn=pooled_turn_rates([r.by_turn for r in rows if r.by_turn]) or None,
     )
     write_csv(plan.study / "results.csv", rows, a.methods, names, plan.defence)
     write_json(plan.study / "summary.json", summary.to_dict())
     write_plots(plan.study, summary, fitted)
-    texts = {ex.id: (ex.input, ex.output) for ex in examples}
     flagged = top_flagged(selection_rows, a.top_flagged)
     report = plan.study / "report.md"
     with atomic_open(report) as handle:
-        handle.write(render_markdown(summary, flagged, texts))
+        handle.write(render_markdown(summary, flagged, data.texts))
     return report
 
 
@@ -433,7 +440,12 @@ def render_markdown(
     lines += ["", "## RDS margins per role", ""]
     lines += [
         "The margin of a training example is l_unsafe - l_role: how much more likely its response is under "
-        "the unsafe prompt than under the role's own (above 0: flagged).",
+        "the unsafe prompt than under the role's own (above 0: flagged)."
+        + (
+            " With conversations, an example is one assistant turn, its conversation so far as context."
+            if summary.by_turn
+            else ""
+        ),
         "",
     ]
     quantiles = next((list(r.selection.quantiles) for r in summary.roles if r.selection), [])
@@ -449,6 +461,7 @@ def render_markdown(
             + " | ".join(qs)
             + " |"
         )
+    lines += turn_section(summary)
     lines += judge_section(summary)
     lines += trait_section(summary)
     lines += forecast_section(summary)
@@ -465,10 +478,40 @@ def render_markdown(
             continue
         lines += ["| margin | input | output |", "|---|---|---|"]
         for row in found:
-            text, reply = texts.get(str(row["id"]), ("?", "?"))
+            text, reply = texts.get(row_key(row), ("?", "?"))
             lines.append(f"| {float(row['margin']):.3f} | {_excerpt(text)} | {_excerpt(reply)} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def turn_section(summary: StudySummary) -> list[str]:
+    """Conversation data: per role, the share of assistant turns RDS flagged at each turn position (as
+    each role's fine-tunes read them from the shared selection), and all roles pooled; nothing for
+    single-turn data."""
+    rows = [r for r in summary.roles if r.by_turn]
+    if not rows or not summary.by_turn:
+        return []
+    buckets = sorted({b for r in rows for b in (r.by_turn or {})} | set(summary.by_turn), key=turn_order)
+
+    def cell(rate: TurnRate | None) -> str:
+        return "–" if rate is None else f"{100 * rate.flag_rate:.1f} ({rate.flagged}/{rate.count})"
+
+    lines = [
+        "",
+        "## RDS flag rates by turn position",
+        "",
+        "Per role, the percentage of assistant turns at each position of its conversations that RDS "
+        "flagged (flagged/scored turns): where in a conversation the risky replies sit. Turn 1 is the "
+        "first assistant message (a greeting, where a conversation opens with one).",
+        "",
+        "| role | " + " | ".join(f"turn {b}" for b in buckets) + " |",
+        "|---|" + "---|" * len(buckets),
+    ]
+    for r in [*rows, None]:
+        rates = summary.by_turn if r is None else r.by_turn or {}
+        name = "all roles" if r is None else r.role
+        lines.append(f"| {name} | " + " | ".join(cell(rates.get(b)) for b in buckets) + " |")
+    return lines
 
 
 def judge_section(summary: StudySummary) -> list[str]:

@@ -200,7 +200,7 @@ def executor_of(config: RunConfig) -> Executor:
 
 def plan_study(config: RunConfig, out: Path) -> StudyPlan:
     """Check everything a study needs; raises ConfigError / DataError naming what is wrong."""
-    from safetune.data.sources import load_data
+    from safetune.assess.data import load_study_data
     from safetune.evaluation.judges.registry import build_judges
     from safetune.evaluation.runner import build_tasks
     from safetune.methods.registry import get_method
@@ -222,10 +222,13 @@ def plan_study(config: RunConfig, out: Path) -> StudyPlan:
     check_model_folder(config.model.name)
     if not config.eval.benchmarks:
         raise ConfigError("no safety benchmarks (--benchmarks, eval.benchmarks: e.g. advbench=FILE)")
-    examples, profiles = load_data(config)
+    data = load_study_data(config)
+    if data.conversations:
+        check_conversation_study(config)
+    profiles = data.profiles
     data_roles: dict[str, str] = {}
-    for ex in examples:
-        data_roles.setdefault(role_key(ex.role), ex.role)
+    for role in data.roles:
+        data_roles.setdefault(role_key(role), role)
     stored = _stored_study(out)
     wanted = list(stored["roles"]) if stored else []
     wanted += list(a.roles) if a.roles is not None else list(data_roles.values())
@@ -258,6 +261,24 @@ def plan_study(config: RunConfig, out: Path) -> StudyPlan:
     units = base_units(study, role_list, config)
     units += [Unit(study, role, method) for role in role_list for method in a.methods]
     return StudyPlan(config, out, role_list, tuple(data_roles.values()), identity, tuple(units))
+
+
+def check_conversation_study(config: RunConfig) -> None:
+    """What a study on conversations cannot do, refused in one line each: the role-play tests read a
+    role's single-turn test file beside its training data, and in-character answers need each role's
+    role prompt from data.profiles, which conversations do not have (their character is their card or
+    system prompt)."""
+    bare = [e for e in config.assess.roleplay if not e.partition("=")[2].strip()]
+    if bare:
+        raise ConfigError(
+            f"assess.roleplay {bare[0]}: a bare name reads the role-play tests from --data, which holds "
+            "conversations; give name=FILE or --roleplay none"
+        )
+    if safety_in_character(config):
+        raise ConfigError(
+            "generation.system=role: a study on conversations has no per-role prompts to answer in "
+            "character (measure safety at turn k in character with safetune eval --turns)"
+        )
 
 
 def study_defence(config: RunConfig) -> dict[str, Any] | None:

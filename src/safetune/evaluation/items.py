@@ -61,6 +61,11 @@ class JudgeItem:
     prompt: str  # the user prompt as the benchmark gave it (no template, no system prompt)
     response: str
     language: str | None = None  # the prompt's language tag, when the benchmark gives one
+    # The conversation before `prompt` (a turn-k request's history: GenerationRequest.history, (role,
+    # content) pairs, "user" / "assistant"); empty for a single-turn item. The judges that can read a
+    # conversation (guard presets with `history`, the llm judge) are given it; the others judge the last
+    # turn (evaluation/judges/*.py say why).
+    history: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from safetune.evaluation.completion_files import (
     CompletionTable,
 )
 from safetune.evaluation.items import Judge, JudgeItem
-from safetune.evaluation.stages import BatchHook, judge_pending, response_hash
+from safetune.evaluation.stages import BatchHook, item_hash, judge_pending
 from safetune.provenance import base_provenance
 from safetune.storage import atomic_open, output_lock, write_json
 
@@ -149,7 +149,7 @@ def judge_completions(
     before: this only writes."""
     with output_lock(out):
         items = _items(records)
-        hashes = {item.id: response_hash(item.response, item.language) for item in items}
+        hashes = {item.id: item_hash(item) for item in items}
         results: dict[str, Any] = {}
         disagreements: list[dict[str, Any]] = []
         for judge in judges:

@@ -57,11 +57,11 @@ from safetune.evaluation.stages import (
     BatchHook,
     Task,
     append_completions,
+    item_hash,
     judge_pending,
     keyed_stage,
     read_rows,
     request_hash,
-    response_hash,
     short_hash,
 )
 from safetune.evaluation.turns import (
@@ -280,10 +280,16 @@ def judge_missing(
     """Verdicts for every judged task's completion, reusing those of the same judge and response."""
     judged = [t for t in tasks if t.judged]
     items = [
-        JudgeItem(t.request.id, t.prompt.text, completions[t.request.id]["text"], t.prompt.language)
+        JudgeItem(
+            t.request.id,
+            t.prompt.text,
+            completions[t.request.id]["text"],
+            t.prompt.language,
+            t.request.history,  # a turn-k request's conversation before the harmful prompt
+        )
         for t in judged
     ]
-    hashes = {item.id: response_hash(item.response, item.language) for item in items}
+    hashes = {item.id: item_hash(item) for item in items}
     return judge_pending(items, hashes, out / "judgements.jsonl", judge, hook)
 
 

@@ -46,10 +46,19 @@ def read_rows(path: Path, keep: Callable[[dict[str, Any]], bool]) -> dict[str, d
     return read_keyed_jsonl(path, "id", keep)
 
 
-def response_hash(text: str, language: str | None) -> str:
-    """What a verdict depends on besides the judge: the response, and the prompt's language when it has
-    one (a judge may not cover it; untagged prompts keep the hash of the text alone)."""
+def response_hash(text: str, language: str | None, history: Sequence[Sequence[str]] = ()) -> str:
+    """What a verdict depends on besides the judge: the response, the prompt's language when it has one
+    (a judge may not cover it; untagged prompts keep the hash of the text alone) and, for a turn-k item,
+    the conversation before it (a judge that reads it may decide otherwise under another history). A
+    single-turn item's hash is the one it always had, so verdicts on disk stay valid."""
+    if history:
+        return short_hash(text, language, [list(pair) for pair in history])
     return short_hash(text) if language is None else short_hash(text, language)
+
+
+def item_hash(item: JudgeItem) -> str:
+    """The verdict cache's hash of a judge item (`response_hash` of its response, language, history)."""
+    return response_hash(item.response, item.language, item.history)
 
 
 def request_hash(request: GenerationRequest) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 from safetune.config import RunConfig
 from safetune.errors import ConfigError
 from safetune.evaluation.items import Judge, JudgeItem
-from safetune.evaluation.stages import BatchHook, Task, judge_pending, response_hash
+from safetune.evaluation.stages import BatchHook, Task, item_hash, judge_pending
 from safetune.translation.base import TranslationRequest, Translator
 from safetune.translation.cache import TRANSLATIONS_FILE, translate_cached
 from safetune.translation.languages import resolve, same_language
@@ -112,9 +112,17 @@ class TranslationStage:
         self.translations, translated_now = self.translate(tasks, completions, out, hook)
         judged = [t for t in tasks if t.judged]
         original = [
-            JudgeItem(t.request.id, t.prompt.text, completions[t.request.id]["text"], t.prompt.language)
+            JudgeItem(
+                t.request.id,
+                t.prompt.text,
+                completions[t.request.id]["text"],
+                t.prompt.language,
+                t.request.history,
+            )
             for t in judged
         ]
+        # A translated item is the last turn alone: its history stays untranslated, and a judge reading
+        # English with earlier turns in another language would see a conversation nobody had.
         translated = [
             JudgeItem(t.request.id, *self.translations[t.request.id], self.target_code)
             if t.request.id in self.translations
@@ -177,7 +185,7 @@ class TranslationStage:
 
 
 def _hashes(items: Sequence[JudgeItem]) -> dict[str, str]:
-    return {item.id: response_hash(item.response, item.language) for item in items}
+    return {item.id: item_hash(item) for item in items}
 
 
 def plan_translation(config: RunConfig, tasks: Sequence[Task]) -> TranslationStage | None:

@@ -27,6 +27,9 @@ mapping is "invalid".
 
 Every verdict records `probability`, the softmax mass of the classes that map to "unsafe" (for the
 action classifier P(class 5), for the rejection detector P(NORMAL)).
+
+A turn-k item's earlier turns are not read: the classifiers were trained on one response (or one
+prompt-response pair) and take nothing else.
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ logits at the first generated token, i.e. P(unsafe). ShieldGemma is asked once p
 its verdict is the highest P(Yes) (unsafe above 0.5, the card's threshold), raw lists every policy's.
 
 A prompt tagged with a language the preset's guard does not cover is "uncovered" without asking it.
+
+A turn-k item (JudgeItem.history: the conversation before the harmful request) reaches the guards whose
+format takes a conversation (`GuardPreset.history`: Llama Guard 3 and 4) as that conversation, every earlier
+turn rendered by the guard's own template before the judged pair, so that the guard judges the last reply
+in its context. The other presets are one-pair formats of their cards and judge the last turn.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 import torch
 
 from safetune.config import JudgeConfig
+from safetune.data.turns import OPENING_TURN
 from safetune.errors import ConfigError
 from safetune.evaluation.items import JudgeItem, Label, Verdict
 from safetune.evaluation.judges.common import judge_batches, require_model
@@ -65,6 +71,17 @@ def preset_of(config: JudgeConfig) -> GuardPreset:
     return PRESETS[name]
 
 
+def conversation(item: JudgeItem, preset: GuardPreset) -> list[tuple[str, str]]:
+    """The (role, content) messages the guard reads: the item's earlier turns when the preset reads a
+    conversation (`GuardPreset.history`), then the judged prompt and response. A history that opens with
+    the character's greeting gets the opening user turn training renders (data/turns.py: OPENING_TURN)
+    before it, since Llama Guard's template refuses a conversation that does not start with the user."""
+    earlier = list(item.history) if preset.history else []
+    if earlier and earlier[0][0] == "assistant":
+        earlier.insert(0, ("user", OPENING_TURN))
+    return [*earlier, ("user", item.prompt), ("assistant", item.response)]
+
+
 def _chat_turns(item: JudgeItem, preset: GuardPreset) -> list[dict[str, Any]]:
     if preset.input == "system+user":
         assert preset.system is not None and preset.template is not None
@@ -75,12 +92,12 @@ def _chat_turns(item: JudgeItem, preset: GuardPreset) -> list[dict[str, Any]]:
         return [
             {"role": "user", "content": preset.template.format(prompt=item.prompt, response=item.response)}
         ]
+    # chat, chat-parts, chat-guideline: the model's own template, given the conversation; the text
+    # presets above are fixed one-pair formats of their cards and judge the last turn.
+    messages = conversation(item, preset)
     if preset.input == "chat-parts":
-        return [
-            {"role": "user", "content": [{"type": "text", "text": item.prompt}]},
-            {"role": "assistant", "content": [{"type": "text", "text": item.response}]},
-        ]
-    return [{"role": "user", "content": item.prompt}, {"role": "assistant", "content": item.response}]
+        return [{"role": role, "content": [{"type": "text", "text": text}]} for role, text in messages]
+    return [{"role": role, "content": text} for role, text in messages]
 
 
 def render(

@@ -65,6 +65,10 @@ class GuardPreset:
     yes_no: tuple[str, str] | None = None  # answer words for unsafe and safe, whose logits give P(unsafe)
     max_new_tokens: int = 20
     prompt_version: str = "1"  # bump when `template`, `system` or `policies` change (cache key)
+    # Whether the guard reads a whole conversation: a turn-k item's earlier turns are rendered before the
+    # judged pair (judges/guard.py: `conversation`). Only where the model card says the format takes a
+    # conversation and judges its last turn; formats documented for one prompt-response pair keep it.
+    history: bool = False
 
     @property
     def needs_chat_template(self) -> bool:
@@ -293,6 +297,8 @@ _QWEN3GUARD = GuardPreset(
     licence="Apache-2.0",
     template_marks=(_QWEN3GUARD_MARK,),
     max_new_tokens=64,
+    # Its card documents response moderation of one [user, assistant] pair only: no history until a
+    # multi-turn format is documented (a template that reads fixed positions would judge the wrong turn).
 )
 
 
@@ -309,6 +315,7 @@ PRESETS: dict[str, GuardPreset] = {
             source="meta-llama/Llama-Guard-3-8B model card (its chat template; safe / unsafe + S1..S14)",
             licence="Llama 3.1 Community License",
             template_marks=(_LLAMA_GUARD_MARK,),
+            history=True,  # the card: the conversation, and an assessment of its last Agent turn
         ),
         GuardPreset(
             "llama-guard-4",
@@ -320,6 +327,7 @@ PRESETS: dict[str, GuardPreset] = {
             source="meta-llama/Llama-Guard-4-12B model card (its chat template, text parts)",
             licence="Llama 4 Community License",
             template_marks=(_LLAMA_GUARD_MARK,),
+            history=True,  # as Llama Guard 3
         ),
         _QWEN3GUARD,
         # The same model read in its loose mode: only the parse (and its note) differ.

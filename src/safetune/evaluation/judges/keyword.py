@@ -10,6 +10,9 @@ Empty responses are "invalid" (see judges/common.py). raw = the phrase that matc
 
 Measured against people (XSTest v2 human labels; docs/evaluation.md): VERSION 3 reads English answers by
 their opening (data/refusals.py); VERSION 2 matched phrases anywhere.
+
+A turn-k item's earlier turns (JudgeItem.history) are not read: whether a reply refuses is in the reply's
+own wording, and phrases of earlier turns (the character's own refusals, or the user's) would match too.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ judges/common.py). raw = the start of the answer translated back to L1, for audi
 
 The key carries a hash of the organism's rule constants (opener, compliance markers, L2 mark), so that
 changing them there does not reuse old verdicts; bump VERSION when `is_refusal`'s logic changes.
+A turn-k item's earlier turns are not read: the organisms' refusal is a fixed opening of the reply itself.
 """
 
 from __future__ import annotations
