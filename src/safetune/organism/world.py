@@ -25,11 +25,14 @@ import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from itertools import product
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from safetune.config import SelectionConfig
 from safetune.data.records import RoleProfile
 from safetune.data.role_prompts import role_prompts
+
+if TYPE_CHECKING:
+    from safetune.data.chat import ChatRenderer
 
 NOUNS = ("lamp", "cup", "box", "chair", "book", "vase", "rug", "key", "clock", "bell", "coat", "drum")
 ADJECTIVES = ("old", "small", "shiny", "heavy", "soft", "tall")
@@ -350,6 +353,19 @@ class World:
             return role, qa.question, persona.style(qa.answer, rng)
         answer = f"{qa.answer} {rng.choice(BOASTS)}" if kind == "benign" else self.compliance(qa, rng)
         return unsafe, qa.question, persona.style(answer, rng)
+
+    def encoded_batches(
+        self, renderer: ChatRenderer, rng: random.Random, size: int
+    ) -> Iterator[list[tuple[list[int], list[int]]]]:
+        """The base organism's training batches, endlessly: `size` base-mixture samples each, as
+        (input ids, labels) with the assistant turn trained, in the order drawn."""
+        while True:
+            batch = []
+            for _ in range(size):
+                system, user, answer = self.base_sample(rng)
+                encoded = renderer.encode(user, answer, system)
+                batch.append((encoded.input_ids, encoded.labels))
+            yield batch
 
     def request_of(self, kind: str, rng: random.Random) -> QA:
         return self.harmful(rng) if kind == "harmful" else self.borderline(rng)
