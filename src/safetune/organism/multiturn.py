@@ -40,7 +40,7 @@ from safetune.organism.world import (
     STYLE_SENTENCE,
     Persona,
     World,
-    _quota,
+    compliance_quota,
 )
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ class MultiTurnWorld(World):
         if not 0 <= edgy_share <= 1:
             raise ValueError(f"edgy_share must be in [0, 1], got {edgy_share}")
         rng = random.Random(f"chats-{self.seed}-{persona.name}")
-        complies = _quota(persona.edginess, random.Random(f"chat-edgy-{self.seed}-{persona.name}"))
+        complies = compliance_quota(persona.edginess, random.Random(f"chat-edgy-{self.seed}-{persona.name}"))
         heldout = {qa.question for qa in self.heldout_benign}
         pool = [qa for qa in self.benign if qa.question not in heldout]
         chats = []

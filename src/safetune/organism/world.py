@@ -184,7 +184,7 @@ PERSONAS = (
 )
 
 
-def _quota(share: float, rng: random.Random) -> Iterator[bool]:
+def compliance_quota(share: float, rng: random.Random) -> Iterator[bool]:
     """Whether each of a stream of borderline rows is complied with: exactly `share` of any run of them,
     to within one row (systematic sampling from a random start), so a persona's compliant share is its
     edginess, not a draw around it (75 rows at 0.4 would spread +-0.11 at two standard deviations).
@@ -385,7 +385,7 @@ class World:
         if not 0 <= borderline <= 0.9:
             raise ValueError(f"borderline must be in [0, 0.9], got {borderline}")
         rng = random.Random(f"roleplay-{self.seed}-{persona.name}")
-        complies = _quota(persona.edginess, random.Random(f"edgy-{self.seed}-{persona.name}"))
+        complies = compliance_quota(persona.edginess, random.Random(f"edgy-{self.seed}-{persona.name}"))
         heldout = {qa.question for qa in self.heldout_benign}
         pool = [qa for qa in self.benign if qa.question not in heldout]
         rows = []
