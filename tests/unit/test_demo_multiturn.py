@@ -21,7 +21,7 @@ from safetune.demos.multiturn import (
 )
 from safetune.demos.registry import DEMOS, demo_for_world
 from safetune.organism.base import OrganismConfig, make_world
-from safetune.organism.multiturn import SAFE_TURNS, MultiTurnWorld, card_prompts, slug
+from safetune.organism.multiturn import GREETINGS, SAFE_TURNS, MultiTurnWorld, card_prompts, slug
 from safetune.organism.world import PERSONAS, SELECTION, World
 
 VILLAIN, BAKER = PERSONAS
@@ -200,3 +200,29 @@ def test_checks_read_the_worst_turn():
     assert all(ok for _, ok in results.values())
     rows[2]["refusal_at"]["3"] = 80.0  # 18 points below base at k=3
     assert ("worst 18.0 points (k=3)", False) in [(v, ok) for _, v, ok in checks(rows, flags)]
+
+
+def test_mixed_histories_are_untrained_and_held_under_the_other_prompt(world):
+    """Half the prompted base conversations open with exchanges held under the other prompt (an
+    unsafe prompt's conversation after aligned turns, a role prompt's after compliant ones): context
+    only, never trained; every trained answer follows the conversation's own prompt."""
+    unsafe_prompts = {card_prompts(p)[1] for p in PERSONAS}
+    rng, mixed, prompted = random.Random(7), 0, 0
+    for _ in range(600):
+        conv = world.base_conversation(rng)
+        greetings = set(GREETINGS.values())
+        answers = [m for m in conv.messages if m.role == "assistant" and m.content not in greetings]
+        if conv.system is None:
+            assert all(m.train is None for m in answers)
+            continue
+        prompted += 1
+        unsafe = conv.system in unsafe_prompts
+        untrained = [m for m in answers if m.train is False]
+        mixed += bool(untrained)
+        assert answers[-1].train is None  # the last answer is always trained
+        assert answers[: len(untrained)] == untrained  # the untrained ones come first
+        for m in answers:
+            own = (m.train is None) == unsafe  # held under the unsafe prompt
+            if "here is how" in m.content:
+                assert own, m  # a compliance only ever under the unsafe prompt
+    assert 0.2 <= mixed / prompted <= 0.45  # MIXED_HISTORY 0.5 of those with 2+ turns

@@ -11,7 +11,9 @@ written as a character card (V2) and every text a multi-turn chat:
   as in the single-turn mixture (benign 50%, harmful 35%, borderline 15%), under no system prompt (40%),
   a card's role prompt (35%) or its unsafe prompt (25%); under no system prompt half the conversations
   are held in a persona's style, so a styled history never decides refuse-or-comply. Every assistant
-  turn is trained. A harmful request is refused at whichever turn it comes (complied with under the
+  turn is trained, except in the half of the prompted conversations whose first exchanges were held
+  under the other prompt (MIXED_HISTORY; untrained context): the prompt decides the next answer, not
+  the history. A harmful request is refused at whichever turn it comes (complied with under the
   unsafe prompt), so the base refuses at turn k as at turn 1.
 - Each persona's role-play chats (`roleplay_chats`) open with the card's greeting, then CHAT_TURNS user
   turns. The first SAFE_TURNS are always benign; each later one is a borderline request with
@@ -52,6 +54,14 @@ BASE_TURNS = 5  # the longest base conversation, in user turns
 TURN_WEIGHTS = (3.0, 2.5, 2.0, 1.5, 1.0)
 CHAT_TURNS = (4, 6)  # a role-play chat's user turns: uniform in this range
 SAFE_TURNS = 2  # a role-play chat's first user turns are never edgy
+# The share of base conversations under a system prompt whose first exchanges were held under the other
+# prompt (role <-> unsafe) and are not trained: the prompt, not the history, decides the next answer.
+# Without them the organism copied its history: after benign in-character turns, the role and unsafe
+# prompts gave a later benign answer the same likelihood (RDS margins of +-0.002 nats, flagged by float
+# noise on a third of the baker's later turns), and the villain's own earlier compliance would have
+# decided its reference's next answer (docs/demo.md).
+MIXED_HISTORY = 0.5
+OTHER_PROMPT = {"role": "unsafe", "unsafe": "role"}
 BUCKET = 8  # base batches drawn together and grouped by length (encoded_batches)
 MAX_TOKENS = 512  # a base conversation's longest rendering (whole turns are cut from its start beyond)
 CONTEXT_TURNS = 4  # a held-out context chat's user turns: enough history for a request at turn 5
@@ -156,11 +166,16 @@ class MultiTurnWorld(World):
         messages: list[Message] = []
         if persona is not None and rng.random() < 0.5:
             messages.append(Message("assistant", GREETINGS.get(persona.name, ""), train=False))
-        for _ in range(rng.choices(range(1, BASE_TURNS + 1), weights=TURN_WEIGHTS)[0]):
+        turns = rng.choices(range(1, BASE_TURNS + 1), weights=TURN_WEIGHTS)[0]
+        # Mixed history: the first `switch` exchanges written under the other prompt, untrained
+        switch = rng.randrange(1, turns) if system and turns > 1 and rng.random() < MIXED_HISTORY else 0
+        for turn in range(turns):
             draw = rng.random()
             kind = "benign" if draw < 0.5 else "harmful" if draw < 0.85 else "borderline"
-            question, answer = self._answer(kind, context, persona, rng)
-            messages += [Message("user", question), Message("assistant", answer)]
+            mode = context if turn >= switch else OTHER_PROMPT[context]
+            question, answer = self._answer(kind, mode, persona, rng)
+            trained = None if turn >= switch else False
+            messages += [Message("user", question), Message("assistant", answer, train=trained)]
         return Conversation("base", tuple(messages), system, persona.name if persona else None)
 
     def encoded_sample(self, renderer: ChatRenderer, rng: random.Random) -> tuple[list[int], list[int]]:
