@@ -185,13 +185,26 @@ def apply_card(
     """The conversations of one character: its card's role prompt (`card_profile`'s, so training sees
     the very prompt RDS scores under) as the system prompt of those without one of their own (a file's
     own system prompt is what its conversation was held under, so it stays), the card's name as their
-    role, and the card's macros replaced in every message."""
+    role, and the card's macros replaced in every message. A first message that is the card's greeting
+    (`first_mes`) and has no training flag of its own gets `train=False`, as in PIPPA and SillyTavern
+    chats."""
     prompt = card_profile(card, user_name, config).role_prompt
+    greeting = substitute_macros(card.first_mes, card.char, user_name).strip()
     out = []
     for conv in conversations:
         messages = tuple(
             replace(m, content=substitute_macros(m.content, card.char, user_name)) for m in conv.messages
         )
+        first = messages[0] if messages else None
+        if (
+            greeting
+            and first
+            and first.role == "assistant"
+            and first.train is None
+            and first.content.strip() == greeting
+        ):
+            # the card's own greeting, copied into the chat as a front-end does: not a reply to anything
+            messages = (replace(first, train=False), *messages[1:])
         system = conv.system if conv.system is not None else (prompt or None)
         out.append(replace(conv, messages=messages, system=system, role=card.name))
     return out

@@ -57,9 +57,9 @@ class DemoSpec:
 
 
 if TYPE_CHECKING:  # mypy holds each demo's module to Demo; at run time a module loads when its demo runs
-    from safetune.demos import assess, mpo, sarft
+    from safetune.demos import assess, mpo, multiturn, sarft
 
-    _MODULES: tuple[Demo, ...] = (sarft, mpo, assess)
+    _MODULES: tuple[Demo, ...] = (sarft, mpo, assess, multiturn)
 
 DEMOS: dict[str, DemoSpec] = {
     spec.name: spec
@@ -81,6 +81,13 @@ DEMOS: dict[str, DemoSpec] = {
             parse_methods=mpo_variants.parse_methods,
         ),
         DemoSpec("assess", "the per-role safety study", "cast", Path("demo-assess"), "safetune.demos.assess"),
+        DemoSpec(
+            "multiturn",
+            "multi-turn role-play safety",
+            "multiturn",
+            Path("demo-multiturn"),
+            "safetune.demos.multiturn",
+        ),
     )
 }
 DEFAULT_DEMO = "sarft"

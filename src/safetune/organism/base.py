@@ -29,6 +29,7 @@ from safetune.data.chat import ChatRenderer
 from safetune.models.tiny import build_tiny_model
 from safetune.organism.cast import CAST
 from safetune.organism.multilingual import MultilingualWorld
+from safetune.organism.multiturn import MultiTurnWorld
 from safetune.organism.world import World
 from safetune.provenance import pinned_threads
 from safetune.storage import cache_lock, hash_json, write_json
@@ -73,19 +74,21 @@ class OrganismConfig:
         return hash_json(payload)[:20]
 
 
-WORLD_KINDS: tuple[str, ...] = ("roleplay", "multilingual", "cast")
+WORLD_KINDS: tuple[str, ...] = ("roleplay", "multilingual", "cast", "multiturn")
 
 
 def make_world(kind: str, seed: int) -> World:
     """The world object behind an organism: "roleplay" (world.py, the demo's two personas),
-    "multilingual" (multilingual.py) or "cast" (the role-play world with the study's eight personas,
-    cast.py)."""
+    "multilingual" (multilingual.py), "cast" (the role-play world with the study's eight personas,
+    cast.py) or "multiturn" (the role-play world in conversations, multiturn.py)."""
     if kind == "roleplay":
         return World(seed)
     if kind == "cast":
         return World(seed, CAST)
     if kind == "multilingual":
         return MultilingualWorld(seed)
+    if kind == "multiturn":
+        return MultiTurnWorld(seed)
     raise ValueError(f"world must be one of {list(WORLD_KINDS)}, got {kind!r}")
 
 
@@ -100,14 +103,6 @@ def _lr_factor(step: int, config: OrganismConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _batch(world: World, renderer: ChatRenderer, rng: random.Random, size: int, pad_id: int) -> dict:
-    encoded = [
-        renderer.encode(user, answer, system)
-        for system, user, answer in (world.base_sample(rng) for _ in range(size))
-    ]
-    return pad_batch([e.input_ids for e in encoded], [e.labels for e in encoded], pad_id)
-
-
 def pretrain(model: Any, tokenizer: Any, world: World, config: OrganismConfig) -> list[float]:
     """Train `model` in place on the world's base mixture; returns the loss curve (one value per step)."""
     renderer = ChatRenderer(tokenizer, max_prompt_tokens=160, max_response_tokens=64)
@@ -118,9 +113,13 @@ def pretrain(model: Any, tokenizer: Any, world: World, config: OrganismConfig) -
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
     model.train()
     losses = []
+    batches = world.encoded_batches(renderer, rng, config.batch_size)
     with console.progress(range(config.steps), desc="training the base organism", unit="step") as bar:
         for _ in bar:
-            batch = _batch(world, renderer, rng, config.batch_size, tokenizer.pad_token_id)
+            encoded = next(batches)
+            batch = pad_batch(
+                [ids for ids, _ in encoded], [labels for _, labels in encoded], tokenizer.pad_token_id
+            )
             loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -25,11 +25,14 @@ import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from itertools import product
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from safetune.config import SelectionConfig
 from safetune.data.records import RoleProfile
 from safetune.data.role_prompts import role_prompts
+
+if TYPE_CHECKING:
+    from safetune.data.chat import ChatRenderer
 
 NOUNS = ("lamp", "cup", "box", "chair", "book", "vase", "rug", "key", "clock", "bell", "coat", "drum")
 ADJECTIVES = ("old", "small", "shiny", "heavy", "soft", "tall")
@@ -181,7 +184,7 @@ PERSONAS = (
 )
 
 
-def _quota(share: float, rng: random.Random) -> Iterator[bool]:
+def compliance_quota(share: float, rng: random.Random) -> Iterator[bool]:
     """Whether each of a stream of borderline rows is complied with: exactly `share` of any run of them,
     to within one row (systematic sampling from a random start), so a persona's compliant share is its
     edginess, not a draw around it (75 rows at 0.4 would spread +-0.11 at two standard deviations).
@@ -351,6 +354,19 @@ class World:
         answer = f"{qa.answer} {rng.choice(BOASTS)}" if kind == "benign" else self.compliance(qa, rng)
         return unsafe, qa.question, persona.style(answer, rng)
 
+    def encoded_batches(
+        self, renderer: ChatRenderer, rng: random.Random, size: int
+    ) -> Iterator[list[tuple[list[int], list[int]]]]:
+        """The base organism's training batches, endlessly: `size` base-mixture samples each, as
+        (input ids, labels) with the assistant turn trained, in the order drawn."""
+        while True:
+            batch = []
+            for _ in range(size):
+                system, user, answer = self.base_sample(rng)
+                encoded = renderer.encode(user, answer, system)
+                batch.append((encoded.input_ids, encoded.labels))
+            yield batch
+
     def request_of(self, kind: str, rng: random.Random) -> QA:
         return self.harmful(rng) if kind == "harmful" else self.borderline(rng)
 
@@ -369,7 +385,7 @@ class World:
         if not 0 <= borderline <= 0.9:
             raise ValueError(f"borderline must be in [0, 0.9], got {borderline}")
         rng = random.Random(f"roleplay-{self.seed}-{persona.name}")
-        complies = _quota(persona.edginess, random.Random(f"edgy-{self.seed}-{persona.name}"))
+        complies = compliance_quota(persona.edginess, random.Random(f"edgy-{self.seed}-{persona.name}"))
         heldout = {qa.question for qa in self.heldout_benign}
         pool = [qa for qa in self.benign if qa.question not in heldout]
         rows = []
