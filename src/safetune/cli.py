@@ -1209,7 +1209,8 @@ def demo(
     beta: Annotated[
         float | None,
         typer.Option(
-            help="sarft, assess: SaRFT's KL weight (default 4); mpo: MPO's beta (default 64). See docs/demo.md."
+            help="sarft, assess, multiturn: SaRFT's KL weight (default 4); mpo: MPO's beta (default 64). "
+            "See docs/demo.md."
         ),
     ] = None,
     cache_dir: Annotated[
@@ -1255,8 +1256,12 @@ def demo(
     each fine-tuned with SFT and SaRFT: the drop ordered by edginess, SaRFT's drop per persona, the
     risk forecast's leave-one-out error; the study's report written.
 
+    multiturn: a tiny chat model trained on conversations, its personas as V2 character cards; the
+    villain fine-tuned on its chats (edgy turns late) with SFT and per-turn SaRFT; refusal and
+    over-refusal at user turn k in character, where the per-turn flags land; report written.
+
     Run as: safetune demo --out demo-out   |   safetune demo mpo --out demo-mpo   |   safetune demo assess
-    |   safetune demo --methods safeinstr,lisa:tuned   |   safetune demo --methods all
+    |   safetune demo multiturn   |   safetune demo --methods safeinstr,lisa:tuned   |   safetune demo --methods all
     """
     from safetune.demos.registry import run_demo
 

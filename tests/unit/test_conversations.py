@@ -364,3 +364,20 @@ def test_card_gives_system_role_and_macros(tmp_path: Path) -> None:
     assert second.system == "You are Aria, a rogue."  # its own system prompt stays
     with pytest.raises(ConfigError, match="PIPPA"):
         load_conversations(_jsonl(tmp_path / "p.jsonl", [PIPPA_ROW]), card=card)
+
+
+def test_card_greeting_copied_into_a_chat_is_not_trained(tmp_path: Path) -> None:
+    """A first message that is the card's `first_mes` (after macros) is the card's text, not a reply:
+    train=False; another first message, or one with its own flag, keeps what it had."""
+    card = Card("v2", "Aria", first_mes="Welcome, {{user}}. I am {{char}}.")
+    rows = [
+        {"messages": [{"role": "assistant", "content": "Welcome, User. I am Aria."}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sit."}]},
+        {"messages": [{"role": "assistant", "content": "Welcome, {{user}}. I am {{char}}.", "weight": 1}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sit."}]},
+        {"messages": [{"role": "assistant", "content": "Hello there."}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sit."}]},
+    ]  # fmt: skip
+    copied, flagged, other = load_conversations(_jsonl(tmp_path / "c.jsonl", rows), card=card)
+    assert copied.messages[0].train is False and copied.messages[2].train is None
+    assert flagged.messages[0].train is True  # the file's own flag wins
+    assert other.messages[0].train is None
+    plain = load_conversations(_jsonl(tmp_path / "d.jsonl", rows[:1]))[0]
+    assert plain.messages[0].train is None  # without the card nothing says it is the greeting
