@@ -200,3 +200,40 @@ def test_reference_runs_only_on_rows_with_a_flagged_turn(tiny, tmp_path: Path) -
     one = collate(encode_conversation_rows(rendered, {"c": {3: True}}))
     loss = trainer.compute_loss(policy, one)
     assert trainer.reference_rows == 1 and torch.isfinite(loss)
+
+
+def test_reference_stops_after_the_last_flagged_turn_with_the_same_loss(tiny, tmp_path: Path) -> None:
+    """The reference forward runs on the flagged rows up to the last position the KL reads
+    (`reference_width`), and the loss is the one a full-width reference gives (causal model)."""
+    from safetune.training import trainer as trainer_module
+
+    model, renderer = tiny
+    rendered = render_conversations(renderer, CONVERSATIONS).conversations
+    policy = copy.deepcopy(model).train()
+    trainer = SafetuneTrainer(
+        model=policy,
+        args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True),
+        train_dataset=[],
+        data_collator=RoleCollator(0),
+        method=MethodConfig(name="sarft", beta=0.5),
+        ref_model=copy.deepcopy(model),
+    )
+    collate = RoleCollator(renderer.tokenizer.pad_token_id)
+    ids = [c.id for c in rendered]
+    batch = collate(encode_conversation_rows(rendered, {ids[0]: {1: True}, ids[-1]: {0: True}}))
+    rows = batch["flags"].nonzero().squeeze(1)
+    width = trainer_module.reference_width(batch, rows)
+    last_kl = int(batch["kl_tokens"][rows].any(dim=0).nonzero().max())
+    assert width == last_kl < int(batch["attention_mask"][rows].sum(dim=1).max())
+    trimmed = trainer.compute_loss(policy, batch).item()
+    full = batch["input_ids"].shape[1]
+    original = trainer_module.reference_width
+    try:
+        trainer_module.reference_width = lambda inputs, rows: full  # the untrimmed reference
+        untrimmed = trainer.compute_loss(policy, batch).item()
+    finally:
+        trainer_module.reference_width = original
+    assert trimmed == pytest.approx(untrimmed, rel=1e-5, abs=1e-7)
+    # single-turn rows (no kl_tokens): the flagged rows' own length, padding never run
+    single = {k: v for k, v in batch.items() if k != "kl_tokens"}
+    assert trainer_module.reference_width(single, rows) == int(batch["attention_mask"][rows].sum(dim=1).max())

@@ -105,6 +105,22 @@ class RoleCollator:
         return batch
 
 
+def reference_width(inputs: dict[str, Tensor], rows: Tensor) -> int:
+    """How many leading positions of the flagged `rows` the reference must run on: its outputs are read
+    only where the KL is (never on padding), and a causal model's output at position t depends on
+    positions <= t only, so the reference forward stops there, with the same values. Rows are right-padded
+    (RoleCollator): the flagged rows' longest; with `kl_tokens` (conversations), the last position that
+    predicts a flagged turn's token, so a conversation's turns after its last flagged one cost the
+    reference nothing."""
+    width = int(inputs["attention_mask"][rows].sum(dim=1).max())
+    kl_tokens = inputs.get("kl_tokens")
+    if kl_tokens is not None:
+        marked = kl_tokens[rows].any(dim=0).nonzero()
+        if marked.numel():  # position t predicts token t + 1: the last KL position is the last token - 1
+            width = min(width, int(marked.max()))
+    return max(width, 1)
+
+
 class SafetuneTrainer(AveragedMetrics):
     """transformers.Trainer with the SaRFT/SFT loss.
 
@@ -141,7 +157,8 @@ class SafetuneTrainer(AveragedMetrics):
 
     def _reference(self, model: nn.Module, inputs: dict[str, Tensor], flags: Tensor) -> ReferenceOutputs:
         rows = flags.nonzero().squeeze(1)
-        ids, mask = inputs["input_ids"][rows], inputs["attention_mask"][rows]
+        width = reference_width(inputs, rows)
+        ids, mask = inputs["input_ids"][rows, :width], inputs["attention_mask"][rows, :width]
         row_index = torch.full_like(flags, -1, dtype=torch.long)
         row_index[rows] = torch.arange(rows.numel(), device=rows.device)
         self.reference_rows += rows.numel()
