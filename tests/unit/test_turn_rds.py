@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -181,18 +182,24 @@ def test_conversation_rows_mark_flagged_trained_turns(tiny) -> None:
     assert b["flag"] is True
 
 
-def test_reference_runs_only_on_rows_with_a_flagged_turn(tiny, tmp_path: Path) -> None:
-    model, renderer = tiny
-    rendered = render_conversations(renderer, CONVERSATIONS).conversations
+def _trainer(model: Any, tmp_path: Path, beta: float) -> tuple[Any, SafetuneTrainer]:
+    """A policy copy of `model` and SaRFT's Trainer on it, with a frozen copy as reference."""
     policy = copy.deepcopy(model).train()
     trainer = SafetuneTrainer(
         model=policy,
         args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True),
         train_dataset=[],
         data_collator=RoleCollator(0),
-        method=MethodConfig(name="sarft", beta=0.1),
+        method=MethodConfig(name="sarft", beta=beta),
         ref_model=copy.deepcopy(model),
     )
+    return policy, trainer
+
+
+def test_reference_runs_only_on_rows_with_a_flagged_turn(tiny, tmp_path: Path) -> None:
+    model, renderer = tiny
+    rendered = render_conversations(renderer, CONVERSATIONS).conversations
+    policy, trainer = _trainer(model, tmp_path, beta=0.1)
     collate = RoleCollator(renderer.tokenizer.pad_token_id)
     nothing = collate(encode_conversation_rows(rendered, {}))
     trainer.compute_loss(policy, nothing)
@@ -209,15 +216,7 @@ def test_reference_stops_after_the_last_flagged_turn_with_the_same_loss(tiny, tm
 
     model, renderer = tiny
     rendered = render_conversations(renderer, CONVERSATIONS).conversations
-    policy = copy.deepcopy(model).train()
-    trainer = SafetuneTrainer(
-        model=policy,
-        args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True),
-        train_dataset=[],
-        data_collator=RoleCollator(0),
-        method=MethodConfig(name="sarft", beta=0.5),
-        ref_model=copy.deepcopy(model),
-    )
+    policy, trainer = _trainer(model, tmp_path, beta=0.5)
     collate = RoleCollator(renderer.tokenizer.pad_token_id)
     ids = [c.id for c in rendered]
     batch = collate(encode_conversation_rows(rendered, {ids[0]: {1: True}, ids[-1]: {0: True}}))

@@ -209,8 +209,7 @@ class MultiTurnWorld(World):
             raise ValueError(f"edgy_share must be in [0, 1], got {edgy_share}")
         rng = random.Random(f"chats-{self.seed}-{persona.name}")
         complies = compliance_quota(persona.edginess, random.Random(f"chat-edgy-{self.seed}-{persona.name}"))
-        heldout = {qa.question for qa in self.heldout_benign}
-        pool = [qa for qa in self.benign if qa.question not in heldout]
+        pool = self.training_benign()
         chats = []
         for index in range(count):
             messages = [Message("assistant", GREETINGS[persona.name])]

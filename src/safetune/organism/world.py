@@ -378,6 +378,11 @@ class World:
 
     # ---- role-play data (no system prompt) ----
 
+    def training_benign(self) -> list[QA]:
+        """The benign questions role-play training data may ask: all but the held-out ones."""
+        heldout = {qa.question for qa in self.heldout_benign}
+        return [qa for qa in self.benign if qa.question not in heldout]
+
     def roleplay_train(self, persona: Persona, count: int, borderline: float = 0.2) -> list[tuple[str, str]]:
         """(input, output) role-play examples: styled answers, a `borderline` share of borderline
         requests (the persona complies in character with an `edginess` share of them and declines
@@ -386,8 +391,7 @@ class World:
             raise ValueError(f"borderline must be in [0, 0.9], got {borderline}")
         rng = random.Random(f"roleplay-{self.seed}-{persona.name}")
         complies = compliance_quota(persona.edginess, random.Random(f"edgy-{self.seed}-{persona.name}"))
-        heldout = {qa.question for qa in self.heldout_benign}
-        pool = [qa for qa in self.benign if qa.question not in heldout]
+        pool = self.training_benign()
         rows = []
         for _ in range(count):
             draw = rng.random()
