@@ -9,10 +9,13 @@ Run as: .venv/bin/python bench/multiturn_rds.py        # --help for sizes, repea
    (the conversation through turn k, for every k: 2 x turns passes). Both include the rendering, as a user
    pays it. The scores must agree within `--tolerance`; the bench fails otherwise.
 2. Training step. The real Trainer (`training/trainer.py::SafetuneTrainer.compute_loss`, full
-   fine-tuning with a frozen reference copy), then backward, AdamW step, zero_grad, on rows built by
-   `encode_conversation_rows`. SFT = the same rows with no flagged turn (no reference forward, no KL);
-   SaRFT = the same rows with the turns flagged at `--flag-rate` (per turn, drawn), so that only the
-   conversations with a flagged turn take the reference forward. The variants alternate step by step.
+   fine-tuning), then backward, AdamW step, zero_grad, on rows built by `encode_conversation_rows`.
+   SFT = the same rows with no flagged turn (no reference, no KL); SaRFT = the same rows with the turns
+   flagged at `--flag-rate` (per turn, drawn), as a user gets it by default: the reference cache
+   (`ReferenceCache`, built once before the steps, as training builds it; its build time is printed
+   apart) and a frozen copy of the LM head, no model copy; "live reference" = `method.reference_cache:
+   false`, a frozen model copy whose forward runs on the conversations with a flagged turn at every step.
+   The variants alternate step by step.
 """
 
 from __future__ import annotations
@@ -32,10 +35,15 @@ from safetune.config import MethodConfig
 from safetune.data.chat import ChatRenderer
 from safetune.data.records import Conversation, Message
 from safetune.data.turns import render_conversations
-from safetune.models.loading import load_causal_lm, load_tokenizer
+from safetune.models.loading import FrozenLmHead, load_causal_lm, load_tokenizer
 from safetune.models.tiny import build_tiny_model, default_corpus
 from safetune.reference.turn_rds import score_conversations, scoring_sequences
-from safetune.training.trainer import RoleCollator, SafetuneTrainer, encode_conversation_rows
+from safetune.training.trainer import (
+    ReferenceCache,
+    RoleCollator,
+    SafetuneTrainer,
+    encode_conversation_rows,
+)
 
 WORDS = [
     "the",
@@ -142,38 +150,55 @@ def bench_steps(args: argparse.Namespace, model: object, renderer: ChatRenderer)
     sarft_rows = encode_conversation_rows(rendered, flags)
     sft_rows = encode_conversation_rows(rendered, {})
     collate = RoleCollator(renderer.tokenizer.pad_token_id)
-    batches = {"sft": collate(sft_rows), "sarft": collate(sarft_rows)}
+    batch = {"sft": collate(sft_rows), "sarft": collate(sarft_rows)}
+    method = MethodConfig(name="sarft", beta=0.1)
+    start = time.perf_counter()
+    # What RoleRecipe.frozen_pass does: the freshly loaded model, before any update, at the train batch size.
+    cache = ReferenceCache.build(model, sarft_rows, method, renderer.tokenizer.pad_token_id, args.batch)
+    cache_s = time.perf_counter() - start
     policy = copy.deepcopy(model).train()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = SafetuneTrainer(
-            model=policy,
-            args=TrainingArguments(output_dir=tmp, report_to=[], use_cpu=True),
-            train_dataset=[],
-            data_collator=collate,
-            method=MethodConfig(name="sarft", beta=0.1),
-            ref_model=copy.deepcopy(model),
-        )
+
+        def trainer(**reference: object) -> SafetuneTrainer:
+            return SafetuneTrainer(
+                model=policy,
+                args=TrainingArguments(output_dir=tmp, report_to=[], use_cpu=True),
+                train_dataset=[],
+                data_collator=collate,
+                method=method,
+                **reference,  # type: ignore[arg-type]
+            )
+
+        variants = {
+            "sft": (trainer(), batch["sft"]),
+            "sarft": (trainer(reference_cache=cache, reference_head=FrozenLmHead(model)), batch["sarft"]),
+            "live": (trainer(ref_model=copy.deepcopy(model)), batch["sarft"]),
+        }
         opt = torch.optim.AdamW(policy.parameters(), lr=1e-5)
-        times: dict[str, list[float]] = {"sft": [], "sarft": []}
+        times: dict[str, list[float]] = {name: [] for name in variants}
         for i in range(args.warmup + args.step_repeats):
-            for name, batch in batches.items():  # alternate, so drift affects both alike
+            for name, (step_trainer, inputs) in variants.items():  # alternate, so drift affects all alike
                 start = time.perf_counter()
-                trainer.compute_loss(policy, batch).backward()
+                step_trainer.compute_loss(policy, inputs).backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 if i >= args.warmup:
                     times[name].append(time.perf_counter() - start)
-    sft, sarft = statistics.median(times["sft"]), statistics.median(times["sarft"])
+    sft, sarft, live = (statistics.median(times[name]) for name in ("sft", "sarft", "live"))
     flagged_rows = sum(bool(r["flag"]) for r in sarft_rows)
     flagged_turns = sum(sum(v.values()) for v in flags.values())
     return {
         "rows": len(sarft_rows),
         "flagged_rows": flagged_rows,
         "flagged_turns": flagged_turns,
-        "tokens": int(batches["sft"]["attention_mask"].sum()),
+        "tokens": int(batch["sft"]["attention_mask"].sum()),
         "sft_s": sft,
         "sarft_s": sarft,
+        "live_s": live,
         "ratio": sarft / sft,
+        "live_ratio": live / sft,
+        "cache_s": cache_s,
+        "cache_positions": cache.report()["positions"],
     }
 
 
@@ -228,7 +253,9 @@ def main() -> None:
     print(
         f"training step, {step['rows']} conversations ({step['tokens']} tokens), {step['flagged_turns']} turns "
         f"flagged in {step['flagged_rows']} conversations: SFT {1000 * step['sft_s']:.0f} ms, SaRFT "
-        f"{1000 * step['sarft_s']:.0f} ms, ratio {step['ratio']:.2f}x (target <= 1.2x)"
+        f"{1000 * step['sarft_s']:.0f} ms, ratio {step['ratio']:.2f}x (target <= 1.2x); with a live reference "
+        f"(method.reference_cache false) {1000 * step['live_s']:.0f} ms, {step['live_ratio']:.2f}x; the "
+        f"reference cache ({step['cache_positions']} KL positions) built once in {1000 * step['cache_s']:.0f} ms"
     )
 
 

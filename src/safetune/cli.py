@@ -262,6 +262,9 @@ def train(
 ) -> None:
     """Fine-tune: SaRFT / SFT on role-play data, reward-gap MPO, SDRRL or LENS (its prompts only, top layers)
     on parallel preference pairs, or a DPO-family baseline on preference pairs; LoRA or full; resumable.
+    SaRFT computes the frozen reference's states at its KL positions once, before training (no reference
+    forward per step; full fine-tuning keeps a frozen LM head, not a model copy);
+    --method.reference_cache=false runs the reference on the flagged rows at every step instead.
 
     Run as: safetune train -m MODEL --data roles/ --role "Freddy Krueger" --profiles p.json --method sarft -o runs/x
     or:     safetune train -m MODEL --data chats.jsonl --card card.json --method sarft -o runs/x  (conversations:

@@ -206,6 +206,10 @@ class MethodConfig(Section):
     kl_positions: Literal["all", "response"] = "all"  # all non-pad positions = authors' code
     ce_normalisation: Literal["row_length", "response_tokens"] = "row_length"  # row length = authors' code
     chunk_elements: int = number(1 << 21, ge=1)  # fp32 elements per vocabulary chunk in the fused CE+KL
+    # the frozen reference's states at the KL positions computed once before training (no reference
+    # forward per step; full fine-tuning keeps a frozen LM head instead of a model copy); false: a reference
+    # forward on the flagged rows of every step, as before
+    reference_cache: bool = True
     # reward-gap MPO (docs/methods/mpo.md)
     gap_weight: float = number(1.0, ge=0)
     repr_weight: float = number(1.0, ge=0)

@@ -421,3 +421,41 @@ def test_lora_targets_that_match_no_module_are_a_config_error(world):
     assert (
         message.startswith("train.lora_targets ['qproj']: ") and "q_proj" in message and "\n" not in message
     )
+
+
+def test_full_finetune_with_the_reference_cache_copies_no_model(world, tmp_path, monkeypatch):
+    """SaRFT under full fine-tuning through the CLI: the reference cache (the default) replaces the frozen
+    model copy by a copy of the LM head, and trains the weights a live reference copy trains."""
+    from transformers import PreTrainedModel
+
+    from safetune.training import run as run_module
+
+    copied: list[str] = []
+    deepcopy = run_module.copy.deepcopy
+
+    def watched(obj, *args):
+        if isinstance(obj, PreTrainedModel):
+            copied.append(type(obj).__name__)
+        return deepcopy(obj, *args)
+
+    monkeypatch.setattr(run_module.copy, "deepcopy", watched)
+    extra = ["--method", "sarft", "--selection", "all", "--finetune", "full", "--method.beta=0.5"]
+    _invoke(_train_args(world, tmp_path / "cached", *extra, "--train.learning_rate=1e-3"))
+    assert copied == []
+    metrics = json.loads((tmp_path / "cached" / "run.json").read_text())["metrics"]
+    assert metrics["reference_cache_rows"] == 12 and metrics["reference_cache_positions"] > 0
+    assert metrics["reference_rows"] == 8  # 2 steps x 4 rows, every row flagged, served from the cache
+    _invoke(
+        _train_args(
+            world, tmp_path / "live", *extra, "--train.learning_rate=1e-3", "--method.reference_cache=false"
+        )
+    )
+    assert copied == ["LlamaForCausalLM"]
+    live = json.loads((tmp_path / "live" / "run.json").read_text())["metrics"]
+    assert "reference_cache_rows" not in live and live["reference_rows"] == 8
+    a = load_file(tmp_path / "cached" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "live" / "final" / "model.safetensors")
+    base = load_file(world["model"] / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert any(not torch.equal(a[k], base[k]) for k in a if k in base)

@@ -86,17 +86,28 @@ class ReferenceOutputs:
     `values` holds either logits [F, T, V] (`head` None) or last hidden states [F, T, H] with `head`
     mapping hidden states to logits; the latter lets the loss materialise reference logits one chunk at a
     time. `row_index[b]` is the row of batch row b in `values`, or -1 when row b has no reference output.
+
+    Packed layout (`position_index` given): `values` is [N, ...], one entry per (row, position) that has
+    an output, and `position_index[f, t]` is the entry of row f at position t, or -1. The reference cache
+    (training/trainer.py) uses it: it holds the reference only at the positions the KL reads.
     """
 
     values: Tensor
     row_index: Tensor
     head: Callable[[Tensor], Tensor] | None = None
+    position_index: Tensor | None = None
 
     def logits_at(self, batch_rows: Tensor, positions: Tensor) -> Tensor:
         rows = self.row_index[batch_rows]
         if bool((rows < 0).any()):
             raise ValueError("KL requested on a row without reference output")
-        picked = self.values[rows, positions]
+        if self.position_index is None:
+            picked = self.values[rows, positions]
+        else:
+            entries = self.position_index[rows, positions]
+            if bool((entries < 0).any()):
+                raise ValueError("KL requested at a position without reference output")
+            picked = self.values[entries]
         return self.head(picked) if self.head is not None else picked
 
 

@@ -3,6 +3,7 @@ what `--model` names (hub id, model folder, LoRA adapter or `safetune train` run
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -220,6 +221,24 @@ def lm_head_fn(model: nn.Module) -> Callable[[Tensor], Tensor]:
     if cap:
         return lambda hidden: torch.tanh(head(hidden) / cap) * cap
     return head
+
+
+class FrozenLmHead(nn.Module):
+    """A frozen copy of a causal LM's head, with the model's final logit soft-capping (Gemma-2): what
+    `lm_head_fn` computes, from weights that training does not move. The module is deep-copied on its own,
+    so a head tied to the input embeddings gets its own tensor, not the live (trained) embedding."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        head: Any = model.get_output_embeddings()  # type: ignore[operator]
+        if head is None:
+            raise ConfigError("model has no output embeddings (LM head)")
+        self.head = copy.deepcopy(head).requires_grad_(False).eval()
+        self.cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        logits = self.head(hidden)
+        return torch.tanh(logits / self.cap) * self.cap if self.cap else logits
 
 
 # --- what `--model` names: hub id, model folder, or a `safetune train` run folder ------------------------

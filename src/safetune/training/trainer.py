@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,8 @@ from safetune.data.records import Conversation, RoleExample
 from safetune.data.sources import load_data
 from safetune.data.turns import RenderedConversation, render_conversations, turns_fingerprint
 from safetune.errors import DataError
-from safetune.methods.losses import ReferenceOutputs, sarft_loss
-from safetune.models.loading import decoder_of, default_device, lm_head_fn
+from safetune.methods.losses import ReferenceOutputs, sarft_loss, sarft_weights
+from safetune.models.loading import FrozenLmHead, decoder_of, default_device, lm_head_fn
 from safetune.selection import (
     format_turn_rates,
     select,
@@ -52,8 +52,9 @@ def encode_conversation_rows(
     `kl_tokens` is 1 on the tokens of its trained turns that are flagged (`flags`: conversation id ->
     turn -> flag; a turn the selection did not score is not flagged). `conversation`: the conversation's
     id; `id`: the row's, the conversation's with `#k` (the sequence's 0-based index) when a split
-    rendering gives the conversation several sequences."""
-    rows = []
+    rendering gives the conversation several sequences; `index`: the row's position in the list (the
+    reference cache's key)."""
+    rows: list[dict[str, Any]] = []
     for conv in rendered:
         turn_flags = flags.get(conv.id, {})
         several = len(conv.sequences) > 1
@@ -66,6 +67,7 @@ def encode_conversation_rows(
                     kl[span.start : span.end] = [1] * (span.end - span.start)
             rows.append(
                 {
+                    "index": len(rows),
                     "id": f"{conv.id}#{k}" if several else conv.id,
                     "conversation": conv.id,
                     "input_ids": list(seq.input_ids),
@@ -80,16 +82,18 @@ def encode_conversation_rows(
 def encode_roles(
     renderer: ChatRenderer, examples: Sequence[RoleExample], flags: Sequence[bool]
 ) -> list[dict[str, Any]]:
-    """Training rows: the plain chat with no system prompt (the role goes into the weights)."""
+    """Training rows: the plain chat with no system prompt (the role goes into the weights). `index`: the
+    row's position in the list (the reference cache's key)."""
     rows = []
-    for ex, flag in zip(examples, flags, strict=True):
+    for i, (ex, flag) in enumerate(zip(examples, flags, strict=True)):
         enc = renderer.encode(ex.input, ex.output)
-        rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "flag": bool(flag)})
+        rows.append({"index": i, "input_ids": enc.input_ids, "labels": enc.labels, "flag": bool(flag)})
     return rows
 
 
 class RoleCollator:
-    """Right-pads encoded rows and carries each row's selection flag."""
+    """Right-pads encoded rows and carries each row's selection flag, and its `index` as `row_index` when
+    every row has one (the reference cache looks rows up by it)."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
@@ -97,6 +101,8 @@ class RoleCollator:
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Tensor]:
         batch = pad_batch([r["input_ids"] for r in rows], [r["labels"] for r in rows], self.pad_id)
         batch["flags"] = torch.tensor([bool(r["flag"]) for r in rows], dtype=torch.bool)
+        if all("index" in r for r in rows):
+            batch["row_index"] = torch.tensor([int(r["index"]) for r in rows], dtype=torch.long)
         if "kl_tokens" in rows[0]:  # conversations: the KL on the tokens of flagged turns only
             width = batch["input_ids"].shape[1]
             batch["kl_tokens"] = torch.tensor(
@@ -121,17 +127,131 @@ def reference_width(inputs: dict[str, Tensor], rows: Tensor) -> int:
     return max(width, 1)
 
 
+class ReferenceCache:
+    """The frozen reference's last hidden states at the positions SaRFT's KL reads, for every flagged row,
+    computed once before training (`build`).
+
+    The reference is frozen, so these states are the same at every step of every epoch: with the cache a
+    step's reference cost is the LM head at the KL positions only, not a forward pass over the flagged
+    rows. Each flagged row keeps its KL positions (those where `sarft_weights` gives a nonzero KL weight,
+    the shift and `kl_tokens` included) and the states there, on the CPU, in the model's dtype; memory:
+    KL positions x hidden size x dtype bytes (`nbytes`). Rows are keyed by their `index`."""
+
+    def __init__(self, positions: dict[int, Tensor], states: dict[int, Tensor]):
+        self.positions = positions
+        self.states = states
+
+    @classmethod
+    @torch.no_grad()
+    def build(
+        cls,
+        model: nn.Module,
+        rows: Sequence[dict[str, Any]],
+        method: MethodConfig,
+        pad_id: int,
+        batch_size: int,
+    ) -> ReferenceCache:
+        """Run `model` (the reference: the freshly loaded weights) on the flagged `rows`, `batch_size` at a
+        time, shortest first (less padding), without gradients, where it is. The rows batch as the Trainer
+        batches them (RoleCollator, right padding): a causal model's state at a position does not depend
+        on the padding after it, so the states are those the Trainer's reference forward would give."""
+        device = next(model.parameters()).device
+        decoder = decoder_of(model)
+        collate = RoleCollator(pad_id)
+        flagged = sorted((r for r in rows if r["flag"]), key=lambda r: len(r["input_ids"]))
+        positions: dict[int, Tensor] = {}
+        states: dict[int, Tensor] = {}
+        for start in range(0, len(flagged), batch_size):
+            chunk = flagged[start : start + batch_size]
+            batch = collate(chunk)
+            # The KL weights of these rows with the loss's own definition, so the cache holds exactly the
+            # positions the loss reads (its normalisation does not matter here, only where it is nonzero).
+            _, _, kl_weight = sarft_weights(
+                batch["labels"],
+                batch["attention_mask"],
+                batch["flags"],
+                method.kl_positions,
+                method.ce_normalisation,
+                batch.get("kl_tokens"),
+            )
+            read = kl_weight != 0
+            width = int(read.any(dim=0).nonzero().max()) + 1 if read.any() else 1
+            hidden = decoder(
+                input_ids=batch["input_ids"][:, :width].to(device),
+                attention_mask=batch["attention_mask"][:, :width].to(device),
+                use_cache=False,
+            ).last_hidden_state
+            for b, row in enumerate(chunk):
+                where = read[b, :width].nonzero().squeeze(1)
+                positions[int(row["index"])] = where
+                states[int(row["index"])] = hidden[b, where.to(device)].cpu()
+        return cls(positions, states)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.states.values())
+
+    def report(self) -> dict[str, int]:
+        """run.json's figures: rows, positions held, bytes."""
+        return {
+            "rows": len(self.states),
+            "positions": sum(int(p.numel()) for p in self.positions.values()),
+            "bytes": self.nbytes,
+        }
+
+    def outputs(
+        self,
+        indices: Sequence[int],
+        row_index: Tensor,
+        width: int,
+        device: torch.device,
+        head: Callable[[Tensor], Tensor],
+    ) -> ReferenceOutputs:
+        """ReferenceOutputs for the rows `indices` (row f of the outputs = row `indices[f]`; `row_index`
+        maps batch rows to f) in the packed layout: the cached states and, per row and position of a
+        batch `width` wide, the entry that holds it."""
+        missing = [i for i in indices if i not in self.states]
+        if missing:
+            raise ValueError(f"reference cache has no entry for flagged row {missing[0]}")
+        values = torch.cat([self.states[i] for i in indices]).to(device, non_blocking=True)
+        position_index = torch.full((len(indices), width), -1, dtype=torch.long)
+        offset = 0
+        for f, i in enumerate(indices):
+            where = self.positions[i]
+            kept = where[where < width]
+            position_index[f, kept] = torch.arange(offset, offset + kept.numel())
+            offset += where.numel()
+        return ReferenceOutputs(values, row_index, head, position_index.to(device))
+
+
 class SafetuneTrainer(AveragedMetrics):
     """transformers.Trainer with the SaRFT/SFT loss.
 
     Reference model: with LoRA (`ref_model=None`) the policy with its adapter disabled (no second copy);
     with full fine-tuning a frozen copy. It runs only on flagged rows, never when a micro-batch has none or
     beta is 0, and returns hidden states only: the loss applies the LM head one vocabulary chunk at a time.
+
+    With `reference_cache` (ReferenceCache, SaRFT's default) no reference forward runs during training:
+    the states come from the cache, by the batch's `row_index`, and the head is `reference_head` (full
+    fine-tuning: a frozen copy of the LM head only, models/loading.py FrozenLmHead; no model copy) or,
+    under LoRA (`reference_head=None`), the policy's head with its adapter disabled.
     """
 
-    def __init__(self, *args: Any, method: MethodConfig, ref_model: nn.Module | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        method: MethodConfig,
+        ref_model: nn.Module | None = None,
+        reference_cache: ReferenceCache | None = None,
+        reference_head: nn.Module | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.method = method
+        self.reference_cache = reference_cache
+        self.reference_head = (
+            reference_head.to(self.args.device).requires_grad_(False) if reference_head is not None else None
+        )
         # Our loss is a per-micro-batch mean (as in the authors' code): let the Trainer divide it by the
         # accumulation steps instead of expecting a num_items_in_batch-normalised loss.
         self.model_accepts_loss_kwargs = False
@@ -157,6 +277,8 @@ class SafetuneTrainer(AveragedMetrics):
 
     def _reference(self, model: nn.Module, inputs: dict[str, Tensor], flags: Tensor) -> ReferenceOutputs:
         rows = flags.nonzero().squeeze(1)
+        if self.reference_cache is not None:
+            return self._cached_reference(model, inputs, rows, flags)
         width = reference_width(inputs, rows)
         ids, mask = inputs["input_ids"][rows, :width], inputs["attention_mask"][rows, :width]
         row_index = torch.full_like(flags, -1, dtype=torch.long)
@@ -180,6 +302,30 @@ class SafetuneTrainer(AveragedMetrics):
                 return head(h)
 
         return ReferenceOutputs(hidden, row_index, ref_head)
+
+    def _cached_reference(
+        self, model: nn.Module, inputs: dict[str, Tensor], rows: Tensor, flags: Tensor
+    ) -> ReferenceOutputs:
+        assert self.reference_cache is not None
+        if "row_index" not in inputs:
+            raise ValueError("the reference cache needs each row's index (RoleCollator's row_index)")
+        row_index = torch.full_like(flags, -1, dtype=torch.long)
+        row_index[rows] = torch.arange(rows.numel(), device=rows.device)
+        self.reference_rows += rows.numel()
+        if self.reference_head is not None:
+            head: Callable[[Tensor], Tensor] = self.reference_head
+        else:
+            policy = self.accelerator.unwrap_model(model)
+            policy_head = lm_head_fn(policy)
+
+            def head(h: Tensor) -> Tensor:
+                # An adapter on the LM head (if the user targets it) must be off for reference logits too.
+                with policy.disable_adapter():
+                    return policy_head(h)
+
+        indices = inputs["row_index"][rows].tolist()
+        width = inputs["input_ids"].shape[1]
+        return self.reference_cache.outputs(indices, row_index, width, flags.device, head)
 
     def compute_loss(
         self,
@@ -262,11 +408,46 @@ class RoleRecipe(Recipe):
             self.stats["rendering"] = self.rendered.report()
             self.stats["rows"] = len(self.rows)
             self.stats["flagged_rows"] = sum(self.flags)
+            self._cache_reference(model)
             return {"selection": hash_json(self.turn_flags)}
         self.flags, self.scores, self.stats = select(
             self.config, self.renderer, self.examples, self.profiles, scoring_model
         )
+        self._cache_reference(model)
         return {"selection": hash_json([bool(f) for f in self.flags])}
+
+    reference_cache: ReferenceCache | None = None
+    reference_head: FrozenLmHead | None = None
+
+    def uses_reference_cache(self) -> bool:
+        """SaRFT's KL will run (beta != 0, a flagged row) and `method.reference_cache` is on."""
+        m = self.config.method
+        return bool(m.reference_cache and m.beta and self.spec.needs_reference and any(self.flags))
+
+    def _cache_reference(self, model: Any) -> None:
+        """The reference's states at the KL positions of every flagged row (ReferenceCache), from the freshly
+        loaded model: under LoRA that is the base the adapter-disabled policy computes (a fresh adapter adds
+        nothing). Recomputed on --resume (one forward per flagged row), so nothing is stored. Under a
+        multi-process launch every rank computes it for all rows (it is read by whichever rank gets a row).
+        Full fine-tuning keeps a frozen copy of the LM head only, instead of a copy of the model."""
+        if not self.uses_reference_cache():
+            return
+        self.reference_cache = ReferenceCache.build(
+            model.to(default_device()),
+            self.train_rows(),
+            self.config.method,
+            self.renderer.tokenizer.pad_token_id,
+            self.config.train.batch_size,
+        )
+        if self.config.train.finetune == "full":
+            self.reference_head = FrozenLmHead(model)
+        figures = self.reference_cache.report()
+        log.info(
+            "reference cache: %d flagged rows, %d KL positions, %.1f MiB",
+            figures["rows"],
+            figures["positions"],
+            figures["bytes"] / 2**20,
+        )
 
     def write_files(self, out: Path) -> None:
         if self.conversations is not None:
@@ -288,7 +469,8 @@ class RoleRecipe(Recipe):
         )
 
     def needs_reference_copy(self) -> bool:
-        return self.config.method.beta != 0 and any(self.flags)
+        # With the reference cache, full fine-tuning needs only a frozen copy of the LM head.
+        return self.config.method.beta != 0 and any(self.flags) and self.reference_cache is None
 
     # The role-data baselines have no RDS selection: they train on these rows, and describe them with the
     # two helpers below, whether the data are single-turn examples or conversations.
@@ -334,8 +516,11 @@ class RoleRecipe(Recipe):
         return encode_roles(self.renderer, self.examples, self.flags)
 
     def trainer_options(self) -> dict[str, Any]:
-        """Keyword arguments the recipe's Trainer class adds to SafetuneTrainer's. Default: none."""
-        return {}
+        """Keyword arguments the recipe's Trainer class adds to SafetuneTrainer's. Default: the reference
+        cache and frozen head when the frozen pass built them (SaRFT), else none."""
+        if self.reference_cache is None:
+            return {}
+        return {"reference_cache": self.reference_cache, "reference_head": self.reference_head}
 
     def trainer(
         self,
@@ -370,9 +555,12 @@ class RoleRecipe(Recipe):
                 f"| conversations | {len(self.conversations)} ({stats['count']} scored assistant turns, "
                 f"train turns: {config.data.train_turns}) |\n| flag rate by turn position | {turn_rates(stats)} |"
             )
+        figures: dict[str, Any] = {"reference_rows": trainer.reference_rows}
+        if self.reference_cache is not None:
+            figures.update({f"reference_cache_{k}": v for k, v in self.reference_cache.report().items()})
         return RecipeReport(
             details=details,
-            metrics={"reference_rows": trainer.reference_rows},
+            metrics=figures,
             card_rows=[
                 f"| data | `{config.data.path}` (role: {config.data.role or 'all'}) |",
                 data_row,
