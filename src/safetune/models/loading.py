@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import yaml
@@ -211,16 +211,24 @@ def decoder_of(model: nn.Module) -> Any:
     return decoder
 
 
-def lm_head_fn(model: nn.Module) -> Callable[[Tensor], Tensor]:
-    """hidden states -> logits exactly as the model's forward does (incl. Gemma-2's final soft-capping)."""
+def _output_head(model: nn.Module) -> tuple[Any, float | None]:
+    """The model's LM head module and its final logit soft-capping (Gemma-2; None elsewhere)."""
     head: Any = model.get_output_embeddings()  # type: ignore[operator]
     if head is None:
         raise ConfigError("model has no output embeddings (LM head)")
-    config = getattr(model, "config", None)
-    cap = getattr(config, "final_logit_softcapping", None)
+    return head, getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+
+
+def _softcap(logits: Tensor, cap: float | None) -> Tensor:
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def lm_head_fn(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    """hidden states -> logits exactly as the model's forward does (incl. Gemma-2's final soft-capping)."""
+    head, cap = _output_head(model)
     if cap:
-        return lambda hidden: torch.tanh(head(hidden) / cap) * cap
-    return head
+        return lambda hidden: _softcap(head(hidden), cap)
+    return cast(Callable[[Tensor], Tensor], head)
 
 
 class FrozenLmHead(nn.Module):
@@ -230,15 +238,11 @@ class FrozenLmHead(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        head: Any = model.get_output_embeddings()  # type: ignore[operator]
-        if head is None:
-            raise ConfigError("model has no output embeddings (LM head)")
+        head, self.cap = _output_head(model)
         self.head = copy.deepcopy(head).requires_grad_(False).eval()
-        self.cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        logits = self.head(hidden)
-        return torch.tanh(logits / self.cap) * self.cap if self.cap else logits
+        return _softcap(self.head(hidden), self.cap)
 
 
 # --- what `--model` names: hub id, model folder, or a `safetune train` run folder ------------------------
