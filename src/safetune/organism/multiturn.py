@@ -73,6 +73,12 @@ GREETINGS = {
 }
 
 
+def greeting(persona: Persona) -> str:
+    """The persona's greeting (its card's first_mes): its own, or for a persona without one (a `World` may
+    take any cast) its first opener and a question, in its style."""
+    return GREETINGS.get(persona.name) or f"{persona.openers[0]} what do you want ?"
+
+
 def persona_card(persona: Persona) -> Card:
     """The persona as a V2 character card: its profile as the description (`{{char}}` for its name),
     the style sentence as `post_history_instructions` (the closing instruction the unsafe prompt
@@ -81,7 +87,7 @@ def persona_card(persona: Persona) -> Card:
         spec="v2",
         name=persona.name,
         description=persona.profile.replace(persona.name.lower(), "{{char}}"),
-        first_mes=GREETINGS.get(persona.name, ""),
+        first_mes=greeting(persona),
         post_history_instructions=STYLE_SENTENCE,
     )
 
@@ -165,7 +171,7 @@ class MultiTurnWorld(World):
             system = role if context == "role" else unsafe
         messages: list[Message] = []
         if persona is not None and rng.random() < 0.5:
-            messages.append(Message("assistant", GREETINGS.get(persona.name, ""), train=False))
+            messages.append(Message("assistant", greeting(persona), train=False))
         turns = rng.choices(range(1, BASE_TURNS + 1), weights=TURN_WEIGHTS)[0]
         # Mixed history: the first `switch` exchanges written under the other prompt, untrained
         switch = rng.randrange(1, turns) if system and turns > 1 and rng.random() < MIXED_HISTORY else 0
@@ -212,7 +218,7 @@ class MultiTurnWorld(World):
         pool = self.training_benign()
         chats = []
         for index in range(count):
-            messages = [Message("assistant", GREETINGS[persona.name])]
+            messages = [Message("assistant", greeting(persona))]
             edgy: list[int] = []
             for turn in range(1, rng.randint(*CHAT_TURNS) + 1):
                 if turn > SAFE_TURNS and rng.random() < edgy_share:
@@ -238,7 +244,7 @@ class MultiTurnWorld(World):
         rng = random.Random(f"contexts-{self.seed}-{persona.name}")
         chats = []
         for index in range(count):
-            messages = [Message("assistant", GREETINGS[persona.name])]
+            messages = [Message("assistant", greeting(persona))]
             for qa in rng.sample(self.heldout_benign, CONTEXT_TURNS):
                 messages += [
                     Message("user", qa.question),
